@@ -1,0 +1,172 @@
+//! The command line: `serve` (the default), `migrate`, and `tenant ...` for the tenant
+//! lifecycle. Commands print results on stdout and progress on stderr.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::domain::TenantIdentifier;
+use crate::startup::Application;
+use crate::tenancy::Tenancy;
+use crate::tenancy::lifecycle::NewTenant;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Multi-tenant service; configured by TENANCY_* environment variables")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (default).
+    Serve,
+    /// Migrate the control plane and every tenant that is not deleted.
+    Migrate {
+        /// Tenants migrated at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create and provision a tenant (completes an interrupted provisioning).
+    Create {
+        identifier: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// JSON object stored with the tenant.
+        #[arg(long, default_value = "{}")]
+        metadata: String,
+    },
+    /// List tenants.
+    List,
+    /// Stop serving a tenant (its requests get 403).
+    Suspend { identifier: String },
+    /// Serve a suspended tenant again.
+    Activate { identifier: String },
+    /// Soft-delete a tenant: not served, data kept.
+    Delete { identifier: String },
+    /// Drop a deleted tenant's data for good.
+    Destroy {
+        identifier: String,
+        /// The identifier again, to confirm.
+        #[arg(long)]
+        confirm: String,
+    },
+}
+
+/// `serve` logs everything at info; one-off commands only warnings (on stderr).
+pub fn init_logging(cli: &Cli) {
+    match cli.command {
+        None | Some(Command::Serve) => crate::telemetry::init("info", std::io::stdout),
+        _ => crate::telemetry::init("warn", std::io::stderr),
+    }
+}
+
+pub fn run(cli: Cli, settings: Settings) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            actix_web::rt::System::new().block_on(async {
+                Application::build(settings).await?.run_until_stopped().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run_command(command, settings)),
+    }
+}
+
+async fn run_command(command: Command, settings: Settings) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let tenancy = Tenancy::new(settings)?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Serve => return Err("serve is not a one-off command".into()),
+        Command::Migrate { concurrency } => return migrate(&tenancy, concurrency).await,
+        Command::Tenant(command) => {
+            if !matches!(command, TenantCommand::List) {
+                tenancy.migrate_control().await?;
+            }
+            match command {
+                TenantCommand::Create { identifier, name, metadata } => {
+                    let new = NewTenant {
+                        identifier: parse(&identifier)?,
+                        name,
+                        metadata: serde_json::from_str(&metadata)
+                            .map_err(|e| format!("--metadata is not JSON: {e}"))?,
+                    };
+                    let tenant = tenancy.create_tenant(new).await?;
+                    writeln!(out, "created tenant {} ({}), status {}", tenant.identifier, tenant.id, tenant.status)?;
+                }
+                TenantCommand::List => {
+                    writeln!(out, "{:<36}  {:<24}  {:<12}  name", "id", "identifier", "status")?;
+                    for t in tenancy.list_tenants().await? {
+                        writeln!(out, "{:<36}  {:<24}  {:<12}  {}", t.id, t.identifier, t.status, t.name)?;
+                    }
+                }
+                TenantCommand::Suspend { identifier } => {
+                    let t = tenancy.suspend_tenant(&parse(&identifier)?).await?;
+                    writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
+                }
+                TenantCommand::Activate { identifier } => {
+                    let t = tenancy.activate_tenant(&parse(&identifier)?).await?;
+                    writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
+                }
+                TenantCommand::Delete { identifier } => {
+                    let t = tenancy.delete_tenant(&parse(&identifier)?).await?;
+                    writeln!(out, "tenant {} is {} (data kept; `tenant destroy` drops it)", t.identifier, t.status)?;
+                }
+                TenantCommand::Destroy { identifier, confirm } => {
+                    let id = parse(&identifier)?;
+                    tenancy.destroy_tenant(&id, &confirm).await?;
+                    writeln!(out, "tenant {id} destroyed")?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse(identifier: &str) -> Result<TenantIdentifier, String> {
+    TenantIdentifier::parse(identifier).map_err(|why| format!("'{identifier}': {why}"))
+}
+
+async fn migrate(tenancy: &Tenancy, concurrency: usize) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut err = std::io::stderr();
+    let report = tenancy
+        .migrate_all(concurrency, |p| {
+            let outcome = match p.result {
+                Ok(applied) if applied.is_empty() => "up to date".to_string(),
+                Ok(applied) => format!("applied {}", applied.join(", ")),
+                Err(e) => format!("FAILED: {e}"),
+            };
+            let _ = writeln!(err, "[{}/{}] {}: {}", p.done, p.total, p.tenant, outcome);
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "control plane: {} migration(s) applied; tenants: {} total, {} changed, {} failed",
+        report.control_applied.len(),
+        report.tenants,
+        report.tenants_changed,
+        report.failures.len()
+    )?;
+    for (tenant, error) in &report.failures {
+        writeln!(out, "  {tenant}: {error}")?;
+    }
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,441 @@
+//! Settings: defaults, then an optional TOML file (`TENANCY_CONFIG_FILE`), then `TENANCY_*`
+//! environment variables, validated once at start-up.
+//!
+//! Every error names the variable to fix. Secrets (`TENANCY_DATABASE_URL`,
+//! `TENANCY_ADMIN_TOKEN`) are held in `SecretString` and never printed: use
+//! [`redact_url`] to show a database URL.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+const PREFIX: &str = "TENANCY_";
+/// Compiled-in strategies; the reference guide's `TENANCY_*_STRATEGY` variables must agree.
+pub const ISOLATION_STRATEGY: &str = "{{isolation}}";
+pub const RESOLUTION_STRATEGY: &str = "{{resolution}}";
+/// Admin tokens and JWT secrets shorter than this are refused.
+pub const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {message}")]
+    Invalid { var: String, message: String },
+    #[error("{var} is required: {hint}")]
+    Missing { var: String, hint: &'static str },
+    #[error("configuration file: {0}")]
+    File(String),
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var: var_name(key),
+        message: message.into(),
+    }
+}
+
+/// `database_pool_size` -> `TENANCY_DATABASE_POOL_SIZE`.
+pub fn var_name(key: &str) -> String {
+    format!("{PREFIX}{}", key.to_uppercase())
+}
+
+/// The validated settings of one process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// HTTP worker threads; defaults to the number of CPUs.
+    pub workers: Option<usize>,
+    pub shutdown_timeout: Duration,
+    pub database_url: SecretString,
+    pub database: DatabaseSettings,
+    pub tenant_header: String,
+    pub skip_paths: Vec<String>,
+    pub debug_headers: bool,
+    pub tenant_cache_ttl: Duration,
+    pub admin_token: Option<SecretString>,
+}
+
+/// Pool sizes and timeouts (see docs/architecture.md for how they combine).
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// Connections one tenant's pool keeps at most in steady use.
+    pub pool_size: u32,
+    /// Extra connections one tenant's pool may open in a burst.
+    pub max_overflow: u32,
+    /// Hard cap on open tenant connections in this process, over all tenants.
+    pub max_total_connections: u32,
+    /// Connections of the control pool (tenant registry, health, admin).
+    pub control_pool_size: u32,
+    /// How long a request waits for a connection before it gets 503.
+    pub pool_timeout: Duration,
+    /// Connections are closed and replaced after this long.
+    pub pool_recycle: Duration,
+    /// A tenant's idle connections close after this long.
+    pub tenant_pool_idle_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// The most connections one tenant's pool opens.
+    pub fn tenant_pool_max(&self) -> u32 {
+        self.pool_size + self.max_overflow
+    }
+}
+
+/// Every key this service reads, with its default (None: required or optional).
+const KEYS: &[(&str, Option<&str>)] = &[
+    ("host", Some("0.0.0.0")),
+    ("port", Some("8000")),
+    ("workers", None),
+    ("shutdown_timeout", Some("30")),
+    ("database_url", None),
+    ("database_pool_size", Some("4")),
+    ("database_max_overflow", Some("2")),
+    ("max_total_connections", Some("40")),
+    ("control_pool_size", Some("4")),
+    ("database_pool_timeout", Some("5")),
+    ("database_pool_recycle", Some("1800")),
+    ("tenant_pool_idle_timeout", Some("300")),
+    ("tenant_header", Some("X-Tenant-ID")),
+    ("skip_paths", Some("/health*,/metrics")),
+    ("debug_headers", Some("false")),
+    ("tenant_cache_ttl", Some("30")),
+    ("admin_token", None),
+    ("isolation_strategy", None),
+    ("resolution_strategy", None),
+    ("config_file", None),
+];
+
+impl Settings {
+    /// Reads the process environment (and `TENANCY_CONFIG_FILE` when set).
+    pub fn load() -> Result<(Self, Vec<String>), ConfigError> {
+        Self::from_env_map(std::env::vars().collect())
+    }
+
+    /// Builds settings from an explicit environment; `load` and the tests use it.
+    /// Returns warnings (unknown `TENANCY_*` variables) beside the settings.
+    pub fn from_env_map(env: HashMap<String, String>) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = env.get("TENANCY_CONFIG_FILE") {
+            builder = builder.add_source(
+                config::File::new(path, config::FileFormat::Toml).required(true),
+            );
+        }
+        let environment = config::Environment::with_prefix("TENANCY").source(Some(env));
+        let merged = builder
+            .add_source(environment)
+            .build()
+            .map_err(|e| ConfigError::File(e.to_string()))?;
+        let table: HashMap<String, config::Value> = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::File(e.to_string()))?;
+
+        let mut values = HashMap::new();
+        let mut warnings = Vec::new();
+        for (key, value) in table {
+            let key = key.to_lowercase();
+            if KEYS.iter().any(|(known, _)| *known == key) {
+                let text = value.into_string().map_err(|e| invalid(&key, e.to_string()))?;
+                values.insert(key, text);
+            } else {
+                warnings.push(format!(
+                    "{} is not a setting of this service and is ignored",
+                    var_name(&key)
+                ));
+            }
+        }
+        warnings.sort();
+        Ok((Self::from_values(&Values(values))?, warnings))
+    }
+
+    fn from_values(v: &Values) -> Result<Self, ConfigError> {
+        v.check_strategy("isolation_strategy", ISOLATION_STRATEGY)?;
+        v.check_strategy("resolution_strategy", RESOLUTION_STRATEGY)?;
+
+        let database_url = v.required(
+            "database_url",
+            "the PostgreSQL URL, e.g. postgres://app:secret@db:5432/app",
+        )?;
+        if let Err(e) = tokio_postgres::Config::from_str(&database_url) {
+            // The message of tokio-postgres never contains the password; the URL is not echoed.
+            return Err(invalid("database_url", format!("not a PostgreSQL URL ({e})")));
+        }
+
+        let database = DatabaseSettings {
+            pool_size: v.number("database_pool_size", 1, 1_000)?,
+            max_overflow: v.number("database_max_overflow", 0, 1_000)?,
+            max_total_connections: v.number("max_total_connections", 1, 100_000)?,
+            control_pool_size: v.number("control_pool_size", 1, 1_000)?,
+            pool_timeout: v.seconds("database_pool_timeout", 1, 600)?,
+            pool_recycle: v.seconds("database_pool_recycle", 1, 7 * 24 * 3600)?,
+            tenant_pool_idle_timeout: v.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
+        };
+
+        let tenant_header = v.get("tenant_header");
+        if actix_web::http::header::HeaderName::from_str(&tenant_header).is_err() {
+            return Err(invalid("tenant_header", "not a valid HTTP header name"));
+        }
+
+        let skip_paths = v
+            .get("skip_paths")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if let Some(bad) = skip_paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(invalid(
+                "skip_paths",
+                format!("'{bad}' must start with '/' (comma-separated paths, '*' at the end matches a prefix)"),
+            ));
+        }
+
+        let admin_token = match v.optional("admin_token") {
+            Some(token) if token.len() < MIN_SECRET_LEN => {
+                return Err(invalid(
+                    "admin_token",
+                    format!("must be at least {MIN_SECRET_LEN} characters (try: openssl rand -base64 48)"),
+                ));
+            }
+            Some(token) => Some(SecretString::from(token)),
+            None => None,
+        };
+
+        let workers = match v.optional("workers") {
+            Some(_) => Some(v.number::<usize>("workers", 1, 1_024)?),
+            None => None,
+        };
+
+        Ok(Self {
+            host: v.get("host"),
+            port: v.number("port", 0, u16::MAX)?,
+            workers,
+            shutdown_timeout: v.seconds("shutdown_timeout", 0, 3600)?,
+            database_url: SecretString::from(database_url),
+            database,
+            tenant_header,
+            skip_paths,
+            debug_headers: v.boolean("debug_headers")?,
+            tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
+            admin_token,
+        })
+    }
+
+    /// The database URL with its password replaced by `***`, for logs.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(self.database_url.expose_secret())
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host/...` URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return "***".into();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], shown, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+struct Values(HashMap<String, String>);
+
+impl Values {
+    fn default_of(key: &str) -> Option<&'static str> {
+        KEYS.iter().find(|(k, _)| *k == key).and_then(|(_, d)| *d)
+    }
+
+    fn optional(&self, key: &str) -> Option<String> {
+        self.0
+            .get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .or_else(|| Self::default_of(key).map(str::to_owned))
+    }
+
+    fn get(&self, key: &str) -> String {
+        self.optional(key).unwrap_or_default()
+    }
+
+    fn required(&self, key: &str, hint: &'static str) -> Result<String, ConfigError> {
+        self.optional(key).ok_or_else(|| ConfigError::Missing {
+            var: var_name(key),
+            hint,
+        })
+    }
+
+    fn number<T>(&self, key: &str, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let raw = self.get(key);
+        let value: T = raw
+            .parse()
+            .map_err(|_| invalid(key, format!("'{raw}' is not a whole number")))?;
+        if value < min || value > max {
+            return Err(invalid(key, format!("{value} is outside {min}..={max}")));
+        }
+        Ok(value)
+    }
+
+    fn seconds(&self, key: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        self.number(key, min, max).map(Duration::from_secs)
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool, ConfigError> {
+        match self.get(key).to_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            other => Err(invalid(key, format!("'{other}' is not true or false"))),
+        }
+    }
+
+    fn check_strategy(&self, key: &str, compiled: &str) -> Result<(), ConfigError> {
+        match self.optional(key) {
+            Some(value) if value != compiled => Err(invalid(
+                key,
+                format!("this service was generated with '{compiled}'; '{value}' needs a service generated for it"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        map.entry("TENANCY_DATABASE_URL".into())
+            .or_insert_with(|| "postgres://app:s3cret@localhost/app".into());
+        map
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> String {
+        match Settings::from_env_map(env(pairs)) {
+            Ok(_) => panic!("{pairs:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_sensible() {
+        let (settings, warnings) = Settings::from_env_map(env(&[])).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(settings.port, 8000);
+        assert_eq!(settings.tenant_header, "X-Tenant-ID");
+        assert_eq!(settings.skip_paths, vec!["/health*", "/metrics"]);
+        assert_eq!(settings.database.tenant_pool_max(), 6);
+        assert!(!settings.debug_headers);
+        assert!(settings.admin_token.is_none());
+    }
+
+    #[test]
+    fn reads_flat_variables_like_the_reference_guide() {
+        let (settings, _) = Settings::from_env_map(env(&[
+            ("TENANCY_DATABASE_POOL_SIZE", "20"),
+            ("TENANCY_DATABASE_MAX_OVERFLOW", "10"),
+            ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
+            ("TENANCY_DATABASE_POOL_RECYCLE", "1800"),
+            ("TENANCY_SKIP_PATHS", "/health*, /metrics,/docs"),
+            ("TENANCY_DEBUG_HEADERS", "true"),
+            ("TENANCY_ISOLATION_STRATEGY", ISOLATION_STRATEGY),
+            ("TENANCY_RESOLUTION_STRATEGY", RESOLUTION_STRATEGY),
+        ]))
+        .unwrap();
+        assert_eq!(settings.database.pool_size, 20);
+        assert_eq!(settings.database.max_overflow, 10);
+        assert_eq!(settings.database.pool_timeout, Duration::from_secs(30));
+        assert_eq!(settings.skip_paths, vec!["/health*", "/metrics", "/docs"]);
+        assert!(settings.debug_headers);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("TENANCY_DATABASE_POOL_SIZE", "abc")], "TENANCY_DATABASE_POOL_SIZE"),
+            (&[("TENANCY_DATABASE_POOL_SIZE", "0")], "TENANCY_DATABASE_POOL_SIZE"),
+            (&[("TENANCY_DATABASE_POOL_TIMEOUT", "-1")], "TENANCY_DATABASE_POOL_TIMEOUT"),
+            (&[("TENANCY_PORT", "70000")], "TENANCY_PORT"),
+            (&[("TENANCY_DEBUG_HEADERS", "maybe")], "TENANCY_DEBUG_HEADERS"),
+            (&[("TENANCY_TENANT_HEADER", "bad header")], "TENANCY_TENANT_HEADER"),
+            (&[("TENANCY_SKIP_PATHS", "health")], "TENANCY_SKIP_PATHS"),
+            (&[("TENANCY_ADMIN_TOKEN", "short")], "TENANCY_ADMIN_TOKEN"),
+            (&[("TENANCY_ISOLATION_STRATEGY", "nope")], "TENANCY_ISOLATION_STRATEGY"),
+            (&[("TENANCY_DATABASE_URL", "mysql://x")], "TENANCY_DATABASE_URL"),
+        ];
+        for (pairs, var) in cases {
+            let message = error_of(pairs);
+            assert!(message.starts_with(var), "{message:?} does not name {var}");
+        }
+    }
+
+    #[test]
+    fn missing_database_url_is_named() {
+        let err = Settings::from_env_map(HashMap::new()).unwrap_err().to_string();
+        assert!(err.starts_with("TENANCY_DATABASE_URL is required"), "{err}");
+    }
+
+    #[test]
+    fn unknown_variables_are_reported_not_fatal() {
+        let (_, warnings) =
+            Settings::from_env_map(env(&[("TENANCY_DATABASE_POOLSIZE", "3")])).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("TENANCY_DATABASE_POOLSIZE"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output_or_errors() {
+        let (settings, _) = Settings::from_env_map(env(&[(
+            "TENANCY_ADMIN_TOKEN",
+            "an-admin-token-that-is-long-enough-1234",
+        )]))
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"));
+        assert!(!shown.contains("an-admin-token"));
+        let err = error_of(&[("TENANCY_DATABASE_URL", "postgres://u:s3cret@h:notaport/db")]);
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/app"), "postgres://app:***@db:5432/app");
+        assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
+        assert_eq!(redact_url("postgres://db/app?x=1"), "postgres://db/app?x=1");
+        assert_eq!(redact_url("not a url"), "***");
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_env_wins() {
+        let dir = std::env::temp_dir().join(format!("tenancy-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "database_pool_size = 7\nport = 9000\n").unwrap();
+        let (settings, _) = Settings::from_env_map(env(&[
+            ("TENANCY_CONFIG_FILE", path.to_str().unwrap()),
+            ("TENANCY_PORT", "9100"),
+        ]))
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(settings.database.pool_size, 7);
+        assert_eq!(settings.port, 9100);
+    }
+}

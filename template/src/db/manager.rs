@@ -1,0 +1,119 @@
+//! A bb8 connection manager that opens `AsyncPgConnection`s with a fixed session
+//! configuration (for a tenant: its `search_path`) and, for tenant connections, holds a
+//! permit of the process-wide connection cap for as long as the connection is open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::PoolableConnection;
+use tokio::runtime::Handle;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("could not connect to PostgreSQL: {0}")]
+    Connect(#[from] tokio_postgres::Error),
+    #[error("could not set up the connection: {0}")]
+    Setup(#[from] diesel::ConnectionError),
+    #[error("all {0} tenant connections of this process are in use")]
+    AtCapacity(u32),
+    #[error("the database runtime stopped")]
+    RuntimeGone,
+}
+
+/// Asks for a permit to open one more tenant connection; implemented by the pool registry,
+/// which may close idle pools of other tenants to make room.
+pub trait ConnectionBudget: Send + Sync + 'static {
+    fn acquire(
+        &self,
+        wait: Duration,
+    ) -> impl Future<Output = Result<OwnedSemaphorePermit, PoolError>> + Send;
+}
+
+/// A pooled PostgreSQL connection, plus the cap permit it holds (tenant connections only).
+pub struct PgConn {
+    conn: AsyncPgConnection,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+pub struct PgManager<B> {
+    config: tokio_postgres::Config,
+    budget: Option<Arc<B>>,
+    wait: Duration,
+    runtime: Handle,
+}
+
+impl<B: ConnectionBudget> PgManager<B> {
+    /// `config` carries the session settings (e.g. `options=-c search_path=...`).
+    pub fn new(
+        config: tokio_postgres::Config,
+        budget: Option<Arc<B>>,
+        wait: Duration,
+        runtime: Handle,
+    ) -> Self {
+        Self {
+            config,
+            budget,
+            wait,
+            runtime,
+        }
+    }
+}
+
+/// Opens one connection on the database runtime.
+pub async fn connect(
+    config: tokio_postgres::Config,
+    runtime: &Handle,
+) -> Result<AsyncPgConnection, PoolError> {
+    runtime
+        .spawn(async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            Ok(AsyncPgConnection::try_from_client_and_connection(client, connection).await?)
+        })
+        .await
+        .map_err(|_| PoolError::RuntimeGone)?
+}
+
+impl<B: ConnectionBudget> bb8::ManageConnection for PgManager<B> {
+    type Connection = PgConn;
+    type Error = PoolError;
+
+    async fn connect(&self) -> Result<PgConn, PoolError> {
+        let permit = match &self.budget {
+            Some(budget) => Some(budget.acquire(self.wait).await?),
+            None => None,
+        };
+        let conn = connect(self.config.clone(), &self.runtime).await?;
+        Ok(PgConn {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    async fn is_valid(&self, _conn: &mut PgConn) -> Result<(), PoolError> {
+        // Pools are built with test_on_check_out(false): a broken connection shows up as a
+        // query error, and `has_broken` drops it when it comes back.
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        // A connection returned while a handler panics, or with an open or failed
+        // transaction (a cancelled request), is never reused.
+        std::thread::panicking() || conn.conn.is_broken()
+    }
+}

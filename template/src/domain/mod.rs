@@ -1,0 +1,9 @@
+//! Values that are checked once, at the edge, and can only hold safe contents afterwards.
+//!
+//! Nothing in this crate builds SQL from a tenant value except through the newtypes here.
+
+mod identifier;
+mod tenant;
+
+pub use identifier::{SchemaName, TenantIdentifier};
+pub use tenant::{Tenant, TenantStatus};

@@ -1,0 +1,222 @@
+//! The one mapping from errors to HTTP responses: `application/problem+json` (RFC 9457).
+//!
+//! Bodies never carry internals (SQL errors, pool state, which check failed) unless
+//! `TENANCY_DEBUG_HEADERS=true`, in which case [`debug_details`] adds them. Internal
+//! errors are logged where they are turned into a response.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::db::PoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the request names no tenant")]
+    MissingTenant { hint: String },
+    /// Unknown and malformed identifiers look the same, so tenants cannot be enumerated.
+    #[error("tenant not found")]
+    TenantNotFound { detail: String },
+    #[error("tenant is not active")]
+    TenantInactive { status: String },
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("service unavailable")]
+    Unavailable { detail: String },
+    #[error("internal error")]
+    Internal { detail: String },
+}
+
+impl AppError {
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        AppError::Internal {
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Seconds a client should wait before retrying a 503.
+    const RETRY_AFTER_SECONDS: &'static str = "1";
+
+    fn title(&self) -> &'static str {
+        match self {
+            AppError::MissingTenant { .. } => "Tenant required",
+            AppError::TenantNotFound { .. } => "Tenant not found",
+            AppError::TenantInactive { .. } => "Tenant not active",
+            AppError::Unauthorized => "Unauthorized",
+            AppError::BadRequest(_) => "Bad request",
+            AppError::NotFound(_) => "Not found",
+            AppError::Conflict(_) => "Conflict",
+            AppError::Unavailable { .. } => "Service unavailable",
+            AppError::Internal { .. } => "Internal server error",
+        }
+    }
+
+    /// What a client may always see.
+    fn public_detail(&self) -> Option<String> {
+        match self {
+            AppError::MissingTenant { hint } => Some(hint.clone()),
+            AppError::BadRequest(m) | AppError::Conflict(m) => Some(m.clone()),
+            AppError::NotFound(what) => Some(format!("{what} not found")),
+            AppError::Unavailable { .. } => Some("try again shortly".into()),
+            _ => None,
+        }
+    }
+
+    /// What only a developer with `debug_headers` on may see.
+    fn internal_detail(&self) -> Option<&str> {
+        match self {
+            AppError::TenantNotFound { detail }
+            | AppError::Unavailable { detail }
+            | AppError::Internal { detail } => Some(detail),
+            AppError::TenantInactive { status } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The response, with internals only when `include_internals`.
+    pub fn to_problem(&self, include_internals: bool) -> HttpResponse {
+        let status = self.status_code();
+        let problem = Problem {
+            kind: "about:blank",
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.public_detail(),
+            debug: include_internals
+                .then(|| self.internal_detail())
+                .flatten(),
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        match self {
+            AppError::Unavailable { .. } => {
+                response.insert_header((
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(Self::RETRY_AFTER_SECONDS),
+                ));
+            }
+            AppError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            _ => {}
+        }
+        match serde_json::to_string(&problem) {
+            Ok(body) => response.body(body),
+            Err(_) => response.finish(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug: Option<&'a str>,
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AppError::MissingTenant { .. } | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::TenantNotFound { .. } | AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TenantInactive { .. } => StatusCode::FORBIDDEN,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        if let AppError::Internal { detail } = self {
+            tracing::error!(error.detail = %detail, "internal error");
+        }
+        self.to_problem(false)
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(error: diesel::result::Error) -> Self {
+        match error {
+            diesel::result::Error::NotFound => AppError::NotFound("resource"),
+            other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<bb8::RunError<PoolError>> for AppError {
+    fn from(error: bb8::RunError<PoolError>) -> Self {
+        AppError::Unavailable {
+            detail: match error {
+                bb8::RunError::TimedOut => "timed out waiting for a database connection".into(),
+                bb8::RunError::User(e) => e.to_string(),
+            },
+        }
+    }
+}
+
+/// Middleware installed only when `debug_headers` is on: re-renders `AppError` responses
+/// with their internal detail.
+pub async fn debug_details(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = next.call(req).await?.map_into_boxed_body();
+    let detailed = response
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<AppError>())
+        .map(|e| e.to_problem(true));
+    Ok(match detailed {
+        Some(body) => response.into_response(body),
+        None => response,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    async fn body_of(response: HttpResponse) -> String {
+        String::from_utf8(to_bytes(response.into_body()).await.unwrap().to_vec()).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn internals_stay_out_of_bodies_unless_debugging() {
+        let error = AppError::internal("relation \"secret_table\" does not exist");
+        let plain = body_of(error.to_problem(false)).await;
+        assert!(!plain.contains("secret_table"), "{plain}");
+        assert!(plain.contains("\"status\":500"));
+        let debug = body_of(error.to_problem(true)).await;
+        assert!(debug.contains("secret_table"), "{debug}");
+    }
+
+    #[actix_web::test]
+    async fn unavailable_says_when_to_retry() {
+        let response = AppError::Unavailable { detail: "cap".into() }.to_problem(false);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/problem+json"
+        );
+    }
+}

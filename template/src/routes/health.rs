@@ -1,0 +1,106 @@
+//! Health endpoints for load balancers and orchestrators; never tenant-scoped (they are
+//! in the default `TENANCY_SKIP_PATHS`).
+//!
+//! - `/health`: overall status, database check with latency, tenant counts, pool usage;
+//!   200 when healthy, 503 otherwise.
+//! - `/health/live`: the process answers (liveness).
+//! - `/health/ready`: the database answers (readiness).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpResponse, web};
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+
+use crate::db::PoolStats;
+use crate::domain::TenantStatus;
+use crate::tenancy::{Tenancy, registry};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready));
+}
+
+struct DatabaseCheck {
+    latency_ms: f64,
+    tenants: Result<Vec<(String, i64)>, String>,
+}
+
+async fn check_database(tenancy: &Tenancy) -> DatabaseCheck {
+    let started = Instant::now();
+    let tenants = tokio::time::timeout(CHECK_TIMEOUT, async {
+        let mut conn = tenancy.control.get().await.map_err(|e| e.to_string())?;
+        registry::count_by_status(&mut conn).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|_| Err("timed out".into()));
+    DatabaseCheck {
+        latency_ms: (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        tenants,
+    }
+}
+
+async fn health(tenancy: web::Data<Tenancy>) -> HttpResponse {
+    let check = check_database(&tenancy).await;
+    let pools: PoolStats = tenancy.pool_stats();
+    let (healthy, database, tenants) = match &check.tenants {
+        Ok(counts) => {
+            let mut by_status: BTreeMap<&str, i64> =
+                TenantStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+            for (status, count) in counts {
+                if let Some(slot) = by_status.get_mut(status.as_str()) {
+                    *slot = *count;
+                }
+            }
+            let total: i64 = by_status.values().sum();
+            (
+                true,
+                json!({"status": "up", "latency_ms": check.latency_ms}),
+                json!({"total": total, "by_status": by_status}),
+            )
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "health check: database unavailable");
+            let mut database = json!({"status": "down", "latency_ms": check.latency_ms});
+            if tenancy.settings.debug_headers {
+                database["error"] = json!(error);
+            }
+            (false, database, serde_json::Value::Null)
+        }
+    };
+    let body = json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": {"database": database},
+        "tenants": tenants,
+        "pools": pools,
+    });
+    if healthy {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "alive"}))
+}
+
+async fn ready(tenancy: web::Data<Tenancy>) -> HttpResponse {
+    let ping = tokio::time::timeout(CHECK_TIMEOUT, async {
+        let mut conn = tenancy.control.get().await.map_err(|e| e.to_string())?;
+        diesel::sql_query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match ping {
+        Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        _ => HttpResponse::ServiceUnavailable().json(json!({"status": "not ready"})),
+    }
+}

@@ -1,0 +1,28 @@
+//! Diesel table definitions.
+//!
+//! Control tables are schema-qualified (`tenancy.*`). Tenant tables are unqualified on
+//! purpose: they resolve only on a `TenantConnection`, whose session is bound to one
+//! tenant's schema. To add a tenant table: add a migration under `migrations/tenant/` and
+//! its `table!` below (see docs/architecture.md).
+
+diesel::table! {
+    tenancy.tenants (id) {
+        id -> Uuid,
+        identifier -> Text,
+        name -> Text,
+        status -> Text,
+        metadata -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    notes (id) {
+        id -> Int8,
+        title -> Text,
+        body -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}

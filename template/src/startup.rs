@@ -1,0 +1,126 @@
+//! Building the application (shared by `serve` and the tests) and running the server.
+
+use std::net::TcpListener;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Condition, from_fn};
+use actix_web::{App, Error, HttpRequest, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Settings;
+use crate::error::{AppError, debug_details};
+use crate::routes;
+use crate::telemetry::TenantRootSpan;
+use crate::tenancy::middleware::resolve_tenant;
+use crate::tenancy::{StartupError, Tenancy};
+
+/// The whole application around a shared `Tenancy`.
+pub fn app(
+    tenancy: web::Data<Tenancy>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    let debug = tenancy.settings.debug_headers;
+    App::new()
+        .app_data(tenancy)
+        .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(|e, _| {
+            AppError::BadRequest(format!("invalid JSON body: {e}")).into()
+        }))
+        .app_data(web::PathConfig::default().error_handler(|_, _| AppError::NotFound("resource").into()))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| {
+            AppError::BadRequest(format!("invalid query string: {e}")).into()
+        }))
+        .wrap(from_fn(resolve_tenant))
+        .wrap(TracingLogger::<TenantRootSpan>::new())
+        .wrap(Condition::new(debug, from_fn(debug_details)))
+        .configure(routes::health::routes)
+{%- if admin_api %}
+        .configure(routes::admin::routes)
+{%- endif %}
+        .configure(routes::api)
+        .default_service(web::to(not_found))
+}
+
+async fn not_found(_: HttpRequest) -> Result<&'static str, AppError> {
+    Err(AppError::NotFound("resource"))
+}
+
+/// A server bound to its listener, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Applies the control-plane migrations and binds `TENANCY_HOST:TENANCY_PORT`
+    /// (port 0 picks a free one).
+    pub async fn build(settings: Settings) -> Result<Self, ServeError> {
+        tracing::info!(
+            database = %settings.database_url_redacted(),
+            isolation = crate::config::ISOLATION_STRATEGY,
+            resolution = crate::config::RESOLUTION_STRATEGY,
+            "starting"
+        );
+{%- if admin_api %}
+        if settings.admin_token.is_none() {
+            tracing::warn!("TENANCY_ADMIN_TOKEN is not set: every admin API request is refused");
+        }
+{%- endif %}
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .map_err(|e| ServeError::Bind(format!("{}:{}", settings.host, settings.port), e))?;
+        let port = listener.local_addr().map_err(ServeError::Io)?.port();
+        let workers = settings.workers;
+        let shutdown = settings.shutdown_timeout;
+        let tenancy = web::Data::new(Tenancy::new(settings)?);
+        let applied = tenancy
+            .migrate_control()
+            .await
+            .map_err(|e| ServeError::Migrate(e.to_string()))?;
+        if !applied.is_empty() {
+            tracing::info!(applied = ?applied, "control-plane migrations applied");
+        }
+        let mut server = HttpServer::new(move || app(tenancy.clone()))
+            .shutdown_timeout(shutdown.as_secs())
+            .listen(listener)
+            .map_err(ServeError::Io)?;
+        if let Some(workers) = workers {
+            server = server.workers(workers);
+        }
+        Ok(Self {
+            port,
+            server: server.run(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests
+    /// (`TENANCY_SHUTDOWN_TIMEOUT`).
+    pub async fn run_until_stopped(self) -> Result<(), ServeError> {
+        tracing::info!(port = self.port, "listening");
+        self.server.await.map_err(ServeError::Io)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("control-plane migrations failed: {0}")]
+    Migrate(String),
+    #[error(transparent)]
+    Io(std::io::Error),
+}

@@ -1,0 +1,49 @@
+//! Extractors: what a handler asks for to work on the current tenant.
+//!
+//! `Tenant` is the resolved tenant; `TenantConnection` a connection bound to it. A
+//! handler that takes either on a route without a resolved tenant gets an error, never
+//! an unscoped connection.
+
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use futures_util::future::LocalBoxFuture;
+
+use super::Tenancy;
+use crate::db::TenantConnection;
+use crate::domain::Tenant;
+use crate::error::AppError;
+
+fn current_tenant(req: &HttpRequest) -> Result<Tenant, AppError> {
+    req.extensions().get::<Tenant>().cloned().ok_or_else(|| {
+        AppError::internal(format!(
+            "no tenant was resolved for {}: is it in TENANCY_SKIP_PATHS?",
+            req.path()
+        ))
+    })
+}
+
+impl FromRequest for Tenant {
+    type Error = AppError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(current_tenant(req))
+    }
+}
+
+impl FromRequest for TenantConnection {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let tenant = current_tenant(req);
+        let tenancy = req.app_data::<web::Data<Tenancy>>().cloned();
+        Box::pin(async move {
+            let tenant = tenant?;
+            let tenancy = tenancy.ok_or_else(|| AppError::internal("Tenancy is not registered"))?;
+            tenancy.tenant_connection(&tenant).await
+        })
+    }
+}

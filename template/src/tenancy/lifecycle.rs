@@ -1,0 +1,256 @@
+//! Tenant lifecycle: create (provision), suspend, activate, delete, destroy, and migrating
+//! every tenant. The CLI and the admin API both call these, so they behave the same.
+//!
+//! provisioning -> active <-> suspended; active|suspended|provisioning -> deleted;
+//! deleted -> (destroyed: storage dropped, row removed).
+
+use std::time::Instant;
+
+use diesel_async::AsyncConnection;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::{CONTROL_SCHEMA, Tenancy, isolation, registry, with_session_option};
+use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
+use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
+use crate::error::AppError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("no tenant '{0}'")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("provisioning failed: {0}")]
+    Migration(#[from] MigrateError),
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+impl From<LifecycleError> for AppError {
+    fn from(error: LifecycleError) -> Self {
+        match error {
+            LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
+            LifecycleError::Conflict(m) => AppError::Conflict(m),
+            LifecycleError::Invalid(m) => AppError::BadRequest(m),
+            LifecycleError::App(e) => e,
+            other => AppError::internal(other),
+        }
+    }
+}
+
+/// What a new tenant is created from.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NewTenant {
+    pub identifier: TenantIdentifier,
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub metadata: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// The outcome of `migrate_all`.
+#[derive(Debug, Default, Serialize)]
+pub struct MigrationReport {
+    pub control_applied: Vec<String>,
+    pub tenants: usize,
+    pub tenants_changed: usize,
+    pub failures: Vec<(String, String)>,
+}
+
+/// One step of `migrate_all`, for progress output.
+pub struct Progress<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub tenant: &'a TenantIdentifier,
+    pub result: &'a Result<Vec<String>, MigrateError>,
+}
+
+impl Tenancy {
+    /// Applies the control-plane migrations (creates the `tenancy` schema first).
+    pub async fn migrate_control(&self) -> Result<Vec<String>, MigrateError> {
+        migrate::run_pending(
+            with_session_option(self.base_config(), "search_path", CONTROL_SCHEMA),
+            CONTROL_MIGRATIONS,
+            "migrate:control".into(),
+            Some(format!("CREATE SCHEMA IF NOT EXISTS \"{CONTROL_SCHEMA}\"")),
+        )
+        .await
+    }
+
+    /// Creates and provisions a tenant. Idempotent: a tenant left `provisioning` by an
+    /// interrupted run is completed; an existing tenant in any other state is a conflict.
+    pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(LifecycleError::Invalid("name must have 1 to 200 characters".into()));
+        }
+        if !new.metadata.is_object() {
+            return Err(LifecycleError::Invalid("metadata must be a JSON object".into()));
+        }
+        let tenant = {
+            let mut conn = self.control_connection().await?;
+            registry::insert_or_get(&mut conn, &new.identifier, name, &new.metadata).await?
+        };
+        if tenant.status != TenantStatus::Provisioning {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant '{}' already exists ({})",
+                tenant.identifier, tenant.status
+            )));
+        }
+        isolation::migrate(self.base_config(), &tenant).await?;
+        let mut conn = self.control_connection().await?;
+        let active = registry::transition(
+            &mut conn,
+            tenant.id,
+            &[TenantStatus::Provisioning],
+            TenantStatus::Active,
+        )
+        .await?;
+        self.forget(&tenant);
+        match active {
+            Some(active) => Ok(active),
+            // Another process completed it at the same time.
+            None => self.get_tenant(&new.identifier).await,
+        }
+    }
+
+    pub async fn get_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+        let mut conn = self.control_connection().await?;
+        registry::find_by_identifier(&mut conn, identifier)
+            .await?
+            .ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, LifecycleError> {
+        let mut conn = self.control_connection().await?;
+        Ok(registry::list(&mut conn).await?)
+    }
+
+    pub async fn suspend_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+        self.transition(identifier, &[TenantStatus::Active], TenantStatus::Suspended)
+            .await
+    }
+
+    pub async fn activate_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+        self.transition(identifier, &[TenantStatus::Suspended], TenantStatus::Active)
+            .await
+    }
+
+    /// Soft delete: the tenant is no longer served; its data stays until `destroy_tenant`.
+    pub async fn delete_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+        self.transition(
+            identifier,
+            &[TenantStatus::Active, TenantStatus::Suspended, TenantStatus::Provisioning],
+            TenantStatus::Deleted,
+        )
+        .await
+    }
+
+    /// Drops a deleted tenant's storage and registry row. `confirmation` must repeat the
+    /// identifier. Only storage derived from a registered tenant is ever dropped.
+    pub async fn destroy_tenant(
+        &self,
+        identifier: &TenantIdentifier,
+        confirmation: &str,
+    ) -> Result<(), LifecycleError> {
+        if confirmation != identifier.as_str() {
+            return Err(LifecycleError::Invalid(
+                "destroy needs the tenant identifier repeated as confirmation".into(),
+            ));
+        }
+        let tenant = self.get_tenant(identifier).await?;
+        if tenant.status != TenantStatus::Deleted {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant '{identifier}' is {}: delete it before destroying it",
+                tenant.status
+            )));
+        }
+        self.forget(&tenant);
+        self.pools.close(tenant.id);
+        let mut conn = self.control_connection().await?;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            isolation::destroy(conn, &tenant).await?;
+            registry::delete_row(conn, tenant.id).await?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
+        Ok(())
+    }
+
+    async fn transition(
+        &self,
+        identifier: &TenantIdentifier,
+        from: &[TenantStatus],
+        to: TenantStatus,
+    ) -> Result<Tenant, LifecycleError> {
+        let tenant = self.get_tenant(identifier).await?;
+        if tenant.status == to {
+            return Ok(tenant);
+        }
+        let mut conn = self.control_connection().await?;
+        let changed = registry::transition(&mut conn, tenant.id, from, to).await?;
+        self.forget(&tenant);
+        changed.ok_or_else(|| {
+            LifecycleError::Conflict(format!(
+                "tenant '{identifier}' is {}: it cannot become {to}",
+                tenant.status
+            ))
+        })
+    }
+
+    /// Migrates the control plane, then every tenant that is not deleted, `concurrency` at
+    /// a time. A tenant that fails is reported and the others go on.
+    pub async fn migrate_all(
+        &self,
+        concurrency: usize,
+        mut progress: impl FnMut(Progress<'_>),
+    ) -> Result<MigrationReport, LifecycleError> {
+        let control_applied = self.migrate_control().await?;
+        let tenants: Vec<Tenant> = self
+            .list_tenants()
+            .await?
+            .into_iter()
+            .filter(|t| t.status != TenantStatus::Deleted)
+            .collect();
+        let total = tenants.len();
+        let mut report = MigrationReport {
+            control_applied,
+            tenants: total,
+            ..MigrationReport::default()
+        };
+        let base = self.base_config();
+        let mut results = futures_util::stream::iter(tenants.iter())
+            .map(|tenant| async move {
+                let started = Instant::now();
+                let result = isolation::migrate(base, tenant).await;
+                tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = started.elapsed().as_millis() as u64, "tenant migrated");
+                (tenant, result)
+            })
+            .buffer_unordered(concurrency.max(1));
+        let mut done = 0;
+        while let Some((tenant, result)) = results.next().await {
+            done += 1;
+            match &result {
+                Ok(applied) if !applied.is_empty() => report.tenants_changed += 1,
+                Ok(_) => {}
+                Err(e) => report.failures.push((tenant.identifier.to_string(), e.to_string())),
+            }
+            progress(Progress {
+                done,
+                total,
+                tenant: &tenant.identifier,
+                result: &result,
+            });
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,42 @@
+//! Resolves the tenant of every request once, before routing to a handler.
+//!
+//! Skipped paths (`TENANCY_SKIP_PATHS`, the admin API) pass through without a tenant. For
+//! every other path the tenant must be named, known and active, or the request ends here
+//! with a problem+json error. The tenant is put in the request extensions and on the
+//! request's root span (`tenant.id`, `tenant.identifier`).
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
+use tracing_actix_web::RootSpan;
+
+use super::{Tenancy, resolve};
+use crate::error::AppError;
+
+pub async fn resolve_tenant(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(tenancy) = req.app_data::<web::Data<Tenancy>>().cloned() else {
+        let error = AppError::internal("Tenancy is not registered as app data");
+        return Ok(req.error_response(error).map_into_right_body());
+    };
+    if tenancy.is_skipped(req.path()) {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let tenant = match resolve::resolve(&req, &tenancy.settings) {
+        Ok(identifier) => tenancy.active_tenant(&identifier).await,
+        Err(error) => Err(error),
+    };
+    let tenant = match tenant {
+        Ok(tenant) => tenant,
+        Err(error) => return Ok(req.error_response(error).map_into_right_body()),
+    };
+    if let Some(span) = req.extensions().get::<RootSpan>() {
+        span.record("tenant.id", tracing::field::display(tenant.id));
+        span.record("tenant.identifier", tenant.identifier.as_str());
+    }
+    req.extensions_mut().insert(tenant);
+    Ok(next.call(req).await?.map_into_left_body())
+}

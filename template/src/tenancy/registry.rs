@@ -1,0 +1,127 @@
+//! Queries of the tenant registry (`tenancy.tenants`). Values always go in bind
+//! parameters; these functions never touch a tenant's own tables.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
+use crate::schema::tenants;
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tenants, check_for_backend(diesel::pg::Pg))]
+struct TenantRow {
+    id: Uuid,
+    identifier: String,
+    name: String,
+    status: String,
+    metadata: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = diesel::result::Error;
+
+    fn try_from(row: TenantRow) -> Result<Self, Self::Error> {
+        let corrupt = |message: String| diesel::result::Error::DeserializationError(message.into());
+        Ok(Tenant {
+            id: row.id,
+            identifier: TenantIdentifier::parse(&row.identifier).map_err(corrupt)?,
+            name: row.name,
+            status: row.status.parse().map_err(corrupt)?,
+            metadata: row.metadata,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+pub async fn find_by_identifier(
+    conn: &mut AsyncPgConnection,
+    identifier: &TenantIdentifier,
+) -> QueryResult<Option<Tenant>> {
+    tenants::table
+        .filter(tenants::identifier.eq(identifier.as_str()))
+        .select(TenantRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Tenant>> {
+    tenants::table
+        .order(tenants::identifier)
+        .select(TenantRow::as_select())
+        .load(conn)
+        .await?
+        .into_iter()
+        .map(Tenant::try_from)
+        .collect()
+}
+
+/// Inserts a `provisioning` row unless the identifier exists; returns the row either way.
+pub async fn insert_or_get(
+    conn: &mut AsyncPgConnection,
+    identifier: &TenantIdentifier,
+    name: &str,
+    metadata: &serde_json::Value,
+) -> QueryResult<Tenant> {
+    diesel::insert_into(tenants::table)
+        .values((
+            tenants::id.eq(Uuid::new_v4()),
+            tenants::identifier.eq(identifier.as_str()),
+            tenants::name.eq(name),
+            tenants::status.eq(TenantStatus::Provisioning.as_str()),
+            tenants::metadata.eq(metadata),
+        ))
+        .on_conflict(tenants::identifier)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    find_by_identifier(conn, identifier)
+        .await?
+        .ok_or(diesel::result::Error::NotFound)
+}
+
+/// Moves a tenant to `to` if its status is one of `from`; `None` if it was not.
+pub async fn transition(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    from: &[TenantStatus],
+    to: TenantStatus,
+) -> QueryResult<Option<Tenant>> {
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+    diesel::update(tenants::table)
+        .filter(tenants::id.eq(id))
+        .filter(tenants::status.eq_any(from))
+        .set((
+            tenants::status.eq(to.as_str()),
+            tenants::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+pub async fn delete_row(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
+    diesel::delete(tenants::table.filter(tenants::id.eq(id)))
+        .execute(conn)
+        .await
+}
+
+/// How many tenants are in each status.
+pub async fn count_by_status(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, i64)>> {
+    tenants::table
+        .group_by(tenants::status)
+        .select((tenants::status, count_star()))
+        .load(conn)
+        .await
+}
