@@ -13,7 +13,10 @@ use crate::tenancy::Tenancy;
 use crate::tenancy::lifecycle::NewTenant;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Multi-tenant service; configured by TENANCY_* environment variables")]
+#[command(
+    version,
+    about = "Multi-tenant service; configured by TENANCY_* environment variables"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -75,7 +78,10 @@ pub fn run(cli: Cli, settings: Settings) -> Result<ExitCode, Box<dyn std::error:
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             actix_web::rt::System::new().block_on(async {
-                Application::build(settings).await?.run_until_stopped().await
+                Application::build(settings)
+                    .await?
+                    .run_until_stopped()
+                    .await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -86,7 +92,10 @@ pub fn run(cli: Cli, settings: Settings) -> Result<ExitCode, Box<dyn std::error:
     }
 }
 
-async fn run_command(command: Command, settings: Settings) -> Result<ExitCode, Box<dyn std::error::Error>> {
+async fn run_command(
+    command: Command,
+    settings: Settings,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let tenancy = Tenancy::new(settings)?;
     let mut out = std::io::stdout().lock();
     match command {
@@ -97,7 +106,11 @@ async fn run_command(command: Command, settings: Settings) -> Result<ExitCode, B
                 tenancy.migrate_control().await?;
             }
             match command {
-                TenantCommand::Create { identifier, name, metadata } => {
+                TenantCommand::Create {
+                    identifier,
+                    name,
+                    metadata,
+                } => {
                     let new = NewTenant {
                         identifier: parse(&identifier)?,
                         name,
@@ -105,12 +118,24 @@ async fn run_command(command: Command, settings: Settings) -> Result<ExitCode, B
                             .map_err(|e| format!("--metadata is not JSON: {e}"))?,
                     };
                     let tenant = tenancy.create_tenant(new).await?;
-                    writeln!(out, "created tenant {} ({}), status {}", tenant.identifier, tenant.id, tenant.status)?;
+                    writeln!(
+                        out,
+                        "created tenant {} ({}), status {}",
+                        tenant.identifier, tenant.id, tenant.status
+                    )?;
                 }
                 TenantCommand::List => {
-                    writeln!(out, "{:<36}  {:<24}  {:<12}  name", "id", "identifier", "status")?;
+                    writeln!(
+                        out,
+                        "{:<36}  {:<24}  {:<12}  name",
+                        "id", "identifier", "status"
+                    )?;
                     for t in tenancy.list_tenants().await? {
-                        writeln!(out, "{:<36}  {:<24}  {:<12}  {}", t.id, t.identifier, t.status, t.name)?;
+                        writeln!(
+                            out,
+                            "{:<36}  {:<24}  {:<12}  {}",
+                            t.id, t.identifier, t.status, t.name
+                        )?;
                     }
                 }
                 TenantCommand::Suspend { identifier } => {
@@ -123,9 +148,16 @@ async fn run_command(command: Command, settings: Settings) -> Result<ExitCode, B
                 }
                 TenantCommand::Delete { identifier } => {
                     let t = tenancy.delete_tenant(&parse(&identifier)?).await?;
-                    writeln!(out, "tenant {} is {} (data kept; `tenant destroy` drops it)", t.identifier, t.status)?;
+                    writeln!(
+                        out,
+                        "tenant {} is {} (data kept; `tenant destroy` drops it)",
+                        t.identifier, t.status
+                    )?;
                 }
-                TenantCommand::Destroy { identifier, confirm } => {
+                TenantCommand::Destroy {
+                    identifier,
+                    confirm,
+                } => {
                     let id = parse(&identifier)?;
                     tenancy.destroy_tenant(&id, &confirm).await?;
                     writeln!(out, "tenant {id} destroyed")?;
@@ -140,7 +172,10 @@ fn parse(identifier: &str) -> Result<TenantIdentifier, String> {
     TenantIdentifier::parse(identifier).map_err(|why| format!("'{identifier}': {why}"))
 }
 
-async fn migrate(tenancy: &Tenancy, concurrency: usize) -> Result<ExitCode, Box<dyn std::error::Error>> {
+async fn migrate(
+    tenancy: &Tenancy,
+    concurrency: usize,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut err = std::io::stderr();
     let report = tenancy
         .migrate_all(concurrency, |p| {

@@ -118,9 +118,8 @@ impl Settings {
     pub fn from_env_map(env: HashMap<String, String>) -> Result<(Self, Vec<String>), ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = env.get("TENANCY_CONFIG_FILE") {
-            builder = builder.add_source(
-                config::File::new(path, config::FileFormat::Toml).required(true),
-            );
+            builder = builder
+                .add_source(config::File::new(path, config::FileFormat::Toml).required(true));
         }
         let environment = config::Environment::with_prefix("TENANCY").source(Some(env));
         let merged = builder
@@ -136,7 +135,9 @@ impl Settings {
         for (key, value) in table {
             let key = key.to_lowercase();
             if KEYS.iter().any(|(known, _)| *known == key) {
-                let text = value.into_string().map_err(|e| invalid(&key, e.to_string()))?;
+                let text = value
+                    .into_string()
+                    .map_err(|e| invalid(&key, e.to_string()))?;
                 values.insert(key, text);
             } else {
                 warnings.push(format!(
@@ -159,7 +160,10 @@ impl Settings {
         )?;
         if let Err(e) = tokio_postgres::Config::from_str(&database_url) {
             // The message of tokio-postgres never contains the password; the URL is not echoed.
-            return Err(invalid("database_url", format!("not a PostgreSQL URL ({e})")));
+            return Err(invalid(
+                "database_url",
+                format!("not a PostgreSQL URL ({e})"),
+            ));
         }
 
         let database = DatabaseSettings {
@@ -187,7 +191,9 @@ impl Settings {
         if let Some(bad) = skip_paths.iter().find(|p| !p.starts_with('/')) {
             return Err(invalid(
                 "skip_paths",
-                format!("'{bad}' must start with '/' (comma-separated paths, '*' at the end matches a prefix)"),
+                format!(
+                    "'{bad}' must start with '/' (comma-separated paths, '*' at the end matches a prefix)"
+                ),
             ));
         }
 
@@ -195,7 +201,9 @@ impl Settings {
             Some(token) if token.len() < MIN_SECRET_LEN => {
                 return Err(invalid(
                     "admin_token",
-                    format!("must be at least {MIN_SECRET_LEN} characters (try: openssl rand -base64 48)"),
+                    format!(
+                        "must be at least {MIN_SECRET_LEN} characters (try: openssl rand -base64 48)"
+                    ),
                 ));
             }
             Some(token) => Some(SecretString::from(token)),
@@ -307,7 +315,9 @@ impl Values {
         match self.optional(key) {
             Some(value) if value != compiled => Err(invalid(
                 key,
-                format!("this service was generated with '{compiled}'; '{value}' needs a service generated for it"),
+                format!(
+                    "this service was generated with '{compiled}'; '{value}' needs a service generated for it"
+                ),
             )),
             _ => Ok(()),
         }
@@ -370,16 +380,37 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("TENANCY_DATABASE_POOL_SIZE", "abc")], "TENANCY_DATABASE_POOL_SIZE"),
-            (&[("TENANCY_DATABASE_POOL_SIZE", "0")], "TENANCY_DATABASE_POOL_SIZE"),
-            (&[("TENANCY_DATABASE_POOL_TIMEOUT", "-1")], "TENANCY_DATABASE_POOL_TIMEOUT"),
+            (
+                &[("TENANCY_DATABASE_POOL_SIZE", "abc")],
+                "TENANCY_DATABASE_POOL_SIZE",
+            ),
+            (
+                &[("TENANCY_DATABASE_POOL_SIZE", "0")],
+                "TENANCY_DATABASE_POOL_SIZE",
+            ),
+            (
+                &[("TENANCY_DATABASE_POOL_TIMEOUT", "-1")],
+                "TENANCY_DATABASE_POOL_TIMEOUT",
+            ),
             (&[("TENANCY_PORT", "70000")], "TENANCY_PORT"),
-            (&[("TENANCY_DEBUG_HEADERS", "maybe")], "TENANCY_DEBUG_HEADERS"),
-            (&[("TENANCY_TENANT_HEADER", "bad header")], "TENANCY_TENANT_HEADER"),
+            (
+                &[("TENANCY_DEBUG_HEADERS", "maybe")],
+                "TENANCY_DEBUG_HEADERS",
+            ),
+            (
+                &[("TENANCY_TENANT_HEADER", "bad header")],
+                "TENANCY_TENANT_HEADER",
+            ),
             (&[("TENANCY_SKIP_PATHS", "health")], "TENANCY_SKIP_PATHS"),
             (&[("TENANCY_ADMIN_TOKEN", "short")], "TENANCY_ADMIN_TOKEN"),
-            (&[("TENANCY_ISOLATION_STRATEGY", "nope")], "TENANCY_ISOLATION_STRATEGY"),
-            (&[("TENANCY_DATABASE_URL", "mysql://x")], "TENANCY_DATABASE_URL"),
+            (
+                &[("TENANCY_ISOLATION_STRATEGY", "nope")],
+                "TENANCY_ISOLATION_STRATEGY",
+            ),
+            (
+                &[("TENANCY_DATABASE_URL", "mysql://x")],
+                "TENANCY_DATABASE_URL",
+            ),
         ];
         for (pairs, var) in cases {
             let message = error_of(pairs);
@@ -389,7 +420,9 @@ mod tests {
 
     #[test]
     fn missing_database_url_is_named() {
-        let err = Settings::from_env_map(HashMap::new()).unwrap_err().to_string();
+        let err = Settings::from_env_map(HashMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("TENANCY_DATABASE_URL is required"), "{err}");
     }
 
@@ -417,7 +450,10 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact_url("postgres://app:s3cret@db:5432/app"), "postgres://app:***@db:5432/app");
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/app"),
+            "postgres://app:***@db:5432/app"
+        );
         assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
         assert_eq!(redact_url("postgres://db/app?x=1"), "postgres://db/app?x=1");
         assert_eq!(redact_url("not a url"), "***");

@@ -91,9 +91,7 @@ impl AppError {
             title: self.title(),
             status: status.as_u16(),
             detail: self.public_detail(),
-            debug: include_internals
-                .then(|| self.internal_detail())
-                .flatten(),
+            debug: include_internals.then(|| self.internal_detail()).flatten(),
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((
@@ -108,7 +106,8 @@ impl AppError {
                 ));
             }
             AppError::Unauthorized => {
-                response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
             _ => {}
         }
@@ -211,7 +210,10 @@ mod tests {
 
     #[actix_web::test]
     async fn unavailable_says_when_to_retry() {
-        let response = AppError::Unavailable { detail: "cap".into() }.to_problem(false);
+        let response = AppError::Unavailable {
+            detail: "cap".into(),
+        }
+        .to_problem(false);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
         assert_eq!(

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
 use {{crate_name}}::cli::{self, Cli};
 use {{crate_name}}::config::Settings;
 

@@ -30,10 +30,16 @@ pub fn app(
     let debug = tenancy.settings.debug_headers;
     App::new()
         .app_data(tenancy)
-        .app_data(web::JsonConfig::default().limit(256 * 1024).error_handler(|e, _| {
-            AppError::BadRequest(format!("invalid JSON body: {e}")).into()
-        }))
-        .app_data(web::PathConfig::default().error_handler(|_, _| AppError::NotFound("resource").into()))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(256 * 1024)
+                .error_handler(|e, _| {
+                    AppError::BadRequest(format!("invalid JSON body: {e}")).into()
+                }),
+        )
+        .app_data(
+            web::PathConfig::default().error_handler(|_, _| AppError::NotFound("resource").into()),
+        )
         .app_data(web::QueryConfig::default().error_handler(|e, _| {
             AppError::BadRequest(format!("invalid query string: {e}")).into()
         }))

@@ -170,7 +170,10 @@ impl PoolRegistry {
             idle += state.idle_connections;
         }
         PoolStats {
-            open_pools: pools.values().filter(|e| e.pool.state().connections > 0).count(),
+            open_pools: pools
+                .values()
+                .filter(|e| e.pool.state().connections > 0)
+                .count(),
             open_connections: open,
             idle_connections: idle,
             max_total_connections: self.shared.settings.max_total_connections,
@@ -229,11 +232,15 @@ impl Shared {
     }
 
     fn read_pools(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Uuid, Arc<Entry>>> {
-        self.pools.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pools
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write_pools(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Arc<Entry>>> {
-        self.pools.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pools
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Closes the least recently used pool (not `except`'s) whose open connections are

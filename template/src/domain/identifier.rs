@@ -31,8 +31,7 @@ impl TenantIdentifier {
                 Self::MAX_LEN
             ));
         }
-        check_identifier_chars(value)
-            .map_err(|why| format!("a tenant identifier {why}"))?;
+        check_identifier_chars(value).map_err(|why| format!("a tenant identifier {why}"))?;
         Ok(Self(value.to_owned()))
     }
 
@@ -131,7 +130,10 @@ mod tests {
             "acme\u{0}",
             too_long.as_str(),
         ] {
-            assert!(TenantIdentifier::parse(bad).is_err(), "{bad:?} was accepted");
+            assert!(
+                TenantIdentifier::parse(bad).is_err(),
+                "{bad:?} was accepted"
+            );
         }
     }
 

@@ -56,9 +56,12 @@ impl FromRequest for AdminAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let authorized = match (expected, presented) {
-            (Some(expected), Some(presented)) => {
-                bool::from(expected.expose_secret().as_bytes().ct_eq(presented.trim().as_bytes()))
-            }
+            (Some(expected), Some(presented)) => bool::from(
+                expected
+                    .expose_secret()
+                    .as_bytes()
+                    .ct_eq(presented.trim().as_bytes()),
+            ),
             _ => false,
         };
         ready(if authorized {

@@ -34,7 +34,9 @@ async fn check_database(tenancy: &Tenancy) -> DatabaseCheck {
     let started = Instant::now();
     let tenants = tokio::time::timeout(CHECK_TIMEOUT, async {
         let mut conn = tenancy.control.get().await.map_err(|e| e.to_string())?;
-        registry::count_by_status(&mut conn).await.map_err(|e| e.to_string())
+        registry::count_by_status(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
     })
     .await
     .unwrap_or_else(|_| Err("timed out".into()));

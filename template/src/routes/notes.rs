@@ -47,10 +47,14 @@ impl NoteInput {
     fn validated(self) -> Result<Self, AppError> {
         let chars = self.title.trim().chars().count();
         if chars == 0 || chars > 200 {
-            return Err(AppError::BadRequest("title must have 1 to 200 characters".into()));
+            return Err(AppError::BadRequest(
+                "title must have 1 to 200 characters".into(),
+            ));
         }
         if self.body.len() > 100_000 {
-            return Err(AppError::BadRequest("body must be at most 100000 bytes".into()));
+            return Err(AppError::BadRequest(
+                "body must be at most 100000 bytes".into(),
+            ));
         }
         Ok(self)
     }
@@ -89,7 +93,10 @@ async fn create_note(
 ) -> Result<HttpResponse, AppError> {
     let input = input.into_inner().validated()?;
     let note: Note = diesel::insert_into(notes::table)
-        .values((notes::title.eq(input.title.trim()), notes::body.eq(&input.body)))
+        .values((
+            notes::title.eq(input.title.trim()),
+            notes::body.eq(&input.body),
+        ))
         .returning(Note::as_returning())
         .get_result(&mut conn)
         .await?;
@@ -97,7 +104,10 @@ async fn create_note(
 }
 
 #[tracing::instrument(skip_all, fields(note.id = *id))]
-async fn get_note(mut conn: TenantConnection, id: web::Path<i64>) -> Result<HttpResponse, AppError> {
+async fn get_note(
+    mut conn: TenantConnection,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
     let note: Note = notes::table
         .find(*id)
         .select(Note::as_select())
@@ -130,8 +140,13 @@ async fn update_note(
 }
 
 #[tracing::instrument(skip_all, fields(note.id = *id))]
-async fn delete_note(mut conn: TenantConnection, id: web::Path<i64>) -> Result<HttpResponse, AppError> {
-    let deleted = diesel::delete(notes::table.find(*id)).execute(&mut conn).await?;
+async fn delete_note(
+    mut conn: TenantConnection,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
+    let deleted = diesel::delete(notes::table.find(*id))
+        .execute(&mut conn)
+        .await?;
     if deleted == 0 {
         return Err(AppError::NotFound("note"));
     }

@@ -90,10 +90,14 @@ impl Tenancy {
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(LifecycleError::Invalid("name must have 1 to 200 characters".into()));
+            return Err(LifecycleError::Invalid(
+                "name must have 1 to 200 characters".into(),
+            ));
         }
         if !new.metadata.is_object() {
-            return Err(LifecycleError::Invalid("metadata must be a JSON object".into()));
+            return Err(LifecycleError::Invalid(
+                "metadata must be a JSON object".into(),
+            ));
         }
         let tenant = {
             let mut conn = self.control_connection().await?;
@@ -122,7 +126,10 @@ impl Tenancy {
         }
     }
 
-    pub async fn get_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+    pub async fn get_tenant(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<Tenant, LifecycleError> {
         let mut conn = self.control_connection().await?;
         registry::find_by_identifier(&mut conn, identifier)
             .await?
@@ -134,21 +141,34 @@ impl Tenancy {
         Ok(registry::list(&mut conn).await?)
     }
 
-    pub async fn suspend_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+    pub async fn suspend_tenant(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<Tenant, LifecycleError> {
         self.transition(identifier, &[TenantStatus::Active], TenantStatus::Suspended)
             .await
     }
 
-    pub async fn activate_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+    pub async fn activate_tenant(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<Tenant, LifecycleError> {
         self.transition(identifier, &[TenantStatus::Suspended], TenantStatus::Active)
             .await
     }
 
     /// Soft delete: the tenant is no longer served; its data stays until `destroy_tenant`.
-    pub async fn delete_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, LifecycleError> {
+    pub async fn delete_tenant(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<Tenant, LifecycleError> {
         self.transition(
             identifier,
-            &[TenantStatus::Active, TenantStatus::Suspended, TenantStatus::Provisioning],
+            &[
+                TenantStatus::Active,
+                TenantStatus::Suspended,
+                TenantStatus::Provisioning,
+            ],
             TenantStatus::Deleted,
         )
         .await
@@ -242,7 +262,9 @@ impl Tenancy {
             match &result {
                 Ok(applied) if !applied.is_empty() => report.tenants_changed += 1,
                 Ok(_) => {}
-                Err(e) => report.failures.push((tenant.identifier.to_string(), e.to_string())),
+                Err(e) => report
+                    .failures
+                    .push((tenant.identifier.to_string(), e.to_string())),
             }
             progress(Progress {
                 done,

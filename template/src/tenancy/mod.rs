@@ -48,8 +48,9 @@ pub enum StartupError {
 impl Tenancy {
     pub fn new(settings: Settings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
-        let mut base_config = tokio_postgres::Config::from_str(settings.database_url.expose_secret())
-            .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
+        let mut base_config =
+            tokio_postgres::Config::from_str(settings.database_url.expose_secret())
+                .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
         if base_config.get_application_name().is_none() {
             base_config.application_name(env!("CARGO_PKG_NAME"));
         }
@@ -95,10 +96,14 @@ impl Tenancy {
     /// `*` matches a prefix; the admin API is always skipped).
     pub fn is_skipped(&self, path: &str) -> bool {
         path.starts_with(ADMIN_PREFIX)
-            || self.settings.skip_paths.iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => path.starts_with(prefix),
-                None => path == pattern,
-            })
+            || self
+                .settings
+                .skip_paths
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => path == pattern,
+                })
     }
 
     /// The active tenant named `identifier`, from the cache or the registry.
@@ -114,9 +119,11 @@ impl Tenancy {
         };
         match tenant {
             Some(tenant) if tenant.status == TenantStatus::Active => Ok(tenant),
-            Some(tenant) if tenant.status == TenantStatus::Deleted => Err(AppError::TenantNotFound {
-                detail: format!("tenant '{identifier}' is deleted"),
-            }),
+            Some(tenant) if tenant.status == TenantStatus::Deleted => {
+                Err(AppError::TenantNotFound {
+                    detail: format!("tenant '{identifier}' is deleted"),
+                })
+            }
             Some(tenant) => Err(AppError::TenantInactive {
                 status: tenant.status.to_string(),
             }),

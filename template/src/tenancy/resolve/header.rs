@@ -13,7 +13,10 @@ use crate::error::AppError;
 pub fn resolve(req: &ServiceRequest, settings: &Settings) -> Result<TenantIdentifier, AppError> {
     let Some(value) = req.headers().get(settings.tenant_header.as_str()) else {
         return Err(AppError::MissingTenant {
-            hint: format!("send the tenant identifier in the {} header", settings.tenant_header),
+            hint: format!(
+                "send the tenant identifier in the {} header",
+                settings.tenant_header
+            ),
         });
     };
     let text = value.to_str().map_err(|_| AppError::TenantNotFound {

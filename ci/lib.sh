@@ -1,0 +1,65 @@
+# Shared by the ci/ scripts: make sure the tools and services they need are there.
+# shellcheck shell=bash
+
+CARGO_GENERATE_VERSION=0.23.7
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+ensure_cargo() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust (https://rustup.rs), 1.89 or newer"
+}
+
+ensure_cargo_generate() {
+  ensure_cargo
+  if cargo generate --version 2>/dev/null | grep -q "$CARGO_GENERATE_VERSION"; then
+    return
+  fi
+  say "installing cargo-generate $CARGO_GENERATE_VERSION (once; newer releases need a newer rustc)"
+  cargo install cargo-generate --version "$CARGO_GENERATE_VERSION" --locked >&2 \
+    || die "could not install cargo-generate $CARGO_GENERATE_VERSION"
+}
+
+# The PostgreSQL server the tests use; override with TENANCY_TEST_DATABASE_URL.
+export TENANCY_TEST_DATABASE_URL="${TENANCY_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+postgres_up() { psql "$TENANCY_TEST_DATABASE_URL" -tAc 'SELECT 1' >/dev/null 2>&1; }
+
+ensure_postgres() {
+  command -v psql >/dev/null 2>&1 || die "psql is missing: install the PostgreSQL client (apt-get install postgresql-client)"
+  postgres_up && return
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    local version
+    version=$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+    say "starting the installed PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+    for _ in $(seq 1 30); do postgres_up && return; sleep 1; done
+  fi
+  die "PostgreSQL is not reachable at $TENANCY_TEST_DATABASE_URL. Install and start it (apt-get install postgresql), or point TENANCY_TEST_DATABASE_URL at a server where that user may create databases."
+}
+
+ensure_redis() {
+  if command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    return
+  fi
+  if command -v redis-server >/dev/null 2>&1; then
+    say "starting the installed Redis"
+    mkdir -p /tmp/actix-tenancy-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp/actix-tenancy-redis --logfile /tmp/actix-tenancy-redis/redis.log >&2
+    for _ in $(seq 1 20); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return; sleep 0.5; done
+  fi
+  die "Redis is not reachable at 127.0.0.1:6379. Install and start it (apt-get install redis-server)."
+}
+
+# Generates the template with the given -d values into a new temporary folder and
+# prints the project's path.
+generate() {
+  local root=$1 name=$2; shift 2
+  local dest args=()
+  dest=$(mktemp -d "${TMPDIR:-/tmp}/actix-tenancy.XXXXXX")
+  for kv in "$@"; do args+=(-d "$kv"); done
+  CARGO_NAME="${CARGO_NAME:-actix-tenancy}" cargo generate --path "$root" template \
+    --name "$name" --silent --vcs none --destination "$dest" "${args[@]}" >&2 || return 1
+  printf '%s/%s\n' "$dest" "$name"
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The template's whole test suite: generates every combination in ci/matrix.txt and runs
+# `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings` and `cargo test` on each
+# against the local PostgreSQL, plus checks of the template itself. Prints one line per
+# check and `N passed, N failed` at the end; exits non-zero on any failure.
+#
+#   bash ci/test.sh                 # everything
+#   bash ci/test.sh admin_api=false # only matrix lines containing that text
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=ci/lib.sh
+source "$root/ci/lib.sh"
+
+ensure_cargo_generate
+ensure_postgres
+ensure_redis
+# One target directory for every combination, so dependencies compile once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+filter="${1:-}"
+passed=0 failed=0 summary=()
+record() { # name, status, seconds
+  summary+=("$(printf '%-6s %-62s %4ss' "$2" "$1" "$3")")
+  if [ "$2" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  printf '%s %s (%ss)\n' "$2" "$1" "$3"
+}
+
+run_check() { # name, command...
+  local name=$1 start; shift
+  start=$(date +%s)
+  say "$name"
+  if "$@"; then record "$name" PASS $(($(date +%s) - start)); else record "$name" FAIL $(($(date +%s) - start)); fi
+}
+
+check_combination() {
+  local project
+  # shellcheck disable=SC2086 # the matrix line is a list of key=value words
+  project=$(generate "$root" acme-api $1) || { echo "generation failed" >&2; return 1; }
+  if grep -rnE '\{\{|\{%|%\}' "$project/src" "$project/tests" "$project/Cargo.toml" >&2; then
+    echo "unrendered Liquid left in $project" >&2; return 1
+  fi
+  (
+    cd "$project" &&
+      cargo fmt --check &&
+      cargo clippy --quiet --all-targets -- -D warnings &&
+      cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
+      ! grep -q 'test result: FAILED' "$project/test.log"
+  ) || return 1
+  rm -rf "$(dirname "$project")"
+}
+
+hook_rejects() { # value, expected message
+  local dest out
+  dest=$(mktemp -d)
+  out=$(CARGO_NAME=ci cargo generate --path "$root" template --name "$1" --silent --vcs none --destination "$dest" 2>&1)
+  local status=$?
+  rm -rf "$dest"
+  [ $status -ne 0 ] && grep -qF "$2" <<<"$out" || { echo "expected a refusal containing '$2', got: $out" >&2; return 1; }
+}
+
+shell_scripts() {
+  if command -v shellcheck >/dev/null 2>&1; then
+    shellcheck -x "$root"/ci/*.sh "$root/.ci/run"
+  else
+    bash -n "$root"/ci/*.sh "$root/.ci/run"
+  fi
+}
+
+run_check "template: shell scripts" shell_scripts
+run_check "template: pre-hook refuses the name '9lives'" hook_rejects 9lives "must start with an ASCII letter"
+run_check "template: pre-hook refuses the name 'test'" hook_rejects test "which Rust reserves"
+
+while IFS= read -r line; do
+  case "$line" in ''|'#'*) continue ;; esac
+  [ -n "$filter" ] && [[ "$line" != *"$filter"* ]] && continue
+  run_check "generated: $line" check_combination "$line"
+done <"$root/ci/matrix.txt"
+
+echo
+echo "Summary"
+printf '  %s\n' "${summary[@]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

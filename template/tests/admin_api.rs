@@ -1,0 +1,150 @@
+//! The admin API: bearer-token auth, the full lifecycle over HTTP, and injection attempts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::{ADMIN_TOKEN, spawn_app};
+use serde_json::{Value, json};
+
+macro_rules! admin {
+    ($service:expr, $method:ident $path:expr $(, json = $body:expr)?) => {
+        admin!($service, $method $path, token = ADMIN_TOKEN $(, json = $body)?)
+    };
+    ($service:expr, $method:ident $path:expr, token = $token:expr $(, json = $body:expr)?) => ({
+        #[allow(unused_mut)]
+        let mut request = test::TestRequest::$method()
+            .uri($path)
+            .insert_header(("Authorization", format!("Bearer {}", $token)));
+        $( request = request.set_json($body); )?
+        let response = test::call_service(&$service, request.to_request()).await;
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&test::read_body(response).await).unwrap_or(Value::Null);
+        (status, body)
+    });
+}
+
+#[actix_web::test]
+async fn admin_requests_need_the_exact_token() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/admin/tenants").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        response.headers().get("www-authenticate").unwrap(),
+        "Bearer"
+    );
+    for wrong in [
+        "wrong",
+        &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1],
+        &format!("{ADMIN_TOKEN}x"),
+    ] {
+        let (status, _) = admin!(service, get "/admin/tenants", token = wrong);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    let (status, _) = admin!(service, post "/admin/tenants", token = "wrong", json = json!({"identifier": "acme", "name": "Acme"}));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
+}
+
+#[actix_web::test]
+async fn the_whole_lifecycle_over_http() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "acme", "name": "Acme", "metadata": {"plan": "pro"} }));
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["metadata"]["plan"], "pro");
+    let (status, _) = admin!(service, post "/admin/tenants", json = json!({"identifier": "acme", "name": "Acme"}));
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    assert_eq!(
+        call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "t"})).0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        admin!(service, post "/admin/tenants/acme/suspend").0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        admin!(service, post "/admin/tenants/acme/activate").0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "acme"})).0,
+        StatusCode::CONFLICT
+    );
+    let (status, deleted) = admin!(service, delete "/admin/tenants/acme");
+    assert_eq!(
+        (status, deleted["status"].clone()),
+        (StatusCode::OK, json!("deleted"))
+    );
+    assert_eq!(
+        admin!(service, post "/admin/tenants/acme/destroy").0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "nope"})).0,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(app.db.schemas().await.contains(&"tenant_acme".to_string()));
+    assert_eq!(
+        admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "acme"})).0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.db.schemas().await, vec!["public", "tenancy"]);
+    assert_eq!(
+        admin!(service, get "/admin/tenants/acme").0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[actix_web::test]
+async fn identifier_injection_attempts_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let long = "a".repeat(64);
+    let attempts = [
+        "a\"; drop schema public; --",
+        "Acme",
+        "ACME",
+        "ac\u{e9}me",
+        "\u{1F600}",
+        long.as_str(),
+        "",
+        "tenant-1",
+        "a b",
+    ];
+    for attempt in attempts {
+        let (status, body) = admin!(service, post "/admin/tenants", json = json!({"identifier": attempt, "name": "x"}));
+        assert!(status.is_client_error(), "{attempt:?}: {status}");
+        assert_eq!(
+            body["status"],
+            status.as_u16(),
+            "{attempt:?}: not problem+json: {body}"
+        );
+    }
+    for path in [
+        "/admin/tenants/public/destroy",
+        "/admin/tenants/Public/destroy",
+        "/admin/tenants/a%22%3B%20drop%20schema%20public%3B%20--/destroy",
+    ] {
+        let (status, _) = admin!(service, post path, json = json!({"confirm": "public"}));
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+    assert_eq!(app.db.schemas().await, vec!["public", "tenancy"]);
+    assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
+}

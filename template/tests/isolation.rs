@@ -1,0 +1,254 @@
+//! Tenant isolation through the HTTP app, against a real PostgreSQL: concurrent tenants
+//! never see each other's rows, and a pooled connection never carries one tenant's scope
+//! into another tenant's request, whatever happens to the request.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, test, web};
+use common::{TestApp, spawn_app_with};
+use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures_util::FutureExt;
+use futures_util::future::join_all;
+use serde_json::json;
+
+use {{crate_name}}::db::TenantConnection;
+use {{crate_name}}::tenancy::middleware::resolve_tenant;
+
+/// `tenants` tenants each get `writes` note creations and `writes` listings, all at once;
+/// every listing must contain only that tenant's notes, and every tenant ends with
+/// exactly its own `writes` notes.
+async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, writes: usize) {
+    let names: Vec<String> = (0..tenants).map(|i| format!("iso_{i:02}")).collect();
+    for name in &names {
+        app.create_tenant(name).await;
+    }
+    let service = service!(app);
+
+    let mut requests = Vec::new();
+    for name in &names {
+        for j in 0..writes {
+            let service = &service;
+            requests.push(
+                async move {
+                    let (status, _) = call!(service, post "/api/notes", tenant = name.as_str(),
+                        json = json!({"title": format!("{name}-{j}")}));
+                    assert_eq!(status, StatusCode::CREATED, "create for {name}");
+                    let (status, body) =
+                        call!(service, get "/api/notes?limit=100", tenant = name.as_str());
+                    assert_eq!(status, StatusCode::OK, "list for {name}");
+                    for note in body.as_array().unwrap() {
+                        let title = note["title"].as_str().unwrap();
+                        assert!(title.starts_with(&format!("{name}-")), "{name} saw {title}");
+                    }
+                }
+                .boxed_local(),
+            );
+        }
+    }
+    join_all(requests).await;
+
+    for name in &names {
+        let (status, body) = call!(service, get "/api/notes?limit=100", tenant = name.as_str());
+        assert_eq!(status, StatusCode::OK);
+        let titles: Vec<&str> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["title"].as_str().unwrap())
+            .collect();
+        assert_eq!(titles.len(), writes, "{name} has {titles:?}");
+        assert!(
+            titles.iter().all(|t| t.starts_with(&format!("{name}-"))),
+            "{name}: {titles:?}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn twenty_tenants_times_fifty_concurrent_requests_stay_isolated() {
+    let app = spawn_app_with(&[
+        ("TENANCY_DATABASE_POOL_SIZE", "2"),
+        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "40"),
+        ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
+    ])
+    .await;
+    concurrent_tenants_never_see_each_other(&app, 20, 25).await;
+    let stats = app.tenancy.pool_stats();
+    assert!(stats.open_connections <= 40, "{stats:?}");
+}
+
+#[actix_web::test]
+async fn tenants_stay_isolated_while_pools_are_evicted_under_the_connection_cap() {
+    let app = spawn_app_with(&[
+        ("TENANCY_DATABASE_POOL_SIZE", "2"),
+        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "4"),
+        ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
+    ])
+    .await;
+    concurrent_tenants_never_see_each_other(&app, 12, 8).await;
+    let stats = app.tenancy.pool_stats();
+    assert!(stats.open_connections <= 4, "{stats:?}");
+    let open: i64 = app
+        .db
+        .query(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{}'",
+            app.db.name,
+            env!("CARGO_PKG_NAME")
+        ))
+        .await[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Four tenant connections at most, plus the control pool's.
+    assert!(open <= 4 + 4, "{open} connections open");
+}
+
+/// A test app with routes that misbehave on purpose, built with the same middleware and
+/// extractor as the real one.
+macro_rules! probe_service {
+    ($app:expr) => {
+        test::init_service(
+            App::new()
+                .app_data($app.tenancy.clone())
+                .wrap(from_fn(resolve_tenant))
+                .route("/scope", web::get().to(scope))
+                .route("/sleep", web::get().to(sleep))
+                .route("/panic", web::get().to(panic_with_connection))
+                .route("/failed-transaction", web::get().to(failed_transaction)),
+        )
+        .await
+    };
+}
+
+#[derive(diesel::QueryableByName)]
+struct Scope {
+    #[diesel(sql_type = Text)]
+    search_path: String,
+}
+
+async fn scope(mut conn: TenantConnection) -> HttpResponse {
+    let scope: Scope = diesel::sql_query("SELECT current_setting('search_path') AS search_path")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    HttpResponse::Ok().body(scope.search_path)
+}
+
+async fn sleep(mut conn: TenantConnection) -> HttpResponse {
+    diesel::sql_query("SELECT pg_sleep(2)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    HttpResponse::Ok().finish()
+}
+
+async fn panic_with_connection(mut conn: TenantConnection) -> HttpResponse {
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    panic!("handler panicked while holding a tenant connection");
+}
+
+async fn failed_transaction(mut conn: TenantConnection) -> HttpResponse {
+    let result: Result<(), diesel::result::Error> = conn
+        .transaction(async |c| {
+            diesel::sql_query("SELECT 1 / 0").execute(c).await?;
+            Ok(())
+        })
+        .await;
+    assert!(result.is_err());
+    HttpResponse::InternalServerError().finish()
+}
+
+/// The `search_path` a tenant connection of `$tenant` has.
+macro_rules! scope_of {
+    ($service:expr, $tenant:expr) => {{
+        let response = test::call_service(&$service, get("/scope", $tenant).to_request()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        String::from_utf8(test::read_body(response).await.to_vec()).unwrap()
+    }};
+}
+
+fn get(path: &str, tenant: &str) -> test::TestRequest {
+    test::TestRequest::get()
+        .uri(path)
+        .insert_header(("X-Tenant-ID", tenant.to_owned()))
+}
+
+#[actix_web::test]
+async fn with_one_connection_a_then_b_then_a_never_see_the_wrong_schema() {
+    let app = spawn_app_with(&[
+        ("TENANCY_DATABASE_POOL_SIZE", "1"),
+        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
+    ])
+    .await;
+    app.create_tenant("alpha").await;
+    app.create_tenant("beta").await;
+    let service = service!(app);
+    let (status, _) =
+        call!(service, post "/api/notes", tenant = "alpha", json = json!({"title": "alpha note"}));
+    assert_eq!(status, StatusCode::CREATED);
+    for tenant in ["alpha", "beta", "alpha", "beta", "alpha"] {
+        let (status, body) = call!(service, get "/api/notes", tenant = tenant);
+        assert_eq!(status, StatusCode::OK);
+        let expected = if tenant == "alpha" { 1 } else { 0 };
+        assert_eq!(
+            body.as_array().unwrap().len(),
+            expected,
+            "{tenant} saw {body}"
+        );
+    }
+    assert!(app.tenancy.pool_stats().open_connections <= 1);
+}
+
+#[actix_web::test]
+async fn cancelled_panicking_and_failed_requests_leave_no_scope_behind() {
+    let app = spawn_app_with(&[
+        ("TENANCY_DATABASE_POOL_SIZE", "1"),
+        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
+    ])
+    .await;
+    app.create_tenant("alpha").await;
+    app.create_tenant("beta").await;
+    let service = probe_service!(app);
+    assert_eq!(scope_of!(service, "alpha"), "\"tenant_alpha\"");
+
+    // Cancelled mid-query: the client went away.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        test::call_service(&service, get("/sleep", "beta").to_request()),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the sleep should have been cancelled");
+    assert_eq!(scope_of!(service, "alpha"), "\"tenant_alpha\"");
+
+    // A handler panics while holding the connection.
+    let panicked = AssertUnwindSafe(test::call_service(
+        &service,
+        get("/panic", "beta").to_request(),
+    ))
+    .catch_unwind()
+    .await;
+    assert!(panicked.is_err(), "the handler should have panicked");
+    assert_eq!(scope_of!(service, "alpha"), "\"tenant_alpha\"");
+
+    // A transaction fails inside a handler.
+    let failed =
+        test::call_service(&service, get("/failed-transaction", "beta").to_request()).await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(scope_of!(service, "beta"), "\"tenant_beta\"");
+    assert_eq!(scope_of!(service, "alpha"), "\"tenant_alpha\"");
+}

@@ -1,0 +1,155 @@
+//! Tenant lifecycle through the same functions the CLI and the admin API call.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::http::StatusCode;
+use common::spawn_app;
+
+use {{crate_name}}::domain::{TenantIdentifier, TenantStatus};
+use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
+use {{crate_name}}::tenancy::registry;
+
+fn id(s: &str) -> TenantIdentifier {
+    TenantIdentifier::parse(s).unwrap()
+}
+
+#[actix_web::test]
+async fn create_use_suspend_activate_delete_destroy() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    assert_eq!(acme.status, TenantStatus::Active);
+    assert!(app.db.schemas().await.contains(&"tenant_acme".to_string()));
+
+    let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": "kept"}));
+    assert_eq!(status, StatusCode::CREATED);
+
+    app.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::FORBIDDEN
+    );
+    app.tenancy.activate_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::OK
+    );
+
+    // Destroy refuses a tenant that is not deleted, and a missing or wrong confirmation.
+    assert!(matches!(
+        app.tenancy.destroy_tenant(&acme.identifier, "acme").await,
+        Err(LifecycleError::Conflict(_))
+    ));
+    app.tenancy.delete_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::NOT_FOUND
+    );
+    for wrong in ["", "acm", "ACME", "globex"] {
+        assert!(matches!(
+            app.tenancy.destroy_tenant(&acme.identifier, wrong).await,
+            Err(LifecycleError::Invalid(_))
+        ));
+    }
+    // Soft delete kept the data.
+    assert_eq!(
+        app.db.query("SELECT count(*) FROM tenant_acme.notes").await[0][0].as_deref(),
+        Some("1")
+    );
+
+    app.tenancy
+        .destroy_tenant(&acme.identifier, "acme")
+        .await
+        .unwrap();
+    assert_eq!(app.db.schemas().await, vec!["public", "tenancy"]);
+    assert!(matches!(
+        app.tenancy.get_tenant(&acme.identifier).await,
+        Err(LifecycleError::NotFound(_))
+    ));
+}
+
+#[actix_web::test]
+async fn creating_an_existing_tenant_is_a_conflict() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let again = app
+        .tenancy
+        .create_tenant(NewTenant {
+            identifier: id("acme"),
+            name: "Again".into(),
+            metadata: serde_json::json!({}),
+        })
+        .await;
+    assert!(
+        matches!(again, Err(LifecycleError::Conflict(_))),
+        "{again:?}"
+    );
+}
+
+#[actix_web::test]
+async fn an_interrupted_provisioning_is_completed_by_a_retry() {
+    let app = spawn_app().await;
+    // A crash after the registry row was written and before the schema existed.
+    let mut conn = app.tenancy.control.get().await.unwrap();
+    let half = registry::insert_or_get(&mut conn, &id("acme"), "Acme", &serde_json::json!({}))
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(half.status, TenantStatus::Provisioning);
+    assert!(!app.db.schemas().await.contains(&"tenant_acme".to_string()));
+    let service = service!(app);
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::FORBIDDEN
+    );
+
+    let done = app.create_tenant("acme").await;
+    assert_eq!((done.id, done.status), (half.id, TenantStatus::Active));
+    assert_eq!(
+        call!(service, get "/api/notes", tenant = "acme").0,
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn destroy_never_drops_a_schema_that_is_not_a_tenants() {
+    let app = spawn_app().await;
+    app.db
+        .query("CREATE SCHEMA keepme; CREATE TABLE keepme.t (x int)")
+        .await;
+    for name in ["public", "tenancy", "keepme"] {
+        let result = app.tenancy.destroy_tenant(&id(name), name).await;
+        assert!(
+            matches!(result, Err(LifecycleError::NotFound(_))),
+            "{name}: {result:?}"
+        );
+    }
+    assert_eq!(app.db.schemas().await, vec!["keepme", "public", "tenancy"]);
+}
+
+#[actix_web::test]
+async fn migrate_all_reports_progress_and_per_tenant_failures() {
+    let app = spawn_app().await;
+    for name in ["a1", "a2", "a3"] {
+        app.create_tenant(name).await;
+    }
+    // Break one tenant: its schema disappears behind the registry's back.
+    app.db
+        .query("DROP SCHEMA tenant_a2 CASCADE; CREATE TABLE public.dummy (x int)")
+        .await;
+    app.db
+        .query("CREATE SCHEMA tenant_a2; CREATE TABLE tenant_a2.notes (x int)")
+        .await;
+    let mut seen = Vec::new();
+    let report = app
+        .tenancy
+        .migrate_all(2, |p| seen.push((p.done, p.total, p.tenant.to_string())))
+        .await
+        .unwrap();
+    assert_eq!(report.tenants, 3);
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|(_, total, _)| *total == 3));
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert_eq!(report.failures[0].0, "a2");
+}

@@ -1,0 +1,172 @@
+//! How the middleware answers requests for missing, unknown, malformed and inactive
+//! tenants, and which paths it skips.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::{spawn_app, spawn_app_with};
+
+#[actix_web::test]
+async fn a_request_without_the_tenant_header_gets_400_problem_json() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/api/notes").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert_eq!(body["status"], 400);
+    assert!(body["detail"].as_str().unwrap().contains("X-Tenant-ID"));
+}
+
+#[actix_web::test]
+async fn unknown_and_malformed_tenants_get_the_same_404() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, unknown) = call!(service, get "/api/notes", tenant = "nosuchtenant");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for malformed in [
+        "Acme",
+        "a\"; drop schema public; --",
+        "ac\u{e9}me",
+        &"a".repeat(64),
+        "1abc",
+        "",
+    ] {
+        let request = test::TestRequest::get()
+            .uri("/api/notes")
+            .insert_header(("X-Tenant-ID", malformed.as_bytes().to_vec()))
+            .to_request();
+        let response = test::call_service(&service, request).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{malformed:?}");
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(
+            body, unknown,
+            "{malformed:?} is distinguishable from an unknown tenant"
+        );
+    }
+    assert_eq!(
+        app.db.schemas().await,
+        vec!["public", "tenancy", "tenant_acme"]
+    );
+}
+
+#[actix_web::test]
+async fn suspended_tenant_gets_403_and_is_served_again_after_activation() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    app.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.get("debug").is_none(), "internals leaked: {body}");
+    app.tenancy.activate_tenant(&acme.identifier).await.unwrap();
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn skip_paths_need_no_tenant_and_custom_ones_are_honoured() {
+    let app = spawn_app_with(&[("TENANCY_SKIP_PATHS", "/health*,/metrics,/api/notes")]).await;
+    let service = service!(app);
+    for path in ["/health", "/health/live", "/health/ready"] {
+        let response =
+            test::call_service(&service, test::TestRequest::get().uri(path).to_request()).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    // A skipped path that needs a tenant fails closed instead of running unscoped.
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/api/notes").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[actix_web::test]
+async fn the_header_name_is_configurable() {
+    let app = spawn_app_with(&[("TENANCY_TENANT_HEADER", "X-Org")]).await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let request = test::TestRequest::get()
+        .uri("/api/notes")
+        .insert_header(("X-Org", "acme"))
+        .to_request();
+    assert_eq!(
+        test::call_service(&service, request).await.status(),
+        StatusCode::OK
+    );
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[actix_web::test]
+async fn debug_headers_add_internal_detail_only_when_enabled() {
+    let quiet = spawn_app().await;
+    let service = service!(quiet);
+    let (_, body) = call!(service, get "/api/notes", tenant = "ghost");
+    assert!(body.get("debug").is_none(), "{body}");
+
+    let verbose = spawn_app_with(&[("TENANCY_DEBUG_HEADERS", "true")]).await;
+    let service = service!(verbose);
+    let (status, body) = call!(service, get "/api/notes", tenant = "ghost");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["debug"].as_str().unwrap().contains("ghost"), "{body}");
+}
+
+#[actix_web::test]
+async fn bad_input_gets_problem_json_and_changes_nothing() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, body) =
+        call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": ""}));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) =
+        call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"nope": 1}));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call!(service, get "/api/notes/not-a-number", tenant = "acme");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call!(service, get "/api/notes/12345", tenant = "acme");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(list, serde_json::json!([]));
+}
+
+#[actix_web::test]
+async fn notes_crud_round_trip() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, created) = call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": "first", "body": "hello"}));
+    assert_eq!(status, StatusCode::CREATED);
+    let path = format!("/api/notes/{}", created["id"]);
+    let (status, updated) = call!(
+        service,
+        put & path,
+        tenant = "acme",
+        json = serde_json::json!({"title": "renamed"})
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(updated["title"], "renamed");
+    let (status, fetched) = call!(service, get & path, tenant = "acme");
+    assert_eq!(
+        (status, fetched["title"].clone()),
+        (StatusCode::OK, "renamed".into())
+    );
+    let (status, _) = call!(service, delete & path, tenant = "acme");
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call!(service, get & path, tenant = "acme");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
