@@ -171,14 +171,14 @@ async fn failed_transaction(mut conn: TenantConnection) -> HttpResponse {
     HttpResponse::InternalServerError().finish()
 }
 
-/// The `search_path` a tenant connection of `$tenant` has.
+/// The `search_path` a tenant connection of `$tenant` has.{% raw %}
 macro_rules! scope_of {
     ($service:expr, $tenant:expr) => {{
         let response = test::call_service(&$service, get("/scope", $tenant).to_request()).await;
         assert_eq!(response.status(), StatusCode::OK);
         String::from_utf8(test::read_body(response).await.to_vec()).unwrap()
     }};
-}
+}{% endraw %}
 
 fn get(path: &str, tenant: &str) -> test::TestRequest {
     test::TestRequest::get()
