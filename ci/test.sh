@@ -38,7 +38,7 @@ check_combination() {
   local project
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
   project=$(generate "$root" acme-api $1) || { echo "generation failed" >&2; return 1; }
-  if grep -rnE '\{\{|\{%|%\}' "$project/src" "$project/tests" "$project/Cargo.toml" >&2; then
+  if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project/src" "$project/tests" "$project/Cargo.toml" >&2; then
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
   (
