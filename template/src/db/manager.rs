@@ -21,6 +21,8 @@ pub enum PoolError {
     AtCapacity(u32),
     #[error("the database runtime stopped")]
     RuntimeGone,
+    #[error("the tenant's pool was closed")]
+    PoolClosed,
 }
 
 /// Asks for a permit to open one more tenant connection; implemented by the pool registry,

@@ -11,7 +11,7 @@
 //! that still gets no connection within `pool_timeout` is answered 503.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,10 @@ struct LogErrors(&'static str);
 
 impl bb8::ErrorSink<PoolError> for LogErrors {
     fn sink(&self, error: PoolError) {
-        tracing::warn!(pool = self.0, error = %error, "database connection failed");
+        match error {
+            PoolError::PoolClosed => {}
+            error => tracing::warn!(pool = self.0, error = %error, "database connection failed"),
+        }
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<PoolError>> {
@@ -102,6 +105,15 @@ struct Entry {
     pool: TenantPool,
     /// Milliseconds since the registry started, at the last checkout.
     last_used: AtomicU64,
+    /// Set when the pool leaves the registry: its pending connects give up at once, so
+    /// the pool (and the permits of its idle connections) can be dropped.
+    closed: AtomicBool,
+}
+
+impl Entry {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
 }
 
 struct Shared {
@@ -158,7 +170,9 @@ impl PoolRegistry {
     /// Closes `tenant`'s pool (its idle connections now, busy ones when they come back).
     pub fn close(&self, tenant: Uuid) {
         let removed = self.shared.write_pools().remove(&tenant);
-        drop(removed);
+        if let Some(entry) = removed {
+            entry.close();
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -202,24 +216,30 @@ impl PoolRegistry {
         });
 
         let settings = &self.shared.settings;
-        let budget = TenantBudget {
-            registry: Arc::downgrade(&self.shared),
-            tenant,
-        };
-        let manager = PgManager::new(
-            connect_config(),
-            Some(Arc::new(budget)),
-            settings.pool_timeout,
-            self.shared.runtime.clone(),
-        );
-        let pool = {
+        let entry = Arc::new_cyclic(|entry| {
+            let budget = TenantBudget {
+                registry: Arc::downgrade(&self.shared),
+                pool: entry.clone(),
+                tenant,
+            };
+            let manager = PgManager::new(
+                connect_config(),
+                Some(Arc::new(budget)),
+                settings.pool_timeout,
+                self.shared.runtime.clone(),
+            );
             // The reaper task of the pool runs on the database runtime too.
             let _enter = self.shared.runtime.enter();
-            builder(settings, settings.tenant_pool_max(), "tenant").build_unchecked(manager)
-        };
-        let entry = Arc::new(Entry {
-            pool,
-            last_used: AtomicU64::new(self.shared.now_millis()),
+            let pool = builder(settings, settings.tenant_pool_max(), "tenant")
+                // A connect that failed (cap reached, pool closed) is not retried: the
+                // request waiting for it gets 503 after `pool_timeout`.
+                .retry_connection(false)
+                .build_unchecked(manager);
+            Entry {
+                pool,
+                last_used: AtomicU64::new(self.shared.now_millis()),
+                closed: AtomicBool::new(false),
+            }
         });
         pools.insert(tenant, entry.clone());
         entry
@@ -260,7 +280,9 @@ impl Shared {
             Some(id) => {
                 let closed = pools.remove(&id);
                 drop(pools);
-                drop(closed);
+                if let Some(entry) = closed {
+                    entry.close();
+                }
                 tracing::debug!(tenant.id = %id, "closed an idle tenant pool to stay under the connection cap");
                 true
             }
@@ -272,15 +294,27 @@ impl Shared {
 /// The permit source of one tenant's pool.
 pub struct TenantBudget {
     registry: Weak<Shared>,
+    pool: Weak<Entry>,
     tenant: Uuid,
+}
+
+impl TenantBudget {
+    fn pool_closed(&self) -> bool {
+        self.pool
+            .upgrade()
+            .is_none_or(|entry| entry.closed.load(Ordering::Relaxed))
+    }
 }
 
 impl ConnectionBudget for TenantBudget {
     async fn acquire(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
         let deadline = Instant::now() + wait;
         loop {
+            if self.pool_closed() {
+                return Err(PoolError::PoolClosed);
+            }
             let Some(shared) = self.registry.upgrade() else {
-                return Err(PoolError::RuntimeGone);
+                return Err(PoolError::PoolClosed);
             };
             if let Ok(permit) = shared.cap.clone().try_acquire_owned() {
                 return Ok(permit);
