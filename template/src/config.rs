@@ -134,6 +134,10 @@ impl Settings {
         let mut warnings = Vec::new();
         for (key, value) in table {
             let key = key.to_lowercase();
+            if key.starts_with("test_") {
+                // TENANCY_TEST_* belong to the test suite, not to the service.
+                continue;
+            }
             if KEYS.iter().any(|(known, _)| *known == key) {
                 let text = value
                     .into_string()
@@ -428,8 +432,11 @@ mod tests {
 
     #[test]
     fn unknown_variables_are_reported_not_fatal() {
-        let (_, warnings) =
-            Settings::from_env_map(env(&[("TENANCY_DATABASE_POOLSIZE", "3")])).unwrap();
+        let (_, warnings) = Settings::from_env_map(env(&[
+            ("TENANCY_DATABASE_POOLSIZE", "3"),
+            ("TENANCY_TEST_DATABASE_URL", "postgres://localhost/postgres"),
+        ]))
+        .unwrap();
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("TENANCY_DATABASE_POOLSIZE"));
     }

@@ -3,7 +3,10 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::TestDatabase;
 
@@ -90,4 +93,90 @@ fn bad_configuration_names_the_variable_and_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TENANCY_DATABASE_POOL_SIZE"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+/// Kills the server if the test fails before it stopped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `url` with a password the server must never log (trust auth ignores it).
+fn with_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest))
+            if rest.contains('@') && !rest.split('@').next().unwrap_or("").contains(':') =>
+        {
+            let (user, host) = rest.split_once('@').unwrap();
+            format!("{scheme}://{user}:hunter2-never-logged@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[actix_web::test]
+async fn serve_answers_and_stops_gracefully_on_sigterm() {
+    let db = TestDatabase::create().await;
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+            .arg("serve")
+            .env_clear()
+            .env("TENANCY_DATABASE_URL", with_password(&db.url))
+            .env("TENANCY_HOST", "127.0.0.1")
+            .env("TENANCY_PORT", "0")
+            .env("TENANCY_WORKERS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut logs = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = logs
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        assert!(!line.contains("hunter2"), "a password was logged: {line}");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["message"] == "listening" {
+            break event["port"].as_u64().unwrap();
+        }
+    };
+
+    let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    stream
+        .write_all(b"GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    let rest: Vec<String> = logs.map_while(Result::ok).collect();
+    assert!(rest.iter().all(|line| !line.contains("hunter2")));
+    assert!(
+        rest.iter().any(|line| line.contains("\"stopped\"")),
+        "{rest:?}"
+    );
 }
