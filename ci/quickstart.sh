@@ -29,7 +29,8 @@ psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (F
 base="${TENANCY_TEST_DATABASE_URL%/*}"
 export TENANCY_DATABASE_URL="$base/$database"
 export TENANCY_HOST=127.0.0.1 TENANCY_PORT="${QUICKSTART_PORT:-8765}"
-export TENANCY_ADMIN_TOKEN="quickstart-admin-token-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+TENANCY_ADMIN_TOKEN="quickstart-admin-token-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export TENANCY_ADMIN_TOKEN
 url="http://127.0.0.1:$TENANCY_PORT"
 
 say "migrating and creating two tenants with the CLI"
@@ -60,7 +61,8 @@ else
   die "tenants are not isolated: acme=$acme globex=$globex"
 fi
 
-kill -TERM "$server" && wait "$server" || true
+kill -TERM "$server"
+wait "$server" || die "the server did not stop cleanly on SIGTERM"
 trap - EXIT
 grep -q '"tenant.identifier":"acme"' "$out/server.log" && echo "OK: request logs carry tenant.id and tenant.identifier ($out/server.log)."
 cat <<MSG

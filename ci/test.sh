@@ -57,7 +57,9 @@ hook_rejects() { # value, expected message
   out=$(CARGO_NAME=ci cargo generate --path "$root" template --name "$1" --silent --vcs none --destination "$dest" 2>&1)
   local status=$?
   rm -rf "$dest"
-  [ $status -ne 0 ] && grep -qF "$2" <<<"$out" || { echo "expected a refusal containing '$2', got: $out" >&2; return 1; }
+  if [ $status -ne 0 ] && grep -qF "$2" <<<"$out"; then return 0; fi
+  echo "expected a refusal containing '$2', got: $out" >&2
+  return 1
 }
 
 shell_scripts() {

@@ -161,9 +161,12 @@ impl PoolRegistry {
         connect_config: impl FnOnce() -> tokio_postgres::Config,
     ) -> Result<TenantConnection, bb8::RunError<PoolError>> {
         let entry = self.entry(tenant, connect_config);
-        entry
-            .last_used
-            .store(self.shared.now_millis(), Ordering::Relaxed);
+        // Written at most every 100 ms: the LRU order needs no more, and a write on every
+        // checkout would bounce the cache line between workers.
+        let now = self.shared.now_millis();
+        if now.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= 100 {
+            entry.last_used.store(now, Ordering::Relaxed);
+        }
         entry.pool.get_owned().await.map(TenantConnection)
     }
 

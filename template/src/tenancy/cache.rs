@@ -4,7 +4,7 @@
 //! processes see a change within the TTL.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::domain::{Tenant, TenantIdentifier};
@@ -12,9 +12,12 @@ use crate::domain::{Tenant, TenantIdentifier};
 const MAX_ENTRIES: usize = 100_000;
 const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// A registry answer (`None`: no such tenant) and when it expires.
+type Entry = (Option<Arc<Tenant>>, Instant);
+
 pub struct TenantCache {
     ttl: Duration,
-    entries: RwLock<HashMap<TenantIdentifier, (Option<Tenant>, Instant)>>,
+    entries: RwLock<HashMap<TenantIdentifier, Entry>>,
 }
 
 impl TenantCache {
@@ -26,13 +29,13 @@ impl TenantCache {
     }
 
     /// `Some(found)` on a fresh hit (`found` is `None` for a known-unknown identifier).
-    pub fn get(&self, identifier: &TenantIdentifier) -> Option<Option<Tenant>> {
+    pub fn get(&self, identifier: &TenantIdentifier) -> Option<Option<Arc<Tenant>>> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         let (tenant, expires) = entries.get(identifier)?;
         (Instant::now() < *expires).then(|| tenant.clone())
     }
 
-    pub fn insert(&self, identifier: TenantIdentifier, tenant: Option<Tenant>) {
+    pub fn insert(&self, identifier: TenantIdentifier, tenant: Option<Arc<Tenant>>) {
         if self.ttl.is_zero() {
             return;
         }

@@ -5,6 +5,7 @@
 //! an unscoped connection.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
@@ -15,13 +16,16 @@ use crate::db::TenantConnection;
 use crate::domain::Tenant;
 use crate::error::AppError;
 
-fn current_tenant(req: &HttpRequest) -> Result<Tenant, AppError> {
-    req.extensions().get::<Tenant>().cloned().ok_or_else(|| {
-        AppError::internal(format!(
-            "no tenant was resolved for {}: is it in TENANCY_SKIP_PATHS?",
-            req.path()
-        ))
-    })
+fn current_tenant(req: &HttpRequest) -> Result<Arc<Tenant>, AppError> {
+    req.extensions()
+        .get::<Arc<Tenant>>()
+        .cloned()
+        .ok_or_else(|| {
+            AppError::internal(format!(
+                "no tenant was resolved for {}: is it in TENANCY_SKIP_PATHS?",
+                req.path()
+            ))
+        })
 }
 
 impl FromRequest for Tenant {
@@ -29,7 +33,7 @@ impl FromRequest for Tenant {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(current_tenant(req))
+        ready(current_tenant(req).map(|tenant| Tenant::clone(&tenant)))
     }
 }
 

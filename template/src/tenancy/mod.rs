@@ -13,6 +13,7 @@ pub mod registry;
 pub mod resolve;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
@@ -107,12 +108,17 @@ impl Tenancy {
     }
 
     /// The active tenant named `identifier`, from the cache or the registry.
-    pub async fn active_tenant(&self, identifier: &TenantIdentifier) -> Result<Tenant, AppError> {
+    pub async fn active_tenant(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<Arc<Tenant>, AppError> {
         let tenant = match self.cache.get(identifier) {
             Some(hit) => hit,
             None => {
                 let mut conn = self.control_connection().await?;
-                let found = registry::find_by_identifier(&mut conn, identifier).await?;
+                let found = registry::find_by_identifier(&mut conn, identifier)
+                    .await?
+                    .map(Arc::new);
                 self.cache.insert(identifier.clone(), found.clone());
                 found
             }
