@@ -121,6 +121,11 @@ fn with_password(url: &str) -> String {
 #[actix_web::test]
 async fn serve_answers_and_stops_gracefully_on_sigterm() {
     let db = TestDatabase::create().await;
+    assert!(
+        run(&db.url, &["tenant", "create", "acme", "--name", "Acme"])
+            .status
+            .success()
+    );
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
             .arg("serve")
@@ -147,13 +152,35 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         }
     };
 
-    let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
-    stream
-        .write_all(b"GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let get = |path: &str, tenant: &str| {
+        let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: {tenant}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let ready = get("/health/ready", "");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let notes = get("/api/notes", "acme");
+    assert!(notes.starts_with("HTTP/1.1 200"), "{notes}");
+
+    // The request's log line carries the tenant on its span.
+    let finished = loop {
+        let line = logs.next().expect("no log line for the request").unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["message"] == "request finished" && event["span"]["http.route"] == "/api/notes" {
+            break event;
+        }
+    };
+    assert_eq!(finished["span"]["tenant.identifier"], "acme", "{finished}");
+    assert_eq!(
+        finished["span"]["tenant.id"].as_str().map(str::len),
+        Some(36),
+        "{finished}"
+    );
 
     let killed = Command::new("kill")
         .arg("-TERM")
