@@ -57,7 +57,7 @@ ensure_redis() {
 generate() {
   local root=$1 name=$2; shift 2
   local dest args=()
-  dest=$(mktemp -d "${TMPDIR:-/tmp}/actix-tenancy.XXXXXX")
+  dest=$(mktemp -d --suffix=-actix-tenancy)
   for kv in "$@"; do args+=(-d "$kv"); done
   CARGO_NAME="${CARGO_NAME:-actix-tenancy}" cargo generate --path "$root" template \
     --name "$name" --silent --vcs none --destination "$dest" "${args[@]}" >&2 || return 1

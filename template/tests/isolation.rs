@@ -21,9 +21,9 @@ use serde_json::json;
 use {{crate_name}}::db::TenantConnection;
 use {{crate_name}}::tenancy::middleware::resolve_tenant;
 
-/// `tenants` tenants each get `writes` note creations and `writes` listings, all at once;
-/// every listing must contain only that tenant's notes, and every tenant ends with
-/// exactly its own `writes` notes.
+/// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
+/// once (`2 × writes` concurrent requests per tenant); every listing must contain only
+/// that tenant's notes, and every tenant ends with exactly its own `writes` notes.
 async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, writes: usize) {
     let names: Vec<String> = (0..tenants).map(|i| format!("iso_{i:02}")).collect();
     for name in &names {
@@ -40,6 +40,11 @@ async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, 
                     let (status, _) = call!(service, post "/api/notes", tenant = name.as_str(),
                         json = json!({"title": format!("{name}-{j}")}));
                     assert_eq!(status, StatusCode::CREATED, "create for {name}");
+                }
+                .boxed_local(),
+            );
+            requests.push(
+                async move {
                     let (status, body) =
                         call!(service, get "/api/notes?limit=100", tenant = name.as_str());
                     assert_eq!(status, StatusCode::OK, "list for {name}");
@@ -71,33 +76,24 @@ async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, 
     }
 }
 
-#[actix_web::test]
-async fn twenty_tenants_times_fifty_concurrent_requests_stay_isolated() {
-    let app = spawn_app_with(&[
-        ("TENANCY_DATABASE_POOL_SIZE", "2"),
+/// An app whose tenant pools hold `per_tenant` connections, `cap` in all.
+async fn spawn_with_pools(per_tenant: u32, cap: u32) -> TestApp {
+    let per_tenant = per_tenant.to_string();
+    let cap = cap.to_string();
+    spawn_app_with(&[
+        ("TENANCY_DATABASE_POOL_SIZE", per_tenant.as_str()),
         ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
-        ("TENANCY_MAX_TOTAL_CONNECTIONS", "40"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", cap.as_str()),
         ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
     ])
-    .await;
-    concurrent_tenants_never_see_each_other(&app, 20, 25).await;
-    let stats = app.tenancy.pool_stats();
-    assert!(stats.open_connections <= 40, "{stats:?}");
+    .await
 }
 
-#[actix_web::test]
-async fn tenants_stay_isolated_while_pools_are_evicted_under_the_connection_cap() {
-    let app = spawn_app_with(&[
-        ("TENANCY_DATABASE_POOL_SIZE", "2"),
-        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
-        ("TENANCY_MAX_TOTAL_CONNECTIONS", "4"),
-        ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
-    ])
-    .await;
-    concurrent_tenants_never_see_each_other(&app, 12, 8).await;
+/// The pools report at most `cap` tenant connections, and PostgreSQL agrees.
+async fn assert_connections_within(app: &TestApp, cap: u32) {
     let stats = app.tenancy.pool_stats();
-    assert!(stats.open_connections <= 4, "{stats:?}");
-    let open: i64 = app
+    assert!(stats.open_connections <= cap, "{stats:?}");
+    let open: u32 = app
         .db
         .query(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{}'",
@@ -109,8 +105,22 @@ async fn tenants_stay_isolated_while_pools_are_evicted_under_the_connection_cap(
         .unwrap()
         .parse()
         .unwrap();
-    // Four tenant connections at most, plus the control pool's.
-    assert!(open <= 4 + 4, "{open} connections open");
+    let control = app.tenancy.settings.database.control_pool_size;
+    assert!(open <= cap + control, "{open} connections open");
+}
+
+#[actix_web::test]
+async fn twenty_tenants_times_fifty_concurrent_requests_stay_isolated() {
+    let app = spawn_with_pools(2, 40).await;
+    concurrent_tenants_never_see_each_other(&app, 20, 25).await;
+    assert_connections_within(&app, 40).await;
+}
+
+#[actix_web::test]
+async fn tenants_stay_isolated_while_pools_are_evicted_under_the_connection_cap() {
+    let app = spawn_with_pools(2, 4).await;
+    concurrent_tenants_never_see_each_other(&app, 12, 8).await;
+    assert_connections_within(&app, 4).await;
 }
 
 /// A test app with routes that misbehave on purpose, built with the same middleware and

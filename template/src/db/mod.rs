@@ -10,4 +10,4 @@ pub mod pools;
 pub mod runtime;
 
 pub use manager::{PgConn, PgManager, PoolError};
-pub use pools::{ControlPool, PoolRegistry, PoolStats, TenantConnection};
+pub use pools::{ControlConnection, ControlPool, PoolRegistry, PoolStats, TenantConnection};

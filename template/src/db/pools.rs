@@ -26,6 +26,8 @@ use crate::config::DatabaseSettings;
 /// The pool of the control plane (tenant registry, health, admin). Its connections have
 /// `search_path=tenancy`, so an unqualified tenant table does not resolve on them.
 pub type ControlPool = bb8::Pool<PgManager<Unlimited>>;
+/// A connection checked out of the control pool.
+pub type ControlConnection<'a> = bb8::PooledConnection<'a, PgManager<Unlimited>>;
 
 /// A connection bound to one tenant, checked out of that tenant's pool.
 pub struct TenantConnection(bb8::PooledConnection<'static, PgManager<TenantBudget>>);

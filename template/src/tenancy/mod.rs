@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::Settings;
 use crate::db::pools::{self, ControlPool};
-use crate::db::{PoolRegistry, PoolStats, TenantConnection, runtime};
+use crate::db::{ControlConnection, PoolRegistry, PoolStats, TenantConnection, runtime};
 use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 use cache::TenantCache;
@@ -74,9 +74,7 @@ impl Tenancy {
     }
 
     /// A connection of the control plane.
-    pub async fn control_connection(
-        &self,
-    ) -> Result<bb8::PooledConnection<'_, crate::db::PgManager<pools::Unlimited>>, AppError> {
+    pub async fn control_connection(&self) -> Result<ControlConnection<'_>, AppError> {
         Ok(self.control.get().await?)
     }
 

@@ -1,6 +1,6 @@
 //! Test set-up: every test gets its own freshly created database on the server named by
 //! `TENANCY_TEST_DATABASE_URL` (default: the local PostgreSQL), dropped when the test ends.
-//! Nothing is mocked.
+//! No test doubles: the real server, real schemas, real connections.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
