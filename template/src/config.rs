@@ -49,6 +49,9 @@ pub struct Settings {
     pub workers: Option<usize>,
     pub shutdown_timeout: Duration,
     pub database_url: SecretString,
+    /// The role that owns the tables (migrations, provisioning, destroy); defaults to
+    /// `database_url`.
+    pub migration_database_url: Option<SecretString>,
     pub database: DatabaseSettings,
     pub tenant_header: String,
     pub skip_paths: Vec<String>,
@@ -90,6 +93,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("workers", None),
     ("shutdown_timeout", Some("30")),
     ("database_url", None),
+    ("migration_database_url", None),
     ("database_pool_size", Some("4")),
     ("database_max_overflow", Some("2")),
     ("max_total_connections", Some("40")),
@@ -170,6 +174,19 @@ impl Settings {
             ));
         }
 
+        let migration_database_url = match v.optional("migration_database_url") {
+            Some(url) => {
+                if let Err(e) = tokio_postgres::Config::from_str(&url) {
+                    return Err(invalid(
+                        "migration_database_url",
+                        format!("not a PostgreSQL URL ({e})"),
+                    ));
+                }
+                Some(SecretString::from(url))
+            }
+            None => None,
+        };
+
         let database = DatabaseSettings {
             pool_size: v.number("database_pool_size", 1, 1_000)?,
             max_overflow: v.number("database_max_overflow", 0, 1_000)?,
@@ -225,6 +242,7 @@ impl Settings {
             workers,
             shutdown_timeout: v.seconds("shutdown_timeout", 0, 3600)?,
             database_url: SecretString::from(database_url),
+            migration_database_url,
             database,
             tenant_header,
             skip_paths,
@@ -414,6 +432,10 @@ mod tests {
             (
                 &[("TENANCY_DATABASE_URL", "mysql://x")],
                 "TENANCY_DATABASE_URL",
+            ),
+            (
+                &[("TENANCY_MIGRATION_DATABASE_URL", "http://x")],
+                "TENANCY_MIGRATION_DATABASE_URL",
             ),
         ];
         for (pairs, var) in cases {

@@ -92,6 +92,10 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(applied = ?applied, "control-plane migrations applied");
         }
+        tenancy
+            .check_app_role()
+            .await
+            .map_err(|e| ServeError::UnsafeRole(e.to_string()))?;
         let mut server = HttpServer::new(move || app(tenancy.clone()))
             .shutdown_timeout(shutdown.as_secs())
             .listen(listener)
@@ -127,6 +131,8 @@ pub enum ServeError {
     Bind(String, std::io::Error),
     #[error("control-plane migrations failed: {0}")]
     Migrate(String),
+    #[error("{0}")]
+    UnsafeRole(String),
     #[error(transparent)]
     Io(std::io::Error),
 }

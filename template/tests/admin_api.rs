@@ -100,12 +100,18 @@ async fn the_whole_lifecycle_over_http() {
         admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "nope"})).0,
         StatusCode::BAD_REQUEST
     );
-    assert!(app.db.schemas().await.contains(&"tenant_acme".to_string()));
+    let acme = app
+        .tenancy
+        .get_tenant(&{{crate_name}}::domain::TenantIdentifier::parse("acme").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
     assert_eq!(
         admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "acme"})).0,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(app.db.schemas().await, vec!["public", "tenancy"]);
+    assert_eq!(app.db.notes_of(&acme).await.unwrap_or(0), 0);
+    assert_eq!(app.db.schemas().await, app.baseline_schemas);
     assert_eq!(
         admin!(service, get "/admin/tenants/acme").0,
         StatusCode::NOT_FOUND
@@ -145,6 +151,6 @@ async fn identifier_injection_attempts_are_refused_and_change_nothing() {
         let (status, _) = admin!(service, post path, json = json!({"confirm": "public"}));
         assert!(status.is_client_error(), "{path}: {status}");
     }
-    assert_eq!(app.db.schemas().await, vec!["public", "tenancy"]);
+    assert_eq!(app.db.schemas().await, app.baseline_schemas);
     assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
 }

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use diesel_async::AsyncPgConnection;
+use diesel::sql_types::Text;
 use diesel_async::pooled_connection::PoolableConnection;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -17,6 +18,8 @@ pub enum PoolError {
     Connect(#[from] tokio_postgres::Error),
     #[error("could not set up the connection: {0}")]
     Setup(#[from] diesel::ConnectionError),
+    #[error("could not set the connection's session variable: {0}")]
+    Session(diesel::result::Error),
     #[error("all {0} tenant connections of this process are in use")]
     AtCapacity(u32),
     #[error("the database runtime stopped")]
@@ -53,23 +56,47 @@ impl std::ops::DerefMut for PgConn {
     }
 }
 
+/// A session variable set once on every new connection of a pool, with
+/// `set_config(name, value, false)` (values go in bind parameters; `SET` takes none).
+#[derive(Clone, Debug)]
+pub struct SessionVariable {
+    pub name: &'static str,
+    pub value: String,
+}
+
+/// How to open the connections of one pool.
+#[derive(Clone, Debug)]
+pub struct ConnectTarget {
+    /// Server, credentials and start-up options (e.g. `-c search_path=...`).
+    pub config: tokio_postgres::Config,
+    pub session: Option<SessionVariable>,
+}
+
+impl From<tokio_postgres::Config> for ConnectTarget {
+    fn from(config: tokio_postgres::Config) -> Self {
+        Self {
+            config,
+            session: None,
+        }
+    }
+}
+
 pub struct PgManager<B> {
-    config: tokio_postgres::Config,
+    target: ConnectTarget,
     budget: Option<Arc<B>>,
     wait: Duration,
     runtime: Handle,
 }
 
 impl<B: ConnectionBudget> PgManager<B> {
-    /// `config` carries the session settings (e.g. `options=-c search_path=...`).
     pub fn new(
-        config: tokio_postgres::Config,
+        target: ConnectTarget,
         budget: Option<Arc<B>>,
         wait: Duration,
         runtime: Handle,
     ) -> Self {
         Self {
-            config,
+            target,
             budget,
             wait,
             runtime,
@@ -77,15 +104,26 @@ impl<B: ConnectionBudget> PgManager<B> {
     }
 }
 
-/// Opens one connection on the database runtime.
+/// Opens one connection on the database runtime and sets its session variable.
 pub async fn connect(
-    config: tokio_postgres::Config,
+    target: impl Into<ConnectTarget>,
     runtime: &Handle,
 ) -> Result<AsyncPgConnection, PoolError> {
+    let ConnectTarget { config, session } = target.into();
     runtime
         .spawn(async move {
             let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            Ok(AsyncPgConnection::try_from_client_and_connection(client, connection).await?)
+            let mut conn =
+                AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
+            if let Some(SessionVariable { name, value }) = session {
+                diesel::sql_query("SELECT set_config($1, $2, false)")
+                    .bind::<Text, _>(name)
+                    .bind::<Text, _>(value)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(PoolError::Session)?;
+            }
+            Ok(conn)
         })
         .await
         .map_err(|_| PoolError::RuntimeGone)?
@@ -100,7 +138,7 @@ impl<B: ConnectionBudget> bb8::ManageConnection for PgManager<B> {
             Some(budget) => Some(budget.acquire(self.wait).await?),
             None => None,
         };
-        let conn = connect(self.config.clone(), &self.runtime).await?;
+        let conn = connect(self.target.clone(), &self.runtime).await?;
         Ok(PgConn {
             conn,
             _permit: permit,

@@ -13,12 +13,11 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::manager::{PoolError, connect};
+use super::manager::{ConnectTarget, PoolError, connect};
 use super::runtime;
+use crate::domain::SqlIdentifier;
 
 pub const CONTROL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/control");
-pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant");
-
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(transparent)]
@@ -31,17 +30,18 @@ pub enum MigrateError {
     Runtime(String),
 }
 
-/// Applies the pending `migrations` on a new connection opened with `config`, holding an
-/// advisory lock named `lock_name`; `prepare` (e.g. `CREATE SCHEMA IF NOT EXISTS`) runs
-/// first, under the lock. Returns the versions it applied.
+/// Applies the pending `migrations` on a new connection to `target`, holding an advisory
+/// lock named `lock_name`. `before` (e.g. `CREATE SCHEMA IF NOT EXISTS`) and `after`
+/// (grants) run under the same lock. Returns the versions it applied.
 pub async fn run_pending(
-    config: tokio_postgres::Config,
+    target: impl Into<ConnectTarget>,
     migrations: EmbeddedMigrations,
     lock_name: String,
-    prepare: Option<String>,
+    before: Vec<String>,
+    after: Vec<String>,
 ) -> Result<Vec<String>, MigrateError> {
     let runtime = runtime::handle().map_err(|e| MigrateError::Runtime(e.to_string()))?;
-    let conn = connect(config, &runtime).await?;
+    let conn = connect(target, &runtime).await?;
     runtime
         .spawn_blocking(move || {
             let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
@@ -50,14 +50,32 @@ pub async fn run_pending(
             diesel::sql_query("SELECT pg_advisory_lock(hashtext($1))")
                 .bind::<Text, _>(&lock_name)
                 .execute(&mut conn)?;
-            if let Some(sql) = prepare {
+            for sql in before {
                 diesel::sql_query(sql).execute(&mut conn)?;
             }
-            let applied = conn
+            let applied: Vec<String> = conn
                 .run_pending_migrations(migrations)
-                .map_err(|e| MigrateError::Migration(e.to_string()))?;
-            Ok(applied.iter().map(ToString::to_string).collect())
+                .map_err(|e| MigrateError::Migration(e.to_string()))?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            for sql in after {
+                diesel::sql_query(sql).execute(&mut conn)?;
+            }
+            Ok(applied)
         })
         .await
         .map_err(|e| MigrateError::Runtime(e.to_string()))?
+}
+
+/// What the application role needs on the tables of `schema` (quoted) owned by the
+/// migration role: data access, nothing else (no DDL, no ownership).
+pub fn grants_on_schema(schema: &str, app_role: &SqlIdentifier) -> Vec<String> {
+    let role = app_role.quoted();
+    vec![
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+        format!("REVOKE ALL ON TABLE {schema}.__diesel_schema_migrations FROM {role}"),
+    ]
 }

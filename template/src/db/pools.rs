@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use super::manager::{ConnectionBudget, PgManager, PoolError};
+use super::manager::{ConnectTarget, ConnectionBudget, PgManager, PoolError};
 use crate::config::DatabaseSettings;
 
 /// The pool of the control plane (tenant registry, health, admin). Its connections have
@@ -60,7 +60,7 @@ pub fn control_pool(
     settings: &DatabaseSettings,
     runtime: &Handle,
 ) -> ControlPool {
-    let manager = PgManager::new(config, None, settings.pool_timeout, runtime.clone());
+    let manager = PgManager::new(config.into(), None, settings.pool_timeout, runtime.clone());
     let _enter = runtime.enter();
     builder(settings, settings.control_pool_size, "control").build_unchecked(manager)
 }
@@ -155,14 +155,14 @@ impl PoolRegistry {
         }
     }
 
-    /// Checks out a connection of `tenant`'s pool, creating the pool with `connect_config`
+    /// Checks out a connection of `tenant`'s pool, creating the pool with `connect_target`
     /// (the tenant's scoped session settings) on first use.
     pub async fn get(
         &self,
         tenant: Uuid,
-        connect_config: impl FnOnce() -> tokio_postgres::Config,
+        connect_target: impl FnOnce() -> ConnectTarget,
     ) -> Result<TenantConnection, bb8::RunError<PoolError>> {
-        let entry = self.entry(tenant, connect_config);
+        let entry = self.entry(tenant, connect_target);
         // Written at most every 100 ms: the LRU order needs no more, and a write on every
         // checkout would bounce the cache line between workers.
         let now = self.shared.now_millis();
@@ -199,11 +199,7 @@ impl PoolRegistry {
         }
     }
 
-    fn entry(
-        &self,
-        tenant: Uuid,
-        connect_config: impl FnOnce() -> tokio_postgres::Config,
-    ) -> Arc<Entry> {
+    fn entry(&self, tenant: Uuid, connect_target: impl FnOnce() -> ConnectTarget) -> Arc<Entry> {
         if let Some(entry) = self.shared.read_pools().get(&tenant) {
             return entry.clone();
         }
@@ -228,7 +224,7 @@ impl PoolRegistry {
                 tenant,
             };
             let manager = PgManager::new(
-                connect_config(),
+                connect_target(),
                 Some(Arc::new(budget)),
                 settings.pool_timeout,
                 self.shared.runtime.clone(),

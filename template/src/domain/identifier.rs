@@ -90,6 +90,32 @@ impl fmt::Display for SchemaName {
     }
 }
 
+/// Any other SQL identifier interpolated into DDL or grants: a role or a table name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SqlIdentifier(String);
+
+impl SqlIdentifier {
+    /// Accepts `^[a-z][a-z0-9_]*$`, at most 63 bytes.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > MAX_IDENTIFIER_BYTES {
+            return Err(format!(
+                "an identifier has 1 to {MAX_IDENTIFIER_BYTES} bytes"
+            ));
+        }
+        check_identifier_chars(value).map_err(|why| format!("an identifier {why}"))?;
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier double-quoted: `"app"`.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
 fn check_identifier_chars(value: &str) -> Result<(), &'static str> {
     let mut bytes = value.bytes();
     match bytes.next() {
@@ -141,6 +167,17 @@ mod tests {
     fn longest_identifier_gives_a_63_byte_schema() {
         let longest = TenantIdentifier::parse(&"z".repeat(TenantIdentifier::MAX_LEN)).unwrap();
         assert_eq!(SchemaName::for_tenant(&longest).as_str().len(), 63);
+    }
+
+    #[test]
+    fn sql_identifiers_take_the_same_rules() {
+        assert_eq!(
+            SqlIdentifier::parse("app_role").unwrap().quoted(),
+            "\"app_role\""
+        );
+        for bad in ["", "App", "a-b", "a\"b", &"a".repeat(64)] {
+            assert!(SqlIdentifier::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

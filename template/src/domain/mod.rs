@@ -5,5 +5,5 @@
 mod identifier;
 mod tenant;
 
-pub use identifier::{SchemaName, TenantIdentifier};
+pub use identifier::{SchemaName, SqlIdentifier, TenantIdentifier};
 pub use tenant::{Tenant, TenantStatus};

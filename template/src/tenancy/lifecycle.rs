@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{CONTROL_SCHEMA, Tenancy, isolation, registry, with_session_option};
+use crate::db::manager::connect;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
+use crate::db::{PoolError, runtime};
 use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 
@@ -27,6 +29,8 @@ pub enum LifecycleError {
     Database(#[from] diesel::result::Error),
     #[error("provisioning failed: {0}")]
     Migration(#[from] MigrateError),
+    #[error(transparent)]
+    Connect(#[from] PoolError),
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -74,15 +78,33 @@ pub struct Progress<'a> {
 }
 
 impl Tenancy {
-    /// Applies the control-plane migrations (creates the `tenancy` schema first).
+    /// Applies the control-plane migrations (the `tenancy` schema) and the migrations the
+    /// isolation strategy shares between tenants, as the migration role, and grants the
+    /// application role data access to them.
     pub async fn migrate_control(&self) -> Result<Vec<String>, MigrateError> {
-        migrate::run_pending(
-            with_session_option(self.base_config(), "search_path", CONTROL_SCHEMA),
+        let grants = match self.app_role() {
+            Some(role) => vec![
+                format!(
+                    "GRANT USAGE ON SCHEMA \"{CONTROL_SCHEMA}\" TO {}",
+                    role.quoted()
+                ),
+                format!(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON \"{CONTROL_SCHEMA}\".tenants TO {}",
+                    role.quoted()
+                ),
+            ],
+            None => Vec::new(),
+        };
+        let mut applied = migrate::run_pending(
+            with_session_option(self.migration_config(), "search_path", CONTROL_SCHEMA),
             CONTROL_MIGRATIONS,
             "migrate:control".into(),
-            Some(format!("CREATE SCHEMA IF NOT EXISTS \"{CONTROL_SCHEMA}\"")),
+            vec![format!("CREATE SCHEMA IF NOT EXISTS \"{CONTROL_SCHEMA}\"")],
+            grants,
         )
-        .await
+        .await?;
+        applied.extend(isolation::migrate_shared(self.migration_config(), self.app_role()).await?);
+        Ok(applied)
     }
 
     /// Creates and provisions a tenant. Idempotent: a tenant left `provisioning` by an
@@ -109,7 +131,7 @@ impl Tenancy {
                 tenant.identifier, tenant.status
             )));
         }
-        isolation::migrate(self.base_config(), &tenant).await?;
+        isolation::migrate(self.migration_config(), &tenant, self.app_role()).await?;
         let mut conn = self.control_connection().await?;
         let active = registry::transition(
             &mut conn,
@@ -195,7 +217,9 @@ impl Tenancy {
         }
         self.forget(&tenant);
         self.pools.close(tenant.id);
-        let mut conn = self.control_connection().await?;
+        // As the owner of the tenant's storage, not as the application role.
+        let runtime = runtime::handle().map_err(AppError::internal)?;
+        let mut conn = connect(self.migration_config().clone(), &runtime).await?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
             isolation::destroy(conn, &tenant).await?;
             registry::delete_row(conn, tenant.id).await?;
@@ -247,11 +271,11 @@ impl Tenancy {
             tenants: total,
             ..MigrationReport::default()
         };
-        let base = self.base_config();
+        let (owner, app_role) = (self.migration_config(), self.app_role());
         let mut results = futures_util::stream::iter(tenants.iter())
             .map(|tenant| async move {
                 let started = Instant::now();
-                let result = isolation::migrate(base, tenant).await;
+                let result = isolation::migrate(owner, tenant, app_role).await;
                 tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = started.elapsed().as_millis() as u64, "tenant migrated");
                 (tenant, result)
             })

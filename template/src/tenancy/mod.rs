@@ -20,7 +20,7 @@ use secrecy::ExposeSecret;
 use crate::config::Settings;
 use crate::db::pools::{self, ControlPool};
 use crate::db::{ControlConnection, PoolRegistry, PoolStats, TenantConnection, runtime};
-use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 use cache::TenantCache;
 
@@ -33,6 +33,11 @@ pub const ADMIN_PREFIX: &str = "/admin/";
 pub struct Tenancy {
     pub settings: Settings,
     base_config: tokio_postgres::Config,
+    /// The role that owns the tables: migrations, provisioning, destroy.
+    migration_config: tokio_postgres::Config,
+    /// The application role, when it differs from the migration role: it is granted data
+    /// access to what the migration role creates.
+    app_role: Option<SqlIdentifier>,
     pub control: ControlPool,
     pools: PoolRegistry,
     cache: TenantCache,
@@ -42,6 +47,8 @@ pub struct Tenancy {
 pub enum StartupError {
     #[error("TENANCY_DATABASE_URL: {0}")]
     DatabaseUrl(String),
+    #[error("TENANCY_MIGRATION_DATABASE_URL: {0}")]
+    MigrationDatabaseUrl(String),
     #[error("could not start the database runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -55,6 +62,21 @@ impl Tenancy {
         if base_config.get_application_name().is_none() {
             base_config.application_name(env!("CARGO_PKG_NAME"));
         }
+        let migration_config = match &settings.migration_database_url {
+            Some(url) => tokio_postgres::Config::from_str(url.expose_secret())
+                .map_err(|e| StartupError::MigrationDatabaseUrl(e.to_string()))?,
+            None => base_config.clone(),
+        };
+        let app_role = match (base_config.get_user(), migration_config.get_user()) {
+            (Some(app), Some(owner)) if app != owner => {
+                Some(SqlIdentifier::parse(app).map_err(|why| {
+                    StartupError::DatabaseUrl(format!(
+                        "the user name '{app}' cannot be granted access: {why}"
+                    ))
+                })?)
+            }
+            _ => None,
+        };
         let control_config = with_session_option(&base_config, "search_path", CONTROL_SCHEMA);
         let control = pools::control_pool(control_config, &settings.database, &runtime);
         let pools = PoolRegistry::new(settings.database.clone(), runtime);
@@ -62,15 +84,31 @@ impl Tenancy {
         Ok(Self {
             settings,
             base_config,
+            migration_config,
+            app_role,
             control,
             pools,
             cache,
         })
     }
 
-    /// The connection settings of the database, without any scope.
-    pub fn base_config(&self) -> &tokio_postgres::Config {
-        &self.base_config
+    /// The connection settings of the migration role (the table owner).
+    pub fn migration_config(&self) -> &tokio_postgres::Config {
+        &self.migration_config
+    }
+
+    /// The role granted data access to what migrations create, if not the owner itself.
+    pub fn app_role(&self) -> Option<&SqlIdentifier> {
+        self.app_role.as_ref()
+    }
+
+    /// Refuses an application role that would defeat the isolation strategy (for
+    /// Row-Level Security: a superuser, `BYPASSRLS`, or the owner of tenant tables).
+    pub async fn check_app_role(&self) -> Result<(), AppError> {
+        let mut conn = self.control_connection().await?;
+        isolation::check_app_role(&mut conn)
+            .await
+            .map_err(|why| AppError::Conflict(format!("TENANCY_DATABASE_URL: {why}")))
     }
 
     /// A connection of the control plane.
@@ -83,7 +121,7 @@ impl Tenancy {
         let base = &self.base_config;
         Ok(self
             .pools
-            .get(tenant.id, || isolation::connect_config(base, tenant))
+            .get(tenant.id, || isolation::connect_target(base, tenant))
             .await?)
     }
 

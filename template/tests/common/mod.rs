@@ -33,6 +33,13 @@ fn with_database(url: &str, database: &str) -> String {
     format!("{}/{database}{query}", &base[..host_end])
 }
 
+/// `url` with its user and password replaced.
+fn with_user(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let host = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
 /// Runs `sql` on the server's maintenance database.
 pub async fn server_exec(sql: &str) {
     let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
@@ -44,18 +51,47 @@ pub async fn server_exec(sql: &str) {
     let _ = driver.await;
 }
 
-/// A database that exists for one test.
+/// A database that exists for one test, and an application role of its own: no
+/// superuser, no ownership, only what the migrations grant it.
 pub struct TestDatabase {
     pub name: String,
+    /// The owner's URL (`TENANCY_TEST_DATABASE_URL`'s user): migrations, checks.
     pub url: String,
+    /// The application role's URL: what the service connects with.
+    pub app_url: String,
+    pub app_role: String,
+    pub app_password: String,
 }
 
 impl TestDatabase {
     pub async fn create() -> Self {
-        let name = format!("tenancy_test_{}", uuid::Uuid::new_v4().simple());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("tenancy_test_{id}");
+        let app_role = format!("tenancy_test_app_{}", &id[..16]);
+        let app_password = uuid::Uuid::new_v4().simple().to_string();
         server_exec(&format!("CREATE DATABASE \"{name}\"")).await;
+        server_exec(&format!(
+            "CREATE ROLE \"{app_role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS \
+             PASSWORD '{app_password}'"
+        ))
+        .await;
         let url = with_database(&server_url(), &name);
-        Self { name, url }
+        let app_url = with_user(&url, &app_role, &app_password);
+        Self {
+            name,
+            url,
+            app_url,
+            app_role,
+            app_password,
+        }
+    }
+
+    /// The `TENANCY_*` variables of a service on this database.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TENANCY_DATABASE_URL", self.app_url.clone()),
+            ("TENANCY_MIGRATION_DATABASE_URL", self.url.clone()),
+        ]
     }
 
     /// Runs `sql` in this database and returns the rows as text.
@@ -79,6 +115,26 @@ impl TestDatabase {
             .collect()
     }
 
+    /// How many notes `tenant` has, read as the owner; `None` when the tenant has no
+    /// storage of its own (yet, or any more).
+    pub async fn notes_of(&self, tenant: &Tenant) -> Option<i64> {
+{%- if isolation == "schema" %}
+        let schema = format!("tenant_{}", tenant.identifier);
+        if !self.schemas().await.contains(&schema) {
+            return None;
+        }
+        let sql = format!("SELECT count(*) FROM \"{schema}\".notes");
+{%- elsif isolation == "rls" %}
+        let sql = format!(
+            "SELECT set_config('app.tenant_id', '{id}', false); \
+             SELECT count(*) FROM tenancy_data.notes WHERE tenant_id = '{id}'",
+            id = tenant.id
+        );
+{%- endif %}
+        let rows = self.query(&sql).await;
+        rows.last()?.first()?.as_deref()?.parse().ok()
+    }
+
     /// The schemas in this database, without PostgreSQL's own.
     pub async fn schemas(&self) -> Vec<String> {
         self.query(
@@ -94,14 +150,18 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let drop_database = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let drop_role = format!("DROP ROLE IF EXISTS \"{}\"", self.app_role);
         // Drop may run inside an async test: do the blocking work on a thread of its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(server_exec(&sql));
+            runtime.block_on(async {
+                server_exec(&drop_database).await;
+                server_exec(&drop_role).await;
+            });
         })
         .join();
     }
@@ -111,6 +171,8 @@ impl Drop for TestDatabase {
 pub struct TestApp {
     pub tenancy: web::Data<Tenancy>,
     pub db: TestDatabase,
+    /// The schemas right after the control-plane migrations, before any tenant.
+    pub baseline_schemas: Vec<String>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -120,10 +182,12 @@ pub async fn spawn_app() -> TestApp {
 /// Like `spawn_app`, with extra `TENANCY_*` settings.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create().await;
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("TENANCY_DATABASE_URL".to_string(), db.url.clone()),
-        ("TENANCY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
-    ]);
+    let mut env: HashMap<String, String> = db
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    env.insert("TENANCY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
     for (key, value) in extra {
         env.insert(key.to_string(), value.to_string());
     }
@@ -131,9 +195,12 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     assert!(warnings.is_empty(), "{warnings:?}");
     let tenancy = Tenancy::new(settings).unwrap();
     tenancy.migrate_control().await.unwrap();
+    tenancy.check_app_role().await.unwrap();
+    let baseline_schemas = db.schemas().await;
     TestApp {
         tenancy: web::Data::new(tenancy),
         db,
+        baseline_schemas,
     }
 }
 

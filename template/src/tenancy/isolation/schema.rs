@@ -6,39 +6,63 @@
 
 use diesel::QueryResult;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use crate::db::migrate::{self, MigrateError, TENANT_MIGRATIONS};
-use crate::domain::{SchemaName, Tenant};
+use crate::db::manager::ConnectTarget;
+use crate::db::migrate::{self, MigrateError, grants_on_schema};
+use crate::domain::{SchemaName, SqlIdentifier, Tenant};
 use crate::tenancy::with_session_option;
 
+/// Run once in every tenant's schema, with unqualified table names.
+pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
+
 /// Connection settings bound to `tenant`'s schema.
-pub fn connect_config(base: &tokio_postgres::Config, tenant: &Tenant) -> tokio_postgres::Config {
+pub fn connect_target(base: &tokio_postgres::Config, tenant: &Tenant) -> ConnectTarget {
     let schema = SchemaName::for_tenant(&tenant.identifier);
-    with_session_option(base, "search_path", schema.as_str())
+    with_session_option(base, "search_path", schema.as_str()).into()
 }
 
-/// Creates the tenant's schema if needed and applies its pending migrations. Safe to
-/// repeat: this is how an interrupted provisioning completes.
+/// Nothing is shared between tenants in this strategy.
+pub async fn migrate_shared(
+    _owner: &tokio_postgres::Config,
+    _app_role: Option<&SqlIdentifier>,
+) -> Result<Vec<String>, MigrateError> {
+    Ok(Vec::new())
+}
+
+/// Creates the tenant's schema if needed, applies its pending migrations as the owner and
+/// grants the application role data access. Safe to repeat: this is how an interrupted
+/// provisioning completes.
 pub async fn migrate(
-    base: &tokio_postgres::Config,
+    owner: &tokio_postgres::Config,
     tenant: &Tenant,
+    app_role: Option<&SqlIdentifier>,
 ) -> Result<Vec<String>, MigrateError> {
     let schema = SchemaName::for_tenant(&tenant.identifier);
+    let grants = app_role
+        .map(|role| grants_on_schema(&schema.quoted(), role))
+        .unwrap_or_default();
     migrate::run_pending(
-        connect_config(base, tenant),
+        with_session_option(owner, "search_path", schema.as_str()),
         TENANT_MIGRATIONS,
         format!("migrate:{schema}"),
-        Some(format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted())),
+        vec![format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted())],
+        grants,
     )
     .await
 }
 
-/// Drops the tenant's schema and everything in it. Runs on a control connection, inside
-/// the transaction that also removes the registry row.
+/// Drops the tenant's schema and everything in it. Runs as the owner, inside the
+/// transaction that also removes the registry row.
 pub async fn destroy(conn: &mut AsyncPgConnection, tenant: &Tenant) -> QueryResult<()> {
     let schema = SchemaName::for_tenant(&tenant.identifier);
     diesel::sql_query(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Any role that can read its tenants' schemas will do.
+pub async fn check_app_role(_conn: &mut AsyncPgConnection) -> Result<(), String> {
     Ok(())
 }

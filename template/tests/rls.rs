@@ -1,0 +1,226 @@
+//! Row-Level Security as PostgreSQL enforces it, checked on raw connections of the
+//! application role: an unset tenant sees and writes nothing, a tenant cannot reach
+//! another tenant's rows by naming its id, and the role cannot switch RLS off.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use common::{TestApp, spawn_app};
+use serde_json::json;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use {{crate_name}}::config::Settings;
+use {{crate_name}}::domain::Tenant;
+use {{crate_name}}::tenancy::Tenancy;
+
+/// A raw session of the application role on the shared tables, with no tenant set.
+async fn app_session(app: &TestApp) -> Client {
+    let (client, connection) = tokio_postgres::connect(&app.db.app_url, NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("SET search_path = tenancy_data")
+        .await
+        .unwrap();
+    client
+}
+
+/// The first column of the last row `sql` returns, or the error's message.
+async fn try_sql(client: &Client, sql: &str) -> Result<Option<String>, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| e.to_string())?;
+    let value = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .next_back()
+        .flatten();
+    Ok(value)
+}
+
+async fn tenant_with_notes(app: &TestApp, name: &str, notes: usize) -> Tenant {
+    let tenant = app.create_tenant(name).await;
+    let service = service!(app);
+    for i in 0..notes {
+        let (status, _) = call!(service, post "/api/notes", tenant = name, json = json!({"title": format!("{name} {i}")}));
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    tenant
+}
+
+#[actix_web::test]
+async fn with_no_tenant_set_selects_return_nothing_and_inserts_fail() {
+    let app = spawn_app().await;
+    let acme = tenant_with_notes(&app, "acme", 2).await;
+    let session = app_session(&app).await;
+    assert_eq!(
+        try_sql(&session, "SELECT count(*) FROM notes").await,
+        Ok(Some("0".into()))
+    );
+    assert!(
+        try_sql(&session, "INSERT INTO notes (title) VALUES ('orphan')")
+            .await
+            .is_err()
+    );
+    let explicit = format!(
+        "INSERT INTO notes (tenant_id, title) VALUES ('{}', 'sneaky')",
+        acme.id
+    );
+    assert!(try_sql(&session, &explicit).await.is_err());
+    // A setting that was used and emptied again is '' (not NULL): still nothing.
+    try_sql(
+        &session,
+        &format!("SELECT set_config('app.tenant_id', '{}', false)", acme.id),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        try_sql(&session, "SELECT count(*) FROM notes").await,
+        Ok(Some("2".into()))
+    );
+    try_sql(&session, "SELECT set_config('app.tenant_id', '', false)")
+        .await
+        .unwrap();
+    assert_eq!(
+        try_sql(&session, "SELECT count(*) FROM notes").await,
+        Ok(Some("0".into()))
+    );
+    assert!(
+        try_sql(&session, "INSERT INTO notes (title) VALUES ('orphan')")
+            .await
+            .is_err()
+    );
+    assert_eq!(app.db.notes_of(&acme).await, Some(2));
+}
+
+#[actix_web::test]
+async fn a_tenant_naming_another_tenants_id_reaches_nothing() {
+    let app = spawn_app().await;
+    let acme = tenant_with_notes(&app, "acme", 1).await;
+    let globex = tenant_with_notes(&app, "globex", 1).await;
+    let session = app_session(&app).await;
+    try_sql(
+        &session,
+        &format!("SELECT set_config('app.tenant_id', '{}', false)", acme.id),
+    )
+    .await
+    .unwrap();
+    let other = globex.id;
+    for (sql, expected) in [
+        (
+            format!("SELECT count(*) FROM notes WHERE tenant_id = '{other}'"),
+            "0",
+        ),
+        (
+            format!(
+                "WITH u AS (UPDATE notes SET title = 'owned' WHERE tenant_id = '{other}' RETURNING 1) SELECT count(*) FROM u"
+            ),
+            "0",
+        ),
+        (
+            format!(
+                "WITH d AS (DELETE FROM notes WHERE tenant_id = '{other}' RETURNING 1) SELECT count(*) FROM d"
+            ),
+            "0",
+        ),
+        ("SELECT count(*) FROM notes".to_string(), "1"),
+    ] {
+        assert_eq!(
+            try_sql(&session, &sql).await,
+            Ok(Some(expected.into())),
+            "{sql}"
+        );
+    }
+    let write = format!("INSERT INTO notes (tenant_id, title) VALUES ('{other}', 'planted')");
+    assert!(try_sql(&session, &write).await.is_err());
+    let moved = format!("UPDATE notes SET tenant_id = '{other}'");
+    assert!(try_sql(&session, &moved).await.is_err());
+    assert_eq!(app.db.notes_of(&globex).await, Some(1));
+    let title = app
+        .db
+        .query(&format!(
+            "SELECT title FROM tenancy_data.notes WHERE tenant_id = '{other}'"
+        ))
+        .await;
+    assert_eq!(title[0][0].as_deref(), Some("globex 0"));
+}
+
+#[actix_web::test]
+async fn the_application_role_cannot_switch_row_level_security_off() {
+    let app = spawn_app().await;
+    tenant_with_notes(&app, "acme", 1).await;
+    let owner = app
+        .db
+        .query("SELECT tableowner FROM pg_tables WHERE tablename = 'notes'")
+        .await[0][0]
+        .clone()
+        .unwrap();
+    let session = app_session(&app).await;
+    let attempts = [
+        format!("SET ROLE \"{owner}\""),
+        "ALTER TABLE notes DISABLE ROW LEVEL SECURITY".to_string(),
+        "ALTER TABLE notes NO FORCE ROW LEVEL SECURITY".to_string(),
+        "DROP POLICY tenant_isolation ON notes".to_string(),
+        "ALTER POLICY tenant_isolation ON notes USING (true)".to_string(),
+        "CREATE POLICY everything ON notes USING (true)".to_string(),
+        "CREATE TABLE tenancy_data.mine (x int)".to_string(),
+        "CREATE TABLE public.mine (x int)".to_string(),
+        "CREATE SCHEMA mine".to_string(),
+        "DROP TABLE notes".to_string(),
+        "TRUNCATE notes".to_string(),
+        "ALTER TABLE notes ADD COLUMN x int".to_string(),
+        "SET row_security = off; SELECT count(*) FROM notes".to_string(),
+    ];
+    for sql in &attempts {
+        assert!(
+            try_sql(&session, sql).await.is_err(),
+            "the application role could run: {sql}"
+        );
+    }
+    let state = app
+        .db
+        .query(
+            "SELECT c.relrowsecurity::text, c.relforcerowsecurity::text, \
+                (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)::text \
+                FROM pg_class c WHERE c.relname = 'notes'",
+        )
+        .await;
+    assert_eq!(
+        state,
+        vec![vec![
+            Some("true".into()),
+            Some("true".into()),
+            Some("1".into())
+        ]]
+    );
+}
+
+#[actix_web::test]
+async fn the_service_refuses_a_role_that_bypasses_row_level_security() {
+    let app = spawn_app().await;
+    // The owner (a superuser here) as the application role.
+    let env = HashMap::from([("TENANCY_DATABASE_URL".to_string(), app.db.url.clone())]);
+    let (settings, _) = Settings::from_env_map(env).unwrap();
+    let tenancy = Tenancy::new(settings).unwrap();
+    let refusal = tenancy.check_app_role().await.unwrap_err().to_string();
+    assert!(refusal.contains("Row-Level Security"), "{refusal}");
+}
+
+#[actix_web::test]
+async fn destroy_deletes_only_that_tenants_rows() {
+    let app = spawn_app().await;
+    let acme = tenant_with_notes(&app, "acme", 2).await;
+    let globex = tenant_with_notes(&app, "globex", 1).await;
+    app.tenancy.delete_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .destroy_tenant(&acme.identifier, "acme")
+        .await
+        .unwrap();
+    assert_eq!(app.db.notes_of(&acme).await, Some(0));
+    assert_eq!(app.db.notes_of(&globex).await, Some(1));
+}
