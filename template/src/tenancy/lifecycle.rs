@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use diesel_async::AsyncConnection;
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -103,7 +102,7 @@ impl Tenancy {
             grants,
         )
         .await?;
-        applied.extend(isolation::migrate_shared(self.migration_config(), self.app_role()).await?);
+        applied.extend(isolation::migrate_shared(self).await?);
         Ok(applied)
     }
 
@@ -131,7 +130,7 @@ impl Tenancy {
                 tenant.identifier, tenant.status
             )));
         }
-        isolation::migrate(self.migration_config(), &tenant, self.app_role()).await?;
+        isolation::migrate(self, &tenant).await?;
         let mut conn = self.control_connection().await?;
         let active = registry::transition(
             &mut conn,
@@ -220,12 +219,10 @@ impl Tenancy {
         // As the owner of the tenant's storage, not as the application role.
         let runtime = runtime::handle().map_err(AppError::internal)?;
         let mut conn = connect(self.migration_config().clone(), &runtime).await?;
-        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-            isolation::destroy(conn, &tenant).await?;
-            registry::delete_row(conn, tenant.id).await?;
-            Ok(())
-        })
-        .await?;
+        // The storage first: if the row went first, a failure would leave storage that no
+        // registered tenant names. Both steps can be repeated.
+        isolation::destroy(&mut conn, &tenant).await?;
+        registry::delete_row(&mut conn, tenant.id).await?;
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
         Ok(())
     }
@@ -271,11 +268,10 @@ impl Tenancy {
             tenants: total,
             ..MigrationReport::default()
         };
-        let (owner, app_role) = (self.migration_config(), self.app_role());
         let mut results = futures_util::stream::iter(tenants.iter())
             .map(|tenant| async move {
                 let started = Instant::now();
-                let result = isolation::migrate(owner, tenant, app_role).await;
+                let result = isolation::migrate(self, tenant).await;
                 tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = started.elapsed().as_millis() as u64, "tenant migrated");
                 (tenant, result)
             })

@@ -92,6 +92,11 @@ impl Tenancy {
         })
     }
 
+    /// The connection settings of the application role, without any scope.
+    pub fn base_config(&self) -> &tokio_postgres::Config {
+        &self.base_config
+    }
+
     /// The connection settings of the migration role (the table owner).
     pub fn migration_config(&self) -> &tokio_postgres::Config {
         &self.migration_config
@@ -118,10 +123,9 @@ impl Tenancy {
 
     /// A connection scoped to `tenant`, from that tenant's pool.
     pub async fn tenant_connection(&self, tenant: &Tenant) -> Result<TenantConnection, AppError> {
-        let base = &self.base_config;
         Ok(self
             .pools
-            .get(tenant.id, || isolation::connect_target(base, tenant))
+            .get(tenant.id, || isolation::connect_target(self, tenant))
             .await?)
     }
 

@@ -11,13 +11,13 @@
 
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Bool, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use crate::db::manager::{ConnectTarget, SessionVariable};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::domain::{SqlIdentifier, Tenant};
-use crate::tenancy::with_session_option;
+use crate::tenancy::{Tenancy, with_session_option};
 
 /// The schema of the shared tenant tables.
 pub const DATA_SCHEMA: &str = "tenancy_data";
@@ -27,9 +27,9 @@ pub const TENANT_SETTING: &str = "app.tenant_id";
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_rls");
 
 /// Connection settings bound to `tenant`: the shared schema, and the tenant's id.
-pub fn connect_target(base: &tokio_postgres::Config, tenant: &Tenant) -> ConnectTarget {
+pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> ConnectTarget {
     ConnectTarget {
-        config: with_session_option(base, "search_path", DATA_SCHEMA),
+        config: with_session_option(tenancy.base_config(), "search_path", DATA_SCHEMA),
         session: Some(SessionVariable {
             name: TENANT_SETTING,
             value: tenant.id.to_string(),
@@ -39,16 +39,14 @@ pub fn connect_target(base: &tokio_postgres::Config, tenant: &Tenant) -> Connect
 
 /// Creates or updates the shared tenant tables, as the owner, and grants the application
 /// role data access (never ownership or DDL).
-pub async fn migrate_shared(
-    owner: &tokio_postgres::Config,
-    app_role: Option<&SqlIdentifier>,
-) -> Result<Vec<String>, MigrateError> {
+pub async fn migrate_shared(tenancy: &Tenancy) -> Result<Vec<String>, MigrateError> {
     let schema = format!("\"{DATA_SCHEMA}\"");
-    let grants = app_role
+    let grants = tenancy
+        .app_role()
         .map(|role| grants_on_schema(&schema, role))
         .unwrap_or_default();
     migrate::run_pending(
-        with_session_option(owner, "search_path", DATA_SCHEMA),
+        with_session_option(tenancy.migration_config(), "search_path", DATA_SCHEMA),
         TENANT_MIGRATIONS,
         format!("migrate:{DATA_SCHEMA}"),
         vec![format!("CREATE SCHEMA IF NOT EXISTS {schema}")],
@@ -58,11 +56,7 @@ pub async fn migrate_shared(
 }
 
 /// A new tenant needs no storage of its own: its rows go in the shared tables.
-pub async fn migrate(
-    _owner: &tokio_postgres::Config,
-    _tenant: &Tenant,
-    _app_role: Option<&SqlIdentifier>,
-) -> Result<Vec<String>, MigrateError> {
+pub async fn migrate(_tenancy: &Tenancy, _tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
     Ok(Vec::new())
 }
 
@@ -73,37 +67,40 @@ struct TenantTable {
 }
 
 /// Deletes the tenant's rows from every tenant table (every table of `tenancy_data` with
-/// a `tenant_id` column), inside the destroy transaction. The explicit `WHERE` matters:
-/// the owner role may be a superuser, which RLS does not restrict.
+/// a `tenant_id` column), in one transaction, as the owner. The explicit `WHERE` matters:
+/// the owner may be a superuser, which RLS does not restrict.
 pub async fn destroy(conn: &mut AsyncPgConnection, tenant: &Tenant) -> QueryResult<()> {
-    diesel::sql_query("SELECT set_config($1, $2, true)")
-        .bind::<Text, _>(TENANT_SETTING)
-        .bind::<Text, _>(tenant.id.to_string())
-        .execute(conn)
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        diesel::sql_query("SELECT set_config($1, $2, true)")
+            .bind::<Text, _>(TENANT_SETTING)
+            .bind::<Text, _>(tenant.id.to_string())
+            .execute(conn)
+            .await?;
+        let tables: Vec<TenantTable> = diesel::sql_query(
+            "SELECT c.relname AS name FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
+               AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+             ORDER BY c.relname",
+        )
+        .bind::<Text, _>(DATA_SCHEMA)
+        .load(conn)
         .await?;
-    let tables: Vec<TenantTable> = diesel::sql_query(
-        "SELECT c.relname AS name FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_attribute a ON a.attrelid = c.oid \
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') \
-           AND a.attname = 'tenant_id' AND NOT a.attisdropped \
-         ORDER BY c.relname",
-    )
-    .bind::<Text, _>(DATA_SCHEMA)
-    .load(conn)
-    .await?;
-    for table in tables {
-        let name = SqlIdentifier::parse(&table.name)
-            .map_err(|why| diesel::result::Error::QueryBuilderError(why.into()))?;
-        diesel::sql_query(format!(
-            "DELETE FROM \"{DATA_SCHEMA}\".{} WHERE tenant_id = $1",
-            name.quoted()
-        ))
-        .bind::<SqlUuid, _>(tenant.id)
-        .execute(conn)
-        .await?;
-    }
-    Ok(())
+        for table in tables {
+            let name = SqlIdentifier::parse(&table.name)
+                .map_err(|why| diesel::result::Error::QueryBuilderError(why.into()))?;
+            diesel::sql_query(format!(
+                "DELETE FROM \"{DATA_SCHEMA}\".{} WHERE tenant_id = $1",
+                name.quoted()
+            ))
+            .bind::<SqlUuid, _>(tenant.id)
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 #[derive(diesel::QueryableByName)]

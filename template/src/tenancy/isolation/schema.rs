@@ -10,40 +10,34 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use crate::db::manager::ConnectTarget;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
-use crate::domain::{SchemaName, SqlIdentifier, Tenant};
-use crate::tenancy::with_session_option;
+use crate::domain::{SchemaName, Tenant};
+use crate::tenancy::{Tenancy, with_session_option};
 
 /// Run once in every tenant's schema, with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
 
 /// Connection settings bound to `tenant`'s schema.
-pub fn connect_target(base: &tokio_postgres::Config, tenant: &Tenant) -> ConnectTarget {
+pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> ConnectTarget {
     let schema = SchemaName::for_tenant(&tenant.identifier);
-    with_session_option(base, "search_path", schema.as_str()).into()
+    with_session_option(tenancy.base_config(), "search_path", schema.as_str()).into()
 }
 
 /// Nothing is shared between tenants in this strategy.
-pub async fn migrate_shared(
-    _owner: &tokio_postgres::Config,
-    _app_role: Option<&SqlIdentifier>,
-) -> Result<Vec<String>, MigrateError> {
+pub async fn migrate_shared(_tenancy: &Tenancy) -> Result<Vec<String>, MigrateError> {
     Ok(Vec::new())
 }
 
 /// Creates the tenant's schema if needed, applies its pending migrations as the owner and
 /// grants the application role data access. Safe to repeat: this is how an interrupted
 /// provisioning completes.
-pub async fn migrate(
-    owner: &tokio_postgres::Config,
-    tenant: &Tenant,
-    app_role: Option<&SqlIdentifier>,
-) -> Result<Vec<String>, MigrateError> {
+pub async fn migrate(tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
     let schema = SchemaName::for_tenant(&tenant.identifier);
-    let grants = app_role
+    let grants = tenancy
+        .app_role()
         .map(|role| grants_on_schema(&schema.quoted(), role))
         .unwrap_or_default();
     migrate::run_pending(
-        with_session_option(owner, "search_path", schema.as_str()),
+        with_session_option(tenancy.migration_config(), "search_path", schema.as_str()),
         TENANT_MIGRATIONS,
         format!("migrate:{schema}"),
         vec![format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted())],
@@ -52,8 +46,7 @@ pub async fn migrate(
     .await
 }
 
-/// Drops the tenant's schema and everything in it. Runs as the owner, inside the
-/// transaction that also removes the registry row.
+/// Drops the tenant's schema and everything in it (one statement), as the owner.
 pub async fn destroy(conn: &mut AsyncPgConnection, tenant: &Tenant) -> QueryResult<()> {
     let schema = SchemaName::for_tenant(&tenant.identifier);
     diesel::sql_query(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
