@@ -10,6 +10,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+{%- if isolation == "database" %}
+
+use crate::domain::IdentifierPrefix;
+{%- endif %}
 
 const PREFIX: &str = "TENANCY_";
 /// Compiled-in strategies; the reference guide's `TENANCY_*_STRATEGY` variables must agree.
@@ -58,6 +62,13 @@ pub struct Settings {
     pub debug_headers: bool,
     pub tenant_cache_ttl: Duration,
     pub admin_token: Option<SecretString>,
+{%- if isolation == "database" %}
+    /// Tenant `acme`'s database is `<prefix>acme`.
+    pub tenant_database_prefix: IdentifierPrefix,
+    /// The application role's URL of a tenant database, `{database}` standing for its
+    /// name; default: `database_url` with its database name replaced.
+    pub database_url_template: Option<SecretString>,
+{%- endif %}
 }
 
 /// Pool sizes and timeouts (see docs/architecture.md for how they combine).
@@ -94,7 +105,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("shutdown_timeout", Some("30")),
     ("database_url", None),
     ("migration_database_url", None),
-    ("database_pool_size", Some("4")),
+    ("database_pool_size", Some("{% if isolation == "database" %}2{% else %}4{% endif %}")),
     ("database_max_overflow", Some("2")),
     ("max_total_connections", Some("40")),
     ("control_pool_size", Some("4")),
@@ -109,6 +120,10 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("isolation_strategy", None),
     ("resolution_strategy", None),
     ("config_file", None),
+{%- if isolation == "database" %}
+    ("tenant_database_prefix", Some("tenant_")),
+    ("database_url_template", None),
+{%- endif %}
 ];
 
 impl Settings {
@@ -236,6 +251,30 @@ impl Settings {
             None => None,
         };
 
+{%- if isolation == "database" %}
+        let tenant_database_prefix = IdentifierPrefix::parse(&v.get("tenant_database_prefix"))
+            .map_err(|why| invalid("tenant_database_prefix", why))?;
+        let database_url_template = match v.optional("database_url_template") {
+            Some(template) => {
+                let sample = template.replace("{database}", "tenant_sample");
+                if !template.contains("{database}") {
+                    return Err(invalid(
+                        "database_url_template",
+                        "must contain {database}, e.g. postgres://app@db:5432/{database}",
+                    ));
+                }
+                if let Err(e) = tokio_postgres::Config::from_str(&sample) {
+                    return Err(invalid(
+                        "database_url_template",
+                        format!("not a PostgreSQL URL ({e})"),
+                    ));
+                }
+                Some(SecretString::from(template))
+            }
+            None => None,
+        };
+{%- endif %}
+
         Ok(Self {
             host: v.get("host"),
             port: v.number("port", 0, u16::MAX)?,
@@ -249,6 +288,10 @@ impl Settings {
             debug_headers: v.boolean("debug_headers")?,
             tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
             admin_token,
+{%- if isolation == "database" %}
+            tenant_database_prefix,
+            database_url_template,
+{%- endif %}
         })
     }
 
@@ -374,7 +417,15 @@ mod tests {
         assert_eq!(settings.port, 8000);
         assert_eq!(settings.tenant_header, "X-Tenant-ID");
         assert_eq!(settings.skip_paths, vec!["/health*", "/metrics"]);
+{%- if isolation == "database" %}
+        assert_eq!(settings.database.tenant_pool_max(), 4);
+        assert_eq!(
+            settings.tenant_database_prefix,
+            IdentifierPrefix::parse("tenant_").unwrap()
+        );
+{%- else %}
         assert_eq!(settings.database.tenant_pool_max(), 6);
+{%- endif %}
         assert!(!settings.debug_headers);
         assert!(settings.admin_token.is_none());
     }

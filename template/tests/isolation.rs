@@ -93,18 +93,7 @@ async fn spawn_with_pools(per_tenant: u32, cap: u32) -> TestApp {
 async fn assert_connections_within(app: &TestApp, cap: u32) {
     let stats = app.tenancy.pool_stats();
     assert!(stats.open_connections <= cap, "{stats:?}");
-    let open: u32 = app
-        .db
-        .query(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = '{}'",
-            app.db.name,
-            env!("CARGO_PKG_NAME")
-        ))
-        .await[0][0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let open = app.db.open_connections().await;
     let control = app.tenancy.settings.database.control_pool_size;
     assert!(open <= cap + control, "{open} connections open");
 }
@@ -146,10 +135,11 @@ struct Scope {
     scope: String,
 }
 
-/// What scopes a connection, whatever the strategy: its schema and its tenant setting.
+/// What scopes a connection, whatever the strategy: its database, its schema and its
+/// tenant setting.
 async fn scope(mut conn: TenantConnection) -> HttpResponse {
     let scope: Scope = diesel::sql_query(
-        "SELECT current_setting('search_path') || ' ' \
+        "SELECT current_database() || ' ' || current_setting('search_path') || ' ' \
          || coalesce(current_setting('app.tenant_id', true), '') AS scope",
     )
     .get_result(&mut conn)
@@ -267,4 +257,33 @@ async fn cancelled_panicking_and_failed_requests_leave_no_scope_behind() {
     assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(scope_of!(service, "beta"), beta);
     assert_eq!(scope_of!(service, "alpha"), alpha);
+}
+
+#[actix_web::test]
+async fn a_request_that_gets_no_connection_in_time_gets_503_with_retry_after() {
+    let app = spawn_app_with(&[
+        ("TENANCY_DATABASE_POOL_SIZE", "1"),
+        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
+        ("TENANCY_DATABASE_POOL_TIMEOUT", "1"),
+    ])
+    .await;
+    let alpha = app.create_tenant("alpha").await;
+    app.create_tenant("beta").await;
+    // The only connection is busy with alpha: beta cannot get one and alpha's pool is
+    // not idle, so it cannot be closed to make room.
+    let busy = app.tenancy.tenant_connection(&alpha).await.unwrap();
+    let service = service!(app);
+    let request = test::TestRequest::get()
+        .uri("/api/notes")
+        .insert_header(("X-Tenant-ID", "beta"))
+        .to_request();
+    let response = test::call_service(&service, request).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert!(body.get("debug").is_none(), "{body}");
+    drop(busy);
+    let (status, _) = call!(service, get "/api/notes", tenant = "beta");
+    assert_eq!(status, StatusCode::OK);
 }

@@ -90,6 +90,28 @@ impl fmt::Display for SchemaName {
     }
 }
 
+/// A short prefix (at most 7 bytes, like `tenant_`) that names a tenant's storage when
+/// put before its identifier: the result always fits PostgreSQL's 63 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentifierPrefix(String);
+
+impl IdentifierPrefix {
+    pub const MAX_LEN: usize = SCHEMA_PREFIX.len();
+
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > Self::MAX_LEN {
+            return Err(format!("a prefix has 1 to {} bytes", Self::MAX_LEN));
+        }
+        check_identifier_chars(value).map_err(|why| format!("a prefix {why}"))?;
+        Ok(Self(value.to_owned()))
+    }
+
+    /// `<prefix><identifier>`, a safe identifier by construction.
+    pub fn name(&self, identifier: &TenantIdentifier) -> SqlIdentifier {
+        SqlIdentifier(format!("{}{}", self.0, identifier))
+    }
+}
+
 /// Any other SQL identifier interpolated into DDL or grants: a role or a table name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SqlIdentifier(String);
@@ -177,6 +199,18 @@ mod tests {
         );
         for bad in ["", "App", "a-b", "a\"b", &"a".repeat(64)] {
             assert!(SqlIdentifier::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixed_names_fit_in_63_bytes() {
+        let prefix = IdentifierPrefix::parse("tenant_").unwrap();
+        let longest = TenantIdentifier::parse(&"z".repeat(TenantIdentifier::MAX_LEN)).unwrap();
+        let name = prefix.name(&longest);
+        assert_eq!(name.as_str().len(), 63);
+        assert!(SqlIdentifier::parse(name.as_str()).is_ok());
+        for bad in ["", "tenants_", "T_", "1_", "a-"] {
+            assert!(IdentifierPrefix::parse(bad).is_err(), "{bad:?}");
         }
     }
 

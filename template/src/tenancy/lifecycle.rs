@@ -221,7 +221,7 @@ impl Tenancy {
         let mut conn = connect(self.migration_config().clone(), &runtime).await?;
         // The storage first: if the row went first, a failure would leave storage that no
         // registered tenant names. Both steps can be repeated.
-        isolation::destroy(&mut conn, &tenant).await?;
+        isolation::destroy(self, &mut conn, &tenant).await?;
         registry::delete_row(&mut conn, tenant.id).await?;
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
         Ok(())

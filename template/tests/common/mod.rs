@@ -51,6 +51,29 @@ pub async fn server_exec(sql: &str) {
     let _ = driver.await;
 }
 
+/// Runs `sql` on the database at `url` and returns the rows as text.
+pub async fn query_url(
+    url: &str,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let rows = client.simple_query(sql).await;
+    drop(client);
+    let _ = driver.await;
+    Ok(rows?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
 /// A database that exists for one test, and an application role of its own: no
 /// superuser, no ownership, only what the migrations grant it.
 pub struct TestDatabase {
@@ -61,6 +84,8 @@ pub struct TestDatabase {
     pub app_url: String,
     pub app_role: String,
     pub app_password: String,
+    /// Names this test's tenant databases (database per tenant): 7 bytes, unique.
+    pub tenant_database_prefix: String,
 }
 
 impl TestDatabase {
@@ -83,6 +108,7 @@ impl TestDatabase {
             app_url,
             app_role,
             app_password,
+            tenant_database_prefix: format!("t{}_", &id[16..21]),
         }
     }
 
@@ -91,28 +117,36 @@ impl TestDatabase {
         vec![
             ("TENANCY_DATABASE_URL", self.app_url.clone()),
             ("TENANCY_MIGRATION_DATABASE_URL", self.url.clone()),
+{%- if isolation == "database" %}
+            (
+                "TENANCY_TENANT_DATABASE_PREFIX",
+                self.tenant_database_prefix.clone(),
+            ),
+{%- endif %}
         ]
     }
 
     /// Runs `sql` in this database and returns the rows as text.
     pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let driver = tokio::spawn(connection);
-        let rows = client.simple_query(sql).await.unwrap();
-        drop(client);
-        let _ = driver.await;
-        rows.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect()
+        query_url(&self.url, sql).await.unwrap()
+    }
+
+    /// Connections the service under test has open (to this database and to its tenant
+    /// databases), as PostgreSQL counts them.
+    pub async fn open_connections(&self) -> u32 {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' \
+             AND (datname = '{}' OR left(datname, {}) = '{}')",
+            env!("CARGO_PKG_NAME"),
+            self.name,
+            self.tenant_database_prefix.len(),
+            self.tenant_database_prefix
+        );
+        self.query(&sql).await[0][0]
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// How many notes `tenant` has, read as the owner; `None` when the tenant has no
@@ -123,15 +157,21 @@ impl TestDatabase {
         if !self.schemas().await.contains(&schema) {
             return None;
         }
-        let sql = format!("SELECT count(*) FROM \"{schema}\".notes");
+        let rows = self
+            .query(&format!("SELECT count(*) FROM \"{schema}\".notes"))
+            .await;
 {%- elsif isolation == "rls" %}
         let sql = format!(
             "SELECT set_config('app.tenant_id', '{id}', false); \
              SELECT count(*) FROM tenancy_data.notes WHERE tenant_id = '{id}'",
             id = tenant.id
         );
-{%- endif %}
         let rows = self.query(&sql).await;
+{%- elsif isolation == "database" %}
+        let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);
+        let url = with_database(&server_url(), &database);
+        let rows = query_url(&url, "SELECT count(*) FROM notes").await.ok()?;
+{%- endif %}
         rows.last()?.first()?.as_deref()?.parse().ok()
     }
 
@@ -152,6 +192,7 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         let drop_database = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         let drop_role = format!("DROP ROLE IF EXISTS \"{}\"", self.app_role);
+        let prefix = self.tenant_database_prefix.clone();
         // Drop may run inside an async test: do the blocking work on a thread of its own.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -159,6 +200,22 @@ impl Drop for TestDatabase {
                 .build()
                 .unwrap();
             runtime.block_on(async {
+                // Tenant databases (database per tenant) first, then this one.
+                let tenant_databases = query_url(
+                    &server_url(),
+                    &format!(
+                        "SELECT datname FROM pg_database WHERE left(datname, {}) = '{prefix}'",
+                        prefix.len()
+                    ),
+                )
+                .await
+                .unwrap_or_default();
+                for row in tenant_databases {
+                    if let Some(Some(name)) = row.into_iter().next() {
+                        server_exec(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .await;
+                    }
+                }
                 server_exec(&drop_database).await;
                 server_exec(&drop_role).await;
             });

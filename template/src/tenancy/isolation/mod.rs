@@ -11,3 +11,8 @@ pub use schema::*;
 mod rls;
 pub use rls::*;
 {%- endif %}
+{%- if isolation == "database" %}
+
+mod database;
+pub use database::*;
+{%- endif %}

@@ -69,7 +69,11 @@ struct TenantTable {
 /// Deletes the tenant's rows from every tenant table (every table of `tenancy_data` with
 /// a `tenant_id` column), in one transaction, as the owner. The explicit `WHERE` matters:
 /// the owner may be a superuser, which RLS does not restrict.
-pub async fn destroy(conn: &mut AsyncPgConnection, tenant: &Tenant) -> QueryResult<()> {
+pub async fn destroy(
+    _tenancy: &Tenancy,
+    conn: &mut AsyncPgConnection,
+    tenant: &Tenant,
+) -> QueryResult<()> {
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         diesel::sql_query("SELECT set_config($1, $2, true)")
             .bind::<Text, _>(TENANT_SETTING)

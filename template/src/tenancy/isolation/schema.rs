@@ -47,7 +47,11 @@ pub async fn migrate(tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, 
 }
 
 /// Drops the tenant's schema and everything in it (one statement), as the owner.
-pub async fn destroy(conn: &mut AsyncPgConnection, tenant: &Tenant) -> QueryResult<()> {
+pub async fn destroy(
+    _tenancy: &Tenancy,
+    conn: &mut AsyncPgConnection,
+    tenant: &Tenant,
+) -> QueryResult<()> {
     let schema = SchemaName::for_tenant(&tenant.identifier);
     diesel::sql_query(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
         .execute(conn)

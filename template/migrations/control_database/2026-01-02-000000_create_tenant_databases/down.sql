@@ -1,0 +1,1 @@
+DROP TABLE tenancy.tenant_databases;
