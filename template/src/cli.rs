@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
-use crate::domain::TenantIdentifier;
+use crate::domain::{Isolation, TenantIdentifier};
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
 use crate::tenancy::lifecycle::NewTenant;
@@ -31,6 +31,9 @@ pub enum Command {
         /// Tenants migrated at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// First create the role of TENANCY_DATABASE_URL (as the migration role) if missing.
+        #[arg(long)]
+        create_app_role: bool,
     },
     /// Manage tenants.
     #[command(subcommand)]
@@ -48,6 +51,9 @@ pub enum TenantCommand {
         /// JSON object stored with the tenant.
         #[arg(long, default_value = "{}")]
         metadata: String,
+        /// schema, rls or database (default: the service's).
+        #[arg(long)]
+        isolation: Option<String>,
     },
     /// List tenants.
     List,
@@ -100,7 +106,24 @@ async fn run_command(
     let mut out = std::io::stdout().lock();
     match command {
         Command::Serve => return Err("serve is not a one-off command".into()),
-        Command::Migrate { concurrency } => return migrate(&tenancy, concurrency).await,
+        Command::Migrate {
+            concurrency,
+            create_app_role,
+        } => {
+            if create_app_role {
+                let role = tenancy
+                    .app_role()
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default();
+                if tenancy.create_app_role().await? {
+                    writeln!(out, "created role {role}")?;
+                } else {
+                    writeln!(out, "role {role} exists")?;
+                }
+            }
+            drop(out);
+            return migrate(&tenancy, concurrency).await;
+        }
         Command::Tenant(command) => {
             if !matches!(command, TenantCommand::List) {
                 tenancy.migrate_control().await?;
@@ -110,10 +133,15 @@ async fn run_command(
                     identifier,
                     name,
                     metadata,
+                    isolation,
                 } => {
                     let new = NewTenant {
                         identifier: parse(&identifier)?,
                         name,
+                        isolation: isolation
+                            .map(|i| i.parse::<Isolation>())
+                            .transpose()
+                            .map_err(|e| format!("--isolation: {e}"))?,
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| format!("--metadata is not JSON: {e}"))?,
                     };
@@ -127,14 +155,14 @@ async fn run_command(
                 TenantCommand::List => {
                     writeln!(
                         out,
-                        "{:<36}  {:<24}  {:<12}  name",
-                        "id", "identifier", "status"
+                        "{:<36}  {:<24}  {:<12}  {:<9}  name",
+                        "id", "identifier", "status", "isolation"
                     )?;
                     for t in tenancy.list_tenants().await? {
                         writeln!(
                             out,
-                            "{:<36}  {:<24}  {:<12}  {}",
-                            t.id, t.identifier, t.status, t.name
+                            "{:<36}  {:<24}  {:<12}  {:<9}  {}",
+                            t.id, t.identifier, t.status, t.isolation, t.name
                         )?;
                     }
                 }

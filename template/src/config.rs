@@ -14,6 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::IdentifierPrefix;
 {%- endif %}
+{%- if isolation == "hybrid" %}
+
+use crate::domain::Isolation;
+{%- endif %}
 
 const PREFIX: &str = "TENANCY_";
 /// Compiled-in strategies; the reference guide's `TENANCY_*_STRATEGY` variables must agree.
@@ -62,6 +66,10 @@ pub struct Settings {
     pub debug_headers: bool,
     pub tenant_cache_ttl: Duration,
     pub admin_token: Option<SecretString>,
+{%- if isolation == "hybrid" %}
+    /// The tier of a tenant created without one: `schema` or `rls`.
+    pub default_isolation: Isolation,
+{%- endif %}
 {%- if isolation == "database" %}
     /// Tenant `acme`'s database is `<prefix>acme`.
     pub tenant_database_prefix: IdentifierPrefix,
@@ -120,6 +128,9 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("isolation_strategy", None),
     ("resolution_strategy", None),
     ("config_file", None),
+{%- if isolation == "hybrid" %}
+    ("default_isolation", Some("rls")),
+{%- endif %}
 {%- if isolation == "database" %}
     ("tenant_database_prefix", Some("tenant_")),
     ("database_url_template", None),
@@ -251,6 +262,14 @@ impl Settings {
             None => None,
         };
 
+{%- if isolation == "hybrid" %}
+        let default_isolation = v
+            .get("default_isolation")
+            .parse::<Isolation>()
+            .ok()
+            .filter(|i| matches!(i, Isolation::Schema | Isolation::Rls))
+            .ok_or_else(|| invalid("default_isolation", "must be schema or rls"))?;
+{%- endif %}
 {%- if isolation == "database" %}
         let tenant_database_prefix = IdentifierPrefix::parse(&v.get("tenant_database_prefix"))
             .map_err(|why| invalid("tenant_database_prefix", why))?;
@@ -288,6 +307,9 @@ impl Settings {
             debug_headers: v.boolean("debug_headers")?,
             tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
             admin_token,
+{%- if isolation == "hybrid" %}
+            default_isolation,
+{%- endif %}
 {%- if isolation == "database" %}
             tenant_database_prefix,
             database_url_template,

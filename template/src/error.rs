@@ -165,6 +165,9 @@ impl From<bb8::RunError<PoolError>> for AppError {
         AppError::Unavailable {
             detail: match error {
                 bb8::RunError::TimedOut => "timed out waiting for a database connection".into(),
+                bb8::RunError::User(PoolError::Isolation(detail)) => {
+                    return AppError::Internal { detail };
+                }
                 bb8::RunError::User(e) => e.to_string(),
             },
         }

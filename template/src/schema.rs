@@ -11,6 +11,7 @@ diesel::table! {
         identifier -> Text,
         name -> Text,
         status -> Text,
+        isolation -> Text,
         metadata -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestDatabase;
+use common::{TestDatabase, server_exec};
 
 fn run(db: &TestDatabase, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
@@ -77,6 +77,37 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
             .await
             .is_empty()
     );
+}
+
+#[actix_web::test]
+async fn migrate_can_create_the_application_role() {
+    let db = TestDatabase::create().await;
+    server_exec(&format!("DROP ROLE \"{}\"", db.app_role)).await;
+    let out = run(&db, &["migrate", "--create-app-role"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains(&format!("created role {}", db.app_role)));
+    let role = db
+        .query(&format!(
+            "SELECT rolcanlogin::text, rolsuper::text, rolbypassrls::text, rolcreaterole::text \
+             FROM pg_roles WHERE rolname = '{}'",
+            db.app_role
+        ))
+        .await;
+    let expected = ["true", "false", "false", "false"].map(|v| Some(v.to_string()));
+    assert_eq!(role, vec![expected.to_vec()]);
+    // The new role logs in with the URL's password and runs the service's commands.
+    assert!(
+        run(&db, &["tenant", "create", "acme", "--name", "Acme"])
+            .status
+            .success()
+    );
+    assert!(stdout(&run(&db, &["tenant", "list"])).contains("acme"));
+    let again = run(&db, &["migrate", "--create-app-role"]);
+    assert!(stdout(&again).contains("exists"), "{}", stdout(&again));
 }
 
 #[test]

@@ -287,3 +287,29 @@ async fn a_request_that_gets_no_connection_in_time_gets_503_with_retry_after() {
     let (status, _) = call!(service, get "/api/notes", tenant = "beta");
     assert_eq!(status, StatusCode::OK);
 }
+
+#[actix_web::test]
+async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_served() {
+    use {{crate_name}}::domain::{Isolation, TenantIdentifier};
+    use {{crate_name}}::tenancy::{isolation, registry};
+
+    let app = spawn_app_with(&[]).await;
+    // A registry shared with a service generated for another strategy.
+    let foreign = Isolation::ALL
+        .into_iter()
+        .find(|i| isolation::choose(&app.tenancy, Some(*i)).is_err())
+        .unwrap();
+    let mut conn = app.tenancy.control.get().await.unwrap();
+    let identifier = TenantIdentifier::parse("elsewhere").unwrap();
+    registry::insert_or_get(&mut conn, &identifier, "Elsewhere", foreign, &json!({}))
+        .await
+        .unwrap();
+    drop(conn);
+    app.db
+        .query("UPDATE tenancy.tenants SET status = 'active' WHERE identifier = 'elsewhere'")
+        .await;
+    let service = service!(app);
+    let (status, body) = call!(service, get "/api/notes", tenant = "elsewhere");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(app.tenancy.pool_stats().open_pools, 0);
+}

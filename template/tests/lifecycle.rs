@@ -8,7 +8,7 @@ use common::spawn_app;
 
 use {{crate_name}}::domain::{TenantIdentifier, TenantStatus};
 use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
-use {{crate_name}}::tenancy::registry;
+use {{crate_name}}::tenancy::{isolation, registry};
 
 fn id(s: &str) -> TenantIdentifier {
     TenantIdentifier::parse(s).unwrap()
@@ -74,6 +74,7 @@ async fn creating_an_existing_tenant_is_a_conflict() {
     let again = app
         .tenancy
         .create_tenant(NewTenant {
+            isolation: None,
             identifier: id("acme"),
             name: "Again".into(),
             metadata: serde_json::json!({}),
@@ -90,9 +91,15 @@ async fn an_interrupted_provisioning_is_completed_by_a_retry() {
     let app = spawn_app().await;
     // A crash after the registry row was written and before the schema existed.
     let mut conn = app.tenancy.control.get().await.unwrap();
-    let half = registry::insert_or_get(&mut conn, &id("acme"), "Acme", &serde_json::json!({}))
-        .await
-        .unwrap();
+    let half = registry::insert_or_get(
+        &mut conn,
+        &id("acme"),
+        "Acme",
+        isolation::choose(&app.tenancy, None).unwrap(),
+        &serde_json::json!({}),
+    )
+    .await
+    .unwrap();
     drop(conn);
     assert_eq!(half.status, TenantStatus::Provisioning);
     let service = service!(app);

@@ -26,6 +26,8 @@ pub enum PoolError {
     RuntimeGone,
     #[error("the tenant's pool was closed")]
     PoolClosed,
+    #[error("{0}")]
+    Isolation(String),
 }
 
 /// Asks for a permit to open one more tenant connection; implemented by the pool registry,

@@ -160,9 +160,11 @@ impl PoolRegistry {
     pub async fn get(
         &self,
         tenant: Uuid,
-        connect_target: impl FnOnce() -> ConnectTarget,
+        connect_target: impl FnOnce() -> Result<ConnectTarget, PoolError>,
     ) -> Result<TenantConnection, bb8::RunError<PoolError>> {
-        let entry = self.entry(tenant, connect_target);
+        let entry = self
+            .entry(tenant, connect_target)
+            .map_err(bb8::RunError::User)?;
         // Written at most every 100 ms: the LRU order needs no more, and a write on every
         // checkout would bounce the cache line between workers.
         let now = self.shared.now_millis();
@@ -199,13 +201,18 @@ impl PoolRegistry {
         }
     }
 
-    fn entry(&self, tenant: Uuid, connect_target: impl FnOnce() -> ConnectTarget) -> Arc<Entry> {
+    fn entry(
+        &self,
+        tenant: Uuid,
+        connect_target: impl FnOnce() -> Result<ConnectTarget, PoolError>,
+    ) -> Result<Arc<Entry>, PoolError> {
         if let Some(entry) = self.shared.read_pools().get(&tenant) {
-            return entry.clone();
+            return Ok(entry.clone());
         }
+        let target = connect_target()?;
         let mut pools = self.shared.write_pools();
         if let Some(entry) = pools.get(&tenant) {
-            return entry.clone();
+            return Ok(entry.clone());
         }
         // Forget pools whose connections have all idled out.
         let forget_before = self
@@ -224,7 +231,7 @@ impl PoolRegistry {
                 tenant,
             };
             let manager = PgManager::new(
-                connect_target(),
+                target,
                 Some(Arc::new(budget)),
                 settings.pool_timeout,
                 self.shared.runtime.clone(),
@@ -243,7 +250,7 @@ impl PoolRegistry {
             }
         });
         pools.insert(tenant, entry.clone());
-        entry
+        Ok(entry)
     }
 }
 

@@ -6,4 +6,4 @@ mod identifier;
 mod tenant;
 
 pub use identifier::{IdentifierPrefix, SchemaName, SqlIdentifier, TenantIdentifier};
-pub use tenant::{Tenant, TenantStatus};
+pub use tenant::{Isolation, Tenant, TenantStatus};

@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+use diesel::sql_types::{Bool, Text};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -13,7 +15,7 @@ use super::{CONTROL_SCHEMA, Tenancy, isolation, registry, with_session_option};
 use crate::db::manager::connect;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::{PoolError, runtime};
-use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +53,17 @@ impl From<LifecycleError> for AppError {
 pub struct NewTenant {
     pub identifier: TenantIdentifier,
     pub name: String,
+    /// How to isolate it; default: the service's (`TENANCY_DEFAULT_ISOLATION` with hybrid).
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
     #[serde(default = "empty_object")]
     pub metadata: serde_json::Value,
+}
+
+#[derive(diesel::QueryableByName)]
+struct RoleExists {
+    #[diesel(sql_type = Bool)]
+    exists: bool,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -106,6 +117,59 @@ impl Tenancy {
         Ok(applied)
     }
 
+    /// Creates the application role of `TENANCY_DATABASE_URL` (with its password) as the
+    /// migration role, unless it exists: `LOGIN`, and no superuser, `CREATEDB`,
+    /// `CREATEROLE` or `BYPASSRLS`. The name and password travel in bind parameters and
+    /// are quoted by PostgreSQL (`format('%I', '%L')`). Returns whether it was created.
+    pub async fn create_app_role(&self) -> Result<bool, LifecycleError> {
+        let Some(role) = self.app_role() else {
+            return Err(LifecycleError::Invalid(
+                "TENANCY_DATABASE_URL and TENANCY_MIGRATION_DATABASE_URL name the same role: \
+                 set TENANCY_MIGRATION_DATABASE_URL to the owner's URL"
+                    .into(),
+            ));
+        };
+        let password = self
+            .base_config()
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let runtime = runtime::handle().map_err(AppError::internal)?;
+        let mut conn = connect(self.migration_config().clone(), &runtime).await?;
+        let created = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                diesel::sql_query(
+                    "SELECT set_config('tenancy.new_role', $1, true), \
+                            set_config('tenancy.new_password', $2, true)",
+                )
+                .bind::<Text, _>(role.as_str())
+                .bind::<Text, _>(password.as_deref().unwrap_or(""))
+                .execute(conn)
+                .await?;
+                let exists: RoleExists = diesel::sql_query(
+                    "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS exists",
+                )
+                .bind::<Text, _>(role.as_str())
+                .get_result(conn)
+                .await?;
+                if exists.exists {
+                    return Ok(false);
+                }
+                diesel::sql_query(
+                    "DO $$ BEGIN EXECUTE format(\
+                       'CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS%s', \
+                       current_setting('tenancy.new_role'), \
+                       CASE WHEN current_setting('tenancy.new_password') = '' THEN '' \
+                            ELSE format(' PASSWORD %L', current_setting('tenancy.new_password')) END); \
+                     END $$",
+                )
+                .execute(conn)
+                .await?;
+                Ok(true)
+            })
+            .await?;
+        Ok(created)
+    }
+
     /// Creates and provisions a tenant. Idempotent: a tenant left `provisioning` by an
     /// interrupted run is completed; an existing tenant in any other state is a conflict.
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
@@ -120,9 +184,11 @@ impl Tenancy {
                 "metadata must be a JSON object".into(),
             ));
         }
+        let isolation = isolation::choose(self, new.isolation).map_err(LifecycleError::Invalid)?;
         let tenant = {
             let mut conn = self.control_connection().await?;
-            registry::insert_or_get(&mut conn, &new.identifier, name, &new.metadata).await?
+            registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)
+                .await?
         };
         if tenant.status != TenantStatus::Provisioning {
             return Err(LifecycleError::Conflict(format!(

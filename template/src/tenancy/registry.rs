@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantStatus};
 use crate::schema::tenants;
 
 #[derive(Queryable, Selectable)]
@@ -17,6 +17,7 @@ struct TenantRow {
     identifier: String,
     name: String,
     status: String,
+    isolation: String,
     metadata: serde_json::Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -32,6 +33,7 @@ impl TryFrom<TenantRow> for Tenant {
             identifier: TenantIdentifier::parse(&row.identifier).map_err(corrupt)?,
             name: row.name,
             status: row.status.parse().map_err(corrupt)?,
+            isolation: row.isolation.parse().map_err(corrupt)?,
             metadata: row.metadata,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -69,6 +71,7 @@ pub async fn insert_or_get(
     conn: &mut AsyncPgConnection,
     identifier: &TenantIdentifier,
     name: &str,
+    isolation: Isolation,
     metadata: &serde_json::Value,
 ) -> QueryResult<Tenant> {
     diesel::insert_into(tenants::table)
@@ -77,6 +80,7 @@ pub async fn insert_or_get(
             tenants::identifier.eq(identifier.as_str()),
             tenants::name.eq(name),
             tenants::status.eq(TenantStatus::Provisioning.as_str()),
+            tenants::isolation.eq(isolation.as_str()),
             tenants::metadata.eq(metadata),
         ))
         .on_conflict(tenants::identifier)

@@ -167,6 +167,22 @@ impl TestDatabase {
             id = tenant.id
         );
         let rows = self.query(&sql).await;
+{%- elsif isolation == "hybrid" %}
+        let sql = match tenant.isolation {
+            {{crate_name}}::domain::Isolation::Schema => {
+                let schema = format!("tenant_{}", tenant.identifier);
+                if !self.schemas().await.contains(&schema) {
+                    return None;
+                }
+                format!("SELECT count(*) FROM \"{schema}\".notes")
+            }
+            _ => format!(
+                "SELECT set_config('app.tenant_id', '{id}', false); \
+                 SELECT count(*) FROM tenancy_data.notes WHERE tenant_id = '{id}'",
+                id = tenant.id
+            ),
+        };
+        let rows = self.query(&sql).await;
 {%- elsif isolation == "database" %}
         let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);
         let url = with_database(&server_url(), &database);
@@ -265,6 +281,7 @@ impl TestApp {
     pub async fn create_tenant(&self, identifier: &str) -> Tenant {
         self.tenancy
             .create_tenant(NewTenant {
+                isolation: None,
                 identifier: TenantIdentifier::parse(identifier).unwrap(),
                 name: format!("Tenant {identifier}"),
                 metadata: serde_json::json!({}),

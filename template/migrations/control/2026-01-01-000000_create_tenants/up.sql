@@ -6,6 +6,8 @@ CREATE TABLE tenancy.tenants (
     name        text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200),
     status      text NOT NULL DEFAULT 'provisioning'
                 CHECK (status IN ('provisioning', 'active', 'suspended', 'deleted')),
+    -- How this tenant's data is isolated; a service serves only the ones it was built for.
+    isolation   text NOT NULL CHECK (isolation IN ('schema', 'rls', 'database')),
     metadata    jsonb NOT NULL DEFAULT '{}'::jsonb CHECK (jsonb_typeof(metadata) = 'object'),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()

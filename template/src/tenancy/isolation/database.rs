@@ -15,10 +15,11 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::ExposeSecret;
 
+use crate::db::PoolError;
 use crate::db::manager::{ConnectTarget, connect};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::runtime;
-use crate::domain::{SqlIdentifier, Tenant};
+use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::{CONTROL_SCHEMA, Tenancy, with_session_option};
 
 /// Run in every tenant's database (schema `public`), with unqualified table names.
@@ -35,7 +36,8 @@ pub fn database_name(tenancy: &Tenancy, tenant: &Tenant) -> SqlIdentifier {
 }
 
 /// The application role's connection settings for `tenant`'s database.
-pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> ConnectTarget {
+pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, PoolError> {
+    super::ensure(tenant, Isolation::Database).map_err(PoolError::Isolation)?;
     // The template was checked at start-up; `{database}` stands in the database position.
     let mut config = tenancy
         .settings
@@ -52,7 +54,7 @@ pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> ConnectTarget {
         config.application_name(env!("CARGO_PKG_NAME"));
     }
     config.dbname(database_name(tenancy, tenant).as_str());
-    with_session_option(&config, "search_path", "public").into()
+    Ok(with_session_option(&config, "search_path", "public").into())
 }
 
 /// Creates `tenancy.tenant_databases`.
@@ -77,6 +79,7 @@ struct Exists {
 /// application role connect to it (and nobody else), then applies the tenant migrations
 /// inside it. Safe to repeat: this is how an interrupted provisioning completes.
 pub async fn migrate(tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+    super::ensure(tenant, Isolation::Database).map_err(MigrateError::Migration)?;
     let name = database_name(tenancy, tenant);
     let runtime = runtime::handle().map_err(|e| MigrateError::Runtime(e.to_string()))?;
     let mut conn = connect(tenancy.migration_config().clone(), &runtime).await?;
@@ -150,6 +153,8 @@ pub async fn destroy(
     conn: &mut AsyncPgConnection,
     tenant: &Tenant,
 ) -> QueryResult<()> {
+    super::ensure(tenant, Isolation::Database)
+        .map_err(|why| diesel::result::Error::QueryBuilderError(why.into()))?;
     let recorded: Option<Recorded> = diesel::sql_query(
         "SELECT database_name FROM tenancy.tenant_databases WHERE tenant_id = $1",
     )
@@ -178,4 +183,14 @@ pub async fn destroy(
 /// Any role that can connect to the tenant databases will do.
 pub async fn check_app_role(_conn: &mut AsyncPgConnection) -> Result<(), String> {
     Ok(())
+}
+
+/// The isolation of a new tenant: this strategy's, whatever is asked.
+pub fn choose(_tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
+    match requested {
+        None | Some(Isolation::Database) => Ok(Isolation::Database),
+        Some(other) => Err(format!(
+            "this service isolates every tenant with 'database', not '{other}'"
+        )),
+    }
 }

@@ -1,6 +1,21 @@
 //! The isolation strategy this service was generated with. Each strategy lives in its own
 //! file and provides the same functions: `connect_target`, `migrate_shared`, `migrate`, `destroy`,
-//! `check_app_role`.
+//! `check_app_role`, `choose`.
+
+use crate::domain::{Isolation, Tenant};
+
+/// Refuses a tenant whose registry row says it is stored another way than `expected`
+/// (a registry shared with a service generated for another strategy).
+pub(crate) fn ensure(tenant: &Tenant, expected: Isolation) -> Result<(), String> {
+    if tenant.isolation == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "tenant '{}' is stored with {} isolation; this code serves {}",
+            tenant.identifier, tenant.isolation, expected
+        ))
+    }
+}
 {%- if isolation == "schema" %}
 
 mod schema;
@@ -15,4 +30,11 @@ pub use rls::*;
 
 mod database;
 pub use database::*;
+{%- endif %}
+{%- if isolation == "hybrid" %}
+
+mod hybrid;
+pub mod rls;
+pub mod schema;
+pub use hybrid::*;
 {%- endif %}

@@ -14,9 +14,10 @@ use diesel::sql_types::{BigInt, Bool, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+use crate::db::PoolError;
 use crate::db::manager::{ConnectTarget, SessionVariable};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
-use crate::domain::{SqlIdentifier, Tenant};
+use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::{Tenancy, with_session_option};
 
 /// The schema of the shared tenant tables.
@@ -27,14 +28,15 @@ pub const TENANT_SETTING: &str = "app.tenant_id";
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_rls");
 
 /// Connection settings bound to `tenant`: the shared schema, and the tenant's id.
-pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> ConnectTarget {
-    ConnectTarget {
+pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, PoolError> {
+    super::ensure(tenant, Isolation::Rls).map_err(PoolError::Isolation)?;
+    Ok(ConnectTarget {
         config: with_session_option(tenancy.base_config(), "search_path", DATA_SCHEMA),
         session: Some(SessionVariable {
             name: TENANT_SETTING,
             value: tenant.id.to_string(),
         }),
-    }
+    })
 }
 
 /// Creates or updates the shared tenant tables, as the owner, and grants the application
@@ -56,7 +58,8 @@ pub async fn migrate_shared(tenancy: &Tenancy) -> Result<Vec<String>, MigrateErr
 }
 
 /// A new tenant needs no storage of its own: its rows go in the shared tables.
-pub async fn migrate(_tenancy: &Tenancy, _tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+pub async fn migrate(_tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+    super::ensure(tenant, Isolation::Rls).map_err(MigrateError::Migration)?;
     Ok(Vec::new())
 }
 
@@ -74,6 +77,8 @@ pub async fn destroy(
     conn: &mut AsyncPgConnection,
     tenant: &Tenant,
 ) -> QueryResult<()> {
+    super::ensure(tenant, Isolation::Rls)
+        .map_err(|why| diesel::result::Error::QueryBuilderError(why.into()))?;
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         diesel::sql_query("SELECT set_config($1, $2, true)")
             .bind::<Text, _>(TENANT_SETTING)
@@ -145,4 +150,14 @@ pub async fn check_app_role(conn: &mut AsyncPgConnection) -> Result<(), String> 
         ));
     }
     Ok(())
+}
+
+/// The isolation of a new tenant: this strategy's, whatever is asked.
+pub fn choose(_tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
+    match requested {
+        None | Some(Isolation::Rls) => Ok(Isolation::Rls),
+        Some(other) => Err(format!(
+            "this service isolates every tenant with 'rls', not '{other}'"
+        )),
+    }
 }

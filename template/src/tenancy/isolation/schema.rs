@@ -8,18 +8,20 @@ use diesel::QueryResult;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+use crate::db::PoolError;
 use crate::db::manager::ConnectTarget;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
-use crate::domain::{SchemaName, Tenant};
+use crate::domain::{Isolation, SchemaName, Tenant};
 use crate::tenancy::{Tenancy, with_session_option};
 
 /// Run once in every tenant's schema, with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
 
 /// Connection settings bound to `tenant`'s schema.
-pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> ConnectTarget {
+pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, PoolError> {
+    super::ensure(tenant, Isolation::Schema).map_err(PoolError::Isolation)?;
     let schema = SchemaName::for_tenant(&tenant.identifier);
-    with_session_option(tenancy.base_config(), "search_path", schema.as_str()).into()
+    Ok(with_session_option(tenancy.base_config(), "search_path", schema.as_str()).into())
 }
 
 /// Nothing is shared between tenants in this strategy.
@@ -31,6 +33,7 @@ pub async fn migrate_shared(_tenancy: &Tenancy) -> Result<Vec<String>, MigrateEr
 /// grants the application role data access. Safe to repeat: this is how an interrupted
 /// provisioning completes.
 pub async fn migrate(tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+    super::ensure(tenant, Isolation::Schema).map_err(MigrateError::Migration)?;
     let schema = SchemaName::for_tenant(&tenant.identifier);
     let grants = tenancy
         .app_role()
@@ -52,6 +55,8 @@ pub async fn destroy(
     conn: &mut AsyncPgConnection,
     tenant: &Tenant,
 ) -> QueryResult<()> {
+    super::ensure(tenant, Isolation::Schema)
+        .map_err(|why| diesel::result::Error::QueryBuilderError(why.into()))?;
     let schema = SchemaName::for_tenant(&tenant.identifier);
     diesel::sql_query(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
         .execute(conn)
@@ -62,4 +67,14 @@ pub async fn destroy(
 /// Any role that can read its tenants' schemas will do.
 pub async fn check_app_role(_conn: &mut AsyncPgConnection) -> Result<(), String> {
     Ok(())
+}
+
+/// The isolation of a new tenant: this strategy's, whatever is asked.
+pub fn choose(_tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
+    match requested {
+        None | Some(Isolation::Schema) => Ok(Isolation::Schema),
+        Some(other) => Err(format!(
+            "this service isolates every tenant with 'schema', not '{other}'"
+        )),
+    }
 }

@@ -1,0 +1,146 @@
+//! Hybrid isolation: tenants of both tiers, served at once by one process, each isolated.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::{ADMIN_TOKEN, TestApp, spawn_app, spawn_app_with};
+use futures_util::FutureExt;
+use futures_util::future::join_all;
+use serde_json::json;
+
+use {{crate_name}}::domain::{Isolation, Tenant, TenantIdentifier};
+use {{crate_name}}::tenancy::lifecycle::NewTenant;
+
+async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
+    app.tenancy
+        .create_tenant(NewTenant {
+            identifier: TenantIdentifier::parse(name).unwrap(),
+            name: name.to_string(),
+            isolation: Some(isolation),
+            metadata: json!({}),
+        })
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn tenants_of_both_tiers_are_served_at_once_and_stay_isolated() {
+    let app = spawn_app().await;
+    let mut tenants = Vec::new();
+    for i in 0..4 {
+        tenants.push(create(&app, &format!("premium_{i}"), Isolation::Schema).await);
+        tenants.push(create(&app, &format!("shared_{i}"), Isolation::Rls).await);
+    }
+    let service = service!(app);
+    let mut requests = Vec::new();
+    for tenant in &tenants {
+        let name = tenant.identifier.to_string();
+        for j in 0..10 {
+            let (service, name) = (&service, name.clone());
+            requests.push(
+                async move {
+                    let (status, _) = call!(service, post "/api/notes", tenant = name.as_str(),
+                        json = json!({"title": format!("{name}-{j}")}));
+                    assert_eq!(status, StatusCode::CREATED);
+                    let (status, body) =
+                        call!(service, get "/api/notes?limit=100", tenant = name.as_str());
+                    assert_eq!(status, StatusCode::OK);
+                    for note in body.as_array().unwrap() {
+                        let title = note["title"].as_str().unwrap();
+                        assert!(title.starts_with(&format!("{name}-")), "{name} saw {title}");
+                    }
+                }
+                .boxed_local(),
+            );
+        }
+    }
+    join_all(requests).await;
+    for tenant in &tenants {
+        assert_eq!(
+            app.db.notes_of(tenant).await,
+            Some(10),
+            "{}",
+            tenant.identifier
+        );
+    }
+    // Premium tenants have schemas; the long tail has none.
+    let schemas = app.db.schemas().await;
+    assert!(schemas.contains(&"tenant_premium_0".to_string()));
+    assert!(!schemas.contains(&"tenant_shared_0".to_string()));
+}
+
+#[actix_web::test]
+async fn the_tier_comes_from_the_request_or_the_configured_default() {
+    let app = spawn_app_with(&[("TENANCY_DEFAULT_ISOLATION", "schema")]).await;
+    let service = service!(app);
+    let admin = |body: serde_json::Value| {
+        test::TestRequest::post()
+            .uri("/admin/tenants")
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .set_json(body)
+            .to_request()
+    };
+    let defaulted: serde_json::Value = test::call_and_read_body_json(
+        &service,
+        admin(json!({"identifier": "plain", "name": "Plain"})),
+    )
+    .await;
+    assert_eq!(defaulted["isolation"], "schema");
+    let chosen: serde_json::Value = test::call_and_read_body_json(
+        &service,
+        admin(json!({"identifier": "small", "name": "Small", "isolation": "rls"})),
+    )
+    .await;
+    assert_eq!(chosen["isolation"], "rls");
+    let refused = test::call_service(
+        &service,
+        admin(json!({"identifier": "big", "name": "Big", "isolation": "database"})),
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let unknown = test::call_service(
+        &service,
+        admin(json!({"identifier": "odd", "name": "Odd", "isolation": "galaxy"})),
+    )
+    .await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.db
+            .query("SELECT identifier, isolation FROM tenancy.tenants ORDER BY 1")
+            .await,
+        vec![
+            vec![Some("plain".to_string()), Some("schema".to_string())],
+            vec![Some("small".to_string()), Some("rls".to_string())],
+        ]
+    );
+}
+
+#[actix_web::test]
+async fn destroy_removes_each_tier_s_data_and_only_it() {
+    let app = spawn_app().await;
+    let premium = create(&app, "premium", Isolation::Schema).await;
+    let shared = create(&app, "shared", Isolation::Rls).await;
+    let other = create(&app, "other", Isolation::Rls).await;
+    let service = service!(app);
+    for tenant in [&premium, &shared, &other] {
+        let (status, _) = call!(service, post "/api/notes", tenant = tenant.identifier.as_str(), json = json!({"title": "t"}));
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for tenant in [&premium, &shared] {
+        app.tenancy.delete_tenant(&tenant.identifier).await.unwrap();
+        app.tenancy
+            .destroy_tenant(&tenant.identifier, tenant.identifier.as_str())
+            .await
+            .unwrap();
+        assert_eq!(app.db.notes_of(tenant).await.unwrap_or(0), 0);
+    }
+    assert!(
+        !app.db
+            .schemas()
+            .await
+            .contains(&"tenant_premium".to_string())
+    );
+    assert_eq!(app.db.notes_of(&other).await, Some(1));
+}
