@@ -63,10 +63,11 @@ hook_rejects() { # value, expected message
 }
 
 shell_scripts() {
+  local scripts=(ci/*.sh ci/bench/*.sh .ci/run)
   if command -v shellcheck >/dev/null 2>&1; then
-    shellcheck -x "$root"/ci/*.sh "$root/.ci/run"
+    (cd "$root" && shellcheck -x "${scripts[@]}")
   else
-    bash -n "$root"/ci/*.sh "$root/.ci/run"
+    (cd "$root" && for script in "${scripts[@]}"; do bash -n "$script" || exit 1; done)
   fi
 }
 
