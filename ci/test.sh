@@ -45,7 +45,7 @@ check_combination() {
     cd "$project" &&
       cargo fmt --check &&
       cargo clippy --quiet --all-targets -- -D warnings &&
-      cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
+      timeout --kill-after=30 "${TEST_TIMEOUT:-1200}" cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
       ! grep -q 'test result: FAILED' "$project/test.log"
   ) || return 1
   rm -rf "$(dirname "$project")"

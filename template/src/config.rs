@@ -61,7 +61,20 @@ pub struct Settings {
     /// `database_url`.
     pub migration_database_url: Option<SecretString>,
     pub database: DatabaseSettings,
+{%- if resolution == "header" %}
+    /// The header that names the tenant.
     pub tenant_header: String,
+{%- endif %}
+{%- if resolution == "subdomain" %}
+    /// Tenant `acme` is served at `acme<domain_suffix>`; starts with a dot.
+    pub domain_suffix: String,
+    /// Read the host from `X-Forwarded-Host` (only behind a proxy that sets it).
+    pub trust_forwarded_host: bool,
+{%- endif %}
+{%- if resolution == "path" %}
+    /// Tenant `acme` is served under `<path_prefix>/acme/`.
+    pub path_prefix: String,
+{%- endif %}
     pub skip_paths: Vec<String>,
     pub debug_headers: bool,
     pub tenant_cache_ttl: Duration,
@@ -120,7 +133,16 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("database_pool_timeout", Some("5")),
     ("database_pool_recycle", Some("1800")),
     ("tenant_pool_idle_timeout", Some("300")),
+{%- if resolution == "header" %}
     ("tenant_header", Some("X-Tenant-ID")),
+{%- endif %}
+{%- if resolution == "subdomain" %}
+    ("domain_suffix", None),
+    ("trust_forwarded_host", Some("false")),
+{%- endif %}
+{%- if resolution == "path" %}
+    ("path_prefix", Some("/t")),
+{%- endif %}
     ("skip_paths", Some("/health*,/metrics")),
     ("debug_headers", Some("false")),
     ("tenant_cache_ttl", Some("30")),
@@ -223,10 +245,50 @@ impl Settings {
             tenant_pool_idle_timeout: v.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
         };
 
+{%- if resolution == "header" %}
         let tenant_header = v.get("tenant_header");
         if actix_web::http::header::HeaderName::from_str(&tenant_header).is_err() {
             return Err(invalid("tenant_header", "not a valid HTTP header name"));
         }
+{%- endif %}
+{%- if resolution == "subdomain" %}
+        let domain_suffix = v
+            .required(
+                "domain_suffix",
+                "the domain under which tenants live, e.g. .example.com",
+            )?
+            .to_ascii_lowercase();
+        let valid_suffix = domain_suffix.len() > 1
+            && domain_suffix.starts_with('.')
+            && !domain_suffix.ends_with('.')
+            && domain_suffix[1..].split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_suffix {
+            return Err(invalid(
+                "domain_suffix",
+                "must look like .example.com (a leading dot, DNS labels, no port)",
+            ));
+        }
+{%- endif %}
+{%- if resolution == "path" %}
+        let path_prefix = v.get("path_prefix");
+        let valid_prefix = path_prefix.len() > 1
+            && path_prefix.starts_with('/')
+            && !path_prefix.ends_with('/')
+            && path_prefix[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_/".contains(&b));
+        if !valid_prefix {
+            return Err(invalid(
+                "path_prefix",
+                "must look like /t (a leading slash, no trailing one)",
+            ));
+        }
+{%- endif %}
 
         let skip_paths = v
             .get("skip_paths")
@@ -302,7 +364,16 @@ impl Settings {
             database_url: SecretString::from(database_url),
             migration_database_url,
             database,
+{%- if resolution == "header" %}
             tenant_header,
+{%- endif %}
+{%- if resolution == "subdomain" %}
+            domain_suffix,
+            trust_forwarded_host: v.boolean("trust_forwarded_host")?,
+{%- endif %}
+{%- if resolution == "path" %}
+            path_prefix,
+{%- endif %}
             skip_paths,
             debug_headers: v.boolean("debug_headers")?,
             tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
@@ -422,6 +493,10 @@ mod tests {
             .collect();
         map.entry("TENANCY_DATABASE_URL".into())
             .or_insert_with(|| "postgres://app:s3cret@localhost/app".into());
+{%- if resolution == "subdomain" %}
+        map.entry("TENANCY_DOMAIN_SUFFIX".into())
+            .or_insert_with(|| ".example.test".into());
+{%- endif %}
         map
     }
 
@@ -437,7 +512,12 @@ mod tests {
         let (settings, warnings) = Settings::from_env_map(env(&[])).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(settings.port, 8000);
+{%- if resolution == "header" %}
         assert_eq!(settings.tenant_header, "X-Tenant-ID");
+{%- endif %}
+{%- if resolution == "path" %}
+        assert_eq!(settings.path_prefix, "/t");
+{%- endif %}
         assert_eq!(settings.skip_paths, vec!["/health*", "/metrics"]);
 {%- if isolation == "database" %}
         assert_eq!(settings.database.tenant_pool_max(), 4);
@@ -492,10 +572,26 @@ mod tests {
                 &[("TENANCY_DEBUG_HEADERS", "maybe")],
                 "TENANCY_DEBUG_HEADERS",
             ),
+{%- if resolution == "header" %}
             (
                 &[("TENANCY_TENANT_HEADER", "bad header")],
                 "TENANCY_TENANT_HEADER",
             ),
+{%- endif %}
+{%- if resolution == "subdomain" %}
+            (
+                &[("TENANCY_DOMAIN_SUFFIX", "example.com")],
+                "TENANCY_DOMAIN_SUFFIX",
+            ),
+            (
+                &[("TENANCY_DOMAIN_SUFFIX", ".example.com:443")],
+                "TENANCY_DOMAIN_SUFFIX",
+            ),
+{%- endif %}
+{%- if resolution == "path" %}
+            (&[("TENANCY_PATH_PREFIX", "t")], "TENANCY_PATH_PREFIX"),
+            (&[("TENANCY_PATH_PREFIX", "/t/")], "TENANCY_PATH_PREFIX"),
+{%- endif %}
             (&[("TENANCY_SKIP_PATHS", "health")], "TENANCY_SKIP_PATHS"),
             (&[("TENANCY_ADMIN_TOKEN", "short")], "TENANCY_ADMIN_TOKEN"),
             (

@@ -44,6 +44,14 @@ impl RootSpanBuilder for TenantRootSpan {
         outcome: &Result<ServiceResponse<B>, actix_web::Error>,
     ) {
         DefaultRootSpanBuilder::on_request_end(span.clone(), outcome);
+        // The route as matched, after any rewrite (path resolution strips `/t/<tenant>`).
+        if let Some(route) = outcome
+            .as_ref()
+            .ok()
+            .and_then(|response| response.request().match_pattern())
+        {
+            span.record("http.route", route);
+        }
         let status = match outcome {
             Ok(response) => response.status().as_u16(),
             Err(error) => error.as_response_error().status_code().as_u16(),

@@ -160,12 +160,22 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let mut logs = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    // Read the server's log lines on a thread, so that no wait can hang the test.
+    let stdout = server.0.stdout.take().unwrap();
+    let (lines, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || {
+        logs.recv_timeout(Duration::from_secs(20))
+            .expect("no log line from the server within 20 s")
+    };
     let port = loop {
-        let line = logs
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
+        let line = next_line();
         assert!(
             !line.contains(&db.app_password),
             "a password was logged: {line}"
@@ -176,24 +186,24 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         }
     };
 
-    let get = |path: &str, tenant: &str| {
+    let send = |request: String| {
         let mut stream = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: {tenant}\r\nConnection: close\r\n\r\n"
-        );
         stream.write_all(request.as_bytes()).unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
     };
-    let ready = get("/health/ready", "");
+    let ready =
+        send("GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into());
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let notes = get("/api/notes", "acme");
+    let notes = send(common::raw_request("/api/notes", "acme"));
     assert!(notes.starts_with("HTTP/1.1 200"), "{notes}");
 
     // The request's log line carries the tenant on its span.
     let finished = loop {
-        let line = logs.next().expect("no log line for the request").unwrap();
+        // The server is still running: a missing line would block, so the request above
+        // must have been logged before SIGTERM.
+        let line = next_line();
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         if event["message"] == "request finished" && event["span"]["http.route"] == "/api/notes" {
             break event;
@@ -224,7 +234,7 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
-    let rest: Vec<String> = logs.map_while(Result::ok).collect();
+    let rest: Vec<String> = logs.iter().collect();
     assert!(rest.iter().all(|line| !line.contains(&db.app_password)));
     assert!(
         rest.iter().any(|line| line.contains("\"stopped\"")),

@@ -40,7 +40,11 @@ async fn health_reports_database_latency_tenant_counts_and_pools() {
 
 #[actix_web::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let env = HashMap::from([
+    let mut env: HashMap<String, String> = common::resolution_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    env.extend([
         // Nothing listens on port 1.
         (
             "TENANCY_DATABASE_URL".to_string(),
@@ -66,10 +70,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
         );
     }
     // Tenant requests get 503 with Retry-After, not a hang or a 500.
-    let request = test::TestRequest::get()
-        .uri("/api/notes")
-        .insert_header(("X-Tenant-ID", "acme"))
-        .to_request();
+    let request = common::for_tenant(test::TestRequest::get(), "/api/notes", "acme").to_request();
     let response = test::call_service(&service, request).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));

@@ -185,9 +185,7 @@ macro_rules! scope_of {
 }{% endraw %}
 
 fn get(path: &str, tenant: &str) -> test::TestRequest {
-    test::TestRequest::get()
-        .uri(path)
-        .insert_header(("X-Tenant-ID", tenant.to_owned()))
+    common::for_tenant(test::TestRequest::get(), path, tenant)
 }
 
 #[actix_web::test]
@@ -274,10 +272,7 @@ async fn a_request_that_gets_no_connection_in_time_gets_503_with_retry_after() {
     // not idle, so it cannot be closed to make room.
     let busy = app.tenancy.tenant_connection(&alpha).await.unwrap();
     let service = service!(app);
-    let request = test::TestRequest::get()
-        .uri("/api/notes")
-        .insert_header(("X-Tenant-ID", "beta"))
-        .to_request();
+    let request = get("/api/notes", "beta").to_request();
     let response = test::call_service(&service, request).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers().get("retry-after").unwrap(), "1");

@@ -9,7 +9,7 @@ use actix_web::test;
 use common::{spawn_app, spawn_app_with};
 
 #[actix_web::test]
-async fn a_request_without_the_tenant_header_gets_400_problem_json() {
+async fn a_request_that_names_no_tenant_gets_400_problem_json() {
     let app = spawn_app().await;
     let service = service!(app);
     let response = test::call_service(
@@ -24,7 +24,7 @@ async fn a_request_without_the_tenant_header_gets_400_problem_json() {
     );
     let body: serde_json::Value = test::read_body_json(response).await;
     assert_eq!(body["status"], 400);
-    assert!(body["detail"].as_str().unwrap().contains("X-Tenant-ID"));
+    assert!(body["detail"].as_str().is_some(), "{body}");
 }
 
 #[actix_web::test]
@@ -34,18 +34,10 @@ async fn unknown_and_malformed_tenants_get_the_same_404() {
     let service = service!(app);
     let (status, unknown) = call!(service, get "/api/notes", tenant = "nosuchtenant");
     assert_eq!(status, StatusCode::NOT_FOUND);
-    for malformed in [
-        "Acme",
-        "a\"; drop schema public; --",
-        "ac\u{e9}me",
-        &"a".repeat(64),
-        "1abc",
-        "",
-    ] {
-        let request = test::TestRequest::get()
-            .uri("/api/notes")
-            .insert_header(("X-Tenant-ID", malformed.as_bytes().to_vec()))
-            .to_request();
+    let too_long = "a".repeat(64);
+    for malformed in ["1abc", "a-b", "_x", too_long.as_str(), "a%22b"] {
+        let request =
+            common::for_tenant(test::TestRequest::get(), "/api/notes", malformed).to_request();
         let response = test::call_service(&service, request).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{malformed:?}");
         let body: serde_json::Value = test::read_body_json(response).await;
@@ -94,23 +86,6 @@ async fn skip_paths_need_no_tenant_and_custom_ones_are_honoured() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-}
-
-#[actix_web::test]
-async fn the_header_name_is_configurable() {
-    let app = spawn_app_with(&[("TENANCY_TENANT_HEADER", "X-Org")]).await;
-    app.create_tenant("acme").await;
-    let service = service!(app);
-    let request = test::TestRequest::get()
-        .uri("/api/notes")
-        .insert_header(("X-Org", "acme"))
-        .to_request();
-    assert_eq!(
-        test::call_service(&service, request).await.status(),
-        StatusCode::OK
-    );
-    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
-    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 #[actix_web::test]

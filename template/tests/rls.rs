@@ -204,7 +204,11 @@ async fn the_application_role_cannot_switch_row_level_security_off() {
 async fn the_service_refuses_a_role_that_bypasses_row_level_security() {
     let app = spawn_app().await;
     // The owner (a superuser here) as the application role.
-    let env = HashMap::from([("TENANCY_DATABASE_URL".to_string(), app.db.url.clone())]);
+    let mut env: HashMap<String, String> = common::resolution_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    env.insert("TENANCY_DATABASE_URL".to_string(), app.db.url.clone());
     let (settings, _) = Settings::from_env_map(env).unwrap();
     let tenancy = Tenancy::new(settings).unwrap();
     let refusal = tenancy.check_app_role().await.unwrap_err().to_string();

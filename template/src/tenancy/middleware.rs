@@ -15,7 +15,7 @@ use super::{Tenancy, resolve};
 use crate::error::AppError;
 
 pub async fn resolve_tenant(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let Some(tenancy) = req.app_data::<web::Data<Tenancy>>().cloned() else {
@@ -25,7 +25,7 @@ pub async fn resolve_tenant(
     if tenancy.is_skipped(req.path()) {
         return Ok(next.call(req).await?.map_into_left_body());
     }
-    let tenant = match resolve::resolve(&req, &tenancy.settings) {
+    let tenant = match resolve::resolve(&mut req, &tenancy.settings) {
         Ok(identifier) => tenancy.active_tenant(&identifier).await,
         Err(error) => Err(error),
     };

@@ -13,6 +13,10 @@ use {{crate_name}}::tenancy::Tenancy;
 use {{crate_name}}::tenancy::lifecycle::NewTenant;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+{%- if resolution == "subdomain" %}
+/// Tenants live under this domain in the tests.
+pub const DOMAIN_SUFFIX: &str = ".example.test";
+{%- endif %}
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 pub fn server_url() -> String {
@@ -114,7 +118,8 @@ impl TestDatabase {
 
     /// The `TENANCY_*` variables of a service on this database.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = resolution_env();
+        env.extend([
             ("TENANCY_DATABASE_URL", self.app_url.clone()),
             ("TENANCY_MIGRATION_DATABASE_URL", self.url.clone()),
 {%- if isolation == "database" %}
@@ -123,7 +128,8 @@ impl TestDatabase {
                 self.tenant_database_prefix.clone(),
             ),
 {%- endif %}
-        ]
+        ]);
+        env
     }
 
     /// Runs `sql` in this database and returns the rows as text.
@@ -291,6 +297,48 @@ impl TestApp {
     }
 }
 
+/// The settings this service's resolver needs in the tests.
+pub fn resolution_env() -> Vec<(&'static str, String)> {
+{%- if resolution == "subdomain" %}
+    vec![("TENANCY_DOMAIN_SUFFIX", DOMAIN_SUFFIX.to_string())]
+{%- else %}
+    Vec::new()
+{%- endif %}
+}
+
+/// A request for `path` on behalf of `tenant`, addressed the way this service resolves
+/// tenants.
+pub fn for_tenant(
+    request: actix_web::test::TestRequest,
+    path: &str,
+    tenant: &str,
+) -> actix_web::test::TestRequest {
+{%- if resolution == "header" %}
+    request
+        .uri(path)
+        .insert_header(("X-Tenant-ID", tenant.to_owned()))
+{%- elsif resolution == "subdomain" %}
+    request
+        .uri(path)
+        .insert_header(("Host", format!("{tenant}{DOMAIN_SUFFIX}")))
+{%- elsif resolution == "path" %}
+    request.uri(&format!("/t/{tenant}{path}"))
+{%- endif %}
+}
+
+/// The same as raw HTTP/1.1, for tests of the real server.
+pub fn raw_request(path: &str, tenant: &str) -> String {
+{%- if resolution == "header" %}
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: {tenant}\r\nConnection: close\r\n\r\n"
+    )
+{%- elsif resolution == "subdomain" %}
+    format!("GET {path} HTTP/1.1\r\nHost: {tenant}{DOMAIN_SUFFIX}\r\nConnection: close\r\n\r\n")
+{%- elsif resolution == "path" %}
+    format!("GET /t/{tenant}{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+{%- endif %}
+}
+
 /// Makes `$app` an initialised test service of the generated application.
 #[macro_export]
 macro_rules! service {
@@ -304,9 +352,11 @@ macro_rules! service {
 macro_rules! call {
     ($service:expr, $method:ident $path:expr, tenant = $tenant:expr $(, json = $body:expr)?) => ({
         #[allow(unused_mut)]
-        let mut request = actix_web::test::TestRequest::$method()
-            .uri($path)
-            .insert_header(("X-Tenant-ID", $tenant));
+        let mut request = $crate::common::for_tenant(
+            actix_web::test::TestRequest::$method(),
+            $path,
+            $tenant,
+        );
         $( request = request.set_json($body); )?
         let response = actix_web::test::call_service(&$service, request.to_request()).await;
         let status = response.status();

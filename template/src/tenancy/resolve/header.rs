@@ -10,7 +10,10 @@ use crate::error::AppError;
 
 /// The tenant named by the request: 400 without the header, 404 for a malformed value
 /// (the same answer as for an unknown tenant).
-pub fn resolve(req: &ServiceRequest, settings: &Settings) -> Result<TenantIdentifier, AppError> {
+pub fn resolve(
+    req: &mut ServiceRequest,
+    settings: &Settings,
+) -> Result<TenantIdentifier, AppError> {
     let Some(value) = req.headers().get(settings.tenant_header.as_str()) else {
         return Err(AppError::MissingTenant {
             hint: format!(

@@ -5,3 +5,13 @@
 mod header;
 pub use header::*;
 {%- endif %}
+{%- if resolution == "subdomain" %}
+
+mod subdomain;
+pub use subdomain::*;
+{%- endif %}
+{%- if resolution == "path" %}
+
+mod path;
+pub use path::*;
+{%- endif %}

@@ -1,0 +1,129 @@
+//! Subdomain resolution: `acme.example.com` names tenant `acme`, with
+//! `TENANCY_DOMAIN_SUFFIX=.example.com`.
+//!
+//! Trust model: whoever controls the Host header chooses the tenant, so DNS and the proxy
+//! in front decide which names reach the service. `X-Forwarded-Host` is read only with
+//! `TENANCY_TRUST_FORWARDED_HOST=true` (a proxy you run sets it; otherwise any client
+//! could). Handled deliberately: a port is ignored, case is folded (DNS is
+//! case-insensitive), one trailing dot is ignored; the bare domain names no tenant (400);
+//! a host outside the suffix, a nested subdomain (`a.b.example.com`), an IP address or a
+//! punycode label (`xn--...`, which has '-') names an unknown tenant (404).
+
+use actix_web::dev::ServiceRequest;
+use actix_web::http::header;
+
+use crate::config::Settings;
+use crate::domain::TenantIdentifier;
+use crate::error::AppError;
+
+pub fn resolve(
+    req: &mut ServiceRequest,
+    settings: &Settings,
+) -> Result<TenantIdentifier, AppError> {
+    let forwarded = settings
+        .trust_forwarded_host
+        .then(|| req.headers().get("x-forwarded-host"))
+        .flatten();
+    let host = forwarded
+        .or_else(|| req.headers().get(header::HOST))
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| not_found("the host is not visible ASCII"))
+        })
+        .transpose()?
+        .map(|value| value.split(',').next().unwrap_or("").trim().to_owned())
+        .or_else(|| req.uri().host().map(str::to_owned));
+    match host {
+        Some(host) if !host.is_empty() => tenant_from_host(&host, &settings.domain_suffix),
+        _ => Err(missing(&settings.domain_suffix)),
+    }
+}
+
+/// The tenant named by `host` under `suffix` (`.example.com`).
+pub fn tenant_from_host(host: &str, suffix: &str) -> Result<TenantIdentifier, AppError> {
+    if host.starts_with('[') {
+        return Err(not_found("an IPv6 address names no tenant"));
+    }
+    let without_port = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = without_port.to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    if name == suffix.trim_start_matches('.') {
+        return Err(missing(suffix));
+    }
+    let Some(label) = name.strip_suffix(suffix) else {
+        return Err(not_found("the host is not under TENANCY_DOMAIN_SUFFIX"));
+    };
+    if label.contains('.') {
+        return Err(not_found("nested subdomains name no tenant"));
+    }
+    TenantIdentifier::parse(label).map_err(|why| not_found(&why))
+}
+
+fn missing(suffix: &str) -> AppError {
+    AppError::MissingTenant {
+        hint: format!("address the service as <tenant>{suffix}"),
+    }
+}
+
+fn not_found(detail: &str) -> AppError {
+    AppError::TenantNotFound {
+        detail: detail.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SUFFIX: &str = ".example.com";
+
+    fn tenant(host: &str) -> Option<String> {
+        tenant_from_host(host, SUFFIX).ok().map(|t| t.to_string())
+    }
+
+    #[test]
+    fn hosts_are_handled_deliberately() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("acme.example.com", Some("acme")),
+            ("acme.example.com:8443", Some("acme")),
+            ("ACME.Example.COM", Some("acme")),
+            ("acme.example.com.", Some("acme")),
+            ("example.com", None),
+            ("acme.example.org", None),
+            ("acmeexample.com", None),
+            ("a.b.example.com", None),
+            ("127.0.0.1", None),
+            ("127.0.0.1:8000", None),
+            ("[::1]:8000", None),
+            ("xn--caf-dma.example.com", None),
+            ("ac_me.example.com", Some("ac_me")),
+            ("1acme.example.com", None),
+            ("", None),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(tenant(host).as_deref(), *expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn the_bare_domain_is_a_missing_tenant_not_an_unknown_one() {
+        assert!(matches!(
+            tenant_from_host("example.com", SUFFIX),
+            Err(AppError::MissingTenant { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn no_host_panics_and_what_is_accepted_is_valid(host in "\\PC{0,80}") {
+            if let Ok(id) = tenant_from_host(&host, SUFFIX) {
+                prop_assert!(TenantIdentifier::parse(id.as_str()).is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Header resolution: what only the `X-Tenant-ID` resolver does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::{spawn_app, spawn_app_with};
+
+#[actix_web::test]
+async fn a_missing_header_gets_400_naming_the_header() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/api/notes").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("X-Tenant-ID"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn header_values_that_are_not_identifiers_get_the_unknown_tenant_404() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (_, unknown) = call!(service, get "/api/notes", tenant = "nosuchtenant");
+    let too_long = "a".repeat(64);
+    for value in [
+        "Acme",
+        "ACME",
+        "a\"; drop schema public; --",
+        "ac\u{e9}me",
+        too_long.as_str(),
+        "",
+    ] {
+        let request = test::TestRequest::get()
+            .uri("/api/notes")
+            .insert_header(("X-Tenant-ID", value.as_bytes().to_vec()))
+            .to_request();
+        let response = test::call_service(&service, request).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{value:?}");
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body, unknown, "{value:?}");
+    }
+}
+
+#[actix_web::test]
+async fn the_header_name_is_configurable() {
+    let app = spawn_app_with(&[("TENANCY_TENANT_HEADER", "X-Org")]).await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let request = test::TestRequest::get()
+        .uri("/api/notes")
+        .insert_header(("X-Org", "acme"))
+        .to_request();
+    assert_eq!(
+        test::call_service(&service, request).await.status(),
+        StatusCode::OK
+    );
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -1,0 +1,66 @@
+//! Subdomain resolution through the HTTP app: every kind of Host, table-driven.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::{spawn_app, spawn_app_with};
+
+#[actix_web::test]
+async fn hosts_resolve_deliberately() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let cases: &[(&str, StatusCode)] = &[
+        ("acme.example.test", StatusCode::OK),
+        ("acme.example.test:8443", StatusCode::OK),
+        ("ACME.Example.TEST", StatusCode::OK),
+        ("acme.example.test.", StatusCode::OK),
+        ("example.test", StatusCode::BAD_REQUEST),
+        ("ghost.example.test", StatusCode::NOT_FOUND),
+        ("acme.example.org", StatusCode::NOT_FOUND),
+        ("a.acme.example.test", StatusCode::NOT_FOUND),
+        ("127.0.0.1:8000", StatusCode::NOT_FOUND),
+        ("[::1]:8000", StatusCode::NOT_FOUND),
+        ("xn--acme-9qa.example.test", StatusCode::NOT_FOUND),
+    ];
+    for (host, expected) in cases {
+        let request = test::TestRequest::get()
+            .uri("/api/notes")
+            .insert_header(("Host", *host))
+            .to_request();
+        let response = test::call_service(&service, request).await;
+        assert_eq!(response.status(), *expected, "{host}");
+    }
+}
+
+#[actix_web::test]
+async fn x_forwarded_host_counts_only_when_trusted() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    app.create_tenant("globex").await;
+    let forwarded = || {
+        test::TestRequest::get()
+            .uri("/api/notes")
+            .insert_header(("Host", "acme.example.test"))
+            .insert_header(("X-Forwarded-Host", "globex.example.test"))
+    };
+    let service = service!(app);
+    let (status, body) = call!(service, post "/api/notes", tenant = "globex", json = serde_json::json!({"title": "globex only"}));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Untrusted: the Host header decides (acme has no notes).
+    let body: serde_json::Value =
+        test::call_and_read_body_json(&service, forwarded().to_request()).await;
+    assert_eq!(body, serde_json::json!([]));
+
+    let trusted = spawn_app_with(&[("TENANCY_TRUST_FORWARDED_HOST", "true")]).await;
+    trusted.create_tenant("acme").await;
+    trusted.create_tenant("globex").await;
+    let service = service!(trusted);
+    let (status, _) = call!(service, post "/api/notes", tenant = "globex", json = serde_json::json!({"title": "globex only"}));
+    assert_eq!(status, StatusCode::CREATED);
+    let body: serde_json::Value =
+        test::call_and_read_body_json(&service, forwarded().to_request()).await;
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+}
