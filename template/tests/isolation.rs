@@ -190,12 +190,7 @@ fn get(path: &str, tenant: &str) -> test::TestRequest {
 
 #[actix_web::test]
 async fn with_one_connection_a_then_b_then_a_never_see_the_wrong_schema() {
-    let app = spawn_app_with(&[
-        ("TENANCY_DATABASE_POOL_SIZE", "1"),
-        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
-        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
-    ])
-    .await;
+    let app = spawn_with_pools(1, 1).await;
     app.create_tenant("alpha").await;
     app.create_tenant("beta").await;
     let service = service!(app);
@@ -217,12 +212,7 @@ async fn with_one_connection_a_then_b_then_a_never_see_the_wrong_schema() {
 
 #[actix_web::test]
 async fn cancelled_panicking_and_failed_requests_leave_no_scope_behind() {
-    let app = spawn_app_with(&[
-        ("TENANCY_DATABASE_POOL_SIZE", "1"),
-        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
-        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
-    ])
-    .await;
+    let app = spawn_with_pools(1, 1).await;
     app.create_tenant("alpha").await;
     app.create_tenant("beta").await;
     let service = probe_service!(app);

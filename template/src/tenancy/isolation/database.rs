@@ -185,12 +185,7 @@ pub async fn check_app_role(_conn: &mut AsyncPgConnection) -> Result<(), String>
     Ok(())
 }
 
-/// The isolation of a new tenant: this strategy's, whatever is asked.
+/// The isolation of a new tenant: this strategy's; asking for another is an error.
 pub fn choose(_tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
-    match requested {
-        None | Some(Isolation::Database) => Ok(Isolation::Database),
-        Some(other) => Err(format!(
-            "this service isolates every tenant with 'database', not '{other}'"
-        )),
-    }
+    super::only(requested, Isolation::Database)
 }

@@ -4,6 +4,17 @@
 
 use crate::domain::{Isolation, Tenant};
 
+/// The isolation of a new tenant for a strategy that offers only `offered`.
+pub(crate) fn only(requested: Option<Isolation>, offered: Isolation) -> Result<Isolation, String> {
+    match requested {
+        None => Ok(offered),
+        Some(isolation) if isolation == offered => Ok(offered),
+        Some(other) => Err(format!(
+            "this service isolates every tenant with '{offered}', not '{other}'"
+        )),
+    }
+}
+
 /// Refuses a tenant whose registry row says it is stored another way than `expected`
 /// (a registry shared with a service generated for another strategy).
 pub(crate) fn ensure(tenant: &Tenant, expected: Isolation) -> Result<(), String> {

@@ -152,12 +152,7 @@ pub async fn check_app_role(conn: &mut AsyncPgConnection) -> Result<(), String> 
     Ok(())
 }
 
-/// The isolation of a new tenant: this strategy's, whatever is asked.
+/// The isolation of a new tenant: this strategy's; asking for another is an error.
 pub fn choose(_tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
-    match requested {
-        None | Some(Isolation::Rls) => Ok(Isolation::Rls),
-        Some(other) => Err(format!(
-            "this service isolates every tenant with 'rls', not '{other}'"
-        )),
-    }
+    super::only(requested, Isolation::Rls)
 }
