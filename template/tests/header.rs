@@ -8,23 +8,6 @@ use actix_web::test;
 use common::{spawn_app, spawn_app_with};
 
 #[actix_web::test]
-async fn a_missing_header_gets_400_naming_the_header() {
-    let app = spawn_app().await;
-    let service = service!(app);
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/api/notes").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: serde_json::Value = test::read_body_json(response).await;
-    assert!(
-        body["detail"].as_str().unwrap().contains("X-Tenant-ID"),
-        "{body}"
-    );
-}
-
-#[actix_web::test]
 async fn header_values_that_are_not_identifiers_get_the_unknown_tenant_404() {
     let app = spawn_app().await;
     app.create_tenant("acme").await;

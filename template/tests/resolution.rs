@@ -24,7 +24,8 @@ async fn a_request_that_names_no_tenant_gets_400_problem_json() {
     );
     let body: serde_json::Value = test::read_body_json(response).await;
     assert_eq!(body["status"], 400);
-    assert!(body["detail"].as_str().is_some(), "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains(common::no_tenant_hint()), "{body}");
 }
 
 #[actix_web::test]

@@ -297,6 +297,17 @@ impl TestApp {
     }
 }
 
+/// What the 400 for a request without a tenant tells the client to send.
+pub fn no_tenant_hint() -> &'static str {
+{%- if resolution == "header" %}
+    "X-Tenant-ID"
+{%- elsif resolution == "subdomain" %}
+    DOMAIN_SUFFIX
+{%- elsif resolution == "path" %}
+    "/t/<tenant>/"
+{%- endif %}
+}
+
 /// The settings this service's resolver needs in the tests.
 pub fn resolution_env() -> Vec<(&'static str, String)> {
 {%- if resolution == "subdomain" %}
