@@ -52,6 +52,39 @@ ensure_redis() {
   die "Redis is not reachable at 127.0.0.1:6379. Install and start it (apt-get install redis-server)."
 }
 
+# A second PostgreSQL server, for the tests that place a tenant's database on another
+# server (database per tenant): a throwaway cluster on a free local port, stopped when
+# the calling script exits. Exports TENANCY_TEST_OTHER_SERVER=host:port; set it yourself
+# to use a server of your own (the TENANCY_TEST_DATABASE_URL user must be able to create
+# databases and roles there).
+ensure_other_postgres() {
+  [ -n "${TENANCY_TEST_OTHER_SERVER:-}" ] && return
+  local initdb port dir run=()
+  initdb=$(command -v initdb || find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n 1)
+  [ -x "$initdb" ] || die "initdb not found: install the PostgreSQL server (apt-get install postgresql), or set TENANCY_TEST_OTHER_SERVER to host:port of a second PostgreSQL server"
+  for port in $(seq 5433 5499); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+  done
+  dir=$(mktemp -d /tmp/actix-tenancy-pg.XXXXXX)
+  # PostgreSQL refuses to run as root.
+  if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; run=(runuser -u postgres --); fi
+  say "starting a second PostgreSQL server on 127.0.0.1:$port (for tenants placed on another server)"
+  "${run[@]}" "$initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+    || die "initdb failed: $(tail -n 5 "$dir/initdb.log")"
+  "${run[@]}" "$(dirname "$initdb")/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+    || die "the second PostgreSQL server did not start: $(tail -n 5 "$dir/server.log")"
+  OTHER_POSTGRES_STOP=("${run[@]}" "$(dirname "$initdb")/pg_ctl" -D "$dir/data" -m immediate stop)
+  OTHER_POSTGRES_DIR=$dir
+  trap stop_other_postgres EXIT
+  export TENANCY_TEST_OTHER_SERVER="127.0.0.1:$port"
+}
+
+stop_other_postgres() {
+  "${OTHER_POSTGRES_STOP[@]}" >/dev/null 2>&1 || true
+  rm -rf "$OTHER_POSTGRES_DIR"
+}
+
 # Generates the template with the given -d values into a new temporary folder and
 # prints the project's path.
 generate() {

@@ -14,6 +14,7 @@ source "$root/ci/lib.sh"
 
 ensure_cargo_generate
 ensure_postgres
+ensure_other_postgres
 ensure_redis
 # One target directory for every combination, so dependencies compile once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"

@@ -10,6 +10,9 @@ use crate::config::Settings;
 use crate::domain::{Isolation, TenantIdentifier};
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
+{%- if isolation == "database" %}
+use crate::tenancy::isolation::ServerAddress;
+{%- endif %}
 use crate::tenancy::lifecycle::NewTenant;
 
 #[derive(Debug, Parser)]
@@ -54,6 +57,13 @@ pub enum TenantCommand {
         /// schema, rls or database (default: the service's).
         #[arg(long)]
         isolation: Option<String>,
+{%- if isolation == "database" %}
+        /// PostgreSQL server (host or host:port) for the tenant's database; credentials
+        /// come from the configured URLs (default: the server of
+        /// TENANCY_DATABASE_URL_TEMPLATE).
+        #[arg(long)]
+        server: Option<String>,
+{%- endif %}
     },
     /// List tenants.
     List,
@@ -134,16 +144,25 @@ async fn run_command(
                     name,
                     metadata,
                     isolation,
+{%- if isolation == "database" %}
+                    server,
+{%- endif %}
                 } => {
                     let new = NewTenant {
-                        identifier: parse(&identifier)?,
-                        name,
                         isolation: isolation
                             .map(|i| i.parse::<Isolation>())
                             .transpose()
                             .map_err(|e| format!("--isolation: {e}"))?,
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| format!("--metadata is not JSON: {e}"))?,
+{%- if isolation == "database" %}
+                        server: server
+                            .as_deref()
+                            .map(ServerAddress::parse)
+                            .transpose()
+                            .map_err(|e| format!("--server: {e}"))?,
+{%- endif %}
+                        ..NewTenant::new(parse(&identifier)?, name)
                     };
                     let tenant = tenancy.create_tenant(new).await?;
                     writeln!(

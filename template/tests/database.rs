@@ -14,6 +14,10 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
 
+use {{crate_name}}::domain::TenantIdentifier;
+use {{crate_name}}::tenancy::isolation::ServerAddress;
+use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
+
 async fn database_exists(name: &str) -> bool {
     let rows = query_url(
         &server_url(),
@@ -127,4 +131,235 @@ async fn two_hundred_tenants_are_served_in_turn_under_a_cap_of_forty_connections
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(open, 0, "idle tenant connections were not closed");
+}
+
+/// `host:port` of `url`.
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+        .to_string()
+}
+
+/// The second PostgreSQL server of the placement test (`TENANCY_TEST_OTHER_SERVER`,
+/// host:port; ci/ starts one), reached as the test server's user; the test's app role is
+/// created there (roles belong to a server), and everything is dropped at the end.
+struct OtherServer {
+    address: String,
+    /// `postgres://user@host:port`, the test server's user on this server.
+    base_url: String,
+    admin_url: String,
+    /// Whether it really is another server (without `TENANCY_TEST_OTHER_SERVER` the test
+    /// runs against the main server under its own address, and proves less).
+    distinct: bool,
+    role: String,
+    prefix: String,
+}
+
+impl OtherServer {
+    async fn start(db: &common::TestDatabase) -> Self {
+        let main = host_of(&server_url());
+        let address = std::env::var("TENANCY_TEST_OTHER_SERVER").unwrap_or_else(|_| {
+            eprintln!("TENANCY_TEST_OTHER_SERVER is not set: placing on {main}, the main server");
+            main.clone()
+        });
+        let url = server_url();
+        let base_url = format!(
+            "postgres://{}{address}",
+            url.split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .map_or(String::new(), |(user, _)| format!("{user}@"))
+        );
+        let admin_url = format!("{base_url}/postgres");
+        let distinct = address != main;
+        if distinct {
+            query_url(
+                &admin_url,
+                &format!(
+                    "CREATE ROLE \"{}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{}'",
+                    db.app_role, db.app_password
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot prepare the second server {address}: {e}"));
+        }
+        Self {
+            address,
+            base_url,
+            admin_url,
+            distinct,
+            role: db.app_role.clone(),
+            prefix: db.tenant_database_prefix.clone(),
+        }
+    }
+
+    async fn has_database(&self, name: &str) -> bool {
+        let sql = format!("SELECT 1 FROM pg_database WHERE datname = '{name}'");
+        !query_url(&self.admin_url, &sql).await.unwrap().is_empty()
+    }
+
+    /// The service's connections to `database` on this server.
+    async fn connections_to(&self, database: &str) -> usize {
+        let sql = format!("SELECT 1 FROM pg_stat_activity WHERE datname = '{database}'");
+        query_url(&self.admin_url, &sql).await.unwrap().len()
+    }
+}
+
+impl Drop for OtherServer {
+    fn drop(&mut self) {
+        if !self.distinct {
+            return;
+        }
+        let (url, role, prefix) = (
+            self.admin_url.clone(),
+            self.role.clone(),
+            self.prefix.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let sql = format!(
+                    "SELECT datname FROM pg_database WHERE left(datname, {}) = '{prefix}'",
+                    prefix.len()
+                );
+                for row in query_url(&url, &sql).await.unwrap_or_default() {
+                    if let Some(Some(name)) = row.into_iter().next() {
+                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = query_url(&url, &drop).await;
+                    }
+                }
+                let _ = query_url(&url, &format!("DROP ROLE IF EXISTS \"{role}\"")).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[actix_web::test]
+async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_there() {
+    let app = spawn_app().await;
+    let other = OtherServer::start(&app.db).await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let far = app
+        .tenancy
+        .create_tenant(NewTenant {
+            server: Some(server.clone()),
+            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+        })
+        .await
+        .unwrap();
+    let near = app.create_tenant("near").await;
+    let far_db = format!("{}far", app.db.tenant_database_prefix);
+    let near_db = format!("{}near", app.db.tenant_database_prefix);
+
+    // The record names the server; the database is there, and only there.
+    let recorded = app
+        .db
+        .query(&format!(
+            "SELECT database_name, server FROM tenancy.tenant_databases WHERE tenant_id = '{}'",
+            far.id
+        ))
+        .await;
+    assert_eq!(
+        recorded,
+        vec![vec![Some(far_db.clone()), Some(other.address.clone())]]
+    );
+    assert!(other.has_database(&far_db).await);
+    if other.distinct {
+        assert!(
+            !database_exists(&far_db).await,
+            "{far_db} is on the main server"
+        );
+        assert!(!other.has_database(&near_db).await);
+    }
+    assert!(database_exists(&near_db).await);
+
+    // Both are served by the one service, each from its own database.
+    let service = service!(app);
+    for name in ["far", "near"] {
+        let (status, body) =
+            call!(service, post "/api/notes", tenant = name, json = json!({"title": name}));
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+    for name in ["far", "near"] {
+        let (status, body) = call!(service, get "/api/notes", tenant = name);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.as_array().unwrap().len(), 1, "{name}: {body}");
+        assert_eq!(body[0]["title"], name);
+    }
+    assert!(other.connections_to(&far_db).await > 0);
+    let far_notes = query_url(
+        &format!("{}/{far_db}", other.base_url),
+        "SELECT title FROM notes",
+    )
+    .await
+    .unwrap();
+    assert_eq!(far_notes, vec![vec![Some("far".to_string())]]);
+    assert_eq!(app.db.notes_of(&near).await, Some(1));
+
+    // Asking for another server for a tenant placed already is a conflict.
+    let again = app
+        .tenancy
+        .create_tenant(NewTenant {
+            server: Some(ServerAddress::parse("elsewhere.invalid:5432").unwrap()),
+            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+        })
+        .await;
+    assert!(
+        matches!(again, Err(LifecycleError::Conflict(_))),
+        "{again:?}"
+    );
+
+    // Destroy drops it on its server.
+    app.tenancy.delete_tenant(&far.identifier).await.unwrap();
+    app.tenancy
+        .destroy_tenant(&far.identifier, "far")
+        .await
+        .unwrap();
+    assert!(!other.has_database(&far_db).await);
+    assert!(database_exists(&near_db).await);
+}
+
+#[test]
+fn a_server_address_is_a_host_and_port_and_never_credentials() {
+    for good in [
+        "db2",
+        "db2.internal:5432",
+        "10.0.0.7:6432",
+        "[::1]:5433",
+        "DB2.Example.com",
+    ] {
+        assert!(ServerAddress::parse(good).is_ok(), "{good}");
+    }
+    assert_eq!(
+        ServerAddress::parse("DB2.Example.com").unwrap().as_str(),
+        "db2.example.com"
+    );
+    for bad in [
+        "",
+        "app:secret@db2",
+        "postgres://db2",
+        "db2:0",
+        "db2:65536",
+        "db2:port",
+        "db2/other",
+        "-db2",
+        "db 2",
+        "db2;drop",
+        "[::1",
+        "[not-ip]:5432",
+        "db2:5432:1",
+    ] {
+        assert!(ServerAddress::parse(bad).is_err(), "{bad}");
+    }
+    // The admin API and the CLI take it through the same parser.
+    let new: Result<NewTenant, _> = serde_json::from_value(
+        json!({"identifier": "far", "name": "Far", "server": "app:secret@db2"}),
+    );
+    assert!(new.is_err());
 }

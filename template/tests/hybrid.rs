@@ -16,10 +16,8 @@ use {{crate_name}}::tenancy::lifecycle::NewTenant;
 async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
     app.tenancy
         .create_tenant(NewTenant {
-            identifier: TenantIdentifier::parse(name).unwrap(),
-            name: name.to_string(),
             isolation: Some(isolation),
-            metadata: json!({}),
+            ..NewTenant::new(TenantIdentifier::parse(name).unwrap(), name)
         })
         .await
         .unwrap()

@@ -73,12 +73,7 @@ async fn creating_an_existing_tenant_is_a_conflict() {
     app.create_tenant("acme").await;
     let again = app
         .tenancy
-        .create_tenant(NewTenant {
-            isolation: None,
-            identifier: id("acme"),
-            name: "Again".into(),
-            metadata: serde_json::json!({}),
-        })
+        .create_tenant(NewTenant::new(id("acme"), "Again"))
         .await;
     assert!(
         matches!(again, Err(LifecycleError::Conflict(_))),

@@ -156,15 +156,14 @@ impl PoolRegistry {
     }
 
     /// Checks out a connection of `tenant`'s pool, creating the pool with `connect_target`
-    /// (the tenant's scoped session settings) on first use.
+    /// (the tenant's scoped session settings) on first use; `connect_target` is awaited
+    /// only then.
     pub async fn get(
         &self,
         tenant: Uuid,
-        connect_target: impl FnOnce() -> Result<ConnectTarget, PoolError>,
+        connect_target: impl Future<Output = Result<ConnectTarget, bb8::RunError<PoolError>>>,
     ) -> Result<TenantConnection, bb8::RunError<PoolError>> {
-        let entry = self
-            .entry(tenant, connect_target)
-            .map_err(bb8::RunError::User)?;
+        let entry = self.entry(tenant, connect_target).await?;
         // Written at most every 100 ms: the LRU order needs no more, and a write on every
         // checkout would bounce the cache line between workers.
         let now = self.shared.now_millis();
@@ -201,15 +200,15 @@ impl PoolRegistry {
         }
     }
 
-    fn entry(
+    async fn entry(
         &self,
         tenant: Uuid,
-        connect_target: impl FnOnce() -> Result<ConnectTarget, PoolError>,
-    ) -> Result<Arc<Entry>, PoolError> {
-        if let Some(entry) = self.shared.read_pools().get(&tenant) {
-            return Ok(entry.clone());
+        connect_target: impl Future<Output = Result<ConnectTarget, bb8::RunError<PoolError>>>,
+    ) -> Result<Arc<Entry>, bb8::RunError<PoolError>> {
+        if let Some(entry) = self.shared.read_pools().get(&tenant).cloned() {
+            return Ok(entry);
         }
-        let target = connect_target()?;
+        let target = connect_target.await?;
         let mut pools = self.shared.write_pools();
         if let Some(entry) = pools.get(&tenant) {
             return Ok(entry.clone());

@@ -58,6 +58,27 @@ pub struct NewTenant {
     pub isolation: Option<Isolation>,
     #[serde(default = "empty_object")]
     pub metadata: serde_json::Value,
+{%- if isolation == "database" %}
+    /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
+    /// server of `TENANCY_DATABASE_URL_TEMPLATE`.
+    #[serde(default)]
+    pub server: Option<isolation::ServerAddress>,
+{%- endif %}
+}
+
+impl NewTenant {
+    /// A tenant with the service's default isolation and no metadata.
+    pub fn new(identifier: TenantIdentifier, name: impl Into<String>) -> Self {
+        Self {
+            identifier,
+            name: name.into(),
+            isolation: None,
+            metadata: empty_object(),
+{%- if isolation == "database" %}
+            server: None,
+{%- endif %}
+        }
+    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -196,6 +217,9 @@ impl Tenancy {
                 tenant.identifier, tenant.status
             )));
         }
+{%- if isolation == "database" %}
+        isolation::place(self, &tenant, new.server.as_ref()).await?;
+{%- endif %}
         isolation::migrate(self, &tenant).await?;
         let mut conn = self.control_connection().await?;
         let active = registry::transition(

@@ -125,7 +125,7 @@ impl Tenancy {
     pub async fn tenant_connection(&self, tenant: &Tenant) -> Result<TenantConnection, AppError> {
         Ok(self
             .pools
-            .get(tenant.id, || isolation::connect_target(self, tenant))
+            .get(tenant.id, isolation::connect_target(self, tenant))
             .await?)
     }
 

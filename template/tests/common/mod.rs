@@ -286,12 +286,10 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 impl TestApp {
     pub async fn create_tenant(&self, identifier: &str) -> Tenant {
         self.tenancy
-            .create_tenant(NewTenant {
-                isolation: None,
-                identifier: TenantIdentifier::parse(identifier).unwrap(),
-                name: format!("Tenant {identifier}"),
-                metadata: serde_json::json!({}),
-            })
+            .create_tenant(NewTenant::new(
+                TenantIdentifier::parse(identifier).unwrap(),
+                format!("Tenant {identifier}"),
+            ))
             .await
             .unwrap()
     }

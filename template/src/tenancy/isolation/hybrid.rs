@@ -7,8 +7,7 @@
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 
-use super::{rls, schema};
-use crate::db::PoolError;
+use super::{Refused, rls, schema};
 use crate::db::manager::ConnectTarget;
 use crate::db::migrate::MigrateError;
 use crate::domain::{Isolation, Tenant};
@@ -18,11 +17,11 @@ use crate::tenancy::Tenancy;
 pub const TIERS: [Isolation; 2] = [Isolation::Schema, Isolation::Rls];
 
 /// Connection settings of `tenant`'s tier.
-pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, PoolError> {
+pub async fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, Refused> {
     match tenant.isolation {
-        Isolation::Schema => schema::connect_target(tenancy, tenant),
-        Isolation::Rls => rls::connect_target(tenancy, tenant),
-        other => Err(PoolError::Isolation(unsupported(other))),
+        Isolation::Schema => schema::connect_target(tenancy, tenant).await,
+        Isolation::Rls => rls::connect_target(tenancy, tenant).await,
+        other => Err(super::refused(unsupported(other))),
     }
 }
 

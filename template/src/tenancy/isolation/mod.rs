@@ -2,7 +2,16 @@
 //! file and provides the same functions: `connect_target`, `migrate_shared`, `migrate`, `destroy`,
 //! `check_app_role`, `choose`.
 
+use crate::db::PoolError;
 use crate::domain::{Isolation, Tenant};
+
+/// Why a tenant's pool could not be set up (a strategy's `connect_target` error).
+pub type Refused = bb8::RunError<PoolError>;
+
+/// A tenant this code must not serve.
+pub(crate) fn refused(why: String) -> Refused {
+    bb8::RunError::User(PoolError::Isolation(why))
+}
 
 /// The isolation of a new tenant for a strategy that offers only `offered`.
 pub(crate) fn only(requested: Option<Isolation>, offered: Isolation) -> Result<Isolation, String> {

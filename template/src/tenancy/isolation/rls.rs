@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Bool, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use crate::db::PoolError;
+use super::Refused;
 use crate::db::manager::{ConnectTarget, SessionVariable};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
@@ -28,8 +28,8 @@ pub const TENANT_SETTING: &str = "app.tenant_id";
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_rls");
 
 /// Connection settings bound to `tenant`: the shared schema, and the tenant's id.
-pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, PoolError> {
-    super::ensure(tenant, Isolation::Rls).map_err(PoolError::Isolation)?;
+pub async fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, Refused> {
+    super::ensure(tenant, Isolation::Rls).map_err(super::refused)?;
     Ok(ConnectTarget {
         config: with_session_option(tenancy.base_config(), "search_path", DATA_SCHEMA),
         session: Some(SessionVariable {

@@ -8,7 +8,7 @@ use diesel::QueryResult;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use crate::db::PoolError;
+use super::Refused;
 use crate::db::manager::ConnectTarget;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::domain::{Isolation, SchemaName, Tenant};
@@ -18,8 +18,8 @@ use crate::tenancy::{Tenancy, with_session_option};
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
 
 /// Connection settings bound to `tenant`'s schema.
-pub fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, PoolError> {
-    super::ensure(tenant, Isolation::Schema).map_err(PoolError::Isolation)?;
+pub async fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, Refused> {
+    super::ensure(tenant, Isolation::Schema).map_err(super::refused)?;
     let schema = SchemaName::for_tenant(&tenant.identifier);
     Ok(with_session_option(tenancy.base_config(), "search_path", schema.as_str()).into())
 }
