@@ -4,8 +4,10 @@
 # against the local PostgreSQL, plus checks of the template itself. Prints one line per
 # check and `N passed, N failed` at the end; exits non-zero on any failure.
 #
-#   bash ci/test.sh                 # everything
+#   bash ci/test.sh                 # everything in ci/matrix.txt (a pairwise set)
 #   bash ci/test.sh admin_api=false # only matrix lines containing that text
+#   bash ci/test.sh --full          # every isolation x resolution pair (about 20 more
+#                                   # combinations: ~20 minutes warm)
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,14 +54,16 @@ check_combination() {
   rm -rf "$(dirname "$project")"
 }
 
-hook_rejects() { # value, expected message
-  local dest out
+hook_rejects() { # name, expected message, key=value...
+  local dest out name=$1 expected=$2 args=()
+  shift 2
+  for kv in "$@"; do args+=(-d "$kv"); done
   dest=$(mktemp -d)
-  out=$(CARGO_NAME=ci cargo generate --path "$root" template --name "$1" --silent --vcs none --destination "$dest" 2>&1)
+  out=$(CARGO_NAME=ci cargo generate --path "$root" template --name "$name" --silent --vcs none --destination "$dest" "${args[@]}" 2>&1)
   local status=$?
   rm -rf "$dest"
-  if [ $status -ne 0 ] && grep -qF "$2" <<<"$out"; then return 0; fi
-  echo "expected a refusal containing '$2', got: $out" >&2
+  if [ $status -ne 0 ] && grep -qF "$expected" <<<"$out"; then return 0; fi
+  echo "expected a refusal containing '$expected', got: $out" >&2
   return 1
 }
 
@@ -75,12 +79,30 @@ shell_scripts() {
 run_check "template: shell scripts" shell_scripts
 run_check "template: pre-hook refuses the name '9lives'" hook_rejects 9lives "must start with an ASCII letter"
 run_check "template: pre-hook refuses the name 'test'" hook_rejects test "which Rust reserves"
+run_check "template: pre-hook refuses chain=jwt,subdomain" \
+  hook_rejects demo "subdomain cannot be part of a chain" resolution=chain chain=jwt,subdomain
+run_check "template: pre-hook refuses chain=jwt" \
+  hook_rejects demo "needs at least two resolvers" resolution=chain chain=jwt
+run_check "template: pre-hook refuses chain=jwt,cookie" \
+  hook_rejects demo "'cookie' is not a resolver" resolution=chain chain=jwt,cookie
+
+combinations() {
+  if [ "$filter" = --full ]; then
+    for isolation in schema rls database hybrid; do
+      for resolution in header subdomain path jwt chain; do
+        echo "isolation=$isolation resolution=$resolution admin_api=true"
+      done
+    done
+  else
+    cat "$root/ci/matrix.txt"
+  fi
+}
 
 while IFS= read -r line; do
   case "$line" in ''|'#'*) continue ;; esac
-  [ -n "$filter" ] && [[ "$line" != *"$filter"* ]] && continue
+  [ -n "$filter" ] && [ "$filter" != --full ] && [[ "$line" != *"$filter"* ]] && continue
   run_check "generated: $line" check_combination "$line"
-done <"$root/ci/matrix.txt"
+done < <(combinations)
 
 echo
 echo "Summary"

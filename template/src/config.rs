@@ -18,6 +18,10 @@ use crate::domain::IdentifierPrefix;
 
 use crate::domain::Isolation;
 {%- endif %}
+{%- if jwt_resolver %}
+
+use crate::tenancy::resolve::jwt::{JwtConfig, Verifier};
+{%- endif %}
 
 const PREFIX: &str = "TENANCY_";
 /// Compiled-in strategies; the reference guide's `TENANCY_*_STRATEGY` variables must agree.
@@ -61,19 +65,23 @@ pub struct Settings {
     /// `database_url`.
     pub migration_database_url: Option<SecretString>,
     pub database: DatabaseSettings,
-{%- if resolution == "header" %}
+{%- if header_resolver %}
     /// The header that names the tenant.
     pub tenant_header: String,
 {%- endif %}
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
     /// Tenant `acme` is served at `acme<domain_suffix>`; starts with a dot.
     pub domain_suffix: String,
     /// Read the host from `X-Forwarded-Host` (only behind a proxy that sets it).
     pub trust_forwarded_host: bool,
 {%- endif %}
-{%- if resolution == "path" %}
+{%- if path_resolver %}
     /// Tenant `acme` is served under `<path_prefix>/acme/`.
     pub path_prefix: String,
+{%- endif %}
+{%- if jwt_resolver %}
+    /// Verifies bearer tokens (`TENANCY_JWT_*`).
+    pub jwt: std::sync::Arc<Verifier>,
 {%- endif %}
     pub skip_paths: Vec<String>,
     pub debug_headers: bool,
@@ -133,15 +141,25 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("database_pool_timeout", Some("5")),
     ("database_pool_recycle", Some("1800")),
     ("tenant_pool_idle_timeout", Some("300")),
-{%- if resolution == "header" %}
+{%- if header_resolver %}
     ("tenant_header", Some("X-Tenant-ID")),
 {%- endif %}
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
     ("domain_suffix", None),
     ("trust_forwarded_host", Some("false")),
 {%- endif %}
-{%- if resolution == "path" %}
+{%- if path_resolver %}
     ("path_prefix", Some("/t")),
+{%- endif %}
+{%- if jwt_resolver %}
+    ("jwt_secret", None),
+    ("jwt_public_key_file", None),
+    ("jwt_jwks_file", None),
+    ("jwt_algorithms", None),
+    ("jwt_issuer", None),
+    ("jwt_audience", None),
+    ("jwt_leeway", Some("30")),
+    ("jwt_tenant_claim", Some("tenant_id")),
 {%- endif %}
     ("skip_paths", Some("/health*,/metrics")),
     ("debug_headers", Some("false")),
@@ -245,13 +263,13 @@ impl Settings {
             tenant_pool_idle_timeout: v.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
         };
 
-{%- if resolution == "header" %}
+{%- if header_resolver %}
         let tenant_header = v.get("tenant_header");
         if actix_web::http::header::HeaderName::from_str(&tenant_header).is_err() {
             return Err(invalid("tenant_header", "not a valid HTTP header name"));
         }
 {%- endif %}
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
         let domain_suffix = v
             .required(
                 "domain_suffix",
@@ -274,7 +292,7 @@ impl Settings {
             ));
         }
 {%- endif %}
-{%- if resolution == "path" %}
+{%- if path_resolver %}
         let path_prefix = v.get("path_prefix");
         let valid_prefix = path_prefix.len() > 1
             && path_prefix.starts_with('/')
@@ -288,6 +306,28 @@ impl Settings {
                 "must look like /t (a leading slash, no trailing one)",
             ));
         }
+{%- endif %}
+{%- if jwt_resolver %}
+        let (secret, public_key_file, jwks_file, algorithms, issuer, audience, tenant_claim) = (
+            v.optional("jwt_secret"),
+            v.optional("jwt_public_key_file"),
+            v.optional("jwt_jwks_file"),
+            v.optional("jwt_algorithms"),
+            v.optional("jwt_issuer"),
+            v.optional("jwt_audience"),
+            v.get("jwt_tenant_claim"),
+        );
+        let jwt = Verifier::new(JwtConfig {
+            secret: secret.as_deref(),
+            public_key_file: public_key_file.as_deref(),
+            jwks_file: jwks_file.as_deref(),
+            algorithms: algorithms.as_deref(),
+            issuer: issuer.as_deref(),
+            audience: audience.as_deref(),
+            leeway: v.number("jwt_leeway", 0, 3600)?,
+            tenant_claim: &tenant_claim,
+        })
+        .map_err(|(key, message)| invalid(key, message))?;
 {%- endif %}
 
         let skip_paths = v
@@ -364,15 +404,18 @@ impl Settings {
             database_url: SecretString::from(database_url),
             migration_database_url,
             database,
-{%- if resolution == "header" %}
+{%- if header_resolver %}
             tenant_header,
 {%- endif %}
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
             domain_suffix,
             trust_forwarded_host: v.boolean("trust_forwarded_host")?,
 {%- endif %}
-{%- if resolution == "path" %}
+{%- if path_resolver %}
             path_prefix,
+{%- endif %}
+{%- if jwt_resolver %}
+            jwt: std::sync::Arc::new(jwt),
 {%- endif %}
             skip_paths,
             debug_headers: v.boolean("debug_headers")?,
@@ -493,9 +536,13 @@ mod tests {
             .collect();
         map.entry("TENANCY_DATABASE_URL".into())
             .or_insert_with(|| "postgres://app:s3cret@localhost/app".into());
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
         map.entry("TENANCY_DOMAIN_SUFFIX".into())
             .or_insert_with(|| ".example.test".into());
+{%- endif %}
+{%- if jwt_resolver %}
+        map.entry("TENANCY_JWT_SECRET".into())
+            .or_insert_with(|| "jwt-secret-0123456789abcdef0123456789".into());
 {%- endif %}
         map
     }
@@ -512,10 +559,10 @@ mod tests {
         let (settings, warnings) = Settings::from_env_map(env(&[])).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(settings.port, 8000);
-{%- if resolution == "header" %}
+{%- if header_resolver %}
         assert_eq!(settings.tenant_header, "X-Tenant-ID");
 {%- endif %}
-{%- if resolution == "path" %}
+{%- if path_resolver %}
         assert_eq!(settings.path_prefix, "/t");
 {%- endif %}
         assert_eq!(settings.skip_paths, vec!["/health*", "/metrics"]);
@@ -572,13 +619,13 @@ mod tests {
                 &[("TENANCY_DEBUG_HEADERS", "maybe")],
                 "TENANCY_DEBUG_HEADERS",
             ),
-{%- if resolution == "header" %}
+{%- if header_resolver %}
             (
                 &[("TENANCY_TENANT_HEADER", "bad header")],
                 "TENANCY_TENANT_HEADER",
             ),
 {%- endif %}
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
             (
                 &[("TENANCY_DOMAIN_SUFFIX", "example.com")],
                 "TENANCY_DOMAIN_SUFFIX",
@@ -588,7 +635,7 @@ mod tests {
                 "TENANCY_DOMAIN_SUFFIX",
             ),
 {%- endif %}
-{%- if resolution == "path" %}
+{%- if path_resolver %}
             (&[("TENANCY_PATH_PREFIX", "t")], "TENANCY_PATH_PREFIX"),
             (&[("TENANCY_PATH_PREFIX", "/t/")], "TENANCY_PATH_PREFIX"),
 {%- endif %}
@@ -642,6 +689,12 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("s3cret"));
         assert!(!shown.contains("an-admin-token"));
+{%- if jwt_resolver %}
+        assert!(!shown.contains("jwt-secret"), "{shown}");
+        let err = error_of(&[("TENANCY_JWT_SECRET", "short-jwt-secret")]);
+        assert!(err.starts_with("TENANCY_JWT_SECRET:"), "{err}");
+        assert!(!err.contains("short-jwt-secret"), "{err}");
+{%- endif %}
         let err = error_of(&[("TENANCY_DATABASE_URL", "postgres://u:s3cret@h:notaport/db")]);
         assert!(!err.contains("s3cret"), "{err}");
     }

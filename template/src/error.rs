@@ -21,10 +21,12 @@ pub enum AppError {
     /// Unknown and malformed identifiers look the same, so tenants cannot be enumerated.
     #[error("tenant not found")]
     TenantNotFound { detail: String },
-    #[error("tenant is not active")]
-    TenantInactive { status: String },
+    /// A suspended tenant, or a request naming two tenants.
+    #[error("forbidden")]
+    Forbidden { detail: String },
+    /// Every refused credential looks the same; `detail` is for `debug_headers` only.
     #[error("missing or invalid credentials")]
-    Unauthorized,
+    Unauthorized { detail: String },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
@@ -51,8 +53,8 @@ impl AppError {
         match self {
             AppError::MissingTenant { .. } => "Tenant required",
             AppError::TenantNotFound { .. } => "Tenant not found",
-            AppError::TenantInactive { .. } => "Tenant not active",
-            AppError::Unauthorized => "Unauthorized",
+            AppError::Forbidden { .. } => "Forbidden",
+            AppError::Unauthorized { .. } => "Unauthorized",
             AppError::BadRequest(_) => "Bad request",
             AppError::NotFound(_) => "Not found",
             AppError::Conflict(_) => "Conflict",
@@ -77,8 +79,9 @@ impl AppError {
         match self {
             AppError::TenantNotFound { detail }
             | AppError::Unavailable { detail }
+            | AppError::Forbidden { detail }
+            | AppError::Unauthorized { detail }
             | AppError::Internal { detail } => Some(detail),
-            AppError::TenantInactive { status } => Some(status),
             _ => None,
         }
     }
@@ -105,7 +108,7 @@ impl AppError {
                     HeaderValue::from_static(Self::RETRY_AFTER_SECONDS),
                 ));
             }
-            AppError::Unauthorized => {
+            AppError::Unauthorized { .. } => {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
@@ -135,8 +138,8 @@ impl ResponseError for AppError {
         match self {
             AppError::MissingTenant { .. } | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::TenantNotFound { .. } | AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::TenantInactive { .. } => StatusCode::FORBIDDEN,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -67,7 +67,9 @@ impl FromRequest for AdminAuth {
         ready(if authorized {
             Ok(AdminAuth)
         } else {
-            Err(AppError::Unauthorized)
+            Err(AppError::Unauthorized {
+                detail: "missing or wrong admin token".into(),
+            })
         })
     }
 }

@@ -9,8 +9,14 @@ use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
 use crate::db::TenantConnection;
+{%- if jwt_resolver %}
+use crate::domain::Tenant;
+{%- endif %}
 use crate::error::AppError;
 use crate::schema::notes;
+{%- if jwt_resolver %}
+use crate::tenancy::resolve::jwt::Claims;
+{%- endif %}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -24,7 +30,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(update_note))
             .route(web::delete().to(delete_note)),
     );
+{%- if jwt_resolver %}
+    cfg.service(web::resource("/me").route(web::get().to(me)));
+{%- endif %}
 }
+{%- if jwt_resolver %}
+
+/// Who is calling: the tenant and the verified token's subject. The `Claims` extractor
+/// gives any handler the token's claims (401 if the request carries no verified token).
+#[tracing::instrument(skip_all)]
+async fn me(tenant: Tenant, claims: Claims) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "tenant": tenant.identifier.as_str(),
+        "subject": claims.subject(),
+    }))
+}
+{%- endif %}
 
 #[derive(Debug, Serialize, Queryable, Selectable)]
 #[diesel(table_name = notes, check_for_backend(diesel::pg::Pg))]

@@ -170,8 +170,8 @@ impl Tenancy {
                     detail: format!("tenant '{identifier}' is deleted"),
                 })
             }
-            Some(tenant) => Err(AppError::TenantInactive {
-                status: tenant.status.to_string(),
+            Some(tenant) => Err(AppError::Forbidden {
+                detail: format!("tenant '{identifier}' is {}", tenant.status),
             }),
             None => Err(AppError::TenantNotFound {
                 detail: format!("no tenant '{identifier}'"),

@@ -13,7 +13,7 @@ use {{crate_name}}::tenancy::Tenancy;
 use {{crate_name}}::tenancy::lifecycle::NewTenant;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
-{%- if resolution == "subdomain" %}
+{%- if subdomain_resolver %}
 /// Tenants live under this domain in the tests.
 pub const DOMAIN_SUFFIX: &str = ".example.test";
 {%- endif %}
@@ -268,7 +268,12 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         .collect();
     env.insert("TENANCY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
     for (key, value) in extra {
-        env.insert(key.to_string(), value.to_string());
+        // An empty value removes a default of the tests (e.g. the JWT secret).
+        if value.is_empty() {
+            env.remove(*key);
+        } else {
+            env.insert(key.to_string(), value.to_string());
+        }
     }
     let (settings, warnings) = Settings::from_env_map(env).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -295,56 +300,115 @@ impl TestApp {
     }
 }
 
-/// What the 400 for a request without a tenant tells the client to send.
+{%- assign first = resolvers | first %}
+/// What the answer to a request without a tenant tells the client to send.
 pub fn no_tenant_hint() -> &'static str {
-{%- if resolution == "header" %}
+{%- if first == "header" %}
     "X-Tenant-ID"
-{%- elsif resolution == "subdomain" %}
+{%- elsif first == "subdomain" %}
     DOMAIN_SUFFIX
-{%- elsif resolution == "path" %}
+{%- elsif first == "path" %}
     "/t/<tenant>/"
+{%- elsif first == "jwt" %}
+    "bearer token"
 {%- endif %}
 }
 
-/// The settings this service's resolver needs in the tests.
-pub fn resolution_env() -> Vec<(&'static str, String)> {
-{%- if resolution == "subdomain" %}
-    vec![("TENANCY_DOMAIN_SUFFIX", DOMAIN_SUFFIX.to_string())]
+/// The status of a request without a tenant: 401 when a token is the only way to name
+/// one, else 400.
+pub fn no_tenant_status() -> u16 {
+{%- if resolution == "jwt" %}
+    401
 {%- else %}
-    Vec::new()
+    400
 {%- endif %}
+}
+{%- if jwt_resolver %}
+
+/// The HMAC secret of the test services' tokens.
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+
+/// A token for `tenant`, valid for an hour, signed with `JWT_SECRET`.
+pub fn token_for(tenant: &str) -> String {
+    sign_hs256(serde_json::json!({
+        "sub": "user-1",
+        "tenant_id": tenant,
+        "exp": now() + 3600,
+    }))
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `claims` signed with `JWT_SECRET` (HS256).
+pub fn sign_hs256(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+{%- endif %}
+
+/// The settings this service's resolvers need in the tests.
+#[allow(clippy::vec_init_then_push)]
+pub fn resolution_env() -> Vec<(&'static str, String)> {
+    #[allow(unused_mut)]
+    let mut env = Vec::new();
+{%- if subdomain_resolver %}
+    env.push(("TENANCY_DOMAIN_SUFFIX", DOMAIN_SUFFIX.to_string()));
+{%- endif %}
+{%- if jwt_resolver %}
+    env.push(("TENANCY_JWT_SECRET", JWT_SECRET.to_string()));
+{%- endif %}
+    env
 }
 
 /// A request for `path` on behalf of `tenant`, addressed the way this service resolves
-/// tenants.
+/// tenants (with a chain: the way of its first resolver).
 pub fn for_tenant(
     request: actix_web::test::TestRequest,
     path: &str,
     tenant: &str,
 ) -> actix_web::test::TestRequest {
-{%- if resolution == "header" %}
+{%- if first == "header" %}
     request
         .uri(path)
         .insert_header(("X-Tenant-ID", tenant.to_owned()))
-{%- elsif resolution == "subdomain" %}
+{%- elsif first == "subdomain" %}
     request
         .uri(path)
         .insert_header(("Host", format!("{tenant}{DOMAIN_SUFFIX}")))
-{%- elsif resolution == "path" %}
+{%- elsif first == "path" %}
     request.uri(&format!("/t/{tenant}{path}"))
+{%- elsif first == "jwt" %}
+    request
+        .uri(path)
+        .insert_header(("Authorization", format!("Bearer {}", token_for(tenant))))
 {%- endif %}
 }
 
 /// The same as raw HTTP/1.1, for tests of the real server.
 pub fn raw_request(path: &str, tenant: &str) -> String {
-{%- if resolution == "header" %}
+{%- if first == "header" %}
     format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: {tenant}\r\nConnection: close\r\n\r\n"
     )
-{%- elsif resolution == "subdomain" %}
+{%- elsif first == "subdomain" %}
     format!("GET {path} HTTP/1.1\r\nHost: {tenant}{DOMAIN_SUFFIX}\r\nConnection: close\r\n\r\n")
-{%- elsif resolution == "path" %}
+{%- elsif first == "path" %}
     format!("GET /t/{tenant}{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+{%- elsif first == "jwt" %}
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token_for(tenant)
+    )
 {%- endif %}
 }
 

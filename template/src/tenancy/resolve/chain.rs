@@ -1,0 +1,55 @@
+//! Chain resolution: several resolvers, tried in the order chosen at generation
+//! ({% for r in resolvers %}{% if forloop.first == false %}, {% endif %}`{{r}}`{% endfor %}).
+//!
+//! The first resolver that finds what it looks for in the request names the tenant; a
+//! resolver that finds it malformed or invalid (a bad token, a malformed header) ends the
+//! request with its own error, so a rejected credential never falls through to the next
+//! resolver. Every other resolver that also names a tenant must name the same one, or the
+//! request gets 403: with a token in the chain, a client can never reach a tenant its
+//! token was not issued for by adding a header, a host or a path. A request that names no
+//! tenant gets 400 listing what it could send.
+
+use actix_web::dev::ServiceRequest;
+
+use crate::config::Settings;
+use crate::domain::TenantIdentifier;
+use crate::error::AppError;
+{%- for r in resolvers %}
+
+use super::{{r}};
+{%- endfor %}
+
+pub fn resolve(
+    req: &mut ServiceRequest,
+    settings: &Settings,
+) -> Result<TenantIdentifier, AppError> {
+    let found = [
+{%- for r in resolvers %}
+        ("{{r}}", {{r}}::resolve(req, settings)),
+{%- endfor %}
+    ];
+    let mut named: Option<(&str, TenantIdentifier)> = None;
+    let mut hints = Vec::new();
+    for (resolver, result) in found {
+        match result {
+            Err(AppError::MissingTenant { hint }) => hints.push(hint),
+            Err(error) => return Err(error),
+            Ok(tenant) => match &named {
+                None => named = Some((resolver, tenant)),
+                Some((first, chosen)) if *chosen != tenant => {
+                    return Err(AppError::Forbidden {
+                        detail: format!(
+                            "{first} names tenant '{chosen}' but {resolver} names '{tenant}'"
+                        ),
+                    });
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    named
+        .map(|(_, tenant)| tenant)
+        .ok_or_else(|| AppError::MissingTenant {
+            hint: hints.join(", or "),
+        })
+}
