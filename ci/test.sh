@@ -79,8 +79,8 @@ shell_scripts() {
 run_check "template: shell scripts" shell_scripts
 run_check "template: pre-hook refuses the name '9lives'" hook_rejects 9lives "must start with an ASCII letter"
 run_check "template: pre-hook refuses the name 'test'" hook_rejects test "which Rust reserves"
-run_check "template: pre-hook refuses chain=jwt,subdomain" \
-  hook_rejects demo "subdomain cannot be part of a chain" resolution=chain chain=jwt,subdomain
+run_check "template: pre-hook refuses chain=jwt,jwt" \
+  hook_rejects demo "names 'jwt' twice" resolution=chain chain=jwt,jwt
 run_check "template: pre-hook refuses chain=jwt" \
   hook_rejects demo "needs at least two resolvers" resolution=chain chain=jwt
 run_check "template: pre-hook refuses chain=jwt,cookie" \

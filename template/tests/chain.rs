@@ -22,6 +22,11 @@ fn request(names: &[(&str, &str)]) -> TestRequest {
 {%- if header_resolver %}
             "header" => request.insert_header(("X-Tenant-ID", tenant.to_string())),
 {%- endif %}
+{%- if subdomain_resolver %}
+            "subdomain" => {
+                request.insert_header(("Host", format!("{tenant}{}", common::DOMAIN_SUFFIX)))
+            }
+{%- endif %}
 {%- if path_resolver %}
             "path" => {
                 path = format!("/t/{tenant}{path}");

@@ -209,34 +209,14 @@ impl OtherServer {
 
 impl Drop for OtherServer {
     fn drop(&mut self) {
-        if !self.distinct {
-            return;
+        if self.distinct {
+            common::clean_up(
+                self.admin_url.clone(),
+                self.prefix.clone(),
+                None,
+                self.role.clone(),
+            );
         }
-        let (url, role, prefix) = (
-            self.admin_url.clone(),
-            self.role.clone(),
-            self.prefix.clone(),
-        );
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let sql = format!(
-                    "SELECT datname FROM pg_database WHERE left(datname, {}) = '{prefix}'",
-                    prefix.len()
-                );
-                for row in query_url(&url, &sql).await.unwrap_or_default() {
-                    if let Some(Some(name)) = row.into_iter().next() {
-                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                        let _ = query_url(&url, &drop).await;
-                    }
-                }
-                let _ = query_url(&url, &format!("DROP ROLE IF EXISTS \"{role}\"")).await;
-            });
-        })
-        .join();
     }
 }
 

@@ -267,16 +267,55 @@ async fn hs256_tokens_are_checked_claim_by_claim() {
 async fn the_claims_reach_handlers_and_a_token_reaches_only_its_tenant() {
     let app = app_with(&[]).await;
     let service = service!(app);
-    let (status, me) = call!(service, get "/api/me", tenant = "acme");
+    let send = |request: actix_web::test::TestRequest, tenant: &str| {
+        let request = request
+            .insert_header((
+                "Authorization",
+                format!("Bearer {}", common::token_for(tenant)),
+            ))
+            .to_request();
+        let service = &service;
+        async move {
+            let response = actix_web::test::call_service(service, request).await;
+            let status = response.status();
+            let body: Value = serde_json::from_slice(&actix_web::test::read_body(response).await)
+                .unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let (status, me) = send(actix_web::test::TestRequest::get().uri("/api/me"), "acme").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me, json!({"tenant": "acme", "subject": "user-1"}));
 
-    let (status, _) =
-        call!(service, post "/api/notes", tenant = "globex", json = json!({"title": "g"}));
+    let post = actix_web::test::TestRequest::post()
+        .uri("/api/notes")
+        .set_json(json!({"title": "g"}));
+    let (status, _) = send(post, "globex").await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, notes) = call!(service, get "/api/notes", tenant = "acme");
+    let (status, notes) = send(
+        actix_web::test::TestRequest::get().uri("/api/notes"),
+        "acme",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(notes, json!([]));
+    let (_, notes) = send(
+        actix_web::test::TestRequest::get().uri("/api/notes"),
+        "globex",
+    )
+    .await;
+    assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
+}
+
+#[actix_web::test]
+async fn only_debug_headers_tell_which_check_failed() {
+    let app = app_with(&[("TENANCY_DEBUG_HEADERS", "true")]).await;
+    let expired = sign_hs256(with(json!({"exp": now() - 600})));
+    let (status, challenge, body) = get_notes(&app, &format!("Bearer {expired}")).await;
+    assert_eq!(status, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    let debug = body["debug"].as_str().unwrap_or_default().to_lowercase();
+    assert!(debug.contains("expired"), "{body}");
 }
 
 #[actix_web::test]

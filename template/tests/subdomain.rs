@@ -19,10 +19,10 @@ async fn hosts_resolve_deliberately() {
         ("acme.example.test.", StatusCode::OK),
         ("example.test", StatusCode::BAD_REQUEST),
         ("ghost.example.test", StatusCode::NOT_FOUND),
-        ("acme.example.org", StatusCode::NOT_FOUND),
+        ("acme.example.org", StatusCode::BAD_REQUEST),
         ("a.acme.example.test", StatusCode::NOT_FOUND),
-        ("127.0.0.1:8000", StatusCode::NOT_FOUND),
-        ("[::1]:8000", StatusCode::NOT_FOUND),
+        ("127.0.0.1:8000", StatusCode::BAD_REQUEST),
+        ("[::1]:8000", StatusCode::BAD_REQUEST),
         ("xn--acme-9qa.example.test", StatusCode::NOT_FOUND),
     ];
     for (host, expected) in cases {

@@ -212,38 +212,45 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let drop_database = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        let drop_role = format!("DROP ROLE IF EXISTS \"{}\"", self.app_role);
-        let prefix = self.tenant_database_prefix.clone();
-        // Drop may run inside an async test: do the blocking work on a thread of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                // Tenant databases (database per tenant) first, then this one.
-                let tenant_databases = query_url(
-                    &server_url(),
-                    &format!(
-                        "SELECT datname FROM pg_database WHERE left(datname, {}) = '{prefix}'",
-                        prefix.len()
-                    ),
-                )
-                .await
-                .unwrap_or_default();
-                for row in tenant_databases {
-                    if let Some(Some(name)) = row.into_iter().next() {
-                        server_exec(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .await;
-                    }
-                }
-                server_exec(&drop_database).await;
-                server_exec(&drop_role).await;
-            });
-        })
-        .join();
+        // Tenant databases (database per tenant) first, then this one, then the role.
+        clean_up(
+            server_url(),
+            self.tenant_database_prefix.clone(),
+            Some(self.name.clone()),
+            self.app_role.clone(),
+        );
     }
+}
+
+/// Drops, on the server at `url`, every database whose name starts with `prefix`, then
+/// `database`, then `role`. Runs on a thread of its own: `Drop` may run inside an async
+/// test.
+pub fn clean_up(url: String, prefix: String, database: Option<String>, role: String) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let sql = format!(
+                "SELECT datname FROM pg_database WHERE left(datname, {}) = '{prefix}'",
+                prefix.len()
+            );
+            let mut names: Vec<String> = query_url(&url, &sql)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|row| row.into_iter().next().flatten())
+                .collect();
+            names.extend(database);
+            for name in names {
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                let _ = query_url(&url, &drop).await;
+            }
+            let _ = query_url(&url, &format!("DROP ROLE IF EXISTS \"{role}\"")).await;
+        });
+    })
+    .join();
 }
 
 /// A `Tenancy` on a fresh, migrated database. Fields drop in order: pools first.

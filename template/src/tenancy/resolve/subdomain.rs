@@ -5,9 +5,10 @@
 //! in front decide which names reach the service. `X-Forwarded-Host` is read only with
 //! `TENANCY_TRUST_FORWARDED_HOST=true` (a proxy you run sets it; otherwise any client
 //! could). Handled deliberately: a port is ignored, case is folded (DNS is
-//! case-insensitive), one trailing dot is ignored; the bare domain names no tenant (400);
-//! a host outside the suffix, a nested subdomain (`a.b.example.com`), an IP address or a
-//! punycode label (`xn--...`, which has '-') names an unknown tenant (404).
+//! case-insensitive), one trailing dot is ignored; the bare domain, a host outside the
+//! suffix and an IP address name no tenant (400, and in a chain the next resolver is
+//! asked); under the suffix, a nested subdomain (`a.b.example.com`) or a punycode label
+//! (`xn--...`, which has '-') names an unknown tenant (404).
 
 use actix_web::dev::ServiceRequest;
 use actix_web::http::header;
@@ -43,7 +44,8 @@ pub fn resolve(
 /// The tenant named by `host` under `suffix` (`.example.com`).
 pub fn tenant_from_host(host: &str, suffix: &str) -> Result<TenantIdentifier, AppError> {
     if host.starts_with('[') {
-        return Err(not_found("an IPv6 address names no tenant"));
+        // An IPv6 address.
+        return Err(missing(suffix));
     }
     let without_port = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -55,7 +57,8 @@ pub fn tenant_from_host(host: &str, suffix: &str) -> Result<TenantIdentifier, Ap
         return Err(missing(suffix));
     }
     let Some(label) = name.strip_suffix(suffix) else {
-        return Err(not_found("the host is not under TENANCY_DOMAIN_SUFFIX"));
+        // Another domain, an IPv4 address, `localhost`: not a tenant's address.
+        return Err(missing(suffix));
     };
     if label.contains('.') {
         return Err(not_found("nested subdomains name no tenant"));
@@ -111,11 +114,35 @@ mod tests {
     }
 
     #[test]
-    fn the_bare_domain_is_a_missing_tenant_not_an_unknown_one() {
-        assert!(matches!(
-            tenant_from_host("example.com", SUFFIX),
-            Err(AppError::MissingTenant { .. })
-        ));
+    fn hosts_outside_the_suffix_name_no_tenant_and_inside_it_an_unknown_one() {
+        for host in [
+            "example.com",
+            "acme.example.org",
+            "127.0.0.1:8000",
+            "[::1]:8000",
+            "localhost",
+        ] {
+            assert!(
+                matches!(
+                    tenant_from_host(host, SUFFIX),
+                    Err(AppError::MissingTenant { .. })
+                ),
+                "{host}"
+            );
+        }
+        for host in [
+            "a.b.example.com",
+            "xn--caf-dma.example.com",
+            "1acme.example.com",
+        ] {
+            assert!(
+                matches!(
+                    tenant_from_host(host, SUFFIX),
+                    Err(AppError::TenantNotFound { .. })
+                ),
+                "{host}"
+            );
+        }
     }
 
     proptest! {
