@@ -332,6 +332,8 @@ fn a_server_address_is_a_host_and_port_and_never_credentials() {
         "db 2",
         "db2;drop",
         "[::1",
+        "[::1]x",
+        "[::1]:",
         "[not-ip]:5432",
         "db2:5432:1",
     ] {

@@ -51,7 +51,11 @@ impl ServerAddress {
             Some(rest) => {
                 let (host, after) = rest.split_once(']').ok_or_else(bad)?;
                 host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
-                (host, after.strip_prefix(':'))
+                let port = match after {
+                    "" => None,
+                    _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+                };
+                (host, port)
             }
             None => match address.split_once(':') {
                 Some((host, port)) => (host, Some(port)),

@@ -356,12 +356,15 @@ pub fn missing_is_unauthorized(error: AppError) -> AppError {
 mod tests {
     use super::*;
 
-    fn config(secret: Option<&str>, algorithms: Option<&str>) -> JwtConfig<'static> {
+    fn config(
+        secret: Option<&'static str>,
+        algorithms: Option<&'static str>,
+    ) -> JwtConfig<'static> {
         JwtConfig {
-            secret: secret.map(|s| Box::leak(s.to_owned().into_boxed_str()) as &str),
+            secret,
             public_key_file: None,
             jwks_file: None,
-            algorithms: algorithms.map(|s| Box::leak(s.to_owned().into_boxed_str()) as &str),
+            algorithms,
             issuer: None,
             audience: None,
             leeway: 0,
