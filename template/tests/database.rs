@@ -14,9 +14,10 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use {{crate_name}}::domain::TenantIdentifier;
-use {{crate_name}}::tenancy::isolation::ServerAddress;
+use {{crate_name}}::domain::{Isolation, TenantIdentifier, TenantStatus};
+use {{crate_name}}::tenancy::isolation::{self, ServerAddress};
 use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
+use {{crate_name}}::tenancy::registry;
 
 async fn database_exists(name: &str) -> bool {
     let rows = query_url(
@@ -303,6 +304,50 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
         .unwrap();
     assert!(!other.has_database(&far_db).await);
     assert!(database_exists(&near_db).await);
+}
+
+#[actix_web::test]
+async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
+    let app = spawn_app().await;
+    let other = OtherServer::start(&app.db).await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let far = TenantIdentifier::parse("far").unwrap();
+    // A crash after the registry row and the placement were written, before the database
+    // was created.
+    let mut conn = app.tenancy.control.get().await.unwrap();
+    let half = registry::insert_or_get(&mut conn, &far, "Far", Isolation::Database, &json!({}))
+        .await
+        .unwrap();
+    drop(conn);
+    isolation::place(&app.tenancy, &half, Some(&server))
+        .await
+        .unwrap();
+    let far_db = format!("{}far", app.db.tenant_database_prefix);
+    assert!(!other.has_database(&far_db).await);
+
+    // A retry that names another server is refused; one that names none completes the
+    // provisioning where the record says.
+    let elsewhere = app
+        .tenancy
+        .create_tenant(NewTenant {
+            server: Some(ServerAddress::parse("elsewhere.invalid").unwrap()),
+            ..NewTenant::new(far.clone(), "Far")
+        })
+        .await;
+    assert!(
+        matches!(elsewhere, Err(LifecycleError::Conflict(_))),
+        "{elsewhere:?}"
+    );
+    let done = app
+        .tenancy
+        .create_tenant(NewTenant::new(far, "Far"))
+        .await
+        .unwrap();
+    assert_eq!((done.id, done.status), (half.id, TenantStatus::Active));
+    assert!(other.has_database(&far_db).await);
+    if other.distinct {
+        assert!(!database_exists(&far_db).await);
+    }
 }
 
 #[test]
