@@ -122,7 +122,9 @@ async fn run_command(
         } => {
             if create_app_role {
                 let role = tenancy
-                    .app_role()
+                    .context()
+                    .app_role
+                    .as_ref()
                     .map(|r| r.as_str().to_owned())
                     .unwrap_or_default();
                 if tenancy.create_app_role().await? {

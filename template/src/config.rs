@@ -100,12 +100,12 @@ pub struct Settings {
 {%- endif %}
 }
 
-/// Pool sizes and timeouts (see docs/architecture.md for how they combine).
+/// Pool sizes and timeouts (see the README's "Connections" section for how they combine).
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// Connections one tenant's pool keeps at most in steady use.
+    /// With `max_overflow`: the most connections one tenant may hold at once.
     pub pool_size: u32,
-    /// Extra connections one tenant's pool may open in a burst.
+    /// Added to `pool_size` for one tenant's bursts.
     pub max_overflow: u32,
     /// Hard cap on open tenant connections in this process, over all tenants.
     pub max_total_connections: u32,
@@ -115,13 +115,15 @@ pub struct DatabaseSettings {
     pub pool_timeout: Duration,
     /// Connections are closed and replaced after this long.
     pub pool_recycle: Duration,
-    /// A tenant's idle connections close after this long.
+    /// Idle connections close after this long.
     pub tenant_pool_idle_timeout: Duration,
+    /// PostgreSQL cancels a statement of the application role after this long.
+    pub statement_timeout: Duration,
 }
 
 impl DatabaseSettings {
-    /// The most connections one tenant's pool opens.
-    pub fn tenant_pool_max(&self) -> u32 {
+    /// The most connections one tenant may hold at once.
+    pub fn per_tenant_max(&self) -> u32 {
         self.pool_size + self.max_overflow
     }
 }
@@ -134,13 +136,14 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("shutdown_timeout", Some("30")),
     ("database_url", None),
     ("migration_database_url", None),
-    ("database_pool_size", Some("{% if isolation == "database" %}2{% else %}4{% endif %}")),
-    ("database_max_overflow", Some("2")),
+    ("database_pool_size", Some("{% if isolation == "database" %}2{% else %}10{% endif %}")),
+    ("database_max_overflow", Some("{% if isolation == "database" %}2{% else %}10{% endif %}")),
     ("max_total_connections", Some("40")),
     ("control_pool_size", Some("4")),
     ("database_pool_timeout", Some("5")),
     ("database_pool_recycle", Some("1800")),
     ("tenant_pool_idle_timeout", Some("300")),
+    ("statement_timeout", Some("30")),
 {%- if header_resolver %}
     ("tenant_header", Some("X-Tenant-ID")),
 {%- endif %}
@@ -261,6 +264,7 @@ impl Settings {
             pool_timeout: v.seconds("database_pool_timeout", 1, 600)?,
             pool_recycle: v.seconds("database_pool_recycle", 1, 7 * 24 * 3600)?,
             tenant_pool_idle_timeout: v.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
+            statement_timeout: v.seconds("statement_timeout", 1, 24 * 3600)?,
         };
 
 {%- if header_resolver %}
@@ -567,14 +571,19 @@ mod tests {
 {%- endif %}
         assert_eq!(settings.skip_paths, vec!["/health*", "/metrics"]);
 {%- if isolation == "database" %}
-        assert_eq!(settings.database.tenant_pool_max(), 4);
+        // Ten busy tenants fit under the cap without closing each other's connections.
+        assert_eq!(settings.database.per_tenant_max(), 4);
+        assert_eq!(settings.database.max_total_connections, 40);
         assert_eq!(
             settings.tenant_database_prefix,
             IdentifierPrefix::parse("tenant_").unwrap()
         );
 {%- else %}
-        assert_eq!(settings.database.tenant_pool_max(), 6);
+        // Shared connections: one tenant may hold half of them at most.
+        assert_eq!(settings.database.per_tenant_max(), 20);
+        assert_eq!(settings.database.max_total_connections, 40);
 {%- endif %}
+        assert_eq!(settings.database.statement_timeout, Duration::from_secs(30));
         assert!(!settings.debug_headers);
         assert!(settings.admin_token.is_none());
     }

@@ -12,7 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::db::PoolError;
+use crate::db::pool::PoolError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -156,22 +156,32 @@ impl ResponseError for AppError {
 
 impl From<diesel::result::Error> for AppError {
     fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
         match error {
-            diesel::result::Error::NotFound => AppError::NotFound("resource"),
+            Error::NotFound => AppError::NotFound("resource"),
+            // The connection died (e.g. PostgreSQL restarted) or PostgreSQL cancelled the
+            // statement after `TENANCY_STATEMENT_TIMEOUT`: try again, not a bug.
+            Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection, info) => {
+                AppError::Unavailable {
+                    detail: format!("database connection lost: {}", info.message()),
+                }
+            }
+            Error::DatabaseError(_, info) if info.message().contains("statement timeout") => {
+                AppError::Unavailable {
+                    detail: info.message().to_owned(),
+                }
+            }
             other => AppError::internal(other),
         }
     }
 }
 
-impl From<bb8::RunError<PoolError>> for AppError {
-    fn from(error: bb8::RunError<PoolError>) -> Self {
-        AppError::Unavailable {
-            detail: match error {
-                bb8::RunError::TimedOut => "timed out waiting for a database connection".into(),
-                bb8::RunError::User(PoolError::Isolation(detail)) => {
-                    return AppError::Internal { detail };
-                }
-                bb8::RunError::User(e) => e.to_string(),
+impl From<PoolError> for AppError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Isolation(detail) => AppError::Internal { detail },
+            other => AppError::Unavailable {
+                detail: other.to_string(),
             },
         }
     }

@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 use {{crate_name}}::domain::{Isolation, TenantIdentifier, TenantStatus};
-use {{crate_name}}::tenancy::isolation::{self, ServerAddress};
+use {{crate_name}}::tenancy::isolation::ServerAddress;
 use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
 use {{crate_name}}::tenancy::registry;
 
@@ -319,7 +319,9 @@ async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
         .await
         .unwrap();
     drop(conn);
-    isolation::place(&app.tenancy, &half, Some(&server))
+    app.tenancy
+        .strategy()
+        .place(app.tenancy.context(), &half, Some(&server))
         .await
         .unwrap();
     let far_db = format!("{}far", app.db.tenant_database_prefix);

@@ -13,7 +13,7 @@ use {{crate_name}}::config::Settings;
 use {{crate_name}}::tenancy::Tenancy;
 
 #[actix_web::test]
-async fn health_reports_database_latency_tenant_counts_and_pools() {
+async fn health_reports_database_latency_tenant_counts_and_connections() {
     let app = spawn_app().await;
     app.create_tenant("acme").await;
     app.create_tenant("globex").await;
@@ -35,7 +35,10 @@ async fn health_reports_database_latency_tenant_counts_and_pools() {
     assert_eq!(body["tenants"]["total"], 2);
     assert_eq!(body["tenants"]["by_status"]["active"], 1);
     assert_eq!(body["tenants"]["by_status"]["suspended"], 1);
-    assert!(body["pools"]["max_total_connections"].as_u64().unwrap() > 0);
+    assert_eq!(body["connections"]["tenant"]["max_connections"], 40);
+    assert_eq!(body["connections"]["control"]["max_connections"], 4);
+    assert!(body["connections"]["control"]["opened"].as_u64().unwrap() >= 1);
+    assert!(body["connections"].get("degraded").is_none(), "{body}");
 }
 
 #[actix_web::test]

@@ -91,7 +91,7 @@ async fn spawn_with_pools(per_tenant: u32, cap: u32) -> TestApp {
 
 /// The pools report at most `cap` tenant connections, and PostgreSQL agrees.
 async fn assert_connections_within(app: &TestApp, cap: u32) {
-    let stats = app.tenancy.pool_stats();
+    let stats = app.tenancy.connection_stats().tenant;
     assert!(stats.open_connections <= cap, "{stats:?}");
     let open = app.db.open_connections().await;
     let control = app.tenancy.settings.database.control_pool_size;
@@ -207,7 +207,7 @@ async fn with_one_connection_a_then_b_then_a_never_see_the_wrong_schema() {
             "{tenant} saw {body}"
         );
     }
-    assert!(app.tenancy.pool_stats().open_connections <= 1);
+    assert!(app.tenancy.connection_stats().tenant.open_connections <= 1);
 }
 
 #[actix_web::test]
@@ -276,13 +276,14 @@ async fn a_request_that_gets_no_connection_in_time_gets_503_with_retry_after() {
 #[actix_web::test]
 async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_served() {
     use {{crate_name}}::domain::{Isolation, TenantIdentifier};
-    use {{crate_name}}::tenancy::{isolation, registry};
+    use {{crate_name}}::tenancy::isolation::Strategy;
+    use {{crate_name}}::tenancy::registry;
 
     let app = spawn_app_with(&[]).await;
     // A registry shared with a service generated for another strategy.
     let foreign = Isolation::ALL
         .into_iter()
-        .find(|i| isolation::choose(&app.tenancy, Some(*i)).is_err())
+        .find(|i| app.tenancy.strategy().choose(Some(*i)).is_err())
         .unwrap();
     let mut conn = app.tenancy.control.get().await.unwrap();
     let identifier = TenantIdentifier::parse("elsewhere").unwrap();
@@ -296,5 +297,5 @@ async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_
     let service = service!(app);
     let (status, body) = call!(service, get "/api/notes", tenant = "elsewhere");
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-    assert_eq!(app.tenancy.pool_stats().open_pools, 0);
+    assert_eq!(app.tenancy.connection_stats().tenant.opened, 0);
 }

@@ -8,7 +8,8 @@ use common::spawn_app;
 
 use {{crate_name}}::domain::{TenantIdentifier, TenantStatus};
 use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
-use {{crate_name}}::tenancy::{isolation, registry};
+use {{crate_name}}::tenancy::isolation::Strategy;
+use {{crate_name}}::tenancy::registry;
 
 fn id(s: &str) -> TenantIdentifier {
     TenantIdentifier::parse(s).unwrap()
@@ -90,7 +91,7 @@ async fn an_interrupted_provisioning_is_completed_by_a_retry() {
         &mut conn,
         &id("acme"),
         "Acme",
-        isolation::choose(&app.tenancy, None).unwrap(),
+        app.tenancy.strategy().choose(None).unwrap(),
         &serde_json::json!({}),
     )
     .await

@@ -13,15 +13,17 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::manager::{ConnectTarget, PoolError, connect};
-use super::runtime;
+use tokio::runtime::Handle;
+
+use super::connect::{ConnectError, connect};
 use crate::domain::SqlIdentifier;
 
 pub const CONTROL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/control");
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(transparent)]
-    Connect(#[from] PoolError),
+    Connect(#[from] ConnectError),
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("migration failed: {0}")]
@@ -30,22 +32,23 @@ pub enum MigrateError {
     Runtime(String),
 }
 
-/// Applies the pending `migrations` on a new connection to `target`, holding an advisory
-/// lock named `lock_name`. `before` (e.g. `CREATE SCHEMA IF NOT EXISTS`) and `after`
-/// (grants) run under the same lock. Returns the versions it applied.
+/// Applies the pending `migrations` on a new connection with `config` (outside every
+/// pool, opened on `runtime`), holding an advisory lock named `lock_name`. `before`
+/// (e.g. `CREATE SCHEMA IF NOT EXISTS`) and `after` (grants) run under the same lock.
+/// Returns the versions it applied.
 pub async fn run_pending(
-    target: impl Into<ConnectTarget>,
+    runtime: &Handle,
+    config: tokio_postgres::Config,
     migrations: EmbeddedMigrations,
     lock_name: String,
     before: Vec<String>,
     after: Vec<String>,
 ) -> Result<Vec<String>, MigrateError> {
-    let runtime = runtime::handle().map_err(|e| MigrateError::Runtime(e.to_string()))?;
-    let conn = connect(target, &runtime).await?;
+    let conn = connect(config, runtime, None, None).await?;
     runtime
         .spawn_blocking(move || {
             let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
-                AsyncConnectionWrapper::from(conn);
+                AsyncConnectionWrapper::from(conn.into_inner());
             // Released when the connection closes at the end of this block.
             diesel::sql_query("SELECT pg_advisory_lock(hashtext($1))")
                 .bind::<Text, _>(&lock_name)

@@ -1,13 +1,64 @@
-//! Connections to PostgreSQL: where they are opened, how many there may be, and how
-//! migrations run.
+//! Connections to PostgreSQL: how one is opened ([`connect`]), the pool that shares them
+//! between tenants ([`pool`]), and how migrations run.
 //!
 //! Every connection is opened on one dedicated multi-thread runtime ([`runtime`]), so
 //! that a connection outlives the actix worker that asked for it.
 
-pub mod manager;
+pub mod connect;
 pub mod migrate;
-pub mod pools;
+pub mod pool;
 pub mod runtime;
 
-pub use manager::{PgConn, PgManager, PoolError};
-pub use pools::{ControlConnection, ControlPool, PoolRegistry, PoolStats, TenantConnection};
+use pool::{Home, Pool, PoolError, PooledConnection};
+
+/// A connection scoped to one tenant: the only way to reach tenant tables. Handlers get
+/// it from the extractor in `tenancy::extract`.
+pub struct TenantConnection(PooledConnection);
+
+impl TenantConnection {
+    pub(crate) fn new(conn: PooledConnection) -> Self {
+        Self(conn)
+    }
+}
+
+impl std::ops::Deref for TenantConnection {
+    type Target = diesel_async::AsyncPgConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for TenantConnection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The control plane's pool (tenant registry, health, admin). Its connections have
+/// `search_path=tenancy`, so an unqualified tenant table does not resolve on them.
+#[derive(Clone)]
+pub struct ControlPool {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+/// A connection of the control pool.
+pub type ControlConnection = PooledConnection;
+
+impl ControlPool {
+    pub fn new(pool: Pool, config: tokio_postgres::Config) -> Self {
+        Self { pool, config }
+    }
+
+    pub async fn get(&self) -> Result<ControlConnection, PoolError> {
+        self.pool
+            .get(uuid::Uuid::nil(), Home::Shared, None, || async {
+                Ok(self.config.clone())
+            })
+            .await
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}

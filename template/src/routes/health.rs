@@ -1,8 +1,9 @@
 //! Health endpoints for load balancers and orchestrators; never tenant-scoped (they are
 //! in the default `TENANCY_SKIP_PATHS`).
 //!
-//! - `/health`: overall status, database check with latency, tenant counts, pool usage;
-//!   200 when healthy, 503 otherwise.
+//! - `/health`: overall status, database check with latency, tenant counts, connection
+//!   usage; 200 when `healthy` or `degraded` (serving, with fewer connections than
+//!   configured because PostgreSQL refused more; the reason is given), 503 otherwise.
 //! - `/health/live`: the process answers (liveness).
 //! - `/health/ready`: the database answers (readiness).
 
@@ -13,7 +14,6 @@ use actix_web::{HttpResponse, web};
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 
-use crate::db::PoolStats;
 use crate::domain::TenantStatus;
 use crate::tenancy::{Tenancy, registry};
 
@@ -48,7 +48,7 @@ async fn check_database(tenancy: &Tenancy) -> DatabaseCheck {
 
 async fn health(tenancy: web::Data<Tenancy>) -> HttpResponse {
     let check = check_database(&tenancy).await;
-    let pools: PoolStats = tenancy.pool_stats();
+    let connections = tenancy.connection_stats();
     let (healthy, database, tenants) = match &check.tenants {
         Ok(counts) => {
             let mut by_status: BTreeMap<&str, i64> =
@@ -74,12 +74,17 @@ async fn health(tenancy: web::Data<Tenancy>) -> HttpResponse {
             (false, database, serde_json::Value::Null)
         }
     };
+    let status = match (healthy, &connections.degraded) {
+        (false, _) => "unhealthy",
+        (true, Some(_)) => "degraded",
+        (true, None) => "healthy",
+    };
     let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "checks": {"database": database},
         "tenants": tenants,
-        "pools": pools,
+        "connections": connections,
     });
     if healthy {
         HttpResponse::Ok().json(body)

@@ -11,10 +11,10 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::{CONTROL_SCHEMA, Tenancy, isolation, registry, with_session_option};
-use crate::db::manager::connect;
+use super::isolation::Strategy;
+use super::{CONTROL_SCHEMA, Tenancy, registry, with_session_option};
+use crate::db::connect::ConnectError;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
-use crate::db::{PoolError, runtime};
 use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 
@@ -31,7 +31,7 @@ pub enum LifecycleError {
     #[error("provisioning failed: {0}")]
     Migration(#[from] MigrateError),
     #[error(transparent)]
-    Connect(#[from] PoolError),
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -43,6 +43,9 @@ impl From<LifecycleError> for AppError {
             LifecycleError::Conflict(m) => AppError::Conflict(m),
             LifecycleError::Invalid(m) => AppError::BadRequest(m),
             LifecycleError::App(e) => e,
+            LifecycleError::Connect(e) => AppError::Unavailable {
+                detail: e.to_string(),
+            },
             other => AppError::internal(other),
         }
     }
@@ -62,7 +65,7 @@ pub struct NewTenant {
     /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
     /// server of `TENANCY_DATABASE_URL_TEMPLATE`.
     #[serde(default)]
-    pub server: Option<isolation::ServerAddress>,
+    pub server: Option<super::isolation::ServerAddress>,
 {%- endif %}
 }
 
@@ -113,7 +116,7 @@ impl Tenancy {
     /// isolation strategy shares between tenants, as the migration role, and grants the
     /// application role data access to them.
     pub async fn migrate_control(&self) -> Result<Vec<String>, MigrateError> {
-        let grants = match self.app_role() {
+        let grants = match &self.context().app_role {
             Some(role) => vec![
                 format!(
                     "GRANT USAGE ON SCHEMA \"{CONTROL_SCHEMA}\" TO {}",
@@ -126,15 +129,17 @@ impl Tenancy {
             ],
             None => Vec::new(),
         };
+        let ctx = self.context();
         let mut applied = migrate::run_pending(
-            with_session_option(self.migration_config(), "search_path", CONTROL_SCHEMA),
+            &ctx.runtime,
+            with_session_option(&ctx.owner, "search_path", CONTROL_SCHEMA),
             CONTROL_MIGRATIONS,
             "migrate:control".into(),
             vec![format!("CREATE SCHEMA IF NOT EXISTS \"{CONTROL_SCHEMA}\"")],
             grants,
         )
         .await?;
-        applied.extend(isolation::migrate_shared(self).await?);
+        applied.extend(self.strategy().migrate_shared(ctx).await?);
         Ok(applied)
     }
 
@@ -143,19 +148,19 @@ impl Tenancy {
     /// `CREATEROLE` or `BYPASSRLS`. The name and password travel in bind parameters and
     /// are quoted by PostgreSQL (`format('%I', '%L')`). Returns whether it was created.
     pub async fn create_app_role(&self) -> Result<bool, LifecycleError> {
-        let Some(role) = self.app_role() else {
+        let ctx = self.context();
+        let Some(role) = &ctx.app_role else {
             return Err(LifecycleError::Invalid(
                 "TENANCY_DATABASE_URL and TENANCY_MIGRATION_DATABASE_URL name the same role: \
                  set TENANCY_MIGRATION_DATABASE_URL to the owner's URL"
                     .into(),
             ));
         };
-        let password = self
-            .base_config()
+        let password = ctx
+            .app
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let runtime = runtime::handle().map_err(AppError::internal)?;
-        let mut conn = connect(self.migration_config().clone(), &runtime).await?;
+        let mut conn = ctx.connect(ctx.owner.clone()).await?;
         let created = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
                 diesel::sql_query(
@@ -205,7 +210,10 @@ impl Tenancy {
                 "metadata must be a JSON object".into(),
             ));
         }
-        let isolation = isolation::choose(self, new.isolation).map_err(LifecycleError::Invalid)?;
+        let isolation = self
+            .strategy()
+            .choose(new.isolation)
+            .map_err(LifecycleError::Invalid)?;
         let tenant = {
             let mut conn = self.control_connection().await?;
             registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)
@@ -218,9 +226,11 @@ impl Tenancy {
             )));
         }
 {%- if isolation == "database" %}
-        isolation::place(self, &tenant, new.server.as_ref()).await?;
+        self.strategy()
+            .place(self.context(), &tenant, new.server.as_ref())
+            .await?;
 {%- endif %}
-        isolation::migrate(self, &tenant).await?;
+        self.strategy().migrate(self.context(), &tenant).await?;
         let mut conn = self.control_connection().await?;
         let active = registry::transition(
             &mut conn,
@@ -305,13 +315,13 @@ impl Tenancy {
             )));
         }
         self.forget(&tenant);
-        self.pools.close(tenant.id);
+        self.close_connections_of(&tenant);
         // As the owner of the tenant's storage, not as the application role.
-        let runtime = runtime::handle().map_err(AppError::internal)?;
-        let mut conn = connect(self.migration_config().clone(), &runtime).await?;
+        let ctx = self.context();
+        let mut conn = ctx.connect(ctx.owner.clone()).await?;
         // The storage first: if the row went first, a failure would leave storage that no
         // registered tenant names. Both steps can be repeated.
-        isolation::destroy(self, &mut conn, &tenant).await?;
+        self.strategy().destroy(ctx, &mut conn, &tenant).await?;
         registry::delete_row(&mut conn, tenant.id).await?;
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
         Ok(())
@@ -361,7 +371,7 @@ impl Tenancy {
         let mut results = futures_util::stream::iter(tenants.iter())
             .map(|tenant| async move {
                 let started = Instant::now();
-                let result = isolation::migrate(self, tenant).await;
+                let result = self.strategy().migrate(self.context(), tenant).await;
                 tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = started.elapsed().as_millis() as u64, "tenant migrated");
                 (tenant, result)
             })

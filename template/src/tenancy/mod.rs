@@ -14,32 +14,35 @@ pub mod resolve;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use crate::config::Settings;
-use crate::db::pools::{self, ControlPool};
-use crate::db::{ControlConnection, PoolRegistry, PoolStats, TenantConnection, runtime};
+use crate::config::{DatabaseSettings, Settings};
+use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
+use crate::db::{ControlConnection, ControlPool, TenantConnection, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 use cache::TenantCache;
+use isolation::{Context, Strategy};
 
 /// The schema of the tenant registry.
 pub const CONTROL_SCHEMA: &str = "tenancy";
 /// Paths under this prefix are the admin API: authenticated by token, never tenant-scoped.
 pub const ADMIN_PREFIX: &str = "/admin/";
+/// After PostgreSQL refused a connection for lack of slots, pools hold the connections
+/// they have for this long before they try to grow again.
+const TOO_MANY_CONNECTIONS_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Everything the service shares between requests, CLI commands and tests.
 pub struct Tenancy {
     pub settings: Settings,
-    base_config: tokio_postgres::Config,
-    /// The role that owns the tables: migrations, provisioning, destroy.
-    migration_config: tokio_postgres::Config,
-    /// The application role, when it differs from the migration role: it is granted data
-    /// access to what the migration role creates.
-    app_role: Option<SqlIdentifier>,
+    /// What the isolation strategy may use: roles, runtime, control pool.
+    ctx: Context,
+    strategy: isolation::Selected,
+    /// The connections tenants share.
+    pool: Pool,
     pub control: ControlPool,
-    pools: PoolRegistry,
     cache: TenantCache,
 }
 
@@ -53,21 +56,36 @@ pub enum StartupError {
     Runtime(#[from] std::io::Error),
 }
 
+/// What `/health` shows about connections.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectionStats {
+    pub tenant: PoolStats,
+    pub control: PoolStats,
+    /// Why the service runs with fewer connections than configured, if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+}
+
 impl Tenancy {
     pub fn new(settings: Settings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
-        let mut base_config =
-            tokio_postgres::Config::from_str(settings.database_url.expose_secret())
-                .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
-        if base_config.get_application_name().is_none() {
-            base_config.application_name(env!("CARGO_PKG_NAME"));
+        let database = &settings.database;
+        let mut app = tokio_postgres::Config::from_str(settings.database_url.expose_secret())
+            .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
+        if app.get_application_name().is_none() {
+            app.application_name(env!("CARGO_PKG_NAME"));
         }
-        let migration_config = match &settings.migration_database_url {
+        if app.get_connect_timeout().is_none() {
+            app.connect_timeout(database.pool_timeout);
+        }
+        let app = with_statement_timeout(&app, database.statement_timeout);
+        let owner = match &settings.migration_database_url {
             Some(url) => tokio_postgres::Config::from_str(url.expose_secret())
                 .map_err(|e| StartupError::MigrationDatabaseUrl(e.to_string()))?,
-            None => base_config.clone(),
+            None => tokio_postgres::Config::from_str(settings.database_url.expose_secret())
+                .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?,
         };
-        let app_role = match (base_config.get_user(), migration_config.get_user()) {
+        let app_role = match (app.get_user(), owner.get_user()) {
             (Some(app), Some(owner)) if app != owner => {
                 Some(SqlIdentifier::parse(app).map_err(|why| {
                     StartupError::DatabaseUrl(format!(
@@ -77,60 +95,88 @@ impl Tenancy {
             }
             _ => None,
         };
-        let control_config = with_session_option(&base_config, "search_path", CONTROL_SCHEMA);
-        let control = pools::control_pool(control_config, &settings.database, &runtime);
-        let pools = PoolRegistry::new(settings.database.clone(), runtime);
+        let control = ControlPool::new(
+            Pool::new(
+                "control",
+                pool_settings(database, database.control_pool_size, database.control_pool_size),
+                runtime.clone(),
+            ),
+            with_session_option(&app, "search_path", CONTROL_SCHEMA),
+        );
+        let pool = Pool::new(
+            "tenant",
+            pool_settings(database, database.max_total_connections, database.per_tenant_max()),
+            runtime.clone(),
+        );
+        let strategy = isolation::Selected::new(&settings);
         let cache = TenantCache::new(settings.tenant_cache_ttl);
         Ok(Self {
             settings,
-            base_config,
-            migration_config,
-            app_role,
+            ctx: Context {
+                app,
+                owner,
+                app_role,
+                runtime,
+                control: control.clone(),
+            },
+            strategy,
+            pool,
             control,
-            pools,
             cache,
         })
     }
 
-    /// The connection settings of the application role, without any scope.
-    pub fn base_config(&self) -> &tokio_postgres::Config {
-        &self.base_config
+    /// What the isolation strategy uses (roles, runtime, control pool).
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 
-    /// The connection settings of the migration role (the table owner).
-    pub fn migration_config(&self) -> &tokio_postgres::Config {
-        &self.migration_config
-    }
-
-    /// The role granted data access to what migrations create, if not the owner itself.
-    pub fn app_role(&self) -> Option<&SqlIdentifier> {
-        self.app_role.as_ref()
+    /// The isolation strategy this service was generated with.
+    pub fn strategy(&self) -> &isolation::Selected {
+        &self.strategy
     }
 
     /// Refuses an application role that would defeat the isolation strategy (for
     /// Row-Level Security: a superuser, `BYPASSRLS`, or the owner of tenant tables).
     pub async fn check_app_role(&self) -> Result<(), AppError> {
         let mut conn = self.control_connection().await?;
-        isolation::check_app_role(&mut conn)
+        self.strategy
+            .check_app_role(&mut conn)
             .await
             .map_err(|why| AppError::Conflict(format!("TENANCY_DATABASE_URL: {why}")))
     }
 
     /// A connection of the control plane.
-    pub async fn control_connection(&self) -> Result<ControlConnection<'_>, AppError> {
+    pub async fn control_connection(&self) -> Result<ControlConnection, AppError> {
         Ok(self.control.get().await?)
     }
 
-    /// A connection scoped to `tenant`, from that tenant's pool.
+    /// A connection scoped to `tenant`: one already scoped to it, else a shared one
+    /// re-scoped (schema, rls), else a new one.
     pub async fn tenant_connection(&self, tenant: &Tenant) -> Result<TenantConnection, AppError> {
-        Ok(self
-            .pools
-            .get(tenant.id, isolation::connect_target(self, tenant))
-            .await?)
+        let route = self.strategy.route(tenant).map_err(PoolError::Isolation)?;
+        let conn = self
+            .pool
+            .get(tenant.id, route.home, route.scope.as_ref(), || {
+                self.strategy.connect_config(&self.ctx, tenant)
+            })
+            .await?;
+        Ok(TenantConnection::new(conn))
     }
 
-    pub fn pool_stats(&self) -> PoolStats {
-        self.pools.stats()
+    /// Closes the idle connections of `tenant`'s own database (database per tenant).
+    pub(crate) fn close_connections_of(&self, tenant: &Tenant) {
+        self.pool.close_idle(Home::Tenant(tenant.id));
+    }
+
+    pub fn connection_stats(&self) -> ConnectionStats {
+        let (tenant, tenant_limit) = self.pool.stats();
+        let (control, control_limit) = self.control.pool().stats();
+        ConnectionStats {
+            tenant,
+            control,
+            degraded: tenant_limit.or(control_limit),
+        }
     }
 
     /// Whether tenant resolution is skipped for `path` (`TENANCY_SKIP_PATHS`; a trailing
@@ -184,19 +230,41 @@ impl Tenancy {
     }
 }
 
-/// `base` with `-c name=value` added to its start-up options. `value` must be a safe
+/// `base` with PostgreSQL's `statement_timeout` (in milliseconds) in its start-up options.
+pub(crate) fn with_statement_timeout(
+    base: &tokio_postgres::Config,
+    timeout: Duration,
+) -> tokio_postgres::Config {
+    with_option(base, format!("-c statement_timeout={}", timeout.as_millis()))
+}
+
+/// `base` with `-c name="value"` added to its start-up options. `value` must be a safe
 /// identifier (a `SchemaName` or a constant).
 pub(crate) fn with_session_option(
     base: &tokio_postgres::Config,
     name: &str,
     value: &str,
 ) -> tokio_postgres::Config {
+    with_option(base, format!("-c {name}=\"{value}\""))
+}
+
+fn with_option(base: &tokio_postgres::Config, option: String) -> tokio_postgres::Config {
     let mut config = base.clone();
-    let option = format!("-c {name}=\"{value}\"");
     let options = match base.get_options() {
         Some(existing) if !existing.trim().is_empty() => format!("{existing} {option}"),
         _ => option,
     };
     config.options(&options);
     config
+}
+
+fn pool_settings(database: &DatabaseSettings, max: u32, per_tenant: u32) -> PoolSettings {
+    PoolSettings {
+        max_connections: max,
+        per_tenant,
+        wait: database.pool_timeout,
+        idle_timeout: database.tenant_pool_idle_timeout,
+        max_lifetime: database.pool_recycle,
+        backoff: TOO_MANY_CONNECTIONS_BACKOFF,
+    }
 }

@@ -3,8 +3,9 @@
 //! `TENANCY_DATABASE_URL_TEMPLATE` (default: the server of `TENANCY_DATABASE_URL`).
 //!
 //! A tenant connection is a connection to the tenant's database: nothing else can be
-//! reached on it. Each tenant has its own small pool; all of them together stay under
-//! `TENANCY_MAX_TOTAL_CONNECTIONS` (see `db::pools`). Where each tenant's database lives
+//! reached on it, and it serves that tenant only. All tenants' connections together stay
+//! under `TENANCY_MAX_TOTAL_CONNECTIONS`; when the cap is reached, the least recently used
+//! idle connection of another tenant is closed to make room (see `db::pool`). Where each tenant's database lives
 //! is recorded in `tenancy.tenant_databases`: its name, and its server when a tenant was
 //! placed on another PostgreSQL server (`tenant create --server`, the admin API's
 //! `server` field).
@@ -15,15 +16,15 @@ use diesel::sql_types::{Bool, Nullable, Text, Uuid as SqlUuid};
 use diesel::{OptionalExtension, QueryResult};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
-use super::Refused;
-use crate::db::manager::{ConnectTarget, connect};
+use super::{Context, Route, Strategy};
+use crate::config::Settings;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
-use crate::db::runtime;
-use crate::domain::{Isolation, SqlIdentifier, Tenant};
+use crate::db::pool::{Home, PoolError};
+use crate::domain::{IdentifierPrefix, Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::lifecycle::LifecycleError;
-use crate::tenancy::{CONTROL_SCHEMA, Tenancy, with_session_option};
+use crate::tenancy::{CONTROL_SCHEMA, with_session_option};
 
 /// Run in every tenant's database (schema `public`), with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_database");
@@ -147,148 +148,126 @@ async fn placement(
     .optional()
 }
 
-/// The name of `tenant`'s database.
-pub fn database_name(tenancy: &Tenancy, tenant: &Tenant) -> SqlIdentifier {
-    tenancy
-        .settings
-        .tenant_database_prefix
-        .name(&tenant.identifier)
+
+pub struct DatabaseStrategy {
+    /// Tenant `acme`'s database is `<prefix>acme`.
+    prefix: IdentifierPrefix,
+    /// `TENANCY_DATABASE_URL_TEMPLATE`, `{database}` standing for the database's name.
+    url_template: Option<SecretString>,
+    /// `TENANCY_DATABASE_URL`: its credentials serve on other servers when there is no
+    /// template.
+    database_url: SecretString,
+    /// `TENANCY_MIGRATION_DATABASE_URL`: the owner's credentials on other servers.
+    migration_url: Option<SecretString>,
+    /// Set on every application connection (`TENANCY_STATEMENT_TIMEOUT`).
+    statement_timeout: std::time::Duration,
 }
 
-/// The application role's connection settings on `server` (default: the server of
-/// `TENANCY_DATABASE_URL_TEMPLATE`, else of `TENANCY_DATABASE_URL`), database `postgres`.
-fn app_config(
-    tenancy: &Tenancy,
-    server: Option<&ServerAddress>,
-) -> Result<tokio_postgres::Config, String> {
-    let template = tenancy.settings.database_url_template.as_ref();
-    // The template was checked at start-up; `{database}` stands in the database position.
-    let url = template.map(|t| t.expose_secret().replace("{database}", "postgres"));
-    let mut config = match (server, url) {
-        (None, Some(url)) => tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?,
-        (None, None) => tenancy.base_config().clone(),
-        (Some(server), Some(url)) => server.apply_to(&url, "TENANCY_DATABASE_URL_TEMPLATE")?,
-        (Some(server), None) => server.apply_to(
-            tenancy.settings.database_url.expose_secret(),
-            "TENANCY_DATABASE_URL",
-        )?,
-    };
-    if config.get_application_name().is_none() {
-        config.application_name(env!("CARGO_PKG_NAME"));
+impl DatabaseStrategy {
+    /// The name of `tenant`'s database.
+    pub fn database_name(&self, tenant: &Tenant) -> SqlIdentifier {
+        self.prefix.name(&tenant.identifier)
     }
-    Ok(config)
-}
 
-/// The owner's connection settings on `server`: the migration URL itself for the default
-/// server; on another server, its database `postgres`.
-fn owner_config(
-    tenancy: &Tenancy,
-    server: Option<&ServerAddress>,
-) -> Result<tokio_postgres::Config, String> {
-    let Some(server) = server else {
-        return Ok(tenancy.migration_config().clone());
-    };
-    let url = match &tenancy.settings.migration_database_url {
-        Some(url) => url.expose_secret(),
-        None => tenancy.settings.database_url.expose_secret(),
-    };
-    let mut config = server.apply_to(url, "TENANCY_MIGRATION_DATABASE_URL")?;
-    config.dbname("postgres");
-    Ok(config)
-}
-
-/// The application role's connection settings for `tenant`'s database, on the server its
-/// record names (read from the registry once per pool, not per request).
-pub async fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, Refused> {
-    super::ensure(tenant, Isolation::Database).map_err(super::refused)?;
-    let recorded = {
-        let mut conn = tenancy.control.get().await?;
-        placement(&mut conn, tenant).await.map_err(|e| {
-            super::refused(format!(
-                "cannot read where tenant '{}' lives: {e}",
-                tenant.identifier
-            ))
-        })?
-    };
-    let (name, server) = match recorded {
-        Some(p) => (
-            p.database().map_err(super::refused)?,
-            p.server().map_err(super::refused)?,
-        ),
-        None => (database_name(tenancy, tenant), None),
-    };
-    let mut config = app_config(tenancy, server.as_ref()).map_err(super::refused)?;
-    config.dbname(name.as_str());
-    Ok(with_session_option(&config, "search_path", "public").into())
-}
-
-/// Records that `tenant`'s database is to live on `server` (default: the default server),
-/// before anything is created there. Repeating it with the same server (or none, which
-/// keeps the recorded one) is fine; asking for another server is a conflict.
-pub async fn place(
-    tenancy: &Tenancy,
-    tenant: &Tenant,
-    server: Option<&ServerAddress>,
-) -> Result<(), LifecycleError> {
-    let runtime = runtime::handle().map_err(|e| MigrateError::Runtime(e.to_string()))?;
-    let mut conn = connect(tenancy.migration_config().clone(), &runtime).await?;
-    let recorded = record(tenancy, &mut conn, tenant, server).await?;
-    match (server, recorded.server()) {
-        (Some(wanted), Ok(Some(actual))) if *wanted == actual => Ok(()),
-        (Some(wanted), Ok(actual)) => Err(LifecycleError::Conflict(format!(
-            "tenant '{}' is already placed on {}, not {}",
-            tenant.identifier,
-            actual
-                .as_ref()
-                .map_or("the default server", ServerAddress::as_str),
-            wanted.as_str()
-        ))),
-        (_, Err(why)) => Err(LifecycleError::Invalid(why)),
-        (None, Ok(_)) => Ok(()),
+    /// The application role's connection settings on `server` (default: the server of
+    /// `TENANCY_DATABASE_URL_TEMPLATE`, else of `TENANCY_DATABASE_URL`), database
+    /// `postgres`.
+    fn app_config(
+        &self,
+        ctx: &Context,
+        server: Option<&ServerAddress>,
+    ) -> Result<tokio_postgres::Config, String> {
+        // The template was checked at start-up; `{database}` stands in the database position.
+        let url = self
+            .url_template
+            .as_ref()
+            .map(|t| t.expose_secret().replace("{database}", "postgres"));
+        let mut config = match (server, url) {
+            (None, Some(url)) => {
+                tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?
+            }
+            (None, None) => ctx.app.clone(),
+            (Some(server), Some(url)) => server.apply_to(&url, "TENANCY_DATABASE_URL_TEMPLATE")?,
+            (Some(server), None) => {
+                server.apply_to(self.database_url.expose_secret(), "TENANCY_DATABASE_URL")?
+            }
+        };
+        if config.get_application_name().is_none() {
+            config.application_name(env!("CARGO_PKG_NAME"));
+        }
+        Ok(crate::tenancy::with_statement_timeout(
+            &config,
+            self.statement_timeout,
+        ))
     }
-}
 
-/// Writes the tenant's record unless there is one, and returns the record.
-async fn record(
-    tenancy: &Tenancy,
-    conn: &mut AsyncPgConnection,
-    tenant: &Tenant,
-    server: Option<&ServerAddress>,
-) -> QueryResult<Placement> {
-    diesel::sql_query(
-        "INSERT INTO tenancy.tenant_databases (tenant_id, database_name, server) \
-         VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
-    )
-    .bind::<SqlUuid, _>(tenant.id)
-    .bind::<Text, _>(database_name(tenancy, tenant).as_str())
-    .bind::<Nullable<Text>, _>(server.map(ServerAddress::as_str))
-    .execute(conn)
-    .await?;
-    placement(conn, tenant)
-        .await?
-        .ok_or(diesel::result::Error::NotFound)
-}
+    /// The owner's connection settings on `server`: the migration URL itself for the
+    /// default server; on another server, its database `postgres`.
+    fn owner_config(
+        &self,
+        ctx: &Context,
+        server: Option<&ServerAddress>,
+    ) -> Result<tokio_postgres::Config, String> {
+        let Some(server) = server else {
+            return Ok(ctx.owner.clone());
+        };
+        let url = self
+            .migration_url
+            .as_ref()
+            .unwrap_or(&self.database_url)
+            .expose_secret();
+        let mut config = server.apply_to(url, "TENANCY_MIGRATION_DATABASE_URL")?;
+        config.dbname("postgres");
+        Ok(config)
+    }
 
-/// Creates `tenancy.tenant_databases`; the application role may only read it (to open a
-/// tenant's pool on the right server).
-pub async fn migrate_shared(tenancy: &Tenancy) -> Result<Vec<String>, MigrateError> {
-    let grants = tenancy
-        .app_role()
-        .map(|role| {
-            vec![format!(
-                "GRANT SELECT ON \"{CONTROL_SCHEMA}\".tenant_databases TO {}",
-                role.quoted()
-            )]
-        })
-        .unwrap_or_default();
-    migrate::run_pending(
-        with_session_option(tenancy.migration_config(), "search_path", CONTROL_SCHEMA),
-        CONTROL_MIGRATIONS,
-        "migrate:control_database".into(),
-        Vec::new(),
-        grants,
-    )
-    .await
+    /// Records that `tenant`'s database is to live on `server` (default: the default
+    /// server), before anything is created there. Repeating it with the same server (or
+    /// none, which keeps the recorded one) is fine; asking for another server is a
+    /// conflict.
+    pub async fn place(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        server: Option<&ServerAddress>,
+    ) -> Result<(), LifecycleError> {
+        let mut conn = ctx.connect(ctx.owner.clone()).await.map_err(MigrateError::from)?;
+        let recorded = self.record(&mut conn, tenant, server).await?;
+        match (server, recorded.server()) {
+            (Some(wanted), Ok(Some(actual))) if *wanted == actual => Ok(()),
+            (Some(wanted), Ok(actual)) => Err(LifecycleError::Conflict(format!(
+                "tenant '{}' is already placed on {}, not {}",
+                tenant.identifier,
+                actual
+                    .as_ref()
+                    .map_or("the default server", ServerAddress::as_str),
+                wanted.as_str()
+            ))),
+            (_, Err(why)) => Err(LifecycleError::Invalid(why)),
+            (None, Ok(_)) => Ok(()),
+        }
+    }
+
+    /// Writes the tenant's record unless there is one, and returns the record.
+    async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+        server: Option<&ServerAddress>,
+    ) -> QueryResult<Placement> {
+        diesel::sql_query(
+            "INSERT INTO tenancy.tenant_databases (tenant_id, database_name, server) \
+             VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(tenant.id)
+        .bind::<Text, _>(self.database_name(tenant).as_str())
+        .bind::<Nullable<Text>, _>(server.map(ServerAddress::as_str))
+        .execute(conn)
+        .await?;
+        placement(conn, tenant)
+            .await?
+            .ok_or(diesel::result::Error::NotFound)
+    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -297,115 +276,192 @@ struct Exists {
     exists: bool,
 }
 
-/// Creates the tenant's database if needed (as the owner, on the server its record names;
-/// a tenant without a record gets one for the default server), lets the application role
-/// connect to it (and nobody else), then applies the tenant migrations inside it. Safe to
-/// repeat: this is how an interrupted provisioning completes.
-pub async fn migrate(tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
-    super::ensure(tenant, Isolation::Database).map_err(MigrateError::Migration)?;
-    let runtime = runtime::handle().map_err(|e| MigrateError::Runtime(e.to_string()))?;
-    let recorded = {
-        let mut control = connect(tenancy.migration_config().clone(), &runtime).await?;
-        record(tenancy, &mut control, tenant, None).await?
-    };
-    let name = recorded.database().map_err(MigrateError::Migration)?;
-    let server = recorded.server().map_err(MigrateError::Migration)?;
-    let owner = owner_config(tenancy, server.as_ref()).map_err(MigrateError::Migration)?;
-
-    let mut conn = connect(owner.clone(), &runtime).await?;
-    let found: Exists =
-        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-            .bind::<Text, _>(name.as_str())
-            .get_result(&mut conn)
-            .await?;
-    if !found.exists {
-        // CREATE DATABASE cannot run in a transaction; a concurrent provisioning of the
-        // same tenant may win the race, which is fine.
-        let created = diesel::sql_query(format!("CREATE DATABASE {}", name.quoted()))
-            .execute(&mut conn)
-            .await;
-        match created {
-            Err(error) if !error.to_string().contains("already exists") => return Err(error.into()),
-            _ => {}
+impl Strategy for DatabaseStrategy {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            prefix: settings.tenant_database_prefix.clone(),
+            url_template: settings.database_url_template.clone(),
+            database_url: settings.database_url.clone(),
+            migration_url: settings.migration_database_url.clone(),
+            statement_timeout: settings.database.statement_timeout,
         }
     }
-    diesel::sql_query(format!(
-        "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-        name.quoted()
-    ))
-    .execute(&mut conn)
-    .await?;
-    if let Some(role) = tenancy.app_role() {
+
+    fn route(&self, tenant: &Tenant) -> Result<Route, String> {
+        super::ensure(tenant, Isolation::Database)?;
+        Ok(Route {
+            home: Home::Tenant(tenant.id),
+            scope: None,
+        })
+    }
+
+    /// The application role's connection settings for `tenant`'s database, on the server
+    /// its record names (read when a connection is opened, never per request).
+    async fn connect_config(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<tokio_postgres::Config, PoolError> {
+        let refused = |why: String| PoolError::Isolation(why);
+        super::ensure(tenant, Isolation::Database).map_err(refused)?;
+        let recorded = {
+            let mut conn = ctx.control.get().await?;
+            placement(&mut conn, tenant).await.map_err(|e| {
+                refused(format!(
+                    "cannot read where tenant '{}' lives: {e}",
+                    tenant.identifier
+                ))
+            })?
+        };
+        let (name, server) = match recorded {
+            Some(p) => (p.database().map_err(refused)?, p.server().map_err(refused)?),
+            None => (self.database_name(tenant), None),
+        };
+        let mut config = self.app_config(ctx, server.as_ref()).map_err(refused)?;
+        config.dbname(name.as_str());
+        Ok(with_session_option(&config, "search_path", "public"))
+    }
+
+    /// Creates `tenancy.tenant_databases`; the application role may only read it (to open
+    /// a tenant's connections on the right server).
+    async fn migrate_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        let grants = ctx
+            .app_role
+            .as_ref()
+            .map(|role| {
+                vec![format!(
+                    "GRANT SELECT ON \"{CONTROL_SCHEMA}\".tenant_databases TO {}",
+                    role.quoted()
+                )]
+            })
+            .unwrap_or_default();
+        migrate::run_pending(
+            &ctx.runtime,
+            with_session_option(&ctx.owner, "search_path", CONTROL_SCHEMA),
+            CONTROL_MIGRATIONS,
+            "migrate:control_database".into(),
+            Vec::new(),
+            grants,
+        )
+        .await
+    }
+
+    /// Creates the tenant's database if needed (as the owner, on the server its record
+    /// names; a tenant without a record gets one for the default server), lets the
+    /// application role connect to it (and nobody else), then applies the tenant
+    /// migrations inside it.
+    async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+        super::ensure(tenant, Isolation::Database).map_err(MigrateError::Migration)?;
+        let recorded = {
+            let mut control = ctx.connect(ctx.owner.clone()).await?;
+            self.record(&mut control, tenant, None).await?
+        };
+        let name = recorded.database().map_err(MigrateError::Migration)?;
+        let server = recorded.server().map_err(MigrateError::Migration)?;
+        let owner = self
+            .owner_config(ctx, server.as_ref())
+            .map_err(MigrateError::Migration)?;
+
+        let mut conn = ctx.connect(owner.clone()).await?;
+        let found: Exists = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists",
+        )
+        .bind::<Text, _>(name.as_str())
+        .get_result(&mut conn)
+        .await?;
+        if !found.exists {
+            // CREATE DATABASE cannot run in a transaction; a concurrent provisioning of the
+            // same tenant may win the race, which is fine.
+            let created = diesel::sql_query(format!("CREATE DATABASE {}", name.quoted()))
+                .execute(&mut conn)
+                .await;
+            match created {
+                Err(error) if !error.to_string().contains("already exists") => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+        }
         diesel::sql_query(format!(
-            "GRANT CONNECT ON DATABASE {} TO {}",
-            name.quoted(),
-            role.quoted()
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            name.quoted()
         ))
         .execute(&mut conn)
         .await?;
-    }
-    drop(conn);
-
-    let mut inside = owner;
-    inside.dbname(name.as_str());
-    let grants = tenancy
-        .app_role()
-        .map(|role| grants_on_schema("public", role))
-        .unwrap_or_default();
-    migrate::run_pending(
-        with_session_option(&inside, "search_path", "public"),
-        TENANT_MIGRATIONS,
-        format!("migrate:{}", name.as_str()),
-        Vec::new(),
-        grants,
-    )
-    .await
-}
-
-/// Terminates the tenant's connections and drops its database, as the owner, on the
-/// server its record names (`conn` is the owner's connection to the control database);
-/// then deletes the record.
-pub async fn destroy(
-    tenancy: &Tenancy,
-    conn: &mut AsyncPgConnection,
-    tenant: &Tenant,
-) -> QueryResult<()> {
-    let invalid = |why: String| diesel::result::Error::QueryBuilderError(why.into());
-    super::ensure(tenant, Isolation::Database).map_err(invalid)?;
-    let (name, server) = match placement(conn, tenant).await? {
-        Some(recorded) => (
-            recorded.database().map_err(invalid)?,
-            recorded.server().map_err(invalid)?,
-        ),
-        None => (database_name(tenancy, tenant), None),
-    };
-    let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name.quoted());
-    match server {
-        None => {
-            diesel::sql_query(drop_database).execute(conn).await?;
+        if let Some(role) = &ctx.app_role {
+            diesel::sql_query(format!(
+                "GRANT CONNECT ON DATABASE {} TO {}",
+                name.quoted(),
+                role.quoted()
+            ))
+            .execute(&mut conn)
+            .await?;
         }
-        Some(server) => {
-            let owner = owner_config(tenancy, Some(&server)).map_err(invalid)?;
-            let runtime = runtime::handle().map_err(|e| invalid(e.to_string()))?;
-            let mut there = connect(owner, &runtime)
-                .await
-                .map_err(|e| invalid(format!("{}: {e}", server.as_str())))?;
-            diesel::sql_query(drop_database).execute(&mut there).await?;
-        }
+        drop(conn);
+
+        let mut inside = owner;
+        inside.dbname(name.as_str());
+        let grants = ctx
+            .app_role
+            .as_ref()
+            .map(|role| grants_on_schema("public", role))
+            .unwrap_or_default();
+        migrate::run_pending(
+            &ctx.runtime,
+            with_session_option(&inside, "search_path", "public"),
+            TENANT_MIGRATIONS,
+            format!("migrate:{}", name.as_str()),
+            Vec::new(),
+            grants,
+        )
+        .await
     }
-    diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
-        .bind::<SqlUuid, _>(tenant.id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
 
-/// Any role that can connect to the tenant databases will do.
-pub async fn check_app_role(_conn: &mut AsyncPgConnection) -> Result<(), String> {
-    Ok(())
-}
+    /// Terminates the tenant's connections and drops its database, as the owner, on the
+    /// server its record names (`conn` is the owner's connection to the control
+    /// database); then deletes the record.
+    async fn destroy(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<()> {
+        let invalid = super::query_error;
+        super::ensure(tenant, Isolation::Database).map_err(invalid)?;
+        let (name, server) = match placement(conn, tenant).await? {
+            Some(recorded) => (
+                recorded.database().map_err(invalid)?,
+                recorded.server().map_err(invalid)?,
+            ),
+            None => (self.database_name(tenant), None),
+        };
+        let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name.quoted());
+        match server {
+            None => {
+                diesel::sql_query(drop_database).execute(conn).await?;
+            }
+            Some(server) => {
+                let owner = self.owner_config(ctx, Some(&server)).map_err(invalid)?;
+                let mut there = ctx
+                    .connect(owner)
+                    .await
+                    .map_err(|e| invalid(format!("{}: {e}", server.as_str())))?;
+                diesel::sql_query(drop_database).execute(&mut there).await?;
+            }
+        }
+        diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
+            .bind::<SqlUuid, _>(tenant.id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
 
-/// The isolation of a new tenant: this strategy's; asking for another is an error.
-pub fn choose(_tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
-    super::only(requested, Isolation::Database)
+    /// Any role that can connect to the tenant databases will do.
+    async fn check_app_role(&self, _conn: &mut AsyncPgConnection) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
+        super::only(requested, Isolation::Database)
+    }
 }

@@ -1,74 +1,102 @@
 //! Hybrid: each tenant is isolated the way its registry row says, `schema` (its own
 //! schema, e.g. premium tenants) or `rls` (shared tables under Row-Level Security, the
 //! long tail), chosen at creation (`--isolation`, the admin API's `isolation` field, or
-//! `TENANCY_DEFAULT_ISOLATION`). Middleware and handlers do not change: a tenant's pool
-//! is opened by the strategy of its tier, so the `TenantConnection` extractor serves both.
+//! `TENANCY_DEFAULT_ISOLATION`). Both tiers share the pool's connections: the scope the
+//! pool sets (`search_path` and `app.tenant_id`) is the tier's, so middleware, extractor
+//! and handlers are the same for both.
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 
-use super::{Refused, rls, schema};
-use crate::db::manager::ConnectTarget;
+use super::rls::RlsStrategy;
+use super::schema::SchemaStrategy;
+use super::{Context, Route, Strategy};
+use crate::config::Settings;
 use crate::db::migrate::MigrateError;
+use crate::db::pool::PoolError;
 use crate::domain::{Isolation, Tenant};
-use crate::tenancy::Tenancy;
 
 /// The tiers this service offers.
 pub const TIERS: [Isolation; 2] = [Isolation::Schema, Isolation::Rls];
 
-/// Connection settings of `tenant`'s tier.
-pub async fn connect_target(tenancy: &Tenancy, tenant: &Tenant) -> Result<ConnectTarget, Refused> {
-    match tenant.isolation {
-        Isolation::Schema => schema::connect_target(tenancy, tenant).await,
-        Isolation::Rls => rls::connect_target(tenancy, tenant).await,
-        other => Err(super::refused(unsupported(other))),
+pub struct HybridStrategy {
+    schema: SchemaStrategy,
+    rls: RlsStrategy,
+    /// The tier of a tenant created without one.
+    default_isolation: Isolation,
+}
+
+impl Strategy for HybridStrategy {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            schema: SchemaStrategy::new(settings),
+            rls: RlsStrategy::new(settings),
+            default_isolation: settings.default_isolation,
+        }
     }
-}
 
-/// The shared tables of the `rls` tier (the `schema` tier shares nothing).
-pub async fn migrate_shared(tenancy: &Tenancy) -> Result<Vec<String>, MigrateError> {
-    let mut applied = schema::migrate_shared(tenancy).await?;
-    applied.extend(rls::migrate_shared(tenancy).await?);
-    Ok(applied)
-}
-
-/// Provisions or migrates `tenant` in its tier.
-pub async fn migrate(tenancy: &Tenancy, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
-    match tenant.isolation {
-        Isolation::Schema => schema::migrate(tenancy, tenant).await,
-        Isolation::Rls => rls::migrate(tenancy, tenant).await,
-        other => Err(MigrateError::Migration(unsupported(other))),
+    fn route(&self, tenant: &Tenant) -> Result<Route, String> {
+        match tenant.isolation {
+            Isolation::Schema => self.schema.route(tenant),
+            Isolation::Rls => self.rls.route(tenant),
+            other => Err(unsupported(other)),
+        }
     }
-}
 
-/// Removes `tenant`'s data from its tier.
-pub async fn destroy(
-    tenancy: &Tenancy,
-    conn: &mut AsyncPgConnection,
-    tenant: &Tenant,
-) -> QueryResult<()> {
-    match tenant.isolation {
-        Isolation::Schema => schema::destroy(tenancy, conn, tenant).await,
-        Isolation::Rls => rls::destroy(tenancy, conn, tenant).await,
-        other => Err(diesel::result::Error::QueryBuilderError(
-            unsupported(other).into(),
-        )),
+    async fn connect_config(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<tokio_postgres::Config, PoolError> {
+        match tenant.isolation {
+            Isolation::Schema => self.schema.connect_config(ctx, tenant).await,
+            Isolation::Rls => self.rls.connect_config(ctx, tenant).await,
+            other => Err(PoolError::Isolation(unsupported(other))),
+        }
     }
-}
 
-/// The `rls` tier needs a role that Row-Level Security restricts.
-pub async fn check_app_role(conn: &mut AsyncPgConnection) -> Result<(), String> {
-    schema::check_app_role(conn).await?;
-    rls::check_app_role(conn).await
-}
+    /// The shared tables of the `rls` tier (the `schema` tier shares nothing).
+    async fn migrate_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        let mut applied = self.schema.migrate_shared(ctx).await?;
+        applied.extend(self.rls.migrate_shared(ctx).await?);
+        Ok(applied)
+    }
 
-/// The tier of a new tenant: the one asked for, or `TENANCY_DEFAULT_ISOLATION`.
-pub fn choose(tenancy: &Tenancy, requested: Option<Isolation>) -> Result<Isolation, String> {
-    let isolation = requested.unwrap_or(tenancy.settings.default_isolation);
-    if TIERS.contains(&isolation) {
-        Ok(isolation)
-    } else {
-        Err(unsupported(isolation))
+    async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+        match tenant.isolation {
+            Isolation::Schema => self.schema.migrate(ctx, tenant).await,
+            Isolation::Rls => self.rls.migrate(ctx, tenant).await,
+            other => Err(MigrateError::Migration(unsupported(other))),
+        }
+    }
+
+    async fn destroy(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<()> {
+        match tenant.isolation {
+            Isolation::Schema => self.schema.destroy(ctx, conn, tenant).await,
+            Isolation::Rls => self.rls.destroy(ctx, conn, tenant).await,
+            other => Err(super::query_error(unsupported(other))),
+        }
+    }
+
+    /// The `rls` tier needs a role that Row-Level Security restricts.
+    async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
+        self.schema.check_app_role(conn).await?;
+        self.rls.check_app_role(conn).await
+    }
+
+    /// The tier asked for, or `TENANCY_DEFAULT_ISOLATION`.
+    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
+        let isolation = requested.unwrap_or(self.default_isolation);
+        if TIERS.contains(&isolation) {
+            Ok(isolation)
+        } else {
+            Err(unsupported(isolation))
+        }
     }
 }
 

@@ -1,16 +1,95 @@
-//! The isolation strategy this service was generated with. Each strategy lives in its own
-//! file and provides the same functions: `connect_target`, `migrate_shared`, `migrate`, `destroy`,
-//! `check_app_role`, `choose`.
+//! The isolation strategy this service was generated with, behind one trait.
+//!
+//! A strategy says where a tenant's connections go and what scopes them ([`Strategy::route`]),
+//! how to open one ([`Strategy::connect_config`]), and how to provision, migrate and destroy
+//! a tenant's storage. It sees only a [`Context`]: the two roles' connection settings, the
+//! runtime that opens connections, and the control pool. A new strategy is one file
+//! implementing [`Strategy`], selected below.
 
-use crate::db::PoolError;
-use crate::domain::{Isolation, Tenant};
+use diesel::QueryResult;
+use diesel_async::AsyncPgConnection;
+use tokio::runtime::Handle;
 
-/// Why a tenant's pool could not be set up (a strategy's `connect_target` error).
-pub type Refused = bb8::RunError<PoolError>;
+use crate::config::Settings;
+use crate::db::connect::{ConnectError, PgConn, connect};
+use crate::db::migrate::MigrateError;
+use crate::db::ControlPool;
+use crate::db::pool::{Home, PoolError, SessionScope};
+use crate::domain::{Isolation, SqlIdentifier, Tenant};
 
-/// A tenant this code must not serve.
-pub(crate) fn refused(why: String) -> Refused {
-    bb8::RunError::User(PoolError::Isolation(why))
+/// What a strategy may use.
+pub struct Context {
+    /// The application role, unscoped (tenant connections start from it).
+    pub app: tokio_postgres::Config,
+    /// The role that owns the tables: migrations, provisioning, destroy.
+    pub owner: tokio_postgres::Config,
+    /// The application role, when it differs from the owner: it is granted data access to
+    /// what the owner creates.
+    pub app_role: Option<SqlIdentifier>,
+    /// The runtime every connection is opened on.
+    pub runtime: Handle,
+    /// The control plane's pool (the tenant registry).
+    pub control: ControlPool,
+}
+
+impl Context {
+    /// A connection outside every pool (migrations, provisioning, destroy).
+    pub async fn connect(&self, config: tokio_postgres::Config) -> Result<PgConn, ConnectError> {
+        connect(config, &self.runtime, None, None).await
+    }
+}
+
+/// Where a tenant's connections go, and what makes a shared connection serve it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub home: Home,
+    /// `None`: a connection of `home` serves this tenant only (its own database).
+    pub scope: Option<SessionScope>,
+}
+
+/// An isolation strategy.
+pub trait Strategy: Sized + Send + Sync + 'static {
+    /// Built once at start-up.
+    fn new(settings: &Settings) -> Self;
+
+    /// Where `tenant`'s connections go; an error for a tenant this strategy must not serve.
+    fn route(&self, tenant: &Tenant) -> Result<Route, String>;
+
+    /// The settings of a new connection for `tenant` (called only when one is opened).
+    fn connect_config(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> impl Future<Output = Result<tokio_postgres::Config, PoolError>>;
+
+    /// What all tenants share (tables, records), as the owner.
+    fn migrate_shared(&self, ctx: &Context)
+    -> impl Future<Output = Result<Vec<String>, MigrateError>>;
+
+    /// Creates or updates `tenant`'s storage, as the owner. Safe to repeat: this is how an
+    /// interrupted provisioning completes.
+    fn migrate(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> impl Future<Output = Result<Vec<String>, MigrateError>>;
+
+    /// Removes `tenant`'s storage; `conn` is the owner's connection to the control database.
+    fn destroy(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> impl Future<Output = QueryResult<()>>;
+
+    /// Refuses an application role that would defeat the strategy.
+    fn check_app_role(
+        &self,
+        conn: &mut AsyncPgConnection,
+    ) -> impl Future<Output = Result<(), String>>;
+
+    /// The isolation of a new tenant, given what was asked for.
+    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String>;
 }
 
 /// The isolation of a new tenant for a strategy that offers only `offered`.
@@ -36,25 +115,31 @@ pub(crate) fn ensure(tenant: &Tenant, expected: Isolation) -> Result<(), String>
         ))
     }
 }
+
+/// A query error carrying `why` (for `destroy`).
+pub(crate) fn query_error(why: String) -> diesel::result::Error {
+    diesel::result::Error::QueryBuilderError(why.into())
+}
 {%- if isolation == "schema" %}
 
 mod schema;
-pub use schema::*;
+pub use schema::SchemaStrategy as Selected;
 {%- endif %}
 {%- if isolation == "rls" %}
 
 mod rls;
-pub use rls::*;
+pub use rls::RlsStrategy as Selected;
 {%- endif %}
 {%- if isolation == "database" %}
 
 mod database;
-pub use database::*;
+pub use database::DatabaseStrategy as Selected;
+pub use database::ServerAddress;
 {%- endif %}
 {%- if isolation == "hybrid" %}
 
 mod hybrid;
 pub mod rls;
 pub mod schema;
-pub use hybrid::*;
+pub use hybrid::HybridStrategy as Selected;
 {%- endif %}

@@ -1,0 +1,262 @@
+//! Opening one PostgreSQL connection, on the database runtime.
+//!
+//! A connection of a pool holds a permit of that pool's connection cap for as long as
+//! PostgreSQL may count it: the permit is released only after the server has closed its
+//! end of the socket (a backend leaves `pg_stat_activity` and frees its slot of
+//! `max_connections` before its socket closes). Closing a connection to make room for
+//! another therefore never makes PostgreSQL see one connection more than the cap.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::runtime::Handle;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_util::either::Either;
+
+/// How long a closing connection waits for the server to close its end before the
+/// permit is released anyway (a server that does not answer).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a connection could not be opened. Messages name the server (`host:port`), never
+/// credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not reach PostgreSQL at {server}: {source}")]
+    Unreachable { server: String, source: io::Error },
+    #[error("PostgreSQL at {server} refused the connection: {source}")]
+    Refused {
+        server: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("could not set up the connection to {server}: {source}")]
+    Setup {
+        server: String,
+        source: diesel::ConnectionError,
+    },
+    #[error("the database runtime stopped")]
+    RuntimeGone,
+}
+
+impl ConnectError {
+    /// The SQLSTATE PostgreSQL answered with, if it answered.
+    pub fn sqlstate(&self) -> Option<&SqlState> {
+        match self {
+            ConnectError::Refused { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// PostgreSQL has no connection slot left (`max_connections` or a role's limit).
+    pub fn is_too_many_connections(&self) -> bool {
+        self.sqlstate() == Some(&SqlState::TOO_MANY_CONNECTIONS)
+    }
+}
+
+/// An open connection, and whether its socket has closed since.
+pub struct PgConn {
+    conn: AsyncPgConnection,
+    closed: Arc<AtomicBool>,
+}
+
+impl PgConn {
+    /// The diesel connection itself (for code that needs to own it, e.g. migrations).
+    pub fn into_inner(self) -> AsyncPgConnection {
+        self.conn
+    }
+
+    /// Closed by the server, or left with an open or failed transaction: never reuse it.
+    pub fn is_broken(&mut self) -> bool {
+        self.closed.load(Ordering::Acquire)
+            || AnsiTransactionManager::is_broken_transaction_manager(&mut self.conn)
+    }
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+/// `host:port` of the first server of `config`, for messages (never credentials).
+pub fn server_of(config: &tokio_postgres::Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match (config.get_hostaddrs().first(), config.get_hosts().first()) {
+        (Some(ip), _) => format!("{ip}:{port}"),
+        (None, Some(Host::Tcp(host))) => format!("{host}:{port}"),
+        (None, Some(Host::Unix(dir))) => format!("{}/.s.PGSQL.{port}", dir.display()),
+        (None, None) => format!("(no host):{port}"),
+    }
+}
+
+/// Opens a connection with `config` on the database runtime. `permit` (a pool's cap) is
+/// held until the server has closed the connection; `on_close` runs then.
+pub async fn connect(
+    config: tokio_postgres::Config,
+    runtime: &Handle,
+    permit: Option<OwnedSemaphorePermit>,
+    on_close: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<PgConn, ConnectError> {
+    runtime
+        .spawn(async move {
+            let server = server_of(&config);
+            let socket = open_socket(&config)
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    server: server.clone(),
+                    source,
+                })?;
+            let (client, connection) = config
+                .connect_raw(socket, tokio_postgres::NoTls)
+                .await
+                .map_err(|source| ConnectError::Refused {
+                    server: server.clone(),
+                    source,
+                })?;
+            let closed = Arc::new(AtomicBool::new(false));
+            let flag = closed.clone();
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "database connection ended");
+                }
+                flag.store(true, Ordering::Release);
+                drop(permit);
+                if let Some(on_close) = on_close {
+                    on_close();
+                }
+            });
+            let conn = AsyncPgConnection::try_from(client)
+                .await
+                .map_err(|source| ConnectError::Setup { server, source })?;
+            Ok(PgConn { conn, closed })
+        })
+        .await
+        .map_err(|_| ConnectError::RuntimeGone)?
+}
+
+type Socket = Either<TcpStream, UnixStream>;
+
+/// Connects to the first reachable host of `config` (as libpq does with a host list).
+async fn open_socket(config: &tokio_postgres::Config) -> io::Result<ClosesWithServer<Socket>> {
+    let (hosts, addrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    let count = hosts.len().max(addrs.len());
+    let mut last_error = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the database URL names no host",
+    );
+    for i in 0..count {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let attempt = async {
+            match (addrs.get(i), hosts.get(i)) {
+                (Some(ip), _) => tcp(TcpStream::connect((*ip, port)).await?),
+                (None, Some(Host::Tcp(host))) => tcp(TcpStream::connect((host.as_str(), port)).await?),
+                (None, Some(Host::Unix(dir))) => Ok(Either::Right(
+                    UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?,
+                )),
+                (None, None) => Err(io::Error::new(io::ErrorKind::InvalidInput, "no host")),
+            }
+        };
+        let result = match config.get_connect_timeout() {
+            Some(limit) => tokio::time::timeout(*limit, attempt)
+                .await
+                .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))),
+            None => attempt.await,
+        };
+        match result {
+            Ok(socket) => return Ok(ClosesWithServer::new(socket)),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+fn tcp(stream: TcpStream) -> io::Result<Socket> {
+    stream.set_nodelay(true)?;
+    Ok(Either::Left(stream))
+}
+
+/// A socket whose shutdown completes only when the peer has closed its end too (or
+/// after [`CLOSE_WAIT`]). tokio-postgres shuts the socket down after its `Terminate`
+/// message, so the connection's task (and the cap permit it holds) ends only once
+/// PostgreSQL's backend has exited.
+struct ClosesWithServer<S> {
+    inner: S,
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> ClosesWithServer<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            waiting: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClosesWithServer<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClosesWithServer<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.waiting.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.waiting = Some(Box::pin(tokio::time::sleep(CLOSE_WAIT)));
+        }
+        let mut scratch = [0u8; 256];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                // End of stream: the server closed its end.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    return match this.waiting.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+                        Some(Poll::Pending) => Poll::Pending,
+                        _ => Poll::Ready(Ok(())),
+                    };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! The connection pool: one bounded set of PostgreSQL connections, each of which knows
+//! which tenant's scope it carries.
+//!
+//! bb8 and its peers hand out whichever idle connection comes first; a multi-tenant
+//! service needs to choose: the idle connection already scoped to the request's tenant,
+//! else one it can re-scope, else (one database per tenant) the least recently used idle
+//! connection of another tenant, closed to make room. That choice is this module; opening
+//! a connection is `connect`.
+//!
+//! The scope-tracking invariant: a connection's `scope` names a tenant only after the
+//! statement that set that scope succeeded on it. It is cleared before a re-scope is
+//! sent, so a re-scope that fails, is cancelled or panics leaves a connection with no
+//! known scope, which is re-scoped again before any tenant gets it. A connection that
+//! comes back broken, inside a transaction, or while its handler panics is closed, never
+//! reused.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{Bool, Text};
+use diesel_async::AsyncPgConnection;
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::connect::{ConnectError, PgConn, connect};
+
+diesel::define_sql_function! {
+    /// PostgreSQL's `set_config(name, value, is_local)`: `SET` takes no bind parameters.
+    fn set_config(name: Text, value: Text, is_local: Bool) -> Text;
+}
+
+/// Where a connection is connected: the database all tenants share, or one tenant's own
+/// database. Only connections of the same home can serve a checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Home {
+    Shared,
+    Tenant(Uuid),
+}
+
+/// What makes a connection of the shared database serve one tenant: its `search_path`
+/// (a quoted schema name) and `app.tenant_id`, set together by one statement.
+#[derive(Debug, Clone)]
+pub struct SessionScope {
+    pub tenant: Uuid,
+    pub search_path: String,
+}
+
+/// The setting that Row-Level Security policies read.
+pub const TENANT_SETTING: &str = "app.tenant_id";
+
+/// Why no connection could be checked out.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no database connection became free within {0:?}")]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("could not set the connection's tenant scope: {0}")]
+    Scope(diesel::result::Error),
+    /// The isolation strategy refuses to serve this tenant (a configuration error).
+    #[error("{0}")]
+    Isolation(String),
+}
+
+/// Sizes and timeouts of one pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections open at most (each holds a permit until the server closed it).
+    pub max_connections: u32,
+    /// Connections one tenant may hold at once.
+    pub per_tenant: u32,
+    /// How long a checkout waits before it fails.
+    pub wait: Duration,
+    /// An idle connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// A connection is closed (when idle) after this long.
+    pub max_lifetime: Duration,
+    /// After PostgreSQL refused a connection for lack of slots (SQLSTATE 53300), the pool
+    /// does not try to grow for this long.
+    pub backoff: Duration,
+}
+
+/// What `/health` and the tests see of a pool.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolStats {
+    pub max_connections: u32,
+    pub open_connections: u32,
+    pub idle_connections: u32,
+    pub in_use: u32,
+    pub waiting: u32,
+    /// Connections opened since start.
+    pub opened: u64,
+    /// Checkouts served by a connection that already carried the tenant's scope.
+    pub reused: u64,
+    /// Checkouts that re-scoped an idle connection.
+    pub rescoped: u64,
+    /// Idle connections of another tenant closed to make room (database per tenant).
+    pub evicted: u64,
+}
+
+struct Idle {
+    conn: PgConn,
+    home: Home,
+    scope: Option<Uuid>,
+    opened: Instant,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Least recently returned first.
+    idle: VecDeque<Idle>,
+    /// Connections checked out (or being set up), per tenant.
+    in_use: HashMap<Uuid, u32>,
+    /// Set when PostgreSQL refused a connection for lack of slots.
+    limited: Option<Limit>,
+}
+
+#[derive(Debug, Clone)]
+struct Limit {
+    /// Connections this pool had open when PostgreSQL refused one more.
+    open: u32,
+    until: Instant,
+    reason: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    opened: AtomicU64,
+    reused: AtomicU64,
+    rescoped: AtomicU64,
+    evicted: AtomicU64,
+    waiting: AtomicUsize,
+}
+
+struct Shared {
+    name: &'static str,
+    settings: PoolSettings,
+    state: Mutex<State>,
+    /// Signalled when a connection comes back or a socket closes.
+    changed: Notify,
+    sockets: Arc<Semaphore>,
+    runtime: Handle,
+    counters: Counters,
+}
+
+/// A pool of connections; cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+/// A checked-out connection; it goes back to its pool when dropped.
+pub struct PooledConnection {
+    conn: Option<PgConn>,
+    pool: Arc<Shared>,
+    tenant: Uuid,
+    home: Home,
+    scope: Option<Uuid>,
+    opened: Instant,
+}
+
+impl std::ops::Deref for PooledConnection {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &Self::Target {
+        self.conn.as_deref().unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl std::ops::DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let conn = self.conn.take();
+        let mut state = self.pool.lock();
+        state.release(self.tenant);
+        let closing = match conn {
+            Some(mut conn) => {
+                let reusable = !std::thread::panicking()
+                    && !conn.is_broken()
+                    && self.opened.elapsed() < self.pool.settings.max_lifetime;
+                if reusable {
+                    state.idle.push_back(Idle {
+                        conn,
+                        home: self.home,
+                        scope: self.scope,
+                        opened: self.opened,
+                        since: Instant::now(),
+                    });
+                    None
+                } else {
+                    Some(conn)
+                }
+            }
+            None => None,
+        };
+        drop(state);
+        // Closing a connection frees its slot once the server has closed its end.
+        drop(closing);
+        self.pool.changed.notify_one();
+    }
+}
+
+/// What to do after looking at the pool's state.
+enum Step {
+    Use(Idle),
+    Rescope(Idle),
+    Open(OwnedSemaphorePermit),
+    Evict(Idle),
+    Wait,
+}
+
+impl Pool {
+    pub fn new(name: &'static str, settings: PoolSettings, runtime: Handle) -> Self {
+        let sockets = Arc::new(Semaphore::new(settings.max_connections as usize));
+        let shared = Arc::new(Shared {
+            name,
+            settings,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            sockets,
+            runtime: runtime.clone(),
+            counters: Counters::default(),
+        });
+        runtime.spawn(close_idle_connections(Arc::downgrade(&shared)));
+        Self { shared }
+    }
+
+    /// A connection for `tenant`: one of `home` already carrying `scope`, else one of
+    /// `home` re-scoped to it (with a scope), else a new one opened with `open()`'s
+    /// settings. `open` is awaited only when a connection must be opened.
+    pub async fn get<F>(
+        &self,
+        tenant: Uuid,
+        home: Home,
+        scope: Option<&SessionScope>,
+        open: impl Fn() -> F,
+    ) -> Result<PooledConnection, PoolError>
+    where
+        F: Future<Output = Result<tokio_postgres::Config, PoolError>>,
+    {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + shared.settings.wait;
+        let wanted = scope.map(|s| s.tenant);
+        loop {
+            let mut changed = pin!(shared.changed.notified());
+            changed.as_mut().enable();
+            let permit = match shared.next_step(tenant, home, wanted, scope.is_some()) {
+                Step::Use(idle) => match shared.hand_out(tenant, home, idle) {
+                    Some(guard) => {
+                        shared.counters.reused.fetch_add(1, Ordering::Relaxed);
+                        return Ok(guard);
+                    }
+                    None => continue,
+                },
+                Step::Rescope(idle) => {
+                    let (Some(mut guard), Some(scope)) = (shared.hand_out(tenant, home, idle), scope)
+                    else {
+                        continue;
+                    };
+                    match shared.set_scope(&mut guard, scope).await {
+                        Ok(()) => return Ok(guard),
+                        // The connection failed (e.g. it died with the server) before any of
+                        // the request reached the server: try another one.
+                        Err(_) if tokio::time::Instant::now() < deadline => continue,
+                        Err(error) => return Err(error),
+                    }
+                }
+                Step::Open(permit) => permit,
+                Step::Evict(idle) => {
+                    shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                    drop(idle);
+                    // Its slot comes back once the server has closed it.
+                    match tokio::time::timeout_at(deadline, shared.sockets.clone().acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(permit)) => {
+                            *shared.lock().in_use.entry(tenant).or_default() += 1;
+                            permit
+                        }
+                        _ => return Err(PoolError::TimedOut(shared.settings.wait)),
+                    }
+                }
+                Step::Wait => {
+                    shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
+                    let woke = tokio::time::timeout_at(deadline, changed).await;
+                    shared.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                    if woke.is_err() {
+                        return Err(PoolError::TimedOut(shared.settings.wait));
+                    }
+                    continue;
+                }
+            };
+            // A new connection; the guard gives the tenant's share back if this fails.
+            let mut guard = shared.guard(tenant, home, None, Instant::now(), None);
+            let config = open().await?;
+            match shared.open(config, permit).await {
+                Ok(conn) => {
+                    guard.conn = Some(conn);
+                    if let Some(scope) = scope {
+                        shared.set_scope(&mut guard, scope).await?;
+                    }
+                    return Ok(guard);
+                }
+                Err(error) if error.is_too_many_connections() => {
+                    shared.limit(&error);
+                    // Served by the connections already open, or 503 in time.
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(pool = shared.name, error = %error,
+                        sqlstate = error.sqlstate().map(|s| s.code()), "database connection failed");
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+
+    /// Closes the idle connections of `home` (a tenant's database that is being dropped).
+    pub fn close_idle(&self, home: Home) {
+        let closed: VecDeque<Idle> = {
+            let mut state = self.shared.lock();
+            let (keep, close) = state.idle.drain(..).partition(|idle| idle.home != home);
+            state.idle = keep;
+            close
+        };
+        drop(closed);
+    }
+
+    /// The pool's numbers, and whether PostgreSQL limits it (SQLSTATE 53300) right now.
+    pub fn stats(&self) -> (PoolStats, Option<String>) {
+        let shared = &self.shared;
+        let state = shared.lock();
+        let max = shared.settings.max_connections;
+        let limited = state
+            .limited
+            .as_ref()
+            .filter(|limit| limit.until > Instant::now())
+            .map(|limit| limit.reason.clone());
+        let stats = PoolStats {
+            max_connections: max,
+            open_connections: max - shared.sockets.available_permits() as u32,
+            idle_connections: state.idle.len() as u32,
+            in_use: state.in_use.values().sum(),
+            waiting: shared.counters.waiting.load(Ordering::Relaxed) as u32,
+            opened: shared.counters.opened.load(Ordering::Relaxed),
+            reused: shared.counters.reused.load(Ordering::Relaxed),
+            rescoped: shared.counters.rescoped.load(Ordering::Relaxed),
+            evicted: shared.counters.evicted.load(Ordering::Relaxed),
+        };
+        (stats, limited)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Decides how to serve a checkout; reserves the tenant's share when it is served.
+    fn next_step(&self, tenant: Uuid, home: Home, wanted: Option<Uuid>, can_rescope: bool) -> Step {
+        let mut state = self.lock();
+        if state.in_use.get(&tenant).copied().unwrap_or(0) >= self.settings.per_tenant {
+            return Step::Wait;
+        }
+        // The most recently returned connection already scoped to the tenant.
+        if let Some(i) = state
+            .idle
+            .iter()
+            .rposition(|c| c.home == home && c.scope == wanted)
+            && let Some(idle) = state.idle.remove(i)
+        {
+            *state.in_use.entry(tenant).or_default() += 1;
+            return Step::Use(idle);
+        }
+        // The least recently used connection of the same database, re-scoped.
+        if can_rescope
+            && let Some(i) = state.idle.iter().position(|c| c.home == home)
+            && let Some(idle) = state.idle.remove(i)
+        {
+            *state.in_use.entry(tenant).or_default() += 1;
+            return Step::Rescope(idle);
+        }
+        let open = self.settings.max_connections - self.sockets.available_permits() as u32;
+        let may_grow = match &state.limited {
+            Some(limit) if limit.until > Instant::now() => open < limit.open,
+            _ => true,
+        };
+        if may_grow && let Ok(permit) = self.sockets.clone().try_acquire_owned() {
+            *state.in_use.entry(tenant).or_default() += 1;
+            return Step::Open(permit);
+        }
+        // Another database's least recently used idle connection makes room.
+        if let Some(idle) = state.idle.pop_front() {
+            return Step::Evict(idle);
+        }
+        Step::Wait
+    }
+
+    fn guard(
+        self: &Arc<Self>,
+        tenant: Uuid,
+        home: Home,
+        scope: Option<Uuid>,
+        opened: Instant,
+        conn: Option<PgConn>,
+    ) -> PooledConnection {
+        PooledConnection {
+            conn,
+            pool: self.clone(),
+            tenant,
+            home,
+            scope,
+            opened,
+        }
+    }
+
+    /// A guard for an idle connection taken for `tenant`, unless the connection broke
+    /// while idle (closed by the server, e.g. a restart): that one is closed instead.
+    fn hand_out(self: &Arc<Self>, tenant: Uuid, home: Home, idle: Idle) -> Option<PooledConnection> {
+        let Idle {
+            mut conn,
+            scope,
+            opened,
+            ..
+        } = idle;
+        let broken = conn.is_broken();
+        let guard = self.guard(tenant, home, scope, opened, (!broken).then_some(conn));
+        if broken { None } else { Some(guard) }
+    }
+
+    async fn open(
+        self: &Arc<Self>,
+        config: tokio_postgres::Config,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PgConn, ConnectError> {
+        let pool = Arc::downgrade(self);
+        let on_close = Box::new(move || {
+            if let Some(pool) = pool.upgrade() {
+                pool.changed.notify_one();
+            }
+        });
+        let conn = connect(config, &self.runtime, Some(permit), Some(on_close)).await?;
+        self.counters.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    /// Sets `scope` on the guard's connection; the guard records it only on success.
+    async fn set_scope(
+        &self,
+        guard: &mut PooledConnection,
+        scope: &SessionScope,
+    ) -> Result<(), PoolError> {
+        use diesel_async::RunQueryDsl;
+
+        guard.scope = None;
+        let tenant = scope.tenant.to_string();
+        let result = diesel::select((
+            set_config("search_path", scope.search_path.as_str(), false),
+            set_config(TENANT_SETTING, tenant.as_str(), false),
+        ))
+        .execute(&mut **guard)
+        .await;
+        match result {
+            Ok(_) => {
+                guard.scope = Some(scope.tenant);
+                self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                // Its state is unknown: close it. The guard gives the tenant's share back.
+                drop(guard.conn.take());
+                Err(PoolError::Scope(error))
+            }
+        }
+    }
+
+    fn limit(&self, error: &ConnectError) {
+        let open = self.settings.max_connections - self.sockets.available_permits() as u32;
+        let reason = format!(
+            "PostgreSQL refused more connections (SQLSTATE 53300) at {open} open connections of this pool"
+        );
+        let mut state = self.lock();
+        let first = state
+            .limited
+            .as_ref()
+            .is_none_or(|limit| limit.until <= Instant::now());
+        state.limited = Some(Limit {
+            open,
+            until: Instant::now() + self.settings.backoff,
+            reason,
+        });
+        drop(state);
+        if first {
+            tracing::warn!(pool = self.name, sqlstate = "53300", open_connections = open, error = %error,
+                "PostgreSQL has no connection slot left: holding the connections already open");
+        }
+    }
+}
+
+impl State {
+    fn release(&mut self, tenant: Uuid) {
+        if let Some(count) = self.in_use.get_mut(&tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_use.remove(&tenant);
+            }
+        }
+    }
+}
+
+/// Closes connections idle for longer than the idle timeout, or older than their
+/// lifetime, until the pool is dropped.
+async fn close_idle_connections(pool: Weak<Shared>) {
+    loop {
+        let every = match pool.upgrade() {
+            Some(shared) => (shared.settings.idle_timeout / 2)
+                .clamp(Duration::from_millis(250), Duration::from_secs(30)),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(shared) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let closed: VecDeque<Idle> = {
+            let mut state = shared.lock();
+            let (keep, close) = state.idle.drain(..).partition(|idle| {
+                now.duration_since(idle.since) < shared.settings.idle_timeout
+                    && now.duration_since(idle.opened) < shared.settings.max_lifetime
+            });
+            state.idle = keep;
+            close
+        };
+        drop(closed);
+    }
+}
