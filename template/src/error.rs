@@ -159,21 +159,34 @@ impl From<diesel::result::Error> for AppError {
         use diesel::result::{DatabaseErrorKind, Error};
         match error {
             Error::NotFound => AppError::NotFound("resource"),
-            // The connection died (e.g. PostgreSQL restarted) or PostgreSQL cancelled the
-            // statement after `TENANCY_STATEMENT_TIMEOUT`: try again, not a bug.
-            Error::DatabaseError(DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection, info) => {
-                AppError::Unavailable {
-                    detail: format!("database connection lost: {}", info.message()),
-                }
-            }
-            Error::DatabaseError(_, info) if info.message().contains("statement timeout") => {
-                AppError::Unavailable {
-                    detail: info.message().to_owned(),
-                }
-            }
+            // The connection died (PostgreSQL restarted or went away), or PostgreSQL ended
+            // the statement: an outage to retry after, not a bug.
+            Error::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+                info,
+            ) => AppError::Unavailable {
+                detail: format!("database connection lost: {}", info.message()),
+            },
+            Error::DatabaseError(_, info) if is_outage(info.message()) => AppError::Unavailable {
+                detail: info.message().to_owned(),
+            },
             other => AppError::internal(other),
         }
     }
+}
+
+/// PostgreSQL's messages for SQLSTATE 57014 (statement timeout) and class 57 (operator
+/// intervention: shutdown, crash, start-up). diesel does not expose the SQLSTATE of an
+/// error, so these (English) messages stand for it.
+fn is_outage(message: &str) -> bool {
+    const OUTAGES: [&str; 5] = [
+        "canceling statement due to statement timeout",
+        "terminating connection due to administrator command",
+        "terminating connection because of crash of another server process",
+        "terminating connection due to unexpected postmaster exit",
+        "the database system is",
+    ];
+    OUTAGES.iter().any(|outage| message.starts_with(outage))
 }
 
 impl From<PoolError> for AppError {

@@ -19,6 +19,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 use {{crate_name}}::db::TenantConnection;
+use {{crate_name}}::domain::Tenant;
 use {{crate_name}}::tenancy::middleware::resolve_tenant;
 
 /// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
@@ -112,6 +113,111 @@ async fn tenants_stay_isolated_while_pools_are_evicted_under_the_connection_cap(
     assert_connections_within(&app, 4).await;
 }
 
+#[actix_web::test]
+async fn many_tenants_share_four_connections_and_every_row_stays_with_its_tenant() {
+    // Every request is another tenant's: connections are re-scoped all the time (one
+    // database per tenant: closed and opened, being the only way to change database).
+    const TENANTS: usize = {% if isolation == "database" %}40{% else %}200{% endif %};
+    let app = spawn_with_pools(4, 4).await;
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        tenants.push(app.create_tenant(&format!("share_{i:03}")).await);
+    }
+    let service = service!(app);
+    let writes = tenants.iter().flat_map(|tenant| {
+        let service = &service;
+        (0..2).map(move |j| {
+            async move {
+                let name = tenant.identifier.as_str();
+                let (status, body) = call!(service, post "/api/notes", tenant = name,
+                    json = json!({"title": format!("{name}-{j}")}));
+                assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+            }
+            .boxed_local()
+        })
+    });
+    join_all(writes).await;
+    let reads = tenants.iter().map(|tenant| {
+        let service = &service;
+        async move {
+            let name = tenant.identifier.as_str();
+            let (status, body) = call!(service, get "/api/notes?limit=100", tenant = name);
+            assert_eq!(status, StatusCode::OK, "{name}: {body}");
+            let mut titles: Vec<&str> = body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["title"].as_str().unwrap())
+                .collect();
+            titles.sort_unstable();
+            assert_eq!(titles, [format!("{name}-0"), format!("{name}-1")], "{name}");
+        }
+        .boxed_local()
+    });
+    join_all(reads).await;
+    // Where the rows are, as the owner sees them.
+    for tenant in &tenants {
+        assert_eq!(app.db.notes_of(tenant).await, Some(2), "{}", tenant.identifier);
+    }
+    let stats = app.tenancy.connection_stats().tenant;
+    assert!(stats.open_connections <= 4, "{stats:?}");
+{%- if isolation == "database" %}
+    assert!(stats.evicted > 0, "{stats:?}");
+{%- else %}
+    // Never more than the four connections: tenants changed by re-scoping.
+    assert!(stats.opened <= 4, "{stats:?}");
+    assert!(stats.rescoped as usize >= TENANTS, "{stats:?}");
+{%- endif %}
+    assert_connections_within(&app, 4).await;
+}
+
+/// What scopes a connection of `tenant`, asked of the connection itself.
+async fn scope_via(app: &TestApp, tenant: &Tenant) -> String {
+    let mut conn = app.tenancy.tenant_connection(tenant).await.unwrap();
+    let scope: Scope = diesel::sql_query(SCOPE_SQL)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    scope.scope
+}
+
+#[actix_web::test]
+async fn a_checkout_cancelled_mid_flight_never_leaves_another_tenants_scope_behind() {
+    let app = spawn_with_pools(1, 1).await;
+    let alpha = app.create_tenant("alpha").await;
+    let beta = app.create_tenant("beta").await;
+    let alpha_scope = scope_via(&app, &alpha).await;
+    let beta_scope = scope_via(&app, &beta).await;
+    assert_ne!(alpha_scope, beta_scope);
+    // Its schema, its database or its id.
+    assert!(alpha_scope.contains("alpha") || alpha_scope.contains(&alpha.id.to_string()));
+
+    // The one connection carries alpha's scope; beta's checkout must change it and is
+    // dropped after its first poll (the re-scope sent), sometimes once the answer is back
+    // but before it was read.
+    let mut cancelled = 0;
+    for step in 0..40u64 {
+        assert_eq!(scope_via(&app, &alpha).await, alpha_scope);
+        let mut checkout = Box::pin(app.tenancy.tenant_connection(&beta));
+        match checkout.as_mut().now_or_never() {
+            Some(conn) => drop(conn.unwrap()),
+            None => {
+                if step % 2 == 1 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                cancelled += 1;
+            }
+        }
+        // Dropping it cancels whatever it was doing.
+        drop(checkout);
+        // Whatever state the cancelled checkout left, each tenant sees only its scope.
+        assert_eq!(scope_via(&app, &alpha).await, alpha_scope, "after step {step}");
+        assert_eq!(scope_via(&app, &beta).await, beta_scope, "after step {step}");
+    }
+    assert!(cancelled > 0, "no checkout was cancelled");
+    assert!(app.tenancy.connection_stats().tenant.open_connections <= 1);
+}
+
 /// A test app with routes that misbehave on purpose, built with the same middleware and
 /// extractor as the real one.
 macro_rules! probe_service {
@@ -129,6 +235,9 @@ macro_rules! probe_service {
     };
 }
 
+const SCOPE_SQL: &str = "SELECT current_database() || ' ' || current_setting('search_path') \
+     || ' ' || coalesce(current_setting('app.tenant_id', true), '') AS scope";
+
 #[derive(diesel::QueryableByName)]
 struct Scope {
     #[diesel(sql_type = Text)]
@@ -138,11 +247,8 @@ struct Scope {
 /// What scopes a connection, whatever the strategy: its database, its schema and its
 /// tenant setting.
 async fn scope(mut conn: TenantConnection) -> HttpResponse {
-    let scope: Scope = diesel::sql_query(
-        "SELECT current_database() || ' ' || current_setting('search_path') || ' ' \
-         || coalesce(current_setting('app.tenant_id', true), '') AS scope",
-    )
-    .get_result(&mut conn)
+    let scope: Scope = diesel::sql_query(SCOPE_SQL)
+        .get_result(&mut conn)
     .await
     .unwrap();
     HttpResponse::Ok().body(scope.scope)

@@ -12,6 +12,8 @@ use {{crate_name}}::domain::{Tenant, TenantIdentifier};
 use {{crate_name}}::tenancy::Tenancy;
 use {{crate_name}}::tenancy::lifecycle::NewTenant;
 
+pub mod cluster;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 {%- if subdomain_resolver %}
 /// Tenants live under this domain in the tests.
@@ -46,7 +48,12 @@ fn with_user(url: &str, user: &str, password: &str) -> String {
 
 /// Runs `sql` on the server's maintenance database.
 pub async fn server_exec(sql: &str) {
-    let (client, connection) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+    server_exec_on(&server_url(), sql).await
+}
+
+/// Runs `sql` on the maintenance database of the server at `server`.
+pub async fn server_exec_on(server: &str, sql: &str) {
+    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at TENANCY_TEST_DATABASE_URL ({e})"));
     let driver = tokio::spawn(connection);
@@ -81,6 +88,8 @@ pub async fn query_url(
 /// A database that exists for one test, and an application role of its own: no
 /// superuser, no ownership, only what the migrations grant it.
 pub struct TestDatabase {
+    /// The server's URL (its maintenance database).
+    pub server: String,
     pub name: String,
     /// The owner's URL (`TENANCY_TEST_DATABASE_URL`'s user): migrations, checks.
     pub url: String,
@@ -94,19 +103,25 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> Self {
+        Self::create_on(server_url()).await
+    }
+
+    /// The same on the server at `server` (a superuser's URL).
+    pub async fn create_on(server: String) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("tenancy_test_{id}");
         let app_role = format!("tenancy_test_app_{}", &id[..16]);
         let app_password = uuid::Uuid::new_v4().simple().to_string();
-        server_exec(&format!("CREATE DATABASE \"{name}\"")).await;
-        server_exec(&format!(
+        server_exec_on(&server, &format!("CREATE DATABASE \"{name}\"")).await;
+        server_exec_on(&server, &format!(
             "CREATE ROLE \"{app_role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS \
              PASSWORD '{app_password}'"
         ))
         .await;
-        let url = with_database(&server_url(), &name);
+        let url = with_database(&server, &name);
         let app_url = with_user(&url, &app_role, &app_password);
         Self {
+            server,
             name,
             url,
             app_url,
@@ -191,7 +206,7 @@ impl TestDatabase {
         let rows = self.query(&sql).await;
 {%- elsif isolation == "database" %}
         let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);
-        let url = with_database(&server_url(), &database);
+        let url = with_database(&self.server, &database);
         let rows = query_url(&url, "SELECT count(*) FROM notes").await.ok()?;
 {%- endif %}
         rows.last()?.first()?.as_deref()?.parse().ok()
@@ -214,7 +229,7 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         // Tenant databases (database per tenant) first, then this one, then the role.
         clean_up(
-            server_url(),
+            self.server.clone(),
             self.tenant_database_prefix.clone(),
             Some(self.name.clone()),
             self.app_role.clone(),
@@ -267,7 +282,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Like `spawn_app`, with extra `TENANCY_*` settings.
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
-    let db = TestDatabase::create().await;
+    spawn_app_on(TestDatabase::create().await, extra).await
+}
+
+/// Like `spawn_app_with`, on `db`.
+pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
     let mut env: HashMap<String, String> = db
         .env()
         .into_iter()

@@ -1,0 +1,171 @@
+//! The connection layer when PostgreSQL misbehaves: it restarts under load, it has no
+//! connection slot left, a statement runs too long. Against real servers: the shared one,
+//! and throwaway clusters that these tests restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+use common::cluster::Cluster;
+use common::{TestDatabase, spawn_app_on, spawn_app_with};
+use diesel_async::RunQueryDsl;
+use futures_util::future::join_all;
+use serde_json::json;
+
+use {{crate_name}}::error::AppError;
+
+#[actix_web::test]
+async fn a_postgresql_restart_under_load_costs_no_500_no_foreign_row_and_under_a_second() {
+    let Some(cluster) = Cluster::start(&[]) else {
+        return;
+    };
+    let db = TestDatabase::create_on(cluster.url()).await;
+    let app = spawn_app_on(db, &[("TENANCY_DATABASE_POOL_TIMEOUT", "2")]).await;
+    let names: Vec<String> = (0..6).map(|i| format!("up_{i}")).collect();
+    let service = service!(app);
+    for name in &names {
+        app.create_tenant(name).await;
+        let (status, _) =
+            call!(service, post "/api/notes", tenant = name.as_str(), json = json!({"title": name}));
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
+    // (finished at, status) of every request; bodies are checked as they come.
+    let outcomes = RefCell::new(Vec::<(Instant, StatusCode)>::new());
+    let up_again = RefCell::new(None::<Instant>);
+    let started = Instant::now();
+    let load = (0..12).map(|worker| {
+        let (service, names, outcomes, up_again) = (&service, &names, &outcomes, &up_again);
+        async move {
+            let mut i = worker;
+            loop {
+                let done_at = up_again.borrow().map(|t| t + Duration::from_secs(3));
+                if done_at.is_some_and(|t| Instant::now() > t) {
+                    break;
+                }
+                let name = names[i % names.len()].as_str();
+                i += 1;
+                let (status, body) = call!(service, get "/api/notes", tenant = name);
+                if status == StatusCode::OK {
+                    let titles: Vec<&str> = body
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|n| n["title"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(titles, [name], "{name} saw {body}");
+                }
+                outcomes.borrow_mut().push((Instant::now(), status));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let cluster = std::sync::Arc::new(cluster);
+    let restart = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.restart())
+            .await
+            .unwrap();
+        *up_again.borrow_mut() = Some(Instant::now());
+    };
+    let ((), _) = tokio::join!(restart, join_all(load));
+
+    let up = up_again.borrow().unwrap();
+    let outcomes = outcomes.borrow();
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, s)| *s != StatusCode::OK)
+        .collect();
+    let not_503: Vec<_> = failed
+        .iter()
+        .filter(|(_, s)| *s != StatusCode::SERVICE_UNAVAILABLE)
+        .map(|(at, s)| (*at - up, *s))
+        .collect();
+    assert!(
+        not_503.is_empty(),
+        "only 503 while PostgreSQL is away; got (time after it was back, status): {not_503:?}"
+    );
+    let first_success = outcomes
+        .iter()
+        .filter(|(at, s)| *at >= up && *s == StatusCode::OK)
+        .map(|(at, _)| *at)
+        .min()
+        .expect("no request succeeded after the restart");
+    assert!(
+        first_success - up < Duration::from_secs(1),
+        "served again {:?} after PostgreSQL was back",
+        first_success - up
+    );
+    let late_failures = failed
+        .iter()
+        .filter(|(at, _)| *at > up + Duration::from_secs(1))
+        .count();
+    assert_eq!(late_failures, 0, "requests failed more than 1 s after the restart");
+    assert!(
+        outcomes.iter().filter(|(at, _)| *at < up).count() > 10,
+        "the load ran while PostgreSQL restarted ({:?} in all)",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
+async fn without_connection_slots_the_service_holds_what_it_has_and_says_it_is_degraded() {
+    let app = spawn_app_with(&[("TENANCY_DATABASE_POOL_TIMEOUT", "10")]).await;
+    let names: Vec<String> = (0..6).map(|i| format!("slot_{i}")).collect();
+    let service = service!(app);
+    for name in &names {
+        app.create_tenant(name).await;
+        let (status, _) = call!(service, get "/api/notes", tenant = name.as_str());
+        assert_eq!(status, StatusCode::OK);
+    }
+    // PostgreSQL now accepts 3 connections of the application role in all, fewer than the
+    // pools would open for 30 concurrent requests.
+    app.db
+        .query(&format!(
+            "ALTER ROLE \"{}\" CONNECTION LIMIT 3",
+            app.db.app_role
+        ))
+        .await;
+    let requests = (0..30).map(|i| {
+        let (service, name) = (&service, names[i % names.len()].as_str());
+        async move {
+            let (status, body) =
+                call!(service, post "/api/notes", tenant = name, json = json!({"title": name}));
+            assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        }
+    });
+    join_all(requests).await;
+    assert!(app.db.open_connections().await <= 3);
+
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    let reason = body["connections"]["degraded"].as_str().unwrap();
+    assert!(reason.contains("53300"), "{reason}");
+}
+
+#[actix_web::test]
+async fn a_statement_over_the_timeout_is_cancelled_and_answered_503() {
+    let app = spawn_app_with(&[("TENANCY_STATEMENT_TIMEOUT", "1")]).await;
+    let tenant = app.create_tenant("slow").await;
+    let mut conn = app.tenancy.tenant_connection(&tenant).await.unwrap();
+    let started = Instant::now();
+    let error = diesel::sql_query("SELECT pg_sleep(5)")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let response = actix_web::ResponseError::error_response(&AppError::from(error));
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+}
