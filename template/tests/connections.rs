@@ -29,8 +29,7 @@ async fn a_postgresql_restart_under_load_costs_no_500_no_foreign_row_and_under_a
     let service = service!(app);
     for name in &names {
         app.create_tenant(name).await;
-        let (status, _) =
-            call!(service, post "/api/notes", tenant = name.as_str(), json = json!({"title": name}));
+        let (status, _) = call!(service, post "/api/notes", tenant = name.as_str(), json = json!({"title": name}));
         assert_eq!(status, StatusCode::CREATED);
     }
 
@@ -105,7 +104,10 @@ async fn a_postgresql_restart_under_load_costs_no_500_no_foreign_row_and_under_a
         .iter()
         .filter(|(at, _)| *at > up + Duration::from_secs(1))
         .count();
-    assert_eq!(late_failures, 0, "requests failed more than 1 s after the restart");
+    assert_eq!(
+        late_failures, 0,
+        "requests failed more than 1 s after the restart"
+    );
     assert!(
         outcomes.iter().filter(|(at, _)| *at < up).count() > 10,
         "the load ran while PostgreSQL restarted ({:?} in all)",

@@ -157,7 +157,12 @@ async fn many_tenants_share_four_connections_and_every_row_stays_with_its_tenant
     join_all(reads).await;
     // Where the rows are, as the owner sees them.
     for tenant in &tenants {
-        assert_eq!(app.db.notes_of(tenant).await, Some(2), "{}", tenant.identifier);
+        assert_eq!(
+            app.db.notes_of(tenant).await,
+            Some(2),
+            "{}",
+            tenant.identifier
+        );
     }
     let stats = app.tenancy.connection_stats().tenant;
     assert!(stats.open_connections <= 4, "{stats:?}");
@@ -211,8 +216,16 @@ async fn a_checkout_cancelled_mid_flight_never_leaves_another_tenants_scope_behi
         // Dropping it cancels whatever it was doing.
         drop(checkout);
         // Whatever state the cancelled checkout left, each tenant sees only its scope.
-        assert_eq!(scope_via(&app, &alpha).await, alpha_scope, "after step {step}");
-        assert_eq!(scope_via(&app, &beta).await, beta_scope, "after step {step}");
+        assert_eq!(
+            scope_via(&app, &alpha).await,
+            alpha_scope,
+            "after step {step}"
+        );
+        assert_eq!(
+            scope_via(&app, &beta).await,
+            beta_scope,
+            "after step {step}"
+        );
     }
     assert!(cancelled > 0, "no checkout was cancelled");
     assert!(app.tenancy.connection_stats().tenant.open_connections <= 1);
@@ -249,8 +262,8 @@ struct Scope {
 async fn scope(mut conn: TenantConnection) -> HttpResponse {
     let scope: Scope = diesel::sql_query(SCOPE_SQL)
         .get_result(&mut conn)
-    .await
-    .unwrap();
+        .await
+        .unwrap();
     HttpResponse::Ok().body(scope.scope)
 }
 

@@ -7,8 +7,8 @@ use actix_web::http::StatusCode;
 use common::spawn_app;
 
 use {{crate_name}}::domain::{TenantIdentifier, TenantStatus};
-use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
 use {{crate_name}}::tenancy::isolation::Strategy;
+use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
 use {{crate_name}}::tenancy::registry;
 
 fn id(s: &str) -> TenantIdentifier {

@@ -116,12 +116,13 @@ pub async fn connect(
     runtime
         .spawn(async move {
             let server = server_of(&config);
-            let socket = open_socket(&config)
-                .await
-                .map_err(|source| ConnectError::Unreachable {
-                    server: server.clone(),
-                    source,
-                })?;
+            let socket =
+                open_socket(&config)
+                    .await
+                    .map_err(|source| ConnectError::Unreachable {
+                        server: server.clone(),
+                        source,
+                    })?;
             let (client, connection) = config
                 .connect_raw(socket, tokio_postgres::NoTls)
                 .await
@@ -169,7 +170,9 @@ async fn open_socket(config: &tokio_postgres::Config) -> io::Result<ClosesWithSe
         let attempt = async {
             match (addrs.get(i), hosts.get(i)) {
                 (Some(ip), _) => tcp(TcpStream::connect((*ip, port)).await?),
-                (None, Some(Host::Tcp(host))) => tcp(TcpStream::connect((host.as_str(), port)).await?),
+                (None, Some(Host::Tcp(host))) => {
+                    tcp(TcpStream::connect((host.as_str(), port)).await?)
+                }
                 (None, Some(Host::Unix(dir))) => Ok(Either::Right(
                     UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?,
                 )),

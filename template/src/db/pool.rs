@@ -168,7 +168,9 @@ pub struct PooledConnection {
 impl std::ops::Deref for PooledConnection {
     type Target = AsyncPgConnection;
     fn deref(&self) -> &Self::Target {
-        self.conn.as_deref().unwrap_or_else(|| unreachable!("taken only in drop"))
+        self.conn
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
     }
 }
 
@@ -265,7 +267,8 @@ impl Pool {
                     None => continue,
                 },
                 Step::Rescope(idle) => {
-                    let (Some(mut guard), Some(scope)) = (shared.hand_out(tenant, home, idle), scope)
+                    let (Some(mut guard), Some(scope)) =
+                        (shared.hand_out(tenant, home, idle), scope)
                     else {
                         continue;
                     };
@@ -365,7 +368,9 @@ impl Pool {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Decides how to serve a checkout; reserves the tenant's share when it is served.
@@ -428,7 +433,12 @@ impl Shared {
 
     /// A guard for an idle connection taken for `tenant`, unless the connection broke
     /// while idle (closed by the server, e.g. a restart): that one is closed instead.
-    fn hand_out(self: &Arc<Self>, tenant: Uuid, home: Home, idle: Idle) -> Option<PooledConnection> {
+    fn hand_out(
+        self: &Arc<Self>,
+        tenant: Uuid,
+        home: Home,
+        idle: Idle,
+    ) -> Option<PooledConnection> {
         let Idle {
             mut conn,
             scope,

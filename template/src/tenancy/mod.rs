@@ -98,14 +98,22 @@ impl Tenancy {
         let control = ControlPool::new(
             Pool::new(
                 "control",
-                pool_settings(database, database.control_pool_size, database.control_pool_size),
+                pool_settings(
+                    database,
+                    database.control_pool_size,
+                    database.control_pool_size,
+                ),
                 runtime.clone(),
             ),
             with_session_option(&app, "search_path", CONTROL_SCHEMA),
         );
         let pool = Pool::new(
             "tenant",
-            pool_settings(database, database.max_total_connections, database.per_tenant_max()),
+            pool_settings(
+                database,
+                database.max_total_connections,
+                database.per_tenant_max(),
+            ),
             runtime.clone(),
         );
         let strategy = isolation::Selected::new(&settings);
@@ -235,7 +243,10 @@ pub(crate) fn with_statement_timeout(
     base: &tokio_postgres::Config,
     timeout: Duration,
 ) -> tokio_postgres::Config {
-    with_option(base, format!("-c statement_timeout={}", timeout.as_millis()))
+    with_option(
+        base,
+        format!("-c statement_timeout={}", timeout.as_millis()),
+    )
 }
 
 /// `base` with `-c name="value"` added to its start-up options. `value` must be a safe

@@ -52,14 +52,17 @@ impl Cluster {
                 std::env::var_os("CI").is_none(),
                 "initdb not found: install the PostgreSQL server or set TENANCY_TEST_PG_BIN"
             );
-            eprintln!("skipped: initdb not found (install the PostgreSQL server or set TENANCY_TEST_PG_BIN)");
+            eprintln!(
+                "skipped: initdb not found (install the PostgreSQL server or set TENANCY_TEST_PG_BIN)"
+            );
             return None;
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let dir = std::env::temp_dir().join(format!("tenancy-test-pg-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("tenancy-test-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let as_postgres = Command::new("id")
             .arg("-u")
@@ -67,7 +70,11 @@ impl Cluster {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
             .unwrap_or(false);
         if as_postgres {
-            let status = Command::new("chown").arg("postgres").arg(&dir).status().unwrap();
+            let status = Command::new("chown")
+                .arg("postgres")
+                .arg(&dir)
+                .status()
+                .unwrap();
             assert!(status.success(), "chown postgres {}", dir.display());
         }
         let cluster = Self {

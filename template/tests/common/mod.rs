@@ -113,10 +113,13 @@ impl TestDatabase {
         let app_role = format!("tenancy_test_app_{}", &id[..16]);
         let app_password = uuid::Uuid::new_v4().simple().to_string();
         server_exec_on(&server, &format!("CREATE DATABASE \"{name}\"")).await;
-        server_exec_on(&server, &format!(
-            "CREATE ROLE \"{app_role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS \
+        server_exec_on(
+            &server,
+            &format!(
+                "CREATE ROLE \"{app_role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS \
              PASSWORD '{app_password}'"
-        ))
+            ),
+        )
         .await;
         let url = with_database(&server, &name);
         let app_url = with_user(&url, &app_role, &app_password);

@@ -148,7 +148,6 @@ async fn placement(
     .optional()
 }
 
-
 pub struct DatabaseStrategy {
     /// Tenant `acme`'s database is `<prefix>acme`.
     prefix: IdentifierPrefix,
@@ -231,7 +230,10 @@ impl DatabaseStrategy {
         tenant: &Tenant,
         server: Option<&ServerAddress>,
     ) -> Result<(), LifecycleError> {
-        let mut conn = ctx.connect(ctx.owner.clone()).await.map_err(MigrateError::from)?;
+        let mut conn = ctx
+            .connect(ctx.owner.clone())
+            .await
+            .map_err(MigrateError::from)?;
         let recorded = self.record(&mut conn, tenant, server).await?;
         match (server, recorded.server()) {
             (Some(wanted), Ok(Some(actual))) if *wanted == actual => Ok(()),

@@ -11,9 +11,9 @@ use diesel_async::AsyncPgConnection;
 use tokio::runtime::Handle;
 
 use crate::config::Settings;
+use crate::db::ControlPool;
 use crate::db::connect::{ConnectError, PgConn, connect};
 use crate::db::migrate::MigrateError;
-use crate::db::ControlPool;
 use crate::db::pool::{Home, PoolError, SessionScope};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 
@@ -63,8 +63,10 @@ pub trait Strategy: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<tokio_postgres::Config, PoolError>>;
 
     /// What all tenants share (tables, records), as the owner.
-    fn migrate_shared(&self, ctx: &Context)
-    -> impl Future<Output = Result<Vec<String>, MigrateError>>;
+    fn migrate_shared(
+        &self,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Vec<String>, MigrateError>>;
 
     /// Creates or updates `tenant`'s storage, as the owner. Safe to repeat: this is how an
     /// interrupted provisioning completes.
