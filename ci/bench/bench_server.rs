@@ -1,29 +1,24 @@
-//! Benchmark server, copied into a generated `acme-api` project as an example by
-//! ci/bench/scoped-read.sh (it is not part of the template).
+//! The bare baseline of ci/bench/connections.sh, copied into a generated `acme-api`
+//! project as an example (it is not part of the template): `GET /api/notes?limit=20` on
+//! a plain bb8 + diesel-async pool whose connections are fixed to one schema, with the
+//! service's own `Note` model and request logger, and no tenancy at all.
 //!
-//! BENCH_MODE=scoped: the generated application as it is (tenant middleware, cache,
-//!   tenant-bound pools, the real `GET /api/notes` handler).
-//! BENCH_MODE=bare: the same query on a plain pool fixed to one schema, no tenancy.
-
-use std::str::FromStr;
+//! BENCH_DATABASE_URL (with `options=-c search_path=...`), BENCH_POOL, BENCH_PORT.
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use acme_api::config::Settings;
-use acme_api::db::pools::{ControlPool, control_pool};
-use acme_api::db::runtime;
 use acme_api::error::AppError;
 use acme_api::routes::notes::Note;
 use acme_api::schema::notes;
-use acme_api::startup;
 use acme_api::telemetry::TenantRootSpan;
-use acme_api::tenancy::Tenancy;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-use secrecy::ExposeSecret;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tracing_actix_web::TracingLogger;
 
-async fn bare_list(pool: web::Data<ControlPool>) -> Result<HttpResponse, AppError> {
-    let mut conn = pool.get().await?;
+type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+async fn bare_list(pool: web::Data<Pool>) -> Result<HttpResponse, AppError> {
+    let mut conn = pool.get().await.map_err(AppError::internal)?;
     let found: Vec<Note> = notes::table
         .select(Note::as_select())
         .order(notes::id.desc())
@@ -34,38 +29,21 @@ async fn bare_list(pool: web::Data<ControlPool>) -> Result<HttpResponse, AppErro
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mode = std::env::var("BENCH_MODE")?;
-    let (settings, _) = Settings::load()?;
-    let address = (settings.host.clone(), settings.port);
-    let workers = settings.workers.unwrap_or(2);
+    let url = std::env::var("BENCH_DATABASE_URL")?;
+    let size: u32 = std::env::var("BENCH_POOL")?.parse()?;
+    let port: u16 = std::env::var("BENCH_PORT")?.parse()?;
     actix_web::rt::System::new().block_on(async move {
-        match mode.as_str() {
-            "scoped" => {
-                let tenancy = web::Data::new(Tenancy::new(settings)?);
-                HttpServer::new(move || startup::app(tenancy.clone()))
-                    .workers(workers)
-                    .bind(address)?
-                    .run()
-                    .await?;
-            }
-            "bare" => {
-                let mut config =
-                    tokio_postgres::Config::from_str(settings.database_url.expose_secret())?;
-                config.options("-c search_path=tenant_t0");
-                let pool = web::Data::new(control_pool(config, &settings.database, &runtime::handle()?));
-                HttpServer::new(move || {
-                    App::new()
-                        .app_data(pool.clone())
-                        .wrap(TracingLogger::<TenantRootSpan>::new())
-                        .route("/api/notes", web::get().to(bare_list))
-                })
-                .workers(workers)
-                .bind(address)?
-                .run()
-                .await?;
-            }
-            other => return Err(format!("BENCH_MODE must be scoped or bare, not {other}").into()),
-        }
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = web::Data::new(Pool::builder().max_size(size).build(manager).await?);
+        HttpServer::new(move || {
+            App::new()
+                .app_data(pool.clone())
+                .wrap(TracingLogger::<TenantRootSpan>::new())
+                .route("/api/notes", web::get().to(bare_list))
+        })
+        .bind(("127.0.0.1", port))?
+        .run()
+        .await?;
         Ok(())
     })
 }
