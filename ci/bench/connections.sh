@@ -31,7 +31,7 @@ command -v wrk >/dev/null 2>&1 || die "wrk is missing (apt-get install wrk)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
 server_url=${TENANCY_TEST_DATABASE_URL%/*}
 database=actix_tenancy_bench
-prefix=bench_t_
+prefix=bt_
 owner_url="$server_url/$database"
 app_url="${owner_url/:\/\/postgres@/://bench_app:bench_app_password@}"
 sql() { psql "$server_url/${2:-$database}" -qtAX -v ON_ERROR_STOP=1 -c "$1"; }

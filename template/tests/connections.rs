@@ -63,6 +63,27 @@ async fn a_postgresql_restart_under_load_costs_no_500_no_foreign_row_and_under_a
             }
         }
     });
+    // Readiness (the control pool) must come back as fast as tenant requests.
+    let ready = async {
+        loop {
+            let done_at = up_again.borrow().map(|t| t + Duration::from_secs(3));
+            if done_at.is_some_and(|t| Instant::now() > t) {
+                break;
+            }
+            let request = test::TestRequest::get().uri("/health/ready").to_request();
+            let status = test::call_service(&service, request).await.status();
+            if status != StatusCode::OK {
+                let late = up_again
+                    .borrow()
+                    .is_some_and(|up| Instant::now() > up + Duration::from_secs(1));
+                assert!(
+                    !late,
+                    "/health/ready answered {status} more than 1 s after the restart"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     let cluster = std::sync::Arc::new(cluster);
     let restart = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -72,7 +93,7 @@ async fn a_postgresql_restart_under_load_costs_no_500_no_foreign_row_and_under_a
             .unwrap();
         *up_again.borrow_mut() = Some(Instant::now());
     };
-    let ((), _) = tokio::join!(restart, join_all(load));
+    let ((), (), _) = tokio::join!(restart, ready, join_all(load));
 
     let up = up_again.borrow().unwrap();
     let outcomes = outcomes.borrow();

@@ -201,7 +201,9 @@ fn tcp(stream: TcpStream) -> io::Result<Socket> {
 /// A socket whose shutdown completes only when the peer has closed its end too (or
 /// after [`CLOSE_WAIT`]). tokio-postgres shuts the socket down after its `Terminate`
 /// message, so the connection's task (and the cap permit it holds) ends only once
-/// PostgreSQL's backend has exited.
+/// PostgreSQL's backend has exited: a backend leaves its socket open until the process
+/// dies, after it left `pg_stat_activity` and released its connection slot, precisely so
+/// that clients can close synchronously (PostgreSQL's `pqcomm.c`, `socket_close`).
 struct ClosesWithServer<S> {
     inner: S,
     waiting: Option<Pin<Box<Sleep>>>,

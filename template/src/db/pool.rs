@@ -142,8 +142,12 @@ struct Shared {
     name: &'static str,
     settings: PoolSettings,
     state: Mutex<State>,
-    /// Signalled when a connection comes back or a socket closes.
+    /// Signalled (one waiter) when a connection comes back or a socket closes.
     changed: Notify,
+    /// Signalled (all waiters) when a tenant that held its most connections gives one
+    /// back: waiters held back by their tenant's limit wait for this, so they never take
+    /// the wake-up of a waiter that could use the returned connection.
+    tenant_freed: Notify,
     sockets: Arc<Semaphore>,
     runtime: Handle,
     counters: Counters,
@@ -186,7 +190,7 @@ impl Drop for PooledConnection {
     fn drop(&mut self) {
         let conn = self.conn.take();
         let mut state = self.pool.lock();
-        state.release(self.tenant);
+        let was_at_limit = state.release(self.tenant, self.pool.settings.per_tenant);
         let closing = match conn {
             Some(mut conn) => {
                 let reusable = !std::thread::panicking()
@@ -211,6 +215,9 @@ impl Drop for PooledConnection {
         // Closing a connection frees its slot once the server has closed its end.
         drop(closing);
         self.pool.changed.notify_one();
+        if was_at_limit {
+            self.pool.tenant_freed.notify_waiters();
+        }
     }
 }
 
@@ -221,6 +228,8 @@ enum Step {
     Open(OwnedSemaphorePermit),
     Evict(Idle),
     Wait,
+    /// The tenant holds its most connections already.
+    WaitForTenant,
 }
 
 impl Pool {
@@ -231,6 +240,7 @@ impl Pool {
             settings,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            tenant_freed: Notify::new(),
             sockets,
             runtime: runtime.clone(),
             counters: Counters::default(),
@@ -256,8 +266,11 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + shared.settings.wait;
         let wanted = scope.map(|s| s.tenant);
         loop {
+            // Registered before the state is read, so no wake-up is missed.
             let mut changed = pin!(shared.changed.notified());
             changed.as_mut().enable();
+            let mut freed = pin!(shared.tenant_freed.notified());
+            freed.as_mut().enable();
             let permit = match shared.next_step(tenant, home, wanted, scope.is_some()) {
                 Step::Use(idle) => match shared.hand_out(tenant, home, idle) {
                     Some(guard) => {
@@ -295,9 +308,12 @@ impl Pool {
                         _ => return Err(PoolError::TimedOut(shared.settings.wait)),
                     }
                 }
-                Step::Wait => {
+                step @ (Step::Wait | Step::WaitForTenant) => {
                     shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
-                    let woke = tokio::time::timeout_at(deadline, changed).await;
+                    let woke = match step {
+                        Step::Wait => tokio::time::timeout_at(deadline, changed).await,
+                        _ => tokio::time::timeout_at(deadline, freed).await,
+                    };
                     shared.counters.waiting.fetch_sub(1, Ordering::Relaxed);
                     if woke.is_err() {
                         return Err(PoolError::TimedOut(shared.settings.wait));
@@ -377,7 +393,7 @@ impl Shared {
     fn next_step(&self, tenant: Uuid, home: Home, wanted: Option<Uuid>, can_rescope: bool) -> Step {
         let mut state = self.lock();
         if state.in_use.get(&tenant).copied().unwrap_or(0) >= self.settings.per_tenant {
-            return Step::Wait;
+            return Step::WaitForTenant;
         }
         // The most recently returned connection already scoped to the tenant.
         if let Some(i) = state
@@ -520,13 +536,17 @@ impl Shared {
 }
 
 impl State {
-    fn release(&mut self, tenant: Uuid) {
-        if let Some(count) = self.in_use.get_mut(&tenant) {
-            *count -= 1;
-            if *count == 0 {
-                self.in_use.remove(&tenant);
-            }
+    /// Gives back one of `tenant`'s connections; returns whether it held `limit` of them.
+    fn release(&mut self, tenant: Uuid, limit: u32) -> bool {
+        let Some(count) = self.in_use.get_mut(&tenant) else {
+            return false;
+        };
+        let was_at_limit = *count >= limit;
+        *count -= 1;
+        if *count == 0 {
+            self.in_use.remove(&tenant);
         }
+        was_at_limit
     }
 }
 
