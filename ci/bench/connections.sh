@@ -11,9 +11,10 @@
 #   bare    a plain bb8 + diesel-async pool of 40 connections fixed to one schema holding
 #           the same rows (ci/bench/bench_server.rs), no tenancy;
 #   scoped  the generated service (`serve`), `GET /api/notes?limit=20` with X-Tenant-ID.
-# It reports requests/s, p50 and p99 latency, scoped/bare, and the PostgreSQL connections
-# opened per request during the measurement (pg_stat_database.sessions). It reports
-# numbers; it does not pass or fail.
+# It reports requests/s, p50 and p99 latency, scoped/bare, the PostgreSQL connections
+# opened per request during the measurement (pg_stat_database.sessions) and the service's
+# re-scopes per request (its /health counters). It reports numbers; it does not pass or
+# fail.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,23 +53,33 @@ wait_http() {
   die "the server on port $PORT did not answer"
 }
 
-# measure NAME -> "req/s p50 p99 connections-per-request" of the server on $PORT
+# Re-scopes the generated service has done so far (its /health counters; 0 for bare).
+rescopes() {
+  curl -fs "http://127.0.0.1:$PORT/health" 2>/dev/null |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["connections"]["tenant"]["rescoped"])' 2>/dev/null ||
+    echo 0
+}
+
+# measure NAME -> "req/s p50 p99 connections-per-request re-scopes-per-request" of the
+# server on $PORT
 measure() {
-  local out=/tmp/actix-tenancy-bench-$1.txt before after requests
+  local out=/tmp/actix-tenancy-bench-$1.txt before after requests scoped_before scoped_after
   wrk -t2 -c"$CONNECTIONS" -d2s -s "$root/ci/bench/rotate.lua" "http://127.0.0.1:$PORT" >/dev/null
   sleep 1.5 # pg_stat_database is flushed about once a second
   before=$(sessions)
+  scoped_before=$(rescopes)
   wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$root/ci/bench/rotate.lua" \
     "http://127.0.0.1:$PORT" >"$out"
+  scoped_after=$(rescopes)
   sleep 1.5
   after=$(sessions)
   if grep -qE 'Non-2xx|Socket errors' "$out"; then say "$1: $(grep -E 'Non-2xx|Socket errors' "$out" | tr '\n' ' ')"; fi
   requests=$(awk '/requests in/ {print $1}' "$out")
-  awk -v c="$((after - before - 1))" -v n="$requests" '
+  awk -v c="$((after - before - 1))" -v r="$((scoped_after - scoped_before))" -v n="$requests" '
     /Requests\/sec/ {rps = $2}
     $1 == "50%" {p50 = $2}
     $1 == "99%" {p99 = $2}
-    END {printf "%d %s %s %.4f\n", rps, p50, p99, (c < 0 ? 0 : c) / n}' "$out"
+    END {printf "%d %s %s %.4f %.2f\n", rps, p50, p99, (c < 0 ? 0 : c) / n, r / n}' "$out"
 }
 
 rows_for() { if [ "$1" -le 10 ]; then echo 1000; else echo 100; fi; }
@@ -118,23 +129,23 @@ for strategy in $STRATEGIES; do
     BENCH_DATABASE_URL="$app_url?options=-c%20search_path%3Dbench_bare" BENCH_POOL=$BARE_POOL \
       BENCH_PORT=$PORT "$bare_server" & pid=$!
     wait_http
-    read -r bare_rps bare_p50 bare_p99 bare_cpr < <(measure bare)
+    read -r bare_rps bare_p50 bare_p99 bare_cpr _ < <(measure bare)
     kill "$pid"; wait "$pid" 2>/dev/null || true
 
     "$cli" serve >/dev/null 2>&1 & pid=$!
     wait_http
-    read -r rps p50 p99 cpr < <(measure "$strategy")
+    read -r rps p50 p99 cpr rpr < <(measure "$strategy")
     kill "$pid"; wait "$pid" 2>/dev/null || true
 
     ratio=$(awk -v s="$rps" -v b="$bare_rps" 'BEGIN {printf "%.2f", s / b}')
-    results+=("$(printf '| %-8s | %5s | %6s | %7s / %-7s | %6s | %7s / %-7s | %5s | %7s | %7s |' \
-      "$strategy" "$count" "$bare_rps" "$bare_p50" "$bare_p99" "$rps" "$p50" "$p99" "$ratio" "$cpr" "$bare_cpr")")
-    printf '%s\n' "${results[-1]}"
+    results+=("$(printf '| %-8s | %5s | %6s | %7s / %-7s | %6s | %7s / %-7s | %5s | %7s | %5s | %7s |' \
+      "$strategy" "$count" "$bare_rps" "$bare_p50" "$bare_p99" "$rps" "$p50" "$p99" "$ratio" "$cpr" "$rpr" "$bare_cpr")")
+    say "${results[-1]}"
   done
 done
 
 echo
 echo "GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION, $(nproc) cores shared by wrk, the server and PostgreSQL; generated defaults"
-echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | ratio | conns/req scoped | conns/req bare |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | ratio | conns/req scoped | re-scopes/req | conns/req bare |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${results[@]}"

@@ -392,7 +392,8 @@ impl Shared {
     /// Decides how to serve a checkout; reserves the tenant's share when it is served.
     fn next_step(&self, tenant: Uuid, home: Home, wanted: Option<Uuid>, can_rescope: bool) -> Step {
         let mut state = self.lock();
-        if state.in_use.get(&tenant).copied().unwrap_or(0) >= self.settings.per_tenant {
+        let in_use = state.in_use.get(&tenant).copied().unwrap_or(0);
+        if in_use >= self.settings.per_tenant {
             return Step::WaitForTenant;
         }
         // The most recently returned connection already scoped to the tenant.
@@ -405,22 +406,29 @@ impl Shared {
             *state.in_use.entry(tenant).or_default() += 1;
             return Step::Use(idle);
         }
-        // The least recently used connection of the same database, re-scoped.
-        if can_rescope
-            && let Some(i) = state.idle.iter().position(|c| c.home == home)
-            && let Some(idle) = state.idle.remove(i)
-        {
-            *state.in_use.entry(tenant).or_default() += 1;
-            return Step::Rescope(idle);
-        }
         let open = self.settings.max_connections - self.sockets.available_permits() as u32;
         let may_grow = match &state.limited {
             Some(limit) if limit.until > Instant::now() => open < limit.open,
             _ => true,
         };
-        if may_grow && let Ok(permit) = self.sockets.clone().try_acquire_owned() {
-            *state.in_use.entry(tenant).or_default() += 1;
-            return Step::Open(permit);
+        // A tenant with requests in flight gets a connection of its own while the pool may
+        // grow: re-scoping another's would only move the shortage. A tenant with nothing
+        // in flight borrows an idle connection, so quiet tenants open none.
+        let rescope_first = in_use == 0 || !may_grow;
+        for rescope in [rescope_first, !rescope_first] {
+            if rescope {
+                // The least recently used connection of the same database, re-scoped.
+                if can_rescope
+                    && let Some(i) = state.idle.iter().position(|c| c.home == home)
+                    && let Some(idle) = state.idle.remove(i)
+                {
+                    *state.in_use.entry(tenant).or_default() += 1;
+                    return Step::Rescope(idle);
+                }
+            } else if may_grow && let Ok(permit) = self.sockets.clone().try_acquire_owned() {
+                *state.in_use.entry(tenant).or_default() += 1;
+                return Step::Open(permit);
+            }
         }
         // Another database's least recently used idle connection makes room.
         if let Some(idle) = state.idle.pop_front() {
