@@ -193,6 +193,8 @@ impl From<PoolError> for AppError {
     fn from(error: PoolError) -> Self {
         match error {
             PoolError::Isolation(detail) => AppError::Internal { detail },
+            // An outage (503) or a bug (500), as for any query.
+            PoolError::Query(error) => AppError::from(error),
             other => AppError::Unavailable {
                 detail: other.to_string(),
             },

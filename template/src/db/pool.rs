@@ -62,6 +62,9 @@ pub enum PoolError {
     Connect(#[from] ConnectError),
     #[error("could not set the connection's tenant scope: {0}")]
     Scope(diesel::result::Error),
+    /// A query needed to open the connection failed (e.g. reading where a tenant lives).
+    #[error("{0}")]
+    Query(#[from] diesel::result::Error),
     /// The isolation strategy refuses to serve this tenant (a configuration error).
     #[error("{0}")]
     Isolation(String),

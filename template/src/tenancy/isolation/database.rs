@@ -308,12 +308,7 @@ impl Strategy for DatabaseStrategy {
         super::ensure(tenant, Isolation::Database).map_err(refused)?;
         let recorded = {
             let mut conn = ctx.control.get().await?;
-            placement(&mut conn, tenant).await.map_err(|e| {
-                refused(format!(
-                    "cannot read where tenant '{}' lives: {e}",
-                    tenant.identifier
-                ))
-            })?
+            placement(&mut conn, tenant).await?
         };
         let (name, server) = match recorded {
             Some(p) => (p.database().map_err(refused)?, p.server().map_err(refused)?),
