@@ -154,6 +154,8 @@ async fn without_connection_slots_the_service_holds_what_it_has_and_says_it_is_d
             app.db.app_role
         ))
         .await;
+    // A limit refuses new connections only: the service may keep those it has.
+    let held = app.db.open_connections().await;
     let requests = (0..30).map(|i| {
         let (service, name) = (&service, names[i % names.len()].as_str());
         async move {
@@ -163,7 +165,11 @@ async fn without_connection_slots_the_service_holds_what_it_has_and_says_it_is_d
         }
     });
     join_all(requests).await;
-    assert!(app.db.open_connections().await <= 3);
+    let open = app.db.open_connections().await;
+    assert!(
+        open <= held.max(3),
+        "{open} connections open, {held} before the limit"
+    );
 
     let response = test::call_service(
         &service,
