@@ -24,7 +24,7 @@ use crate::tenancy::resolve::jwt::{JwtConfig, Verifier};
 {%- endif %}
 
 const PREFIX: &str = "TENANCY_";
-/// Compiled-in strategies; the reference guide's `TENANCY_*_STRATEGY` variables must agree.
+/// Compiled-in strategies; `TENANCY_ISOLATION_STRATEGY` / `TENANCY_RESOLUTION_STRATEGY`, when set, must agree.
 pub const ISOLATION_STRATEGY: &str = "{{isolation}}";
 pub const RESOLUTION_STRATEGY: &str = "{{resolution}}";
 /// Admin tokens and JWT secrets shorter than this are refused.
