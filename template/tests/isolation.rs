@@ -176,6 +176,57 @@ async fn many_tenants_share_four_connections_and_every_row_stays_with_its_tenant
     assert_connections_within(&app, 4).await;
 }
 
+{%- if isolation != "database" %}
+
+#[actix_web::test]
+async fn a_tenant_comes_back_to_the_connection_it_used_so_each_backend_warms_few_tenants() {
+    let app = spawn_with_pools(4, 4).await;
+    let mut tenants = Vec::new();
+    for i in 0..4 + 13 {
+        tenants.push(app.create_tenant(&format!("warm_{i:02}")).await);
+    }
+    // Four connections open and idle, scoped to four tenants that take no further part.
+    let (openers, tenants) = tenants.split_at(4);
+    let held: Vec<_> = join_all(openers.iter().map(|t| app.tenancy.tenant_connection(t)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    drop(held);
+    assert_eq!(app.tenancy.connection_stats().tenant.idle_connections, 4);
+
+    // One request at a time, every one another tenant's: a pool taking the least recently
+    // used connection would move each of the 13 tenants to another backend every round.
+    let mut first_round = Vec::new();
+    for round in 0..3 {
+        for (i, tenant) in tenants.iter().enumerate() {
+            let mut conn = app.tenancy.tenant_connection(tenant).await.unwrap();
+            let backend: Backend = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            if round == 0 {
+                first_round.push(backend.pid);
+            } else {
+                assert_eq!(backend.pid, first_round[i], "{} moved", tenant.identifier);
+            }
+        }
+    }
+    // Spread over the connections, not all on one.
+    let mut backends = first_round.clone();
+    backends.sort_unstable();
+    backends.dedup();
+    assert!(backends.len() > 1, "{first_round:?}");
+    assert_eq!(app.tenancy.connection_stats().tenant.opened, 4);
+}
+
+#[derive(diesel::QueryableByName)]
+struct Backend {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+{%- endif %}
+
 /// What scopes a connection of `tenant`, asked of the connection itself.
 async fn scope_via(app: &TestApp, tenant: &Tenant) -> String {
     let mut conn = app.tenancy.tenant_connection(tenant).await.unwrap();

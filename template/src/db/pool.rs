@@ -110,8 +110,36 @@ struct Idle {
     conn: PgConn,
     home: Home,
     scope: Option<Uuid>,
+    key: Key,
     opened: Instant,
     since: Instant,
+}
+
+/// A connection's own number, from which each tenant ranks the connections it prefers.
+///
+/// With schema per tenant, a PostgreSQL backend loads each tenant's tables into its
+/// catalog caches the first time it serves that tenant, and keeps them for its life. A
+/// re-scope therefore takes the idle connection that ranks highest for the tenant
+/// (rendezvous hashing): a tenant comes back to the same few backends instead of warming
+/// every one, so a pool serving thousands of tenants reaches its steady speed sooner and
+/// its backends stay smaller.
+#[derive(Debug, Clone, Copy)]
+struct Key(u64);
+
+impl Key {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// How much `tenant` prefers this connection (splitmix64 of both).
+    fn rank(self, tenant: Uuid) -> u64 {
+        let (high, low) = tenant.as_u64_pair();
+        let mut x = self.0 ^ high ^ low.rotate_left(32);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
 }
 
 #[derive(Default)]
@@ -169,6 +197,7 @@ pub struct PooledConnection {
     tenant: Uuid,
     home: Home,
     scope: Option<Uuid>,
+    key: Key,
     opened: Instant,
 }
 
@@ -204,6 +233,7 @@ impl Drop for PooledConnection {
                         conn,
                         home: self.home,
                         scope: self.scope,
+                        key: self.key,
                         opened: self.opened,
                         since: Instant::now(),
                     });
@@ -325,7 +355,7 @@ impl Pool {
                 }
             };
             // A new connection; the guard gives the tenant's share back if this fails.
-            let mut guard = shared.guard(tenant, home, None, Instant::now(), None);
+            let mut guard = shared.guard(tenant, home, None, None, Key::new(), Instant::now());
             let config = open().await?;
             match shared.open(config, permit).await {
                 Ok(conn) => {
@@ -420,9 +450,11 @@ impl Shared {
         let rescope_first = in_use == 0 || !may_grow;
         for rescope in [rescope_first, !rescope_first] {
             if rescope {
-                // The least recently used connection of the same database, re-scoped.
+                // The connection of the same database the tenant prefers, re-scoped.
                 if can_rescope
-                    && let Some(i) = state.idle.iter().position(|c| c.home == home)
+                    && let Some((i, _)) = (state.idle.iter().enumerate())
+                        .filter(|(_, c)| c.home == home)
+                        .max_by_key(|(_, c)| c.key.rank(tenant))
                     && let Some(idle) = state.idle.remove(i)
                 {
                     *state.in_use.entry(tenant).or_default() += 1;
@@ -444,9 +476,10 @@ impl Shared {
         self: &Arc<Self>,
         tenant: Uuid,
         home: Home,
-        scope: Option<Uuid>,
-        opened: Instant,
         conn: Option<PgConn>,
+        scope: Option<Uuid>,
+        key: Key,
+        opened: Instant,
     ) -> PooledConnection {
         PooledConnection {
             conn,
@@ -454,6 +487,7 @@ impl Shared {
             tenant,
             home,
             scope,
+            key,
             opened,
         }
     }
@@ -469,11 +503,13 @@ impl Shared {
         let Idle {
             mut conn,
             scope,
+            key,
             opened,
             ..
         } = idle;
         let broken = conn.is_broken();
-        let guard = self.guard(tenant, home, scope, opened, (!broken).then_some(conn));
+        let conn = (!broken).then_some(conn);
+        let guard = self.guard(tenant, home, conn, scope, key, opened);
         if broken { None } else { Some(guard) }
     }
 
