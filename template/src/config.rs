@@ -83,7 +83,6 @@ pub struct Settings {
     /// Verifies bearer tokens (`TENANCY_JWT_*`).
     pub jwt: std::sync::Arc<Verifier>,
 {%- endif %}
-    pub skip_paths: Vec<String>,
     pub debug_headers: bool,
     pub tenant_cache_ttl: Duration,
     pub admin_token: Option<SecretString>,
@@ -164,7 +163,6 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("jwt_leeway", Some("30")),
     ("jwt_tenant_claim", Some("tenant_id")),
 {%- endif %}
-    ("skip_paths", Some("/health*,/metrics")),
     ("debug_headers", Some("false")),
     ("tenant_cache_ttl", Some("30")),
     ("admin_token", None),
@@ -216,6 +214,12 @@ impl Settings {
                     .into_string()
                     .map_err(|e| invalid(&key, e.to_string()))?;
                 values.insert(key, text);
+            } else if key == "skip_paths" {
+                warnings.push(format!(
+                    "{} is ignored: only routes under /api need a tenant; health, metrics \
+                     and the admin API never do, and a public route belongs outside /api",
+                    var_name(&key)
+                ));
             } else {
                 warnings.push(format!(
                     "{} is not a setting of this service and is ignored",
@@ -334,22 +338,6 @@ impl Settings {
         .map_err(|(key, message)| invalid(key, message))?;
 {%- endif %}
 
-        let skip_paths = v
-            .get("skip_paths")
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        if let Some(bad) = skip_paths.iter().find(|p| !p.starts_with('/')) {
-            return Err(invalid(
-                "skip_paths",
-                format!(
-                    "'{bad}' must start with '/' (comma-separated paths, '*' at the end matches a prefix)"
-                ),
-            ));
-        }
-
         let admin_token = match v.optional("admin_token") {
             Some(token) if token.len() < MIN_SECRET_LEN => {
                 return Err(invalid(
@@ -421,7 +409,6 @@ impl Settings {
 {%- if jwt_resolver %}
             jwt: std::sync::Arc::new(jwt),
 {%- endif %}
-            skip_paths,
             debug_headers: v.boolean("debug_headers")?,
             tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
             admin_token,
@@ -569,7 +556,6 @@ mod tests {
 {%- if path_resolver %}
         assert_eq!(settings.path_prefix, "/t");
 {%- endif %}
-        assert_eq!(settings.skip_paths, vec!["/health*", "/metrics"]);
 {%- if isolation == "database" %}
         // Ten busy tenants fit under the cap without closing each other's connections.
         assert_eq!(settings.database.per_tenant_max(), 4);
@@ -595,7 +581,6 @@ mod tests {
             ("TENANCY_DATABASE_MAX_OVERFLOW", "10"),
             ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
             ("TENANCY_DATABASE_POOL_RECYCLE", "1800"),
-            ("TENANCY_SKIP_PATHS", "/health*, /metrics,/docs"),
             ("TENANCY_DEBUG_HEADERS", "true"),
             ("TENANCY_ISOLATION_STRATEGY", ISOLATION_STRATEGY),
             ("TENANCY_RESOLUTION_STRATEGY", RESOLUTION_STRATEGY),
@@ -604,7 +589,6 @@ mod tests {
         assert_eq!(settings.database.pool_size, 20);
         assert_eq!(settings.database.max_overflow, 10);
         assert_eq!(settings.database.pool_timeout, Duration::from_secs(30));
-        assert_eq!(settings.skip_paths, vec!["/health*", "/metrics", "/docs"]);
         assert!(settings.debug_headers);
     }
 
@@ -648,7 +632,6 @@ mod tests {
             (&[("TENANCY_PATH_PREFIX", "t")], "TENANCY_PATH_PREFIX"),
             (&[("TENANCY_PATH_PREFIX", "/t/")], "TENANCY_PATH_PREFIX"),
 {%- endif %}
-            (&[("TENANCY_SKIP_PATHS", "health")], "TENANCY_SKIP_PATHS"),
             (&[("TENANCY_ADMIN_TOKEN", "short")], "TENANCY_ADMIN_TOKEN"),
             (
                 &[("TENANCY_ISOLATION_STRATEGY", "nope")],
@@ -686,6 +669,18 @@ mod tests {
         .unwrap();
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("TENANCY_DATABASE_POOLSIZE"));
+    }
+
+    #[test]
+    fn a_skip_list_is_refused_with_the_reason() {
+        // Public routes are the ones outside /api; a list could only get that wrong.
+        let (_, warnings) =
+            Settings::from_env_map(env(&[("TENANCY_SKIP_PATHS", "/docs")])).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("TENANCY_SKIP_PATHS is ignored: only routes under /api"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub enum AppError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A write the database refused for one of its constraints (see [`Constraint`]).
+    #[error("{message}")]
+    Constraint {
+        kind: Constraint,
+        message: String,
+        detail: String,
+    },
     #[error("service unavailable")]
     Unavailable { detail: String },
     #[error("internal error")]
@@ -58,6 +65,10 @@ impl AppError {
             AppError::BadRequest(_) => "Bad request",
             AppError::NotFound(_) => "Not found",
             AppError::Conflict(_) => "Conflict",
+            AppError::Constraint { kind, .. } => match kind.status() {
+                StatusCode::CONFLICT => "Conflict",
+                _ => "Unprocessable content",
+            },
             AppError::Unavailable { .. } => "Service unavailable",
             AppError::Internal { .. } => "Internal server error",
         }
@@ -68,6 +79,7 @@ impl AppError {
         match self {
             AppError::MissingTenant { hint } => Some(hint.clone()),
             AppError::BadRequest(m) | AppError::Conflict(m) => Some(m.clone()),
+            AppError::Constraint { message, .. } => Some(message.clone()),
             AppError::NotFound(what) => Some(format!("{what} not found")),
             AppError::Unavailable { .. } => Some("try again shortly".into()),
             _ => None,
@@ -81,6 +93,7 @@ impl AppError {
             | AppError::Unavailable { detail }
             | AppError::Forbidden { detail }
             | AppError::Unauthorized { detail }
+            | AppError::Constraint { detail, .. }
             | AppError::Internal { detail } => Some(detail),
             _ => None,
         }
@@ -141,6 +154,7 @@ impl ResponseError for AppError {
             AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Constraint { kind, .. } => kind.status(),
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -170,7 +184,69 @@ impl From<diesel::result::Error> for AppError {
             Error::DatabaseError(_, info) if is_outage(info.message()) => AppError::Unavailable {
                 detail: info.message().to_owned(),
             },
+            Error::DatabaseError(kind, info) => match Constraint::of(&kind) {
+                Some(kind) => AppError::Constraint {
+                    kind,
+                    message: info
+                        .constraint_name()
+                        .and_then(constraint_message)
+                        .unwrap_or(kind.message())
+                        .to_owned(),
+                    detail: info.message().to_owned(),
+                },
+                None => AppError::internal(Error::DatabaseError(kind, info)),
+            },
             other => AppError::internal(other),
+        }
+    }
+}
+
+/// What a client is told when a write breaks the constraint named `name`. Add your
+/// tables' constraints here; others get their kind's message. Constraint names are
+/// internals: a client sees them only with `TENANCY_DEBUG_HEADERS=true`.
+fn constraint_message(name: &str) -> Option<&'static str> {
+    match name {
+        "notes_title_check" => Some("title must have 1 to 200 characters"),
+        _ => None,
+    }
+}
+
+/// The constraints PostgreSQL enforces on a write, by what they mean for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Constraint {
+    /// The row would duplicate a unique key or overlap another (exclusion): 409.
+    Unique,
+    /// The row refers to a missing row, or is referred to: 409.
+    ForeignKey,
+    /// A value breaks a check or is missing: 422.
+    Check,
+}
+
+impl Constraint {
+    fn of(kind: &diesel::result::DatabaseErrorKind) -> Option<Self> {
+        use diesel::result::DatabaseErrorKind as Kind;
+        match kind {
+            Kind::UniqueViolation | Kind::ExclusionViolation => Some(Self::Unique),
+            Kind::ForeignKeyViolation | Kind::RestrictViolation => Some(Self::ForeignKey),
+            Kind::CheckViolation | Kind::NotNullViolation => Some(Self::Check),
+            _ => None,
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::Unique | Self::ForeignKey => StatusCode::CONFLICT,
+            Self::Check => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Unique => "it conflicts with an existing record",
+            Self::ForeignKey => {
+                "it refers to a record that does not exist, or one still refers to it"
+            }
+            Self::Check => "a value is not allowed",
         }
     }
 }

@@ -12,7 +12,6 @@ use crate::config::Settings;
 use crate::error::{AppError, debug_details};
 use crate::routes;
 use crate::telemetry::TenantRootSpan;
-use crate::tenancy::middleware::resolve_tenant;
 use crate::tenancy::{StartupError, Tenancy};
 
 /// The whole application around a shared `Tenancy`.
@@ -43,7 +42,9 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(|e, _| {
             AppError::BadRequest(format!("invalid query string: {e}")).into()
         }))
-        .wrap(from_fn(resolve_tenant))
+{%- if path_resolver %}
+        .wrap(from_fn(crate::tenancy::resolve::path::strip_tenant_prefix))
+{%- endif %}
         .wrap(TracingLogger::<TenantRootSpan>::new())
         .wrap(Condition::new(debug, from_fn(debug_details)))
         .configure(routes::health::routes)

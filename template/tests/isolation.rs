@@ -21,6 +21,9 @@ use serde_json::json;
 use {{crate_name}}::db::TenantConnection;
 use {{crate_name}}::domain::Tenant;
 use {{crate_name}}::tenancy::middleware::resolve_tenant;
+{%- if path_resolver %}
+use {{crate_name}}::tenancy::resolve::path::strip_tenant_prefix;
+{%- endif %}
 
 /// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
 /// once (`2 × writes` concurrent requests per tenant); every listing must contain only
@@ -290,6 +293,9 @@ macro_rules! probe_service {
             App::new()
                 .app_data($app.tenancy.clone())
                 .wrap(from_fn(resolve_tenant))
+{%- if path_resolver %}
+                .wrap(from_fn(strip_tenant_prefix))
+{%- endif %}
                 .route("/scope", web::get().to(scope))
                 .route("/sleep", web::get().to(sleep))
                 .route("/panic", web::get().to(panic_with_connection))

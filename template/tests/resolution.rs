@@ -1,5 +1,5 @@
 //! How the middleware answers requests for missing, unknown, malformed and inactive
-//! tenants, and which paths it skips.
+//! tenants, and which routes need one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -80,21 +80,32 @@ async fn suspended_tenant_gets_403_and_is_served_again_after_activation() {
 }
 
 #[actix_web::test]
-async fn skip_paths_need_no_tenant_and_custom_ones_are_honoured() {
-    let app = spawn_app_with(&[("TENANCY_SKIP_PATHS", "/health*,/metrics,/api/notes")]).await;
+async fn only_routes_under_api_need_a_tenant() {
+    let app = spawn_app().await;
     let service = service!(app);
+    let status_of = |path: &'static str| {
+        let service = &service;
+        async move {
+            let request = test::TestRequest::get().uri(path).to_request();
+            test::call_service(service, request).await.status()
+        }
+    };
     for path in ["/health", "/health/live", "/health/ready"] {
-        let response =
-            test::call_service(&service, test::TestRequest::get().uri(path).to_request()).await;
-        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(status_of(path).await, StatusCode::OK, "{path}");
     }
-    // A skipped path that needs a tenant fails closed instead of running unscoped.
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/api/notes").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+{%- if admin_api %}
+    // The admin API asks for its token, never for a tenant.
+    assert_eq!(status_of("/admin/tenants").await, StatusCode::UNAUTHORIZED);
+{%- endif %}
+    // Everything under /api needs one, a route that does not exist included.
+    for path in ["/api/notes", "/api/nothing-here"] {
+        assert_eq!(
+            status_of(path).await.as_u16(),
+            common::no_tenant_status(),
+            "{path}"
+        );
+    }
+    assert_eq!(status_of("/nothing-here").await, StatusCode::NOT_FOUND);
 }
 
 #[actix_web::test]

@@ -3,9 +3,9 @@
 //!
 //! bb8 and its peers hand out whichever idle connection comes first; a multi-tenant
 //! service needs to choose: the idle connection already scoped to the request's tenant,
-//! else one it can re-scope, else (one database per tenant) the least recently used idle
-//! connection of another tenant, closed to make room. That choice is this module; opening
-//! a connection is `connect`.
+//! else the one the tenant prefers to re-scope (see `Key`), else (one database per
+//! tenant) the least recently used idle connection of another tenant, closed to make
+//! room. That choice is this module; opening a connection is `connect`.
 //!
 //! The scope-tracking invariant: a connection's `scope` names a tenant only after the
 //! statement that set that scope succeeded on it. It is cleared before a re-scope is

@@ -1,5 +1,5 @@
 //! Health endpoints for load balancers and orchestrators; never tenant-scoped (they are
-//! in the default `TENANCY_SKIP_PATHS`).
+//! outside the `/api` scope that the tenant middleware wraps).
 //!
 //! - `/health`: overall status, database check with latency, tenant counts, connection
 //!   usage; 200 when `healthy` or `degraded` (serving, with fewer connections than

@@ -22,7 +22,7 @@ fn current_tenant(req: &HttpRequest) -> Result<Arc<Tenant>, AppError> {
         .cloned()
         .ok_or_else(|| {
             AppError::internal(format!(
-                "no tenant was resolved for {}: is it in TENANCY_SKIP_PATHS?",
+                "no tenant was resolved for {}: is the route outside the /api scope?",
                 req.path()
             ))
         })

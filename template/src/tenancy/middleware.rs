@@ -1,9 +1,9 @@
-//! Resolves the tenant of every request once, before routing to a handler.
+//! Resolves the tenant of a request once, before its handler: installed around the `/api`
+//! scope only (`routes::api`), so routes outside it never need a tenant.
 //!
-//! Skipped paths (`TENANCY_SKIP_PATHS`, the admin API) pass through without a tenant. For
-//! every other path the tenant must be named, known and active, or the request ends here
-//! with a problem+json error. The tenant is put in the request extensions and on the
-//! request's root span (`tenant.id`, `tenant.identifier`).
+//! The tenant must be named, known and active, or the request ends here with a
+//! problem+json error. The tenant is put in the request extensions and on the request's
+//! root span (`tenant.id`, `tenant.identifier`).
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -22,9 +22,6 @@ pub async fn resolve_tenant(
         let error = AppError::internal("Tenancy is not registered as app data");
         return Ok(req.error_response(error).map_into_right_body());
     };
-    if tenancy.is_skipped(req.path()) {
-        return Ok(next.call(req).await?.map_into_left_body());
-    }
     let tenant = match resolve::resolve(&mut req, &tenancy.settings) {
         Ok(identifier) => tenancy.active_tenant(&identifier).await,
         Err(error) => Err(error),

@@ -28,8 +28,6 @@ use isolation::{Context, Strategy};
 
 /// The schema of the tenant registry.
 pub const CONTROL_SCHEMA: &str = "tenancy";
-/// Paths under this prefix are the admin API: authenticated by token, never tenant-scoped.
-pub const ADMIN_PREFIX: &str = "/admin/";
 /// After PostgreSQL refused a connection for lack of slots, pools hold the connections
 /// they have for this long before they try to grow again.
 const TOO_MANY_CONNECTIONS_BACKOFF: Duration = Duration::from_secs(2);
@@ -185,20 +183,6 @@ impl Tenancy {
             control,
             degraded: tenant_limit.or(control_limit),
         }
-    }
-
-    /// Whether tenant resolution is skipped for `path` (`TENANCY_SKIP_PATHS`; a trailing
-    /// `*` matches a prefix; the admin API is always skipped).
-    pub fn is_skipped(&self, path: &str) -> bool {
-        path.starts_with(ADMIN_PREFIX)
-            || self
-                .settings
-                .skip_paths
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => path.starts_with(prefix),
-                    None => path == pattern,
-                })
     }
 
     /// The active tenant named `identifier`, from the cache or the registry.

@@ -2,50 +2,91 @@
 //! default `/t`), and the request is routed as `/api/notes`: routes are written once,
 //! without the prefix.
 //!
+//! The prefix is taken off before routing, for every request ([`strip_tenant_prefix`],
+//! installed around the whole app); the tenant middleware around `/api` then finds the
+//! tenant it named ([`resolve`]). A path without the prefix names no tenant, so
+//! `/health` stays where it is.
+//!
 //! Trust model: whoever writes the URL chooses the tenant. The segment is taken from the
 //! raw path and never decoded, so an encoded slash (`%2F`), `..` or any other escape is
 //! not a valid identifier (404) and cannot change the tenant; what follows the segment is
 //! routed as it is (`/t/acme/../globex/...` stays with `acme` and matches no route).
 
-use actix_web::dev::ServiceRequest;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Uri;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
 
 use crate::config::Settings;
 use crate::domain::TenantIdentifier;
 use crate::error::AppError;
+use crate::tenancy::Tenancy;
 
-pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
-    let (identifier, rest) = split(req.path(), &settings.path_prefix)?;
+/// The tenant a request's path named, kept for [`resolve`] once the prefix is gone.
+#[derive(Debug, Clone)]
+struct PathTenant(TenantIdentifier);
+
+/// Middleware: routes `/t/acme/api/notes` as `/api/notes`, remembering `acme`. A path
+/// under the prefix whose tenant segment is not a valid identifier is not found.
+pub async fn strip_tenant_prefix(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(tenancy) = req.app_data::<web::Data<Tenancy>>().cloned() else {
+        let error = AppError::internal("Tenancy is not registered as app data");
+        return Ok(req.error_response(error).map_into_right_body());
+    };
+    let rerouted = match split(req.path(), &tenancy.settings.path_prefix) {
+        // Not under the prefix: this path names no tenant.
+        None => Ok(()),
+        Some(Ok((tenant, rest))) => reroute(&mut req, &rest).map(|()| {
+            req.extensions_mut().insert(PathTenant(tenant));
+        }),
+        Some(Err(why)) => Err(AppError::TenantNotFound { detail: why }),
+    };
+    match rerouted {
+        Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
+        Err(error) => Ok(req.error_response(error).map_into_right_body()),
+    }
+}
+
+/// Routes the request as `rest` (with its query), as if the prefix had never been there.
+fn reroute(req: &mut ServiceRequest, rest: &str) -> Result<(), AppError> {
     let target = match req.uri().query() {
         Some(query) => format!("{rest}?{query}"),
-        None => rest,
+        None => rest.to_owned(),
     };
     let uri: Uri = target.parse().map_err(|_| AppError::TenantNotFound {
         detail: "the path after the tenant is not a valid URI".into(),
     })?;
-    // Route what follows the tenant, as if the prefix had never been there.
     req.match_info_mut().get_mut().update(&uri);
     req.head_mut().uri = uri;
-    Ok(identifier)
+    Ok(())
 }
 
-/// `/t/acme/api/notes` -> (`acme`, `/api/notes`).
-pub fn split(path: &str, prefix: &str) -> Result<(TenantIdentifier, String), AppError> {
-    let Some(rest) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
-        return Err(AppError::MissingTenant {
-            hint: format!("start the path with {prefix}/<tenant>/"),
-        });
-    };
+/// The tenant the request's path named (see [`strip_tenant_prefix`]).
+pub fn resolve(
+    req: &mut ServiceRequest,
+    settings: &Settings,
+) -> Result<TenantIdentifier, AppError> {
+    match req.extensions().get::<PathTenant>() {
+        Some(PathTenant(tenant)) => Ok(tenant.clone()),
+        None => Err(AppError::MissingTenant {
+            hint: format!("start the path with {}/<tenant>/", settings.path_prefix),
+        }),
+    }
+}
+
+/// `/t/acme/api/notes` -> (`acme`, `/api/notes`); `None` for a path not under the prefix,
+/// an error (why) for a tenant segment that is not a valid identifier.
+fn split(path: &str, prefix: &str) -> Option<Result<(TenantIdentifier, String), String>> {
+    let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
     let (segment, remainder) = match rest.split_once('/') {
         Some((segment, remainder)) => (segment, format!("/{remainder}")),
         None => (rest, "/".to_owned()),
     };
-    let identifier =
-        TenantIdentifier::parse(segment).map_err(|why| AppError::TenantNotFound { detail: why })?;
-    Ok((identifier, remainder))
+    Some(TenantIdentifier::parse(segment).map(|identifier| (identifier, remainder)))
 }
 
 #[cfg(test)]
@@ -55,7 +96,7 @@ mod tests {
 
     fn tenant(path: &str) -> Option<(String, String)> {
         split(path, "/t")
-            .ok()
+            .and_then(Result::ok)
             .map(|(id, rest)| (id.to_string(), rest))
     }
 
@@ -87,7 +128,7 @@ mod tests {
     proptest! {
         #[test]
         fn no_path_panics_and_what_is_accepted_is_valid(path in "/t/\\PC{0,80}") {
-            if let Ok((id, rest)) = split(&path, "/t") {
+            if let Some(Ok((id, rest))) = split(&path, "/t") {
                 prop_assert!(TenantIdentifier::parse(id.as_str()).is_ok());
                 prop_assert!(rest.starts_with('/'));
             }

@@ -1,0 +1,68 @@
+//! What a client sees when PostgreSQL refuses a write: constraint violations become 409
+//! and 422 problems that name no table, column or constraint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use actix_web::body::to_bytes;
+use actix_web::http::StatusCode;
+use common::spawn_app;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use {{crate_name}}::error::AppError;
+
+/// The problem a handler's `?` makes of the error of `sql`, with or without internals.
+async fn problem_of(
+    conn: &mut AsyncPgConnection,
+    sql: &str,
+    internals: bool,
+) -> (StatusCode, serde_json::Value) {
+    let error = diesel::sql_query(sql).execute(conn).await.unwrap_err();
+    let response = AppError::from(error).to_problem(internals);
+    let status = response.status();
+    let body = to_bytes(response.into_body()).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[actix_web::test]
+async fn constraint_violations_are_409_or_422_problems_without_internals() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    let first = "INSERT INTO notes (id, title) OVERRIDING SYSTEM VALUE VALUES (1, 'first')";
+    diesel::sql_query(first).execute(&mut conn).await.unwrap();
+
+    // The same key twice.
+    let (status, duplicate) = problem_of(&mut conn, first, false).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(duplicate["detail"], "it conflicts with an existing record");
+    // A check the handler would have caught first: the constraint's own message.
+    let empty = "INSERT INTO notes (title) VALUES ('')";
+    let (status, check) = problem_of(&mut conn, empty, false).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(check["detail"], "title must have 1 to 200 characters");
+    // A value missing.
+    let missing = "INSERT INTO notes (title) VALUES (NULL)";
+    let (status, not_null) = problem_of(&mut conn, missing, false).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(not_null["detail"], "a value is not allowed");
+
+    for body in [&duplicate, &check, &not_null] {
+        let text = body.to_string();
+        for internal in ["notes", "constraint", "pkey", "violates"] {
+            assert!(!text.contains(internal), "{internal} leaked: {text}");
+        }
+    }
+    // With TENANCY_DEBUG_HEADERS=true a developer sees PostgreSQL's own words.
+    let (_, debug) = problem_of(&mut conn, empty, true).await;
+    assert!(
+        debug["debug"]
+            .as_str()
+            .unwrap()
+            .contains("notes_title_check"),
+        "{debug}"
+    );
+    // Nothing but the first row was written.
+    drop(conn);
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
+}
