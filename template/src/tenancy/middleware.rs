@@ -11,7 +11,8 @@ use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use tracing_actix_web::RootSpan;
 
-use super::{Tenancy, resolve};
+use super::Tenancy;
+use super::resolve::{self, Found, Rejection};
 use crate::error::AppError;
 
 pub async fn resolve_tenant(
@@ -23,8 +24,9 @@ pub async fn resolve_tenant(
         return Ok(req.error_response(error).map_into_right_body());
     };
     let tenant = match resolve::resolve(&mut req, &tenancy.settings) {
-        Ok(identifier) => tenancy.active_tenant(&identifier).await,
-        Err(error) => Err(error),
+        Found::Tenant(identifier) => tenancy.active_tenant(&identifier).await,
+        Found::Nothing { hint } => Err(AppError::MissingTenant { hint }),
+        Found::Rejected(rejection) => Err(rejection.into()),
     };
     let tenant = match tenant {
         Ok(tenant) => tenant,
@@ -36,4 +38,15 @@ pub async fn resolve_tenant(
     }
     req.extensions_mut().insert(tenant);
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// How a rejected request is answered.
+impl From<Rejection> for AppError {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::Malformed(detail) => AppError::TenantNotFound { detail },
+            Rejection::Credentials(detail) => AppError::Unauthorized { detail },
+            Rejection::Disagreement(detail) => AppError::Forbidden { detail },
+        }
+    }
 }

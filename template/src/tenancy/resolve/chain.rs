@@ -11,18 +11,15 @@
 
 use actix_web::dev::ServiceRequest;
 
+use super::{Found, Rejection};
 use crate::config::Settings;
 use crate::domain::TenantIdentifier;
-use crate::error::AppError;
 {%- for r in resolvers %}
 
 use super::{{r}};
 {%- endfor %}
 
-pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
+pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
     let found = [
 {%- for r in resolvers %}
         ("{{r}}", {{r}}::resolve(req, settings)),
@@ -30,26 +27,25 @@ pub fn resolve(
     ];
     let mut named: Option<(&str, TenantIdentifier)> = None;
     let mut hints = Vec::new();
-    for (resolver, result) in found {
-        match result {
-            Err(AppError::MissingTenant { hint }) => hints.push(hint),
-            Err(error) => return Err(error),
-            Ok(tenant) => match &named {
+    for (resolver, found) in found {
+        match found {
+            Found::Nothing { hint } => hints.push(hint),
+            rejected @ Found::Rejected(_) => return rejected,
+            Found::Tenant(tenant) => match &named {
                 None => named = Some((resolver, tenant)),
                 Some((first, chosen)) if *chosen != tenant => {
-                    return Err(AppError::Forbidden {
-                        detail: format!(
-                            "{first} names tenant '{chosen}' but {resolver} names '{tenant}'"
-                        ),
-                    });
+                    return Found::Rejected(Rejection::Disagreement(format!(
+                        "{first} names tenant '{chosen}' but {resolver} names '{tenant}'"
+                    )));
                 }
                 Some(_) => {}
             },
         }
     }
-    named
-        .map(|(_, tenant)| tenant)
-        .ok_or_else(|| AppError::MissingTenant {
+    match named {
+        Some((_, tenant)) => Found::Tenant(tenant),
+        None => Found::Nothing {
             hint: hints.join(", or "),
-        })
+        },
+    }
 }

@@ -4,26 +4,24 @@
 
 use actix_web::dev::ServiceRequest;
 
+use super::{Found, Rejection};
 use crate::config::Settings;
-use crate::domain::TenantIdentifier;
-use crate::error::AppError;
 
-/// The tenant named by the request: 400 without the header, 404 for a malformed value
-/// (the same answer as for an unknown tenant).
-pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
+/// The tenant named by the request's header; nothing without the header; a malformed
+/// value is rejected (and answered like an unknown tenant).
+pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
     let Some(value) = req.headers().get(settings.tenant_header.as_str()) else {
-        return Err(AppError::MissingTenant {
+        return Found::Nothing {
             hint: format!(
                 "send the tenant identifier in the {} header",
                 settings.tenant_header
             ),
-        });
+        };
     };
-    let text = value.to_str().map_err(|_| AppError::TenantNotFound {
-        detail: "the tenant header is not visible ASCII".into(),
-    })?;
-    TenantIdentifier::parse(text.trim()).map_err(|why| AppError::TenantNotFound { detail: why })
+    match value.to_str() {
+        Ok(text) => Found::identifier(text.trim()),
+        Err(_) => Found::Rejected(Rejection::Malformed(
+            "the tenant header is not visible ASCII".into(),
+        )),
+    }
 }

@@ -26,8 +26,8 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::{Found, Rejection};
 use crate::config::{MIN_SECRET_LEN, Settings};
-use crate::domain::TenantIdentifier;
 use crate::error::AppError;
 
 /// Longer tokens are refused before they are parsed.
@@ -228,18 +228,14 @@ impl Verifier {
 
 impl Verifier {
     /// The tenant claim of verified `claims`.
-    pub fn tenant_of(&self, claims: &Map<String, Value>) -> Result<TenantIdentifier, AppError> {
+    pub fn tenant_of(&self, claims: &Map<String, Value>) -> Found {
         match claims.get(&self.tenant_claim) {
-            Some(Value::String(name)) => TenantIdentifier::parse(name)
-                .map_err(|why| AppError::TenantNotFound { detail: why }),
-            Some(_) => Err(unauthorized(format!(
+            Some(Value::String(name)) => Found::identifier(name),
+            Some(_) => refused(format!(
                 "the token's {} claim is not a string",
                 self.tenant_claim
-            ))),
-            None => Err(unauthorized(format!(
-                "the token has no {} claim",
-                self.tenant_claim
-            ))),
+            )),
+            None => refused(format!("the token has no {} claim", self.tenant_claim)),
         }
     }
 }
@@ -317,44 +313,41 @@ fn unauthorized(detail: impl Into<String>) -> AppError {
     }
 }
 
-/// The tenant named by the request's token: 400 without `Authorization` (401 when JWT is
-/// the only resolver, see `resolve::resolve`), 401 for a token that fails a check or has
-/// no string tenant claim, 404 for a claim that is not a valid identifier (the same
-/// answer as for an unknown tenant).
-pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(AppError::MissingTenant { hint: HINT.into() });
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| unauthorized("the Authorization header is not a bearer token"))?;
-    let verifier = &settings.jwt;
-    let claims = verifier.verify(token).map_err(unauthorized)?;
-    let tenant = verifier.tenant_of(&claims)?;
-    req.extensions_mut().insert(Claims(Arc::new(claims)));
-    Ok(tenant)
+fn refused(why: impl Into<String>) -> Found {
+    Found::Rejected(Rejection::Credentials(why.into()))
 }
 
-/// A request without a token, when JWT is the only resolver: 401, not 400.
-pub fn missing_is_unauthorized(error: AppError) -> AppError {
-    match error {
-        AppError::MissingTenant { hint } => AppError::Unauthorized { detail: hint },
-        other => other,
+/// The tenant named by the request's token; nothing without `Authorization` (refused
+/// when JWT is the only resolver, see `resolve::resolve`); the credentials are refused
+/// for a token that fails a check or has no string tenant claim; a claim that is not a
+/// valid identifier is rejected as malformed (answered like an unknown tenant).
+pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Found::Nothing { hint: HINT.into() };
+    };
+    let bearer = value.to_str().ok().and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    });
+    let Some(token) = bearer.map(str::trim) else {
+        return refused("the Authorization header is not a bearer token");
+    };
+    let verifier = &settings.jwt;
+    let claims = match verifier.verify(token) {
+        Ok(claims) => claims,
+        Err(why) => return refused(why),
+    };
+    let found = verifier.tenant_of(&claims);
+    if let Found::Tenant(_) = found {
+        req.extensions_mut().insert(Claims(Arc::new(claims)));
     }
+    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TenantIdentifier;
 
     fn config(
         secret: Option<&'static str>,
@@ -407,7 +400,7 @@ mod tests {
             let verifier = Verifier::new(config(Some(SECRET), None)).unwrap();
             let mut claims = Map::new();
             claims.insert("tenant_id".into(), Value::String(claim.clone()));
-            if let Ok(tenant) = verifier.tenant_of(&claims) {
+            if let Found::Tenant(tenant) = verifier.tenant_of(&claims) {
                 proptest::prop_assert_eq!(tenant.as_str(), claim.as_str());
                 proptest::prop_assert!(TenantIdentifier::parse(tenant.as_str()).is_ok());
             }

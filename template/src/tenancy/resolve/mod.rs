@@ -1,5 +1,6 @@
-//! The resolver{% if resolution == "chain" %}s{% endif %} this service was generated with: {% if resolution == "chain" %}they read{% else %}it reads{% endif %} a request and name{% if resolution != "chain" %}s{% endif %} the
-//! tenant, or say why not. They never look the tenant up; the middleware does.
+//! Tenant resolution: each resolver reads a request and says which tenant it names, that
+//! it names none, or that what it carries is refused ([`Found`]). Resolvers never look
+//! the tenant up; the middleware does.
 {%- if resolution == "chain" %}
 
 mod chain;
@@ -9,23 +10,57 @@ mod chain;
 pub mod {{r}};
 {%- endfor %}
 
+use crate::domain::TenantIdentifier;
+
+/// What a resolver found in a request. The middleware turns it into a tenant or an
+/// HTTP answer; a chain of resolvers combines them (see `chain.rs` when generated).
+#[derive(Debug)]
+pub enum Found {
+    /// The request names this tenant (not yet looked up).
+    Tenant(TenantIdentifier),
+    /// The request carries nothing this resolver reads; `hint` says what it could send.
+    Nothing { hint: String },
+    /// What the request carries is refused: the request ends here, whatever else it
+    /// carries.
+    Rejected(Rejection),
+}
+
+/// Why a request's tenant was refused before it was looked up.
+#[derive(Debug)]
+pub enum Rejection {
+    /// Not a valid identifier: answered as an unknown tenant would be, so that tenants
+    /// cannot be told apart from malformed names.
+    Malformed(String),
+    /// A credential (a token) that did not pass its checks.
+    Credentials(String),
+    /// Two resolvers of a chain name different tenants.
+    Disagreement(String),
+}
+
+impl Found {
+    /// `value` as a tenant identifier, or a rejection saying why it is none.
+    pub fn identifier(value: &str) -> Self {
+        match TenantIdentifier::parse(value) {
+            Ok(identifier) => Found::Tenant(identifier),
+            Err(why) => Found::Rejected(Rejection::Malformed(why)),
+        }
+    }
+}
 {%- if resolution == "chain" %}
 
 pub use chain::resolve;
 {%- elsif resolution == "jwt" %}
 
-use actix_web::dev::ServiceRequest;
-
-use crate::config::Settings;
-use crate::domain::TenantIdentifier;
-use crate::error::AppError;
-
-/// The tenant of the request's bearer token; without one, 401.
+/// The tenant of the request's bearer token; without one, the request is refused for
+/// lack of credentials (401), a token being the only way in.
 pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
-    jwt::resolve(req, settings).map_err(jwt::missing_is_unauthorized)
+    req: &mut actix_web::dev::ServiceRequest,
+    settings: &crate::config::Settings,
+) -> Found {
+    match jwt::resolve(req, settings) {
+        Found::Nothing { hint } => Found::Rejected(Rejection::Credentials(hint)),
+        found => found,
+    }
 }
 {%- else %}
 

@@ -18,6 +18,7 @@ use actix_web::http::Uri;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 
+use super::{Found, Rejection};
 use crate::config::Settings;
 use crate::domain::TenantIdentifier;
 use crate::error::AppError;
@@ -43,38 +44,38 @@ pub async fn strip_tenant_prefix(
         Some(Ok((tenant, rest))) => reroute(&mut req, &rest).map(|()| {
             req.extensions_mut().insert(PathTenant(tenant));
         }),
-        Some(Err(why)) => Err(AppError::TenantNotFound { detail: why }),
+        Some(Err(why)) => Err(Rejection::Malformed(why)),
     };
     match rerouted {
         Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
-        Err(error) => Ok(req.error_response(error).map_into_right_body()),
+        Err(rejection) => {
+            let error = AppError::from(rejection);
+            Ok(req.error_response(error).map_into_right_body())
+        }
     }
 }
 
 /// Routes the request as `rest` (with its query), as if the prefix had never been there.
-fn reroute(req: &mut ServiceRequest, rest: &str) -> Result<(), AppError> {
+fn reroute(req: &mut ServiceRequest, rest: &str) -> Result<(), Rejection> {
     let target = match req.uri().query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),
     };
-    let uri: Uri = target.parse().map_err(|_| AppError::TenantNotFound {
-        detail: "the path after the tenant is not a valid URI".into(),
-    })?;
+    let uri: Uri = target
+        .parse()
+        .map_err(|_| Rejection::Malformed("the path after the tenant is not a valid URI".into()))?;
     req.match_info_mut().get_mut().update(&uri);
     req.head_mut().uri = uri;
     Ok(())
 }
 
 /// The tenant the request's path named (see [`strip_tenant_prefix`]).
-pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
+pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
     match req.extensions().get::<PathTenant>() {
-        Some(PathTenant(tenant)) => Ok(tenant.clone()),
-        None => Err(AppError::MissingTenant {
+        Some(PathTenant(tenant)) => Found::Tenant(tenant.clone()),
+        None => Found::Nothing {
             hint: format!("start the path with {}/<tenant>/", settings.path_prefix),
-        }),
+        },
     }
 }
 

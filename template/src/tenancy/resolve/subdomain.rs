@@ -8,44 +8,37 @@
 //! case-insensitive), one trailing dot is ignored; the bare domain, a host outside the
 //! suffix and an IP address name no tenant (400, and in a chain the next resolver is
 //! asked); under the suffix, a nested subdomain (`a.b.example.com`) or a punycode label
-//! (`xn--...`, which has '-') names an unknown tenant (404).
+//! (`xn--...`, which has '-') is rejected as malformed (404, as an unknown tenant).
 
 use actix_web::dev::ServiceRequest;
 use actix_web::http::header;
 
+use super::{Found, Rejection};
 use crate::config::Settings;
-use crate::domain::TenantIdentifier;
-use crate::error::AppError;
 
-pub fn resolve(
-    req: &mut ServiceRequest,
-    settings: &Settings,
-) -> Result<TenantIdentifier, AppError> {
+pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
     let forwarded = settings
         .trust_forwarded_host
         .then(|| req.headers().get("x-forwarded-host"))
         .flatten();
-    let host = forwarded
-        .or_else(|| req.headers().get(header::HOST))
-        .map(|value| {
-            value
-                .to_str()
-                .map_err(|_| not_found("the host is not visible ASCII"))
-        })
-        .transpose()?
-        .map(|value| value.split(',').next().unwrap_or("").trim().to_owned())
-        .or_else(|| req.uri().host().map(str::to_owned));
+    let host = match forwarded.or_else(|| req.headers().get(header::HOST)) {
+        Some(value) => match value.to_str() {
+            Ok(value) => Some(value.split(',').next().unwrap_or("").trim().to_owned()),
+            Err(_) => return malformed("the host is not visible ASCII"),
+        },
+        None => req.uri().host().map(str::to_owned),
+    };
     match host {
         Some(host) if !host.is_empty() => tenant_from_host(&host, &settings.domain_suffix),
-        _ => Err(missing(&settings.domain_suffix)),
+        _ => nothing(&settings.domain_suffix),
     }
 }
 
 /// The tenant named by `host` under `suffix` (`.example.com`).
-pub fn tenant_from_host(host: &str, suffix: &str) -> Result<TenantIdentifier, AppError> {
+fn tenant_from_host(host: &str, suffix: &str) -> Found {
     if host.starts_with('[') {
         // An IPv6 address.
-        return Err(missing(suffix));
+        return nothing(suffix);
     }
     let without_port = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -54,39 +47,41 @@ pub fn tenant_from_host(host: &str, suffix: &str) -> Result<TenantIdentifier, Ap
     let name = without_port.to_ascii_lowercase();
     let name = name.strip_suffix('.').unwrap_or(&name);
     if name == suffix.trim_start_matches('.') {
-        return Err(missing(suffix));
+        return nothing(suffix);
     }
     let Some(label) = name.strip_suffix(suffix) else {
         // Another domain, an IPv4 address, `localhost`: not a tenant's address.
-        return Err(missing(suffix));
+        return nothing(suffix);
     };
     if label.contains('.') {
-        return Err(not_found("nested subdomains name no tenant"));
+        return malformed("nested subdomains name no tenant");
     }
-    TenantIdentifier::parse(label).map_err(|why| not_found(&why))
+    Found::identifier(label)
 }
 
-fn missing(suffix: &str) -> AppError {
-    AppError::MissingTenant {
+fn nothing(suffix: &str) -> Found {
+    Found::Nothing {
         hint: format!("address the service as <tenant>{suffix}"),
     }
 }
 
-fn not_found(detail: &str) -> AppError {
-    AppError::TenantNotFound {
-        detail: detail.to_owned(),
-    }
+fn malformed(why: &str) -> Found {
+    Found::Rejected(Rejection::Malformed(why.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TenantIdentifier;
     use proptest::prelude::*;
 
     const SUFFIX: &str = ".example.com";
 
     fn tenant(host: &str) -> Option<String> {
-        tenant_from_host(host, SUFFIX).ok().map(|t| t.to_string())
+        match tenant_from_host(host, SUFFIX) {
+            Found::Tenant(tenant) => Some(tenant.to_string()),
+            _ => None,
+        }
     }
 
     #[test]
@@ -123,10 +118,7 @@ mod tests {
             "localhost",
         ] {
             assert!(
-                matches!(
-                    tenant_from_host(host, SUFFIX),
-                    Err(AppError::MissingTenant { .. })
-                ),
+                matches!(tenant_from_host(host, SUFFIX), Found::Nothing { .. }),
                 "{host}"
             );
         }
@@ -138,7 +130,7 @@ mod tests {
             assert!(
                 matches!(
                     tenant_from_host(host, SUFFIX),
-                    Err(AppError::TenantNotFound { .. })
+                    Found::Rejected(Rejection::Malformed(_))
                 ),
                 "{host}"
             );
@@ -148,7 +140,7 @@ mod tests {
     proptest! {
         #[test]
         fn no_host_panics_and_what_is_accepted_is_valid(host in "\\PC{0,80}") {
-            if let Ok(id) = tenant_from_host(&host, SUFFIX) {
+            if let Found::Tenant(id) = tenant_from_host(&host, SUFFIX) {
                 prop_assert!(TenantIdentifier::parse(id.as_str()).is_ok());
             }
         }
