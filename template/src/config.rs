@@ -83,7 +83,7 @@ pub struct Settings {
     /// Verifies bearer tokens (`TENANCY_JWT_*`).
     pub jwt: std::sync::Arc<Verifier>,
 {%- endif %}
-    pub debug_headers: bool,
+    pub error_details: bool,
     pub tenant_cache_ttl: Duration,
     pub admin_token: Option<SecretString>,
 {%- if isolation == "hybrid" %}
@@ -163,7 +163,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("jwt_leeway", Some("30")),
     ("jwt_tenant_claim", Some("tenant_id")),
 {%- endif %}
-    ("debug_headers", Some("false")),
+    ("error_details", Some("false")),
     ("tenant_cache_ttl", Some("30")),
     ("admin_token", None),
     ("isolation_strategy", None),
@@ -214,6 +214,18 @@ impl Settings {
                     .into_string()
                     .map_err(|e| invalid(&key, e.to_string()))?;
                 values.insert(key, text);
+            } else if key == "debug_headers" {
+                // The former name (the reference guide's); the new name wins if both are set.
+                let text = value
+                    .into_string()
+                    .map_err(|e| invalid(&key, e.to_string()))?;
+                values.entry("error_details".to_owned()).or_insert(text);
+                warnings.push(format!(
+                    "{} is the former name of {} (it adds internals to error bodies, not \
+                     headers): read as such; rename it",
+                    var_name(&key),
+                    var_name("error_details")
+                ));
             } else if key == "skip_paths" {
                 warnings.push(format!(
                     "{} is ignored: only routes under /api need a tenant; health, metrics \
@@ -409,7 +421,7 @@ impl Settings {
 {%- if jwt_resolver %}
             jwt: std::sync::Arc::new(jwt),
 {%- endif %}
-            debug_headers: v.boolean("debug_headers")?,
+            error_details: v.boolean("error_details")?,
             tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
             admin_token,
 {%- if isolation == "hybrid" %}
@@ -570,7 +582,7 @@ mod tests {
         assert_eq!(settings.database.max_total_connections, 40);
 {%- endif %}
         assert_eq!(settings.database.statement_timeout, Duration::from_secs(30));
-        assert!(!settings.debug_headers);
+        assert!(!settings.error_details);
         assert!(settings.admin_token.is_none());
     }
 
@@ -589,7 +601,27 @@ mod tests {
         assert_eq!(settings.database.pool_size, 20);
         assert_eq!(settings.database.max_overflow, 10);
         assert_eq!(settings.database.pool_timeout, Duration::from_secs(30));
-        assert!(settings.debug_headers);
+        // The guide's name for it, read under its new one.
+        assert!(settings.error_details);
+    }
+
+    #[test]
+    fn the_former_name_of_error_details_is_read_and_the_new_one_wins() {
+        let (settings, warnings) =
+            Settings::from_env_map(env(&[("TENANCY_DEBUG_HEADERS", "true")])).unwrap();
+        assert!(settings.error_details);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0]
+                .starts_with("TENANCY_DEBUG_HEADERS is the former name of TENANCY_ERROR_DETAILS"),
+            "{warnings:?}"
+        );
+        let (settings, _) = Settings::from_env_map(env(&[
+            ("TENANCY_DEBUG_HEADERS", "true"),
+            ("TENANCY_ERROR_DETAILS", "false"),
+        ]))
+        .unwrap();
+        assert!(!settings.error_details);
     }
 
     #[test]
@@ -609,8 +641,8 @@ mod tests {
             ),
             (&[("TENANCY_PORT", "70000")], "TENANCY_PORT"),
             (
-                &[("TENANCY_DEBUG_HEADERS", "maybe")],
-                "TENANCY_DEBUG_HEADERS",
+                &[("TENANCY_ERROR_DETAILS", "maybe")],
+                "TENANCY_ERROR_DETAILS",
             ),
 {%- if header_resolver %}
             (

@@ -1,7 +1,7 @@
 //! The one mapping from errors to HTTP responses: `application/problem+json` (RFC 9457).
 //!
 //! Bodies never carry internals (SQL errors, pool state, which check failed) unless
-//! `TENANCY_DEBUG_HEADERS=true`, in which case [`debug_details`] adds them. Internal
+//! `TENANCY_ERROR_DETAILS=true`, in which case [`debug_details`] adds them. Internal
 //! errors are logged where they are turned into a response.
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -24,7 +24,7 @@ pub enum AppError {
     /// A suspended tenant, or a request naming two tenants.
     #[error("forbidden")]
     Forbidden { detail: String },
-    /// Every refused credential looks the same; `detail` is for `debug_headers` only.
+    /// Every refused credential looks the same; `detail` is for `error_details` only.
     #[error("missing or invalid credentials")]
     Unauthorized { detail: String },
     #[error("{0}")]
@@ -86,7 +86,7 @@ impl AppError {
         }
     }
 
-    /// What only a developer with `debug_headers` on may see.
+    /// What only a developer with `error_details` on may see.
     fn internal_detail(&self) -> Option<&str> {
         match self {
             AppError::TenantNotFound { detail }
@@ -203,7 +203,7 @@ impl From<diesel::result::Error> for AppError {
 
 /// What a client is told when a write breaks the constraint named `name`. Add your
 /// tables' constraints here; others get their kind's message. Constraint names are
-/// internals: a client sees them only with `TENANCY_DEBUG_HEADERS=true`.
+/// internals: a client sees them only with `TENANCY_ERROR_DETAILS=true`.
 fn constraint_message(name: &str) -> Option<&'static str> {
     match name {
         "notes_title_check" => Some("title must have 1 to 200 characters"),
@@ -278,7 +278,7 @@ impl From<PoolError> for AppError {
     }
 }
 
-/// Middleware installed only when `debug_headers` is on: re-renders `AppError` responses
+/// Middleware installed only when `error_details` is on: re-renders `AppError` responses
 /// with their internal detail.
 pub async fn debug_details(
     req: ServiceRequest,

@@ -26,7 +26,7 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let debug = tenancy.settings.debug_headers;
+    let debug = tenancy.settings.error_details;
     App::new()
         .app_data(tenancy)
         .app_data(

@@ -53,7 +53,7 @@ async fn constraint_violations_are_409_or_422_problems_without_internals() {
             assert!(!text.contains(internal), "{internal} leaked: {text}");
         }
     }
-    // With TENANCY_DEBUG_HEADERS=true a developer sees PostgreSQL's own words.
+    // With TENANCY_ERROR_DETAILS=true a developer sees PostgreSQL's own words.
     let (_, debug) = problem_of(&mut conn, empty, true).await;
     assert!(
         debug["debug"]

@@ -308,8 +308,8 @@ async fn the_claims_reach_handlers_and_a_token_reaches_only_its_tenant() {
 }
 
 #[actix_web::test]
-async fn only_debug_headers_tell_which_check_failed() {
-    let app = app_with(&[("TENANCY_DEBUG_HEADERS", "true")]).await;
+async fn only_error_details_tell_which_check_failed() {
+    let app = app_with(&[("TENANCY_ERROR_DETAILS", "true")]).await;
     let expired = sign_hs256(with(json!({"exp": now() - 600})));
     let (status, challenge, body) = get_notes(&app, &format!("Bearer {expired}")).await;
     assert_eq!(status, 401);

@@ -109,13 +109,13 @@ async fn only_routes_under_api_need_a_tenant() {
 }
 
 #[actix_web::test]
-async fn debug_headers_add_internal_detail_only_when_enabled() {
+async fn error_details_add_internal_detail_only_when_enabled() {
     let quiet = spawn_app().await;
     let service = service!(quiet);
     let (_, body) = call!(service, get "/api/notes", tenant = "ghost");
     assert!(body.get("debug").is_none(), "{body}");
 
-    let verbose = spawn_app_with(&[("TENANCY_DEBUG_HEADERS", "true")]).await;
+    let verbose = spawn_app_with(&[("TENANCY_ERROR_DETAILS", "true")]).await;
     let service = service!(verbose);
     let (status, body) = call!(service, get "/api/notes", tenant = "ghost");
     assert_eq!(status, StatusCode::NOT_FOUND);

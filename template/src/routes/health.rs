@@ -68,7 +68,7 @@ async fn health(tenancy: web::Data<Tenancy>) -> HttpResponse {
         Err(error) => {
             tracing::warn!(error = %error, "health check: database unavailable");
             let mut database = json!({"status": "down", "latency_ms": check.latency_ms});
-            if tenancy.settings.debug_headers {
+            if tenancy.settings.error_details {
                 database["error"] = json!(error);
             }
             (false, database, serde_json::Value::Null)

@@ -14,15 +14,11 @@ use actix_web::dev::ServiceRequest;
 use super::{Found, Rejection};
 use crate::config::Settings;
 use crate::domain::TenantIdentifier;
-{%- for r in resolvers %}
-
-use super::{{r}};
-{%- endfor %}
 
 pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
     let found = [
 {%- for r in resolvers %}
-        ("{{r}}", {{r}}::resolve(req, settings)),
+        ("{{r}}", super::{{r}}::resolve(req, settings)),
 {%- endfor %}
     ];
     let mut named: Option<(&str, TenantIdentifier)> = None;

@@ -11,7 +11,7 @@
 //! `nbf` is checked when present, `iss` and `aud` when configured, with
 //! `TENANCY_JWT_LEEWAY` seconds of clock skew. Every refusal is the same 401 with
 //! `WWW-Authenticate: Bearer`; which check failed is told only with
-//! `TENANCY_DEBUG_HEADERS`.
+//! `TENANCY_ERROR_DETAILS`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -200,7 +200,7 @@ impl Verifier {
     }
 
     /// The claims of `token` if it passes every check; otherwise why not (for logs and
-    /// `debug_headers` only).
+    /// `error_details` only).
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, String> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(format!("the token is longer than {MAX_TOKEN_BYTES} bytes"));
