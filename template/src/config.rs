@@ -18,16 +18,26 @@ use crate::domain::IdentifierPrefix;
 
 use crate::domain::Isolation;
 {%- endif %}
-{%- if jwt_resolver %}
 
+use crate::tenancy::resolve::ResolveSettings;
+{%- if header_resolver %}
+use crate::tenancy::resolve::header::HeaderSettings;
+{%- endif %}
+{%- if jwt_resolver %}
 use crate::tenancy::resolve::jwt::{JwtConfig, Verifier};
+{%- endif %}
+{%- if path_resolver %}
+use crate::tenancy::resolve::path::PathSettings;
+{%- endif %}
+{%- if subdomain_resolver %}
+use crate::tenancy::resolve::subdomain::SubdomainSettings;
 {%- endif %}
 
 const PREFIX: &str = "TENANCY_";
 /// Compiled-in strategies; `TENANCY_ISOLATION_STRATEGY` / `TENANCY_RESOLUTION_STRATEGY`, when set, must agree.
 pub const ISOLATION_STRATEGY: &str = "{{isolation}}";
 pub const RESOLUTION_STRATEGY: &str = "{{resolution}}";
-/// Admin tokens and JWT secrets shorter than this are refused.
+/// Admin tokens shorter than this are refused.
 pub const MIN_SECRET_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,24 +75,8 @@ pub struct Settings {
     /// `database_url`.
     pub migration_database_url: Option<SecretString>,
     pub database: DatabaseSettings,
-{%- if header_resolver %}
-    /// The header that names the tenant.
-    pub tenant_header: String,
-{%- endif %}
-{%- if subdomain_resolver %}
-    /// Tenant `acme` is served at `acme<domain_suffix>`; starts with a dot.
-    pub domain_suffix: String,
-    /// Read the host from `X-Forwarded-Host` (only behind a proxy that sets it).
-    pub trust_forwarded_host: bool,
-{%- endif %}
-{%- if path_resolver %}
-    /// Tenant `acme` is served under `<path_prefix>/acme/`.
-    pub path_prefix: String,
-{%- endif %}
-{%- if jwt_resolver %}
-    /// Verifies bearer tokens (`TENANCY_JWT_*`).
-    pub jwt: std::sync::Arc<Verifier>,
-{%- endif %}
+    /// What the tenant resolver{% if resolution == "chain" %}s{% endif %} read.
+    pub resolve: ResolveSettings,
     pub error_details: bool,
     pub tenant_cache_ttl: Duration,
     pub admin_token: Option<SecretString>,
@@ -408,19 +402,27 @@ impl Settings {
             database_url: SecretString::from(database_url),
             migration_database_url,
             database,
+            resolve: ResolveSettings {
 {%- if header_resolver %}
-            tenant_header,
+                header: HeaderSettings {
+                    name: tenant_header,
+                },
 {%- endif %}
 {%- if subdomain_resolver %}
-            domain_suffix,
-            trust_forwarded_host: v.boolean("trust_forwarded_host")?,
+                subdomain: SubdomainSettings {
+                    domain_suffix,
+                    trust_forwarded_host: v.boolean("trust_forwarded_host")?,
+                },
 {%- endif %}
 {%- if path_resolver %}
-            path_prefix,
+                path: PathSettings {
+                    prefix: path_prefix,
+                },
 {%- endif %}
 {%- if jwt_resolver %}
-            jwt: std::sync::Arc::new(jwt),
+                jwt: std::sync::Arc::new(jwt),
 {%- endif %}
+            },
             error_details: v.boolean("error_details")?,
             tenant_cache_ttl: v.seconds("tenant_cache_ttl", 0, 3600)?,
             admin_token,
@@ -563,10 +565,10 @@ mod tests {
         assert!(warnings.is_empty());
         assert_eq!(settings.port, 8000);
 {%- if header_resolver %}
-        assert_eq!(settings.tenant_header, "X-Tenant-ID");
+        assert_eq!(settings.resolve.header.name, "X-Tenant-ID");
 {%- endif %}
 {%- if path_resolver %}
-        assert_eq!(settings.path_prefix, "/t");
+        assert_eq!(settings.resolve.path.prefix, "/t");
 {%- endif %}
 {%- if isolation == "database" %}
         // Ten busy tenants fit under the cap without closing each other's connections.

@@ -23,7 +23,7 @@ pub async fn resolve_tenant(
         let error = AppError::internal("Tenancy is not registered as app data");
         return Ok(req.error_response(error).map_into_right_body());
     };
-    let tenant = match resolve::resolve(&mut req, &tenancy.settings) {
+    let tenant = match resolve::resolve(&mut req, &tenancy.settings.resolve) {
         Found::Tenant(identifier) => tenancy.active_tenant(&identifier).await,
         Found::Nothing { hint } => Err(AppError::MissingTenant { hint }),
         Found::Rejected(rejection) => Err(rejection.into()),

@@ -11,19 +11,23 @@
 
 use actix_web::dev::ServiceRequest;
 
-use super::{Found, Rejection};
-use crate::config::Settings;
+use super::found::{Found, Rejection};
+use super::settings::ResolveSettings;
 use crate::domain::TenantIdentifier;
 
-pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
+/// The resolvers, in the order they are tried.
+const RESOLVERS: [&str; {{ resolvers | size }}] = [{% for r in resolvers %}"{{r}}"{% unless forloop.last %}, {% endunless %}{% endfor %}];
+
+pub fn resolve(req: &mut ServiceRequest, settings: &ResolveSettings) -> Found {
+    // In the order of RESOLVERS.
     let found = [
 {%- for r in resolvers %}
-        ("{{r}}", super::{{r}}::resolve(req, settings)),
+        super::{{r}}::resolve(req, &settings.{{r}}),
 {%- endfor %}
     ];
     let mut named: Option<(&str, TenantIdentifier)> = None;
     let mut hints = Vec::new();
-    for (resolver, found) in found {
+    for (resolver, found) in RESOLVERS.into_iter().zip(found) {
         match found {
             Found::Nothing { hint } => hints.push(hint),
             rejected @ Found::Rejected(_) => return rejected,

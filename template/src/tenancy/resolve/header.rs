@@ -4,18 +4,20 @@
 
 use actix_web::dev::ServiceRequest;
 
-use super::{Found, Rejection};
-use crate::config::Settings;
+use super::found::{Found, Rejection};
+
+#[derive(Debug, Clone)]
+pub struct HeaderSettings {
+    /// The header that names the tenant (`TENANCY_TENANT_HEADER`).
+    pub name: String,
+}
 
 /// The tenant named by the request's header; nothing without the header; a malformed
 /// value is rejected (and answered like an unknown tenant).
-pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
-    let Some(value) = req.headers().get(settings.tenant_header.as_str()) else {
+pub fn resolve(req: &mut ServiceRequest, settings: &HeaderSettings) -> Found {
+    let Some(value) = req.headers().get(settings.name.as_str()) else {
         return Found::Nothing {
-            hint: format!(
-                "send the tenant identifier in the {} header",
-                settings.tenant_header
-            ),
+            hint: format!("send the tenant identifier in the {} header", settings.name),
         };
     };
     match value.to_str() {

@@ -26,10 +26,11 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::{Found, Rejection};
-use crate::config::{MIN_SECRET_LEN, Settings};
+use super::found::{Found, Rejection};
 use crate::error::AppError;
 
+/// HMAC secrets shorter than this are refused (RFC 7518: a key as long as the hash).
+const MIN_SECRET_LEN: usize = 32;
 /// Longer tokens are refused before they are parsed.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 const HINT: &str = "send a bearer token (Authorization: Bearer <jwt>)";
@@ -321,7 +322,7 @@ fn refused(why: impl Into<String>) -> Found {
 /// when JWT is the only resolver, see `resolve::resolve`); the credentials are refused
 /// for a token that fails a check or has no string tenant claim; a claim that is not a
 /// valid identifier is rejected as malformed (answered like an unknown tenant).
-pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
+pub fn resolve(req: &mut ServiceRequest, verifier: &Verifier) -> Found {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Found::Nothing { hint: HINT.into() };
     };
@@ -332,7 +333,6 @@ pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
     let Some(token) = bearer.map(str::trim) else {
         return refused("the Authorization header is not a bearer token");
     };
-    let verifier = &settings.jwt;
     let claims = match verifier.verify(token) {
         Ok(claims) => claims,
         Err(why) => return refused(why),

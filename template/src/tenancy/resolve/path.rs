@@ -18,11 +18,16 @@ use actix_web::http::Uri;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 
-use super::{Found, Rejection};
-use crate::config::Settings;
+use super::found::{Found, Rejection};
 use crate::domain::TenantIdentifier;
 use crate::error::AppError;
 use crate::tenancy::Tenancy;
+
+#[derive(Debug, Clone)]
+pub struct PathSettings {
+    /// Tenant `acme` is served under `<prefix>/acme/` (`TENANCY_PATH_PREFIX`).
+    pub prefix: String,
+}
 
 /// The tenant a request's path named, kept for [`resolve`] once the prefix is gone.
 #[derive(Debug, Clone)]
@@ -38,7 +43,7 @@ pub async fn strip_tenant_prefix(
         let error = AppError::internal("Tenancy is not registered as app data");
         return Ok(req.error_response(error).map_into_right_body());
     };
-    let rerouted = match split(req.path(), &tenancy.settings.path_prefix) {
+    let rerouted = match split(req.path(), &tenancy.settings.resolve.path.prefix) {
         // Not under the prefix: this path names no tenant.
         None => Ok(()),
         Some(Ok((tenant, rest))) => reroute(&mut req, &rest).map(|()| {
@@ -70,11 +75,11 @@ fn reroute(req: &mut ServiceRequest, rest: &str) -> Result<(), Rejection> {
 }
 
 /// The tenant the request's path named (see [`strip_tenant_prefix`]).
-pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
+pub fn resolve(req: &mut ServiceRequest, settings: &PathSettings) -> Found {
     match req.extensions().get::<PathTenant>() {
         Some(PathTenant(tenant)) => Found::Tenant(tenant.clone()),
         None => Found::Nothing {
-            hint: format!("start the path with {}/<tenant>/", settings.path_prefix),
+            hint: format!("start the path with {}/<tenant>/", settings.prefix),
         },
     }
 }

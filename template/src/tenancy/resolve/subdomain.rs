@@ -13,10 +13,19 @@
 use actix_web::dev::ServiceRequest;
 use actix_web::http::header;
 
-use super::{Found, Rejection};
-use crate::config::Settings;
+use super::found::{Found, Rejection};
 
-pub fn resolve(req: &mut ServiceRequest, settings: &Settings) -> Found {
+#[derive(Debug, Clone)]
+pub struct SubdomainSettings {
+    /// Tenant `acme` is served at `acme<domain_suffix>`; starts with a dot
+    /// (`TENANCY_DOMAIN_SUFFIX`).
+    pub domain_suffix: String,
+    /// Read the host from `X-Forwarded-Host` (only behind a proxy that sets it;
+    /// `TENANCY_TRUST_FORWARDED_HOST`).
+    pub trust_forwarded_host: bool,
+}
+
+pub fn resolve(req: &mut ServiceRequest, settings: &SubdomainSettings) -> Found {
     let forwarded = settings
         .trust_forwarded_host
         .then(|| req.headers().get("x-forwarded-host"))

@@ -1,0 +1,38 @@
+//! What a resolver found in a request: a tenant, nothing, or a rejection.
+
+use crate::domain::TenantIdentifier;
+
+/// What a resolver found in a request. The middleware turns it into a tenant or an
+/// HTTP answer; a chain of resolvers combines them (see `chain.rs` when generated).
+#[derive(Debug)]
+pub enum Found {
+    /// The request names this tenant (not yet looked up).
+    Tenant(TenantIdentifier),
+    /// The request carries nothing this resolver reads; `hint` says what it could send.
+    Nothing { hint: String },
+    /// What the request carries is refused: the request ends here, whatever else it
+    /// carries.
+    Rejected(Rejection),
+}
+
+/// Why a request's tenant was refused before it was looked up.
+#[derive(Debug)]
+pub enum Rejection {
+    /// Not a valid identifier: answered as an unknown tenant would be, so that tenants
+    /// cannot be told apart from malformed names.
+    Malformed(String),
+    /// A credential (a token) that did not pass its checks.
+    Credentials(String),
+    /// Two resolvers of a chain name different tenants.
+    Disagreement(String),
+}
+
+impl Found {
+    /// `value` as a tenant identifier, or a rejection saying why it is none.
+    pub fn identifier(value: &str) -> Self {
+        match TenantIdentifier::parse(value) {
+            Ok(identifier) => Found::Tenant(identifier),
+            Err(why) => Found::Rejected(Rejection::Malformed(why)),
+        }
+    }
+}
