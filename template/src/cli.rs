@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Settings;
-use crate::domain::{Isolation, TenantIdentifier};
+{%- if isolation == "hybrid" %}
+use crate::domain::Isolation;
+{%- endif %}
+use crate::domain::TenantIdentifier;
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
 {%- if isolation == "database" %}
@@ -54,9 +57,11 @@ pub enum TenantCommand {
         /// JSON object stored with the tenant.
         #[arg(long, default_value = "{}")]
         metadata: String,
-        /// schema, rls or database (default: the service's).
+{%- if isolation == "hybrid" %}
+        /// schema or rls (default: TENANCY_DEFAULT_ISOLATION).
         #[arg(long)]
         isolation: Option<String>,
+{%- endif %}
 {%- if isolation == "database" %}
         /// PostgreSQL server (host or host:port) for the tenant's database; credentials
         /// come from the configured URLs (default: the server of
@@ -145,16 +150,20 @@ async fn run_command(
                     identifier,
                     name,
                     metadata,
+{%- if isolation == "hybrid" %}
                     isolation,
+{%- endif %}
 {%- if isolation == "database" %}
                     server,
 {%- endif %}
                 } => {
                     let new = NewTenant {
+{%- if isolation == "hybrid" %}
                         isolation: isolation
                             .map(|i| i.parse::<Isolation>())
                             .transpose()
                             .map_err(|e| format!("--isolation: {e}"))?,
+{%- endif %}
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| format!("--metadata is not JSON: {e}"))?,
 {%- if isolation == "database" %}

@@ -154,3 +154,22 @@ async fn identifier_injection_attempts_are_refused_and_change_nothing() {
     assert_eq!(app.db.schemas().await, app.baseline_schemas);
     assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
 }
+
+#[actix_web::test]
+async fn members_a_tenant_does_not_have_are_refused_not_ignored() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    // `isolation` is a choice only with hybrid, `server` only with a database per tenant.
+    let unknown = ["colour"{% if isolation != "hybrid" %}, "isolation"{% endif %}{% if isolation != "database" %}, "server"{% endif %}];
+    for member in unknown {
+        let mut body = json!({"identifier": "acme", "name": "Acme"});
+        body[member] = json!("rls");
+        let (status, problem) = admin!(service, post "/admin/tenants", json = body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{member}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(member),
+            "{member}: {problem}"
+        );
+    }
+    assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
+}

@@ -4,7 +4,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | /admin/tenants | create `{identifier, name, metadata?, isolation?{% if isolation == "database" %}, server?{% endif %}}` (201) |
+//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if isolation == "database" %}, server?{% endif %}}` (201; other members: 400) |
 //! | GET | /admin/tenants | list |
 //! | GET | /admin/tenants/{identifier} | show |
 //! | POST | /admin/tenants/{identifier}/suspend | suspend |

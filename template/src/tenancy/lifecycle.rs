@@ -15,7 +15,7 @@ use super::isolation::Strategy;
 use super::{CONTROL_SCHEMA, Tenancy, registry, with_session_option};
 use crate::db::connect::ConnectError;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
-use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +52,18 @@ impl From<LifecycleError> for AppError {
 }
 
 /// What a new tenant is created from.
+/// A tenant to create. Members it does not know are refused, so that a request meant for
+/// another kind of service is not half-understood.
 #[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub identifier: TenantIdentifier,
     pub name: String,
-    /// How to isolate it; default: the service's (`TENANCY_DEFAULT_ISOLATION` with hybrid).
+{%- if isolation == "hybrid" %}
+    /// The tier: `schema` or `rls`; default: `TENANCY_DEFAULT_ISOLATION`.
     #[serde(default)]
-    pub isolation: Option<Isolation>,
+    pub isolation: Option<crate::domain::Isolation>,
+{%- endif %}
     #[serde(default = "empty_object")]
     pub metadata: serde_json::Value,
 {%- if isolation == "database" %}
@@ -75,7 +80,9 @@ impl NewTenant {
         Self {
             identifier,
             name: name.into(),
+{%- if isolation == "hybrid" %}
             isolation: None,
+{%- endif %}
             metadata: empty_object(),
 {%- if isolation == "database" %}
             server: None,
@@ -210,9 +217,15 @@ impl Tenancy {
                 "metadata must be a JSON object".into(),
             ));
         }
+{%- if isolation == "hybrid" %}
+        let requested = new.isolation;
+{%- else %}
+        // Every tenant of this service is isolated the same way.
+        let requested = None;
+{%- endif %}
         let isolation = self
             .strategy()
-            .choose(new.isolation)
+            .choose(requested)
             .map_err(LifecycleError::Invalid)?;
         let tenant = {
             let mut conn = self.control_connection().await?;
