@@ -288,8 +288,22 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     spawn_app_on(TestDatabase::create().await, extra).await
 }
 
+/// The service's logs, on standard output with `TEST_LOG=1` (e.g.
+/// `TEST_LOG=1 cargo test some_test | jq`), else nowhere. Installed once per test binary.
+fn init_test_logs() {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            {{crate_name}}::telemetry::init("info", std::io::stdout);
+        } else {
+            {{crate_name}}::telemetry::init("off", std::io::sink);
+        }
+    });
+}
+
 /// Like `spawn_app_with`, on `db`.
 pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
+    init_test_logs();
     let mut env: HashMap<String, String> = db
         .env()
         .into_iter()
