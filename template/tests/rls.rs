@@ -14,7 +14,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use {{crate_name}}::config::Settings;
 use {{crate_name}}::domain::Tenant;
-use {{crate_name}}::tenancy::Tenancy;
+use {{crate_name}}::tenancy::{AppRoleError, Tenancy};
 
 /// A raw session of the application role on the shared tables, with no tenant set.
 async fn app_session(app: &TestApp) -> Client {
@@ -211,8 +211,11 @@ async fn the_service_refuses_a_role_that_bypasses_row_level_security() {
     env.insert("TENANCY_DATABASE_URL".to_string(), app.db.url.clone());
     let (settings, _) = Settings::from_env_map(env).unwrap();
     let tenancy = Tenancy::new(settings).unwrap();
-    let refusal = tenancy.check_app_role().await.unwrap_err().to_string();
-    assert!(refusal.contains("Row-Level Security"), "{refusal}");
+    let refusal = tenancy.check_app_role().await.unwrap_err();
+    assert!(matches!(refusal, AppRoleError::Unsafe(_)), "{refusal:?}");
+    let message = refusal.to_string();
+    assert!(message.starts_with("TENANCY_DATABASE_URL: "), "{message}");
+    assert!(message.contains("Row-Level Security"), "{message}");
 }
 
 #[actix_web::test]

@@ -15,6 +15,7 @@ use super::isolation::Strategy;
 use super::{CONTROL_SCHEMA, Tenancy, registry, with_session_option};
 use crate::db::connect::ConnectError;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
+use crate::db::pool::PoolError;
 use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
 use crate::error::AppError;
 
@@ -33,7 +34,7 @@ pub enum LifecycleError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
-    App(#[from] AppError),
+    Pool(#[from] PoolError),
 }
 
 impl From<LifecycleError> for AppError {
@@ -42,7 +43,7 @@ impl From<LifecycleError> for AppError {
             LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
             LifecycleError::Conflict(m) => AppError::Conflict(m),
             LifecycleError::Invalid(m) => AppError::BadRequest(m),
-            LifecycleError::App(e) => e,
+            LifecycleError::Pool(e) => e.into(),
             LifecycleError::Connect(e) => AppError::Unavailable {
                 detail: e.to_string(),
             },
@@ -228,7 +229,7 @@ impl Tenancy {
             .choose(requested)
             .map_err(LifecycleError::Invalid)?;
         let tenant = {
-            let mut conn = self.control_connection().await?;
+            let mut conn = self.control.get().await?;
             registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)
                 .await?
         };
@@ -244,7 +245,7 @@ impl Tenancy {
             .await?;
 {%- endif %}
         self.strategy().migrate(self.context(), &tenant).await?;
-        let mut conn = self.control_connection().await?;
+        let mut conn = self.control.get().await?;
         let active = registry::transition(
             &mut conn,
             tenant.id,
@@ -264,14 +265,14 @@ impl Tenancy {
         &self,
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
-        let mut conn = self.control_connection().await?;
+        let mut conn = self.control.get().await?;
         registry::find_by_identifier(&mut conn, identifier)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, LifecycleError> {
-        let mut conn = self.control_connection().await?;
+        let mut conn = self.control.get().await?;
         Ok(registry::list(&mut conn).await?)
     }
 
@@ -350,7 +351,7 @@ impl Tenancy {
         if tenant.status == to {
             return Ok(tenant);
         }
-        let mut conn = self.control_connection().await?;
+        let mut conn = self.control.get().await?;
         let changed = registry::transition(&mut conn, tenant.id, from, to).await?;
         self.forget(&tenant);
         changed.ok_or_else(|| {

@@ -64,6 +64,16 @@ pub struct ConnectionStats {
     pub degraded: Option<String>,
 }
 
+/// Why the service will not serve tenants with its application role (a start-up check).
+#[derive(Debug, thiserror::Error)]
+pub enum AppRoleError {
+    /// The role would defeat the isolation strategy.
+    #[error("TENANCY_DATABASE_URL: {0}")]
+    Unsafe(String),
+    #[error("could not check the application role of TENANCY_DATABASE_URL: {0}")]
+    Unchecked(#[from] PoolError),
+}
+
 impl Tenancy {
     pub fn new(settings: Settings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
@@ -144,12 +154,12 @@ impl Tenancy {
 
     /// Refuses an application role that would defeat the isolation strategy (for
     /// Row-Level Security: a superuser, `BYPASSRLS`, or the owner of tenant tables).
-    pub async fn check_app_role(&self) -> Result<(), AppError> {
-        let mut conn = self.control_connection().await?;
+    pub async fn check_app_role(&self) -> Result<(), AppRoleError> {
+        let mut conn = self.control.get().await?;
         self.strategy
             .check_app_role(&mut conn)
             .await
-            .map_err(|why| AppError::Conflict(format!("TENANCY_DATABASE_URL: {why}")))
+            .map_err(AppRoleError::Unsafe)
     }
 
     /// A connection of the control plane.
