@@ -90,7 +90,7 @@ measure() {
 rows_for() { if [ "$1" -le 10 ]; then echo 1000; else echo 100; fi; }
 
 results=()
-trap 'drop_all >/dev/null 2>&1 || true' EXIT
+trap 'drop_all >/dev/null 2>&1; sql "DROP ROLE IF EXISTS bench_app" postgres >/dev/null 2>&1 || true' EXIT
 for strategy in $STRATEGIES; do
   project=$(generate "$root" acme-api "isolation=$strategy")
   mkdir -p "$project/examples"
