@@ -209,7 +209,7 @@ impl Settings {
                     .map_err(|e| invalid(&key, e.to_string()))?;
                 values.insert(key, text);
             } else if key == "debug_headers" {
-                // The former name (the reference guide's); the new name wins if both are set.
+                // Its former name, still read; the new name wins if both are set.
                 let text = value
                     .into_string()
                     .map_err(|e| invalid(&key, e.to_string()))?;
@@ -589,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_flat_variables_like_the_reference_guide() {
+    fn reads_flat_variables() {
         let (settings, _) = Settings::from_env_map(env(&[
             ("TENANCY_DATABASE_POOL_SIZE", "20"),
             ("TENANCY_DATABASE_MAX_OVERFLOW", "10"),
@@ -603,7 +603,7 @@ mod tests {
         assert_eq!(settings.database.pool_size, 20);
         assert_eq!(settings.database.max_overflow, 10);
         assert_eq!(settings.database.pool_timeout, Duration::from_secs(30));
-        // The guide's name for it, read under its new one.
+        // TENANCY_DEBUG_HEADERS, read under its new name.
         assert!(settings.error_details);
     }
 

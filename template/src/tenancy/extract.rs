@@ -8,7 +8,7 @@ use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
 use super::Tenancy;
@@ -43,10 +43,9 @@ impl FromRequest for TenantConnection {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let tenant = current_tenant(req);
-        let tenancy = req.app_data::<web::Data<Tenancy>>().cloned();
+        let tenancy = Tenancy::of(req);
         Box::pin(async move {
-            let tenant = tenant?;
-            let tenancy = tenancy.ok_or_else(|| AppError::internal("Tenancy is not registered"))?;
+            let (tenant, tenancy) = (tenant?, tenancy?);
             tenancy.tenant_connection(&tenant).await
         })
     }

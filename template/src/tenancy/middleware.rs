@@ -5,10 +5,10 @@
 //! problem+json error. The tenant is put in the request extensions and on the request's
 //! root span (`tenant.id`, `tenant.identifier`).
 
+use actix_web::HttpMessage;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, web};
 use tracing_actix_web::RootSpan;
 
 use super::Tenancy;
@@ -19,9 +19,9 @@ pub async fn resolve_tenant(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(tenancy) = req.app_data::<web::Data<Tenancy>>().cloned() else {
-        let error = AppError::internal("Tenancy is not registered as app data");
-        return Ok(req.error_response(error).map_into_right_body());
+    let tenancy = match Tenancy::of(req.request()) {
+        Ok(tenancy) => tenancy,
+        Err(error) => return Ok(req.error_response(error).map_into_right_body()),
     };
     let tenant = match resolve::resolve(&mut req, &tenancy.settings.resolve) {
         Found::Tenant(identifier) => tenancy.active_tenant(&identifier).await,

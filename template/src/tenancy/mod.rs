@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::{HttpRequest, web};
 use secrecy::ExposeSecret;
 
 use crate::config::{DatabaseSettings, Settings};
@@ -145,6 +146,13 @@ impl Tenancy {
     /// What the isolation strategy uses (roles, runtime, control pool).
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// The service's `Tenancy`, registered as app data by `startup::app`.
+    pub fn of(req: &HttpRequest) -> Result<web::Data<Tenancy>, AppError> {
+        req.app_data::<web::Data<Tenancy>>()
+            .cloned()
+            .ok_or_else(|| AppError::internal("Tenancy is not registered as app data"))
     }
 
     /// The isolation strategy this service was generated with.

@@ -12,11 +12,11 @@
 //! not a valid identifier (404) and cannot change the tenant; what follows the segment is
 //! routed as it is (`/t/acme/../globex/...` stays with `acme` and matches no route).
 
+use actix_web::HttpMessage;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Uri;
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, web};
 
 use super::found::{Found, Rejection};
 use crate::domain::TenantIdentifier;
@@ -39,9 +39,9 @@ pub async fn strip_tenant_prefix(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(tenancy) = req.app_data::<web::Data<Tenancy>>().cloned() else {
-        let error = AppError::internal("Tenancy is not registered as app data");
-        return Ok(req.error_response(error).map_into_right_body());
+    let tenancy = match Tenancy::of(req.request()) {
+        Ok(tenancy) => tenancy,
+        Err(error) => return Ok(req.error_response(error).map_into_right_body()),
     };
     let rerouted = match split(req.path(), &tenancy.settings.resolve.path.prefix) {
         // Not under the prefix: this path names no tenant.
