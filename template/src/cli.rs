@@ -117,7 +117,7 @@ async fn run_command(
     command: Command,
     settings: Settings,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let tenancy = Tenancy::new(settings)?;
+    let tenancy = Tenancy::new(settings.tenancy)?;
     let mut out = std::io::stdout().lock();
     match command {
         Command::Serve => return Err("serve is not a one-off command".into()),

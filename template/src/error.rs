@@ -24,15 +24,19 @@ pub enum AppError {
     /// A suspended tenant, or a request naming two tenants.
     #[error("forbidden")]
     Forbidden { detail: String },
+{%- if admin_api or jwt_resolver %}
     /// Every refused credential looks the same; `detail` is for `error_details` only.
     #[error("missing or invalid credentials")]
     Unauthorized { detail: String },
+{%- endif %}
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+{%- if admin_api %}
     #[error("{0}")]
     Conflict(String),
+{%- endif %}
     /// A write the database refused for one of its constraints (see [`Constraint`]).
     #[error("{message}")]
     Constraint {
@@ -56,72 +60,104 @@ impl AppError {
     /// Seconds a client should wait before retrying a 503.
     const RETRY_AFTER_SECONDS: &'static str = "1";
 
-    fn title(&self) -> &'static str {
-        match self {
-            AppError::MissingTenant { .. } => "Tenant required",
-            AppError::TenantNotFound { .. } => "Tenant not found",
-            AppError::Forbidden { .. } => "Forbidden",
-            AppError::Unauthorized { .. } => "Unauthorized",
-            AppError::BadRequest(_) => "Bad request",
-            AppError::NotFound(_) => "Not found",
-            AppError::Conflict(_) => "Conflict",
-            AppError::Constraint { kind, .. } => match kind.status() {
-                StatusCode::CONFLICT => "Conflict",
-                _ => "Unprocessable content",
-            },
-            AppError::Unavailable { .. } => "Service unavailable",
-            AppError::Internal { .. } => "Internal server error",
-        }
-    }
-
-    /// What a client may always see.
-    fn public_detail(&self) -> Option<String> {
-        match self {
-            AppError::MissingTenant { hint } => Some(hint.clone()),
-            AppError::BadRequest(m) | AppError::Conflict(m) => Some(m.clone()),
-            AppError::Constraint { message, .. } => Some(message.clone()),
-            AppError::NotFound(what) => Some(format!("{what} not found")),
-            AppError::Unavailable { .. } => Some("try again shortly".into()),
-            _ => None,
-        }
-    }
-
-    /// What only a developer with `error_details` on may see.
-    fn internal_detail(&self) -> Option<&str> {
-        match self {
-            AppError::TenantNotFound { detail }
-            | AppError::Unavailable { detail }
-            | AppError::Forbidden { detail }
-            | AppError::Unauthorized { detail }
-            | AppError::Constraint { detail, .. }
-            | AppError::Internal { detail } => Some(detail),
-            _ => None,
+    /// How this error is answered: one arm per variant.
+    fn answer(&self) -> Answer<'_> {
+        let (status, title, public, internal) = match self {
+            AppError::MissingTenant { hint } => (
+                StatusCode::BAD_REQUEST,
+                "Tenant required",
+                Some(hint.clone()),
+                None,
+            ),
+            AppError::TenantNotFound { detail } => (
+                StatusCode::NOT_FOUND,
+                "Tenant not found",
+                None,
+                Some(detail),
+            ),
+            AppError::Forbidden { detail } => {
+                (StatusCode::FORBIDDEN, "Forbidden", None, Some(detail))
+            }
+{%- if admin_api or jwt_resolver %}
+            AppError::Unauthorized { detail } => {
+                (StatusCode::UNAUTHORIZED, "Unauthorized", None, Some(detail))
+            }
+{%- endif %}
+            AppError::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                Some(message.clone()),
+                None,
+            ),
+            AppError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                Some(format!("{what} not found")),
+                None,
+            ),
+{%- if admin_api %}
+            AppError::Conflict(message) => (
+                StatusCode::CONFLICT,
+                "Conflict",
+                Some(message.clone()),
+                None,
+            ),
+{%- endif %}
+            AppError::Constraint {
+                kind,
+                message,
+                detail,
+            } => (
+                kind.status(),
+                kind.title(),
+                Some(message.clone()),
+                Some(detail),
+            ),
+            AppError::Unavailable { detail } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service unavailable",
+                Some("try again shortly".into()),
+                Some(detail),
+            ),
+            AppError::Internal { detail } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error",
+                None,
+                Some(detail),
+            ),
+        };
+        Answer {
+            status,
+            title,
+            public,
+            internal: internal.map(String::as_str),
         }
     }
 
     /// The response, with internals only when `include_internals`.
     pub fn to_problem(&self, include_internals: bool) -> HttpResponse {
-        let status = self.status_code();
+        let answer = self.answer();
+        let status = answer.status;
         let problem = Problem {
             kind: "about:blank",
-            title: self.title(),
+            title: answer.title,
             status: status.as_u16(),
-            detail: self.public_detail(),
-            debug: include_internals.then(|| self.internal_detail()).flatten(),
+            detail: answer.public,
+            debug: include_internals.then_some(answer.internal).flatten(),
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         ));
-        match self {
-            AppError::Unavailable { .. } => {
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
                 response.insert_header((
                     header::RETRY_AFTER,
                     HeaderValue::from_static(Self::RETRY_AFTER_SECONDS),
                 ));
             }
-            AppError::Unauthorized { .. } => {
+            StatusCode::UNAUTHORIZED => {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
@@ -132,6 +168,14 @@ impl AppError {
             Err(_) => response.finish(),
         }
     }
+}
+
+/// What a client is told of an error, and what only `error_details` adds.
+struct Answer<'a> {
+    status: StatusCode,
+    title: &'static str,
+    public: Option<String>,
+    internal: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -148,16 +192,7 @@ struct Problem<'a> {
 
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            AppError::MissingTenant { .. } | AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::TenantNotFound { .. } | AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Constraint { kind, .. } => kind.status(),
-            AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.answer().status
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
@@ -240,6 +275,13 @@ impl Constraint {
         }
     }
 
+    fn title(self) -> &'static str {
+        match self.status() {
+            StatusCode::CONFLICT => "Conflict",
+            _ => "Unprocessable content",
+        }
+    }
+
     fn message(self) -> &'static str {
         match self {
             Self::Unique => "it conflicts with an existing record",
@@ -277,6 +319,11 @@ impl From<PoolError> for AppError {
         }
     }
 }
+
+/// Whether responses may carry internal details (`TENANCY_ERROR_DETAILS`): app data, for
+/// handlers that report internals of their own (the health check).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorDetails(pub bool);
 
 /// Middleware installed only when `error_details` is on: re-renders `AppError` responses
 /// with their internal detail.

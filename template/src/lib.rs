@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod routes;
 pub mod schema;
+pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod tenancy;

@@ -9,26 +9,28 @@ use actix_web::{App, Error, HttpRequest, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
-use crate::error::{AppError, debug_details};
+use crate::error::{AppError, ErrorDetails, debug_details};
 use crate::routes;
 use crate::telemetry::TenantRootSpan;
 use crate::tenancy::{StartupError, Tenancy};
 
-/// The whole application around a shared `Tenancy`.
+/// The whole application around a shared `Tenancy` (it keeps no borrow of `settings`).
 pub fn app(
     tenancy: web::Data<Tenancy>,
+    settings: &Settings,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
         Config = (),
-        Response = ServiceResponse<impl MessageBody>,
+        Response = ServiceResponse<impl MessageBody + use<>>,
         Error = Error,
         InitError = (),
-    >,
+    > + use<>,
 > {
-    let debug = tenancy.settings.error_details;
+    let debug = settings.http.error_details;
     App::new()
         .app_data(tenancy)
+        .app_data(web::Data::new(ErrorDetails(debug)))
         .app_data(
             web::JsonConfig::default()
                 .limit(256 * 1024)
@@ -43,13 +45,14 @@ pub fn app(
             AppError::BadRequest(format!("invalid query string: {e}")).into()
         }))
 {%- if path_resolver %}
+        .app_data(web::Data::new(settings.tenancy.resolve.path.clone()))
         .wrap(from_fn(crate::tenancy::resolve::path::strip_tenant_prefix))
 {%- endif %}
         .wrap(TracingLogger::<TenantRootSpan>::new())
         .wrap(Condition::new(debug, from_fn(debug_details)))
         .configure(routes::health::routes)
 {%- if admin_api %}
-        .configure(routes::admin::routes)
+        .configure(|cfg| routes::admin::routes(cfg, settings.admin.clone()))
 {%- endif %}
         .configure(routes::api)
         .default_service(web::to(not_found))
@@ -57,6 +60,24 @@ pub fn app(
 
 async fn not_found(_: HttpRequest) -> Result<&'static str, AppError> {
     Err(AppError::NotFound("resource"))
+}
+
+/// What `serve` does before it listens (the tests start from here too): the shared
+/// `Tenancy`, with the control-plane migrations applied and the application role checked.
+pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeError> {
+    let tenancy = Tenancy::new(settings.tenancy.clone())?;
+    let applied = tenancy
+        .migrate_control()
+        .await
+        .map_err(|e| ServeError::Migrate(e.to_string()))?;
+    if !applied.is_empty() {
+        tracing::info!(applied = ?applied, "control-plane migrations applied");
+    }
+    tenancy
+        .check_app_role()
+        .await
+        .map_err(|e| ServeError::UnsafeRole(e.to_string()))?;
+    Ok(web::Data::new(tenancy))
 }
 
 /// A server bound to its listener, not yet running.
@@ -70,34 +91,23 @@ impl Application {
     /// (port 0 picks a free one).
     pub async fn build(settings: Settings) -> Result<Self, ServeError> {
         tracing::info!(
-            database = %settings.database_url_redacted(),
+            database = %settings.tenancy.database.url_redacted(),
             isolation = crate::config::ISOLATION_STRATEGY,
             resolution = crate::config::RESOLUTION_STRATEGY,
             "starting"
         );
 {%- if admin_api %}
-        if settings.admin_token.is_none() {
+        if settings.admin.token.is_none() {
             tracing::warn!("TENANCY_ADMIN_TOKEN is not set: every admin API request is refused");
         }
 {%- endif %}
-        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
-            .map_err(|e| ServeError::Bind(format!("{}:{}", settings.host, settings.port), e))?;
+        let http = &settings.http;
+        let listener = TcpListener::bind((http.host.as_str(), http.port))
+            .map_err(|e| ServeError::Bind(format!("{}:{}", http.host, http.port), e))?;
         let port = listener.local_addr().map_err(ServeError::Io)?.port();
-        let workers = settings.workers;
-        let shutdown = settings.shutdown_timeout;
-        let tenancy = web::Data::new(Tenancy::new(settings)?);
-        let applied = tenancy
-            .migrate_control()
-            .await
-            .map_err(|e| ServeError::Migrate(e.to_string()))?;
-        if !applied.is_empty() {
-            tracing::info!(applied = ?applied, "control-plane migrations applied");
-        }
-        tenancy
-            .check_app_role()
-            .await
-            .map_err(|e| ServeError::UnsafeRole(e.to_string()))?;
-        let mut server = HttpServer::new(move || app(tenancy.clone()))
+        let (workers, shutdown) = (http.workers, http.shutdown_timeout);
+        let tenancy = prepare(&settings).await?;
+        let mut server = HttpServer::new(move || app(tenancy.clone(), &settings))
             .shutdown_timeout(shutdown.as_secs())
             .listen(listener)
             .map_err(ServeError::Io)?;
@@ -108,10 +118,6 @@ impl Application {
             port,
             server: server.run(),
         })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests

@@ -265,3 +265,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClosesWithServer<S> {
         }
     }
 }
+
+/// `base` with PostgreSQL's `statement_timeout` (in milliseconds) in its start-up options.
+pub fn with_statement_timeout(
+    base: &tokio_postgres::Config,
+    timeout: Duration,
+) -> tokio_postgres::Config {
+    with_option(
+        base,
+        format!("-c statement_timeout={}", timeout.as_millis()),
+    )
+}
+
+/// `base` with `-c name="value"` added to its start-up options. `value` must be a safe
+/// identifier (a `SchemaName` or a constant).
+pub fn with_session_option(
+    base: &tokio_postgres::Config,
+    name: &str,
+    value: &str,
+) -> tokio_postgres::Config {
+    with_option(base, format!("-c {name}=\"{value}\""))
+}
+
+fn with_option(base: &tokio_postgres::Config, option: String) -> tokio_postgres::Config {
+    let mut config = base.clone();
+    let options = match base.get_options() {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing} {option}"),
+        _ => option,
+    };
+    config.options(&options);
+    config
+}

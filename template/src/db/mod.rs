@@ -8,8 +8,12 @@ pub mod connect;
 pub mod migrate;
 pub mod pool;
 pub mod runtime;
+pub mod settings;
 
 use pool::{Home, Pool, PoolError, PooledConnection};
+
+/// The schema of the tenant registry (the control plane).
+pub const CONTROL_SCHEMA: &str = "tenancy";
 
 /// A connection scoped to one tenant: the only way to reach tenant tables. Handlers get
 /// it from the extractor in `tenancy::extract`.

@@ -1,15 +1,18 @@
-//! `TenantIdentifier` and `SchemaName`: the only strings that may be interpolated into DDL.
+//! `TenantIdentifier` and `SqlIdentifier`, and the rules every identifier interpolated into
+//! DDL follows (the strategies' own names, `SchemaName` and the database prefix, are built
+//! on them in their files).
 //!
-//! Both can hold nothing but `^[a-z][a-z0-9_]*$` and fit PostgreSQL's 63-byte identifier
-//! limit, and both are always written double-quoted. Never build an identifier for SQL
+//! They can hold nothing but `^[a-z][a-z0-9_]*$` and fit PostgreSQL's 63-byte identifier
+//! limit, and they are always written double-quoted. Never build an identifier for SQL
 //! any other way.
 
 use std::fmt;
 
 /// PostgreSQL truncates identifiers longer than this; we refuse them instead.
 const MAX_IDENTIFIER_BYTES: usize = 63;
-/// Every tenant schema starts with this, so no tenant can ever name `public` or `tenancy`.
-const SCHEMA_PREFIX: &str = "tenant_";
+/// The longest prefix a tenant's storage is named with (`tenant_` + identifier): tenant
+/// identifiers are kept short enough for it.
+const MAX_STORAGE_PREFIX: usize = 7;
 
 /// A tenant's public identifier (`acme`, `globex_eu`): what clients send and URLs show.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -17,8 +20,9 @@ const SCHEMA_PREFIX: &str = "tenant_";
 pub struct TenantIdentifier(String);
 
 impl TenantIdentifier {
-    /// The longest identifier whose schema name still fits in 63 bytes.
-    pub const MAX_LEN: usize = MAX_IDENTIFIER_BYTES - SCHEMA_PREFIX.len();
+    /// The longest identifier whose storage name (a 7-byte prefix + it) still fits in 63
+    /// bytes.
+    pub const MAX_LEN: usize = MAX_IDENTIFIER_BYTES - MAX_STORAGE_PREFIX;
 
     /// Accepts `^[a-z][a-z0-9_]*$`, at most [`Self::MAX_LEN`] bytes.
     pub fn parse(value: &str) -> Result<Self, String> {
@@ -53,65 +57,6 @@ impl<'de> serde::Deserialize<'de> for TenantIdentifier {
     }
 }
 
-/// A PostgreSQL schema name that is safe to interpolate (double-quoted) into DDL.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SchemaName(String);
-
-impl SchemaName {
-    /// The schema that holds a tenant's tables: `tenant_<identifier>`.
-    pub fn for_tenant(identifier: &TenantIdentifier) -> Self {
-        Self(format!("{SCHEMA_PREFIX}{identifier}"))
-    }
-
-    /// Accepts `^[a-z][a-z0-9_]*$`, at most 63 bytes.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        if value.is_empty() || value.len() > MAX_IDENTIFIER_BYTES {
-            return Err(format!(
-                "a schema name has 1 to {MAX_IDENTIFIER_BYTES} bytes"
-            ));
-        }
-        check_identifier_chars(value).map_err(|why| format!("a schema name {why}"))?;
-        Ok(Self(value.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The name double-quoted for DDL: `"tenant_acme"`.
-    pub fn quoted(&self) -> String {
-        format!("\"{}\"", self.0)
-    }
-}
-
-impl fmt::Display for SchemaName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.0)
-    }
-}
-
-/// A short prefix (at most 7 bytes, like `tenant_`) that names a tenant's storage when
-/// put before its identifier: the result always fits PostgreSQL's 63 bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentifierPrefix(String);
-
-impl IdentifierPrefix {
-    pub const MAX_LEN: usize = SCHEMA_PREFIX.len();
-
-    pub fn parse(value: &str) -> Result<Self, String> {
-        if value.is_empty() || value.len() > Self::MAX_LEN {
-            return Err(format!("a prefix has 1 to {} bytes", Self::MAX_LEN));
-        }
-        check_identifier_chars(value).map_err(|why| format!("a prefix {why}"))?;
-        Ok(Self(value.to_owned()))
-    }
-
-    /// `<prefix><identifier>`, a safe identifier by construction.
-    pub fn name(&self, identifier: &TenantIdentifier) -> SqlIdentifier {
-        SqlIdentifier(format!("{}{}", self.0, identifier))
-    }
-}
-
 /// Any other SQL identifier interpolated into DDL or grants: a role or a table name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SqlIdentifier(String);
@@ -128,6 +73,19 @@ impl SqlIdentifier {
         Ok(Self(value.to_owned()))
     }
 
+{%- if isolation == "database" %}
+
+    /// `prefix` followed by `identifier`: how a tenant's database is named. `prefix` must
+    /// be a valid identifier of at most [`MAX_STORAGE_PREFIX`] bytes (`IdentifierPrefix`
+    /// checks it), which makes the result one of at most 63 bytes; debug builds check it
+    /// again.
+    pub(crate) fn prefixed(prefix: &str, identifier: &TenantIdentifier) -> Self {
+        let name = format!("{prefix}{identifier}");
+        debug_assert!(Self::parse(&name).is_ok(), "{name:?}");
+        Self(name)
+    }
+{%- endif %}
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -138,6 +96,7 @@ impl SqlIdentifier {
     }
 }
 
+/// `^[a-z][a-z0-9_]*$`, or why not.
 fn check_identifier_chars(value: &str) -> Result<(), &'static str> {
     let mut bytes = value.bytes();
     match bytes.next() {
@@ -186,12 +145,6 @@ mod tests {
     }
 
     #[test]
-    fn longest_identifier_gives_a_63_byte_schema() {
-        let longest = TenantIdentifier::parse(&"z".repeat(TenantIdentifier::MAX_LEN)).unwrap();
-        assert_eq!(SchemaName::for_tenant(&longest).as_str().len(), 63);
-    }
-
-    #[test]
     fn sql_identifiers_take_the_same_rules() {
         assert_eq!(
             SqlIdentifier::parse("app_role").unwrap().quoted(),
@@ -202,35 +155,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn prefixed_names_fit_in_63_bytes() {
-        let prefix = IdentifierPrefix::parse("tenant_").unwrap();
-        let longest = TenantIdentifier::parse(&"z".repeat(TenantIdentifier::MAX_LEN)).unwrap();
-        let name = prefix.name(&longest);
-        assert_eq!(name.as_str().len(), 63);
-        assert!(SqlIdentifier::parse(name.as_str()).is_ok());
-        for bad in ["", "tenants_", "T_", "1_", "a-"] {
-            assert!(IdentifierPrefix::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn schema_names_are_quoted() {
-        let id = TenantIdentifier::parse("acme").unwrap();
-        assert_eq!(SchemaName::for_tenant(&id).quoted(), "\"tenant_acme\"");
-    }
-
     proptest! {
-        #[test]
-        fn whatever_parses_is_safe_to_quote(input in "\\PC{0,80}") {
-            if let Ok(id) = TenantIdentifier::parse(&input) {
-                let schema = SchemaName::for_tenant(&id);
-                prop_assert!(schema.as_str().len() <= 63);
-                prop_assert!(schema.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
-                prop_assert!(SchemaName::parse(schema.as_str()).is_ok());
-            }
-        }
-
         #[test]
         fn valid_identifiers_round_trip(input in "[a-z][a-z0-9_]{0,55}") {
             let id = TenantIdentifier::parse(&input).unwrap();

@@ -5,5 +5,5 @@
 mod identifier;
 mod tenant;
 
-pub use identifier::{IdentifierPrefix, SchemaName, SqlIdentifier, TenantIdentifier};
+pub use identifier::{SqlIdentifier, TenantIdentifier};
 pub use tenant::{Isolation, Tenant, TenantStatus};

@@ -17,16 +17,49 @@ use std::future::{Ready, ready};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::domain::TenantIdentifier;
 use crate::error::AppError;
+use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
-use crate::tenancy::lifecycle::NewTenant;
+use crate::tenancy::lifecycle::{LifecycleError, NewTenant};
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Admin tokens shorter than this are refused.
+const MIN_TOKEN_LEN: usize = 32;
+
+/// What the admin API reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// The bearer token of every admin request (`TENANCY_ADMIN_TOKEN`); none: every admin
+    /// request is refused.
+    pub token: Option<SecretString>,
+}
+
+impl AdminSettings {
+    pub const KEYS: &[Key] = &[("admin_token", None)];
+
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let token = match src.optional("admin_token") {
+            Some(token) if token.len() < MIN_TOKEN_LEN => {
+                return Err(ConfigError::invalid(
+                    "admin_token",
+                    format!(
+                        "must be at least {MIN_TOKEN_LEN} characters (try: openssl rand -base64 48)"
+                    ),
+                ));
+            }
+            token => token.map(SecretString::from),
+        };
+        Ok(Self { token })
+    }
+}
+
+/// The admin routes; `settings` are what [`AdminAuth`] checks.
+pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
+    cfg.app_data(web::Data::new(settings));
     cfg.service(
         web::scope("/admin/tenants")
             .route("", web::post().to(create))
@@ -39,6 +72,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// What the admin API answers when a lifecycle operation fails.
+impl From<LifecycleError> for AppError {
+    fn from(error: LifecycleError) -> Self {
+        match error {
+            LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
+            LifecycleError::Conflict(m) => AppError::Conflict(m),
+            LifecycleError::Invalid(m) => AppError::BadRequest(m),
+            LifecycleError::Pool(e) => e.into(),
+            LifecycleError::Connect(e) => AppError::Unavailable {
+                detail: e.to_string(),
+            },
+            other => AppError::internal(other),
+        }
+    }
+}
+
 /// Proof that the request carried the admin token.
 pub struct AdminAuth;
 
@@ -48,8 +97,8 @@ impl FromRequest for AdminAuth {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let expected = req
-            .app_data::<web::Data<Tenancy>>()
-            .and_then(|t| t.settings.admin_token.clone());
+            .app_data::<web::Data<AdminSettings>>()
+            .and_then(|settings| settings.token.clone());
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -142,4 +191,21 @@ async fn destroy(
         .destroy_tenant(&identifier(&path)?, &confirmation)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_token_is_refused_without_being_shown() {
+        let read =
+            |pairs: &[(&str, &str)]| AdminSettings::read(&Source::of(pairs, AdminSettings::KEYS));
+        assert!(read(&[]).unwrap().token.is_none());
+        let err = read(&[("TENANCY_ADMIN_TOKEN", "short-token")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("TENANCY_ADMIN_TOKEN:"), "{err}");
+        assert!(!err.contains("short-token"), "{err}");
+    }
 }

@@ -15,6 +15,7 @@ use diesel_async::RunQueryDsl;
 use serde_json::json;
 
 use crate::domain::TenantStatus;
+use crate::error::ErrorDetails;
 use crate::tenancy::{Tenancy, registry};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,7 +47,7 @@ async fn check_database(tenancy: &Tenancy) -> DatabaseCheck {
     }
 }
 
-async fn health(tenancy: web::Data<Tenancy>) -> HttpResponse {
+async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -> HttpResponse {
     let check = check_database(&tenancy).await;
     let connections = tenancy.connection_stats();
     let (healthy, database, tenants) = match &check.tenants {
@@ -68,7 +69,7 @@ async fn health(tenancy: web::Data<Tenancy>) -> HttpResponse {
         Err(error) => {
             tracing::warn!(error = %error, "health check: database unavailable");
             let mut database = json!({"status": "down", "latency_ms": check.latency_ms});
-            if tenancy.settings.error_details {
+            if details.0 {
                 database["error"] = json!(error);
             }
             (false, database, serde_json::Value::Null)

@@ -8,13 +8,20 @@ use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 
 use super::Tenancy;
 use crate::db::TenantConnection;
 use crate::domain::Tenant;
 use crate::error::AppError;
+
+/// The service's `Tenancy`, registered as app data by `startup::app`.
+pub(crate) fn tenancy(req: &HttpRequest) -> Result<web::Data<Tenancy>, AppError> {
+    req.app_data::<web::Data<Tenancy>>()
+        .cloned()
+        .ok_or_else(|| AppError::internal("Tenancy is not registered as app data"))
+}
 
 fn current_tenant(req: &HttpRequest) -> Result<Arc<Tenant>, AppError> {
     req.extensions()
@@ -43,10 +50,10 @@ impl FromRequest for TenantConnection {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let tenant = current_tenant(req);
-        let tenancy = Tenancy::of(req);
+        let tenancy = tenancy(req);
         Box::pin(async move {
             let (tenant, tenancy) = (tenant?, tenancy?);
-            tenancy.tenant_connection(&tenant).await
+            Ok(tenancy.tenant_connection(&tenant).await?)
         })
     }
 }

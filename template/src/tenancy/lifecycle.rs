@@ -12,12 +12,13 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::isolation::Strategy;
-use super::{CONTROL_SCHEMA, Tenancy, registry, with_session_option};
+use super::{Tenancy, registry};
+use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::ConnectError;
+use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::pool::PoolError;
 use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
-use crate::error::AppError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -37,20 +38,20 @@ pub enum LifecycleError {
     Pool(#[from] PoolError),
 }
 
-impl From<LifecycleError> for AppError {
-    fn from(error: LifecycleError) -> Self {
+{%- if isolation == "database" %}
+
+impl From<super::isolation::PlaceError> for LifecycleError {
+    fn from(error: super::isolation::PlaceError) -> Self {
+        use super::isolation::PlaceError;
         match error {
-            LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
-            LifecycleError::Conflict(m) => AppError::Conflict(m),
-            LifecycleError::Invalid(m) => AppError::BadRequest(m),
-            LifecycleError::Pool(e) => e.into(),
-            LifecycleError::Connect(e) => AppError::Unavailable {
-                detail: e.to_string(),
-            },
-            other => AppError::internal(other),
+            PlaceError::Conflict(m) => Self::Conflict(m),
+            PlaceError::Invalid(m) => Self::Invalid(m),
+            PlaceError::Migrate(e) => Self::Migration(e),
+            PlaceError::Database(e) => Self::Database(e),
         }
     }
 }
+{%- endif %}
 
 /// What a new tenant is created from.
 /// A tenant to create. Members it does not know are refused, so that a request meant for

@@ -11,7 +11,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use tracing_actix_web::RootSpan;
 
-use super::Tenancy;
+use super::TenantError;
 use super::resolve::{self, Found, Rejection};
 use crate::error::AppError;
 
@@ -19,12 +19,15 @@ pub async fn resolve_tenant(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let tenancy = match Tenancy::of(req.request()) {
+    let tenancy = match super::extract::tenancy(req.request()) {
         Ok(tenancy) => tenancy,
         Err(error) => return Ok(req.error_response(error).map_into_right_body()),
     };
     let tenant = match resolve::resolve(&mut req, &tenancy.settings.resolve) {
-        Found::Tenant(identifier) => tenancy.active_tenant(&identifier).await,
+        Found::Tenant(identifier) => tenancy
+            .active_tenant(&identifier)
+            .await
+            .map_err(AppError::from),
         Found::Nothing { hint } => Err(AppError::MissingTenant { hint }),
         Found::Rejected(rejection) => Err(rejection.into()),
     };
@@ -40,13 +43,29 @@ pub async fn resolve_tenant(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
+/// How a request whose tenant is not served is answered.
+impl From<TenantError> for AppError {
+    fn from(error: TenantError) -> Self {
+        match error {
+            TenantError::Unknown(detail) => AppError::TenantNotFound { detail },
+            TenantError::Inactive(detail) => AppError::Forbidden { detail },
+            TenantError::Pool(e) => e.into(),
+            TenantError::Registry(e) => e.into(),
+        }
+    }
+}
+
 /// How a rejected request is answered.
 impl From<Rejection> for AppError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
             Rejection::Malformed(detail) => AppError::TenantNotFound { detail },
+{%- if jwt_resolver %}
             Rejection::Credentials(detail) => AppError::Unauthorized { detail },
+{%- endif %}
+{%- if resolution == "chain" %}
             Rejection::Disagreement(detail) => AppError::Forbidden { detail },
+{%- endif %}
         }
     }
 }

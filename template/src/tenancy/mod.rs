@@ -11,31 +11,30 @@ pub mod lifecycle;
 pub mod middleware;
 pub mod registry;
 pub mod resolve;
+pub mod settings;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{HttpRequest, web};
 use secrecy::ExposeSecret;
 
-use crate::config::{DatabaseSettings, Settings};
+use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
-use crate::db::{ControlConnection, ControlPool, TenantConnection, runtime};
+use crate::db::settings::DatabaseSettings;
+use crate::db::{CONTROL_SCHEMA, ControlPool, TenantConnection, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
-use crate::error::AppError;
 use cache::TenantCache;
 use isolation::{Context, Strategy};
+use settings::TenancySettings;
 
-/// The schema of the tenant registry.
-pub const CONTROL_SCHEMA: &str = "tenancy";
 /// After PostgreSQL refused a connection for lack of slots, pools hold the connections
 /// they have for this long before they try to grow again.
 const TOO_MANY_CONNECTIONS_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Everything the service shares between requests, CLI commands and tests.
 pub struct Tenancy {
-    pub settings: Settings,
+    pub settings: TenancySettings,
     /// What the isolation strategy may use: roles, runtime, control pool.
     ctx: Context,
     strategy: isolation::Selected,
@@ -65,6 +64,21 @@ pub struct ConnectionStats {
     pub degraded: Option<String>,
 }
 
+/// Why a request's tenant is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// No such tenant, or a deleted one.
+    #[error("{0}")]
+    Unknown(String),
+    /// Suspended, or still being provisioned.
+    #[error("{0}")]
+    Inactive(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("could not read the tenant registry: {0}")]
+    Registry(#[from] diesel::result::Error),
+}
+
 /// Why the service will not serve tenants with its application role (a start-up check).
 #[derive(Debug, thiserror::Error)]
 pub enum AppRoleError {
@@ -76,10 +90,10 @@ pub enum AppRoleError {
 }
 
 impl Tenancy {
-    pub fn new(settings: Settings) -> Result<Self, StartupError> {
+    pub fn new(settings: TenancySettings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
         let database = &settings.database;
-        let mut app = tokio_postgres::Config::from_str(settings.database_url.expose_secret())
+        let mut app = tokio_postgres::Config::from_str(database.url.expose_secret())
             .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
         if app.get_application_name().is_none() {
             app.application_name(env!("CARGO_PKG_NAME"));
@@ -88,10 +102,10 @@ impl Tenancy {
             app.connect_timeout(database.pool_timeout);
         }
         let app = with_statement_timeout(&app, database.statement_timeout);
-        let owner = match &settings.migration_database_url {
+        let owner = match &database.migration_url {
             Some(url) => tokio_postgres::Config::from_str(url.expose_secret())
                 .map_err(|e| StartupError::MigrationDatabaseUrl(e.to_string()))?,
-            None => tokio_postgres::Config::from_str(settings.database_url.expose_secret())
+            None => tokio_postgres::Config::from_str(database.url.expose_secret())
                 .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?,
         };
         let app_role = match (app.get_user(), owner.get_user()) {
@@ -125,7 +139,7 @@ impl Tenancy {
             ),
             runtime.clone(),
         );
-        let strategy = isolation::Selected::new(&settings);
+        let strategy = isolation::Selected::new(&settings.isolation, database);
         let cache = TenantCache::new(settings.tenant_cache_ttl);
         Ok(Self {
             settings,
@@ -134,7 +148,9 @@ impl Tenancy {
                 owner,
                 app_role,
                 runtime,
+{%- if isolation == "database" %}
                 control: control.clone(),
+{%- endif %}
             },
             strategy,
             pool,
@@ -146,13 +162,6 @@ impl Tenancy {
     /// What the isolation strategy uses (roles, runtime, control pool).
     pub fn context(&self) -> &Context {
         &self.ctx
-    }
-
-    /// The service's `Tenancy`, registered as app data by `startup::app`.
-    pub fn of(req: &HttpRequest) -> Result<web::Data<Tenancy>, AppError> {
-        req.app_data::<web::Data<Tenancy>>()
-            .cloned()
-            .ok_or_else(|| AppError::internal("Tenancy is not registered as app data"))
     }
 
     /// The isolation strategy this service was generated with.
@@ -170,14 +179,9 @@ impl Tenancy {
             .map_err(AppRoleError::Unsafe)
     }
 
-    /// A connection of the control plane.
-    pub async fn control_connection(&self) -> Result<ControlConnection, AppError> {
-        Ok(self.control.get().await?)
-    }
-
     /// A connection scoped to `tenant`: one already scoped to it, else a shared one
     /// re-scoped (schema, rls), else a new one.
-    pub async fn tenant_connection(&self, tenant: &Tenant) -> Result<TenantConnection, AppError> {
+    pub async fn tenant_connection(&self, tenant: &Tenant) -> Result<TenantConnection, PoolError> {
         let route = self.strategy.route(tenant).map_err(PoolError::Isolation)?;
         let conn = self
             .pool
@@ -207,11 +211,11 @@ impl Tenancy {
     pub async fn active_tenant(
         &self,
         identifier: &TenantIdentifier,
-    ) -> Result<Arc<Tenant>, AppError> {
+    ) -> Result<Arc<Tenant>, TenantError> {
         let tenant = match self.cache.get(identifier) {
             Some(hit) => hit,
             None => {
-                let mut conn = self.control_connection().await?;
+                let mut conn = self.control.get().await?;
                 let found = registry::find_by_identifier(&mut conn, identifier)
                     .await?
                     .map(Arc::new);
@@ -221,54 +225,20 @@ impl Tenancy {
         };
         match tenant {
             Some(tenant) if tenant.status == TenantStatus::Active => Ok(tenant),
-            Some(tenant) if tenant.status == TenantStatus::Deleted => {
-                Err(AppError::TenantNotFound {
-                    detail: format!("tenant '{identifier}' is deleted"),
-                })
-            }
-            Some(tenant) => Err(AppError::Forbidden {
-                detail: format!("tenant '{identifier}' is {}", tenant.status),
-            }),
-            None => Err(AppError::TenantNotFound {
-                detail: format!("no tenant '{identifier}'"),
-            }),
+            Some(tenant) if tenant.status == TenantStatus::Deleted => Err(TenantError::Unknown(
+                format!("tenant '{identifier}' is deleted"),
+            )),
+            Some(tenant) => Err(TenantError::Inactive(format!(
+                "tenant '{identifier}' is {}",
+                tenant.status
+            ))),
+            None => Err(TenantError::Unknown(format!("no tenant '{identifier}'"))),
         }
     }
 
     fn forget(&self, tenant: &Tenant) {
         self.cache.invalidate(&tenant.identifier);
     }
-}
-
-/// `base` with PostgreSQL's `statement_timeout` (in milliseconds) in its start-up options.
-pub(crate) fn with_statement_timeout(
-    base: &tokio_postgres::Config,
-    timeout: Duration,
-) -> tokio_postgres::Config {
-    with_option(
-        base,
-        format!("-c statement_timeout={}", timeout.as_millis()),
-    )
-}
-
-/// `base` with `-c name="value"` added to its start-up options. `value` must be a safe
-/// identifier (a `SchemaName` or a constant).
-pub(crate) fn with_session_option(
-    base: &tokio_postgres::Config,
-    name: &str,
-    value: &str,
-) -> tokio_postgres::Config {
-    with_option(base, format!("-c {name}=\"{value}\""))
-}
-
-fn with_option(base: &tokio_postgres::Config, option: String) -> tokio_postgres::Config {
-    let mut config = base.clone();
-    let options = match base.get_options() {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing} {option}"),
-        _ => option,
-    };
-    config.options(&options);
-    config
 }
 
 fn pool_settings(database: &DatabaseSettings, max: u32, per_tenant: u32) -> PoolSettings {

@@ -19,17 +19,41 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Context, Route, Strategy};
-use crate::config::Settings;
+use crate::db::CONTROL_SCHEMA;
+use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError};
-use crate::domain::{IdentifierPrefix, Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::lifecycle::LifecycleError;
-use crate::tenancy::{CONTROL_SCHEMA, with_session_option};
+use crate::db::settings::DatabaseSettings;
+use crate::domain::{Isolation, SqlIdentifier, Tenant, TenantIdentifier};
+use crate::settings::{ConfigError, Key, Source, check_postgres_url};
 
 /// Run in every tenant's database (schema `public`), with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_database");
 /// The strategy's own control-plane table, `tenancy.tenant_databases`.
 pub const CONTROL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/control_database");
+
+/// A short prefix (at most 7 bytes, like `tenant_`) that names a tenant's database when
+/// put before its identifier: the result always fits PostgreSQL's 63 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentifierPrefix(String);
+
+impl IdentifierPrefix {
+    /// What tenant identifiers leave for a prefix within 63 bytes.
+    pub const MAX_LEN: usize = 63 - TenantIdentifier::MAX_LEN;
+
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > Self::MAX_LEN {
+            return Err(format!("a prefix has 1 to {} bytes", Self::MAX_LEN));
+        }
+        let checked = SqlIdentifier::parse(value).map_err(|why| format!("a prefix: {why}"))?;
+        Ok(Self(checked.as_str().to_owned()))
+    }
+
+    /// `<prefix><identifier>`, a safe identifier by construction.
+    pub fn name(&self, identifier: &TenantIdentifier) -> SqlIdentifier {
+        SqlIdentifier::prefixed(&self.0, identifier)
+    }
+}
 
 /// Where a tenant's database lives when it is not on the default server: `host` or
 /// `host:port` of another PostgreSQL server. Never credentials: the application role and
@@ -194,10 +218,7 @@ impl DatabaseStrategy {
         if config.get_application_name().is_none() {
             config.application_name(env!("CARGO_PKG_NAME"));
         }
-        Ok(crate::tenancy::with_statement_timeout(
-            &config,
-            self.statement_timeout,
-        ))
+        Ok(with_statement_timeout(&config, self.statement_timeout))
     }
 
     /// The owner's connection settings on `server`: the migration URL itself for the
@@ -229,7 +250,7 @@ impl DatabaseStrategy {
         ctx: &Context,
         tenant: &Tenant,
         server: Option<&ServerAddress>,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<(), PlaceError> {
         let mut conn = ctx
             .connect(ctx.owner.clone())
             .await
@@ -237,7 +258,7 @@ impl DatabaseStrategy {
         let recorded = self.record(&mut conn, tenant, server).await?;
         match (server, recorded.server()) {
             (Some(wanted), Ok(Some(actual))) if *wanted == actual => Ok(()),
-            (Some(wanted), Ok(actual)) => Err(LifecycleError::Conflict(format!(
+            (Some(wanted), Ok(actual)) => Err(PlaceError::Conflict(format!(
                 "tenant '{}' is already placed on {}, not {}",
                 tenant.identifier,
                 actual
@@ -245,7 +266,7 @@ impl DatabaseStrategy {
                     .map_or("the default server", ServerAddress::as_str),
                 wanted.as_str()
             ))),
-            (_, Err(why)) => Err(LifecycleError::Invalid(why)),
+            (_, Err(why)) => Err(PlaceError::Invalid(why)),
             (None, Ok(_)) => Ok(()),
         }
     }
@@ -272,20 +293,76 @@ impl DatabaseStrategy {
     }
 }
 
+/// Why a tenant's database could not be placed on a server.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// The tenant is already placed on another server.
+    #[error("{0}")]
+    Conflict(String),
+    /// The recorded server is not a server address (a registry edited by hand).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+}
+
 #[derive(diesel::QueryableByName)]
 struct Exists {
     #[diesel(sql_type = Bool)]
     exists: bool,
 }
 
+/// What the database strategy reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct TenantDatabaseSettings {
+    /// Tenant `acme`'s database is `<prefix>acme` (`TENANCY_TENANT_DATABASE_PREFIX`).
+    pub prefix: IdentifierPrefix,
+    /// The application role's URL of a tenant database, `{database}` standing for its
+    /// name (`TENANCY_DATABASE_URL_TEMPLATE`); default: `TENANCY_DATABASE_URL` with its
+    /// database name replaced.
+    pub url_template: Option<SecretString>,
+}
+
 impl Strategy for DatabaseStrategy {
-    fn new(settings: &Settings) -> Self {
+    type Settings = TenantDatabaseSettings;
+
+    const KEYS: &'static [Key] = &[
+        ("tenant_database_prefix", Some("tenant_")),
+        ("database_url_template", None),
+    ];
+
+    fn read_settings(src: &Source) -> Result<TenantDatabaseSettings, ConfigError> {
+        let prefix = IdentifierPrefix::parse(&src.get("tenant_database_prefix"))
+            .map_err(|why| ConfigError::invalid("tenant_database_prefix", why))?;
+        let url_template = match src.optional("database_url_template") {
+            Some(template) => {
+                if !template.contains("{database}") {
+                    return Err(ConfigError::invalid(
+                        "database_url_template",
+                        "must contain {database}, e.g. postgres://app@db:5432/{database}",
+                    ));
+                }
+                let sample = template.replace("{database}", "tenant_sample");
+                check_postgres_url("database_url_template", &sample)?;
+                Some(SecretString::from(template))
+            }
+            None => None,
+        };
+        Ok(TenantDatabaseSettings {
+            prefix,
+            url_template,
+        })
+    }
+
+    fn new(settings: &TenantDatabaseSettings, database: &DatabaseSettings) -> Self {
         Self {
-            prefix: settings.tenant_database_prefix.clone(),
-            url_template: settings.database_url_template.clone(),
-            database_url: settings.database_url.clone(),
-            migration_url: settings.migration_database_url.clone(),
-            statement_timeout: settings.database.statement_timeout,
+            prefix: settings.prefix.clone(),
+            url_template: settings.url_template.clone(),
+            database_url: database.url.clone(),
+            migration_url: database.migration_url.clone(),
+            statement_timeout: database.statement_timeout,
         }
     }
 
@@ -460,5 +537,22 @@ impl Strategy for DatabaseStrategy {
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
         super::only(requested, Isolation::Database)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_names_fit_in_63_bytes() {
+        let prefix = IdentifierPrefix::parse("tenant_").unwrap();
+        let longest = TenantIdentifier::parse(&"z".repeat(TenantIdentifier::MAX_LEN)).unwrap();
+        let name = prefix.name(&longest);
+        assert_eq!(name.as_str().len(), 63);
+        assert!(SqlIdentifier::parse(name.as_str()).is_ok());
+        for bad in ["", "tenants_", "T_", "1_", "a-"] {
+            assert!(IdentifierPrefix::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

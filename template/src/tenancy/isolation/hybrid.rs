@@ -11,10 +11,11 @@ use diesel_async::AsyncPgConnection;
 use super::rls::RlsStrategy;
 use super::schema::SchemaStrategy;
 use super::{Context, Route, Strategy};
-use crate::config::Settings;
 use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
+use crate::db::settings::DatabaseSettings;
 use crate::domain::{Isolation, Tenant};
+use crate::settings::{ConfigError, Key, Source};
 
 /// The tiers this service offers.
 pub const TIERS: [Isolation; 2] = [Isolation::Schema, Isolation::Rls];
@@ -26,11 +27,33 @@ pub struct HybridStrategy {
     default_isolation: Isolation,
 }
 
+/// What hybrid reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct HybridSettings {
+    /// The tier of a tenant created without one: `schema` or `rls`
+    /// (`TENANCY_DEFAULT_ISOLATION`).
+    pub default_isolation: Isolation,
+}
+
 impl Strategy for HybridStrategy {
-    fn new(settings: &Settings) -> Self {
+    type Settings = HybridSettings;
+
+    const KEYS: &'static [Key] = &[("default_isolation", Some("rls"))];
+
+    fn read_settings(src: &Source) -> Result<HybridSettings, ConfigError> {
+        let default_isolation = src
+            .get("default_isolation")
+            .parse::<Isolation>()
+            .ok()
+            .filter(|i| TIERS.contains(i))
+            .ok_or_else(|| ConfigError::invalid("default_isolation", "must be schema or rls"))?;
+        Ok(HybridSettings { default_isolation })
+    }
+
+    fn new(settings: &HybridSettings, database: &DatabaseSettings) -> Self {
         Self {
-            schema: SchemaStrategy::new(settings),
-            rls: RlsStrategy::new(settings),
+            schema: SchemaStrategy::new(&(), database),
+            rls: RlsStrategy::new(&(), database),
             default_isolation: settings.default_isolation,
         }
     }

@@ -2,20 +2,20 @@
 //!
 //! A strategy says where a tenant's connections go and what scopes them ([`Strategy::route`]),
 //! how to open one ([`Strategy::connect_config`]), and how to provision, migrate and destroy
-//! a tenant's storage. It sees only a [`Context`]: the two roles' connection settings, the
-//! runtime that opens connections, and the control pool. A new strategy is one file
+//! a tenant's storage. It sees only a [`Context`]: the two roles' connection settings and
+//! the runtime that opens connections. A new strategy is one file
 //! implementing [`Strategy`], selected below.
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use tokio::runtime::Handle;
 
-use crate::config::Settings;
-use crate::db::ControlPool;
 use crate::db::connect::{ConnectError, PgConn, connect};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::{Home, PoolError, SessionScope};
+use crate::db::settings::DatabaseSettings;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
+use crate::settings::{ConfigError, Key, Source};
 
 /// What a strategy may use.
 pub struct Context {
@@ -28,8 +28,10 @@ pub struct Context {
     pub app_role: Option<SqlIdentifier>,
     /// The runtime every connection is opened on.
     pub runtime: Handle,
+{%- if isolation == "database" %}
     /// The control plane's pool (the tenant registry).
-    pub control: ControlPool,
+    pub control: crate::db::ControlPool,
+{%- endif %}
 }
 
 impl Context {
@@ -49,8 +51,17 @@ pub struct Route {
 
 /// An isolation strategy.
 pub trait Strategy: Sized + Send + Sync + 'static {
+    /// What the strategy reads from the configuration (`()`: nothing of its own).
+    type Settings: std::fmt::Debug + Clone + Send + Sync + 'static;
+
+    /// The `TENANCY_*` keys of [`Strategy::Settings`].
+    const KEYS: &'static [Key] = &[];
+
+    /// Reads and checks [`Strategy::Settings`].
+    fn read_settings(src: &Source) -> Result<Self::Settings, ConfigError>;
+
     /// Built once at start-up.
-    fn new(settings: &Settings) -> Self;
+    fn new(settings: &Self::Settings, database: &DatabaseSettings) -> Self;
 
     /// Where `tenant`'s connections go; an error for a tenant this strategy must not serve.
     fn route(&self, tenant: &Tenant) -> Result<Route, String>;
@@ -136,7 +147,7 @@ pub use rls::RlsStrategy as Selected;
 
 mod database;
 pub use database::DatabaseStrategy as Selected;
-pub use database::ServerAddress;
+pub use database::{PlaceError, ServerAddress};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 

@@ -14,11 +14,12 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{Context, Route, Strategy};
-use crate::config::Settings;
+use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope, TENANT_SETTING};
+use crate::db::settings::DatabaseSettings;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::with_session_option;
+use crate::settings::{ConfigError, Source};
 
 /// The schema of the shared tenant tables.
 pub const DATA_SCHEMA: &str = "tenancy_data";
@@ -44,7 +45,13 @@ struct RoleCheck {
 }
 
 impl Strategy for RlsStrategy {
-    fn new(_settings: &Settings) -> Self {
+    type Settings = ();
+
+    fn read_settings(_: &Source) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    fn new(_: &(), _: &DatabaseSettings) -> Self {
         Self
     }
 

@@ -10,19 +10,55 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{Context, Route, Strategy};
-use crate::config::Settings;
+use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
-use crate::domain::{Isolation, SchemaName, Tenant};
-use crate::tenancy::with_session_option;
+use crate::db::settings::DatabaseSettings;
+use crate::domain::{Isolation, Tenant, TenantIdentifier};
+use crate::settings::{ConfigError, Source};
 
 /// Run once in every tenant's schema, with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
 
+/// Every tenant schema starts with this, so no tenant can ever name `public` or `tenancy`.
+const SCHEMA_PREFIX: &str = "tenant_";
+
+/// The schema of a tenant's tables, `tenant_<identifier>`: safe to interpolate
+/// (double-quoted) into DDL, since the identifier is (and leaves room for the prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaName(String);
+
+impl SchemaName {
+    pub fn for_tenant(identifier: &TenantIdentifier) -> Self {
+        Self(format!("{SCHEMA_PREFIX}{identifier}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name double-quoted for DDL: `"tenant_acme"`.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl std::fmt::Display for SchemaName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
 pub struct SchemaStrategy;
 
 impl Strategy for SchemaStrategy {
-    fn new(_settings: &Settings) -> Self {
+    type Settings = ();
+
+    fn read_settings(_: &Source) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    fn new(_: &(), _: &DatabaseSettings) -> Self {
         Self
     }
 
@@ -93,5 +129,34 @@ impl Strategy for SchemaStrategy {
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
         super::only(requested, Isolation::Schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SqlIdentifier;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_longest_identifier_gives_a_63_byte_schema() {
+        let longest = TenantIdentifier::parse(&"z".repeat(TenantIdentifier::MAX_LEN)).unwrap();
+        assert_eq!(SchemaName::for_tenant(&longest).as_str().len(), 63);
+    }
+
+    #[test]
+    fn schema_names_are_quoted() {
+        let id = TenantIdentifier::parse("acme").unwrap();
+        assert_eq!(SchemaName::for_tenant(&id).quoted(), "\"tenant_acme\"");
+    }
+
+    proptest! {
+        #[test]
+        fn whatever_parses_is_safe_to_quote(input in "\\PC{0,80}") {
+            if let Ok(id) = TenantIdentifier::parse(&input) {
+                let schema = SchemaName::for_tenant(&id);
+                prop_assert!(SqlIdentifier::parse(schema.as_str()).is_ok());
+            }
+        }
     }
 }

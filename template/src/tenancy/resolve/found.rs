@@ -21,10 +21,14 @@ pub enum Rejection {
     /// Not a valid identifier: answered as an unknown tenant would be, so that tenants
     /// cannot be told apart from malformed names.
     Malformed(String),
+{%- if jwt_resolver %}
     /// A credential (a token) that did not pass its checks.
     Credentials(String),
-    /// Two resolvers of a chain name different tenants.
+{%- endif %}
+{%- if resolution == "chain" %}
+    /// Two resolvers of the chain name different tenants.
     Disagreement(String),
+{%- endif %}
 }
 
 impl Found {

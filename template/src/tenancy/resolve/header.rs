@@ -3,13 +3,30 @@
 //! authenticating proxy in front, or generate the service with JWT resolution.
 
 use actix_web::dev::ServiceRequest;
+use actix_web::http::header::HeaderName;
 
 use super::found::{Found, Rejection};
+use crate::settings::{ConfigError, Key, Source};
 
 #[derive(Debug, Clone)]
 pub struct HeaderSettings {
     /// The header that names the tenant (`TENANCY_TENANT_HEADER`).
     pub name: String,
+}
+
+impl HeaderSettings {
+    pub const KEYS: &[Key] = &[("tenant_header", Some("X-Tenant-ID"))];
+
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let name = src.get("tenant_header");
+        if HeaderName::try_from(name.as_str()).is_err() {
+            return Err(ConfigError::invalid(
+                "tenant_header",
+                "not a valid HTTP header name",
+            ));
+        }
+        Ok(Self { name })
+    }
 }
 
 /// The tenant named by the request's header; nothing without the header; a malformed
@@ -25,5 +42,22 @@ pub fn resolve(req: &mut ServiceRequest, settings: &HeaderSettings) -> Found {
         Err(_) => Found::Rejected(Rejection::Malformed(
             "the tenant header is not visible ASCII".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_name_is_checked() {
+        let read =
+            |pairs: &[(&str, &str)]| HeaderSettings::read(&Source::of(pairs, HeaderSettings::KEYS));
+        assert_eq!(read(&[]).unwrap().name, "X-Tenant-ID");
+        let err = read(&[("TENANCY_TENANT_HEADER", "bad header")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("TENANCY_TENANT_HEADER:"),
+            "{err}"
+        );
     }
 }

@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use super::found::{Found, Rejection};
 use crate::error::AppError;
+use crate::settings::{ConfigError, Key, Source};
 
 /// HMAC secrets shorter than this are refused (RFC 7518: a key as long as the hash).
 const MIN_SECRET_LEN: usize = 32;
@@ -76,6 +77,43 @@ impl fmt::Debug for Verifier {
 pub type Refusal = (&'static str, String);
 
 impl Verifier {
+    pub const KEYS: &[Key] = &[
+        ("jwt_secret", None),
+        ("jwt_public_key_file", None),
+        ("jwt_jwks_file", None),
+        ("jwt_algorithms", None),
+        ("jwt_issuer", None),
+        ("jwt_audience", None),
+        ("jwt_leeway", Some("30")),
+        ("jwt_tenant_claim", Some("tenant_id")),
+    ];
+
+    /// The verifier `TENANCY_JWT_*` describe.
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let value = |key| src.optional(key);
+        let (secret, public_key_file, jwks_file) = (
+            value("jwt_secret"),
+            value("jwt_public_key_file"),
+            value("jwt_jwks_file"),
+        );
+        let (algorithms, issuer, audience) = (
+            value("jwt_algorithms"),
+            value("jwt_issuer"),
+            value("jwt_audience"),
+        );
+        Self::new(JwtConfig {
+            secret: secret.as_deref(),
+            public_key_file: public_key_file.as_deref(),
+            jwks_file: jwks_file.as_deref(),
+            algorithms: algorithms.as_deref(),
+            issuer: issuer.as_deref(),
+            audience: audience.as_deref(),
+            leeway: src.number("jwt_leeway", 0, 3600)?,
+            tenant_claim: &src.get("jwt_tenant_claim"),
+        })
+        .map_err(|(key, message)| ConfigError::invalid(key, message))
+    }
+
     pub fn new(config: JwtConfig<'_>) -> Result<Self, Refusal> {
         let algorithms = match config.algorithms {
             Some(list) => parse_algorithms(list)?,
@@ -286,11 +324,6 @@ impl Claims {
     /// The token's subject (`sub`), if it has a string one.
     pub fn subject(&self) -> Option<&str> {
         self.0.get("sub").and_then(Value::as_str)
-    }
-
-    /// Any claim.
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.get(name)
     }
 }
 

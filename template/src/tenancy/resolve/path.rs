@@ -12,16 +12,15 @@
 //! not a valid identifier (404) and cannot change the tenant; what follows the segment is
 //! routed as it is (`/t/acme/../globex/...` stays with `acme` and matches no route).
 
-use actix_web::HttpMessage;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Uri;
 use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
 
 use super::found::{Found, Rejection};
-use crate::domain::TenantIdentifier;
 use crate::error::AppError;
-use crate::tenancy::Tenancy;
+use crate::settings::{ConfigError, Key, Source};
 
 #[derive(Debug, Clone)]
 pub struct PathSettings {
@@ -29,27 +28,47 @@ pub struct PathSettings {
     pub prefix: String,
 }
 
-/// The tenant a request's path named, kept for [`resolve`] once the prefix is gone.
-#[derive(Debug, Clone)]
-struct PathTenant(TenantIdentifier);
+impl PathSettings {
+    pub const KEYS: &[Key] = &[("path_prefix", Some("/t"))];
 
-/// Middleware: routes `/t/acme/api/notes` as `/api/notes`, remembering `acme`. A path
-/// under the prefix whose tenant segment is not a valid identifier is not found.
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let prefix = src.get("path_prefix");
+        let valid = prefix.len() > 1
+            && prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && prefix[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_/".contains(&b));
+        if !valid {
+            return Err(ConfigError::invalid(
+                "path_prefix",
+                "must look like /t (a leading slash, no trailing one)",
+            ));
+        }
+        Ok(Self { prefix })
+    }
+}
+
+/// The tenant segment of a request's path, kept for [`resolve`] once the prefix is gone.
+#[derive(Debug, Clone)]
+struct PathTenant(String);
+
+/// Middleware: routes `/t/acme/api/notes` as `/api/notes`, remembering `acme` (checked by
+/// [`resolve`], so a malformed segment is refused like any malformed tenant).
 pub async fn strip_tenant_prefix(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let tenancy = match Tenancy::of(req.request()) {
-        Ok(tenancy) => tenancy,
-        Err(error) => return Ok(req.error_response(error).map_into_right_body()),
+    let Some(settings) = req.app_data::<web::Data<PathSettings>>().cloned() else {
+        let error = AppError::internal("PathSettings are not registered as app data");
+        return Ok(req.error_response(error).map_into_right_body());
     };
-    let rerouted = match split(req.path(), &tenancy.settings.resolve.path.prefix) {
+    let rerouted = match split(req.path(), &settings.prefix) {
         // Not under the prefix: this path names no tenant.
         None => Ok(()),
-        Some(Ok((tenant, rest))) => reroute(&mut req, &rest).map(|()| {
+        Some((tenant, rest)) => reroute(&mut req, &rest).map(|()| {
             req.extensions_mut().insert(PathTenant(tenant));
         }),
-        Some(Err(why)) => Err(Rejection::Malformed(why)),
     };
     match rerouted {
         Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
@@ -77,33 +96,49 @@ fn reroute(req: &mut ServiceRequest, rest: &str) -> Result<(), Rejection> {
 /// The tenant the request's path named (see [`strip_tenant_prefix`]).
 pub fn resolve(req: &mut ServiceRequest, settings: &PathSettings) -> Found {
     match req.extensions().get::<PathTenant>() {
-        Some(PathTenant(tenant)) => Found::Tenant(tenant.clone()),
+        Some(PathTenant(segment)) => Found::identifier(segment),
         None => Found::Nothing {
             hint: format!("start the path with {}/<tenant>/", settings.prefix),
         },
     }
 }
 
-/// `/t/acme/api/notes` -> (`acme`, `/api/notes`); `None` for a path not under the prefix,
-/// an error (why) for a tenant segment that is not a valid identifier.
-fn split(path: &str, prefix: &str) -> Option<Result<(TenantIdentifier, String), String>> {
+/// `/t/acme/api/notes` -> (`acme`, `/api/notes`): the tenant segment, raw, and the rest;
+/// `None` for a path not under the prefix.
+fn split(path: &str, prefix: &str) -> Option<(String, String)> {
     let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
-    let (segment, remainder) = match rest.split_once('/') {
-        Some((segment, remainder)) => (segment, format!("/{remainder}")),
-        None => (rest, "/".to_owned()),
-    };
-    Some(TenantIdentifier::parse(segment).map(|identifier| (identifier, remainder)))
+    Some(match rest.split_once('/') {
+        Some((segment, remainder)) => (segment.to_owned(), format!("/{remainder}")),
+        None => (rest.to_owned(), "/".to_owned()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TenantIdentifier;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_prefix_is_checked() {
+        let read =
+            |pairs: &[(&str, &str)]| PathSettings::read(&Source::of(pairs, PathSettings::KEYS));
+        assert_eq!(read(&[]).unwrap().prefix, "/t");
+        for bad in ["t", "/t/", "/"] {
+            let err = read(&[("TENANCY_PATH_PREFIX", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("TENANCY_PATH_PREFIX:"), "{err}");
+        }
+    }
+
+    /// The tenant a path names, as `resolve` will see it, and the path it is routed as.
     fn tenant(path: &str) -> Option<(String, String)> {
-        split(path, "/t")
-            .and_then(Result::ok)
-            .map(|(id, rest)| (id.to_string(), rest))
+        let (segment, rest) = split(path, "/t")?;
+        match Found::identifier(&segment) {
+            Found::Tenant(id) => Some((id.to_string(), rest)),
+            _ => None,
+        }
     }
 
     #[test]
@@ -134,8 +169,8 @@ mod tests {
     proptest! {
         #[test]
         fn no_path_panics_and_what_is_accepted_is_valid(path in "/t/\\PC{0,80}") {
-            if let Some(Ok((id, rest))) = split(&path, "/t") {
-                prop_assert!(TenantIdentifier::parse(id.as_str()).is_ok());
+            if let Some((id, rest)) = tenant(&path) {
+                prop_assert!(TenantIdentifier::parse(&id).is_ok());
                 prop_assert!(rest.starts_with('/'));
             }
         }

@@ -14,6 +14,7 @@ use actix_web::dev::ServiceRequest;
 use actix_web::http::header;
 
 use super::found::{Found, Rejection};
+use crate::settings::{ConfigError, Key, Source};
 
 #[derive(Debug, Clone)]
 pub struct SubdomainSettings {
@@ -23,6 +24,41 @@ pub struct SubdomainSettings {
     /// Read the host from `X-Forwarded-Host` (only behind a proxy that sets it;
     /// `TENANCY_TRUST_FORWARDED_HOST`).
     pub trust_forwarded_host: bool,
+}
+
+impl SubdomainSettings {
+    pub const KEYS: &[Key] = &[
+        ("domain_suffix", None),
+        ("trust_forwarded_host", Some("false")),
+    ];
+
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let domain_suffix = src
+            .required(
+                "domain_suffix",
+                "the domain under which tenants live, e.g. .example.com",
+            )?
+            .to_ascii_lowercase();
+        let valid = domain_suffix.len() > 1
+            && domain_suffix.starts_with('.')
+            && !domain_suffix.ends_with('.')
+            && domain_suffix[1..].split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(ConfigError::invalid(
+                "domain_suffix",
+                "must look like .example.com (a leading dot, DNS labels, no port)",
+            ));
+        }
+        Ok(Self {
+            domain_suffix,
+            trust_forwarded_host: src.boolean("trust_forwarded_host")?,
+        })
+    }
 }
 
 pub fn resolve(req: &mut ServiceRequest, settings: &SubdomainSettings) -> Found {
@@ -81,6 +117,24 @@ fn malformed(why: &str) -> Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_domain_suffix_is_required_and_checked() {
+        let read = |pairs: &[(&str, &str)]| {
+            SubdomainSettings::read(&Source::of(pairs, SubdomainSettings::KEYS))
+        };
+        let settings = read(&[("TENANCY_DOMAIN_SUFFIX", ".Example.COM")]).unwrap();
+        assert_eq!(settings.domain_suffix, ".example.com");
+        assert!(!settings.trust_forwarded_host);
+        for bad in [
+            &[][..],
+            &[("TENANCY_DOMAIN_SUFFIX", "example.com")],
+            &[("TENANCY_DOMAIN_SUFFIX", ".example.com:443")],
+        ] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.starts_with("TENANCY_DOMAIN_SUFFIX"), "{err}");
+        }
+    }
     use crate::domain::TenantIdentifier;
     use proptest::prelude::*;
 

@@ -1,9 +1,6 @@
 //! What only the schema-per-tenant strategy has: a schema per tenant, migrated one by one.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::spawn_app;
+use crate::helpers::spawn_app;
 
 #[actix_web::test]
 async fn each_tenant_gets_its_own_schema_owned_by_the_migration_role() {

@@ -1,15 +1,12 @@
 //! What only the database-per-tenant strategy has: a database per tenant, and many
 //! tenants served under a hard cap on connections.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::helpers::{query_url, server_url, spawn_app, spawn_app_with};
 use actix_web::http::StatusCode;
-use common::{query_url, server_url, spawn_app, spawn_app_with};
 use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
@@ -162,7 +159,7 @@ struct OtherServer {
 }
 
 impl OtherServer {
-    async fn start(db: &common::TestDatabase) -> Self {
+    async fn start(db: &crate::helpers::TestDatabase) -> Self {
         let main = host_of(&server_url());
         let address = std::env::var("TENANCY_TEST_OTHER_SERVER").unwrap_or_else(|_| {
             eprintln!("TENANCY_TEST_OTHER_SERVER is not set: placing on {main}, the main server");
@@ -213,7 +210,7 @@ impl OtherServer {
 impl Drop for OtherServer {
     fn drop(&mut self) {
         if self.distinct {
-            common::clean_up(
+            crate::helpers::clean_up(
                 self.admin_url.clone(),
                 self.prefix.clone(),
                 None,

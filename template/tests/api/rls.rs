@@ -1,14 +1,11 @@
 //! Row-Level Security as PostgreSQL enforces it, checked on raw connections of the
 //! application role: an unset tenant sees and writes nothing, a tenant cannot reach
 //! another tenant's rows by naming its id, and the role cannot switch RLS off.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashMap;
 
+use crate::helpers::{TestApp, spawn_app};
 use actix_web::http::StatusCode;
-use common::{TestApp, spawn_app};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -204,13 +201,13 @@ async fn the_application_role_cannot_switch_row_level_security_off() {
 async fn the_service_refuses_a_role_that_bypasses_row_level_security() {
     let app = spawn_app().await;
     // The owner (a superuser here) as the application role.
-    let mut env: HashMap<String, String> = common::resolution_env()
+    let mut env: HashMap<String, String> = crate::helpers::resolution_env()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     env.insert("TENANCY_DATABASE_URL".to_string(), app.db.url.clone());
     let (settings, _) = Settings::from_env_map(env).unwrap();
-    let tenancy = Tenancy::new(settings).unwrap();
+    let tenancy = Tenancy::new(settings.tenancy).unwrap();
     let refusal = tenancy.check_app_role().await.unwrap_err();
     assert!(matches!(refusal, AppRoleError::Unsafe(_)), "{refusal:?}");
     let message = refusal.to_string();

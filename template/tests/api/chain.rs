@@ -1,13 +1,10 @@
 //! Chain resolution ({% for r in resolvers %}{% unless forloop.first %}, then {% endunless %}{{r}}{% endfor %}): each resolver alone
 //! reaches its tenant; two resolvers naming different tenants get 403, never either
 //! tenant; a rejected credential does not fall through to the next resolver.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
 use actix_web::test::TestRequest;
-use common::spawn_app;
 use serde_json::{Value, json};
 
 const RESOLVERS: &[&str] = &[{% for r in resolvers %}"{{r}}"{% unless forloop.last %}, {% endunless %}{% endfor %}];
@@ -23,9 +20,8 @@ fn request(names: &[(&str, &str)]) -> TestRequest {
             "header" => request.insert_header(("X-Tenant-ID", tenant.to_string())),
 {%- endif %}
 {%- if subdomain_resolver %}
-            "subdomain" => {
-                request.insert_header(("Host", format!("{tenant}{}", common::DOMAIN_SUFFIX)))
-            }
+            "subdomain" => request
+                .insert_header(("Host", format!("{tenant}{}", crate::helpers::DOMAIN_SUFFIX))),
 {%- endif %}
 {%- if path_resolver %}
             "path" => {
@@ -36,7 +32,7 @@ fn request(names: &[(&str, &str)]) -> TestRequest {
 {%- if jwt_resolver %}
             "jwt" => request.insert_header((
                 "Authorization",
-                format!("Bearer {}", common::token_for(tenant)),
+                format!("Bearer {}", crate::helpers::token_for(tenant)),
             )),
 {%- endif %}
             other => panic!("no resolver {other}"),
@@ -101,7 +97,9 @@ async fn a_rejected_token_never_falls_through_to_another_resolver() {
     let app = spawn_app().await;
     app.create_tenant("acme").await;
     let service = service!(app);
-    let expired = common::sign_hs256(json!({"tenant_id": "acme", "exp": common::now() - 600}));
+    let expired = crate::helpers::sign_hs256(
+        json!({"tenant_id": "acme", "exp": crate::helpers::now() - 600}),
+    );
     for other in RESOLVERS.iter().filter(|r| **r != "jwt") {
         let request = request(&[(other, "acme")])
             .insert_header(("Authorization", format!("Bearer {expired}")))

@@ -1,17 +1,14 @@
 //! The connection layer when PostgreSQL misbehaves: it restarts under load, it has no
 //! connection slot left, a statement runs too long. Against real servers: the shared one,
 //! and throwaway clusters that these tests restart.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use crate::cluster::Cluster;
+use crate::helpers::{TestDatabase, spawn_app_on, spawn_app_with};
 use actix_web::http::StatusCode;
 use actix_web::test;
-use common::cluster::Cluster;
-use common::{TestDatabase, spawn_app_on, spawn_app_with};
 use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 use serde_json::json;

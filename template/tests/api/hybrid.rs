@@ -1,11 +1,7 @@
 //! Hybrid isolation: tenants of both tiers, served at once by one process, each isolated.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::{TestApp, spawn_app};
 use actix_web::http::StatusCode;
-use actix_web::test;
-use common::{ADMIN_TOKEN, TestApp, spawn_app, spawn_app_with};
 use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
@@ -68,37 +64,41 @@ async fn tenants_of_both_tiers_are_served_at_once_and_stay_isolated() {
     assert!(schemas.contains(&"tenant_premium_0".to_string()));
     assert!(!schemas.contains(&"tenant_shared_0".to_string()));
 }
+{%- if admin_api %}
 
 #[actix_web::test]
 async fn the_tier_comes_from_the_request_or_the_configured_default() {
-    let app = spawn_app_with(&[("TENANCY_DEFAULT_ISOLATION", "schema")]).await;
+    let app = crate::helpers::spawn_app_with(&[("TENANCY_DEFAULT_ISOLATION", "schema")]).await;
     let service = service!(app);
     let admin = |body: serde_json::Value| {
-        test::TestRequest::post()
+        actix_web::test::TestRequest::post()
             .uri("/admin/tenants")
-            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .insert_header((
+                "Authorization",
+                format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+            ))
             .set_json(body)
             .to_request()
     };
-    let defaulted: serde_json::Value = test::call_and_read_body_json(
+    let defaulted: serde_json::Value = actix_web::test::call_and_read_body_json(
         &service,
         admin(json!({"identifier": "plain", "name": "Plain"})),
     )
     .await;
     assert_eq!(defaulted["isolation"], "schema");
-    let chosen: serde_json::Value = test::call_and_read_body_json(
+    let chosen: serde_json::Value = actix_web::test::call_and_read_body_json(
         &service,
         admin(json!({"identifier": "small", "name": "Small", "isolation": "rls"})),
     )
     .await;
     assert_eq!(chosen["isolation"], "rls");
-    let refused = test::call_service(
+    let refused = actix_web::test::call_service(
         &service,
         admin(json!({"identifier": "big", "name": "Big", "isolation": "database"})),
     )
     .await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    let unknown = test::call_service(
+    let unknown = actix_web::test::call_service(
         &service,
         admin(json!({"identifier": "odd", "name": "Odd", "isolation": "galaxy"})),
     )
@@ -114,6 +114,7 @@ async fn the_tier_comes_from_the_request_or_the_configured_default() {
         ]
     );
 }
+{%- endif %}
 
 #[actix_web::test]
 async fn destroy_removes_each_tier_s_data_and_only_it() {

@@ -1,12 +1,9 @@
 //! Path resolution through the HTTP app: the prefix is stripped before routing, and no
 //! encoding trick changes the tenant.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
 use actix_web::test;
-use common::spawn_app;
 use serde_json::json;
 
 #[actix_web::test]

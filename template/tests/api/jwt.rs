@@ -1,14 +1,11 @@
 //! JWT resolution through the HTTP app, table-driven: every token that must not get in
 //! gets the same 401 with `WWW-Authenticate: Bearer`, for each kind of key.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use actix_web::http::StatusCode;
 
+use crate::helpers::{TestApp, now, sign_hs256, spawn_app_with};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{TestApp, now, sign_hs256, spawn_app_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -160,7 +157,7 @@ async fn hs256_tokens_are_checked_claim_by_claim() {
             "HS512 not pinned",
             bearer(sign(
                 Algorithm::HS512,
-                &EncodingKey::from_secret(common::JWT_SECRET.as_bytes()),
+                &EncodingKey::from_secret(crate::helpers::JWT_SECRET.as_bytes()),
                 None,
                 &claims(json!("acme")),
             )),
@@ -271,7 +268,7 @@ async fn the_claims_reach_handlers_and_a_token_reaches_only_its_tenant() {
         let request = request
             .insert_header((
                 "Authorization",
-                format!("Bearer {}", common::token_for(tenant)),
+                format!("Bearer {}", crate::helpers::token_for(tenant)),
             ))
             .to_request();
         let service = &service;
@@ -419,7 +416,7 @@ fn start_up_refuses_settings_that_weaken_verification() {
             "postgres://app@localhost/app".to_string(),
         )]
         .into_iter()
-        .chain(common::resolution_env())
+        .chain(crate::helpers::resolution_env())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         for (k, v) in extra {

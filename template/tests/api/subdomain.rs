@@ -1,11 +1,8 @@
 //! Subdomain resolution through the HTTP app: every kind of Host, table-driven.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::{spawn_app, spawn_app_with};
 use actix_web::http::StatusCode;
 use actix_web::test;
-use common::{spawn_app, spawn_app_with};
 
 #[actix_web::test]
 async fn hosts_resolve_deliberately() {

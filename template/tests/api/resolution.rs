@@ -1,12 +1,9 @@
 //! How the middleware answers requests for missing, unknown, malformed and inactive
 //! tenants, and which routes need one.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::{spawn_app, spawn_app_with};
 use actix_web::http::StatusCode;
 use actix_web::test;
-use common::{spawn_app, spawn_app_with};
 
 #[actix_web::test]
 async fn a_request_that_names_no_tenant_gets_400_problem_json() {
@@ -17,7 +14,7 @@ async fn a_request_that_names_no_tenant_gets_400_problem_json() {
         test::TestRequest::get().uri("/api/notes").to_request(),
     )
     .await;
-    let status = common::no_tenant_status();
+    let status = crate::helpers::no_tenant_status();
     assert_eq!(response.status().as_u16(), status);
     assert_eq!(
         response.headers().get("content-type").unwrap(),
@@ -32,7 +29,7 @@ async fn a_request_that_names_no_tenant_gets_400_problem_json() {
         assert!(body.get("detail").is_none(), "{body}");
     } else {
         let detail = body["detail"].as_str().unwrap();
-        assert!(detail.contains(common::no_tenant_hint()), "{body}");
+        assert!(detail.contains(crate::helpers::no_tenant_hint()), "{body}");
     }
 }
 
@@ -45,8 +42,8 @@ async fn unknown_and_malformed_tenants_get_the_same_404() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let too_long = "a".repeat(64);
     for malformed in ["1abc", "a-b", "_x", too_long.as_str(), "a%22b"] {
-        let request =
-            common::for_tenant(test::TestRequest::get(), "/api/notes", malformed).to_request();
+        let request = crate::helpers::for_tenant(test::TestRequest::get(), "/api/notes", malformed)
+            .to_request();
         let response = test::call_service(&service, request).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{malformed:?}");
         let body: serde_json::Value = test::read_body_json(response).await;
@@ -101,7 +98,7 @@ async fn only_routes_under_api_need_a_tenant() {
     for path in ["/api/notes", "/api/nothing-here"] {
         assert_eq!(
             status_of(path).await.as_u16(),
-            common::no_tenant_status(),
+            crate::helpers::no_tenant_status(),
             "{path}"
         );
     }

@@ -1,11 +1,8 @@
 //! Header resolution: what only the `X-Tenant-ID` resolver does.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::{spawn_app, spawn_app_with};
 use actix_web::http::StatusCode;
 use actix_web::test;
-use common::{spawn_app, spawn_app_with};
 
 #[actix_web::test]
 async fn header_values_that_are_not_identifiers_get_the_unknown_tenant_404() {

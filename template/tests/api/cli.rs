@@ -1,14 +1,11 @@
 //! The generated binary's commands, run as a user would run them.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestDatabase, server_exec};
+use crate::helpers::{TestDatabase, server_exec};
 
 fn run(db: &TestDatabase, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
@@ -196,7 +193,7 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
     let ready =
         send("GET /health/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into());
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let notes = send(common::raw_request("/api/notes", "acme"));
+    let notes = send(crate::helpers::raw_request("/api/notes", "acme"));
     assert!(notes.starts_with("HTTP/1.1 200"), "{notes}");
 
     // The request's log line carries the tenant on its span.

@@ -1,7 +1,6 @@
 //! Test set-up: every test gets its own freshly created database on the server named by
 //! `TENANCY_TEST_DATABASE_URL` (default: the local PostgreSQL), dropped when the test ends.
 //! No test doubles: the real server, real schemas, real connections.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 
@@ -9,17 +8,18 @@ use actix_web::web;
 
 use {{crate_name}}::config::Settings;
 use {{crate_name}}::domain::{Tenant, TenantIdentifier};
+pub use {{crate_name}}::startup::app;
 use {{crate_name}}::tenancy::Tenancy;
 use {{crate_name}}::tenancy::lifecycle::NewTenant;
 
-pub mod cluster;
-
+const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+{%- if admin_api %}
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+{%- endif %}
 {%- if subdomain_resolver %}
 /// Tenants live under this domain in the tests.
 pub const DOMAIN_SUFFIX: &str = ".example.test";
 {%- endif %}
-const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 pub fn server_url() -> String {
     std::env::var("TENANCY_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.into())
@@ -274,6 +274,7 @@ pub fn clean_up(url: String, prefix: String, database: Option<String>, role: Str
 /// A `Tenancy` on a fresh, migrated database. Fields drop in order: pools first.
 pub struct TestApp {
     pub tenancy: web::Data<Tenancy>,
+    pub settings: Settings,
     pub db: TestDatabase,
     /// The schemas right after the control-plane migrations, before any tenant.
     pub baseline_schemas: Vec<String>,
@@ -309,7 +310,9 @@ pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+{%- if admin_api %}
     env.insert("TENANCY_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string());
+{%- endif %}
     for (key, value) in extra {
         // An empty value removes a default of the tests (e.g. the JWT secret).
         if value.is_empty() {
@@ -320,12 +323,11 @@ pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
     }
     let (settings, warnings) = Settings::from_env_map(env).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    let tenancy = Tenancy::new(settings).unwrap();
-    tenancy.migrate_control().await.unwrap();
-    tenancy.check_app_role().await.unwrap();
+    let tenancy = {{crate_name}}::startup::prepare(&settings).await.unwrap();
     let baseline_schemas = db.schemas().await;
     TestApp {
-        tenancy: web::Data::new(tenancy),
+        tenancy,
+        settings,
         db,
         baseline_schemas,
     }
@@ -456,19 +458,18 @@ pub fn raw_request(path: &str, tenant: &str) -> String {
 }
 
 /// Makes `$app` an initialised test service of the generated application.
-#[macro_export]
 macro_rules! service {
     ($app:expr) => {
-        actix_web::test::init_service({{crate_name}}::startup::app($app.tenancy.clone())).await
+        actix_web::test::init_service($crate::helpers::app($app.tenancy.clone(), &$app.settings))
+            .await
     };
 }
 
 /// Sends a JSON request for `tenant` and returns status and parsed body.
-#[macro_export]
 macro_rules! call {
     ($service:expr, $method:ident $path:expr, tenant = $tenant:expr $(, json = $body:expr)?) => ({
         #[allow(unused_mut)]
-        let mut request = $crate::common::for_tenant(
+        let mut request = $crate::helpers::for_tenant(
             actix_web::test::TestRequest::$method(),
             $path,
             $tenant,

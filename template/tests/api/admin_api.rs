@@ -1,11 +1,8 @@
 //! The admin API: bearer-token auth, the full lifecycle over HTTP, and injection attempts.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::{ADMIN_TOKEN, spawn_app};
 use actix_web::http::StatusCode;
 use actix_web::test;
-use common::{ADMIN_TOKEN, spawn_app};
 use serde_json::{Value, json};
 
 macro_rules! admin {

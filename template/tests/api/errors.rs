@@ -1,12 +1,9 @@
 //! What a client sees when PostgreSQL refuses a write: constraint violations become 409
 //! and 422 problems that name no table, column or constraint.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::spawn_app;
 use actix_web::body::to_bytes;
 use actix_web::http::StatusCode;
-use common::spawn_app;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use {{crate_name}}::error::AppError;

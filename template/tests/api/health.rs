@@ -1,13 +1,10 @@
 //! Health endpoints with a healthy and an unreachable database.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::HashMap;
 
+use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
 use actix_web::{test, web};
-use common::spawn_app;
 
 use {{crate_name}}::config::Settings;
 use {{crate_name}}::tenancy::Tenancy;
@@ -43,7 +40,7 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
 
 #[actix_web::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let mut env: HashMap<String, String> = common::resolution_env()
+    let mut env: HashMap<String, String> = crate::helpers::resolution_env()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
@@ -56,8 +53,8 @@ async fn health_is_503_when_the_database_is_unreachable() {
         ("TENANCY_DATABASE_POOL_TIMEOUT".to_string(), "1".to_string()),
     ]);
     let (settings, _) = Settings::from_env_map(env).unwrap();
-    let tenancy = web::Data::new(Tenancy::new(settings).unwrap());
-    let service = test::init_service({{crate_name}}::startup::app(tenancy)).await;
+    let tenancy = web::Data::new(Tenancy::new(settings.tenancy.clone()).unwrap());
+    let service = test::init_service({{crate_name}}::startup::app(tenancy, &settings)).await;
     for (path, expected) in [
         ("/health", StatusCode::SERVICE_UNAVAILABLE),
         ("/health/ready", StatusCode::SERVICE_UNAVAILABLE),
@@ -73,7 +70,8 @@ async fn health_is_503_when_the_database_is_unreachable() {
         );
     }
     // Tenant requests get 503 with Retry-After, not a hang or a 500.
-    let request = common::for_tenant(test::TestRequest::get(), "/api/notes", "acme").to_request();
+    let request =
+        crate::helpers::for_tenant(test::TestRequest::get(), "/api/notes", "acme").to_request();
     let response = test::call_service(&service, request).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));

@@ -1,17 +1,14 @@
 //! Tenant isolation through the HTTP app, against a real PostgreSQL: concurrent tenants
 //! never see each other's rows, and a pooled connection never carries one tenant's scope
 //! into another tenant's request, whatever happens to the request.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use crate::helpers::{TestApp, spawn_app_with};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, test, web};
-use common::{TestApp, spawn_app_with};
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::FutureExt;
@@ -294,6 +291,7 @@ macro_rules! probe_service {
                 .app_data($app.tenancy.clone())
                 .wrap(from_fn(resolve_tenant))
 {%- if path_resolver %}
+                .app_data(web::Data::new($app.settings.tenancy.resolve.path.clone()))
                 .wrap(from_fn(strip_tenant_prefix))
 {%- endif %}
                 .route("/scope", web::get().to(scope))
@@ -361,7 +359,7 @@ macro_rules! scope_of {
 }{% endraw %}
 
 fn get(path: &str, tenant: &str) -> test::TestRequest {
-    common::for_tenant(test::TestRequest::get(), path, tenant)
+    crate::helpers::for_tenant(test::TestRequest::get(), path, tenant)
 }
 
 #[actix_web::test]

@@ -1,10 +1,7 @@
 //! Tenant lifecycle through the same functions the CLI and the admin API call.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
-use common::spawn_app;
 
 use {{crate_name}}::domain::{TenantIdentifier, TenantStatus};
 use {{crate_name}}::tenancy::isolation::Strategy;

@@ -1,0 +1,78 @@
+//! The database settings: the two roles' URLs, pool sizes and timeouts (the README's
+//! "Connections" section says how the sizes combine).
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::settings::{ConfigError, Key, Source, check_postgres_url, redact_url};
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// The application role (`TENANCY_DATABASE_URL`).
+    pub url: SecretString,
+    /// The role that owns the tables (migrations, provisioning, destroy); defaults to
+    /// `url` (`TENANCY_MIGRATION_DATABASE_URL`).
+    pub migration_url: Option<SecretString>,
+    /// With `max_overflow`: the most connections one tenant may hold at once.
+    pub pool_size: u32,
+    /// Added to `pool_size` for one tenant's bursts.
+    pub max_overflow: u32,
+    /// Hard cap on open tenant connections in this process, over all tenants.
+    pub max_total_connections: u32,
+    /// Connections of the control pool (tenant registry, health, admin).
+    pub control_pool_size: u32,
+    /// How long a request waits for a connection before it gets 503.
+    pub pool_timeout: Duration,
+    /// Connections are closed and replaced after this long.
+    pub pool_recycle: Duration,
+    /// Idle connections close after this long.
+    pub tenant_pool_idle_timeout: Duration,
+    /// PostgreSQL cancels a statement of the application role after this long.
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    pub const KEYS: &[Key] = &[
+        ("database_url", None),
+        ("migration_database_url", None),
+        ("database_pool_size", Some("{% if isolation == "database" %}2{% else %}10{% endif %}")),
+        ("database_max_overflow", Some("{% if isolation == "database" %}2{% else %}10{% endif %}")),
+        ("max_total_connections", Some("40")),
+        ("control_pool_size", Some("4")),
+        ("database_pool_timeout", Some("5")),
+        ("database_pool_recycle", Some("1800")),
+        ("tenant_pool_idle_timeout", Some("300")),
+        ("statement_timeout", Some("30")),
+    ];
+
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let url = src.required(
+            "database_url",
+            "the PostgreSQL URL, e.g. postgres://app:secret@db:5432/app",
+        )?;
+        check_postgres_url("database_url", &url)?;
+        Ok(Self {
+            url: SecretString::from(url),
+            migration_url: src.postgres_url("migration_database_url")?,
+            pool_size: src.number("database_pool_size", 1, 1_000)?,
+            max_overflow: src.number("database_max_overflow", 0, 1_000)?,
+            max_total_connections: src.number("max_total_connections", 1, 100_000)?,
+            control_pool_size: src.number("control_pool_size", 1, 1_000)?,
+            pool_timeout: src.seconds("database_pool_timeout", 1, 600)?,
+            pool_recycle: src.seconds("database_pool_recycle", 1, 7 * 24 * 3600)?,
+            tenant_pool_idle_timeout: src.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
+            statement_timeout: src.seconds("statement_timeout", 1, 24 * 3600)?,
+        })
+    }
+
+    /// The most connections one tenant may hold at once.
+    pub fn per_tenant_max(&self) -> u32 {
+        self.pool_size + self.max_overflow
+    }
+
+    /// The application role's URL with its password replaced by `***`, for logs.
+    pub fn url_redacted(&self) -> String {
+        redact_url(self.url.expose_secret())
+    }
+}

@@ -1,0 +1,40 @@
+//! What the tenancy layer reads from the configuration: the database, the resolvers, the
+//! isolation strategy's own settings and the registry cache.
+
+use std::time::Duration;
+
+use super::isolation::{Selected, Strategy};
+use super::resolve::ResolveSettings;
+use crate::db::settings::DatabaseSettings;
+use crate::settings::{ConfigError, Key, Source};
+
+#[derive(Debug, Clone)]
+pub struct TenancySettings {
+    pub database: DatabaseSettings,
+    /// What the tenant resolver{% if resolution == "chain" %}s{% endif %} read.
+    pub resolve: ResolveSettings,
+    /// The isolation strategy's own settings.
+    pub isolation: <Selected as Strategy>::Settings,
+    /// How long a registry look-up is reused (`TENANCY_TENANT_CACHE_TTL`).
+    pub tenant_cache_ttl: Duration,
+}
+
+const KEYS: &[Key] = &[("tenant_cache_ttl", Some("30"))];
+
+impl TenancySettings {
+    /// Every key the tenancy layer reads.
+    pub fn keys() -> Vec<&'static [Key]> {
+        let mut keys = vec![KEYS, DatabaseSettings::KEYS, Selected::KEYS];
+        ResolveSettings::add_keys(&mut keys);
+        keys
+    }
+
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseSettings::read(src)?,
+            resolve: ResolveSettings::read(src)?,
+            isolation: Selected::read_settings(src)?,
+            tenant_cache_ttl: src.seconds("tenant_cache_ttl", 0, 3600)?,
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! The integration tests, one binary with a module per concern. Each test runs the
+//! service against a real PostgreSQL: its own database, created and dropped by
+//! `helpers` (`TENANCY_TEST_DATABASE_URL`, default the local server); `TEST_LOG=1` shows
+//! the service's logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[macro_use]
+mod helpers;
+
+{% if admin_api -%}
+mod admin_api;
+{% endif -%}
+{% if resolution == "chain" -%}
+mod chain;
+{% endif -%}
+mod cli;
+mod cluster;
+mod connections;
+{% if isolation == "database" -%}
+mod database;
+{% endif -%}
+mod errors;
+{% if header_resolver -%}
+mod header;
+{% endif -%}
+mod health;
+{% if isolation == "hybrid" -%}
+mod hybrid;
+{% endif -%}
+mod isolation;
+{% if jwt_resolver -%}
+mod jwt;
+{% endif -%}
+mod lifecycle;
+{% if path_resolver -%}
+mod path;
+{% endif -%}
+mod resolution;
+{% if isolation == "rls" -%}
+mod rls;
+{% endif -%}
+{% if isolation == "schema" -%}
+mod schema;
+{% endif -%}
+{% if subdomain_resolver -%}
+mod subdomain;
+{% endif -%}
