@@ -24,17 +24,25 @@ say "building (the first build compiles dependencies: a few minutes)"
 cargo build --quiet
 bin="$CARGO_TARGET_DIR/debug/acme-api"
 
-database=acme_api_quickstart
-psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
+database=acme_api_quickstart app_role=acme_api_quickstart_app
+psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" \
+  -c "DROP ROLE IF EXISTS $app_role" -c "CREATE DATABASE $database"
 base="${TENANCY_TEST_DATABASE_URL%/*}"
-export TENANCY_DATABASE_URL="$base/$database"
+# Two roles, as in production: the server's user owns the tables and runs migrations; the
+# service connects as a role of its own that owns nothing (`migrate --create-app-role`
+# creates it), which `serve` insists on.
+export TENANCY_MIGRATION_DATABASE_URL="$base/$database"
+app_password=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+server=${base#*://}
+server=${server#*@}
+export TENANCY_DATABASE_URL="postgres://$app_role:$app_password@$server/$database"
 export TENANCY_HOST=127.0.0.1 TENANCY_PORT="${QUICKSTART_PORT:-8765}"
 TENANCY_ADMIN_TOKEN="quickstart-admin-token-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TENANCY_ADMIN_TOKEN
 url="http://127.0.0.1:$TENANCY_PORT"
 
 say "migrating and creating two tenants with the CLI"
-"$bin" migrate
+"$bin" migrate --create-app-role
 "$bin" tenant create acme --name "Acme Corp"
 "$bin" tenant create globex --name "Globex Inc"
 "$bin" tenant list
@@ -67,9 +75,11 @@ trap - EXIT
 grep -q '"tenant.identifier":"acme"' "$out/server.log" && echo "OK: request logs carry tenant.id and tenant.identifier ($out/server.log)."
 cat <<MSG
 
-The service is in $out/acme-api (database: $TENANCY_DATABASE_URL).
+The service is in $out/acme-api (database: $TENANCY_MIGRATION_DATABASE_URL).
 Run it again:
   cd $out/acme-api
-  TENANCY_DATABASE_URL=$TENANCY_DATABASE_URL TENANCY_ADMIN_TOKEN=... cargo run -- serve
+  TENANCY_DATABASE_URL=$TENANCY_DATABASE_URL \\
+  TENANCY_MIGRATION_DATABASE_URL=$TENANCY_MIGRATION_DATABASE_URL \\
+  TENANCY_ADMIN_TOKEN=... cargo run -- serve
 Generate your own: cargo generate --path $root template --name my-service
 MSG

@@ -79,6 +79,7 @@ shell_scripts() {
 }
 
 run_check "template: shell scripts" shell_scripts
+run_check "template: docs name only tests and settings that exist" bash "$root/ci/docs.sh"
 run_check "template: pre-hook refuses the name '9lives'" hook_rejects 9lives "must start with an ASCII letter"
 run_check "template: pre-hook refuses the name 'test'" hook_rejects test "which Rust reserves"
 run_check "template: pre-hook refuses chain=jwt,jwt" \

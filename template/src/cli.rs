@@ -63,9 +63,9 @@ pub enum TenantCommand {
         isolation: Option<String>,
 {%- endif %}
 {%- if isolation == "database" %}
-        /// PostgreSQL server (host or host:port) for the tenant's database; credentials
-        /// come from the configured URLs (default: the server of
-        /// TENANCY_DATABASE_URL_TEMPLATE).
+        /// PostgreSQL server (host or host:port) for the tenant's database, one of
+        /// TENANCY_DATABASE_SERVERS; credentials come from the configured URLs (default:
+        /// the server of TENANCY_DATABASE_URL_TEMPLATE).
         #[arg(long)]
         server: Option<String>,
 {%- endif %}
@@ -183,12 +183,14 @@ async fn run_command(
                     )?;
                 }
                 TenantCommand::List => {
+                    // Read first: a failure prints no half table.
+                    let tenants = tenancy.list_tenants().await?;
                     writeln!(
                         out,
                         "{:<36}  {:<24}  {:<12}  {:<9}  name",
                         "id", "identifier", "status", "isolation"
                     )?;
-                    for t in tenancy.list_tenants().await? {
+                    for t in tenants {
                         writeln!(
                             out,
                             "{:<36}  {:<24}  {:<12}  {:<9}  {}",

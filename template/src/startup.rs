@@ -91,7 +91,7 @@ impl Application {
     /// (port 0 picks a free one).
     pub async fn build(settings: Settings) -> Result<Self, ServeError> {
         tracing::info!(
-            database = %settings.tenancy.database.url_redacted(),
+            database = %settings.tenancy.database.describe(),
             isolation = crate::config::ISOLATION_STRATEGY,
             resolution = crate::config::RESOLUTION_STRATEGY,
             "starting"

@@ -1,6 +1,6 @@
 //! Logging: JSON lines with the request span's fields (`tenant.id`, `tenant.identifier`,
 //! `http.*`, `request_id`) on every event. `RUST_LOG` overrides the default filter.
-//! Nothing secret is ever a field: database URLs are logged through `DatabaseSettings::url_redacted`.
+//! Nothing secret is ever a field: a database is logged as `DatabaseSettings::describe` shows it (no password).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::settings::{ConfigError, Key, Source, check_postgres_url, redact_url};
+use std::str::FromStr;
+
+use crate::db::connect::server_of;
+use crate::settings::{ConfigError, Key, Source, check_postgres_url};
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
@@ -71,8 +74,36 @@ impl DatabaseSettings {
         self.pool_size + self.max_overflow
     }
 
-    /// The application role's URL with its password replaced by `***`, for logs.
-    pub fn url_redacted(&self) -> String {
-        redact_url(self.url.expose_secret())
+    /// The application role's `user@host:port/database`, for logs: built from the parsed
+    /// URL, so a password is never part of it, whichever way the URL carries one
+    /// (`user:password@`, `?password=`, or `password=` in key=value form).
+    pub fn describe(&self) -> String {
+        match tokio_postgres::Config::from_str(self.url.expose_secret()) {
+            Ok(config) => format!(
+                "{}@{}/{}",
+                config.get_user().unwrap_or("(default user)"),
+                server_of(&config),
+                config.get_dbname().unwrap_or("(default database)")
+            ),
+            Err(_) => "(not a PostgreSQL URL)".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_description_never_holds_the_password() {
+        for url in [
+            "postgres://app:s3cret@db:5433/app",
+            "postgres://app@db:5433/app?password=s3cret",
+            "host=db port=5433 user=app password=s3cret dbname=app",
+        ] {
+            let src = Source::of(&[("TENANCY_DATABASE_URL", url)], DatabaseSettings::KEYS);
+            let shown = DatabaseSettings::read(&src).unwrap().describe();
+            assert_eq!(shown, "app@db:5433/app", "{url}");
+        }
     }
 }

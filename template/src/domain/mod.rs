@@ -4,6 +4,8 @@
 
 mod identifier;
 mod tenant;
+mod text;
 
 pub use identifier::{SqlIdentifier, TenantIdentifier};
 pub use tenant::{Isolation, Tenant, TenantStatus};
+pub use text::{check_json, check_text};

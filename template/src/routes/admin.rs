@@ -99,11 +99,13 @@ impl FromRequest for AdminAuth {
         let expected = req
             .app_data::<web::Data<AdminSettings>>()
             .and_then(|settings| settings.token.clone());
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        // Exactly one Authorization header: with two, a proxy's and a client's, neither
+        // is trusted.
+        let mut values = req.headers().get_all(header::AUTHORIZATION);
+        let presented = match (values.next(), values.next()) {
+            (Some(value), None) => value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")),
+            _ => None,
+        };
         let authorized = match (expected, presented) {
             (Some(expected), Some(presented)) => bool::from(
                 expected

@@ -86,6 +86,7 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
         "checks": {"database": database},
         "tenants": tenants,
         "connections": connections,
+        "registry": tenancy.registry_stats(),
     });
     if healthy {
         HttpResponse::Ok().json(body)

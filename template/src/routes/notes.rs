@@ -77,6 +77,9 @@ impl NoteInput {
                 "body must be at most 100000 bytes".into(),
             ));
         }
+        crate::domain::check_text("title", &self.title)
+            .and_then(|()| crate::domain::check_text("body", &self.body))
+            .map_err(AppError::BadRequest)?;
         Ok(self)
     }
 }

@@ -2,8 +2,15 @@
 //! per request. Entries live `TENANCY_TENANT_CACHE_TTL` seconds (unknown identifiers at
 //! most 5 s); this process drops an entry at once when it changes that tenant. Other
 //! processes see a change within the TTL.
+//!
+//! Beside it, the set of every registered identifier, read at most once per 5 s, and only
+//! when a request names an identifier outside it: an identifier it does not hold is
+//! unknown without a query. A flood of made-up identifiers therefore costs one registry
+//! read per 5 s, not one per request. A tenant that another process created is served
+//! here within those 5 s (one this process created, at once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,6 +18,8 @@ use crate::domain::{Tenant, TenantIdentifier};
 
 const MAX_ENTRIES: usize = 100_000;
 const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// How long the set of registered identifiers is trusted.
+const KNOWN_REFRESH: Duration = MAX_NEGATIVE_TTL;
 
 /// A registry answer (`None`: no such tenant) and when it expires.
 type Entry = (Option<Arc<Tenant>>, Instant);
@@ -18,6 +27,21 @@ type Entry = (Option<Arc<Tenant>>, Instant);
 pub struct TenantCache {
     ttl: Duration,
     entries: RwLock<HashMap<TenantIdentifier, Entry>>,
+    /// Every registered identifier and when the registry was read (`None`: not yet).
+    known: RwLock<Option<(HashSet<TenantIdentifier>, Instant)>>,
+    /// One registry read of the identifiers at a time.
+    reload: tokio::sync::Mutex<()>,
+    lookups: AtomicU64,
+    reloads: AtomicU64,
+}
+
+/// What the registry was asked, since start-up (shown by `/health`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RegistryStats {
+    /// Reads of one tenant (a cache miss for a registered identifier).
+    pub lookups: u64,
+    /// Reads of the set of registered identifiers.
+    pub identifier_reads: u64,
 }
 
 impl TenantCache {
@@ -25,6 +49,49 @@ impl TenantCache {
         Self {
             ttl,
             entries: RwLock::new(HashMap::new()),
+            known: RwLock::new(None),
+            reload: tokio::sync::Mutex::new(()),
+            lookups: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `identifier` is registered, if the set read last is recent enough to say.
+    pub fn is_known(&self, identifier: &TenantIdentifier) -> Option<bool> {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        let (identifiers, read_at) = known.as_ref()?;
+        (read_at.elapsed() < KNOWN_REFRESH).then(|| identifiers.contains(identifier))
+    }
+
+    /// Held while the registry's identifiers are read, so that one request reads them.
+    pub async fn reload_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reload.lock().await
+    }
+
+    /// Replaces the set with what the registry holds now.
+    pub fn set_known(&self, identifiers: HashSet<TenantIdentifier>) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        *known = Some((identifiers, Instant::now()));
+    }
+
+    /// Adds an identifier this process registered, so it is served at once.
+    pub fn add_known(&self, identifier: &TenantIdentifier) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((identifiers, _)) = known.as_mut() {
+            identifiers.insert(identifier.clone());
+        }
+    }
+
+    /// Counts a registry read of one tenant.
+    pub fn count_lookup(&self) {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        RegistryStats {
+            lookups: self.lookups.load(Ordering::Relaxed),
+            identifier_reads: self.reloads.load(Ordering::Relaxed),
         }
     }
 

@@ -18,7 +18,7 @@ use crate::db::connect::ConnectError;
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::pool::PoolError;
-use crate::domain::{Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{Tenant, TenantIdentifier, TenantStatus, check_json, check_text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -219,6 +219,9 @@ impl Tenancy {
                 "metadata must be a JSON object".into(),
             ));
         }
+        check_text("name", name)
+            .and_then(|()| check_json("metadata", &new.metadata))
+            .map_err(LifecycleError::Invalid)?;
 {%- if isolation == "hybrid" %}
         let requested = new.isolation;
 {%- else %}
@@ -229,6 +232,11 @@ impl Tenancy {
             .strategy()
             .choose(requested)
             .map_err(LifecycleError::Invalid)?;
+{%- if isolation == "database" %}
+        if let Some(server) = &new.server {
+            self.strategy().check_server(server)?;
+        }
+{%- endif %}
         let tenant = {
             let mut conn = self.control.get().await?;
             registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)

@@ -60,6 +60,9 @@ impl From<Rejection> for AppError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
             Rejection::Malformed(detail) => AppError::TenantNotFound { detail },
+{%- if header_resolver or jwt_resolver %}
+            Rejection::Repeated(message) => AppError::BadRequest(message),
+{%- endif %}
 {%- if jwt_resolver %}
             Rejection::Credentials(detail) => AppError::Unauthorized { detail },
 {%- endif %}

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod resolve;
 pub mod settings;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::DatabaseSettings;
 use crate::db::{CONTROL_SCHEMA, ControlPool, TenantConnection, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
-use cache::TenantCache;
+use cache::{RegistryStats, TenantCache};
 use isolation::{Context, Strategy};
 use settings::TenancySettings;
 
@@ -214,7 +215,9 @@ impl Tenancy {
     ) -> Result<Arc<Tenant>, TenantError> {
         let tenant = match self.cache.get(identifier) {
             Some(hit) => hit,
+            None if !self.is_registered(identifier).await? => None,
             None => {
+                self.cache.count_lookup();
                 let mut conn = self.control.get().await?;
                 let found = registry::find_by_identifier(&mut conn, identifier)
                     .await?
@@ -236,8 +239,37 @@ impl Tenancy {
         }
     }
 
+    /// Whether the registry holds `identifier`, from the set of registered identifiers
+    /// (read again when it is older than 5 s; see `cache`).
+    async fn is_registered(&self, identifier: &TenantIdentifier) -> Result<bool, TenantError> {
+        if let Some(known) = self.cache.is_known(identifier) {
+            return Ok(known);
+        }
+        let _one_read = self.cache.reload_lock().await;
+        // Another request may have read it while this one waited.
+        if let Some(known) = self.cache.is_known(identifier) {
+            return Ok(known);
+        }
+        let mut conn = self.control.get().await?;
+        let identifiers: HashSet<_> = registry::identifiers(&mut conn)
+            .await?
+            .into_iter()
+            .collect();
+        let known = identifiers.contains(identifier);
+        self.cache.set_known(identifiers);
+        Ok(known)
+    }
+
+    /// What the registry was asked since start-up.
+    pub fn registry_stats(&self) -> RegistryStats {
+        self.cache.stats()
+    }
+
+    /// Drops what this process remembers of `tenant` after changing it (and knows it is
+    /// registered).
     fn forget(&self, tenant: &Tenant) {
         self.cache.invalidate(&tenant.identifier);
+        self.cache.add_known(&tenant.identifier);
     }
 }
 

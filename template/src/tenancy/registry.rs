@@ -55,6 +55,20 @@ pub async fn find_by_identifier(
         .transpose()
 }
 
+/// Every registered identifier, deleted tenants' too.
+pub async fn identifiers(conn: &mut AsyncPgConnection) -> QueryResult<Vec<TenantIdentifier>> {
+    let rows: Vec<String> = tenants::table
+        .select(tenants::identifier)
+        .load(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            TenantIdentifier::parse(row)
+                .map_err(|why| diesel::result::Error::DeserializationError(why.into()))
+        })
+        .collect()
+}
+
 pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Tenant>> {
     tenants::table
         .order(tenants::identifier)

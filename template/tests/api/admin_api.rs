@@ -46,6 +46,16 @@ async fn admin_requests_need_the_exact_token() {
     }
     let (status, _) = admin!(service, post "/admin/tenants", token = "wrong", json = json!({"identifier": "acme", "name": "Acme"}));
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Two Authorization headers, even both right: neither is trusted.
+    for second in ["wrong", ADMIN_TOKEN] {
+        let request = test::TestRequest::get()
+            .uri("/admin/tenants")
+            .append_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .append_header(("Authorization", format!("Bearer {second}")))
+            .to_request();
+        let response = test::call_service(&service, request).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{second}");
+    }
     assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
 }
 
@@ -166,6 +176,24 @@ async fn members_a_tenant_does_not_have_are_refused_not_ignored() {
         assert!(
             problem["detail"].as_str().unwrap().contains(member),
             "{member}: {problem}"
+        );
+    }
+    assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
+}
+
+#[actix_web::test]
+async fn a_nul_character_in_a_new_tenant_is_a_400() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    for body in [
+        json!({"identifier": "acme", "name": "Ac\u{0}me"}),
+        json!({"identifier": "acme", "name": "Acme", "metadata": {"plan": "\u{0}"}}),
+    ] {
+        let (status, problem) = admin!(service, post "/admin/tenants", json = body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("NUL"),
+            "{problem}"
         );
     }
     assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));

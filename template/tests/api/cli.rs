@@ -126,6 +126,32 @@ fn bad_configuration_names_the_variable_and_exits_2() {
     assert!(!stderr.contains("s3cret"), "{stderr}");
 }
 
+#[test]
+fn an_unreachable_database_is_named_at_once_and_nothing_half_printed() {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+        .args(["tenant", "list"])
+        .env_clear()
+        .envs(crate::helpers::resolution_env())
+        // Nothing listens on port 1.
+        .env(
+            "TENANCY_DATABASE_URL",
+            "postgres://app:s3cret@127.0.0.1:1/app",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert_eq!(stdout(&out), "", "a failure prints no half table");
+}
+
 /// Kills the server if the test fails before it stopped.
 struct Server(std::process::Child);
 
@@ -233,8 +259,13 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
     assert!(status.success(), "exit status {status}");
     let rest: Vec<String> = logs.iter().collect();
     assert!(rest.iter().all(|line| !line.contains(&db.app_password)));
+    // Every line, to the last, is a JSON object.
+    let rest: Vec<serde_json::Value> = rest
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
     assert!(
-        rest.iter().any(|line| line.contains("\"stopped\"")),
+        rest.iter().any(|event| event["message"] == "stopped"),
         "{rest:?}"
     );
 }

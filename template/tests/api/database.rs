@@ -220,10 +220,53 @@ impl Drop for OtherServer {
     }
 }
 
+/// An app whose `TENANCY_DATABASE_SERVERS` lists the second server and two unreachable
+/// ones (to ask for a server other than the recorded one).
+async fn spawn_with_other_server() -> (crate::helpers::TestApp, OtherServer) {
+    let db = crate::helpers::TestDatabase::create().await;
+    let other = OtherServer::start(&db).await;
+    let servers = format!("{},elsewhere.invalid:5432,elsewhere.invalid", other.address);
+    let app = crate::helpers::spawn_app_on(db, &[("TENANCY_DATABASE_SERVERS", &servers)]).await;
+    (app, other)
+}
+
+#[actix_web::test]
+async fn only_listed_servers_are_accepted_for_a_new_tenant() {
+    let app = spawn_app().await;
+    // No list: every tenant is on the default server, whatever a request says.
+    let refused = app
+        .tenancy
+        .create_tenant(NewTenant {
+            server: Some(ServerAddress::parse("attacker.example:5432").unwrap()),
+            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+        })
+        .await;
+    match refused {
+        Err(LifecycleError::Invalid(why)) => {
+            assert!(why.contains("TENANCY_DATABASE_SERVERS"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Refused before anything was recorded.
+    assert!(app.tenancy.list_tenants().await.unwrap().is_empty());
+
+    let listed = spawn_app_with(&[("TENANCY_DATABASE_SERVERS", "db2.internal:5432")]).await;
+    let refused = listed
+        .tenancy
+        .create_tenant(NewTenant {
+            server: Some(ServerAddress::parse("db3.internal:5432").unwrap()),
+            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(LifecycleError::Invalid(_))),
+        "{refused:?}"
+    );
+}
+
 #[actix_web::test]
 async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_there() {
-    let app = spawn_app().await;
-    let other = OtherServer::start(&app.db).await;
+    let (app, other) = spawn_with_other_server().await;
     let server = ServerAddress::parse(&other.address).unwrap();
     let far = app
         .tenancy
@@ -307,8 +350,7 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
 
 #[actix_web::test]
 async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
-    let app = spawn_app().await;
-    let other = OtherServer::start(&app.db).await;
+    let (app, other) = spawn_with_other_server().await;
     let server = ServerAddress::parse(&other.address).unwrap();
     let far = TenantIdentifier::parse("far").unwrap();
     // A crash after the registry row and the placement were written, before the database
@@ -390,4 +432,28 @@ fn a_server_address_is_a_host_and_port_and_never_credentials() {
         json!({"identifier": "far", "name": "Far", "server": "app:secret@db2"}),
     );
     assert!(new.is_err());
+}
+
+#[actix_web::test]
+async fn the_service_refuses_a_superuser_or_an_owner_of_tenant_databases_as_its_role() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    app.tenancy.check_app_role().await.unwrap();
+    let superuser = app
+        .db
+        .query("SELECT rolsuper::text FROM pg_roles WHERE rolname = current_user")
+        .await;
+    if superuser[0][0].as_deref() == Some("true") {
+        let refusal = app.refusal_of_the_owner_as_app_role().await.unwrap();
+        assert!(refusal.starts_with("TENANCY_DATABASE_URL: "), "{refusal}");
+        assert!(refusal.contains("superuser"), "{refusal}");
+    }
+    // The application role made the owner of a tenant's database.
+    crate::helpers::server_exec(&format!(
+        "ALTER DATABASE \"{}acme\" OWNER TO \"{}\"",
+        app.db.tenant_database_prefix, app.db.app_role
+    ))
+    .await;
+    let refusal = app.tenancy.check_app_role().await.unwrap_err().to_string();
+    assert!(refusal.contains("owns 1 tenant databases"), "{refusal}");
 }

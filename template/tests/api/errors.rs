@@ -63,3 +63,30 @@ async fn constraint_violations_are_409_or_422_problems_without_internals() {
     drop(conn);
     assert_eq!(app.db.notes_of(&acme).await, Some(1));
 }
+
+#[actix_web::test]
+async fn text_with_a_nul_character_is_a_400_that_names_the_field() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, created) = call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": "ok"}));
+    assert_eq!(status, StatusCode::CREATED);
+    let path = format!("/api/notes/{}", created["id"]);
+    for (body, field) in [
+        (serde_json::json!({"title": "a\u{0}b"}), "title"),
+        (serde_json::json!({"title": "ok", "body": "\u{0}"}), "body"),
+    ] {
+        let (status, problem) =
+            call!(service, post "/api/notes", tenant = "acme", json = body.clone());
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with(field),
+            "{problem}"
+        );
+        let (status, _) = call!(service, put & path, tenant = "acme", json = body);
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (_, notes) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
+    assert_eq!(notes[0]["title"], "ok");
+}

@@ -52,3 +52,32 @@ async fn the_header_name_is_configurable() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[actix_web::test]
+async fn a_tenant_header_sent_twice_is_refused_whichever_comes_first() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    app.create_tenant("globex").await;
+    let service = service!(app);
+    let (status, _) = call!(service, post "/api/notes", tenant = "globex", json = serde_json::json!({"title": "globex only"}));
+    assert_eq!(status, StatusCode::CREATED);
+    // A proxy that appends its header to the client's must not let either one win.
+    for (first, second) in [("acme", "globex"), ("globex", "acme"), ("acme", "acme")] {
+        let request = test::TestRequest::get()
+            .uri("/api/notes")
+            .append_header(("X-Tenant-ID", first))
+            .append_header(("X-Tenant-ID", second))
+            .to_request();
+        let response = test::call_service(&service, request).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{first}, {second}"
+        );
+        let body = test::read_body(response).await;
+        assert!(
+            !String::from_utf8_lossy(&body).contains("globex only"),
+            "{first}, {second}"
+        );
+    }
+}

@@ -334,6 +334,19 @@ pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
+    /// Why the service refuses the owner (the test server's user) as its application
+    /// role; `None` where that user is no superuser and owns nothing yet.
+    pub async fn refusal_of_the_owner_as_app_role(&self) -> Option<String> {
+        let mut env: HashMap<String, String> = resolution_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        env.insert("TENANCY_DATABASE_URL".to_string(), self.db.url.clone());
+        let (settings, _) = Settings::from_env_map(env).unwrap();
+        let tenancy = Tenancy::new(settings.tenancy).unwrap();
+        tenancy.check_app_role().await.err().map(|e| e.to_string())
+    }
+
     pub async fn create_tenant(&self, identifier: &str) -> Tenant {
         self.tenancy
             .create_tenant(NewTenant::new(

@@ -143,3 +143,11 @@ async fn destroy_removes_each_tier_s_data_and_only_it() {
     );
     assert_eq!(app.db.notes_of(&other).await, Some(1));
 }
+
+#[actix_web::test]
+async fn the_service_refuses_the_owner_as_its_role() {
+    let app = spawn_app().await;
+    // The owner (a superuser here) defeats both tiers.
+    let refusal = app.refusal_of_the_owner_as_app_role().await.unwrap();
+    assert!(refusal.starts_with("TENANCY_DATABASE_URL: "), "{refusal}");
+}

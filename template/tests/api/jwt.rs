@@ -485,3 +485,23 @@ fn start_up_refuses_settings_that_weaken_verification() {
         );
     }
 }
+
+#[actix_web::test]
+async fn two_authorization_headers_are_refused_whichever_comes_first() {
+    let app = app_with(&[]).await;
+    let service = service!(app);
+    let bearer = |tenant: &str| format!("Bearer {}", crate::helpers::token_for(tenant));
+    for (first, second) in [("acme", "globex"), ("globex", "acme"), ("acme", "acme")] {
+        let request = actix_web::test::TestRequest::get()
+            .uri("/api/notes")
+            .append_header(("Authorization", bearer(first)))
+            .append_header(("Authorization", bearer(second)))
+            .to_request();
+        let response = actix_web::test::call_service(&service, request).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{first}, {second}"
+        );
+    }
+}

@@ -80,6 +80,21 @@ async fn creating_an_existing_tenant_is_a_conflict() {
 }
 
 #[actix_web::test]
+async fn a_nul_character_in_a_name_or_metadata_is_refused_before_the_database() {
+    let app = spawn_app().await;
+    let mut in_metadata = NewTenant::new(id("globex"), "Globex");
+    in_metadata.metadata = serde_json::json!({"plan": "pro\u{0}"});
+    for new in [NewTenant::new(id("acme"), "Ac\u{0}me"), in_metadata] {
+        let refused = app.tenancy.create_tenant(new).await;
+        match refused {
+            Err(LifecycleError::Invalid(why)) => assert!(why.contains("NUL"), "{why}"),
+            other => panic!("accepted or failed otherwise: {other:?}"),
+        }
+    }
+    assert!(app.tenancy.list_tenants().await.unwrap().is_empty());
+}
+
+#[actix_web::test]
 async fn an_interrupted_provisioning_is_completed_by_a_retry() {
     let app = spawn_app().await;
     // A crash after the registry row was written and before the schema existed.

@@ -164,3 +164,29 @@ async fn notes_crud_round_trip() {
     let (status, _) = call!(service, get & path, tenant = "acme");
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[actix_web::test]
+async fn a_flood_of_unknown_identifiers_reads_the_registry_a_bounded_number_of_times() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let before = app.tenancy.registry_stats();
+    let started = std::time::Instant::now();
+    for i in 0..500 {
+        let (status, _) = call!(service, get "/api/notes", tenant = &format!("ghost{i}"));
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let after = app.tenancy.registry_stats();
+    // One read of the registered identifiers per 5 s at most, and one read of acme.
+    let periods = started.elapsed().as_secs() / 5 + 1;
+    assert!(
+        after.identifier_reads - before.identifier_reads <= periods,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        after.lookups - before.lookups <= 1,
+        "{before:?} -> {after:?}"
+    );
+}

@@ -2,16 +2,12 @@
 //! application role: an unset tenant sees and writes nothing, a tenant cannot reach
 //! another tenant's rows by naming its id, and the role cannot switch RLS off.
 
-use std::collections::HashMap;
-
 use crate::helpers::{TestApp, spawn_app};
 use actix_web::http::StatusCode;
 use serde_json::json;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use {{crate_name}}::config::Settings;
 use {{crate_name}}::domain::Tenant;
-use {{crate_name}}::tenancy::{AppRoleError, Tenancy};
 
 /// A raw session of the application role on the shared tables, with no tenant set.
 async fn app_session(app: &TestApp) -> Client {
@@ -201,18 +197,9 @@ async fn the_application_role_cannot_switch_row_level_security_off() {
 async fn the_service_refuses_a_role_that_bypasses_row_level_security() {
     let app = spawn_app().await;
     // The owner (a superuser here) as the application role.
-    let mut env: HashMap<String, String> = crate::helpers::resolution_env()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    env.insert("TENANCY_DATABASE_URL".to_string(), app.db.url.clone());
-    let (settings, _) = Settings::from_env_map(env).unwrap();
-    let tenancy = Tenancy::new(settings.tenancy).unwrap();
-    let refusal = tenancy.check_app_role().await.unwrap_err();
-    assert!(matches!(refusal, AppRoleError::Unsafe(_)), "{refusal:?}");
-    let message = refusal.to_string();
-    assert!(message.starts_with("TENANCY_DATABASE_URL: "), "{message}");
-    assert!(message.contains("Row-Level Security"), "{message}");
+    let refusal = app.refusal_of_the_owner_as_app_role().await.unwrap();
+    assert!(refusal.starts_with("TENANCY_DATABASE_URL: "), "{refusal}");
+    assert!(refusal.contains("Row-Level Security"), "{refusal}");
 }
 
 #[actix_web::test]

@@ -36,3 +36,28 @@ async fn migrate_all_reports_a_broken_tenant_and_migrates_the_others() {
     assert_eq!(report.failures.len(), 1, "{report:?}");
     assert_eq!(report.failures[0].0, "a2");
 }
+
+#[actix_web::test]
+async fn the_service_refuses_a_superuser_or_an_owner_of_tenant_schemas_as_its_role() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    app.tenancy.check_app_role().await.unwrap();
+    let superuser = app
+        .db
+        .query("SELECT rolsuper::text FROM pg_roles WHERE rolname = current_user")
+        .await;
+    if superuser[0][0].as_deref() == Some("true") {
+        let refusal = app.refusal_of_the_owner_as_app_role().await.unwrap();
+        assert!(refusal.starts_with("TENANCY_DATABASE_URL: "), "{refusal}");
+        assert!(refusal.contains("superuser"), "{refusal}");
+    }
+    // The application role made the owner of a tenant's schema.
+    app.db
+        .query(&format!(
+            "ALTER SCHEMA tenant_acme OWNER TO \"{}\"",
+            app.db.app_role
+        ))
+        .await;
+    let refusal = app.tenancy.check_app_role().await.unwrap_err().to_string();
+    assert!(refusal.contains("owns 1 tenant schemas"), "{refusal}");
+}

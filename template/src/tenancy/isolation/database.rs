@@ -18,7 +18,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Context, Route, Strategy};
+use super::{Context, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
@@ -47,6 +47,10 @@ impl IdentifierPrefix {
         }
         let checked = SqlIdentifier::parse(value).map_err(|why| format!("a prefix: {why}"))?;
         Ok(Self(checked.as_str().to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 
     /// `<prefix><identifier>`, a safe identifier by construction.
@@ -184,9 +188,32 @@ pub struct DatabaseStrategy {
     migration_url: Option<SecretString>,
     /// Set on every application connection (`TENANCY_STATEMENT_TIMEOUT`).
     statement_timeout: std::time::Duration,
+    /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`).
+    servers: Vec<ServerAddress>,
 }
 
 impl DatabaseStrategy {
+    /// Refuses a server that `TENANCY_DATABASE_SERVERS` does not list: the owner logs in
+    /// to the server a tenant is placed on, with its password, so only servers the
+    /// configuration names, never one a request names.
+    pub fn check_server(&self, server: &ServerAddress) -> Result<(), PlaceError> {
+        if self.servers.contains(server) {
+            return Ok(());
+        }
+        let listed = match self.servers.as_slice() {
+            [] => "none: every tenant is on the default server".to_owned(),
+            listed => listed
+                .iter()
+                .map(ServerAddress::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        Err(PlaceError::Invalid(format!(
+            "server '{}' is not one of TENANCY_DATABASE_SERVERS ({listed})",
+            server.as_str()
+        )))
+    }
+
     /// The name of `tenant`'s database.
     pub fn database_name(&self, tenant: &Tenant) -> SqlIdentifier {
         self.prefix.name(&tenant.identifier)
@@ -251,6 +278,9 @@ impl DatabaseStrategy {
         tenant: &Tenant,
         server: Option<&ServerAddress>,
     ) -> Result<(), PlaceError> {
+        if let Some(server) = server {
+            self.check_server(server)?;
+        }
         let mut conn = ctx
             .connect(ctx.owner.clone())
             .await
@@ -299,7 +329,8 @@ pub enum PlaceError {
     /// The tenant is already placed on another server.
     #[error("{0}")]
     Conflict(String),
-    /// The recorded server is not a server address (a registry edited by hand).
+    /// The server asked for is not in `TENANCY_DATABASE_SERVERS`, or the recorded one is
+    /// not a server address (a registry edited by hand).
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -323,6 +354,10 @@ pub struct TenantDatabaseSettings {
     /// name (`TENANCY_DATABASE_URL_TEMPLATE`); default: `TENANCY_DATABASE_URL` with its
     /// database name replaced.
     pub url_template: Option<SecretString>,
+    /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`, a
+    /// comma-separated list of host[:port]); empty: none, every tenant is on the default
+    /// server.
+    pub servers: Vec<ServerAddress>,
 }
 
 impl Strategy for DatabaseStrategy {
@@ -331,6 +366,7 @@ impl Strategy for DatabaseStrategy {
     const KEYS: &'static [Key] = &[
         ("tenant_database_prefix", Some("tenant_")),
         ("database_url_template", None),
+        ("database_servers", None),
     ];
 
     fn read_settings(src: &Source) -> Result<TenantDatabaseSettings, ConfigError> {
@@ -350,9 +386,22 @@ impl Strategy for DatabaseStrategy {
             }
             None => None,
         };
+        let servers = src
+            .optional("database_servers")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(ServerAddress::parse)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|why| ConfigError::invalid("database_servers", why))?
+            .unwrap_or_default();
         Ok(TenantDatabaseSettings {
             prefix,
             url_template,
+            servers,
         })
     }
 
@@ -363,6 +412,7 @@ impl Strategy for DatabaseStrategy {
             database_url: database.url.clone(),
             migration_url: database.migration_url.clone(),
             statement_timeout: database.statement_timeout,
+            servers: settings.servers.clone(),
         }
     }
 
@@ -531,8 +581,19 @@ impl Strategy for DatabaseStrategy {
     }
 
     /// Any role that can connect to the tenant databases will do.
-    async fn check_app_role(&self, _conn: &mut AsyncPgConnection) -> Result<(), String> {
-        Ok(())
+    /// A superuser could connect to (and an owner drop or alter) any tenant's database.
+    async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
+        let check: RoleCheck = diesel::sql_query(
+            "SELECT r.rolname::text AS role, r.rolsuper AS superuser, \
+               (SELECT count(*) FROM pg_database d \
+                 WHERE starts_with(d.datname, $1) AND d.datdba = r.oid) AS owned \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .bind::<Text, _>(self.prefix.as_str())
+        .get_result(conn)
+        .await
+        .map_err(|e| format!("could not check the application role: {e}"))?;
+        check.refuse("tenant databases")
     }
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {

@@ -105,6 +105,43 @@ pub trait Strategy: Sized + Send + Sync + 'static {
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String>;
 }
 
+{%- if isolation != "rls" %}
+
+/// What `check_app_role` learns of the application role: whether it is a superuser, and
+/// how many tenant schemas or databases it owns.
+#[derive(diesel::QueryableByName)]
+pub(crate) struct RoleCheck {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    role: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    superuser: bool,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    owned: i64,
+}
+
+impl RoleCheck {
+    /// Refuses a superuser, or a role that owns `what` (tenant schemas or databases).
+    pub(crate) fn refuse(self, what: &str) -> Result<(), String> {
+        if self.superuser {
+            return Err(format!(
+                "role '{}' is a superuser and could reach every tenant's data: connect as a \
+                 role without it and run migrations as the owner \
+                 (TENANCY_MIGRATION_DATABASE_URL; `migrate --create-app-role` creates one)",
+                self.role
+            ));
+        }
+        if self.owned > 0 {
+            return Err(format!(
+                "role '{}' owns {} {what} and could alter or drop them: run migrations \
+                 as another role (TENANCY_MIGRATION_DATABASE_URL)",
+                self.role, self.owned
+            ));
+        }
+        Ok(())
+    }
+}
+{%- endif %}
+
 /// The isolation of a new tenant for a strategy that offers only `offered`.
 pub(crate) fn only(requested: Option<Isolation>, offered: Isolation) -> Result<Isolation, String> {
     match requested {

@@ -6,10 +6,11 @@
 //! name only ever comes from `SchemaName::for_tenant`.
 
 use diesel::QueryResult;
+use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Context, Route, Strategy};
+use super::{Context, RoleCheck, Route, Strategy};
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
@@ -123,8 +124,20 @@ impl Strategy for SchemaStrategy {
     }
 
     /// Any role that can read its tenants' schemas will do.
-    async fn check_app_role(&self, _conn: &mut AsyncPgConnection) -> Result<(), String> {
-        Ok(())
+    /// Tenants share one role here, and only `search_path` keeps a connection in its
+    /// schema: a superuser could reach (and an owner alter) any tenant's tables.
+    async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
+        let check: RoleCheck = diesel::sql_query(
+            "SELECT r.rolname::text AS role, r.rolsuper AS superuser, \
+               (SELECT count(*) FROM pg_namespace n \
+                 WHERE starts_with(n.nspname, $1) AND n.nspowner = r.oid) AS owned \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .bind::<Text, _>(SCHEMA_PREFIX)
+        .get_result(conn)
+        .await
+        .map_err(|e| format!("could not check the application role: {e}"))?;
+        check.refuse("tenant schemas")
     }
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {

@@ -21,6 +21,12 @@ pub enum Rejection {
     /// Not a valid identifier: answered as an unknown tenant would be, so that tenants
     /// cannot be told apart from malformed names.
     Malformed(String),
+{%- if header_resolver or jwt_resolver %}
+    /// The request carries what names its tenant more than once (two tenant headers, two
+    /// `Authorization` headers): a proxy that appends a header instead of replacing it
+    /// would otherwise let the client's copy choose. Answered 400.
+    Repeated(String),
+{%- endif %}
 {%- if jwt_resolver %}
     /// A credential (a token) that did not pass its checks.
     Credentials(String),

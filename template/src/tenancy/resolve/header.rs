@@ -32,11 +32,17 @@ impl HeaderSettings {
 /// The tenant named by the request's header; nothing without the header; a malformed
 /// value is rejected (and answered like an unknown tenant).
 pub fn resolve(req: &mut ServiceRequest, settings: &HeaderSettings) -> Found {
-    let Some(value) = req.headers().get(settings.name.as_str()) else {
+    let mut values = req.headers().get_all(settings.name.as_str());
+    let Some(value) = values.next() else {
         return Found::Nothing {
             hint: format!("send the tenant identifier in the {} header", settings.name),
         };
     };
+    if values.next().is_some() {
+        return Found::Rejected(Rejection::Repeated(
+            "the request names its tenant in more than one header".into(),
+        ));
+    }
     match value.to_str() {
         Ok(text) => Found::identifier(text.trim()),
         Err(_) => Found::Rejected(Rejection::Malformed(

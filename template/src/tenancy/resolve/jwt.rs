@@ -356,9 +356,15 @@ fn refused(why: impl Into<String>) -> Found {
 /// for a token that fails a check or has no string tenant claim; a claim that is not a
 /// valid identifier is rejected as malformed (answered like an unknown tenant).
 pub fn resolve(req: &mut ServiceRequest, verifier: &Verifier) -> Found {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let Some(value) = values.next() else {
         return Found::Nothing { hint: HINT.into() };
     };
+    if values.next().is_some() {
+        return Found::Rejected(Rejection::Repeated(
+            "the request carries more than one Authorization header".into(),
+        ));
+    }
     let bearer = value.to_str().ok().and_then(|v| {
         v.strip_prefix("Bearer ")
             .or_else(|| v.strip_prefix("bearer "))

@@ -4,7 +4,8 @@
 //! Trust model: whoever controls the Host header chooses the tenant, so DNS and the proxy
 //! in front decide which names reach the service. `X-Forwarded-Host` is read only with
 //! `TENANCY_TRUST_FORWARDED_HOST=true` (a proxy you run sets it; otherwise any client
-//! could). Handled deliberately: a port is ignored, case is folded (DNS is
+//! could), and then its last value, the one the nearest proxy added. An absolute-form
+//! request URI's authority wins over `Host`, as RFC 9112 says. Handled deliberately: a port is ignored, case is folded (DNS is
 //! case-insensitive), one trailing dot is ignored; the bare domain, a host outside the
 //! suffix and an IP address name no tenant (400, and in a chain the next resolver is
 //! asked); under the suffix, a nested subdomain (`a.b.example.com`) or a punycode label
@@ -62,16 +63,30 @@ impl SubdomainSettings {
 }
 
 pub fn resolve(req: &mut ServiceRequest, settings: &SubdomainSettings) -> Found {
+    // Which host the request is for, in this order: the value your proxy added to
+    // X-Forwarded-Host (the last one: a proxy that appends puts a client's own value
+    // before it), only when trusted; the authority of an absolute-form request URI
+    // (`GET http://acme.example.com/...`, which RFC 9112 says wins over Host); Host.
     let forwarded = settings
         .trust_forwarded_host
-        .then(|| req.headers().get("x-forwarded-host"))
+        .then(|| req.headers().get_all("x-forwarded-host").last())
         .flatten();
-    let host = match forwarded.or_else(|| req.headers().get(header::HOST)) {
-        Some(value) => match value.to_str() {
-            Ok(value) => Some(value.split(',').next().unwrap_or("").trim().to_owned()),
+    let host = if let Some(value) = forwarded {
+        match value.to_str() {
+            Ok(value) => Some(value.rsplit(',').next().unwrap_or("").trim().to_owned()),
             Err(_) => return malformed("the host is not visible ASCII"),
-        },
-        None => req.uri().host().map(str::to_owned),
+        }
+    } else if let Some(authority) = req.uri().authority() {
+        Some(match authority.port_u16() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        })
+    } else {
+        match req.headers().get(header::HOST).map(|value| value.to_str()) {
+            Some(Ok(value)) => Some(value.trim().to_owned()),
+            Some(Err(_)) => return malformed("the host is not visible ASCII"),
+            None => None,
+        }
     };
     match host {
         Some(host) if !host.is_empty() => tenant_from_host(&host, &settings.domain_suffix),
