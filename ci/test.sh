@@ -18,7 +18,6 @@ source "$root/ci/lib.sh"
 ensure_cargo_generate
 ensure_postgres
 ensure_other_postgres
-ensure_redis
 # One target directory for every combination, so dependencies compile once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

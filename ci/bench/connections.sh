@@ -124,7 +124,7 @@ for strategy in $STRATEGIES; do
       database) for i in $(seq 0 $((count - 1))); do sql "$insert" "${prefix}t$i"; done ;;
     esac
     sql "CREATE SCHEMA bench_bare;
-         CREATE TABLE bench_bare.notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         CREATE TABLE bench_bare.notes (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
            title text NOT NULL, body text NOT NULL DEFAULT '',
            created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
          INSERT INTO bench_bare.notes (title) SELECT 'note ' || g FROM generate_series(1, $rows) g;

@@ -20,7 +20,7 @@ diesel::table! {
 
 diesel::table! {
     notes (id) {
-        id -> Int8,
+        id -> Uuid,
         title -> Text,
         body -> Text,
         created_at -> Timestamptz,

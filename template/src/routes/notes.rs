@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::db::TenantConnection;
 {%- if jwt_resolver %}
@@ -50,7 +51,8 @@ async fn me(tenant: Tenant, claims: Claims) -> HttpResponse {
 #[derive(Debug, Serialize, Queryable, Selectable)]
 #[diesel(table_name = notes, check_for_backend(diesel::pg::Pg))]
 pub struct Note {
-    pub id: i64,
+    /// A UUIDv7: time-ordered, and telling nothing of other tenants' writes.
+    pub id: Uuid,
     pub title: String,
     pub body: String,
     pub created_at: DateTime<Utc>,
@@ -88,8 +90,8 @@ impl NoteInput {
 pub struct ListQuery {
     /// At most 100; default 20.
     pub limit: Option<i64>,
-    /// Only notes with a smaller id (keyset pagination).
-    pub before: Option<i64>,
+    /// Only notes with a smaller id, i.e. older ones (keyset pagination).
+    pub before: Option<Uuid>,
 }
 
 #[tracing::instrument(skip_all)]
@@ -118,6 +120,7 @@ async fn create_note(
     let input = input.into_inner().validated()?;
     let note: Note = diesel::insert_into(notes::table)
         .values((
+            notes::id.eq(Uuid::now_v7()),
             notes::title.eq(input.title.trim()),
             notes::body.eq(&input.body),
         ))
@@ -127,10 +130,10 @@ async fn create_note(
     Ok(HttpResponse::Created().json(note))
 }
 
-#[tracing::instrument(skip_all, fields(note.id = *id))]
+#[tracing::instrument(skip_all, fields(note.id = %*id))]
 async fn get_note(
     mut conn: TenantConnection,
-    id: web::Path<i64>,
+    id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
     let note: Note = notes::table
         .find(*id)
@@ -142,10 +145,10 @@ async fn get_note(
     Ok(HttpResponse::Ok().json(note))
 }
 
-#[tracing::instrument(skip_all, fields(note.id = *id))]
+#[tracing::instrument(skip_all, fields(note.id = %*id))]
 async fn update_note(
     mut conn: TenantConnection,
-    id: web::Path<i64>,
+    id: web::Path<Uuid>,
     input: web::Json<NoteInput>,
 ) -> Result<HttpResponse, AppError> {
     let input = input.into_inner().validated()?;
@@ -163,10 +166,10 @@ async fn update_note(
     Ok(HttpResponse::Ok().json(note))
 }
 
-#[tracing::instrument(skip_all, fields(note.id = *id))]
+#[tracing::instrument(skip_all, fields(note.id = %*id))]
 async fn delete_note(
     mut conn: TenantConnection,
-    id: web::Path<i64>,
+    id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
     let deleted = diesel::delete(notes::table.find(*id))
         .execute(&mut conn)

@@ -26,7 +26,8 @@ async fn constraint_violations_are_409_or_422_problems_without_internals() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
-    let first = "INSERT INTO notes (id, title) OVERRIDING SYSTEM VALUE VALUES (1, 'first')";
+    let first = "INSERT INTO notes (id, title) \
+                 VALUES ('00000000-0000-7000-8000-000000000001', 'first')";
     diesel::sql_query(first).execute(&mut conn).await.unwrap();
 
     // The same key twice.
@@ -71,7 +72,7 @@ async fn text_with_a_nul_character_is_a_400_that_names_the_field() {
     let service = service!(app);
     let (status, created) = call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": "ok"}));
     assert_eq!(status, StatusCode::CREATED);
-    let path = format!("/api/notes/{}", created["id"]);
+    let path = format!("/api/notes/{}", created["id"].as_str().unwrap());
     for (body, field) in [
         (serde_json::json!({"title": "a\u{0}b"}), "title"),
         (serde_json::json!({"title": "ok", "body": "\u{0}"}), "body"),

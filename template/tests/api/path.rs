@@ -48,7 +48,7 @@ async fn routes_are_written_once_without_the_prefix() {
     let (status, created) =
         call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "x"}));
     assert_eq!(status, StatusCode::CREATED);
-    let path = format!("/t/acme/api/notes/{}", created["id"]);
+    let path = format!("/t/acme/api/notes/{}", created["id"].as_str().unwrap());
     let response =
         test::call_service(&service, test::TestRequest::get().uri(&path).to_request()).await;
     assert_eq!(response.status(), StatusCode::OK);

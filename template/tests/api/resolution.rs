@@ -145,7 +145,7 @@ async fn notes_crud_round_trip() {
     let service = service!(app);
     let (status, created) = call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": "first", "body": "hello"}));
     assert_eq!(status, StatusCode::CREATED);
-    let path = format!("/api/notes/{}", created["id"]);
+    let path = format!("/api/notes/{}", created["id"].as_str().unwrap());
     let (status, updated) = call!(
         service,
         put & path,

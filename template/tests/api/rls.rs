@@ -215,3 +215,39 @@ async fn destroy_deletes_only_that_tenants_rows() {
     assert_eq!(app.db.notes_of(&acme).await, Some(0));
     assert_eq!(app.db.notes_of(&globex).await, Some(1));
 }
+
+#[actix_web::test]
+async fn ids_say_nothing_of_other_tenants_writes() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    app.create_tenant("globex").await;
+    let service = service!(app);
+    let mut acme_ids = Vec::new();
+    for round in 0..2 {
+        let (status, note) =
+            call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "acme"}));
+        assert_eq!(status, StatusCode::CREATED);
+        acme_ids.push(uuid::Uuid::parse_str(note["id"].as_str().unwrap()).unwrap());
+        if round == 0 {
+            for _ in 0..20 {
+                let (status, _) = call!(service, post "/api/notes", tenant = "globex", json = json!({"title": "globex"}));
+                assert_eq!(status, StatusCode::CREATED);
+            }
+        }
+    }
+    // Time-ordered UUIDv7 ids: the order of acme's own notes, and nothing to count.
+    assert!(
+        acme_ids.iter().all(|id| id.get_version_num() == 7),
+        "{acme_ids:?}"
+    );
+    assert!(acme_ids[0] < acme_ids[1]);
+    // No sequence shared by the tenants' tables.
+    let client = app_session(&app).await;
+    let sequences = try_sql(
+        &client,
+        "SELECT count(*)::text FROM pg_sequences WHERE schemaname = 'tenancy_data'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(sequences.as_deref(), Some("0"));
+}

@@ -7,7 +7,10 @@
 -- An unset tenant (NULL or '') matches no row and can write none: fail closed.
 CREATE TABLE notes (
     tenant_id   uuid NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id', true), '')::uuid,
-    id          bigint GENERATED ALWAYS AS IDENTITY,
+    -- Not a sequence: one shared by all tenants would let a tenant count the others'
+    -- writes from the gaps in its own ids. The service writes time-ordered UUIDv7 ids;
+    -- the default covers rows written by hand.
+    id          uuid NOT NULL DEFAULT gen_random_uuid(),
     title       text NOT NULL CHECK (char_length(title) BETWEEN 1 AND 200),
     body        text NOT NULL DEFAULT '',
     created_at  timestamptz NOT NULL DEFAULT now(),
