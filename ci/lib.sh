@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 CARGO_GENERATE_VERSION=0.23.7
+CARGO_DENY_VERSION=0.20.2
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -18,6 +19,17 @@ ensure_cargo_generate() {
   say "installing cargo-generate $CARGO_GENERATE_VERSION (once; newer releases need a newer rustc)"
   cargo install cargo-generate --version "$CARGO_GENERATE_VERSION" --locked >&2 \
     || die "could not install cargo-generate $CARGO_GENERATE_VERSION"
+}
+
+# cargo-deny, for the supply-chain check of every generated combination.
+ensure_cargo_deny() {
+  ensure_cargo
+  if cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+    return
+  fi
+  say "installing cargo-deny $CARGO_DENY_VERSION (once)"
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked >&2 \
+    || die "could not install cargo-deny $CARGO_DENY_VERSION"
 }
 
 # The PostgreSQL server the tests use; override with TENANCY_TEST_DATABASE_URL.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The template's whole test suite: generates every combination in ci/matrix.txt and runs
 # `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, the unused-code check
-# (ci/unused.sh) and `cargo test` on each against the local PostgreSQL, plus checks of the
-# template itself. Prints one line per
-# check and `N passed, N failed` at the end; exits non-zero on any failure.
+# (ci/unused.sh), `cargo deny check licenses bans sources` and `cargo test` on each
+# against the local PostgreSQL, plus checks of the template itself (shell scripts, the
+# pre hook's refusals, the docs). Prints one line per check and `N passed, N failed` at
+# the end; exits non-zero on any failure.
 #
 #   bash ci/test.sh                 # everything in ci/matrix.txt (a pairwise set)
 #   bash ci/test.sh admin_api=false # only matrix lines containing that text
@@ -16,6 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/ci/lib.sh"
 
 ensure_cargo_generate
+ensure_cargo_deny
 ensure_postgres
 ensure_other_postgres
 # One target directory for every combination, so dependencies compile once.
@@ -41,7 +43,7 @@ check_combination() {
   local project
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
   project=$(generate "$root" acme-api $1) || { echo "generation failed" >&2; return 1; }
-  if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project/src" "$project/tests" "$project/docs" "$project/Cargo.toml" "$project/README.md" >&2; then
+  if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project/src" "$project/tests" "$project/docs" "$project/Cargo.toml" "$project/README.md" "$project/deny.toml" >&2; then
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
   (
@@ -49,6 +51,7 @@ check_combination() {
       cargo fmt --check &&
       cargo clippy --quiet --all-targets -- -D warnings &&
       bash "$root/ci/unused.sh" "$project" &&
+      cargo deny --log-level error --offline check licenses bans sources &&
       timeout --kill-after=30 "${TEST_TIMEOUT:-1200}" cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
       ! grep -q 'test result: FAILED' "$project/test.log"
   ) || return 1
