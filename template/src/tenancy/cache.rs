@@ -1,7 +1,8 @@
 //! An in-process cache of registry look-ups, so a known tenant costs no registry query
 //! per request. Entries live `TENANCY_TENANT_CACHE_TTL` seconds (unknown identifiers at
 //! most 5 s); this process drops an entry at once when it changes that tenant. Other
-//! processes see a change within the TTL.
+//! processes see a change within the TTL. Concurrent misses for one identifier make one
+//! registry query: the others wait for its answer.
 //!
 //! Beside it, the set of every registered identifier, read at most once per 5 s, and only
 //! when a request names an identifier outside it: an identifier it does not hold is
@@ -20,6 +21,8 @@ const MAX_ENTRIES: usize = 100_000;
 const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// How long the set of registered identifiers is trusted.
 const KNOWN_REFRESH: Duration = MAX_NEGATIVE_TTL;
+/// Locks that serialise registry reads of the same identifier.
+const LOOKUP_LOCKS: usize = 64;
 
 /// A registry answer (`None`: no such tenant) and when it expires.
 type Entry = (Option<Arc<Tenant>>, Instant);
@@ -31,6 +34,9 @@ pub struct TenantCache {
     known: RwLock<Option<(HashSet<TenantIdentifier>, Instant)>>,
     /// One registry read of the identifiers at a time.
     reload: tokio::sync::Mutex<()>,
+    /// One registry read per tenant at a time: concurrent misses for the same identifier
+    /// wait for the first one's answer (identifiers share these by hash).
+    lookup_locks: Vec<tokio::sync::Mutex<()>>,
     lookups: AtomicU64,
     reloads: AtomicU64,
 }
@@ -51,6 +57,9 @@ impl TenantCache {
             entries: RwLock::new(HashMap::new()),
             known: RwLock::new(None),
             reload: tokio::sync::Mutex::new(()),
+            lookup_locks: (0..LOOKUP_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             lookups: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
         }
@@ -81,6 +90,18 @@ impl TenantCache {
         if let Some((identifiers, _)) = known.as_mut() {
             identifiers.insert(identifier.clone());
         }
+    }
+
+    /// Held while `identifier` is read from the registry, so that concurrent misses for
+    /// it make one query: after taking it, look in the cache again.
+    pub async fn lookup_lock(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let slot = HASHER.get_or_init(RandomState::new).hash_one(identifier) as usize;
+        self.lookup_locks[slot % LOOKUP_LOCKS].lock().await
     }
 
     /// Counts a registry read of one tenant.

@@ -217,13 +217,20 @@ impl Tenancy {
             Some(hit) => hit,
             None if !self.is_registered(identifier).await? => None,
             None => {
-                self.cache.count_lookup();
-                let mut conn = self.control.get().await?;
-                let found = registry::find_by_identifier(&mut conn, identifier)
-                    .await?
-                    .map(Arc::new);
-                self.cache.insert(identifier.clone(), found.clone());
-                found
+                let _one_lookup = self.cache.lookup_lock(identifier).await;
+                // A concurrent request may have read it while this one waited.
+                match self.cache.get(identifier) {
+                    Some(hit) => hit,
+                    None => {
+                        self.cache.count_lookup();
+                        let mut conn = self.control.get().await?;
+                        let found = registry::find_by_identifier(&mut conn, identifier)
+                            .await?
+                            .map(Arc::new);
+                        self.cache.insert(identifier.clone(), found.clone());
+                        found
+                    }
+                }
             }
         };
         match tenant {

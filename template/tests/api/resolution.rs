@@ -190,3 +190,32 @@ async fn a_flood_of_unknown_identifiers_reads_the_registry_a_bounded_number_of_t
         "{before:?} -> {after:?}"
     );
 }
+
+#[actix_web::test]
+async fn known_tenants_cost_one_registry_read_each_even_when_asked_at_once() {
+    let app = spawn_app().await;
+    let mut tenants = Vec::new();
+    for i in 0..10 {
+        tenants.push(app.create_tenant(&format!("busy{i}")).await);
+    }
+    let before = app.tenancy.registry_stats();
+    // 100 concurrent first requests for one tenant: one read.
+    let first = futures_util::future::join_all(
+        (0..100).map(|_| app.tenancy.active_tenant(&tenants[0].identifier)),
+    )
+    .await;
+    assert!(first.iter().all(Result::is_ok));
+    // 1,000 requests over the 10 tenants: one read each.
+    let service = service!(app);
+    for i in 0..1000 {
+        let tenant = tenants[i % 10].identifier.as_str();
+        let (status, _) = call!(service, get "/api/notes", tenant = tenant);
+        assert_eq!(status, StatusCode::OK);
+    }
+    let after = app.tenancy.registry_stats();
+    assert_eq!(
+        after.lookups - before.lookups,
+        10,
+        "{before:?} -> {after:?}"
+    );
+}
