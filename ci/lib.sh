@@ -11,25 +11,24 @@ ensure_cargo() {
   command -v cargo >/dev/null 2>&1 || die "cargo is missing: install Rust (https://rustup.rs), 1.89 or newer"
 }
 
-ensure_cargo_generate() {
+# A cargo subcommand at a pinned version, installed once when missing:
+# ensure_cargo_tool NAME VERSION [WHY].
+ensure_cargo_tool() {
   ensure_cargo
-  if cargo generate --version 2>/dev/null | grep -q "$CARGO_GENERATE_VERSION"; then
+  if cargo "${1#cargo-}" --version 2>/dev/null | grep -q "$2"; then
     return
   fi
-  say "installing cargo-generate $CARGO_GENERATE_VERSION (once; newer releases need a newer rustc)"
-  cargo install cargo-generate --version "$CARGO_GENERATE_VERSION" --locked >&2 \
-    || die "could not install cargo-generate $CARGO_GENERATE_VERSION"
+  say "installing $1 $2 (once${3:+; $3})"
+  cargo install "$1" --version "$2" --locked >&2 || die "could not install $1 $2"
+}
+
+ensure_cargo_generate() {
+  ensure_cargo_tool cargo-generate "$CARGO_GENERATE_VERSION" "newer releases need a newer rustc"
 }
 
 # cargo-deny, for the supply-chain check of every generated combination.
 ensure_cargo_deny() {
-  ensure_cargo
-  if cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
-    return
-  fi
-  say "installing cargo-deny $CARGO_DENY_VERSION (once)"
-  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked >&2 \
-    || die "could not install cargo-deny $CARGO_DENY_VERSION"
+  ensure_cargo_tool cargo-deny "$CARGO_DENY_VERSION"
 }
 
 # The PostgreSQL server the tests use; override with TENANCY_TEST_DATABASE_URL.

@@ -98,10 +98,12 @@ impl TenantCache {
         &self,
         identifier: &TenantIdentifier,
     ) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, RandomState};
-        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-        let slot = HASHER.get_or_init(RandomState::new).hash_one(identifier) as usize;
-        self.lookup_locks[slot % LOOKUP_LOCKS].lock().await
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        identifier.hash(&mut hasher);
+        self.lookup_locks[hasher.finish() as usize % LOOKUP_LOCKS]
+            .lock()
+            .await
     }
 
     /// Counts a registry read of one tenant.

@@ -334,9 +334,18 @@ pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
-    /// Why the service refuses the owner (the test server's user) as its application
-    /// role; `None` where that user is no superuser and owns nothing yet.
-    pub async fn refusal_of_the_owner_as_app_role(&self) -> Option<String> {
+    /// Checks that the service refuses the owner (the test server's user) as its
+    /// application role, with a message naming `TENANCY_DATABASE_URL` and holding `why`,
+    /// when that user is a superuser (as on CI); says so and checks nothing otherwise.
+    pub async fn assert_the_owner_is_refused_as_app_role(&self, why: &str) {
+        let superuser = self
+            .db
+            .query("SELECT rolsuper::text FROM pg_roles WHERE rolname = current_user")
+            .await;
+        if superuser[0][0].as_deref() != Some("true") {
+            eprintln!("the test server's user is no superuser: its refusal is not checked");
+            return;
+        }
         let mut env: HashMap<String, String> = resolution_env()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -344,7 +353,9 @@ impl TestApp {
         env.insert("TENANCY_DATABASE_URL".to_string(), self.db.url.clone());
         let (settings, _) = Settings::from_env_map(env).unwrap();
         let tenancy = Tenancy::new(settings.tenancy).unwrap();
-        tenancy.check_app_role().await.err().map(|e| e.to_string())
+        let refusal = tenancy.check_app_role().await.unwrap_err().to_string();
+        assert!(refusal.starts_with("TENANCY_DATABASE_URL: "), "{refusal}");
+        assert!(refusal.contains(why), "{refusal}");
     }
 
     pub async fn create_tenant(&self, identifier: &str) -> Tenant {

@@ -148,6 +148,6 @@ async fn destroy_removes_each_tier_s_data_and_only_it() {
 async fn the_service_refuses_the_owner_as_its_role() {
     let app = spawn_app().await;
     // The owner (a superuser here) defeats both tiers.
-    let refusal = app.refusal_of_the_owner_as_app_role().await.unwrap();
-    assert!(refusal.starts_with("TENANCY_DATABASE_URL: "), "{refusal}");
+    app.assert_the_owner_is_refused_as_app_role("superuser")
+        .await;
 }

@@ -271,16 +271,14 @@ impl DatabaseStrategy {
     /// Records that `tenant`'s database is to live on `server` (default: the default
     /// server), before anything is created there. Repeating it with the same server (or
     /// none, which keeps the recorded one) is fine; asking for another server is a
-    /// conflict.
+    /// conflict. `server` must have passed [`Self::check_server`] (`create_tenant` checks
+    /// it before it records the tenant).
     pub async fn place(
         &self,
         ctx: &Context,
         tenant: &Tenant,
         server: Option<&ServerAddress>,
     ) -> Result<(), PlaceError> {
-        if let Some(server) = server {
-            self.check_server(server)?;
-        }
         let mut conn = ctx
             .connect(ctx.owner.clone())
             .await
@@ -583,17 +581,18 @@ impl Strategy for DatabaseStrategy {
     /// Any role that can connect to the tenant databases will do.
     /// A superuser could connect to (and an owner drop or alter) any tenant's database.
     async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
-        let check: RoleCheck = diesel::sql_query(
-            "SELECT r.rolname::text AS role, r.rolsuper AS superuser, \
-               (SELECT count(*) FROM pg_database d \
-                 WHERE starts_with(d.datname, $1) AND d.datdba = r.oid) AS owned \
-             FROM pg_roles r WHERE r.rolname = current_user",
+        RoleCheck::of(
+            conn,
+            "r.rolsuper",
+            "SELECT count(*) FROM pg_database d \
+             WHERE starts_with(d.datname, $1) AND d.datdba = r.oid",
+            self.prefix.as_str(),
         )
-        .bind::<Text, _>(self.prefix.as_str())
-        .get_result(conn)
-        .await
-        .map_err(|e| format!("could not check the application role: {e}"))?;
-        check.refuse("tenant databases")
+        .await?
+        .refuse(
+            "is a superuser and could connect to every tenant's database",
+            "tenant databases and could alter or drop them",
+        )
     }
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {

@@ -7,7 +7,7 @@
 //! implementing [`Strategy`], selected below.
 
 use diesel::QueryResult;
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio::runtime::Handle;
 
 use crate::db::connect::{ConnectError, PgConn, connect};
@@ -105,42 +105,58 @@ pub trait Strategy: Sized + Send + Sync + 'static {
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String>;
 }
 
-{%- if isolation != "rls" %}
-
-/// What `check_app_role` learns of the application role: whether it is a superuser, and
-/// how many tenant schemas or databases it owns.
+/// What `check_app_role` learns of the application role (`current_user`).
 #[derive(diesel::QueryableByName)]
 pub(crate) struct RoleCheck {
     #[diesel(sql_type = diesel::sql_types::Text)]
     role: String,
     #[diesel(sql_type = diesel::sql_types::Bool)]
-    superuser: bool,
+    privileged: bool,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     owned: i64,
 }
 
 impl RoleCheck {
-    /// Refuses a superuser, or a role that owns `what` (tenant schemas or databases).
-    pub(crate) fn refuse(self, what: &str) -> Result<(), String> {
-        if self.superuser {
+    /// Asks PostgreSQL about the application role: `privileged` is an SQL condition on
+    /// `pg_roles r` (e.g. `r.rolsuper`), `owned` an SQL count of what `r` owns among the
+    /// tenants' storage, `$1` standing for `name` (a schema or prefix).
+    pub(crate) async fn of(
+        conn: &mut AsyncPgConnection,
+        privileged: &str,
+        owned: &str,
+        name: &str,
+    ) -> Result<Self, String> {
+        diesel::sql_query(format!(
+            "SELECT r.rolname::text AS role, ({privileged}) AS privileged, ({owned}) AS owned \
+             FROM pg_roles r WHERE r.rolname = current_user"
+        ))
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result(conn)
+        .await
+        .map_err(|e| format!("could not check the application role: {e}"))
+    }
+
+    /// Refuses a privileged role (`privileged_means`: why that defeats the strategy) or
+    /// one that owns tenant storage (`owned_means`: what it owns, and what it could do).
+    pub(crate) fn refuse(self, privileged_means: &str, owned_means: &str) -> Result<(), String> {
+        if self.privileged {
             return Err(format!(
-                "role '{}' is a superuser and could reach every tenant's data: connect as a \
-                 role without it and run migrations as the owner \
-                 (TENANCY_MIGRATION_DATABASE_URL; `migrate --create-app-role` creates one)",
+                "role '{}' {privileged_means}: connect as a role without that and run \
+                 migrations as the owner (TENANCY_MIGRATION_DATABASE_URL; \
+                 `migrate --create-app-role` creates such a role)",
                 self.role
             ));
         }
         if self.owned > 0 {
             return Err(format!(
-                "role '{}' owns {} {what} and could alter or drop them: run migrations \
-                 as another role (TENANCY_MIGRATION_DATABASE_URL)",
+                "role '{}' owns {} {owned_means}: run migrations as another role \
+                 (TENANCY_MIGRATION_DATABASE_URL)",
                 self.role, self.owned
             ));
         }
         Ok(())
     }
 }
-{%- endif %}
 
 /// The isolation of a new tenant for a strategy that offers only `offered`.
 pub(crate) fn only(requested: Option<Isolation>, offered: Isolation) -> Result<Isolation, String> {

@@ -9,11 +9,11 @@
 //! refuses superusers, `BYPASSRLS` and table owners.
 
 use diesel::QueryResult;
-use diesel::sql_types::{BigInt, Bool, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Context, Route, Strategy};
+use super::{Context, RoleCheck, Route, Strategy};
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope, TENANT_SETTING};
@@ -32,16 +32,6 @@ pub struct RlsStrategy;
 struct TenantTable {
     #[diesel(sql_type = Text)]
     name: String,
-}
-
-#[derive(diesel::QueryableByName)]
-struct RoleCheck {
-    #[diesel(sql_type = Text)]
-    role: String,
-    #[diesel(sql_type = Bool)]
-    bypasses: bool,
-    #[diesel(sql_type = BigInt)]
-    owned_tables: i64,
 }
 
 impl Strategy for RlsStrategy {
@@ -144,32 +134,18 @@ impl Strategy for RlsStrategy {
 
     /// Refuses an application role that Row-Level Security would not restrict.
     async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
-        let check: RoleCheck = diesel::sql_query(
-            "SELECT r.rolname::text AS role, (r.rolsuper OR r.rolbypassrls) AS bypasses, \
-               (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relowner = r.oid) AS owned_tables \
-             FROM pg_roles r WHERE r.rolname = current_user",
+        RoleCheck::of(
+            conn,
+            "r.rolsuper OR r.rolbypassrls",
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relowner = r.oid",
+            DATA_SCHEMA,
         )
-        .bind::<Text, _>(DATA_SCHEMA)
-        .get_result(conn)
-        .await
-        .map_err(|e| format!("could not check the application role: {e}"))?;
-        if check.bypasses {
-            return Err(format!(
-                "role '{}' is a superuser or has BYPASSRLS, so Row-Level Security would not \
-                 apply: connect as a role without them and run migrations as the owner \
-                 (TENANCY_MIGRATION_DATABASE_URL)",
-                check.role
-            ));
-        }
-        if check.owned_tables > 0 {
-            return Err(format!(
-                "role '{}' owns tenant tables and could disable their Row-Level Security: \
-                 run migrations as another role (TENANCY_MIGRATION_DATABASE_URL)",
-                check.role
-            ));
-        }
-        Ok(())
+        .await?
+        .refuse(
+            "is a superuser or has BYPASSRLS, so Row-Level Security would not apply",
+            "tenant tables and could disable their Row-Level Security",
+        )
     }
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {

@@ -6,7 +6,6 @@
 //! name only ever comes from `SchemaName::for_tenant`.
 
 use diesel::QueryResult;
-use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
@@ -127,17 +126,18 @@ impl Strategy for SchemaStrategy {
     /// Tenants share one role here, and only `search_path` keeps a connection in its
     /// schema: a superuser could reach (and an owner alter) any tenant's tables.
     async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
-        let check: RoleCheck = diesel::sql_query(
-            "SELECT r.rolname::text AS role, r.rolsuper AS superuser, \
-               (SELECT count(*) FROM pg_namespace n \
-                 WHERE starts_with(n.nspname, $1) AND n.nspowner = r.oid) AS owned \
-             FROM pg_roles r WHERE r.rolname = current_user",
+        RoleCheck::of(
+            conn,
+            "r.rolsuper",
+            "SELECT count(*) FROM pg_namespace n \
+             WHERE starts_with(n.nspname, $1) AND n.nspowner = r.oid",
+            SCHEMA_PREFIX,
         )
-        .bind::<Text, _>(SCHEMA_PREFIX)
-        .get_result(conn)
-        .await
-        .map_err(|e| format!("could not check the application role: {e}"))?;
-        check.refuse("tenant schemas")
+        .await?
+        .refuse(
+            "is a superuser and could reach every tenant's schema",
+            "tenant schemas and could alter or drop them",
+        )
     }
 
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {

@@ -77,10 +77,7 @@ pub fn resolve(req: &mut ServiceRequest, settings: &SubdomainSettings) -> Found 
             Err(_) => return malformed("the host is not visible ASCII"),
         }
     } else if let Some(authority) = req.uri().authority() {
-        Some(match authority.port_u16() {
-            Some(port) => format!("{}:{port}", authority.host()),
-            None => authority.host().to_owned(),
-        })
+        Some(authority.host().to_owned())
     } else {
         match req.headers().get(header::HOST).map(|value| value.to_str()) {
             Some(Ok(value)) => Some(value.trim().to_owned()),
