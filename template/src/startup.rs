@@ -63,9 +63,10 @@ async fn not_found(_: HttpRequest) -> Result<&'static str, AppError> {
 }
 
 /// What `serve` does before it listens (the tests start from here too): the shared
-/// `Tenancy`, with the control-plane migrations applied and the application role checked.
+/// `Tenancy`, with the control-plane migrations applied, the application role checked and
+/// changes to the registry listened for.
 pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeError> {
-    let tenancy = Tenancy::new(settings.tenancy.clone())?;
+    let mut tenancy = Tenancy::new(settings.tenancy.clone())?;
     let applied = tenancy
         .migrate_control()
         .await
@@ -77,6 +78,7 @@ pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeErr
         .check_app_role()
         .await
         .map_err(|e| ServeError::UnsafeRole(e.to_string()))?;
+    tenancy.watch_changes().await;
     Ok(web::Data::new(tenancy))
 }
 

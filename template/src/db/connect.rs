@@ -151,6 +151,93 @@ pub async fn connect(
         .map_err(|_| ConnectError::RuntimeGone)?
 }
 
+/// A connection that receives PostgreSQL's notifications on one channel (`LISTEN`).
+pub struct Listener {
+    client: tokio_postgres::Client,
+    server: String,
+    /// `LISTEN "<channel>"`, sent again as the liveness check (so `pg_stat_activity`
+    /// shows what the connection is for).
+    listen: String,
+    /// The payloads, in order; `None` once the connection has ended.
+    pub notifications: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    /// Checks that the connection still answers (a silent network loses notifications
+    /// without closing anything).
+    pub async fn ping(&self, limit: Duration) -> Result<(), String> {
+        match tokio::time::timeout(limit, self.client.batch_execute(&self.listen)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("{} did not answer within {limit:?}", self.server)),
+        }
+    }
+}
+
+/// Opens a connection with `config` on the database runtime and listens on `channel`
+/// (a constant identifier).
+pub async fn listen(
+    config: tokio_postgres::Config,
+    runtime: &Handle,
+    channel: &'static str,
+) -> Result<Listener, ConnectError> {
+    runtime
+        .spawn(async move {
+            let server = server_of(&config);
+            let socket =
+                open_socket(&config)
+                    .await
+                    .map_err(|source| ConnectError::Unreachable {
+                        server: server.clone(),
+                        source,
+                    })?;
+            let (client, mut connection) = config
+                .connect_raw(socket, tokio_postgres::NoTls)
+                .await
+                .map_err(|source| ConnectError::Refused {
+                    server: server.clone(),
+                    source,
+                })?;
+            let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                use tokio_postgres::AsyncMessage;
+                // Ends when the server closes the connection or the client is dropped.
+                while let Some(message) =
+                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                {
+                    match message {
+                        Ok(AsyncMessage::Notification(note)) => {
+                            if sender.send(note.payload().to_owned()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::debug!(error = %error, "listening connection ended");
+                            break;
+                        }
+                    }
+                }
+            });
+            let listen = format!("LISTEN \"{channel}\"");
+            client
+                .batch_execute(&listen)
+                .await
+                .map_err(|source| ConnectError::Refused {
+                    server: server.clone(),
+                    source,
+                })?;
+            Ok(Listener {
+                client,
+                server,
+                listen,
+                notifications,
+            })
+        })
+        .await
+        .map_err(|_| ConnectError::RuntimeGone)?
+}
+
 type Socket = Either<TcpStream, UnixStream>;
 
 /// Connects to the first reachable host of `config` (as libpq does with a host list).

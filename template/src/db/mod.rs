@@ -65,4 +65,9 @@ impl ControlPool {
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
+
+    /// How its connections are opened.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
 }

@@ -2,8 +2,9 @@
 //! outside the `/api` scope that the tenant middleware wraps).
 //!
 //! - `/health`: overall status, database check with latency, tenant counts, connection
-//!   usage; 200 when `healthy` or `degraded` (serving, with fewer connections than
-//!   configured because PostgreSQL refused more; the reason is given), 503 otherwise.
+//!   usage, tenant cache; 200 when `healthy` or `degraded` (serving, but with fewer
+//!   connections than configured because PostgreSQL refused more, or without hearing of
+//!   tenant changes made elsewhere; the reason is given), 503 otherwise.
 //! - `/health/live`: the process answers (liveness).
 //! - `/health/ready`: the database answers (readiness).
 
@@ -75,10 +76,16 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
             (false, database, serde_json::Value::Null)
         }
     };
-    let status = match (healthy, &connections.degraded) {
+    let cache = tenancy.cache_stats();
+    let mut cache_json = json!(cache);
+    if !cache.watching {
+        cache_json["degraded"] =
+            json!("tenant changes made elsewhere are not received: entries are trusted for 1 s");
+    }
+    let status = match (healthy, connections.degraded.is_some() || !cache.watching) {
         (false, _) => "unhealthy",
-        (true, Some(_)) => "degraded",
-        (true, None) => "healthy",
+        (true, true) => "degraded",
+        (true, false) => "healthy",
     };
     let body = json!({
         "status": status,
@@ -86,7 +93,7 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
         "checks": {"database": database},
         "tenants": tenants,
         "connections": connections,
-        "registry": tenancy.registry_stats(),
+        "cache": cache_json,
     });
     if healthy {
         HttpResponse::Ok().json(body)

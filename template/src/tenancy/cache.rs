@@ -1,75 +1,165 @@
 //! An in-process cache of registry look-ups, so a known tenant costs no registry query
-//! per request. Entries live `TENANCY_TENANT_CACHE_TTL` seconds (unknown identifiers at
-//! most 5 s); this process drops an entry at once when it changes that tenant. Other
-//! processes see a change within the TTL. Concurrent misses for one identifier make one
-//! registry query: the others wait for its answer.
+//! per request (moka: bounded, the least useful entries evicted first).
 //!
-//! Beside it, the set of every registered identifier, read at most once per 5 s, and only
-//! when a request names an identifier outside it: an identifier it does not hold is
-//! unknown without a query. A flood of made-up identifiers therefore costs one registry
-//! read per 5 s, not one per request. A tenant that another process created is served
-//! here within those 5 s (one this process created, at once).
+//! - An entry lives `TENANCY_TENANT_CACHE_TTL` seconds (an unknown identifier at most 5 s).
+//! - Changes made anywhere reach it within a second: PostgreSQL announces every change to
+//!   the registry, and `changes` drops the entry of the tenant named ([`TenantCache::apply`]).
+//!   While that announcement channel is down, entries are trusted for at most a second, and
+//!   the cache is emptied when it is back, so a missed announcement leaves nothing stale.
+//! - Concurrent misses for one identifier make one registry query: the others wait for its
+//!   answer ([`TenantCache::lookup_lock`]).
+//! - Beside it, the set of every registered identifier, read only when a request names an
+//!   identifier outside it: an identifier it does not hold is unknown without a query, so a
+//!   flood of made-up identifiers costs one registry read per period (5 s while
+//!   announcements arrive, which also add new identifiers at once; 1 s while they do not).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::domain::{Tenant, TenantIdentifier};
 
-const MAX_ENTRIES: usize = 100_000;
+const MAX_ENTRIES: u64 = 100_000;
 const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(5);
-/// How long the set of registered identifiers is trusted.
+/// How long an entry or the identifier set is trusted while announcements do not arrive.
+pub const UNWATCHED_TRUST: Duration = Duration::from_secs(1);
+/// How long the set of registered identifiers is trusted while announcements arrive.
 const KNOWN_REFRESH: Duration = MAX_NEGATIVE_TTL;
 /// Locks that serialise registry reads of the same identifier.
 const LOOKUP_LOCKS: usize = 64;
 
-/// A registry answer (`None`: no such tenant) and when it expires.
-type Entry = (Option<Arc<Tenant>>, Instant);
+/// A registry answer (`None`: no such tenant) and when it was read.
+#[derive(Clone)]
+struct Entry {
+    tenant: Option<Arc<Tenant>>,
+    read_at: Instant,
+}
+
+/// A change to the registry, as PostgreSQL announced it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Inserted or updated; `version` is its new `updated_at` in microseconds.
+    Written {
+        identifier: TenantIdentifier,
+        version: i64,
+    },
+    /// The row was deleted (the tenant was destroyed).
+    Removed(TenantIdentifier),
+}
+
+impl Change {
+    /// Reads an announcement's payload: `'<identifier> <version>'` or `'<identifier>'`.
+    pub fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.split(' ');
+        let identifier = TenantIdentifier::parse(parts.next()?).ok()?;
+        let change = match parts.next() {
+            Some(version) => Change::Written {
+                identifier,
+                version: version.parse().ok()?,
+            },
+            None => Change::Removed(identifier),
+        };
+        parts.next().is_none().then_some(change)
+    }
+}
 
 pub struct TenantCache {
     ttl: Duration,
-    entries: RwLock<HashMap<TenantIdentifier, Entry>>,
-    /// Every registered identifier and when the registry was read (`None`: not yet).
-    known: RwLock<Option<(HashSet<TenantIdentifier>, Instant)>>,
+    entries: moka::sync::Cache<TenantIdentifier, Entry>,
+    /// Every registered identifier, when the registry was read, and whether a change
+    /// may have crossed that read (then it is read again on the next miss).
+    known: RwLock<Option<Known>>,
+    /// Whether announcements of changes arrive (see `changes`).
+    watching: AtomicBool,
+    /// Changes applied so far: a registry read that a change crossed is not kept.
+    generation: AtomicU64,
     /// One registry read of the identifiers at a time.
     reload: tokio::sync::Mutex<()>,
     /// One registry read per tenant at a time: concurrent misses for the same identifier
     /// wait for the first one's answer (identifiers share these by hash).
     lookup_locks: Vec<tokio::sync::Mutex<()>>,
+    hits: AtomicU64,
     lookups: AtomicU64,
     reloads: AtomicU64,
+    changes: AtomicU64,
 }
 
-/// What the registry was asked, since start-up (shown by `/health`).
+struct Known {
+    identifiers: HashSet<TenantIdentifier>,
+    read_at: Instant,
+    crossed: bool,
+}
+
+/// What the cache and the registry did since start-up (shown by `/health`).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct RegistryStats {
-    /// Reads of one tenant (a cache miss for a registered identifier).
+pub struct CacheStats {
+    /// Requests answered from the cache.
+    pub hits: u64,
+    /// Reads of one tenant from the registry (a miss for a registered identifier).
     pub lookups: u64,
     /// Reads of the set of registered identifiers.
     pub identifier_reads: u64,
+    /// Changes announced by PostgreSQL and applied.
+    pub changes: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Whether announcements of changes arrive.
+    pub watching: bool,
 }
 
 impl TenantCache {
     pub fn new(ttl: Duration) -> Self {
+        let negative_ttl = ttl.min(MAX_NEGATIVE_TTL);
         Self {
             ttl,
-            entries: RwLock::new(HashMap::new()),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .expire_after(Expiry { ttl, negative_ttl })
+                .build(),
             known: RwLock::new(None),
+            watching: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             reload: tokio::sync::Mutex::new(()),
             lookup_locks: (0..LOOKUP_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// How long what was read from the registry is trusted without announcements.
+    fn trust(&self, watched: Duration) -> Duration {
+        if self.watching.load(Ordering::Acquire) {
+            watched
+        } else {
+            UNWATCHED_TRUST.min(watched)
+        }
+    }
+
+    /// The number a registry read takes before it starts and gives back to [`insert`] or
+    /// [`set_known`]: a change applied in between makes the read's answer not kept.
+    ///
+    /// [`insert`]: TenantCache::insert
+    /// [`set_known`]: TenantCache::set_known
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn crossed(&self, since: u64) -> bool {
+        self.generation() != since
     }
 
     /// Whether `identifier` is registered, if the set read last is recent enough to say.
     pub fn is_known(&self, identifier: &TenantIdentifier) -> Option<bool> {
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        let (identifiers, read_at) = known.as_ref()?;
-        (read_at.elapsed() < KNOWN_REFRESH).then(|| identifiers.contains(identifier))
+        let known = known.as_ref()?;
+        let fresh = !known.crossed && known.read_at.elapsed() < self.trust(KNOWN_REFRESH);
+        (fresh || known.identifiers.contains(identifier))
+            .then(|| known.identifiers.contains(identifier))
     }
 
     /// Held while the registry's identifiers are read, so that one request reads them.
@@ -77,18 +167,29 @@ impl TenantCache {
         self.reload.lock().await
     }
 
-    /// Replaces the set with what the registry holds now.
-    pub fn set_known(&self, identifiers: HashSet<TenantIdentifier>) {
+    /// Replaces the set with what the registry held when a read that began at
+    /// generation `since` ran.
+    pub fn set_known(&self, identifiers: HashSet<TenantIdentifier>, since: u64) {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        *known = Some((identifiers, Instant::now()));
+        *known = Some(Known {
+            identifiers,
+            read_at: Instant::now(),
+            crossed: self.crossed(since),
+        });
     }
 
-    /// Adds an identifier this process registered, so it is served at once.
-    pub fn add_known(&self, identifier: &TenantIdentifier) {
+    fn add_known(&self, identifier: &TenantIdentifier) {
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if let Some((identifiers, _)) = known.as_mut() {
-            identifiers.insert(identifier.clone());
+        if let Some(known) = known.as_mut() {
+            known.identifiers.insert(identifier.clone());
+        }
+    }
+
+    fn remove_known(&self, identifier: &TenantIdentifier) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = known.as_mut() {
+            known.identifiers.remove(identifier);
         }
     }
 
@@ -111,43 +212,129 @@ impl TenantCache {
         self.lookups.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn stats(&self) -> RegistryStats {
-        RegistryStats {
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
             lookups: self.lookups.load(Ordering::Relaxed),
             identifier_reads: self.reloads.load(Ordering::Relaxed),
+            changes: self.changes.load(Ordering::Relaxed),
+            entries: self.entries.entry_count(),
+            watching: self.watching.load(Ordering::Acquire),
         }
     }
 
-    /// `Some(found)` on a fresh hit (`found` is `None` for a known-unknown identifier).
+    /// `Some(found)` on a hit (`found` is `None` for a known-unknown identifier).
     pub fn get(&self, identifier: &TenantIdentifier) -> Option<Option<Arc<Tenant>>> {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        let (tenant, expires) = entries.get(identifier)?;
-        (Instant::now() < *expires).then(|| tenant.clone())
+        let entry = self.entries.get(identifier)?;
+        if entry.read_at.elapsed() >= self.trust(self.ttl) {
+            return None;
+        }
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(entry.tenant)
     }
 
-    pub fn insert(&self, identifier: TenantIdentifier, tenant: Option<Arc<Tenant>>) {
-        if self.ttl.is_zero() {
+    /// Keeps what a registry read that began at generation `since` found, unless a change
+    /// was applied meanwhile (the answer may predate it).
+    pub fn insert(&self, identifier: TenantIdentifier, tenant: Option<Arc<Tenant>>, since: u64) {
+        if self.ttl.is_zero() || self.crossed(since) {
             return;
         }
-        let ttl = if tenant.is_some() {
-            self.ttl
-        } else {
-            self.ttl.min(MAX_NEGATIVE_TTL)
+        let entry = Entry {
+            tenant,
+            read_at: Instant::now(),
         };
-        let now = Instant::now();
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-        }
-        entries.insert(identifier, (tenant, now + ttl));
+        self.entries.insert(identifier, entry);
     }
 
-    pub fn invalidate(&self, identifier: &TenantIdentifier) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.remove(identifier);
+    /// Drops what is held of a tenant this process has just changed.
+    pub fn changed(&self, identifier: &TenantIdentifier) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate(identifier);
+        self.add_known(identifier);
+    }
+
+    /// Applies a change announced by PostgreSQL: what is held of the tenant is dropped,
+    /// unless it is the announced version or a later one.
+    pub fn apply(&self, change: &Change) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match change {
+            Change::Written {
+                identifier,
+                version,
+            } => {
+                self.add_known(identifier);
+                let current = self.entries.get(identifier).is_some_and(|entry| {
+                    entry
+                        .tenant
+                        .is_some_and(|tenant| tenant.updated_at.timestamp_micros() >= *version)
+                });
+                if !current {
+                    self.entries.invalidate(identifier);
+                }
+            }
+            Change::Removed(identifier) => {
+                self.remove_known(identifier);
+                self.entries.invalidate(identifier);
+            }
+        }
+    }
+
+    /// Announcements arrive from now on: nothing held from before can be trusted (changes
+    /// may have been missed), so the cache starts empty.
+    pub fn watching_started(&self) {
+        self.forget_all();
+        self.watching.store(true, Ordering::Release);
+    }
+
+    /// Drops every entry, and marks the identifier set for a new read.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+        if let Some(known) = self
+            .known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            known.crossed = true;
+        }
+    }
+
+    /// Announcements stopped: entries are trusted for at most [`UNWATCHED_TRUST`].
+    pub fn watching_stopped(&self) {
+        self.watching.store(false, Ordering::Release);
+    }
+}
+
+/// Entries of known tenants live the TTL; of unknown identifiers at most 5 s.
+struct Expiry {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<TenantIdentifier, Entry> for Expiry {
+    fn expire_after_create(
+        &self,
+        _: &TenantIdentifier,
+        entry: &Entry,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(if entry.tenant.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &TenantIdentifier,
+        entry: &Entry,
+        updated_at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, updated_at)
     }
 }
 
@@ -159,20 +346,60 @@ mod tests {
         TenantIdentifier::parse(s).unwrap()
     }
 
+    fn watched(ttl: u64) -> TenantCache {
+        let cache = TenantCache::new(Duration::from_secs(ttl));
+        cache.watching_started();
+        cache
+    }
+
     #[test]
-    fn hits_until_invalidated() {
-        let cache = TenantCache::new(Duration::from_secs(60));
+    fn hits_until_changed() {
+        let cache = watched(60);
         assert!(cache.get(&id("acme")).is_none());
-        cache.insert(id("acme"), None);
+        cache.insert(id("acme"), None, cache.generation());
         assert!(matches!(cache.get(&id("acme")), Some(None)));
-        cache.invalidate(&id("acme"));
+        cache.changed(&id("acme"));
         assert!(cache.get(&id("acme")).is_none());
+        assert_eq!(cache.stats().hits, 1);
     }
 
     #[test]
     fn zero_ttl_disables_the_cache() {
-        let cache = TenantCache::new(Duration::ZERO);
-        cache.insert(id("acme"), None);
+        let cache = watched(0);
+        cache.insert(id("acme"), None, cache.generation());
         assert!(cache.get(&id("acme")).is_none());
+    }
+
+    #[test]
+    fn a_read_crossed_by_a_change_is_not_kept() {
+        let cache = watched(60);
+        let since = cache.generation();
+        cache.apply(&Change::Removed(id("other")));
+        cache.insert(id("acme"), None, since);
+        assert!(cache.get(&id("acme")).is_none());
+    }
+
+    #[test]
+    fn without_announcements_entries_are_trusted_a_second() {
+        let cache = TenantCache::new(Duration::from_secs(60));
+        cache.insert(id("acme"), None, cache.generation());
+        assert!(cache.get(&id("acme")).is_some());
+        std::thread::sleep(UNWATCHED_TRUST);
+        assert!(cache.get(&id("acme")).is_none());
+    }
+
+    #[test]
+    fn payloads_parse_into_changes_and_nothing_else_does() {
+        assert_eq!(
+            Change::parse("acme 1700000000000001"),
+            Some(Change::Written {
+                identifier: id("acme"),
+                version: 1_700_000_000_000_001
+            })
+        );
+        assert_eq!(Change::parse("acme"), Some(Change::Removed(id("acme"))));
+        for bad in ["", "Acme 1", "acme x", "acme 1 2", "acme  1"] {
+            assert_eq!(Change::parse(bad), None, "{bad:?}");
+        }
     }
 }

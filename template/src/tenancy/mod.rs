@@ -5,6 +5,7 @@
 //! obtained from [`Tenancy::tenant_connection`] (handlers use the extractor in [`extract`]).
 
 pub mod cache;
+pub mod changes;
 pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
@@ -25,7 +26,7 @@ use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::DatabaseSettings;
 use crate::db::{CONTROL_SCHEMA, ControlPool, TenantConnection, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
-use cache::{RegistryStats, TenantCache};
+use cache::{CacheStats, TenantCache};
 use isolation::{Context, Strategy};
 use settings::TenancySettings;
 
@@ -42,7 +43,9 @@ pub struct Tenancy {
     /// The connections tenants share.
     pool: Pool,
     pub control: ControlPool,
-    cache: TenantCache,
+    cache: Arc<TenantCache>,
+    /// Stops listening for tenant changes when the service is dropped.
+    _watching: Option<tokio_util::sync::DropGuard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +144,7 @@ impl Tenancy {
             runtime.clone(),
         );
         let strategy = isolation::Selected::new(&settings.isolation, database);
-        let cache = TenantCache::new(settings.tenant_cache_ttl);
+        let cache = Arc::new(TenantCache::new(settings.tenant_cache_ttl));
         Ok(Self {
             settings,
             ctx: Context {
@@ -157,7 +160,22 @@ impl Tenancy {
             pool,
             control,
             cache,
+            _watching: None,
         })
+    }
+
+    /// Starts listening for changes to the registry made anywhere (see `changes`); waits
+    /// for the first attempt, and keeps trying in the background if it failed.
+    pub async fn watch_changes(&mut self) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        changes::watch(
+            self.control.config().clone(),
+            self.cache.clone(),
+            &self.ctx.runtime,
+            stop.clone(),
+        )
+        .await;
+        self._watching = Some(stop.drop_guard());
     }
 
     /// What the isolation strategy uses (roles, runtime, control pool).
@@ -223,11 +241,12 @@ impl Tenancy {
                     Some(hit) => hit,
                     None => {
                         self.cache.count_lookup();
+                        let since = self.cache.generation();
                         let mut conn = self.control.get().await?;
                         let found = registry::find_by_identifier(&mut conn, identifier)
                             .await?
                             .map(Arc::new);
-                        self.cache.insert(identifier.clone(), found.clone());
+                        self.cache.insert(identifier.clone(), found.clone(), since);
                         found
                     }
                 }
@@ -247,7 +266,7 @@ impl Tenancy {
     }
 
     /// Whether the registry holds `identifier`, from the set of registered identifiers
-    /// (read again when it is older than 5 s; see `cache`).
+    /// (read again when it may be out of date; see `cache`).
     async fn is_registered(&self, identifier: &TenantIdentifier) -> Result<bool, TenantError> {
         if let Some(known) = self.cache.is_known(identifier) {
             return Ok(known);
@@ -257,26 +276,26 @@ impl Tenancy {
         if let Some(known) = self.cache.is_known(identifier) {
             return Ok(known);
         }
+        let since = self.cache.generation();
         let mut conn = self.control.get().await?;
         let identifiers: HashSet<_> = registry::identifiers(&mut conn)
             .await?
             .into_iter()
             .collect();
         let known = identifiers.contains(identifier);
-        self.cache.set_known(identifiers);
+        self.cache.set_known(identifiers, since);
         Ok(known)
     }
 
-    /// What the registry was asked since start-up.
-    pub fn registry_stats(&self) -> RegistryStats {
+    /// What the tenant cache and the registry did since start-up.
+    pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
     }
 
-    /// Drops what this process remembers of `tenant` after changing it (and knows it is
-    /// registered).
+    /// Drops what this process remembers of `tenant` after changing it, at once (other
+    /// processes hear of it through `changes`).
     fn forget(&self, tenant: &Tenant) {
-        self.cache.invalidate(&tenant.identifier);
-        self.cache.add_known(&tenant.identifier);
+        self.cache.changed(&tenant.identifier);
     }
 }
 

@@ -112,8 +112,9 @@ async fn two_hundred_tenants_are_served_in_turn_under_a_cap_of_forty_connections
         done.set(true);
     };
     tokio::join!(watcher, usage);
+    // The tenant cap, the control pool and the connection that listens for tenant changes.
     assert!(
-        peak.get() <= CAP + app.tenancy.settings.database.control_pool_size,
+        peak.get() <= CAP + app.tenancy.settings.database.control_pool_size + 1,
         "peak {} connections",
         peak.get()
     );

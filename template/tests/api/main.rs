@@ -35,6 +35,7 @@ mod lifecycle;
 {% if path_resolver -%}
 mod path;
 {% endif -%}
+mod replicas;
 mod resolution;
 {% if isolation == "rls" -%}
 mod rls;

@@ -170,7 +170,7 @@ async fn a_flood_of_unknown_identifiers_reads_the_registry_a_bounded_number_of_t
     let app = spawn_app().await;
     app.create_tenant("acme").await;
     let service = service!(app);
-    let before = app.tenancy.registry_stats();
+    let before = app.tenancy.cache_stats();
     let started = std::time::Instant::now();
     for i in 0..500 {
         let (status, _) = call!(service, get "/api/notes", tenant = &format!("ghost{i}"));
@@ -178,7 +178,7 @@ async fn a_flood_of_unknown_identifiers_reads_the_registry_a_bounded_number_of_t
     }
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
-    let after = app.tenancy.registry_stats();
+    let after = app.tenancy.cache_stats();
     // One read of the registered identifiers per 5 s at most, and one read of acme.
     let periods = started.elapsed().as_secs() / 5 + 1;
     assert!(
@@ -198,7 +198,7 @@ async fn known_tenants_cost_one_registry_read_each_even_when_asked_at_once() {
     for i in 0..10 {
         tenants.push(app.create_tenant(&format!("busy{i}")).await);
     }
-    let before = app.tenancy.registry_stats();
+    let before = app.tenancy.cache_stats();
     // 100 concurrent first requests for one tenant: one read.
     let first = futures_util::future::join_all(
         (0..100).map(|_| app.tenancy.active_tenant(&tenants[0].identifier)),
@@ -212,7 +212,7 @@ async fn known_tenants_cost_one_registry_read_each_even_when_asked_at_once() {
         let (status, _) = call!(service, get "/api/notes", tenant = tenant);
         assert_eq!(status, StatusCode::OK);
     }
-    let after = app.tenancy.registry_stats();
+    let after = app.tenancy.cache_stats();
     assert_eq!(
         after.lookups - before.lookups,
         10,

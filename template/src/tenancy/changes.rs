@@ -1,0 +1,122 @@
+//! Every replica hears of every change to the tenant registry within a second, whoever
+//! made it (this process, another replica, the CLI, plain SQL): a trigger on
+//! `tenancy.tenants` announces each change with `NOTIFY` when its transaction commits
+//! (control migration `notify_tenant_changes`), and each replica keeps one connection
+//! that listens and applies the announcements to its cache.
+//!
+//! That connection counts against PostgreSQL's `max_connections` (one per replica) and
+//! needs a direct connection or a session-mode pooler: `LISTEN` does not work through
+//! PgBouncer in transaction mode. While it is down the cache trusts its entries for at
+//! most a second and `/health` says `degraded`; it reconnects by itself and then starts
+//! from an empty cache, so an announcement missed meanwhile leaves nothing stale.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{Change, TenantCache};
+use crate::db::connect;
+
+/// The channel the registry's trigger announces changes on.
+pub const CHANNEL: &str = "tenancy_tenant_changes";
+/// How often the listening connection is checked, and how long it may take to answer.
+const PING_EVERY: Duration = Duration::from_secs(5);
+const PING_LIMIT: Duration = Duration::from_secs(2);
+/// Waits between attempts to listen again: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_LAST: Duration = Duration::from_secs(2);
+
+/// Listens until `stop` is cancelled, on the database runtime. Returns once the first
+/// attempt to listen has succeeded or failed (it keeps trying in the background).
+pub async fn watch(
+    config: tokio_postgres::Config,
+    cache: Arc<TenantCache>,
+    runtime: &Handle,
+    stop: CancellationToken,
+) {
+    let (first, first_done) = tokio::sync::oneshot::channel();
+    let task_runtime = runtime.clone();
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = listen_forever(config, &cache, &task_runtime, first) => {}
+        }
+        cache.watching_stopped();
+    });
+    let _ = first_done.await;
+}
+
+async fn listen_forever(
+    config: tokio_postgres::Config,
+    cache: &TenantCache,
+    runtime: &Handle,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut retry = RETRY_FIRST;
+    let mut failing = false;
+    loop {
+        match connect::listen(config.clone(), runtime, CHANNEL).await {
+            Ok(mut listener) => {
+                cache.watching_started();
+                if failing {
+                    tracing::info!("tenant changes are received again; the cache starts empty");
+                }
+                retry = RETRY_FIRST;
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
+                let why = receive(&mut listener, cache).await;
+                cache.watching_stopped();
+                tracing::warn!(
+                    error = %why,
+                    "tenant changes are not received: cache entries are trusted for 1 s \
+                     until they are"
+                );
+                failing = true;
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(
+                        error = %error,
+                        "cannot listen for tenant changes: cache entries are trusted for 1 s \
+                         until it can"
+                    );
+                }
+                failing = true;
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_LAST);
+    }
+}
+
+/// Applies announcements until the connection fails; returns why it stopped.
+async fn receive(listener: &mut connect::Listener, cache: &TenantCache) -> String {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            payload = listener.notifications.recv() => match payload {
+                Some(payload) => match Change::parse(&payload) {
+                    Some(change) => cache.apply(&change),
+                    None => {
+                        tracing::warn!(payload = %payload, "unreadable tenant change: the cache starts again");
+                        cache.forget_all();
+                    }
+                },
+                None => return "the listening connection closed".into(),
+            },
+            _ = ping.tick() => {
+                if let Err(why) = listener.ping(PING_LIMIT).await {
+                    return why;
+                }
+            }
+        }
+    }
+}
