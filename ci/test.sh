@@ -51,6 +51,9 @@ check_combination() {
       cargo fmt --check &&
       cargo clippy --quiet --all-targets -- -D warnings &&
       bash "$root/ci/unused.sh" "$project" &&
+      # cargo deny reads the metadata of every target's dependencies: fetch them first
+      # (a build downloads only this platform's), then check without the network.
+      cargo fetch --quiet &&
       cargo deny --log-level error --offline check licenses bans sources &&
       timeout --kill-after=30 "${TEST_TIMEOUT:-1200}" cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
       ! grep -q 'test result: FAILED' "$project/test.log"

@@ -3,13 +3,14 @@
 //!
 //! Each feature reads and checks its own settings from a [`Source`] (see `settings.rs`):
 //! the database in `db::settings`, each resolver and the isolation strategy in their own
-//! files, the admin API in `routes::admin`. This file reads the sources and assembles the
+//! files, metrics in `metrics`, the admin API in `routes::admin`. This file reads the sources and assembles the
 //! parts, plus the HTTP server's own settings. Every error names the variable to fix.
 //! Secrets (database URLs, tokens) are held in `SecretString` and never printed.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::metrics::MetricsSettings;
 {% if admin_api -%}
 use crate::routes::admin::AdminSettings;
 {% endif -%}
@@ -25,6 +26,7 @@ pub const RESOLUTION_STRATEGY: &str = "{{resolution}}";
 pub struct Settings {
     pub http: HttpSettings,
     pub tenancy: TenancySettings,
+    pub metrics: MetricsSettings,
 {%- if admin_api %}
     pub admin: AdminSettings,
 {%- endif %}
@@ -58,6 +60,7 @@ const KEYS: &[Key] = &[
 fn keys() -> Vec<&'static [Key]> {
     let mut keys = vec![KEYS];
     keys.extend(TenancySettings::keys());
+    keys.push(MetricsSettings::KEYS);
 {%- if admin_api %}
     keys.push(AdminSettings::KEYS);
 {%- endif %}
@@ -147,6 +150,7 @@ impl Settings {
                 error_details: src.boolean("error_details")?,
             },
             tenancy: TenancySettings::read(src)?,
+            metrics: MetricsSettings::read(src)?,
 {%- if admin_api %}
             admin: AdminSettings::read(src)?,
 {%- endif %}

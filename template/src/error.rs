@@ -24,11 +24,9 @@ pub enum AppError {
     /// A suspended tenant, or a request naming two tenants.
     #[error("forbidden")]
     Forbidden { detail: String },
-{%- if admin_api or jwt_resolver %}
     /// Every refused credential looks the same; `detail` is for `error_details` only.
     #[error("missing or invalid credentials")]
     Unauthorized { detail: String },
-{%- endif %}
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
@@ -57,6 +55,24 @@ impl AppError {
         }
     }
 
+    /// What went wrong, as the `kind` label of `app_errors_total` (a fixed set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AppError::MissingTenant { .. } => "missing_tenant",
+            AppError::TenantNotFound { .. } => "tenant_not_found",
+            AppError::Forbidden { .. } => "forbidden",
+            AppError::Unauthorized { .. } => "unauthorized",
+            AppError::BadRequest(_) => "bad_request",
+            AppError::NotFound(_) => "not_found",
+{%- if admin_api %}
+            AppError::Conflict(_) => "conflict",
+{%- endif %}
+            AppError::Constraint { .. } => "constraint",
+            AppError::Unavailable { .. } => "unavailable",
+            AppError::Internal { .. } => "internal",
+        }
+    }
+
     /// Seconds a client should wait before retrying a 503.
     const RETRY_AFTER_SECONDS: &'static str = "1";
 
@@ -78,11 +94,9 @@ impl AppError {
             AppError::Forbidden { detail } => {
                 (StatusCode::FORBIDDEN, "Forbidden", None, Some(detail))
             }
-{%- if admin_api or jwt_resolver %}
             AppError::Unauthorized { detail } => {
                 (StatusCode::UNAUTHORIZED, "Unauthorized", None, Some(detail))
             }
-{%- endif %}
             AppError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
                 "Bad request",

@@ -50,7 +50,9 @@ pub fn app(
 {%- endif %}
         .wrap(TracingLogger::<TenantRootSpan>::new())
         .wrap(Condition::new(debug, from_fn(debug_details)))
+        .wrap(from_fn(crate::metrics::record_request))
         .configure(routes::health::routes)
+        .configure(|cfg| routes::metrics::routes(cfg, settings.metrics.clone()))
 {%- if admin_api %}
         .configure(|cfg| routes::admin::routes(cfg, settings.admin.clone()))
 {%- endif %}

@@ -15,11 +15,9 @@
 use std::future::{Ready, ready};
 
 use actix_web::dev::Payload;
-use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use crate::domain::TenantIdentifier;
 use crate::error::AppError;
@@ -96,25 +94,10 @@ impl FromRequest for AdminAuth {
     type Future = Ready<Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let expected = req
+        let authorized = req
             .app_data::<web::Data<AdminSettings>>()
-            .and_then(|settings| settings.token.clone());
-        // Exactly one Authorization header: with two, a proxy's and a client's, neither
-        // is trusted.
-        let mut values = req.headers().get_all(header::AUTHORIZATION);
-        let presented = match (values.next(), values.next()) {
-            (Some(value), None) => value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")),
-            _ => None,
-        };
-        let authorized = match (expected, presented) {
-            (Some(expected), Some(presented)) => bool::from(
-                expected
-                    .expose_secret()
-                    .as_bytes()
-                    .ct_eq(presented.trim().as_bytes()),
-            ),
-            _ => false,
-        };
+            .and_then(|settings| settings.token.as_ref())
+            .is_some_and(|expected| super::bearer_is(req, expected));
         ready(if authorized {
             Ok(AdminAuth)
         } else {

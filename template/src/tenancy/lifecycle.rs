@@ -208,6 +208,13 @@ impl Tenancy {
     /// Creates and provisions a tenant. Idempotent: a tenant left `provisioning` by an
     /// interrupted run is completed; an existing tenant in any other state is a conflict.
     pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
+        let started = Instant::now();
+        let created = self.provision(new).await;
+        self.metrics.provisioned(created.is_ok(), started.elapsed());
+        created
+    }
+
+    async fn provision(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(LifecycleError::Invalid(
@@ -395,6 +402,7 @@ impl Tenancy {
             .map(|tenant| async move {
                 let started = Instant::now();
                 let result = self.strategy().migrate(self.context(), tenant).await;
+                self.metrics.migrated(result.is_ok(), started.elapsed());
                 tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = started.elapsed().as_millis() as u64, "tenant migrated");
                 (tenant, result)
             })

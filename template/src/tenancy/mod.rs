@@ -26,6 +26,7 @@ use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::DatabaseSettings;
 use crate::db::{CONTROL_SCHEMA, ControlPool, TenantConnection, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
+use crate::metrics::Metrics;
 use cache::{CacheStats, TenantCache};
 use isolation::{Context, Strategy};
 use settings::TenancySettings;
@@ -44,6 +45,8 @@ pub struct Tenancy {
     pool: Pool,
     pub control: ControlPool,
     cache: Arc<TenantCache>,
+    /// What `/metrics` shows.
+    pub metrics: Metrics,
     /// Stops listening for tenant changes when the service is dropped.
     _watching: Option<tokio_util::sync::DropGuard>,
 }
@@ -160,6 +163,7 @@ impl Tenancy {
             pool,
             control,
             cache,
+            metrics: Metrics::default(),
             _watching: None,
         })
     }

@@ -32,6 +32,7 @@ mod isolation;
 mod jwt;
 {% endif -%}
 mod lifecycle;
+mod metrics;
 {% if path_resolver -%}
 mod path;
 {% endif -%}
