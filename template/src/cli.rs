@@ -87,10 +87,14 @@ pub enum TenantCommand {
     },
 }
 
-/// `serve` logs everything at info; one-off commands only warnings (on stderr).
+/// `serve` logs its own events at info and its dependencies' at warn; one-off commands
+/// only warnings (on stderr). `RUST_LOG` replaces either.
 pub fn init_logging(cli: &Cli) {
     match cli.command {
-        None | Some(Command::Serve) => crate::telemetry::init("info", std::io::stdout),
+        None | Some(Command::Serve) => crate::telemetry::init(
+            concat!("warn,", env!("CARGO_CRATE_NAME"), "=info"),
+            std::io::stdout,
+        ),
         _ => crate::telemetry::init("warn", std::io::stderr),
     }
 }

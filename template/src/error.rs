@@ -1,7 +1,8 @@
 //! The one mapping from errors to HTTP responses: `application/problem+json` (RFC 9457).
 //!
 //! Bodies never carry internals (SQL errors, pool state, which check failed) unless
-//! `TENANCY_ERROR_DETAILS=true`, in which case [`debug_details`] adds them. Internal
+//! `TENANCY_ERROR_DETAILS=true`, in which case [`problem_details`] adds them; they carry
+//! the request's id (`request_id`, as in the `X-Request-Id` header and the logs). Internal
 //! errors are logged where they are turned into a response.
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -9,10 +10,11 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpMessage, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::db::pool::PoolError;
+use crate::telemetry::{REQUEST_ID_HEADER, RequestId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -148,8 +150,9 @@ impl AppError {
         }
     }
 
-    /// The response, with internals only when `include_internals`.
-    pub fn to_problem(&self, include_internals: bool) -> HttpResponse {
+    /// The response, with internals only when `include_internals`, and the request's id
+    /// when known.
+    pub fn to_problem(&self, include_internals: bool, request_id: Option<&str>) -> HttpResponse {
         let answer = self.answer();
         let status = answer.status;
         let problem = Problem {
@@ -158,6 +161,7 @@ impl AppError {
             status: status.as_u16(),
             detail: answer.public,
             debug: include_internals.then_some(answer.internal).flatten(),
+            request_id,
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((
@@ -202,6 +206,9 @@ struct Problem<'a> {
     detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     debug: Option<&'a str>,
+    /// The request's id, to find its log lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 impl ResponseError for AppError {
@@ -213,7 +220,7 @@ impl ResponseError for AppError {
         if let AppError::Internal { detail } = self {
             tracing::error!(error.detail = %detail, "internal error");
         }
-        self.to_problem(false)
+        self.to_problem(false, None)
     }
 }
 
@@ -339,22 +346,38 @@ impl From<PoolError> for AppError {
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorDetails(pub bool);
 
-/// Middleware installed only when `error_details` is on: re-renders `AppError` responses
-/// with their internal detail.
-pub async fn debug_details(
+/// Middleware around every request: re-renders `AppError` responses with the request's id
+/// (see `telemetry::RequestId`), and with their internal detail when `error_details` is
+/// on; every response gets the `X-Request-Id` header.
+pub async fn problem_details(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let id = req.extensions().get::<RequestId>().cloned();
+    let internals = req
+        .app_data::<web::Data<ErrorDetails>>()
+        .is_some_and(|details| details.0);
     let response = next.call(req).await?.map_into_boxed_body();
-    let detailed = response
+    let rendered = response
         .response()
         .error()
         .and_then(|e| e.as_error::<AppError>())
-        .map(|e| e.to_problem(true));
-    Ok(match detailed {
-        Some(body) => response.into_response(body),
+        .map(|e| e.to_problem(internals, id.as_ref().map(RequestId::as_str)));
+    // The same status and headers with the new body; the error stays on the response
+    // for the middleware outside (logs, metrics).
+    let mut response = match rendered {
+        Some(problem) => {
+            let (_, body) = problem.into_parts();
+            response.map_body(|_, _| body)
+        }
         None => response,
-    })
+    };
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(id.as_str()).ok()) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -369,10 +392,10 @@ mod tests {
     #[actix_web::test]
     async fn internals_stay_out_of_bodies_unless_debugging() {
         let error = AppError::internal("relation \"secret_table\" does not exist");
-        let plain = body_of(error.to_problem(false)).await;
+        let plain = body_of(error.to_problem(false, None)).await;
         assert!(!plain.contains("secret_table"), "{plain}");
         assert!(plain.contains("\"status\":500"));
-        let debug = body_of(error.to_problem(true)).await;
+        let debug = body_of(error.to_problem(true, None)).await;
         assert!(debug.contains("secret_table"), "{debug}");
     }
 
@@ -381,7 +404,7 @@ mod tests {
         let response = AppError::Unavailable {
             detail: "cap".into(),
         }
-        .to_problem(false);
+        .to_problem(false, None);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
         assert_eq!(

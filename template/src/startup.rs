@@ -4,12 +4,12 @@ use std::net::TcpListener;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{Condition, from_fn};
+use actix_web::middleware::from_fn;
 use actix_web::{App, Error, HttpRequest, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
-use crate::error::{AppError, ErrorDetails, debug_details};
+use crate::error::{AppError, ErrorDetails, problem_details};
 use crate::routes;
 use crate::telemetry::TenantRootSpan;
 use crate::tenancy::{StartupError, Tenancy};
@@ -27,10 +27,9 @@ pub fn app(
         InitError = (),
     > + use<>,
 > {
-    let debug = settings.http.error_details;
     App::new()
         .app_data(tenancy)
-        .app_data(web::Data::new(ErrorDetails(debug)))
+        .app_data(web::Data::new(ErrorDetails(settings.http.error_details)))
         .app_data(
             web::JsonConfig::default()
                 .limit(256 * 1024)
@@ -48,8 +47,8 @@ pub fn app(
         .app_data(web::Data::new(settings.tenancy.resolve.path.clone()))
         .wrap(from_fn(crate::tenancy::resolve::path::strip_tenant_prefix))
 {%- endif %}
+        .wrap(from_fn(problem_details))
         .wrap(TracingLogger::<TenantRootSpan>::new())
-        .wrap(Condition::new(debug, from_fn(debug_details)))
         .wrap(from_fn(crate::metrics::record_request))
         .configure(routes::health::routes)
         .configure(|cfg| routes::metrics::routes(cfg, settings.metrics.clone()))

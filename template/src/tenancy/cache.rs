@@ -26,8 +26,8 @@ const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 pub const UNWATCHED_TRUST: Duration = Duration::from_secs(1);
 /// How long the set of registered identifiers is trusted while announcements arrive.
 const KNOWN_REFRESH: Duration = MAX_NEGATIVE_TTL;
-/// Locks that serialise registry reads of the same identifier.
-const LOOKUP_LOCKS: usize = 64;
+/// Identifiers share this many lookup locks and change counters, by hash.
+const SLOTS: usize = 64;
 
 /// A registry answer (`None`: no such tenant) and when it was read.
 #[derive(Clone)]
@@ -67,17 +67,17 @@ impl Change {
 pub struct TenantCache {
     ttl: Duration,
     entries: moka::sync::Cache<TenantIdentifier, Entry>,
-    /// Every registered identifier, when the registry was read, and whether a change
-    /// may have crossed that read (then it is read again on the next miss).
-    known: RwLock<Option<Known>>,
+    /// Every registered identifier, and the changes applied while it is being read.
+    known: RwLock<KnownState>,
     /// Whether announcements of changes arrive (see `changes`).
     watching: AtomicBool,
-    /// Changes applied so far: a registry read that a change crossed is not kept.
-    generation: AtomicU64,
+    /// Changes applied so far, per slot (identifiers share slots by hash): a registry
+    /// read of a tenant that a change of its slot crossed is not kept.
+    generations: Vec<AtomicU64>,
     /// One registry read of the identifiers at a time.
     reload: tokio::sync::Mutex<()>,
     /// One registry read per tenant at a time: concurrent misses for the same identifier
-    /// wait for the first one's answer (identifiers share these by hash).
+    /// wait for the first one's answer (per slot).
     lookup_locks: Vec<tokio::sync::Mutex<()>>,
     hits: AtomicU64,
     lookups: AtomicU64,
@@ -85,10 +85,36 @@ pub struct TenantCache {
     changes: AtomicU64,
 }
 
+#[derive(Default)]
+struct KnownState {
+    /// The set read last (`None`: never read yet).
+    set: Option<Known>,
+    /// While the set is read: each identifier changed meanwhile, and whether it is
+    /// registered now; replayed onto what the read returns. `None` after `forget_all`.
+    pending: Option<Vec<(TenantIdentifier, bool)>>,
+}
+
 struct Known {
     identifiers: HashSet<TenantIdentifier>,
     read_at: Instant,
-    crossed: bool,
+    /// Announcements may have been missed since the read: read again on the next miss.
+    stale: bool,
+}
+
+impl KnownState {
+    /// Records that `identifier` is registered (or not) now.
+    fn note(&mut self, identifier: &TenantIdentifier, registered: bool) {
+        if let Some(pending) = self.pending.as_mut() {
+            pending.push((identifier.clone(), registered));
+        }
+        if let Some(known) = self.set.as_mut() {
+            if registered {
+                known.identifiers.insert(identifier.clone());
+            } else {
+                known.identifiers.remove(identifier);
+            }
+        }
+    }
 }
 
 /// What the cache and the registry did since start-up (shown by `/health`).
@@ -117,13 +143,11 @@ impl TenantCache {
                 .max_capacity(MAX_ENTRIES)
                 .expire_after(Expiry { ttl, negative_ttl })
                 .build(),
-            known: RwLock::new(None),
+            known: RwLock::new(KnownState::default()),
             watching: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
+            generations: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             reload: tokio::sync::Mutex::new(()),
-            lookup_locks: (0..LOOKUP_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            lookup_locks: (0..SLOTS).map(|_| tokio::sync::Mutex::new(())).collect(),
             hits: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
@@ -140,26 +164,37 @@ impl TenantCache {
         }
     }
 
-    /// The number a registry read takes before it starts and gives back to [`insert`] or
-    /// [`set_known`]: a change applied in between makes the read's answer not kept.
-    ///
-    /// [`insert`]: TenantCache::insert
-    /// [`set_known`]: TenantCache::set_known
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    fn slot(identifier: &TenantIdentifier) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        identifier.hash(&mut hasher);
+        hasher.finish() as usize % SLOTS
     }
 
-    fn crossed(&self, since: u64) -> bool {
-        self.generation() != since
+    /// The number a registry read of `identifier` takes before it starts and gives back
+    /// to [`insert`](TenantCache::insert): a change of it applied in between makes the
+    /// read's answer not kept.
+    pub fn generation(&self, identifier: &TenantIdentifier) -> u64 {
+        self.generations[Self::slot(identifier)].load(Ordering::Acquire)
     }
 
-    /// Whether `identifier` is registered, if the set read last is recent enough to say.
+    fn bump(&self, identifier: &TenantIdentifier) {
+        self.generations[Self::slot(identifier)].fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn known(&self) -> std::sync::RwLockWriteGuard<'_, KnownState> {
+        self.known.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `identifier` is registered, if the set read last can say: an identifier in
+    /// it may be registered (the registry read that follows tells), one outside it is not,
+    /// while the set is recent.
     pub fn is_known(&self, identifier: &TenantIdentifier) -> Option<bool> {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        let known = known.as_ref()?;
-        let fresh = !known.crossed && known.read_at.elapsed() < self.trust(KNOWN_REFRESH);
-        (fresh || known.identifiers.contains(identifier))
-            .then(|| known.identifiers.contains(identifier))
+        let state = self.known.read().unwrap_or_else(|p| p.into_inner());
+        let known = state.set.as_ref()?;
+        let fresh = !known.stale && known.read_at.elapsed() < self.trust(KNOWN_REFRESH);
+        let holds = known.identifiers.contains(identifier);
+        (fresh || holds).then_some(holds)
     }
 
     /// Held while the registry's identifiers are read, so that one request reads them.
@@ -167,30 +202,33 @@ impl TenantCache {
         self.reload.lock().await
     }
 
-    /// Replaces the set with what the registry held when a read that began at
-    /// generation `since` ran.
-    pub fn set_known(&self, identifiers: HashSet<TenantIdentifier>, since: u64) {
+    /// Call before reading the registry's identifiers (holding [`reload_lock`]): changes
+    /// applied from now on are replayed onto what the read returns.
+    ///
+    /// [`reload_lock`]: TenantCache::reload_lock
+    pub fn reading_known(&self) {
+        self.known().pending = Some(Vec::new());
+    }
+
+    /// Replaces the set with what the registry returned, plus the changes applied since
+    /// [`reading_known`](TenantCache::reading_known).
+    pub fn set_known(&self, mut identifiers: HashSet<TenantIdentifier>) {
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        *known = Some(Known {
+        let mut state = self.known();
+        let pending = state.pending.take();
+        let stale = pending.is_none();
+        for (identifier, registered) in pending.into_iter().flatten() {
+            if registered {
+                identifiers.insert(identifier);
+            } else {
+                identifiers.remove(&identifier);
+            }
+        }
+        state.set = Some(Known {
             identifiers,
             read_at: Instant::now(),
-            crossed: self.crossed(since),
+            stale,
         });
-    }
-
-    fn add_known(&self, identifier: &TenantIdentifier) {
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = known.as_mut() {
-            known.identifiers.insert(identifier.clone());
-        }
-    }
-
-    fn remove_known(&self, identifier: &TenantIdentifier) {
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(known) = known.as_mut() {
-            known.identifiers.remove(identifier);
-        }
     }
 
     /// Held while `identifier` is read from the registry, so that concurrent misses for
@@ -199,12 +237,7 @@ impl TenantCache {
         &self,
         identifier: &TenantIdentifier,
     ) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        identifier.hash(&mut hasher);
-        self.lookup_locks[hasher.finish() as usize % LOOKUP_LOCKS]
-            .lock()
-            .await
+        self.lookup_locks[Self::slot(identifier)].lock().await
     }
 
     /// Counts a registry read of one tenant.
@@ -234,9 +267,9 @@ impl TenantCache {
     }
 
     /// Keeps what a registry read that began at generation `since` found, unless a change
-    /// was applied meanwhile (the answer may predate it).
+    /// of the tenant was applied meanwhile (the answer may predate it).
     pub fn insert(&self, identifier: TenantIdentifier, tenant: Option<Arc<Tenant>>, since: u64) {
-        if self.ttl.is_zero() || self.crossed(since) {
+        if self.ttl.is_zero() || self.generation(&identifier) != since {
             return;
         }
         let entry = Entry {
@@ -248,22 +281,24 @@ impl TenantCache {
 
     /// Drops what is held of a tenant this process has just changed.
     pub fn changed(&self, identifier: &TenantIdentifier) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut known = self.known();
+        self.bump(identifier);
         self.entries.invalidate(identifier);
-        self.add_known(identifier);
+        known.note(identifier, true);
     }
 
     /// Applies a change announced by PostgreSQL: what is held of the tenant is dropped,
     /// unless it is the announced version or a later one.
     pub fn apply(&self, change: &Change) {
         self.changes.fetch_add(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut known = self.known();
         match change {
             Change::Written {
                 identifier,
                 version,
             } => {
-                self.add_known(identifier);
+                self.bump(identifier);
+                known.note(identifier, true);
                 let current = self.entries.get(identifier).is_some_and(|entry| {
                     entry
                         .tenant
@@ -274,7 +309,8 @@ impl TenantCache {
                 }
             }
             Change::Removed(identifier) => {
-                self.remove_known(identifier);
+                self.bump(identifier);
+                known.note(identifier, false);
                 self.entries.invalidate(identifier);
             }
         }
@@ -289,16 +325,15 @@ impl TenantCache {
 
     /// Drops every entry, and marks the identifier set for a new read.
     pub fn forget_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
-        if let Some(known) = self
-            .known
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
-            known.crossed = true;
+        let mut known = self.known();
+        for generation in &self.generations {
+            generation.fetch_add(1, Ordering::AcqRel);
         }
+        self.entries.invalidate_all();
+        if let Some(set) = known.set.as_mut() {
+            set.stale = true;
+        }
+        known.pending = None;
     }
 
     /// Announcements stopped: entries are trusted for at most [`UNWATCHED_TRUST`].
@@ -356,7 +391,7 @@ mod tests {
     fn hits_until_changed() {
         let cache = watched(60);
         assert!(cache.get(&id("acme")).is_none());
-        cache.insert(id("acme"), None, cache.generation());
+        cache.insert(id("acme"), None, cache.generation(&id("acme")));
         assert!(matches!(cache.get(&id("acme")), Some(None)));
         cache.changed(&id("acme"));
         assert!(cache.get(&id("acme")).is_none());
@@ -366,23 +401,40 @@ mod tests {
     #[test]
     fn zero_ttl_disables_the_cache() {
         let cache = watched(0);
-        cache.insert(id("acme"), None, cache.generation());
+        cache.insert(id("acme"), None, cache.generation(&id("acme")));
         assert!(cache.get(&id("acme")).is_none());
     }
 
     #[test]
     fn a_read_crossed_by_a_change_is_not_kept() {
         let cache = watched(60);
-        let since = cache.generation();
-        cache.apply(&Change::Removed(id("other")));
+        let since = cache.generation(&id("acme"));
+        cache.apply(&Change::Removed(id("acme")));
         cache.insert(id("acme"), None, since);
         assert!(cache.get(&id("acme")).is_none());
     }
 
     #[test]
+    fn changes_made_while_the_identifiers_are_read_are_not_lost() {
+        let cache = watched(60);
+        cache.reading_known();
+        // Announced while the read runs, which did not see them.
+        cache.apply(&Change::Written {
+            identifier: id("newco"),
+            version: 1,
+        });
+        cache.apply(&Change::Removed(id("gone")));
+        cache.set_known([id("acme"), id("gone")].into_iter().collect());
+        assert_eq!(cache.is_known(&id("newco")), Some(true));
+        assert_eq!(cache.is_known(&id("acme")), Some(true));
+        assert_eq!(cache.is_known(&id("gone")), Some(false));
+        assert_eq!(cache.is_known(&id("ghost")), Some(false));
+    }
+
+    #[test]
     fn without_announcements_entries_are_trusted_a_second() {
         let cache = TenantCache::new(Duration::from_secs(60));
-        cache.insert(id("acme"), None, cache.generation());
+        cache.insert(id("acme"), None, cache.generation(&id("acme")));
         assert!(cache.get(&id("acme")).is_some());
         std::thread::sleep(UNWATCHED_TRUST);
         assert!(cache.get(&id("acme")).is_none());

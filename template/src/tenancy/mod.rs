@@ -245,7 +245,7 @@ impl Tenancy {
                     Some(hit) => hit,
                     None => {
                         self.cache.count_lookup();
-                        let since = self.cache.generation();
+                        let since = self.cache.generation(identifier);
                         let mut conn = self.control.get().await?;
                         let found = registry::find_by_identifier(&mut conn, identifier)
                             .await?
@@ -280,14 +280,14 @@ impl Tenancy {
         if let Some(known) = self.cache.is_known(identifier) {
             return Ok(known);
         }
-        let since = self.cache.generation();
         let mut conn = self.control.get().await?;
+        self.cache.reading_known();
         let identifiers: HashSet<_> = registry::identifiers(&mut conn)
             .await?
             .into_iter()
             .collect();
-        let known = identifiers.contains(identifier);
-        self.cache.set_known(identifiers, since);
+        self.cache.set_known(identifiers);
+        let known = self.cache.is_known(identifier).unwrap_or(true);
         Ok(known)
     }
 

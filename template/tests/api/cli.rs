@@ -233,6 +233,12 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         }
     };
     assert_eq!(finished["span"]["tenant.identifier"], "acme", "{finished}");
+    // ... and the id the response gave the client.
+    let request_id = notes
+        .lines()
+        .find_map(|line| line.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no X-Request-Id in {notes}"));
+    assert_eq!(finished["span"]["request_id"], request_id, "{finished}");
     assert_eq!(
         finished["span"]["tenant.id"].as_str().map(str::len),
         Some(36),

@@ -1,7 +1,8 @@
 //! What a client sees when PostgreSQL refuses a write: constraint violations become 409
-//! and 422 problems that name no table, column or constraint.
+//! and 422 problems that name no table, column or constraint. Every answer carries the
+//! request's id, and error bodies too.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{for_tenant, spawn_app};
 use actix_web::body::to_bytes;
 use actix_web::http::StatusCode;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -15,7 +16,7 @@ async fn problem_of(
     internals: bool,
 ) -> (StatusCode, serde_json::Value) {
     let error = diesel::sql_query(sql).execute(conn).await.unwrap_err();
-    let response = AppError::from(error).to_problem(internals);
+    let response = AppError::from(error).to_problem(internals, None);
     let status = response.status();
     let body = to_bytes(response.into_body()).await.unwrap();
     (status, serde_json::from_slice(&body).unwrap())
@@ -90,4 +91,56 @@ async fn text_with_a_nul_character_is_a_400_that_names_the_field() {
     let (_, notes) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(notes.as_array().unwrap().len(), 1, "{notes}");
     assert_eq!(notes[0]["title"], "ok");
+}
+
+/// The `X-Request-Id` of `response`.
+fn id_of<B>(response: &actix_web::dev::ServiceResponse<B>) -> String {
+    let value = response
+        .headers()
+        .get("x-request-id")
+        .expect("no X-Request-Id");
+    value.to_str().unwrap().to_owned()
+}
+
+#[actix_web::test]
+async fn every_answer_carries_the_request_id_and_error_bodies_too() {
+    use actix_web::test;
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+
+    // A valid id from the client is kept, in the header and in the problem.
+    let request = for_tenant(test::TestRequest::get(), "/api/notes", "ghost")
+        .insert_header(("X-Request-Id", "trace-4bf92f35.77:1"));
+    let response = test::call_service(&service, request.to_request()).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(id_of(&response), "trace-4bf92f35.77:1");
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert_eq!(body["request_id"], "trace-4bf92f35.77:1", "{body}");
+
+    // An unsafe or repeated one is replaced by a new UUID, the same in header and body.
+    let long = "a".repeat(129);
+    for sent in [
+        vec!["a b"],
+        vec!["<x>"],
+        vec![long.as_str()],
+        vec!["one", "two"],
+    ] {
+        let mut request = for_tenant(test::TestRequest::get(), "/api/notes", "ghost");
+        for value in &sent {
+            request = request.append_header(("X-Request-Id", *value));
+        }
+        let response = test::call_service(&service, request.to_request()).await;
+        let id = id_of(&response);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{sent:?} -> {id}");
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["request_id"], id.as_str(), "{body}");
+    }
+
+    // Successful answers have one too, a new one per request.
+    let ok = |_: ()| for_tenant(test::TestRequest::get(), "/api/notes", "acme").to_request();
+    let first = test::call_service(&service, ok(())).await;
+    let second = test::call_service(&service, ok(())).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_ne!(id_of(&first), id_of(&second));
 }

@@ -481,6 +481,15 @@ pub fn raw_request(path: &str, tenant: &str) -> String {
 {%- endif %}
 }
 
+/// A problem body without its `request_id` (different for every request), to compare the
+/// rest of two answers.
+pub fn without_request_id(mut body: serde_json::Value) -> serde_json::Value {
+    if let Some(members) = body.as_object_mut() {
+        members.remove("request_id");
+    }
+    body
+}
+
 /// Makes `$app` an initialised test service of the generated application.
 macro_rules! service {
     ($app:expr) => {
