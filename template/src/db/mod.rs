@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod pool;
 pub mod runtime;
 pub mod settings;
+pub mod slow;
 
 use pool::{Home, Pool, PoolError, PooledConnection};
 

@@ -21,13 +21,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{Bool, Text};
-use diesel_async::AsyncPgConnection;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::connect::{ConnectError, PgConn, connect};
+use super::slow::SlowStatements;
 
 diesel::define_sql_function! {
     /// PostgreSQL's `set_config(name, value, is_local)`: `SET` takes no bind parameters.
@@ -86,6 +87,8 @@ pub struct PoolSettings {
     /// After PostgreSQL refused a connection for lack of slots (SQLSTATE 53300), the pool
     /// does not try to grow for this long.
     pub backoff: Duration,
+    /// Statements that take longer are logged (`None`: none is).
+    pub slow_statement: Option<Duration>,
 }
 
 /// What `/health` and the tests see of a pool.
@@ -524,7 +527,10 @@ impl Shared {
                 pool.changed.notify_one();
             }
         });
-        let conn = connect(config, &self.runtime, Some(permit), Some(on_close)).await?;
+        let mut conn = connect(config, &self.runtime, Some(permit), Some(on_close)).await?;
+        if let Some(threshold) = self.settings.slow_statement {
+            conn.set_instrumentation(SlowStatements::new(threshold));
+        }
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }

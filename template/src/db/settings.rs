@@ -33,6 +33,8 @@ pub struct DatabaseSettings {
     pub tenant_pool_idle_timeout: Duration,
     /// PostgreSQL cancels a statement of the application role after this long.
     pub statement_timeout: Duration,
+    /// Statements that take longer are logged at WARN (`TENANCY_SLOW_QUERY_MS`; 0: none).
+    pub slow_query: Option<Duration>,
 }
 
 impl DatabaseSettings {
@@ -47,6 +49,7 @@ impl DatabaseSettings {
         ("database_pool_recycle", Some("1800")),
         ("tenant_pool_idle_timeout", Some("300")),
         ("statement_timeout", Some("30")),
+        ("slow_query_ms", Some("500")),
     ];
 
     pub fn read(src: &Source) -> Result<Self, ConfigError> {
@@ -66,6 +69,10 @@ impl DatabaseSettings {
             pool_recycle: src.seconds("database_pool_recycle", 1, 7 * 24 * 3600)?,
             tenant_pool_idle_timeout: src.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
             statement_timeout: src.seconds("statement_timeout", 1, 24 * 3600)?,
+            slow_query: match src.number::<u64>("slow_query_ms", 0, 24 * 3600 * 1000)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
         })
     }
 

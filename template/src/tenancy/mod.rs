@@ -311,5 +311,6 @@ fn pool_settings(database: &DatabaseSettings, max: u32, per_tenant: u32) -> Pool
         idle_timeout: database.tenant_pool_idle_timeout,
         max_lifetime: database.pool_recycle,
         backoff: TOO_MANY_CONNECTIONS_BACKOFF,
+        slow_statement: database.slow_query,
     }
 }

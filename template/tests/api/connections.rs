@@ -1,6 +1,6 @@
 //! The connection layer when PostgreSQL misbehaves: it restarts under load, it has no
-//! connection slot left, a statement runs too long. Against real servers: the shared one,
-//! and throwaway clusters that these tests restart.
+//! connection slot left, a statement runs too long or slowly. Against real servers: the
+//! shared one, and throwaway clusters that these tests restart.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -194,4 +194,70 @@ async fn a_statement_over_the_timeout_is_cancelled_and_answered_503() {
     let response = actix_web::ResponseError::error_response(&AppError::from(error));
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
+}
+
+/// Log lines written by a subscriber of the test's own.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[actix_web::test]
+async fn a_slow_statement_is_logged_with_its_tenant_and_without_its_values() {
+    use diesel::sql_types::Text;
+    use tracing::Instrument;
+
+    let app = spawn_app_with(&[("TENANCY_SLOW_QUERY_MS", "40")]).await;
+    let acme = app.create_tenant("acme").await;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _only_here = tracing::subscriber::set_default(subscriber);
+    let request = tracing::info_span!("request", tenant.identifier = "acme");
+    async {
+        let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+        diesel::sql_query("SELECT pg_sleep(0.06), $1::text AS secret")
+            .bind::<Text, _>("secret-value")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    .instrument(request)
+    .await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !text.contains("secret-value"),
+        "a bind value was logged: {text}"
+    );
+    let slow: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["fields"]["message"] == "slow statement")
+        .filter(|event| {
+            let statement = event["fields"]["statement"].as_str().unwrap_or_default();
+            statement.contains("pg_sleep")
+        })
+        .collect();
+    assert_eq!(slow.len(), 1, "{text}");
+    let event = &slow[0];
+    assert_eq!(event["level"], "WARN", "{event}");
+    assert!(
+        event["fields"]["duration_ms"].as_u64().unwrap() >= 60,
+        "{event}"
+    );
+    assert_eq!(event["span"]["tenant.identifier"], "acme", "{event}");
 }
