@@ -27,7 +27,7 @@ pub const UNWATCHED_TRUST: Duration = Duration::from_secs(1);
 /// How long the set of registered identifiers is trusted while announcements arrive.
 const KNOWN_REFRESH: Duration = MAX_NEGATIVE_TTL;
 /// Identifiers share this many lookup locks and change counters, by hash.
-const SLOTS: usize = 64;
+const SLOTS: usize = 256;
 
 /// A registry answer (`None`: no such tenant) and when it was read.
 #[derive(Clone)]
