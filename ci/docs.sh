@@ -36,17 +36,15 @@ done < <(grep -ohE '\b[a-z_]+(::[a-z_]+)*::tests::[a-z0-9_]+' "${docs[@]}" | sor
 mapfile -t keys < <(find template/src -name '*.rs' -exec awk '/^#\[cfg\(test\)\]/ { exit } { print }' {} \; |
   grep -oE '\("[a-z_]+", (Some|None)' | sed -E 's/\("([a-z_]+)".*/\1/' | sort -u)
 # Variables of the reference guide the docs list as not implemented yet, with the issue
-# that will implement them.
-planned=(
-  TENANCY_REDIS_URL     # issue 12 (tenant cache in Redis)
-  TENANCY_CACHE_ENABLED # issue 12
-)
+# that will implement them (none now).
+planned=()
 known() { # VAR
   local key
   key=$(tr '[:upper:]' '[:lower:]' <<<"${1#TENANCY_}")
   case $1 in TENANCY_TEST_*) return 0 ;; esac
-  printf '%s\n' "${planned[@]}" | grep -qx "$1" && return 0
-  printf '%s\n' "${keys[@]}" | grep -qx "$key" && return 0
+  # Here-strings, not pipes: with pipefail, grep -q leaving early would fail the printf.
+  grep -qx "$1" <<<"$(printf '%s\n' "${planned[@]}")" && return 0
+  grep -qx "$key" <<<"$(printf '%s\n' "${keys[@]}")" && return 0
   # Former names the service recognises and reports (config.rs).
   grep -q "key == \"$key\"" template/src/config.rs
 }

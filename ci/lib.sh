@@ -49,6 +49,22 @@ ensure_postgres() {
   die "PostgreSQL is not reachable at $TENANCY_TEST_DATABASE_URL. Install and start it (apt-get install postgresql), or point TENANCY_TEST_DATABASE_URL at a server where that user may create databases."
 }
 
+# Redis at 127.0.0.1:6379, for the combinations with redis_cache=true (their tests also
+# start throwaway redis-server processes of their own).
+ensure_redis() {
+  if command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    return
+  fi
+  if command -v redis-server >/dev/null 2>&1; then
+    say "starting the installed Redis"
+    mkdir -p /tmp/actix-tenancy-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp/actix-tenancy-redis --logfile /tmp/actix-tenancy-redis/redis.log >&2
+    for _ in $(seq 1 20); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return; sleep 0.5; done
+  fi
+  die "Redis is not reachable at 127.0.0.1:6379. Install and start it (apt-get install redis-server)."
+}
+
 # A second PostgreSQL server, for the tests that place a tenant's database on another
 # server (database per tenant): a throwaway cluster on a free local port, stopped when
 # the calling script exits. Exports TENANCY_TEST_OTHER_SERVER=host:port; set it yourself

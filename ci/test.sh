@@ -20,6 +20,7 @@ ensure_cargo_generate
 ensure_cargo_deny
 ensure_postgres
 ensure_other_postgres
+ensure_redis
 # One target directory for every combination, so dependencies compile once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

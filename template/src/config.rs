@@ -116,6 +116,13 @@ impl Settings {
                     var_name(&key),
                     var_name("error_details")
                 ));
+            } else if key == "cache_enabled" {
+                warnings.push(format!(
+                    "{} is ignored: a Redis level of the tenant cache is chosen when the \
+                     project is generated (redis_cache), and {}=0 turns the cache off",
+                    var_name(&key),
+                    var_name("tenant_cache_ttl")
+                ));
             } else if key == "skip_paths" {
                 warnings.push(format!(
                     "{} is ignored: only routes under /api need a tenant; health, metrics \

@@ -235,6 +235,15 @@ pub fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)
         ::metrics::counter!("tenancy_cache_changes_total").absolute(cache.changes);
         ::metrics::gauge!("tenancy_cache_entries", "level" => "local").set(cache.entries as f64);
         ::metrics::gauge!("tenancy_cache_watching").set(f64::from(u8::from(cache.watching)));
+{%- if redis_cache %}
+        let shared = tenancy.shared_cache_stats();
+        for (result, value) in [("hit", shared.hits), ("miss", shared.misses)] {
+            ::metrics::counter!("tenancy_cache_requests_total", "level" => "shared", "result" => result)
+                .absolute(value);
+        }
+        ::metrics::counter!("tenancy_redis_errors_total").absolute(shared.errors);
+        ::metrics::gauge!("tenancy_redis_up").set(f64::from(u8::from(shared.degraded.is_none())));
+{%- endif %}
         if let Some(counts) = tenants_by_status {
             for status in crate::domain::TenantStatus::ALL {
                 let count = counts

@@ -82,7 +82,14 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
         cache_json["degraded"] =
             json!("tenant changes made elsewhere are not received: entries are trusted for 1 s");
     }
-    let status = match (healthy, connections.degraded.is_some() || !cache.watching) {
+{%- if redis_cache %}
+    let shared = tenancy.shared_cache_stats();
+    cache_json["shared"] = json!(shared);
+    let degraded = connections.degraded.is_some() || !cache.watching || shared.degraded.is_some();
+{%- else %}
+    let degraded = connections.degraded.is_some() || !cache.watching;
+{%- endif %}
+    let status = match (healthy, degraded) {
         (false, _) => "unhealthy",
         (true, true) => "degraded",
         (true, false) => "healthy",

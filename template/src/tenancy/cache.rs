@@ -157,7 +157,7 @@ impl TenantCache {
 
     /// How long what was read from the registry is trusted without announcements.
     fn trust(&self, watched: Duration) -> Duration {
-        if self.watching.load(Ordering::Acquire) {
+        if self.is_watching() {
             watched
         } else {
             UNWATCHED_TRUST.min(watched)
@@ -252,7 +252,7 @@ impl TenantCache {
             identifier_reads: self.reloads.load(Ordering::Relaxed),
             changes: self.changes.load(Ordering::Relaxed),
             entries: self.entries.entry_count(),
-            watching: self.watching.load(Ordering::Acquire),
+            watching: self.is_watching(),
         }
     }
 
@@ -334,6 +334,11 @@ impl TenantCache {
             set.stale = true;
         }
         known.pending = None;
+    }
+
+    /// Whether announcements of changes arrive.
+    pub fn is_watching(&self) -> bool {
+        self.watching.load(Ordering::Acquire)
     }
 
     /// Announcements stopped: entries are trusted for at most [`UNWATCHED_TRUST`].

@@ -17,6 +17,9 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{Change, TenantCache};
+{%- if redis_cache %}
+use super::shared_cache::SharedCache;
+{%- endif %}
 use crate::db::connect;
 
 /// The channel the registry's trigger announces changes on.
@@ -33,6 +36,9 @@ const RETRY_LAST: Duration = Duration::from_secs(2);
 pub async fn watch(
     config: tokio_postgres::Config,
     cache: Arc<TenantCache>,
+{%- if redis_cache %}
+    shared: Arc<SharedCache>,
+{%- endif %}
     runtime: &Handle,
     stop: CancellationToken,
 ) {
@@ -41,7 +47,7 @@ pub async fn watch(
     runtime.spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = listen_forever(config, &cache, &task_runtime, first) => {}
+            _ = listen_forever(config, &cache, {% if redis_cache %}&shared, {% endif %}&task_runtime, first) => {}
         }
         cache.watching_stopped();
     });
@@ -51,6 +57,9 @@ pub async fn watch(
 async fn listen_forever(
     config: tokio_postgres::Config,
     cache: &TenantCache,
+{%- if redis_cache %}
+    shared: &Arc<SharedCache>,
+{%- endif %}
     runtime: &Handle,
     first: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -60,6 +69,11 @@ async fn listen_forever(
     loop {
         match connect::listen(config.clone(), runtime, CHANNEL).await {
             Ok(mut listener) => {
+{%- if redis_cache %}
+                // Changes made while no replica listened reached nobody: Redis starts
+                // empty too (its reads wait until this is done).
+                shared.forget_all().await;
+{%- endif %}
                 cache.watching_started();
                 if failing {
                     tracing::info!("tenant changes are received again; the cache starts empty");
@@ -68,7 +82,7 @@ async fn listen_forever(
                 if let Some(first) = first.take() {
                     let _ = first.send(());
                 }
-                let why = receive(&mut listener, cache).await;
+                let why = receive(&mut listener, cache{% if redis_cache %}, shared{% endif %}).await;
                 cache.watching_stopped();
                 tracing::warn!(
                     error = %why,
@@ -97,14 +111,29 @@ async fn listen_forever(
 }
 
 /// Applies announcements until the connection fails; returns why it stopped.
+{%- if redis_cache %}
+async fn receive(
+    listener: &mut connect::Listener,
+    cache: &TenantCache,
+    shared: &Arc<SharedCache>,
+) -> String {
+{%- else %}
 async fn receive(listener: &mut connect::Listener, cache: &TenantCache) -> String {
+{%- endif %}
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     loop {
         tokio::select! {
             payload = listener.notifications.recv() => match payload {
                 Some(payload) => match Change::parse(&payload) {
-                    Some(change) => cache.apply(&change),
+                    Some(change) => {
+{%- if redis_cache %}
+                        // Redis first: a request between the two must not find the old
+                        // state there and bring it back into this process's cache.
+                        shared.forget(&change).await;
+{%- endif %}
+                        cache.apply(&change);
+                    }
                     None => {
                         tracing::warn!(payload = %payload, "unreadable tenant change: the cache starts again");
                         cache.forget_all();

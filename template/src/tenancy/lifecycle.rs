@@ -269,7 +269,7 @@ impl Tenancy {
             TenantStatus::Active,
         )
         .await?;
-        self.forget(&tenant);
+        self.forget(active.as_ref().unwrap_or(&tenant)).await;
         match active {
             Some(active) => Ok(active),
             // Another process completed it at the same time.
@@ -344,7 +344,7 @@ impl Tenancy {
                 tenant.status
             )));
         }
-        self.forget(&tenant);
+        self.forget(&tenant).await;
         self.close_connections_of(&tenant);
         // As the owner of the tenant's storage, not as the application role.
         let ctx = self.context();
@@ -369,7 +369,7 @@ impl Tenancy {
         }
         let mut conn = self.control.get().await?;
         let changed = registry::transition(&mut conn, tenant.id, from, to).await?;
-        self.forget(&tenant);
+        self.forget(changed.as_ref().unwrap_or(&tenant)).await;
         changed.ok_or_else(|| {
             LifecycleError::Conflict(format!(
                 "tenant '{identifier}' is {}: it cannot become {to}",

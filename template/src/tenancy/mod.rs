@@ -13,6 +13,9 @@ pub mod middleware;
 pub mod registry;
 pub mod resolve;
 pub mod settings;
+{%- if redis_cache %}
+pub mod shared_cache;
+{%- endif %}
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -45,6 +48,10 @@ pub struct Tenancy {
     pool: Pool,
     pub control: ControlPool,
     cache: Arc<TenantCache>,
+{%- if redis_cache %}
+    /// The cache's shared level (Redis).
+    shared: Arc<shared_cache::SharedCache>,
+{%- endif %}
     /// What `/metrics` shows.
     pub metrics: Metrics,
     /// Stops listening for tenant changes when the service is dropped.
@@ -59,6 +66,10 @@ pub enum StartupError {
     MigrationDatabaseUrl(String),
     #[error("could not start the database runtime: {0}")]
     Runtime(#[from] std::io::Error),
+{%- if redis_cache %}
+    #[error("{0}")]
+    Redis(String),
+{%- endif %}
 }
 
 /// What `/health` shows about connections.
@@ -148,6 +159,15 @@ impl Tenancy {
         );
         let strategy = isolation::Selected::new(&settings.isolation, database);
         let cache = Arc::new(TenantCache::new(settings.tenant_cache_ttl));
+{%- if redis_cache %}
+        let shared = shared_cache::SharedCache::new(
+            &settings.redis,
+            app.get_dbname().or(app.get_user()).unwrap_or("postgres"),
+            settings.tenant_cache_ttl,
+            runtime.clone(),
+        )
+        .map_err(StartupError::Redis)?;
+{%- endif %}
         Ok(Self {
             settings,
             ctx: Context {
@@ -163,6 +183,9 @@ impl Tenancy {
             pool,
             control,
             cache,
+{%- if redis_cache %}
+            shared,
+{%- endif %}
             metrics: Metrics::default(),
             _watching: None,
         })
@@ -175,6 +198,9 @@ impl Tenancy {
         changes::watch(
             self.control.config().clone(),
             self.cache.clone(),
+{%- if redis_cache %}
+            self.shared.clone(),
+{%- endif %}
             &self.ctx.runtime,
             stop.clone(),
         )
@@ -244,29 +270,35 @@ impl Tenancy {
                 match self.cache.get(identifier) {
                     Some(hit) => hit,
                     None => {
-                        self.cache.count_lookup();
                         let since = self.cache.generation(identifier);
+{%- if redis_cache %}
+                        // Only while changes are heard: Redis may hold what a change
+                        // unheard of replaced.
+                        if self.cache.is_watching()
+                            && let Some(tenant) = self.shared.get(identifier).await
+                        {
+                            self.cache
+                                .insert(identifier.clone(), Some(tenant.clone()), since);
+                            return answer(identifier, Some(tenant));
+                        }
+{%- endif %}
+                        self.cache.count_lookup();
                         let mut conn = self.control.get().await?;
                         let found = registry::find_by_identifier(&mut conn, identifier)
                             .await?
                             .map(Arc::new);
+{%- if redis_cache %}
+                        if let Some(tenant) = &found {
+                            self.shared.put(tenant).await;
+                        }
+{%- endif %}
                         self.cache.insert(identifier.clone(), found.clone(), since);
                         found
                     }
                 }
             }
         };
-        match tenant {
-            Some(tenant) if tenant.status == TenantStatus::Active => Ok(tenant),
-            Some(tenant) if tenant.status == TenantStatus::Deleted => Err(TenantError::Unknown(
-                format!("tenant '{identifier}' is deleted"),
-            )),
-            Some(tenant) => Err(TenantError::Inactive(format!(
-                "tenant '{identifier}' is {}",
-                tenant.status
-            ))),
-            None => Err(TenantError::Unknown(format!("no tenant '{identifier}'"))),
-        }
+        answer(identifier, tenant)
     }
 
     /// Whether the registry holds `identifier`, from the set of registered identifiers
@@ -295,11 +327,45 @@ impl Tenancy {
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
     }
+{%- if redis_cache %}
 
-    /// Drops what this process remembers of `tenant` after changing it, at once (other
-    /// processes hear of it through `changes`).
-    fn forget(&self, tenant: &Tenant) {
+    /// What the cache's shared level (Redis) did since start-up, and whether it is used.
+    pub fn shared_cache_stats(&self) -> shared_cache::SharedStats {
+        self.shared.stats()
+    }
+{%- endif %}
+
+    /// Drops what this process remembers of `tenant` after changing it (`tenant` as it is
+    /// now), at once; other processes hear of it through `changes`.
+    async fn forget(&self, tenant: &Tenant) {
+{%- if redis_cache %}
+        // Redis first (see `changes`).
+        self.shared
+            .forget(&cache::Change::Written {
+                identifier: tenant.identifier.clone(),
+                version: tenant.updated_at.timestamp_micros(),
+            })
+            .await;
+{%- endif %}
         self.cache.changed(&tenant.identifier);
+    }
+}
+
+/// Whether the tenant named `identifier` (`None`: unknown) is served.
+fn answer(
+    identifier: &TenantIdentifier,
+    tenant: Option<Arc<Tenant>>,
+) -> Result<Arc<Tenant>, TenantError> {
+    match tenant {
+        Some(tenant) if tenant.status == TenantStatus::Active => Ok(tenant),
+        Some(tenant) if tenant.status == TenantStatus::Deleted => Err(TenantError::Unknown(
+            format!("tenant '{identifier}' is deleted"),
+        )),
+        Some(tenant) => Err(TenantError::Inactive(format!(
+            "tenant '{identifier}' is {}",
+            tenant.status
+        ))),
+        None => Err(TenantError::Unknown(format!("no tenant '{identifier}'"))),
     }
 }
 

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use super::isolation::{Selected, Strategy};
 use super::resolve::ResolveSettings;
+{%- if redis_cache %}
+use super::shared_cache::RedisSettings;
+{%- endif %}
 use crate::db::settings::DatabaseSettings;
 use crate::settings::{ConfigError, Key, Source};
 
@@ -17,6 +20,10 @@ pub struct TenancySettings {
     pub isolation: <Selected as Strategy>::Settings,
     /// How long a registry look-up is reused (`TENANCY_TENANT_CACHE_TTL`).
     pub tenant_cache_ttl: Duration,
+{%- if redis_cache %}
+    /// The cache's shared level.
+    pub redis: RedisSettings,
+{%- endif %}
 }
 
 const KEYS: &[Key] = &[("tenant_cache_ttl", Some("30"))];
@@ -25,6 +32,9 @@ impl TenancySettings {
     /// Every key the tenancy layer reads.
     pub fn keys() -> Vec<&'static [Key]> {
         let mut keys = vec![KEYS, DatabaseSettings::KEYS, Selected::KEYS];
+{%- if redis_cache %}
+        keys.push(RedisSettings::KEYS);
+{%- endif %}
         ResolveSettings::add_keys(&mut keys);
         keys
     }
@@ -35,6 +45,9 @@ impl TenancySettings {
             resolve: ResolveSettings::read(src)?,
             isolation: Selected::read_settings(src)?,
             tenant_cache_ttl: src.seconds("tenant_cache_ttl", 0, 3600)?,
+{%- if redis_cache %}
+            redis: RedisSettings::read(src)?,
+{%- endif %}
         })
     }
 }

@@ -132,7 +132,7 @@ fn an_unreachable_database_is_named_at_once_and_nothing_half_printed() {
     let out = Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
         .args(["tenant", "list"])
         .env_clear()
-        .envs(crate::helpers::resolution_env())
+        .envs(crate::helpers::base_env())
         // Nothing listens on port 1.
         .env(
             "TENANCY_DATABASE_URL",

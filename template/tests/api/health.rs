@@ -40,7 +40,7 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
 
 #[actix_web::test]
 async fn health_is_503_when_the_database_is_unreachable() {
-    let mut env: HashMap<String, String> = crate::helpers::resolution_env()
+    let mut env: HashMap<String, String> = crate::helpers::base_env()
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();

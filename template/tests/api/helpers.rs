@@ -24,6 +24,14 @@ pub const DOMAIN_SUFFIX: &str = ".example.test";
 pub fn server_url() -> String {
     std::env::var("TENANCY_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.into())
 }
+{%- if redis_cache %}
+
+/// The Redis of the tests (`TENANCY_TEST_REDIS_URL`, default the local one). Tests share
+/// it: keys carry each test database's name.
+pub fn redis_url() -> String {
+    std::env::var("TENANCY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+{%- endif %}
 
 /// `url` with its database name replaced by `database`.
 fn with_database(url: &str, database: &str) -> String {
@@ -136,7 +144,7 @@ impl TestDatabase {
 
     /// The `TENANCY_*` variables of a service on this database.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let mut env = resolution_env();
+        let mut env = base_env();
         env.extend([
             ("TENANCY_DATABASE_URL", self.app_url.clone()),
             ("TENANCY_MIGRATION_DATABASE_URL", self.url.clone()),
@@ -346,7 +354,7 @@ impl TestApp {
             eprintln!("the test server's user is no superuser: its refusal is not checked");
             return;
         }
-        let mut env: HashMap<String, String> = resolution_env()
+        let mut env: HashMap<String, String> = base_env()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
@@ -425,11 +433,15 @@ pub fn sign_hs256(claims: serde_json::Value) -> String {
 }
 {%- endif %}
 
-/// The settings this service's resolvers need in the tests.
+/// The settings the service needs in the tests besides its database: its resolvers'{% if redis_cache %} and
+/// its Redis{% endif %}.
 #[allow(clippy::vec_init_then_push)]
-pub fn resolution_env() -> Vec<(&'static str, String)> {
+pub fn base_env() -> Vec<(&'static str, String)> {
     #[allow(unused_mut)]
     let mut env = Vec::new();
+{%- if redis_cache %}
+    env.push(("TENANCY_REDIS_URL", redis_url()));
+{%- endif %}
 {%- if subdomain_resolver %}
     env.push(("TENANCY_DOMAIN_SUFFIX", DOMAIN_SUFFIX.to_string()));
 {%- endif %}

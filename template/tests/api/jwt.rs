@@ -421,7 +421,7 @@ fn start_up_refuses_settings_that_weaken_verification() {
             "postgres://app@localhost/app".to_string(),
         )]
         .into_iter()
-        .chain(crate::helpers::resolution_env())
+        .chain(crate::helpers::base_env())
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         for (k, v) in extra {

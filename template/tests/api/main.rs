@@ -36,6 +36,9 @@ mod metrics;
 {% if path_resolver -%}
 mod path;
 {% endif -%}
+{% if redis_cache -%}
+mod redis;
+{% endif -%}
 mod replicas;
 mod resolution;
 {% if isolation == "rls" -%}

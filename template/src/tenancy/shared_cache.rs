@@ -1,0 +1,423 @@
+//! The shared level of the tenant cache, in Redis (prompt `redis_cache`): a tenant one
+//! replica read from the registry is served to the others without a registry query.
+//!
+//! - Each tenant is a hash `<prefix><identifier>` with its version (`v`: `updated_at` in
+//!   µs) and its data (`d`, JSON); it lives `TENANCY_TENANT_CACHE_TTL`. The prefix names
+//!   the database (`tenancy:<database>:tenant:`), so services on different databases never
+//!   share keys. Unknown identifiers are not stored (each replica remembers them 5 s).
+//! - Changes: every replica hears of each change (`changes`) and writes a tombstone (the
+//!   new version, no data) unless Redis already holds that version or a later one; a
+//!   write of an older version than the one stored is refused. So a replica that read the
+//!   registry just before a change cannot store what it read after the change.
+//! - Redis slow or down (`TENANCY_REDIS_TIMEOUT`, default 100 ms per operation): requests
+//!   go to the registry, `/health` says `degraded` with the reason, and Redis is checked
+//!   every second. If a tombstone could not be written meanwhile, every key of the prefix
+//!   is removed when Redis answers again, before it is used, so nothing stale survives.
+//! - Everything runs on the database runtime, whose tasks outlive any HTTP worker.
+//! - Redis is trusted like the registry: use a password (`redis://:password@...`), TLS
+//!   (`rediss://`) and a private network.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::{Pool, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::runtime::Handle;
+use uuid::Uuid;
+
+use super::cache::Change;
+use crate::domain::{Tenant, TenantIdentifier};
+use crate::settings::{ConfigError, Key, Source};
+
+/// How often Redis is checked while it fails.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes a tenant unless Redis holds a later version (KEYS[1]; ARGV: version, data, ttl ms).
+const WRITE: &str = r"
+local stored = redis.call('HGET', KEYS[1], 'v')
+if stored and tonumber(stored) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1";
+
+/// Replaces a tenant by a tombstone of `version` unless Redis holds that version or a
+/// later one (KEYS[1]; ARGV: version, ttl ms).
+const FORGET: &str = r"
+local stored = redis.call('HGET', KEYS[1], 'v')
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1";
+
+/// What the shared level reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:6379/0`, or `rediss://` for TLS (`TENANCY_REDIS_URL`).
+    pub url: SecretString,
+    /// The most one Redis operation may take before the registry answers instead
+    /// (`TENANCY_REDIS_TIMEOUT`, milliseconds).
+    pub timeout: Duration,
+}
+
+impl RedisSettings {
+    pub const KEYS: &[Key] = &[("redis_url", None), ("redis_timeout", Some("100"))];
+
+    pub fn read(src: &Source) -> Result<Self, ConfigError> {
+        let url = src.required("redis_url", "the Redis URL, e.g. redis://cache:6379/0")?;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::invalid(
+                "redis_url",
+                "must start with redis:// or rediss:// (TLS)",
+            ));
+        }
+        Ok(Self {
+            url: SecretString::from(url),
+            timeout: Duration::from_millis(src.number("redis_timeout", 1, 60_000)?),
+        })
+    }
+}
+
+/// A tenant as Redis holds it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    id: Uuid,
+    identifier: String,
+    name: String,
+    status: String,
+    isolation: String,
+    metadata: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Stored {
+    fn of(tenant: &Tenant) -> Self {
+        Self {
+            id: tenant.id,
+            identifier: tenant.identifier.to_string(),
+            name: tenant.name.clone(),
+            status: tenant.status.as_str().to_owned(),
+            isolation: tenant.isolation.as_str().to_owned(),
+            metadata: tenant.metadata.clone(),
+            created_at: tenant.created_at,
+            updated_at: tenant.updated_at,
+        }
+    }
+
+    /// The tenant, if the stored value is a well-formed tenant named `identifier`.
+    fn tenant(self, identifier: &TenantIdentifier) -> Option<Tenant> {
+        (self.identifier == identifier.as_str()).then_some(())?;
+        Some(Tenant {
+            id: self.id,
+            identifier: identifier.clone(),
+            name: self.name,
+            status: self.status.parse().ok()?,
+            isolation: self.isolation.parse().ok()?,
+            metadata: self.metadata,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// What `/health` and `/metrics` show of the shared level.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SharedStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Operations that failed or took longer than `TENANCY_REDIS_TIMEOUT`.
+    pub errors: u64,
+    /// Why Redis is not used now, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+}
+
+pub struct SharedCache {
+    pool: Pool,
+    prefix: String,
+    ttl: Duration,
+    timeout: Duration,
+    runtime: Handle,
+    /// Why Redis is not used now (`None`: it is).
+    failing: Mutex<Option<String>>,
+    /// A tombstone could not be written: every key goes before Redis is used again.
+    missed: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+enum RedisError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no Redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis: {0}")]
+    Command(#[from] deadpool_redis::redis::RedisError),
+    #[error("the database runtime stopped")]
+    RuntimeGone,
+}
+
+impl SharedCache {
+    /// A pool for `settings.url` (nothing is connected yet), keys prefixed by `database`.
+    pub fn new(
+        settings: &RedisSettings,
+        database: &str,
+        ttl: Duration,
+        runtime: Handle,
+    ) -> Result<Arc<Self>, String> {
+        let pool = deadpool_redis::Config::from_url(settings.url.expose_secret())
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?;
+        let cache = Arc::new(Self {
+            pool,
+            prefix: format!("tenancy:{database}:tenant:"),
+            ttl,
+            timeout: settings.timeout,
+            runtime,
+            failing: Mutex::new(None),
+            missed: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
+        Ok(cache)
+    }
+
+    fn key(&self, identifier: &TenantIdentifier) -> String {
+        format!("{}{identifier}", self.prefix)
+    }
+
+    fn failing(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> SharedStats {
+        SharedStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            degraded: self.failing().clone(),
+        }
+    }
+
+    /// Runs `command` on a pooled connection, on the database runtime, within the timeout.
+    async fn run<T, F, Fut>(self: &Arc<Self>, command: F) -> Result<T, RedisError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_redis::Connection) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, RedisError>> + Send,
+    {
+        let this = self.clone();
+        let limit = self.timeout;
+        self.runtime
+            .spawn(async move {
+                tokio::time::timeout(limit, async {
+                    let conn = this.pool.get().await?;
+                    command(conn).await
+                })
+                .await
+                .unwrap_or(Err(RedisError::Timeout(limit)))
+            })
+            .await
+            .unwrap_or(Err(RedisError::RuntimeGone))
+    }
+
+    /// Records a failure; the first one starts the probe that notices Redis is back.
+    fn failed(self: &Arc<Self>, error: &RedisError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut failing = self.failing();
+        if failing.is_none() {
+            tracing::warn!(error = %error, "Redis is not used until it answers again");
+            *failing = Some(error.to_string());
+            let this = Arc::downgrade(self);
+            self.runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    let Some(cache) = this.upgrade() else { return };
+                    if cache.recover().await {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Whether Redis answers again; if a tombstone was missed, every key of the prefix is
+    /// removed first.
+    async fn recover(self: &Arc<Self>) -> bool {
+        let missed = self.missed.load(Ordering::Acquire);
+        let prefix = self.prefix.clone();
+        let result = self
+            .run(move |mut conn| async move {
+                let _: String = deadpool_redis::redis::cmd("PING")
+                    .query_async(&mut conn)
+                    .await?;
+                if missed {
+                    remove_all(&mut conn, &prefix).await?;
+                }
+                Ok(())
+            })
+            .await;
+        if result.is_err() {
+            return false;
+        }
+        if missed {
+            self.missed.store(false, Ordering::Release);
+        }
+        *self.failing() = None;
+        tracing::info!(emptied = missed, "Redis answers again and is used");
+        true
+    }
+
+    /// Removes every tenant of the prefix: changes may have been missed by every replica
+    /// (called when this replica starts hearing of changes, at start-up or after its
+    /// listening connection failed).
+    pub async fn forget_all(self: &Arc<Self>) {
+        if !self.usable() {
+            self.missed.store(true, Ordering::Release);
+            return;
+        }
+        let prefix = self.prefix.clone();
+        let removed = self
+            .run(move |mut conn| async move { remove_all(&mut conn, &prefix).await })
+            .await;
+        if let Err(error) = removed {
+            self.missed.store(true, Ordering::Release);
+            self.failed(&error);
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.failing().is_none()
+    }
+
+    /// The tenant named `identifier`, if Redis holds it.
+    pub async fn get(self: &Arc<Self>, identifier: &TenantIdentifier) -> Option<Arc<Tenant>> {
+        if !self.usable() {
+            return None;
+        }
+        let key = self.key(identifier);
+        let data = self
+            .run(move |mut conn| async move {
+                Ok(deadpool_redis::redis::cmd("HGET")
+                    .arg(key)
+                    .arg("d")
+                    .query_async::<Option<String>>(&mut conn)
+                    .await?)
+            })
+            .await;
+        let tenant = match data {
+            Ok(data) => data
+                .and_then(|json| serde_json::from_str::<Stored>(&json).ok())
+                .and_then(|stored| stored.tenant(identifier)),
+            Err(error) => {
+                self.failed(&error);
+                return None;
+            }
+        };
+        match tenant {
+            Some(tenant) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(Arc::new(tenant))
+            }
+            None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Stores `tenant` (read from the registry) unless Redis holds a later version.
+    pub async fn put(self: &Arc<Self>, tenant: &Tenant) {
+        if !self.usable() || self.ttl.is_zero() {
+            return;
+        }
+        let Ok(data) = serde_json::to_string(&Stored::of(tenant)) else {
+            return;
+        };
+        let (key, version, ttl) = (
+            self.key(&tenant.identifier),
+            tenant.updated_at.timestamp_micros(),
+            self.ttl.as_millis() as u64,
+        );
+        let written = self
+            .run(move |mut conn| async move {
+                Ok(deadpool_redis::redis::cmd("EVAL")
+                    .arg(WRITE)
+                    .arg(1)
+                    .arg(key)
+                    .arg(version)
+                    .arg(data)
+                    .arg(ttl)
+                    .query_async::<i64>(&mut conn)
+                    .await?)
+            })
+            .await;
+        if let Err(error) = written {
+            self.failed(&error);
+        }
+    }
+
+    /// Makes Redis forget what a change replaced (see the module's notes).
+    pub async fn forget(self: &Arc<Self>, change: &Change) {
+        if !self.usable() {
+            self.missed.store(true, Ordering::Release);
+            return;
+        }
+        let (identifier, version) = match change {
+            Change::Written {
+                identifier,
+                version,
+            } => (identifier, *version),
+            Change::Removed(identifier) => (identifier, i64::MAX),
+        };
+        let (key, ttl) = (self.key(identifier), self.ttl.as_millis().max(1) as u64);
+        let forgotten = self
+            .run(move |mut conn| async move {
+                Ok(deadpool_redis::redis::cmd("EVAL")
+                    .arg(FORGET)
+                    .arg(1)
+                    .arg(key)
+                    .arg(version)
+                    .arg(ttl)
+                    .query_async::<i64>(&mut conn)
+                    .await?)
+            })
+            .await;
+        if let Err(error) = forgotten {
+            self.missed.store(true, Ordering::Release);
+            self.failed(&error);
+        }
+    }
+}
+
+/// Deletes every key that starts with `prefix`.
+async fn remove_all(conn: &mut deadpool_redis::Connection, prefix: &str) -> Result<(), RedisError> {
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut *conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: u64 = deadpool_redis::redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut *conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}

@@ -1,0 +1,175 @@
+//! The tenant cache's shared level (Redis): what one replica read from the registry the
+//! others get from Redis; with Redis frozen the service answers from the registry, says it
+//! is degraded, and keeps nothing stale once Redis is back. The frozen Redis is a server
+//! of this test's own (`redis-server` on a free port), not the shared one.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+
+use crate::helpers::*;
+use {{crate_name}}::domain::TenantIdentifier;
+
+const LONG_TTL: (&str, &str) = ("TENANCY_TENANT_CACHE_TTL", "3600");
+
+/// A `redis-server` of the test's own, stopped when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// `None` (with a message) where `redis-server` is not installed, which fails the test
+    /// under CI (`CI` set).
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server not found: install Redis"
+            );
+            eprintln!("skipped: redis-server not found (install Redis)");
+            return None;
+        };
+        let server = Self { child, port };
+        let started = Instant::now();
+        while server.cli(&["PING"]) != "PONG" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Runs `redis-cli` against this server; its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli not found: install Redis");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Sends `signal` (STOP freezes it, CONT thaws it).
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[actix_web::test]
+async fn what_one_replica_read_another_gets_from_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = spawn_app_with(&[LONG_TTL, ("TENANCY_REDIS_URL", &url)]).await;
+    let b = {{crate_name}}::startup::prepare(&a.settings).await.unwrap();
+    a.create_tenant("acme").await;
+    let service_a = service!(a);
+    let service_b = test::init_service(app(b.clone(), &a.settings)).await;
+
+    let (status, _) = call!(service_a, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call!(service_b, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b.cache_stats().lookups, 0, "{:?}", b.cache_stats());
+    assert_eq!(
+        b.shared_cache_stats().hits,
+        1,
+        "{:?}",
+        b.shared_cache_stats()
+    );
+    let key = format!("tenancy:{}:tenant:acme", a.db.name);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+}
+
+#[actix_web::test]
+async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_survives() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let app = spawn_app_with(&[LONG_TTL, ("TENANCY_REDIS_URL", &url)]).await;
+    let acme = app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let key = format!("tenancy:{}:tenant:acme", app.db.name);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+
+    // Frozen: every Redis operation times out.
+    redis.signal("STOP");
+    app.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    app.create_tenant("globex").await;
+    let (status, _) = call!(service, get "/api/notes", tenant = "globex");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a new tenant is served from the registry"
+    );
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert!(body["cache"]["shared"]["degraded"].is_string(), "{body}");
+
+    // Thawed: it still holds acme as active, which the service never told it otherwise.
+    redis.signal("CONT");
+    let started = Instant::now();
+    while app.tenancy.shared_cache_stats().degraded.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Redis is not used again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It was emptied before being used again: no stale acme.
+    assert!(!redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // And it is written again.
+    app.tenancy
+        .activate_tenant(&TenantIdentifier::parse("acme").unwrap())
+        .await
+        .unwrap();
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+}
