@@ -88,8 +88,9 @@ pub enum TenantCommand {
 }
 
 /// `serve` logs its own events at info and its dependencies' at warn; one-off commands
-/// only warnings (on stderr). `RUST_LOG` replaces either.
-pub fn init_logging(cli: &Cli) {
+/// only warnings (on stderr). `RUST_LOG` replaces either.{% if opentelemetry %} Keep what it returns until the
+/// process ends (traces still buffered are sent when it is dropped).{% endif %}
+pub fn init_logging(cli: &Cli){% if opentelemetry %} -> Option<crate::otlp::Traces>{% endif %} {
     match cli.command {
         None | Some(Command::Serve) => crate::telemetry::init(
             concat!("warn,", env!("CARGO_CRATE_NAME"), "=info"),

@@ -7,6 +7,9 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+{%- if opentelemetry %}
+pub mod otlp;
+{%- endif %}
 pub mod routes;
 pub mod schema;
 pub mod settings;

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+{%- if opentelemetry %}
+    let _traces = cli::init_logging(&cli);
+{%- else %}
     cli::init_logging(&cli);
+{%- endif %}
     for warning in warnings {
         tracing::warn!("{warning}");
     }

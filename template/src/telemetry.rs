@@ -9,23 +9,35 @@ use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global JSON subscriber writing to `writer`. Call once, at start-up.
-pub fn init<W>(default_filter: &str, writer: W)
+/// Installs the global JSON subscriber writing to `writer`{% if opentelemetry %}, and the export of traces
+/// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `otlp`; keep what it returns until the
+/// process ends){% endif %}. Call once, at start-up.
+pub fn init<W>(default_filter: &str, writer: W){% if opentelemetry %} -> Option<crate::otlp::Traces>{% endif %}
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let subscriber = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(true)
         .with_span_list(false)
         .with_target(true)
-        .with_env_filter(filter)
         .with_writer(writer);
+    let subscriber = tracing_subscriber::registry().with(filter).with(logs);
+{%- if opentelemetry %}
+    let (traces, exporting) = crate::otlp::layer().unzip();
+    // A second call (tests) keeps the first subscriber.
+    let _ = subscriber.with(traces).try_init();
+    exporting
+{%- else %}
     // A second call (tests) keeps the first subscriber.
     let _ = subscriber.try_init();
+{%- endif %}
 }
 
 /// The header that carries a request's id, in and out.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{TestDatabase, server_exec};
 
-fn run(db: &TestDatabase, args: &[&str]) -> Output {
+pub(crate) fn run(db: &TestDatabase, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
         .args(args)
         .env_clear()
@@ -153,7 +153,7 @@ fn an_unreachable_database_is_named_at_once_and_nothing_half_printed() {
 }
 
 /// Kills the server if the test fails before it stopped.
-struct Server(std::process::Child);
+pub(crate) struct Server(pub std::process::Child);
 
 impl Drop for Server {
     fn drop(&mut self) {

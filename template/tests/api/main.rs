@@ -33,6 +33,9 @@ mod jwt;
 {% endif -%}
 mod lifecycle;
 mod metrics;
+{% if opentelemetry -%}
+mod otlp;
+{% endif -%}
 {% if path_resolver -%}
 mod path;
 {% endif -%}
