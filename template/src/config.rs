@@ -197,6 +197,10 @@ mod tests {
         map.entry("TENANCY_JWT_SECRET".into())
             .or_insert_with(|| "jwt-secret-0123456789abcdef0123456789".into());
 {%- endif %}
+{%- if redis_cache %}
+        map.entry("TENANCY_REDIS_URL".into())
+            .or_insert_with(|| "redis://:redis-s3cret@localhost:6379/0".into());
+{%- endif %}
         map
     }
 
@@ -349,6 +353,17 @@ mod tests {
         assert_eq!(warnings.len(), 1);
         assert!(
             warnings[0].starts_with("TENANCY_SKIP_PATHS is ignored: only routes under /api"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_guides_cache_switch_is_reported_as_ignored() {
+        let (_, warnings) =
+            Settings::from_env_map(env(&[("TENANCY_CACHE_ENABLED", "true")])).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("TENANCY_CACHE_ENABLED is ignored: a Redis level"),
             "{warnings:?}"
         );
     }

@@ -223,6 +223,10 @@ pub fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)
             }
             ::metrics::counter!("tenancy_pool_evictions_total", "pool" => pool)
                 .absolute(stats.evicted);
+            for (kind, value) in &stats.errors {
+                ::metrics::counter!("tenancy_database_errors_total", "pool" => pool, "kind" => *kind)
+                    .absolute(*value);
+            }
         }
         ::metrics::gauge!("tenancy_pool_degraded")
             .set(f64::from(u8::from(connections.degraded.is_some())));
@@ -241,7 +245,9 @@ pub fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)
             ::metrics::counter!("tenancy_cache_requests_total", "level" => "shared", "result" => result)
                 .absolute(value);
         }
-        ::metrics::counter!("tenancy_redis_errors_total").absolute(shared.errors);
+        for (kind, value) in &shared.errors {
+            ::metrics::counter!("tenancy_redis_errors_total", "kind" => *kind).absolute(*value);
+        }
         ::metrics::gauge!("tenancy_redis_up").set(f64::from(u8::from(shared.degraded.is_none())));
 {%- endif %}
         if let Some(counts) = tenants_by_status {
@@ -255,4 +261,32 @@ pub fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)
         }
         ::metrics::gauge!("tenancy_registry_up").set(f64::from(u8::from(tenants_by_status.is_some())));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_tenants_make_at_most_the_limit_of_labels_and_other() {
+        let metrics = Metrics::default();
+        for i in 0..10_000 {
+            let label = metrics.tenant_label(&format!("tenant_{i}"), 100);
+            metrics.record(|| {
+                ::metrics::counter!("tenant_requests_total", "tenant" => label).increment(1);
+            });
+        }
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("tenant_requests_total{"))
+            .collect();
+        assert_eq!(series.len(), 101, "{text}");
+        assert!(
+            text.contains("tenant_requests_total{tenant=\"other\"} 9900"),
+            "{text}"
+        );
+        // A tenant labelled once keeps its label.
+        assert_eq!(metrics.tenant_label("tenant_7", 100), "tenant_7");
+    }
 }

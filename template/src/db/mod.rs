@@ -6,10 +6,10 @@
 
 pub mod connect;
 pub mod migrate;
+pub mod observe;
 pub mod pool;
 pub mod runtime;
 pub mod settings;
-pub mod slow;
 
 use pool::{Home, Pool, PoolError, PooledConnection};
 

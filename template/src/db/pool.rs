@@ -28,7 +28,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::connect::{ConnectError, PgConn, connect};
-use super::slow::SlowStatements;
+use super::observe::{ErrorCounts, Observer};
 
 diesel::define_sql_function! {
     /// PostgreSQL's `set_config(name, value, is_local)`: `SET` takes no bind parameters.
@@ -92,7 +92,7 @@ pub struct PoolSettings {
 }
 
 /// What `/health` and the tests see of a pool.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PoolStats {
     pub max_connections: u32,
     pub open_connections: u32,
@@ -107,6 +107,10 @@ pub struct PoolStats {
     pub rescoped: u64,
     /// Idle connections of another tenant closed to make room (database per tenant).
     pub evicted: u64,
+    /// Failures since start, by kind: connecting (`unreachable`, `refused`,
+    /// `too_many_connections`, `setup`), waiting (`pool_timeout`), statements
+    /// (`connection_lost`, `statement_timeout`, `constraint`, `serialization`, `other`).
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
 }
 
 struct Idle {
@@ -172,6 +176,23 @@ struct Counters {
     waiting: AtomicUsize,
 }
 
+impl PoolError {
+    /// The kind this failure counts as (`ErrorCounts`); `None` for failures of a statement,
+    /// which the connection's observer counts itself.
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            PoolError::TimedOut(_) => Some("pool_timeout"),
+            PoolError::Connect(ConnectError::Unreachable { .. }) => Some("unreachable"),
+            PoolError::Connect(error) if error.is_too_many_connections() => {
+                Some("too_many_connections")
+            }
+            PoolError::Connect(ConnectError::Refused { .. }) => Some("refused"),
+            PoolError::Connect(_) => Some("setup"),
+            PoolError::Scope(_) | PoolError::Query(_) | PoolError::Isolation(_) => None,
+        }
+    }
+}
+
 struct Shared {
     name: &'static str,
     settings: PoolSettings,
@@ -185,6 +206,8 @@ struct Shared {
     sockets: Arc<Semaphore>,
     runtime: Handle,
     counters: Counters,
+    /// Failures of this pool and of its connections' statements, by kind.
+    errors: Arc<ErrorCounts>,
 }
 
 /// A pool of connections; cheap to clone.
@@ -280,6 +303,7 @@ impl Pool {
             sockets,
             runtime: runtime.clone(),
             counters: Counters::default(),
+            errors: Arc::default(),
         });
         runtime.spawn(close_idle_connections(Arc::downgrade(&shared)));
         Self { shared }
@@ -287,8 +311,26 @@ impl Pool {
 
     /// A connection for `tenant`: one of `home` already carrying `scope`, else one of
     /// `home` re-scoped to it (with a scope), else a new one opened with `open()`'s
-    /// settings. `open` is awaited only when a connection must be opened.
+    /// settings. `open` is awaited only when a connection must be opened. A failure is
+    /// counted by kind.
     pub async fn get<F>(
+        &self,
+        tenant: Uuid,
+        home: Home,
+        scope: Option<&SessionScope>,
+        open: impl Fn() -> F,
+    ) -> Result<PooledConnection, PoolError>
+    where
+        F: Future<Output = Result<tokio_postgres::Config, PoolError>>,
+    {
+        let got = self.checkout(tenant, home, scope, open).await;
+        if let Some(kind) = got.as_ref().err().and_then(PoolError::kind) {
+            self.shared.errors.count(kind);
+        }
+        got
+    }
+
+    async fn checkout<F>(
         &self,
         tenant: Uuid,
         home: Home,
@@ -369,6 +411,7 @@ impl Pool {
                     return Ok(guard);
                 }
                 Err(error) if error.is_too_many_connections() => {
+                    shared.errors.count("too_many_connections");
                     shared.limit(&error);
                     // Served by the connections already open, or 503 in time.
                     continue;
@@ -413,6 +456,7 @@ impl Pool {
             reused: shared.counters.reused.load(Ordering::Relaxed),
             rescoped: shared.counters.rescoped.load(Ordering::Relaxed),
             evicted: shared.counters.evicted.load(Ordering::Relaxed),
+            errors: shared.errors.snapshot(),
         };
         (stats, limited)
     }
@@ -528,9 +572,10 @@ impl Shared {
             }
         });
         let mut conn = connect(config, &self.runtime, Some(permit), Some(on_close)).await?;
-        if let Some(threshold) = self.settings.slow_statement {
-            conn.set_instrumentation(SlowStatements::new(threshold));
-        }
+        conn.set_instrumentation(Observer::new(
+            self.settings.slow_statement,
+            self.errors.clone(),
+        ));
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
     }

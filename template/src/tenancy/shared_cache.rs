@@ -17,6 +17,7 @@
 //! - Redis is trusted like the registry: use a password (`redis://:password@...`), TLS
 //!   (`rediss://`) and a private network.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +31,9 @@ use uuid::Uuid;
 use super::cache::Change;
 use crate::domain::{Tenant, TenantIdentifier};
 use crate::settings::{ConfigError, Key, Source};
+
+/// The kinds of failed operations, in the order of `SharedCache::errors`.
+const ERROR_KINDS: [&str; 3] = ["timeout", "connection", "command"];
 
 /// How often Redis is checked while it fails.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -128,8 +132,9 @@ impl Stored {
 pub struct SharedStats {
     pub hits: u64,
     pub misses: u64,
-    /// Operations that failed or took longer than `TENANCY_REDIS_TIMEOUT`.
-    pub errors: u64,
+    /// Operations that failed, by kind: `timeout` (longer than `TENANCY_REDIS_TIMEOUT`),
+    /// `connection` (none could be had), `command` (Redis answered with an error).
+    pub errors: BTreeMap<&'static str, u64>,
     /// Why Redis is not used now, if it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
@@ -147,7 +152,8 @@ pub struct SharedCache {
     missed: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
-    errors: AtomicU64,
+    /// Failed operations: timeout, connection, command.
+    errors: [AtomicU64; 3],
 }
 
 /// Why a Redis operation failed.
@@ -184,7 +190,7 @@ impl SharedCache {
             missed: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            errors: Default::default(),
         });
         Ok(cache)
     }
@@ -201,7 +207,11 @@ impl SharedCache {
         SharedStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+            errors: ERROR_KINDS
+                .iter()
+                .zip(&self.errors)
+                .map(|(kind, n)| (*kind, n.load(Ordering::Relaxed)))
+                .collect(),
             degraded: self.failing().clone(),
         }
     }
@@ -230,7 +240,12 @@ impl SharedCache {
 
     /// Records a failure; the first one starts the probe that notices Redis is back.
     fn failed(self: &Arc<Self>, error: &RedisError) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        let kind = match error {
+            RedisError::Timeout(_) => 0,
+            RedisError::Pool(_) | RedisError::RuntimeGone => 1,
+            RedisError::Command(_) => 2,
+        };
+        self.errors[kind].fetch_add(1, Ordering::Relaxed);
         let mut failing = self.failing();
         if failing.is_none() {
             tracing::warn!(error = %error, "Redis is not used until it answers again");
@@ -419,5 +434,42 @@ async fn remove_all(conn: &mut deadpool_redis::Connection, prefix: &str) -> Resu
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_redis_urls_are_accepted_and_never_shown() {
+        let keys: &'static [Key] = RedisSettings::KEYS;
+        let read = |url: &str| RedisSettings::read(&Source::of(&[("redis_url", url)], keys));
+        let settings = read("rediss://:redis-s3cret@cache:6380/0").unwrap();
+        assert_eq!(settings.timeout, Duration::from_millis(100));
+        assert!(!format!("{settings:?}").contains("redis-s3cret"));
+        let refused = read("http://cache:6379").unwrap_err().to_string();
+        assert!(refused.starts_with("TENANCY_REDIS_URL"), "{refused}");
+    }
+
+    #[test]
+    fn a_stored_tenant_is_used_only_under_its_own_identifier() {
+        let stored = || Stored {
+            id: Uuid::nil(),
+            identifier: "acme".into(),
+            name: "Acme".into(),
+            status: "active".into(),
+            isolation: "rls".into(),
+            metadata: serde_json::json!({}),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let acme = TenantIdentifier::parse("acme").unwrap();
+        let globex = TenantIdentifier::parse("globex").unwrap();
+        assert!(stored().tenant(&acme).is_some());
+        assert!(stored().tenant(&globex).is_none());
+        let mut bad = stored();
+        bad.status = "superuser".into();
+        assert!(bad.tenant(&acme).is_none());
     }
 }

@@ -178,6 +178,8 @@ async fn without_connection_slots_the_service_holds_what_it_has_and_says_it_is_d
     assert_eq!(body["status"], "degraded", "{body}");
     let reason = body["connections"]["degraded"].as_str().unwrap();
     assert!(reason.contains("53300"), "{reason}");
+    let refused = &body["connections"]["tenant"]["errors"]["too_many_connections"];
+    assert!(refused.as_u64().unwrap() >= 1, "{body}");
 }
 
 #[actix_web::test]
@@ -194,6 +196,9 @@ async fn a_statement_over_the_timeout_is_cancelled_and_answered_503() {
     let response = actix_web::ResponseError::error_response(&AppError::from(error));
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
+    // Counted by kind (/health, /metrics).
+    let errors = app.tenancy.connection_stats().tenant.errors;
+    assert_eq!(errors["statement_timeout"], 1, "{errors:?}");
 }
 
 /// Log lines written by a subscriber of the test's own.

@@ -144,6 +144,12 @@ async fn metrics_parse_and_carry_requests_errors_tenants_connections_and_cache()
     let misses = [("level", "local"), ("result", "miss")];
     assert!(value(&scrape, "tenancy_cache_requests_total", &misses) >= 1.0);
     assert_eq!(value(&scrape, "tenancy_cache_watching", &[]), 1.0);
+    // Database errors by pool and kind, zero included.
+    let timeouts = [("pool", "tenant"), ("kind", "statement_timeout")];
+    assert_eq!(
+        value(&scrape, "tenancy_database_errors_total", &timeouts),
+        0.0
+    );
     // No tenant label unless asked for.
     assert!(
         scrape

@@ -148,6 +148,13 @@ async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_sur
     let body: serde_json::Value = test::read_body_json(response).await;
     assert_eq!(body["status"], "degraded", "{body}");
     assert!(body["cache"]["shared"]["degraded"].is_string(), "{body}");
+    assert!(
+        body["cache"]["shared"]["errors"]["timeout"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{body}"
+    );
 
     // Thawed: it still holds acme as active, which the service never told it otherwise.
     redis.signal("CONT");
