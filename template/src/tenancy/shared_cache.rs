@@ -15,7 +15,8 @@
 //!   is removed when Redis answers again, before it is used, so nothing stale survives.
 //! - Everything runs on the database runtime, whose tasks outlive any HTTP worker.
 //! - Redis is trusted like the registry: use a password (`redis://:password@...`), TLS
-//!   (`rediss://`) and a private network.
+//!   (`rediss://`, verified against the web PKI roots or `TENANCY_REDIS_CA_FILE`) and a
+//!   private network.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,10 +65,17 @@ pub struct RedisSettings {
     /// The most one Redis operation may take before the registry answers instead
     /// (`TENANCY_REDIS_TIMEOUT`, milliseconds).
     pub timeout: Duration,
+    /// With `rediss://`: the CA certificates (PEM) that sign the server's certificate,
+    /// instead of the web PKI roots (`TENANCY_REDIS_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisSettings {
-    pub const KEYS: &[Key] = &[("redis_url", None), ("redis_timeout", Some("100"))];
+    pub const KEYS: &[Key] = &[
+        ("redis_url", None),
+        ("redis_timeout", Some("100")),
+        ("redis_ca_file", None),
+    ];
 
     pub fn read(src: &Source) -> Result<Self, ConfigError> {
         let url = src.required("redis_url", "the Redis URL, e.g. redis://cache:6379/0")?;
@@ -77,9 +85,17 @@ impl RedisSettings {
                 "must start with redis:// or rediss:// (TLS)",
             ));
         }
+        let ca_file = src.optional("redis_ca_file").map(std::path::PathBuf::from);
+        if ca_file.is_some() && !url.starts_with("rediss://") {
+            return Err(ConfigError::invalid(
+                "redis_ca_file",
+                "is for TLS: TENANCY_REDIS_URL must start with rediss://",
+            ));
+        }
         Ok(Self {
             url: SecretString::from(url),
             timeout: Duration::from_millis(src.number("redis_timeout", 1, 60_000)?),
+            ca_file,
         })
     }
 }
@@ -177,9 +193,29 @@ impl SharedCache {
         ttl: Duration,
         runtime: Handle,
     ) -> Result<Arc<Self>, String> {
-        let pool = deadpool_redis::Config::from_url(settings.url.expose_secret())
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?;
+        let url = settings.url.expose_secret();
+        let pool = match &settings.ca_file {
+            None => deadpool_redis::Config::from_url(url)
+                .create_pool(Some(Runtime::Tokio1))
+                .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    format!("TENANCY_REDIS_CA_FILE: cannot read {}: {e}", path.display())
+                })?;
+                let certificates = deadpool_redis::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                let client = deadpool_redis::redis::Client::build_with_tls(url, certificates)
+                    .map_err(|e| format!("TENANCY_REDIS_CA_FILE: {e}"))?;
+                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+                    .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?;
+                Pool::builder(manager)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?
+            }
+        };
         let cache = Arc::new(Self {
             pool,
             prefix: format!("tenancy:{database}:tenant:"),

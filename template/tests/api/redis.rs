@@ -18,20 +18,98 @@ const LONG_TTL: (&str, &str) = ("TENANCY_TENANT_CACHE_TTL", "3600");
 struct RedisServer {
     child: Child,
     port: u16,
+    /// With TLS: the folder of its certificates (`ca.crt` signs `redis.crt`).
+    tls: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
     /// `None` (with a message) where `redis-server` is not installed, which fails the test
     /// under CI (`CI` set).
     fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// The same, speaking TLS only, with a certificate for 127.0.0.1 signed by a CA made
+    /// for it (`openssl`), kept in `dir`.
+    fn start_tls(dir: &std::path::Path) -> Option<Self> {
+        let openssl = |args: &[&str]| {
+            let done = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl not found: install it");
+            assert!(done.success(), "openssl {args:?}");
+        };
+        let ca = [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ];
+        openssl(
+            &[
+                &ca[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-subj",
+                    "/CN=test-ca",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ]);
+        Self::start_with(Some(dir.to_path_buf()))
+    }
+
+    fn start_with(tls: Option<std::path::PathBuf>) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        match &tls {
+            None => command.args(["--port", &port.to_string()]),
+            Some(dir) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(dir.join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("redis.key")),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn();
         let Ok(child) = child else {
@@ -42,7 +120,7 @@ impl RedisServer {
             eprintln!("skipped: redis-server not found (install Redis)");
             return None;
         };
-        let server = Self { child, port };
+        let server = Self { child, port, tls };
         let started = Instant::now();
         while server.cli(&["PING"]) != "PONG" {
             assert!(
@@ -55,12 +133,21 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Runs `redis-cli` against this server; its output, trimmed.
     fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
+        let mut command = Command::new("redis-cli");
+        if let Some(dir) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(dir.join("ca.crt"));
+        }
+        let output = command
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -179,4 +266,91 @@ async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_sur
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
     assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+}
+
+#[actix_web::test]
+async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() {
+    let dir = tempfile_dir("redis-tls");
+    let Some(redis) = RedisServer::start_tls(&dir) else {
+        return;
+    };
+    let (url, ca) = (redis.url(), dir.join("ca.crt"));
+    let app = spawn_app_with(&[
+        LONG_TTL,
+        ("TENANCY_REDIS_URL", &url),
+        ("TENANCY_REDIS_CA_FILE", ca.to_str().unwrap()),
+    ])
+    .await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let key = format!("tenancy:{}:tenant:acme", app.db.name);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+    assert!(app.tenancy.shared_cache_stats().degraded.is_none());
+
+    // A CA that did not sign Redis's certificate: nothing is sent to it, requests are
+    // still served.
+    let other = tempfile_dir("redis-tls-other");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=another-ca",
+        ])
+        .current_dir(&*other)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let wrong = other.join("ca.crt");
+    let settings = {
+        let mut env: std::collections::HashMap<String, String> = app
+            .db
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        env.insert("TENANCY_REDIS_URL".into(), url.clone());
+        env.insert(
+            "TENANCY_REDIS_CA_FILE".into(),
+            wrong.to_str().unwrap().into(),
+        );
+        {{crate_name}}::config::Settings::from_env_map(env).unwrap().0
+    };
+    let refused = {{crate_name}}::startup::prepare(&settings).await.unwrap();
+    let service = test::init_service({{crate_name}}::startup::app(refused.clone(), &settings)).await;
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let shared = refused.shared_cache_stats();
+    assert!(shared.degraded.is_some(), "{shared:?}");
+    assert_eq!(shared.hits, 0, "{shared:?}");
+}
+
+/// A new empty folder under the system's temporary folder, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir(name: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    TempDir(dir)
 }
