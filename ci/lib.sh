@@ -52,6 +52,7 @@ ensure_postgres() {
 # Redis at 127.0.0.1:6379, for the combinations with redis_cache=true (their tests also
 # start throwaway redis-server processes of their own).
 ensure_redis() {
+  command -v openssl >/dev/null 2>&1 || die "openssl is missing: the Redis TLS test makes its certificates with it (apt-get install openssl)"
   if command -v redis-cli >/dev/null 2>&1 && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     return
   fi

@@ -115,21 +115,7 @@ pub async fn connect(
 ) -> Result<PgConn, ConnectError> {
     runtime
         .spawn(async move {
-            let server = server_of(&config);
-            let socket =
-                open_socket(&config)
-                    .await
-                    .map_err(|source| ConnectError::Unreachable {
-                        server: server.clone(),
-                        source,
-                    })?;
-            let (client, connection) = config
-                .connect_raw(socket, tokio_postgres::NoTls)
-                .await
-                .map_err(|source| ConnectError::Refused {
-                    server: server.clone(),
-                    source,
-                })?;
+            let (client, connection, server) = log_in(&config).await?;
             let closed = Arc::new(AtomicBool::new(false));
             let flag = closed.clone();
             tokio::spawn(async move {
@@ -183,21 +169,7 @@ pub async fn listen(
 ) -> Result<Listener, ConnectError> {
     runtime
         .spawn(async move {
-            let server = server_of(&config);
-            let socket =
-                open_socket(&config)
-                    .await
-                    .map_err(|source| ConnectError::Unreachable {
-                        server: server.clone(),
-                        source,
-                    })?;
-            let (client, mut connection) = config
-                .connect_raw(socket, tokio_postgres::NoTls)
-                .await
-                .map_err(|source| ConnectError::Refused {
-                    server: server.clone(),
-                    source,
-                })?;
+            let (client, mut connection, server) = log_in(&config).await?;
             let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(async move {
                 use tokio_postgres::AsyncMessage;
@@ -239,6 +211,33 @@ pub async fn listen(
 }
 
 type Socket = Either<TcpStream, UnixStream>;
+
+/// An open, logged-in connection: the client, the task that drives it, and the server's
+/// `host:port` for messages.
+type LoggedIn = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<ClosesWithServer<Socket>, tokio_postgres::tls::NoTlsStream>,
+    String,
+);
+
+/// Opens a socket to the server of `config` and logs in.
+async fn log_in(config: &tokio_postgres::Config) -> Result<LoggedIn, ConnectError> {
+    let server = server_of(config);
+    let socket = open_socket(config)
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            server: server.clone(),
+            source,
+        })?;
+    let (client, connection) = config
+        .connect_raw(socket, tokio_postgres::NoTls)
+        .await
+        .map_err(|source| ConnectError::Refused {
+            server: server.clone(),
+            source,
+        })?;
+    Ok((client, connection, server))
+}
 
 /// Connects to the first reachable host of `config` (as libpq does with a host list).
 async fn open_socket(config: &tokio_postgres::Config) -> io::Result<ClosesWithServer<Socket>> {

@@ -274,6 +274,21 @@ impl SharedCache {
             .unwrap_or(Err(RedisError::RuntimeGone))
     }
 
+    /// Runs a Lua `script` on `key` with `args`.
+    async fn eval(
+        self: &Arc<Self>,
+        script: &'static str,
+        key: String,
+        args: Vec<String>,
+    ) -> Result<i64, RedisError> {
+        self.run(move |mut conn| async move {
+            let mut command = deadpool_redis::redis::cmd("EVAL");
+            command.arg(script).arg(1).arg(key).arg(args);
+            Ok(command.query_async::<i64>(&mut conn).await?)
+        })
+        .await
+    }
+
     /// Records a failure; the first one starts the probe that notices Redis is back.
     fn failed(self: &Arc<Self>, error: &RedisError) {
         let kind = match error {
@@ -397,20 +412,8 @@ impl SharedCache {
             tenant.updated_at.timestamp_micros(),
             self.ttl.as_millis() as u64,
         );
-        let written = self
-            .run(move |mut conn| async move {
-                Ok(deadpool_redis::redis::cmd("EVAL")
-                    .arg(WRITE)
-                    .arg(1)
-                    .arg(key)
-                    .arg(version)
-                    .arg(data)
-                    .arg(ttl)
-                    .query_async::<i64>(&mut conn)
-                    .await?)
-            })
-            .await;
-        if let Err(error) = written {
+        let written = self.eval(WRITE, key, vec![version.to_string(), data, ttl.to_string()]);
+        if let Err(error) = written.await {
             self.failed(&error);
         }
     }
@@ -429,19 +432,8 @@ impl SharedCache {
             Change::Removed(identifier) => (identifier, i64::MAX),
         };
         let (key, ttl) = (self.key(identifier), self.ttl.as_millis().max(1) as u64);
-        let forgotten = self
-            .run(move |mut conn| async move {
-                Ok(deadpool_redis::redis::cmd("EVAL")
-                    .arg(FORGET)
-                    .arg(1)
-                    .arg(key)
-                    .arg(version)
-                    .arg(ttl)
-                    .query_async::<i64>(&mut conn)
-                    .await?)
-            })
-            .await;
-        if let Err(error) = forgotten {
+        let forgotten = self.eval(FORGET, key, vec![version.to_string(), ttl.to_string()]);
+        if let Err(error) = forgotten.await {
             self.missed.store(true, Ordering::Release);
             self.failed(&error);
         }

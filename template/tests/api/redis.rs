@@ -32,62 +32,19 @@ impl RedisServer {
     /// The same, speaking TLS only, with a certificate for 127.0.0.1 signed by a CA made
     /// for it (`openssl`), kept in `dir`.
     fn start_tls(dir: &std::path::Path) -> Option<Self> {
-        let openssl = |args: &[&str]| {
-            let done = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl not found: install it");
-            assert!(done.success(), "openssl {args:?}");
-        };
-        let ca = [
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ];
         openssl(
-            &[
-                &ca[..],
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-subj",
-                    "/CN=test-ca",
-                ],
-            ]
-            .concat(),
+            dir,
+            "req -x509 -newkey rsa:2048 -nodes -days 1 -keyout ca.key -out ca.crt -subj /CN=test-ca",
         );
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "redis.key",
-            "-out",
-            "redis.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
+        openssl(
+            dir,
+            "req -newkey rsa:2048 -nodes -keyout redis.key -out redis.csr -subj /CN=127.0.0.1",
+        );
         std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "redis.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "redis.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "ext",
-        ]);
+        openssl(
+            dir,
+            "x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 1 -extfile ext",
+        );
         Self::start_with(Some(dir.to_path_buf()))
     }
 
@@ -97,22 +54,7 @@ impl RedisServer {
             .local_addr()
             .unwrap()
             .port();
-        let mut command = Command::new("redis-server");
-        match &tls {
-            None => command.args(["--port", &port.to_string()]),
-            Some(dir) => command
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .args(["--tls-auth-clients", "no"])
-                .arg("--tls-cert-file")
-                .arg(dir.join("redis.crt"))
-                .arg("--tls-key-file")
-                .arg(dir.join("redis.key")),
-        };
-        let child = command
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn();
-        let Ok(child) = child else {
+        let Ok(child) = spawn(port, tls.as_deref()) else {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "redis-server not found: install Redis"
@@ -121,14 +63,7 @@ impl RedisServer {
             return None;
         };
         let server = Self { child, port, tls };
-        let started = Instant::now();
-        while server.cli(&["PING"]) != "PONG" {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        server.wait_until_up();
         Some(server)
     }
 
@@ -155,6 +90,29 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// Stops it: its data is lost.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port.
+    fn start_again(&mut self) {
+        self.child = spawn(self.port, self.tls.as_deref()).unwrap();
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
+        let started = Instant::now();
+        while self.cli(&["PING"]) != "PONG" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` (STOP freezes it, CONT thaws it).
     fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
@@ -163,6 +121,37 @@ impl RedisServer {
             .unwrap();
         assert!(sent.success());
     }
+}
+
+/// Starts `redis-server` on `port` (TLS only with the certificates in `tls`), keeping
+/// nothing on disk.
+fn spawn(port: u16, tls: Option<&std::path::Path>) -> std::io::Result<Child> {
+    let mut command = Command::new("redis-server");
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(dir) => command
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(dir.join("redis.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.join("redis.key")),
+    };
+    command
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+}
+
+/// Runs `openssl` with `args` (separated by spaces) in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let done = Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl not found: install it");
+    assert!(done.success(), "openssl {args}");
 }
 
 impl Drop for RedisServer {
@@ -266,6 +255,47 @@ async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_sur
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
     assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+}
+
+#[actix_web::test]
+async fn with_redis_stopped_requests_succeed_and_it_is_used_again_once_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let app = spawn_app_with(&[LONG_TTL, ("TENANCY_REDIS_URL", &url)]).await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let key = format!("tenancy:{}:tenant:acme", app.db.name);
+
+    // Down: served from the registry; health says degraded.
+    redis.stop();
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let stats = app.tenancy.shared_cache_stats();
+    assert!(stats.degraded.is_some(), "{stats:?}");
+    assert!(
+        stats.errors["connection"] + stats.errors["timeout"] >= 1,
+        "{stats:?}"
+    );
+    redis.start_again();
+
+    // Back: the probe notices within a second or so, and Redis is written again.
+    let started = Instant::now();
+    while app.tenancy.shared_cache_stats().degraded.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Redis is not used again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.tenancy
+        .suspend_tenant(&TenantIdentifier::parse("acme").unwrap())
+        .await
+        .unwrap();
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"suspended\""));
 }
 
 #[actix_web::test]
