@@ -49,7 +49,7 @@ pub fn app(
 {%- endif %}
         .wrap(from_fn(problem_details))
         .wrap(TracingLogger::<TenantRootSpan>::new())
-        .wrap(from_fn(crate::metrics::record_request))
+        .wrap(from_fn(routes::metrics::record_request))
         .configure(routes::health::routes)
         .configure(|cfg| routes::metrics::routes(cfg, settings.metrics.clone()))
 {%- if admin_api %}

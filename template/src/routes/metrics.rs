@@ -1,14 +1,19 @@
 //! `GET /metrics`: Prometheus text format (see `crate::metrics`), outside `/api`, so no
 //! tenant is needed. With `TENANCY_METRICS_TOKEN` set it needs
-//! `Authorization: Bearer <token>`.
+//! `Authorization: Bearer <token>`. Also the middleware that records every request.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::ContentType;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
+use crate::domain::Tenant;
 use crate::error::AppError;
-use crate::metrics::{MetricsSettings, record_state};
+use crate::metrics::MetricsSettings;
 use crate::tenancy::{Tenancy, registry};
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,4 +52,137 @@ async fn metrics(
                 .map_err(AppError::internal)?,
         ))
         .body(tenancy.metrics.render()))
+}
+
+/// Counts every request (`http_requests_total`), its duration
+/// (`http_request_duration_seconds`), the errors it ended with (`app_errors_total`), and
+/// with tenant labels on, `tenant_requests_total`. Wraps the whole application.
+pub async fn record_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let tenancy = req.app_data::<web::Data<Tenancy>>().cloned();
+    let settings = req.app_data::<web::Data<MetricsSettings>>().cloned();
+    let method = req.method().to_string();
+    let outcome = next.call(req).await;
+    let Some(tenancy) = tenancy else {
+        return outcome;
+    };
+    let took = started.elapsed().as_secs_f64();
+    let (route, status, error, tenant) = match &outcome {
+        Ok(response) => (
+            response
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into()),
+            response.status().as_u16(),
+            response
+                .response()
+                .error()
+                .and_then(|e| e.as_error::<AppError>())
+                .map(AppError::kind),
+            response
+                .request()
+                .extensions()
+                .get::<Arc<Tenant>>()
+                .cloned(),
+        ),
+        Err(error) => (
+            "unmatched".into(),
+            error.as_response_error().status_code().as_u16(),
+            error.as_error::<AppError>().map(AppError::kind),
+            None,
+        ),
+    };
+    let tenant = match (tenant, settings) {
+        (Some(tenant), Some(settings)) if settings.tenant_labels => Some(
+            tenancy
+                .metrics
+                .tenant_label(tenant.identifier.as_str(), settings.tenant_label_limit),
+        ),
+        _ => None,
+    };
+    tenancy.metrics.record(|| {
+        let status = status.to_string();
+        let labels = [
+            ("method", method),
+            ("route", route),
+            ("status", status.clone()),
+        ];
+        ::metrics::counter!("http_requests_total", &labels).increment(1);
+        ::metrics::histogram!("http_request_duration_seconds", &labels).record(took);
+        if let Some(kind) = error {
+            ::metrics::counter!("app_errors_total", "kind" => kind).increment(1);
+        }
+        if let Some(tenant) = tenant {
+            ::metrics::counter!("tenant_requests_total", "tenant" => tenant, "status" => status)
+                .increment(1);
+        }
+    });
+    outcome
+}
+
+/// Records the state of pools, cache and registry, read now (before `/metrics` renders).
+fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)]>) {
+    let connections = tenancy.connection_stats();
+    let cache = tenancy.cache_stats();
+    tenancy.metrics.record(|| {
+        for (pool, stats) in [("tenant", &connections.tenant), ("control", &connections.control)] {
+            for (state, value) in [
+                ("open", stats.open_connections),
+                ("idle", stats.idle_connections),
+                ("in_use", stats.in_use),
+                ("waiting", stats.waiting),
+                ("max", stats.max_connections),
+            ] {
+                ::metrics::gauge!("tenancy_pool_connections", "pool" => pool, "state" => state)
+                    .set(f64::from(value));
+            }
+            ::metrics::counter!("tenancy_pool_connections_opened_total", "pool" => pool)
+                .absolute(stats.opened);
+            for (kind, value) in [("reused", stats.reused), ("rescoped", stats.rescoped)] {
+                ::metrics::counter!("tenancy_pool_checkouts_total", "pool" => pool, "kind" => kind)
+                    .absolute(value);
+            }
+            ::metrics::counter!("tenancy_pool_evictions_total", "pool" => pool)
+                .absolute(stats.evicted);
+            for (kind, value) in &stats.errors {
+                ::metrics::counter!("tenancy_database_errors_total", "pool" => pool, "kind" => *kind)
+                    .absolute(*value);
+            }
+        }
+        ::metrics::gauge!("tenancy_pool_degraded")
+            .set(f64::from(u8::from(connections.degraded.is_some())));
+        for (result, value) in [("hit", cache.hits), ("miss", cache.lookups)] {
+            ::metrics::counter!("tenancy_cache_requests_total", "level" => "local", "result" => result)
+                .absolute(value);
+        }
+        ::metrics::counter!("tenancy_registry_identifier_reads_total")
+            .absolute(cache.identifier_reads);
+        ::metrics::counter!("tenancy_cache_changes_total").absolute(cache.changes);
+        ::metrics::gauge!("tenancy_cache_entries", "level" => "local").set(cache.entries as f64);
+        ::metrics::gauge!("tenancy_cache_watching").set(f64::from(u8::from(cache.watching)));
+{%- if redis_cache %}
+        let shared = tenancy.shared_cache_stats();
+        for (result, value) in [("hit", shared.hits), ("miss", shared.misses)] {
+            ::metrics::counter!("tenancy_cache_requests_total", "level" => "shared", "result" => result)
+                .absolute(value);
+        }
+        for (kind, value) in &shared.errors {
+            ::metrics::counter!("tenancy_redis_errors_total", "kind" => *kind).absolute(*value);
+        }
+        ::metrics::gauge!("tenancy_redis_up").set(f64::from(u8::from(shared.degraded.is_none())));
+{%- endif %}
+        if let Some(counts) = tenants_by_status {
+            for status in crate::domain::TenantStatus::ALL {
+                let count = counts
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                ::metrics::gauge!("tenancy_tenants", "status" => status.as_str()).set(count as f64);
+            }
+        }
+        ::metrics::gauge!("tenancy_registry_up").set(f64::from(u8::from(tenants_by_status.is_some())));
+    });
 }
