@@ -335,6 +335,45 @@ mod tests {
     }
 
     #[test]
+    fn the_env_example_lists_every_setting_once_with_its_default() {
+        // `TENANCY_<KEY>=<value>`, commented out (`# `) unless it must be set.
+        let mut listed: HashMap<String, (bool, String)> = HashMap::new();
+        for line in include_str!("../.env.example").lines() {
+            let (commented, rest) = match line.strip_prefix("# ") {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let Some((name, value)) = rest
+                .strip_prefix("TENANCY_")
+                .and_then(|r| r.split_once('='))
+            else {
+                continue;
+            };
+            let key = name.to_lowercase();
+            let again = listed.insert(key, (commented, value.to_owned()));
+            assert!(again.is_none(), "TENANCY_{name} is listed twice");
+        }
+        for (key, default) in keys().into_iter().flatten() {
+            let var = format!("TENANCY_{}", key.to_uppercase());
+            let (commented, value) = listed.remove(*key).unwrap_or_else(|| {
+                panic!("{var} is read by the service, missing from .env.example")
+            });
+            if let Some(default) = default {
+                assert!(
+                    commented,
+                    "{var}: a setting with a default is shown commented out"
+                );
+                assert_eq!(value, *default, "{var}: .env.example shows another default");
+            }
+        }
+        assert!(
+            listed.is_empty(),
+            "not read by the service: {:?}",
+            listed.keys()
+        );
+    }
+
+    #[test]
     fn unknown_variables_are_reported_not_fatal() {
         let (_, warnings) = Settings::from_env_map(env(&[
             ("TENANCY_DATABASE_POOLSIZE", "3"),

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::db::tls::PgConfig;
+
 const PREFIX: &str = "TENANCY_";
 
 /// A setting's key (lowercase, without `TENANCY_`) and its default (`None`: required or
@@ -138,16 +140,12 @@ impl Source {
     }
 }
 
-/// Refuses what is not a PostgreSQL URL; the message of tokio-postgres never contains the
-/// password, and the URL is not echoed.
+/// Refuses what is not a PostgreSQL URL, or a `sslmode` / `sslrootcert` that cannot be
+/// used (a CA file that cannot be read); the URL is not echoed.
 pub fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    match tokio_postgres::Config::from_str(url) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ConfigError::invalid(
-            key,
-            format!("not a PostgreSQL URL ({e})"),
-        )),
-    }
+    PgConfig::parse(url, None)
+        .map(drop)
+        .map_err(|why| ConfigError::invalid(key, why))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_util::either::Either;
 
+use crate::db::tls::{PgConfig, TlsStream};
+
 /// How long a closing connection waits for the server to close its end before the
 /// permit is released anyway (a server that does not answer).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -33,7 +35,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub enum ConnectError {
     #[error("could not reach PostgreSQL at {server}: {source}")]
     Unreachable { server: String, source: io::Error },
-    #[error("PostgreSQL at {server} refused the connection: {source}")]
+    #[error(
+        "PostgreSQL at {server} refused the connection: {}",
+        with_causes(source)
+    )]
     Refused {
         server: String,
         source: tokio_postgres::Error,
@@ -60,6 +65,18 @@ impl ConnectError {
     pub fn is_too_many_connections(&self) -> bool {
         self.sqlstate() == Some(&SqlState::TOO_MANY_CONNECTIONS)
     }
+}
+
+/// `error` and what caused it (tokio-postgres keeps the server's message or the TLS
+/// failure in the cause: "db error: ...", "error performing TLS handshake: ...").
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    text
 }
 
 /// An open connection, and whether its socket has closed since.
@@ -108,7 +125,7 @@ pub fn server_of(config: &tokio_postgres::Config) -> String {
 /// Opens a connection with `config` on the database runtime. `permit` (a pool's cap) is
 /// held until the server has closed the connection; `on_close` runs then.
 pub async fn connect(
-    config: tokio_postgres::Config,
+    config: PgConfig,
     runtime: &Handle,
     permit: Option<OwnedSemaphorePermit>,
     on_close: Option<Box<dyn FnOnce() + Send>>,
@@ -163,7 +180,7 @@ impl Listener {
 /// Opens a connection with `config` on the database runtime and listens on `channel`
 /// (a constant identifier).
 pub async fn listen(
-    config: tokio_postgres::Config,
+    config: PgConfig,
     runtime: &Handle,
     channel: &'static str,
 ) -> Result<Listener, ConnectError> {
@@ -216,31 +233,35 @@ type Socket = Either<TcpStream, UnixStream>;
 /// `host:port` for messages.
 type LoggedIn = (
     tokio_postgres::Client,
-    tokio_postgres::Connection<ClosesWithServer<Socket>, tokio_postgres::tls::NoTlsStream>,
+    tokio_postgres::Connection<ClosesWithServer<Socket>, TlsStream<ClosesWithServer<Socket>>>,
     String,
 );
 
-/// Opens a socket to the server of `config` and logs in.
-async fn log_in(config: &tokio_postgres::Config) -> Result<LoggedIn, ConnectError> {
+/// Opens a socket to the server of `config` and logs in (over TLS as its `sslmode` says).
+async fn log_in(config: &PgConfig) -> Result<LoggedIn, ConnectError> {
     let server = server_of(config);
-    let socket = open_socket(config)
-        .await
-        .map_err(|source| ConnectError::Unreachable {
-            server: server.clone(),
-            source,
-        })?;
-    let (client, connection) = config
-        .connect_raw(socket, tokio_postgres::NoTls)
-        .await
-        .map_err(|source| ConnectError::Refused {
-            server: server.clone(),
-            source,
-        })?;
+    let unreachable = |source| ConnectError::Unreachable {
+        server: server.clone(),
+        source,
+    };
+    let (socket, host) = open_socket(config).await.map_err(unreachable)?;
+    let tls = config.tls().connector(&host).map_err(unreachable)?;
+    let (client, connection) =
+        config
+            .connect_raw(socket, tls)
+            .await
+            .map_err(|source| ConnectError::Refused {
+                server: server.clone(),
+                source,
+            })?;
     Ok((client, connection, server))
 }
 
 /// Connects to the first reachable host of `config` (as libpq does with a host list).
-async fn open_socket(config: &tokio_postgres::Config) -> io::Result<ClosesWithServer<Socket>> {
+/// Returns the socket and the host's name (what its certificate must name).
+async fn open_socket(
+    config: &tokio_postgres::Config,
+) -> io::Result<(ClosesWithServer<Socket>, String)> {
     let (hosts, addrs, ports) = (
         config.get_hosts(),
         config.get_hostaddrs(),
@@ -253,6 +274,13 @@ async fn open_socket(config: &tokio_postgres::Config) -> io::Result<ClosesWithSe
     );
     for i in 0..count {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        // The name the server is known by: its host name, else its address; a Unix
+        // socket never speaks TLS.
+        let name = match (hosts.get(i), addrs.get(i)) {
+            (Some(Host::Tcp(host)), _) => host.clone(),
+            (_, Some(ip)) => ip.to_string(),
+            _ => "localhost".to_owned(),
+        };
         let attempt = async {
             match (addrs.get(i), hosts.get(i)) {
                 (Some(ip), _) => tcp(TcpStream::connect((*ip, port)).await?),
@@ -272,7 +300,7 @@ async fn open_socket(config: &tokio_postgres::Config) -> io::Result<ClosesWithSe
             None => attempt.await,
         };
         match result {
-            Ok(socket) => return Ok(ClosesWithServer::new(socket)),
+            Ok(socket) => return Ok((ClosesWithServer::new(socket), name)),
             Err(error) => last_error = error,
         }
     }
@@ -353,10 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClosesWithServer<S> {
 }
 
 /// `base` with PostgreSQL's `statement_timeout` (in milliseconds) in its start-up options.
-pub fn with_statement_timeout(
-    base: &tokio_postgres::Config,
-    timeout: Duration,
-) -> tokio_postgres::Config {
+pub fn with_statement_timeout(base: &PgConfig, timeout: Duration) -> PgConfig {
     with_option(
         base,
         format!("-c statement_timeout={}", timeout.as_millis()),
@@ -365,15 +390,11 @@ pub fn with_statement_timeout(
 
 /// `base` with `-c name="value"` added to its start-up options. `value` must be a safe
 /// identifier (a `SchemaName` or a constant).
-pub fn with_session_option(
-    base: &tokio_postgres::Config,
-    name: &str,
-    value: &str,
-) -> tokio_postgres::Config {
+pub fn with_session_option(base: &PgConfig, name: &str, value: &str) -> PgConfig {
     with_option(base, format!("-c {name}=\"{value}\""))
 }
 
-fn with_option(base: &tokio_postgres::Config, option: String) -> tokio_postgres::Config {
+fn with_option(base: &PgConfig, option: String) -> PgConfig {
     let mut config = base.clone();
     let options = match base.get_options() {
         Some(existing) if !existing.trim().is_empty() => format!("{existing} {option}"),

@@ -16,6 +16,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use tokio::runtime::Handle;
 
 use super::connect::{ConnectError, connect};
+use super::tls::PgConfig;
 use crate::domain::SqlIdentifier;
 
 pub const CONTROL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/control");
@@ -38,7 +39,7 @@ pub enum MigrateError {
 /// Returns the versions it applied.
 pub async fn run_pending(
     runtime: &Handle,
-    config: tokio_postgres::Config,
+    config: PgConfig,
     migrations: EmbeddedMigrations,
     lock_name: String,
     before: Vec<String>,

@@ -10,8 +10,10 @@ pub mod observe;
 pub mod pool;
 pub mod runtime;
 pub mod settings;
+pub mod tls;
 
 use pool::{Home, Pool, PoolError, PooledConnection};
+use tls::PgConfig;
 
 /// The schema of the tenant registry (the control plane).
 pub const CONTROL_SCHEMA: &str = "tenancy";
@@ -44,14 +46,14 @@ impl std::ops::DerefMut for TenantConnection {
 #[derive(Clone)]
 pub struct ControlPool {
     pool: Pool,
-    config: tokio_postgres::Config,
+    config: PgConfig,
 }
 
 /// A connection of the control pool.
 pub type ControlConnection = PooledConnection;
 
 impl ControlPool {
-    pub fn new(pool: Pool, config: tokio_postgres::Config) -> Self {
+    pub fn new(pool: Pool, config: PgConfig) -> Self {
         Self { pool, config }
     }
 
@@ -68,7 +70,7 @@ impl ControlPool {
     }
 
     /// How its connections are opened.
-    pub fn config(&self) -> &tokio_postgres::Config {
+    pub fn config(&self) -> &PgConfig {
         &self.config
     }
 }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::connect::{ConnectError, PgConn, connect};
 use super::observe::{ErrorCounts, Observer};
+use super::tls::PgConfig;
 
 diesel::define_sql_function! {
     /// PostgreSQL's `set_config(name, value, is_local)`: `SET` takes no bind parameters.
@@ -321,7 +322,7 @@ impl Pool {
         open: impl Fn() -> F,
     ) -> Result<PooledConnection, PoolError>
     where
-        F: Future<Output = Result<tokio_postgres::Config, PoolError>>,
+        F: Future<Output = Result<PgConfig, PoolError>>,
     {
         let got = self.checkout(tenant, home, scope, open).await;
         if let Some(kind) = got.as_ref().err().and_then(PoolError::kind) {
@@ -338,7 +339,7 @@ impl Pool {
         open: impl Fn() -> F,
     ) -> Result<PooledConnection, PoolError>
     where
-        F: Future<Output = Result<tokio_postgres::Config, PoolError>>,
+        F: Future<Output = Result<PgConfig, PoolError>>,
     {
         let shared = &self.shared;
         let deadline = tokio::time::Instant::now() + shared.settings.wait;
@@ -562,7 +563,7 @@ impl Shared {
 
     async fn open(
         self: &Arc<Self>,
-        config: tokio_postgres::Config,
+        config: PgConfig,
         permit: OwnedSemaphorePermit,
     ) -> Result<PgConn, ConnectError> {
         let pool = Arc::downgrade(self);

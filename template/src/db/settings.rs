@@ -1,13 +1,13 @@
 //! The database settings: the two roles' URLs, pool sizes and timeouts (the README's
 //! "Connections" section says how the sizes combine).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use std::str::FromStr;
-
 use crate::db::connect::server_of;
+use crate::db::tls::{PgConfig, check_ca_file};
 use crate::settings::{ConfigError, Key, Source, check_postgres_url};
 
 #[derive(Debug, Clone)]
@@ -35,6 +35,9 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     /// Statements that take longer are logged at WARN (`TENANCY_SLOW_QUERY_MS`; 0: none).
     pub slow_query: Option<Duration>,
+    /// The CA that signs PostgreSQL's certificates, for URLs with `sslmode=verify-ca` or
+    /// `verify-full` and no `sslrootcert` (`TENANCY_DATABASE_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl DatabaseSettings {
@@ -50,6 +53,7 @@ impl DatabaseSettings {
         ("tenant_pool_idle_timeout", Some("300")),
         ("statement_timeout", Some("30")),
         ("slow_query_ms", Some("500")),
+        ("database_ca_file", None),
     ];
 
     pub fn read(src: &Source) -> Result<Self, ConfigError> {
@@ -69,6 +73,15 @@ impl DatabaseSettings {
             pool_recycle: src.seconds("database_pool_recycle", 1, 7 * 24 * 3600)?,
             tenant_pool_idle_timeout: src.seconds("tenant_pool_idle_timeout", 1, 24 * 3600)?,
             statement_timeout: src.seconds("statement_timeout", 1, 24 * 3600)?,
+            ca_file: match src.optional("database_ca_file") {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    check_ca_file(&path)
+                        .map_err(|why| ConfigError::invalid("database_ca_file", why))?;
+                    Some(path)
+                }
+                None => None,
+            },
             slow_query: match src.number::<u64>("slow_query_ms", 0, 24 * 3600 * 1000)? {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
@@ -85,7 +98,7 @@ impl DatabaseSettings {
     /// URL, so a password is never part of it, whichever way the URL carries one
     /// (`user:password@`, `?password=`, or `password=` in key=value form).
     pub fn describe(&self) -> String {
-        match tokio_postgres::Config::from_str(self.url.expose_secret()) {
+        match PgConfig::parse(self.url.expose_secret(), None) {
             Ok(config) => format!(
                 "{}@{}/{}",
                 config.get_user().unwrap_or("(default user)"),

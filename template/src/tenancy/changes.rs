@@ -21,6 +21,7 @@ use super::cache::{Change, TenantCache};
 use super::shared_cache::SharedCache;
 {%- endif %}
 use crate::db::connect;
+use crate::db::tls::PgConfig;
 
 /// The channel the registry's trigger announces changes on.
 pub const CHANNEL: &str = "tenancy_tenant_changes";
@@ -34,7 +35,7 @@ const RETRY_LAST: Duration = Duration::from_secs(2);
 /// Listens until `stop` is cancelled, on the database runtime. Returns once the first
 /// attempt to listen has succeeded or failed (it keeps trying in the background).
 pub async fn watch(
-    config: tokio_postgres::Config,
+    config: PgConfig,
     cache: Arc<TenantCache>,
 {%- if redis_cache %}
     shared: Arc<SharedCache>,
@@ -55,7 +56,7 @@ pub async fn watch(
 }
 
 async fn listen_forever(
-    config: tokio_postgres::Config,
+    config: PgConfig,
     cache: &TenantCache,
 {%- if redis_cache %}
     shared: &Arc<SharedCache>,

@@ -18,7 +18,6 @@ pub mod shared_cache;
 {%- endif %}
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use secrecy::ExposeSecret;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::DatabaseSettings;
+use crate::db::tls::PgConfig;
 use crate::db::{CONTROL_SCHEMA, ControlPool, TenantConnection, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
 use crate::metrics::Metrics;
@@ -111,8 +111,9 @@ impl Tenancy {
     pub fn new(settings: TenancySettings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
         let database = &settings.database;
-        let mut app = tokio_postgres::Config::from_str(database.url.expose_secret())
-            .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?;
+        let ca_file = database.ca_file.as_deref();
+        let mut app = PgConfig::parse(database.url.expose_secret(), ca_file)
+            .map_err(StartupError::DatabaseUrl)?;
         if app.get_application_name().is_none() {
             app.application_name(env!("CARGO_PKG_NAME"));
         }
@@ -121,10 +122,10 @@ impl Tenancy {
         }
         let app = with_statement_timeout(&app, database.statement_timeout);
         let owner = match &database.migration_url {
-            Some(url) => tokio_postgres::Config::from_str(url.expose_secret())
-                .map_err(|e| StartupError::MigrationDatabaseUrl(e.to_string()))?,
-            None => tokio_postgres::Config::from_str(database.url.expose_secret())
-                .map_err(|e| StartupError::DatabaseUrl(e.to_string()))?,
+            Some(url) => PgConfig::parse(url.expose_secret(), ca_file)
+                .map_err(StartupError::MigrationDatabaseUrl)?,
+            None => PgConfig::parse(database.url.expose_secret(), ca_file)
+                .map_err(StartupError::DatabaseUrl)?,
         };
         let app_role = match (app.get_user(), owner.get_user()) {
             (Some(app), Some(owner)) if app != owner => {

@@ -47,6 +47,17 @@ impl Cluster {
     /// Starts a new cluster; `None` (with a message) where PostgreSQL's server programs
     /// are not installed, which fails the test under CI (`CI` set).
     pub fn start(settings: &[&str]) -> Option<Self> {
+        Self::start_with(settings, None)
+    }
+
+    /// A cluster that accepts TCP connections over TLS only, with the certificate `cert`
+    /// and its key `key` (PEM files); its Unix socket ([`Cluster::socket_url`]) takes
+    /// plain connections for the tests' own set-up.
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Self> {
+        Self::start_with(&[], Some((cert, key)))
+    }
+
+    fn start_with(settings: &[&str], tls: Option<(&Path, &Path)>) -> Option<Self> {
         let Some(bin) = find_bin() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -103,6 +114,23 @@ impl Cluster {
         for setting in settings {
             options.push_str(&format!(" -c {setting}"));
         }
+        if let Some((cert, key)) = tls {
+            let dir = &cluster.dir;
+            std::fs::copy(cert, dir.join("server.crt")).unwrap();
+            std::fs::copy(key, dir.join("server.key")).unwrap();
+            std::fs::write(
+                dir.join("hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            for file in ["server.crt", "server.key", "hba.conf"] {
+                cluster.give_to_server(&dir.join(file));
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key -c hba_file={0}/hba.conf",
+                dir.display()
+            ));
+        }
         std::fs::write(cluster.dir.join("options"), &options).unwrap();
         cluster.pg_ctl("start");
         Some(cluster)
@@ -111,6 +139,31 @@ impl Cluster {
     /// The superuser's URL of the maintenance database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The superuser's URL of the maintenance database, through the Unix socket.
+    pub fn socket_url(&self) -> String {
+        let dir = self.dir.display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{dir}:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Makes `file` the server's own, readable by it alone (PostgreSQL refuses a key
+    /// others can read).
+    fn give_to_server(&self, file: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .arg("postgres")
+                .arg(file)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres {}", file.display());
+        }
     }
 
     /// Stops the server (fast: clients are disconnected) and starts it again; returns

@@ -5,7 +5,11 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::helpers::{query_url, server_url, spawn_app, spawn_app_with};
+use crate::cluster::Cluster;
+use crate::helpers::{
+    TestDatabase, query_url, server_exec_on, server_url, spawn_app, spawn_app_on, spawn_app_with,
+};
+use crate::tls::TestCa;
 use actix_web::http::StatusCode;
 use futures_util::FutureExt;
 use futures_util::future::join_all;
@@ -450,4 +454,83 @@ async fn the_service_refuses_a_superuser_or_an_owner_of_tenant_databases_as_its_
     .await;
     let refusal = app.tenancy.check_app_role().await.unwrap_err().to_string();
     assert!(refusal.contains("owns 1 tenant databases"), "{refusal}");
+}
+
+#[actix_web::test]
+async fn a_tenant_on_another_server_is_reached_with_the_templates_sslmode() {
+    // Two servers taking TCP over TLS only, with certificates for 127.0.0.1 from one CA.
+    let ca = TestCa::new("tenancy-test-ca");
+    let (cert, key) = ca.issue("server", "IP:127.0.0.1");
+    let (Some(main), Some(far)) = (
+        Cluster::start_tls(&cert, &key),
+        Cluster::start_tls(&cert, &key),
+    ) else {
+        return;
+    };
+    let db = TestDatabase::create_on(main.socket_url()).await;
+    let (role, password) = (db.app_role.clone(), db.app_password.clone());
+    server_exec_on(
+        &far.socket_url(),
+        &format!(
+            "CREATE ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{password}'"
+        ),
+    )
+    .await;
+    let tls = format!("sslmode=verify-full&sslrootcert={}", ca.cert().display());
+    let on_main = |user: &str, database: &str| {
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{database}?{tls}",
+            main.port()
+        )
+    };
+    let app_user = format!("{role}:{password}");
+    let far_address = format!("127.0.0.1:{}", far.port());
+    let app = spawn_app_on(
+        db,
+        &[
+            ("TENANCY_DATABASE_URL", &on_main(&app_user, "postgres")),
+            (
+                "TENANCY_DATABASE_URL_TEMPLATE",
+                &on_main(&app_user, "{database}"),
+            ),
+            (
+                "TENANCY_MIGRATION_DATABASE_URL",
+                &on_main("postgres", "postgres"),
+            ),
+            ("TENANCY_DATABASE_SERVERS", &far_address),
+        ],
+    )
+    .await;
+    let placed = NewTenant {
+        server: Some(ServerAddress::parse(&far_address).unwrap()),
+        ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+    };
+    app.tenancy.create_tenant(placed).await.unwrap();
+    app.create_tenant("near").await;
+    let service = service!(app);
+    for name in ["far", "near"] {
+        let (status, body) =
+            call!(service, post "/api/notes", tenant = name, json = json!({"title": name}));
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+    let far_db = format!("{}far", app.db.tenant_database_prefix);
+    let sessions = query_url(
+        &far.socket_url(),
+        &format!(
+            "SELECT a.datname, s.ssl::text FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = '{role}'"
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s[0].as_deref() == Some(far_db.as_str())),
+        "{sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|s| s[1].as_deref() == Some("true")),
+        "{sessions:?}"
+    );
 }

@@ -53,3 +53,4 @@ mod schema;
 {% if subdomain_resolver -%}
 mod subdomain;
 {% endif -%}
+mod tls;

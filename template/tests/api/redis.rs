@@ -10,6 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::test;
 
 use crate::helpers::*;
+use crate::tls::TestCa;
 use {{crate_name}}::domain::TenantIdentifier;
 
 const LONG_TTL: (&str, &str) = ("TENANCY_TENANT_CACHE_TTL", "3600");
@@ -29,23 +30,11 @@ impl RedisServer {
         Self::start_with(None)
     }
 
-    /// The same, speaking TLS only, with a certificate for 127.0.0.1 signed by a CA made
-    /// for it (`openssl`), kept in `dir`.
-    fn start_tls(dir: &std::path::Path) -> Option<Self> {
-        openssl(
-            dir,
-            "req -x509 -newkey rsa:2048 -nodes -days 1 -keyout ca.key -out ca.crt -subj /CN=test-ca",
-        );
-        openssl(
-            dir,
-            "req -newkey rsa:2048 -nodes -keyout redis.key -out redis.csr -subj /CN=127.0.0.1",
-        );
-        std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        openssl(
-            dir,
-            "x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 1 -extfile ext",
-        );
-        Self::start_with(Some(dir.to_path_buf()))
+    /// The same, speaking TLS only, with a certificate for 127.0.0.1 signed by `ca` (its
+    /// folder keeps `redis.crt` and `redis.key`).
+    fn start_tls(ca: &TestCa) -> Option<Self> {
+        ca.issue("redis", "IP:127.0.0.1");
+        Self::start_with(Some(ca.dir.to_path_buf()))
     }
 
     fn start_with(tls: Option<std::path::PathBuf>) -> Option<Self> {
@@ -141,17 +130,6 @@ fn spawn(port: u16, tls: Option<&std::path::Path>) -> std::io::Result<Child> {
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()
-}
-
-/// Runs `openssl` with `args` (separated by spaces) in `dir`.
-fn openssl(dir: &std::path::Path, args: &str) {
-    let done = Command::new("openssl")
-        .args(args.split(' '))
-        .current_dir(dir)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl not found: install it");
-    assert!(done.success(), "openssl {args}");
 }
 
 impl Drop for RedisServer {
@@ -300,11 +278,11 @@ async fn with_redis_stopped_requests_succeed_and_it_is_used_again_once_back() {
 
 #[actix_web::test]
 async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() {
-    let dir = tempfile_dir("redis-tls");
-    let Some(redis) = RedisServer::start_tls(&dir) else {
+    let ca = TestCa::new("redis-test-ca");
+    let Some(redis) = RedisServer::start_tls(&ca) else {
         return;
     };
-    let (url, ca) = (redis.url(), dir.join("ca.crt"));
+    let (url, ca) = (redis.url(), ca.cert());
     let app = spawn_app_with(&[
         LONG_TTL,
         ("TENANCY_REDIS_URL", &url),
@@ -321,25 +299,8 @@ async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() 
 
     // A CA that did not sign Redis's certificate: nothing is sent to it, requests are
     // still served.
-    let other = tempfile_dir("redis-tls-other");
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=another-ca",
-        ])
-        .current_dir(&*other)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let wrong = other.join("ca.crt");
+    let other = TestCa::new("another-ca");
+    let wrong = other.cert();
     let settings = {
         let mut env: std::collections::HashMap<String, String> = app
             .db
@@ -361,26 +322,4 @@ async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() 
     let shared = refused.shared_cache_stats();
     assert!(shared.degraded.is_some(), "{shared:?}");
     assert_eq!(shared.hits, 0, "{shared:?}");
-}
-
-/// A new empty folder under the system's temporary folder, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = std::path::Path;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
 }

@@ -10,8 +10,6 @@
 //! placed on another PostgreSQL server (`tenant create --server`, the admin API's
 //! `server` field).
 
-use std::str::FromStr;
-
 use diesel::sql_types::{Bool, Nullable, Text, Uuid as SqlUuid};
 use diesel::{OptionalExtension, QueryResult};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -24,6 +22,7 @@ use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError};
 use crate::db::settings::DatabaseSettings;
+use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, SqlIdentifier, Tenant, TenantIdentifier};
 use crate::settings::{ConfigError, Key, Source, check_postgres_url};
 
@@ -112,8 +111,14 @@ impl ServerAddress {
         &self.0
     }
 
-    /// `url` (a `postgres://` URL) pointing at this server instead of its own host and port.
-    fn apply_to(&self, url: &str, variable: &str) -> Result<tokio_postgres::Config, String> {
+    /// `url` (a `postgres://` URL) pointing at this server instead of its own host and port
+    /// (its `sslmode` kept: the certificate must then name this server).
+    fn apply_to(
+        &self,
+        url: &str,
+        variable: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<PgConfig, String> {
         let no_url =
             || format!("{variable} must be a postgres:// URL to place tenants on other servers");
         let (scheme, rest) = url.split_once("://").ok_or_else(no_url)?;
@@ -127,7 +132,7 @@ impl ServerAddress {
             credentials.unwrap_or_default(),
             self.0
         );
-        tokio_postgres::Config::from_str(&moved).map_err(|e| format!("{variable}: {e}"))
+        PgConfig::parse(&moved, ca_file).map_err(|e| format!("{variable}: {e}"))
     }
 }
 
@@ -190,6 +195,8 @@ pub struct DatabaseStrategy {
     statement_timeout: std::time::Duration,
     /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`).
     servers: Vec<ServerAddress>,
+    /// `TENANCY_DATABASE_CA_FILE`, for URLs that check the server's certificate.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl DatabaseStrategy {
@@ -226,21 +233,24 @@ impl DatabaseStrategy {
         &self,
         ctx: &Context,
         server: Option<&ServerAddress>,
-    ) -> Result<tokio_postgres::Config, String> {
+    ) -> Result<PgConfig, String> {
         // The template was checked at start-up; `{database}` stands in the database position.
         let url = self
             .url_template
             .as_ref()
             .map(|t| t.expose_secret().replace("{database}", "postgres"));
+        let ca = self.ca_file.as_deref();
         let mut config = match (server, url) {
-            (None, Some(url)) => {
-                tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?
-            }
+            (None, Some(url)) => PgConfig::parse(&url, self.ca_file.as_deref())?,
             (None, None) => ctx.app.clone(),
-            (Some(server), Some(url)) => server.apply_to(&url, "TENANCY_DATABASE_URL_TEMPLATE")?,
-            (Some(server), None) => {
-                server.apply_to(self.database_url.expose_secret(), "TENANCY_DATABASE_URL")?
+            (Some(server), Some(url)) => {
+                server.apply_to(&url, "TENANCY_DATABASE_URL_TEMPLATE", ca)?
             }
+            (Some(server), None) => server.apply_to(
+                self.database_url.expose_secret(),
+                "TENANCY_DATABASE_URL",
+                ca,
+            )?,
         };
         if config.get_application_name().is_none() {
             config.application_name(env!("CARGO_PKG_NAME"));
@@ -254,7 +264,7 @@ impl DatabaseStrategy {
         &self,
         ctx: &Context,
         server: Option<&ServerAddress>,
-    ) -> Result<tokio_postgres::Config, String> {
+    ) -> Result<PgConfig, String> {
         let Some(server) = server else {
             return Ok(ctx.owner.clone());
         };
@@ -263,7 +273,11 @@ impl DatabaseStrategy {
             .as_ref()
             .unwrap_or(&self.database_url)
             .expose_secret();
-        let mut config = server.apply_to(url, "TENANCY_MIGRATION_DATABASE_URL")?;
+        let mut config = server.apply_to(
+            url,
+            "TENANCY_MIGRATION_DATABASE_URL",
+            self.ca_file.as_deref(),
+        )?;
         config.dbname("postgres");
         Ok(config)
     }
@@ -411,6 +425,7 @@ impl Strategy for DatabaseStrategy {
             migration_url: database.migration_url.clone(),
             statement_timeout: database.statement_timeout,
             servers: settings.servers.clone(),
+            ca_file: database.ca_file.clone(),
         }
     }
 
@@ -424,11 +439,7 @@ impl Strategy for DatabaseStrategy {
 
     /// The application role's connection settings for `tenant`'s database, on the server
     /// its record names (read when a connection is opened, never per request).
-    async fn connect_config(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-    ) -> Result<tokio_postgres::Config, PoolError> {
+    async fn connect_config(&self, ctx: &Context, tenant: &Tenant) -> Result<PgConfig, PoolError> {
         let refused = |why: String| PoolError::Isolation(why);
         super::ensure(tenant, Isolation::Database).map_err(refused)?;
         let recorded = {

@@ -14,6 +14,7 @@ use super::{Context, Route, Strategy};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
 use crate::db::settings::DatabaseSettings;
+use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, Tenant};
 use crate::settings::{ConfigError, Key, Source};
 
@@ -66,11 +67,7 @@ impl Strategy for HybridStrategy {
         }
     }
 
-    async fn connect_config(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-    ) -> Result<tokio_postgres::Config, PoolError> {
+    async fn connect_config(&self, ctx: &Context, tenant: &Tenant) -> Result<PgConfig, PoolError> {
         match tenant.isolation {
             Isolation::Schema => self.schema.connect_config(ctx, tenant).await,
             Isolation::Rls => self.rls.connect_config(ctx, tenant).await,

@@ -14,15 +14,16 @@ use crate::db::connect::{ConnectError, PgConn, connect};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::{Home, PoolError, SessionScope};
 use crate::db::settings::DatabaseSettings;
+use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::settings::{ConfigError, Key, Source};
 
 /// What a strategy may use.
 pub struct Context {
     /// The application role, unscoped (tenant connections start from it).
-    pub app: tokio_postgres::Config,
+    pub app: PgConfig,
     /// The role that owns the tables: migrations, provisioning, destroy.
-    pub owner: tokio_postgres::Config,
+    pub owner: PgConfig,
     /// The application role, when it differs from the owner: it is granted data access to
     /// what the owner creates.
     pub app_role: Option<SqlIdentifier>,
@@ -36,7 +37,7 @@ pub struct Context {
 
 impl Context {
     /// A connection outside every pool (migrations, provisioning, destroy).
-    pub async fn connect(&self, config: tokio_postgres::Config) -> Result<PgConn, ConnectError> {
+    pub async fn connect(&self, config: PgConfig) -> Result<PgConn, ConnectError> {
         connect(config, &self.runtime, None, None).await
     }
 }
@@ -71,7 +72,7 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         &self,
         ctx: &Context,
         tenant: &Tenant,
-    ) -> impl Future<Output = Result<tokio_postgres::Config, PoolError>>;
+    ) -> impl Future<Output = Result<PgConfig, PoolError>>;
 
     /// What all tenants share (tables, records), as the owner.
     fn migrate_shared(

@@ -18,6 +18,7 @@ use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope, TENANT_SETTING};
 use crate::db::settings::DatabaseSettings;
+use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::settings::{ConfigError, Source};
 
@@ -56,11 +57,7 @@ impl Strategy for RlsStrategy {
         })
     }
 
-    async fn connect_config(
-        &self,
-        ctx: &Context,
-        _tenant: &Tenant,
-    ) -> Result<tokio_postgres::Config, PoolError> {
+    async fn connect_config(&self, ctx: &Context, _tenant: &Tenant) -> Result<PgConfig, PoolError> {
         Ok(ctx.app.clone())
     }
 

@@ -14,6 +14,7 @@ use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
 use crate::db::settings::DatabaseSettings;
+use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, Tenant, TenantIdentifier};
 use crate::settings::{ConfigError, Source};
 
@@ -73,11 +74,7 @@ impl Strategy for SchemaStrategy {
         })
     }
 
-    async fn connect_config(
-        &self,
-        ctx: &Context,
-        _tenant: &Tenant,
-    ) -> Result<tokio_postgres::Config, PoolError> {
+    async fn connect_config(&self, ctx: &Context, _tenant: &Tenant) -> Result<PgConfig, PoolError> {
         Ok(ctx.app.clone())
     }
 

@@ -1,0 +1,530 @@
+//! TLS to PostgreSQL, as libpq's `sslmode` and `sslrootcert` describe it, with rustls.
+//!
+//! | `sslmode` | encrypted | server certificate checked |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `prefer` (default) | when the server offers it | no |
+//! | `require` | always | no; with a CA given (`sslrootcert`, `TENANCY_DATABASE_CA_FILE`), as `verify-ca` (libpq does the same) |
+//! | `verify-ca` | always | signed by the CA |
+//! | `verify-full` | always | signed by the CA, and for the host name of the URL |
+//!
+//! The CA is `sslrootcert` of the URL, else `TENANCY_DATABASE_CA_FILE`, else (or with
+//! `sslrootcert=system`) the web PKI roots built into the service (Mozilla's list).
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::config::SslMode as WireMode;
+use tokio_postgres::tls::{ChannelBinding, TlsConnect};
+
+/// libpq's `sslmode` values (`allow` is not offered: it prefers no encryption).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        Ok(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other} is not supported: use disable, prefer, require, verify-ca or verify-full"
+                ));
+            }
+        })
+    }
+}
+
+/// A PostgreSQL URL's connection settings and how its connections are secured.
+#[derive(Clone)]
+pub struct PgConfig {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+impl PgConfig {
+    /// Parses a `postgres://` URL or a `key=value` string. `sslmode` and `sslrootcert` are
+    /// read here; `ca_file` (`TENANCY_DATABASE_CA_FILE`) is the CA when the URL names none.
+    /// Errors never hold the URL (it may carry a password).
+    pub fn parse(url: &str, ca_file: Option<&Path>) -> Result<Self, String> {
+        let (rest, mode, root) = take_tls_options(url)?;
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|e| format!("not a PostgreSQL URL ({e})"))?;
+        let mode = mode.unwrap_or(SslMode::Prefer);
+        config.ssl_mode(match mode {
+            SslMode::Disable => WireMode::Disable,
+            SslMode::Prefer => WireMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => WireMode::Require,
+        });
+        let ca = match root.as_deref() {
+            Some("system") => Ca::System,
+            Some(path) => Ca::File(path.to_owned()),
+            None => match ca_file {
+                Some(path) => Ca::File(path.display().to_string()),
+                None => Ca::System,
+            },
+        };
+        let given = !matches!(ca, Ca::System) || root.is_some();
+        let tls = Tls::new(mode, given, &ca)?;
+        Ok(Self { config, tls })
+    }
+
+    pub fn tls(&self) -> &Tls {
+        &self.tls
+    }
+}
+
+impl std::fmt::Debug for PgConfig {
+    // tokio-postgres's own Debug leaves the password out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("config", &self.config)
+            .field("sslmode", &self.tls.mode)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for PgConfig {
+    type Target = tokio_postgres::Config;
+    fn deref(&self) -> &Self::Target {
+        &self.config
+    }
+}
+
+impl std::ops::DerefMut for PgConfig {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.config
+    }
+}
+
+/// Where the CA comes from.
+enum Ca {
+    System,
+    File(String),
+}
+
+/// How connections of one URL are secured: a rustls client configuration shared by them.
+#[derive(Clone)]
+pub struct Tls {
+    mode: SslMode,
+    client: Arc<ClientConfig>,
+}
+
+impl Tls {
+    fn new(mode: SslMode, ca_given: bool, ca: &Ca) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS set-up: {e}"))?;
+        let checked = match mode {
+            SslMode::Disable | SslMode::Prefer => None,
+            SslMode::Require if !ca_given => None,
+            SslMode::Require | SslMode::VerifyCa => Some(false),
+            SslMode::VerifyFull => Some(true),
+        };
+        let client = match checked {
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
+                .with_no_client_auth(),
+            Some(check_name) => {
+                let roots = Arc::new(roots(ca)?);
+                let chain = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| format!("TLS set-up: {e}"))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Checked { chain, check_name }))
+                    .with_no_client_auth()
+            }
+        };
+        Ok(Self {
+            mode,
+            client: Arc::new(client),
+        })
+    }
+
+    pub fn mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// What opens the TLS session of one connection to `host` (the name the certificate
+    /// must hold with `verify-full`).
+    pub fn connector(&self, host: &str) -> Result<Connector, io::Error> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("'{host}' cannot be checked against a certificate"),
+            )
+        })?;
+        Ok(Connector {
+            client: self.client.clone(),
+            name,
+        })
+    }
+}
+
+/// Refuses a CA file that cannot be read or holds no certificate.
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    roots(&Ca::File(path.display().to_string())).map(drop)
+}
+
+/// The CA certificates of `ca`.
+fn roots(ca: &Ca) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match ca {
+        Ca::System => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Ca::File(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read the CA file {path}: {e}"))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("the CA file {path} is not PEM: {e}"))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("the CA file {path} holds a bad certificate: {e}"))?;
+            }
+            if store.is_empty() {
+                return Err(format!("the CA file {path} holds no certificate"));
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `url` without its `sslmode` and `sslrootcert` options, and their values (which
+/// tokio-postgres does not know all of).
+fn take_tls_options(url: &str) -> Result<(String, Option<SslMode>, Option<String>), String> {
+    let mut mode = None;
+    let mut root = None;
+    let mut take = |key: &str, value: String| -> Result<bool, String> {
+        match key {
+            "sslmode" => mode = Some(value.parse::<SslMode>()?),
+            "sslrootcert" => root = Some(value),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_owned(), None, None));
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !take(key, percent_decode(value)?)? {
+                kept.push(pair);
+            }
+        }
+        let rest = match kept.is_empty() {
+            true => base.to_owned(),
+            false => format!("{base}?{}", kept.join("&")),
+        };
+        return Ok((rest, mode, root));
+    }
+    // key=value form: values are plain words or single-quoted.
+    let mut kept = String::new();
+    let mut chars = url.trim().chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let key = key.trim().to_owned();
+        let mut raw = String::new();
+        let mut value = String::new();
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek() == Some(&'\'') {
+            raw.push(chars.next().unwrap_or('\''));
+            while let Some(c) = chars.next() {
+                raw.push(c);
+                match c {
+                    '\\' => {
+                        if let Some(next) = chars.next() {
+                            raw.push(next);
+                            value.push(next);
+                        }
+                    }
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                raw.push(c);
+                value.push(c);
+            }
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if !take(&key, value)? {
+            kept.push_str(&format!("{key}={raw} "));
+        }
+    }
+    Ok((kept.trim_end().to_owned(), mode, root))
+}
+
+fn percent_decode(value: &str) -> Result<String, String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a URL option holds a bad %-escape")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "a URL option is not UTF-8".to_owned())
+}
+
+/// `prefer`, and `require` without a CA: encrypted, any certificate (the handshake's
+/// signatures are still checked).
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+/// `verify-ca` and `verify-full`: the chain must lead to a CA; the name is checked only
+/// with `check_name`.
+#[derive(Debug)]
+struct Checked {
+    chain: Arc<WebPkiServerVerifier>,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for Checked {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .chain
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// Opens the TLS session of one connection (tokio-postgres asks for it after the server
+/// agreed to TLS).
+pub struct Connector {
+    client: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for Connector
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = TlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let session = tokio_rustls::TlsConnector::from(self.client)
+                .connect(self.name, stream)
+                .await?;
+            Ok(TlsStream(Box::new(session)))
+        })
+    }
+}
+
+/// An encrypted connection's stream.
+pub struct TlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_options_are_taken_out_of_both_url_forms() {
+        let (rest, mode, root) = take_tls_options(
+            "postgres://app:pw@db:5432/app?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://app:pw@db:5432/app?application_name=x");
+        assert_eq!(mode, Some(SslMode::VerifyFull));
+        assert_eq!(root.as_deref(), Some("/etc/ca.pem"));
+
+        let (rest, mode, root) = take_tls_options(
+            "host=db sslmode=verify-ca user=app sslrootcert='/etc/my ca.pem' password='a b'",
+        )
+        .unwrap();
+        assert_eq!(rest, "host=db user=app password='a b'");
+        assert_eq!(mode, Some(SslMode::VerifyCa));
+        assert_eq!(root.as_deref(), Some("/etc/my ca.pem"));
+
+        let (rest, mode, root) = take_tls_options("postgres://db/app").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode, root),
+            ("postgres://db/app", None, None)
+        );
+    }
+
+    #[test]
+    fn modes_map_to_what_is_sent_and_what_is_checked() {
+        let parse = |url: &str| PgConfig::parse(url, None).unwrap();
+        assert_eq!(parse("postgres://db/app").tls().mode(), SslMode::Prefer);
+        assert_eq!(parse("postgres://db/app").get_ssl_mode(), WireMode::Prefer);
+        for (url, wire) in [
+            ("postgres://db/app?sslmode=disable", WireMode::Disable),
+            ("postgres://db/app?sslmode=require", WireMode::Require),
+            ("postgres://db/app?sslmode=verify-ca", WireMode::Require),
+            ("host=db sslmode=verify-full", WireMode::Require),
+        ] {
+            assert_eq!(parse(url).get_ssl_mode(), wire, "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_tls_options_are_refused_without_showing_the_url() {
+        let err = PgConfig::parse("postgres://app:s3cret@db/app?sslmode=allow", None)
+            .err()
+            .unwrap();
+        assert!(err.contains("sslmode=allow is not supported"), "{err}");
+        let err = PgConfig::parse(
+            "postgres://app:s3cret@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            None,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.contains("cannot read the CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = PgConfig::parse(
+            "postgres://db/app?sslmode=verify-ca",
+            Some(Path::new("/nonexistent/x.pem")),
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("/nonexistent/x.pem"), "{err}");
+    }
+}
