@@ -22,7 +22,7 @@ rewrite() { # file: the crate's own paths, seen from inside it
   sed -i -E \
     -e "s/\b${crate_ident}::/crate::/g" \
     -e 's/\$crate::helpers::/$crate::api_tests::helpers::/g' \
-    -e 's/\bcrate::(helpers|cluster)::/crate::api_tests::\1::/g' \
+    -e 's/\bcrate::(helpers|cluster|tls)::/crate::api_tests::\1::/g' \
     -e 's/env!\("CARGO_BIN_EXE_[^"]*"\)/"unused-check: never run"/g' \
     "$1"
 }
