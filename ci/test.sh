@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The template's whole test suite: generates every combination in ci/matrix.txt and runs
 # `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, the unused-code check
-# (ci/unused.sh), `cargo deny check licenses bans sources` and `cargo test` on each
-# against the local PostgreSQL, plus checks of the template itself (shell scripts, the
-# pre hook's refusals, the docs). Prints one line per check and `N passed, N failed` at
-# the end; exits non-zero on any failure.
+# (ci/unused.sh), `cargo deny check licenses bans sources`, `cargo test` on each against
+# the local PostgreSQL and the deployment files' checks (ci/deploy.sh), plus checks of
+# the template itself (shell scripts, the pre hook's refusals, the docs). Prints one line
+# per check and `N passed, N failed` at the end; exits non-zero on any failure.
 #
 #   bash ci/test.sh                 # everything in ci/matrix.txt (a pairwise set)
 #   bash ci/test.sh admin_api=false # only matrix lines containing that text
@@ -21,6 +21,7 @@ ensure_cargo_deny
 ensure_postgres
 ensure_other_postgres
 ensure_redis
+ensure_deploy_tools
 # One target directory for every combination, so dependencies compile once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -44,7 +45,7 @@ check_combination() {
   local project
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
   project=$(generate "$root" acme-api $1) || { echo "generation failed" >&2; return 1; }
-  if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project/src" "$project/tests" "$project/docs" "$project/Cargo.toml" "$project/README.md" "$project/deny.toml" >&2; then
+  if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project" --exclude-dir=target >&2; then
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
   (
@@ -57,7 +58,9 @@ check_combination() {
       cargo fetch --quiet &&
       cargo deny --log-level error --offline check licenses bans sources &&
       timeout --kill-after=30 "${TEST_TIMEOUT:-1200}" cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
-      ! grep -q 'test result: FAILED' "$project/test.log"
+      ! grep -q 'test result: FAILED' "$project/test.log" &&
+      rm "$project/test.log" &&
+      bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
 }
@@ -77,11 +80,7 @@ hook_rejects() { # name, expected message, key=value...
 
 shell_scripts() {
   local scripts=(ci/*.sh ci/bench/*.sh .ci/run)
-  if command -v shellcheck >/dev/null 2>&1; then
-    (cd "$root" && shellcheck -x "${scripts[@]}")
-  else
-    (cd "$root" && for script in "${scripts[@]}"; do bash -n "$script" || exit 1; done)
-  fi
+  (cd "$root" && "$DEPLOY_TOOLS/shellcheck" -x "${scripts[@]}")
 }
 
 run_check "template: shell scripts" shell_scripts

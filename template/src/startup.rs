@@ -64,16 +64,24 @@ async fn not_found(_: HttpRequest) -> Result<&'static str, AppError> {
 }
 
 /// What `serve` does before it listens (the tests start from here too): the shared
-/// `Tenancy`, with the control-plane migrations applied, the application role checked and
-/// changes to the registry listened for.
+/// `Tenancy`, with the control-plane migrations applied (given the owner's URL; without
+/// it, the application role may not change the schema, so `migrate` must have run), the
+/// application role checked and changes to the registry listened for.
 pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeError> {
     let mut tenancy = Tenancy::new(settings.tenancy.clone())?;
-    let applied = tenancy
-        .migrate_control()
-        .await
-        .map_err(|e| ServeError::Migrate(e.to_string()))?;
-    if !applied.is_empty() {
-        tracing::info!(applied = ?applied, "control-plane migrations applied");
+    if settings.tenancy.database.migration_url.is_some() {
+        let applied = tenancy
+            .migrate_control()
+            .await
+            .map_err(|e| ServeError::Migrate(e.to_string()))?;
+        if !applied.is_empty() {
+            tracing::info!(applied = ?applied, "control-plane migrations applied");
+        }
+    } else {
+        tenancy
+            .check_registry()
+            .await
+            .map_err(ServeError::NotMigrated)?;
     }
     tenancy
         .check_app_role()
@@ -141,6 +149,11 @@ pub enum ServeError {
     Bind(String, std::io::Error),
     #[error("control-plane migrations failed: {0}")]
     Migrate(String),
+    #[error(
+        "the tenant registry cannot be read ({0}): run `migrate` first, as the owner \
+         (TENANCY_MIGRATION_DATABASE_URL), or give `serve` that URL too"
+    )]
+    NotMigrated(String),
     #[error("{0}")]
     UnsafeRole(String),
     #[error(transparent)]

@@ -219,6 +219,16 @@ impl Tenancy {
         &self.strategy
     }
 
+    /// Checks that the tenant registry is there and readable by the application role
+    /// (what `serve` checks instead of migrating when it has no owner's URL).
+    pub async fn check_registry(&self) -> Result<(), String> {
+        let mut conn = self.control.get().await.map_err(|e| e.to_string())?;
+        registry::count_by_status(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// Refuses an application role that would defeat the isolation strategy (for
     /// Row-Level Security: a superuser, `BYPASSRLS`, or the owner of tenant tables).
     pub async fn check_app_role(&self) -> Result<(), AppRoleError> {

@@ -275,3 +275,38 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
         "{rest:?}"
     );
 }
+
+/// `serve` as a Kubernetes Deployment runs it: the application role's URL only (the
+/// owner's stays with the migrate Job).
+#[actix_web::test]
+async fn without_the_owners_url_serve_uses_what_migrate_applied_and_refuses_before_it() {
+    let settings_of = |db: &TestDatabase| {
+        let env = db
+            .env()
+            .into_iter()
+            .filter(|(key, _)| *key != "TENANCY_MIGRATION_DATABASE_URL")
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        {{crate_name}}::config::Settings::from_env_map(env).unwrap().0
+    };
+
+    // Nothing migrated yet: refused, saying what to run.
+    let fresh = TestDatabase::create().await;
+    let refused = {{crate_name}}::startup::prepare(&settings_of(&fresh))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("run `migrate` first"), "{refused}");
+
+    // Migrated by the owner (as the Job does): served by the application role alone.
+    let app = crate::helpers::spawn_app().await;
+    app.create_tenant("acme").await;
+    let tenancy = {{crate_name}}::startup::prepare(&settings_of(&app.db))
+        .await
+        .unwrap();
+    let service =
+        actix_web::test::init_service({{crate_name}}::startup::app(tenancy, &app.settings)).await;
+    let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, actix_web::http::StatusCode::OK, "{body}");
+}

@@ -468,7 +468,11 @@ async fn a_tenant_on_another_server_is_reached_with_the_templates_sslmode() {
         return;
     };
     let db = TestDatabase::create_on(main.socket_url()).await;
-    let (role, password) = (db.app_role.clone(), db.app_password.clone());
+    let (role, password, name) = (
+        db.app_role.clone(),
+        db.app_password.clone(),
+        db.name.clone(),
+    );
     server_exec_on(
         &far.socket_url(),
         &format!(
@@ -488,14 +492,14 @@ async fn a_tenant_on_another_server_is_reached_with_the_templates_sslmode() {
     let app = spawn_app_on(
         db,
         &[
-            ("TENANCY_DATABASE_URL", &on_main(&app_user, "postgres")),
+            ("TENANCY_DATABASE_URL", &on_main(&app_user, &name)),
             (
                 "TENANCY_DATABASE_URL_TEMPLATE",
                 &on_main(&app_user, "{database}"),
             ),
             (
                 "TENANCY_MIGRATION_DATABASE_URL",
-                &on_main("postgres", "postgres"),
+                &on_main("postgres", &name),
             ),
             ("TENANCY_DATABASE_SERVERS", &far_address),
         ],

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Rolls out {{project-name}}: migrations first, then the service.
+#   deploy/k8s/rollout.sh prod        (or dev; KUBECTL=... to use another kubectl)
+# 1. everything but the Deployment: namespace, config, secrets, the migrate Job;
+# 2. waits for the Job (every tenant migrated; a failure stops here, the old version
+#    keeps serving);
+# 3. the Deployment: new pods become ready one at a time (maxUnavailable 0).
+# Migrations must therefore keep the running version working (add columns and tables;
+# drop what it uses only in a later release).
+set -euo pipefail
+
+overlay=${1:?usage: rollout.sh dev|prod}
+kubectl=${KUBECTL:-kubectl}
+dir=$(cd "$(dirname "$0")" && pwd)/overlays/$overlay
+namespace=$("$kubectl" kustomize "$dir" | sed -nE 's/^  namespace: (.*)$/\1/p' | head -1)
+
+# A finished Job cannot be changed: remove the previous release's.
+"$kubectl" -n "$namespace" delete job {{project-name}}-migrate --ignore-not-found
+"$kubectl" apply -k "$dir" -l 'app.kubernetes.io/component notin (server)'
+echo "waiting for the migrations (kubectl -n $namespace logs -f job/{{project-name}}-migrate)"
+while :; do
+  state=$("$kubectl" -n "$namespace" get job {{project-name}}-migrate \
+    -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}')
+  case $state in
+    *Complete*) break ;;
+    *Failed*)
+      echo "migrations failed; the running version keeps serving:" >&2
+      "$kubectl" -n "$namespace" logs "job/{{project-name}}-migrate" --tail=50 >&2 || true
+      exit 1
+      ;;
+  esac
+  sleep 5
+done
+"$kubectl" apply -k "$dir"
+"$kubectl" -n "$namespace" rollout status deployment/{{project-name}} --timeout=600s
