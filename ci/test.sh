@@ -48,6 +48,7 @@ check_combination() {
   if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project" --exclude-dir=target >&2; then
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
+  stands_alone "$project" || return 1
   (
     cd "$project" &&
       cargo fmt --check &&
@@ -63,6 +64,21 @@ check_combination() {
       bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
+}
+
+# A generated project points at nothing outside itself: every file path its text names
+# (docs/*.md, deploy/...) exists in it, no Markdown link leaves it, and nothing names the
+# template's own material.
+stands_alone() { # project
+  local project=$1 missing=0 path
+  while IFS= read -r path; do
+    [ -e "$project/$path" ] || { echo "$path is named in the project but not generated" >&2; missing=1; }
+  done < <(grep -rhoE '\b(docs/[a-z_-]+\.md|deploy/k8s/[a-z_./-]+[a-z])' "$project" --exclude-dir=target | sort -u)
+  if grep -rnE '\]\(\.\./|\.\./shared|reference guide|fastapi' "$project" --exclude-dir=target >&2; then
+    echo "the project points outside itself (above)" >&2
+    missing=1
+  fi
+  return $missing
 }
 
 hook_rejects() { # name, expected message, key=value...
