@@ -138,28 +138,30 @@ impl Tls {
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS set-up: {e}"))?;
-        let checked = match mode {
-            SslMode::Disable | SslMode::Prefer => None,
-            SslMode::Require if !ca_given => None,
-            SslMode::Require | SslMode::VerifyCa => Some(false),
-            SslMode::VerifyFull => Some(true),
+        // Whether the certificate's chain is checked, and whether its name is too.
+        let (check_chain, check_name) = match mode {
+            SslMode::Disable | SslMode::Prefer => (false, false),
+            SslMode::Require => (ca_given, false),
+            SslMode::VerifyCa => (true, false),
+            SslMode::VerifyFull => (true, true),
         };
-        let client = match checked {
-            None => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
-                .with_no_client_auth(),
-            Some(check_name) => {
-                let roots = Arc::new(roots(ca)?);
-                let chain = WebPkiServerVerifier::builder_with_provider(roots, provider)
+        let chain = match check_chain {
+            true => Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone())
                     .build()
-                    .map_err(|e| format!("TLS set-up: {e}"))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Checked { chain, check_name }))
-                    .with_no_client_auth()
-            }
+                    .map_err(|e| format!("TLS set-up: {e}"))?,
+            ),
+            false => None,
         };
+        let verifier = Verifier {
+            provider,
+            chain,
+            check_name,
+        };
+        let client = builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         Ok(Self {
             mode,
             client: Arc::new(client),
@@ -303,57 +305,18 @@ fn percent_decode(value: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "a URL option is not UTF-8".to_owned())
 }
 
-/// `prefer`, and `require` without a CA: encrypted, any certificate (the handshake's
-/// signatures are still checked).
+/// What a connection checks of the server's certificate: nothing (`prefer`, `require`
+/// without a CA: encrypted, any certificate), or that its chain leads to a CA, and with
+/// `check_name` that it is for the host name (`verify-ca`, `verify-full`). The
+/// handshake's signatures are checked in every case.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-/// `verify-ca` and `verify-full`: the chain must lead to a CA; the name is checked only
-/// with `check_name`.
-#[derive(Debug)]
-struct Checked {
-    chain: Arc<WebPkiServerVerifier>,
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
     check_name: bool,
 }
 
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for Checked {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -362,10 +325,10 @@ impl ServerCertVerifier for Checked {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .chain
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
@@ -379,7 +342,8 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -388,11 +352,14 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.chain.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
