@@ -9,10 +9,6 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
-
-use crate::db::tls::PgConfig;
-
 const PREFIX: &str = "TENANCY_";
 
 /// A setting's key (lowercase, without `TENANCY_`) and its default (`None`: required or
@@ -129,23 +125,6 @@ impl Source {
             )),
         }
     }
-
-    /// A PostgreSQL URL, kept secret (it may hold a password).
-    pub fn postgres_url(&self, key: &str) -> Result<Option<SecretString>, ConfigError> {
-        let Some(url) = self.optional(key) else {
-            return Ok(None);
-        };
-        check_postgres_url(key, &url)?;
-        Ok(Some(SecretString::from(url)))
-    }
-}
-
-/// Refuses what is not a PostgreSQL URL, or a `sslmode` / `sslrootcert` that cannot be
-/// used (a CA file that cannot be read); the URL is not echoed.
-pub fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    PgConfig::parse(url, None)
-        .map(drop)
-        .map_err(|why| ConfigError::invalid(key, why))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::db::connect::server_of;
 use crate::db::tls::{PgConfig, check_ca_file};
-use crate::settings::{ConfigError, Key, Source, check_postgres_url};
+use crate::settings::{ConfigError, Key, Source};
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
@@ -64,7 +64,13 @@ impl DatabaseSettings {
         check_postgres_url("database_url", &url)?;
         Ok(Self {
             url: SecretString::from(url),
-            migration_url: src.postgres_url("migration_database_url")?,
+            migration_url: match src.optional("migration_database_url") {
+                Some(url) => {
+                    check_postgres_url("migration_database_url", &url)?;
+                    Some(SecretString::from(url))
+                }
+                None => None,
+            },
             pool_size: src.number("database_pool_size", 1, 1_000)?,
             max_overflow: src.number("database_max_overflow", 0, 1_000)?,
             max_total_connections: src.number("max_total_connections", 1, 100_000)?,
@@ -108,6 +114,14 @@ impl DatabaseSettings {
             Err(_) => "(not a PostgreSQL URL)".to_owned(),
         }
     }
+}
+
+/// Refuses what is not a PostgreSQL URL, or a `sslmode` / `sslrootcert` that cannot be
+/// used (a CA file that cannot be read); the URL is not echoed.
+pub fn check_postgres_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    PgConfig::parse(url, None)
+        .map(drop)
+        .map_err(|why| ConfigError::invalid(key, why))
 }
 
 #[cfg(test)]

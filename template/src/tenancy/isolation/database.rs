@@ -21,10 +21,10 @@ use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError};
-use crate::db::settings::DatabaseSettings;
+use crate::db::settings::{DatabaseSettings, check_postgres_url};
 use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, SqlIdentifier, Tenant, TenantIdentifier};
-use crate::settings::{ConfigError, Key, Source, check_postgres_url};
+use crate::settings::{ConfigError, Key, Source};
 
 /// Run in every tenant's database (schema `public`), with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_database");
