@@ -3,8 +3,9 @@
 # `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, the unused-code check
 # (ci/unused.sh), `cargo deny check licenses bans sources`, `cargo test` on each against
 # the local PostgreSQL and the deployment files' checks (ci/deploy.sh), plus checks of
-# the template itself (shell scripts, the pre hook's refusals, the docs). Prints one line
-# per check and `N passed, N failed` at the end; exits non-zero on any failure.
+# the template itself (shell scripts, the pre hook's refusals, the questions asked at a
+# terminal, the docs). Prints one line per check and `N passed, N failed` at the end;
+# exits non-zero on any failure.
 #
 #   bash ci/test.sh                 # everything in ci/matrix.txt (a pairwise set)
 #   bash ci/test.sh admin_api=false # only matrix lines containing that text
@@ -109,6 +110,8 @@ run_check "template: pre-hook refuses chain=jwt" \
   hook_rejects demo "needs at least two resolvers" resolution=chain chain=jwt
 run_check "template: pre-hook refuses chain=jwt,cookie" \
   hook_rejects demo "'cookie' is not a resolver" resolution=chain chain=jwt,cookie
+run_check "template: interactive generation asks only what applies (ci/interactive.py)" \
+  python3 "$root/ci/interactive.py"
 
 combinations() {
   if [ "$filter" = --full ]; then
