@@ -2,8 +2,9 @@
 # Checks a generated project's deployment files: `bash ci/deploy.sh PROJECT_DIR`.
 #   - Dockerfile: hadolint; every YAML file: yamllint (ci/yamllint.yaml); workflows:
 #     actionlint; shell scripts: shellcheck.
-#   - With deploy/k8s: both overlays render (`kubectl kustomize`) and validate against the
-#     Kubernetes schemas (kubernetes-validate --strict, at 1.30 and the latest).
+#   - With deploy/k8s: both overlays render (`kubectl kustomize`), validate against the
+#     Kubernetes schemas (kubernetes-validate --strict, at 1.30 and the latest), and their
+#     numbers agree (ci/k8s_numbers.py: grace period vs drain, replicas vs connections).
 #   - checkov on the Dockerfile and the rendered manifests, and its secret scan on every
 #     file (skipped checks and why: below).
 #   - With deploy/k8s, the dev overlay configures the service it deploys: the project's
@@ -72,7 +73,8 @@ trap 'rm -rf "$rendered"' EXIT
 render_and_validate() { # overlay
   kubectl kustomize "deploy/k8s/overlays/$1" >"$rendered/$1.yaml" &&
     "$DEPLOY_TOOLS/kubernetes-validate" --strict --quiet -k 1.30.0 "$rendered/$1.yaml" &&
-    "$DEPLOY_TOOLS/kubernetes-validate" --strict --quiet "$rendered/$1.yaml"
+    "$DEPLOY_TOOLS/kubernetes-validate" --strict --quiet "$rendered/$1.yaml" &&
+    "$DEPLOY_TOOLS/python" "$root/ci/k8s_numbers.py" "$rendered/$1.yaml" deploy/k8s/base/kustomization.yaml
 }
 
 # One checkov run (it takes most of a minute to start) over a copy of the project in which
@@ -184,8 +186,8 @@ manifests_configure_the_service() {
 }
 
 if [ -d deploy/k8s ]; then
-  check "kubectl kustomize + kubernetes-validate: overlays/dev" render_and_validate dev
-  check "kubectl kustomize + kubernetes-validate: overlays/prod" render_and_validate prod
+  check "kubectl kustomize + kubernetes-validate + numbers: overlays/dev" render_and_validate dev
+  check "kubectl kustomize + kubernetes-validate + numbers: overlays/prod" render_and_validate prod
 fi
 check "checkov: Dockerfile, rendered manifests" checkov_all
 check "no secret in any file (checkov's secret scan)" no_secret_in_any_file
