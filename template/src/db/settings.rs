@@ -104,7 +104,7 @@ impl DatabaseSettings {
     /// URL, so a password is never part of it, whichever way the URL carries one
     /// (`user:password@`, `?password=`, or `password=` in key=value form).
     pub fn describe(&self) -> String {
-        match PgConfig::parse(self.url.expose_secret(), None) {
+        match PgConfig::settings_only(self.url.expose_secret()) {
             Ok(config) => format!(
                 "{}@{}/{}",
                 config.get_user().unwrap_or("(default user)"),

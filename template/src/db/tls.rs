@@ -94,6 +94,13 @@ impl PgConfig {
     pub fn tls(&self) -> &Tls {
         &self.tls
     }
+
+    /// The connection settings of `url` without building its TLS (no CA file is read):
+    /// for what only describes the URL, such as log lines.
+    pub fn settings_only(url: &str) -> Result<tokio_postgres::Config, String> {
+        let (rest, _, _) = take_tls_options(url)?;
+        tokio_postgres::Config::from_str(&rest).map_err(|e| format!("not a PostgreSQL URL ({e})"))
+    }
 }
 
 impl std::fmt::Debug for PgConfig {
