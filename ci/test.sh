@@ -11,12 +11,17 @@
 #   bash ci/test.sh admin_api=false # only matrix lines containing that text
 #   bash ci/test.sh --full          # every isolation x resolution pair (about 20 more
 #                                   # combinations: ~20 minutes warm)
+#
+# Limits: TEST_TIMEOUT (seconds for one combination's `cargo test`, default 900) and
+# TIME_BUDGET (seconds after which no combination starts, default 4500; raise it for
+# --full).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=ci/lib.sh
 source "$root/ci/lib.sh"
 
+started=$(date +%s)
 ensure_cargo_generate
 ensure_cargo_deny
 ensure_postgres
@@ -28,7 +33,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/act
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 filter="${1:-}"
-passed=0 failed=0 summary=()
+passed=0 failed=0
+summary=("$(printf '%-6s %-62s %4ss' setup "tools and services" $(($(date +%s) - started)))")
 record() { # name, status, seconds
   summary+=("$(printf '%-6s %-62s %4ss' "$2" "$1" "$3")")
   if [ "$2" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
@@ -59,12 +65,32 @@ check_combination() {
       # (a build downloads only this platform's), then check without the network.
       cargo fetch --quiet &&
       cargo deny --log-level error --offline check licenses bans sources &&
-      timeout --kill-after=30 "${TEST_TIMEOUT:-1200}" cargo test --quiet 2>&1 | tee "$project/test.log" | grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked)' >&2 &&
-      ! grep -q 'test result: FAILED' "$project/test.log" &&
-      rm "$project/test.log" &&
+      run_tests "$project" &&
       bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
+}
+
+# `cargo test` in the project, within TEST_TIMEOUT seconds. Its output goes to a file, not
+# a pipe: a process a test started and left behind would hold a pipe open for ever. What
+# the tests left running (a test binary that aborts runs no destructors) is killed after:
+# `timeout` runs them in a process group of its own. Prints the results, the tests that
+# ran long and, on failure, the end of the output.
+run_tests() { # project
+  local log=$1/test.log limit=${TEST_TIMEOUT:-900} pid status
+  timeout --kill-after=30 "$limit" cargo test --quiet >"$log" 2>&1 </dev/null &
+  pid=$!
+  wait "$pid"
+  status=$?
+  kill -KILL -- "-$pid" 2>/dev/null
+  grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked|test .* has been running for over)' "$log" >&2
+  case $status in
+    0) rm "$log"; return 0 ;;
+    124 | 137) echo "cargo test did not finish within $limit s (TEST_TIMEOUT); the end of its output:" >&2 ;;
+    *) echo "cargo test failed (exit $status); the end of its output:" >&2 ;;
+  esac
+  tail -n 30 "$log" | cut -c1-300 >&2
+  return 1
 }
 
 # A generated project points at nothing outside itself: every file path its text names
@@ -128,6 +154,13 @@ combinations() {
 while IFS= read -r line; do
   case "$line" in ''|'#'*) continue ;; esac
   [ -n "$filter" ] && [ "$filter" != --full ] && [[ "$line" != *"$filter"* ]] && continue
+  # Past TIME_BUDGET seconds no combination starts, so that the summary is printed
+  # before CI's own limit (90 minutes) ends the run without one.
+  if [ $(($(date +%s) - started)) -gt "${TIME_BUDGET:-4500}" ]; then
+    echo "not started: the run is past its TIME_BUDGET (${TIME_BUDGET:-4500} s)" >&2
+    record "generated: $line" FAIL 0
+    continue
+  fi
   run_check "generated: $line" check_combination "$line"
 done < <(combinations)
 

@@ -149,7 +149,8 @@ pub struct SharedStats {
     pub hits: u64,
     pub misses: u64,
     /// Operations that failed, by kind: `timeout` (longer than `TENANCY_REDIS_TIMEOUT`),
-    /// `connection` (none could be had), `command` (Redis answered with an error).
+    /// `connection` (none could be had, or it broke), `command` (Redis answered with an
+    /// error).
     pub errors: BTreeMap<&'static str, u64>,
     /// Why Redis is not used now, if it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +184,20 @@ enum RedisError {
     Command(#[from] deadpool_redis::redis::RedisError),
     #[error("the database runtime stopped")]
     RuntimeGone,
+}
+
+impl RedisError {
+    /// Its index in `ERROR_KINDS`. A connection that breaks under a command (Redis
+    /// stopped, reset, refused) is a connection error, not a command one.
+    fn kind(&self) -> usize {
+        match self {
+            Self::Timeout(_) => 0,
+            Self::Command(e) if e.is_timeout() => 0,
+            Self::Command(e) if e.is_io_error() || e.is_connection_dropped() => 1,
+            Self::Pool(_) | Self::RuntimeGone => 1,
+            Self::Command(_) => 2,
+        }
+    }
 }
 
 impl SharedCache {
@@ -291,12 +306,7 @@ impl SharedCache {
 
     /// Records a failure; the first one starts the probe that notices Redis is back.
     fn failed(self: &Arc<Self>, error: &RedisError) {
-        let kind = match error {
-            RedisError::Timeout(_) => 0,
-            RedisError::Pool(_) | RedisError::RuntimeGone => 1,
-            RedisError::Command(_) => 2,
-        };
-        self.errors[kind].fetch_add(1, Ordering::Relaxed);
+        self.errors[error.kind()].fetch_add(1, Ordering::Relaxed);
         let mut failing = self.failing();
         if failing.is_none() {
             tracing::warn!(error = %error, "Redis is not used until it answers again");
@@ -478,6 +488,24 @@ mod tests {
         assert!(!format!("{settings:?}").contains("redis-s3cret"));
         let refused = read("http://cache:6379").unwrap_err().to_string();
         assert!(refused.starts_with("TENANCY_REDIS_URL"), "{refused}");
+    }
+
+    #[test]
+    fn a_connection_that_breaks_under_a_command_is_a_connection_error() {
+        use deadpool_redis::redis::{ErrorKind, RedisError as Redis};
+        use std::io;
+        let kind = |e: RedisError| ERROR_KINDS[e.kind()];
+        let io = |kind: io::ErrorKind| RedisError::Command(Redis::from(io::Error::from(kind)));
+        assert_eq!(kind(io(io::ErrorKind::ConnectionReset)), "connection");
+        assert_eq!(kind(io(io::ErrorKind::ConnectionRefused)), "connection");
+        assert_eq!(kind(io(io::ErrorKind::BrokenPipe)), "connection");
+        assert_eq!(kind(io(io::ErrorKind::TimedOut)), "timeout");
+        assert_eq!(
+            kind(RedisError::Timeout(Duration::from_millis(100))),
+            "timeout"
+        );
+        let answered = Redis::from((ErrorKind::UnexpectedReturnType, "not an integer"));
+        assert_eq!(kind(RedisError::Command(answered)), "command");
     }
 
     #[test]

@@ -104,11 +104,16 @@ impl RedisServer {
 
     /// Sends `signal` (STOP freezes it, CONT thaws it).
     fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
+        assert!(self.send(signal), "kill -{signal} failed");
+    }
+
+    /// Whether `signal` reached it (no longer, once it is stopped).
+    fn send(&self, signal: &str) -> bool {
+        Command::new("kill")
             .args([format!("-{signal}"), self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status()
-            .unwrap();
-        assert!(sent.success());
+            .is_ok_and(|status| status.success())
     }
 }
 
@@ -129,12 +134,15 @@ fn spawn(port: u16, tls: Option<&std::path::Path>) -> std::io::Result<Child> {
     command
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
 }
 
 impl Drop for RedisServer {
+    /// Never panics: it also runs while a failed test unwinds, where a second panic would
+    /// abort every test and leave the other tests' servers running.
     fn drop(&mut self) {
-        self.signal("CONT");
+        self.send("CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
