@@ -103,6 +103,23 @@ stop_other_postgres() {
   rm -rf "$OTHER_POSTGRES_DIR"
 }
 
+# One target directory for every generated project, so dependencies compile once. It
+# holds one build of `acme-api` at a time: two scripts building different combinations
+# at once would overwrite each other's binaries, and a test would run another
+# combination's. So a script waits while another live one (its pid in .ci-lock) uses it.
+use_shared_target_dir() {
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
+  mkdir -p "$CARGO_TARGET_DIR"
+  local lock=$CARGO_TARGET_DIR/.ci-lock other said=
+  while other=$(cat "$lock" 2>/dev/null) && [ -n "$other" ] && [ "$other" != $$ ] &&
+    kill -0 "$other" 2>/dev/null; do
+    [ -n "$said" ] || say "waiting for process $other, which builds in $CARGO_TARGET_DIR (or set CARGO_TARGET_DIR)"
+    said=1
+    sleep 5
+  done
+  echo $$ >"$lock"
+}
+
 # Generates the template with the given -d values into a new temporary folder and
 # prints the project's path.
 generate() {

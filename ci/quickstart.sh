@@ -12,7 +12,7 @@ ensure_cargo_generate
 ensure_postgres
 command -v curl >/dev/null 2>&1 || die "curl is missing (apt-get install curl)"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
+use_shared_target_dir
 out="$root/target/quickstart"
 rm -rf "$out" && mkdir -p "$out"
 say "generating the default service into $out/acme-api"

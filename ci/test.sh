@@ -28,8 +28,7 @@ ensure_postgres
 ensure_other_postgres
 ensure_redis
 ensure_deploy_tools
-# One target directory for every combination, so dependencies compile once.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
+use_shared_target_dir
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 filter="${1:-}"

@@ -34,7 +34,7 @@ BARE_POOL=${BARE_POOL:-40}
 ensure_cargo_generate
 ensure_postgres
 command -v wrk >/dev/null 2>&1 || die "wrk is missing (apt-get install wrk)"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
+use_shared_target_dir
 server_url=${TENANCY_TEST_DATABASE_URL%/*}
 database=actix_tenancy_bench
 prefix=bt_

@@ -16,7 +16,7 @@ TENANTS=${TENANTS:-100}
 STRATEGIES=${STRATEGIES:-schema rls database}
 ensure_cargo_generate
 ensure_postgres
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/target}"
+use_shared_target_dir
 base="${TENANCY_TEST_DATABASE_URL%/*}"
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
