@@ -10,6 +10,11 @@
 //!
 //! The CA is `sslrootcert` of the URL, else `TENANCY_DATABASE_CA_FILE`, else (or with
 //! `sslrootcert=system`) the web PKI roots built into the service (Mozilla's list).
+//!
+//! Over TLS, SCRAM authentication binds itself to the connection (`tls-server-end-point`,
+//! RFC 5929): a server in the middle that knows no password cannot relay it. As in libpq,
+//! `channel_binding=prefer` is the default and `channel_binding=require` in the URL
+//! refuses any server that does not bind.
 
 use std::future::Future;
 use std::io;
@@ -400,8 +405,67 @@ pub struct TlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
+        match self.0.get_ref().1.peer_certificates() {
+            Some([certificate, ..]) => {
+                ChannelBinding::tls_server_end_point(server_end_point(certificate))
+            }
+            _ => ChannelBinding::none(),
+        }
     }
+}
+
+/// RFC 5929's `tls-server-end-point` of a server certificate (DER): its hash, by the hash
+/// function of its signature algorithm, SHA-256 for MD5, SHA-1 and any other (as
+/// PostgreSQL computes it).
+fn server_end_point(certificate: &[u8]) -> Vec<u8> {
+    // The DER contents of the algorithm's object identifier.
+    const SHA384_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+    const SHA512_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+    const SHA384_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+    const SHA512_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
+    let hash = match signature_algorithm(certificate) {
+        Some(SHA384_RSA | SHA384_ECDSA) => &ring::digest::SHA384,
+        Some(SHA512_RSA | SHA512_ECDSA) => &ring::digest::SHA512,
+        _ => &ring::digest::SHA256,
+    };
+    ring::digest::digest(hash, certificate).as_ref().to_vec()
+}
+
+/// The object identifier of a DER certificate's `signatureAlgorithm`: the second field
+/// of `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }`.
+fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
+    const SEQUENCE: u8 = 0x30;
+    const OBJECT_IDENTIFIER: u8 = 0x06;
+    let (fields, _) = der_element(certificate, SEQUENCE)?;
+    let (_tbs_certificate, rest) = der_element(fields, SEQUENCE)?;
+    let (algorithm, _) = der_element(rest, SEQUENCE)?;
+    let (oid, _) = der_element(algorithm, OBJECT_IDENTIFIER)?;
+    Some(oid)
+}
+
+/// Splits the DER element tagged `tag` off the front of `input`: (its contents, what
+/// follows). `None` if `input` does not start with one.
+fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&found, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if found != tag {
+        return None;
+    }
+    let (length, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        // Long form: the low bits count the length's bytes (at most 4 here).
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(count)?;
+        let length = bytes
+            .iter()
+            .fold(0usize, |length, byte| (length << 8) | usize::from(*byte));
+        (length, rest)
+    };
+    rest.split_at_checked(length)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
@@ -435,6 +499,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A DER element: `tag`, its length (short or long form), `contents`.
+    fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match u8::try_from(contents.len()) {
+            Ok(short) if short < 0x80 => out.push(short),
+            _ => {
+                let length = u16::try_from(contents.len()).unwrap().to_be_bytes();
+                out.push(0x82);
+                out.extend_from_slice(&length);
+            }
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+
+    /// A certificate's outline: a long `tbsCertificate`, then the algorithm `oid`.
+    fn certificate(oid: &[u8]) -> Vec<u8> {
+        let tbs = der(0x30, &[0u8; 300]);
+        let algorithm = der(0x30, &[der(0x06, oid), der(0x05, &[])].concat());
+        let signature = der(0x03, &[0, 1, 2]);
+        der(0x30, &[tbs, algorithm, signature].concat())
+    }
+
+    #[test]
+    fn the_channel_binding_hash_follows_the_certificates_signature_algorithm() {
+        let sha256_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+        let sha1_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
+        let sha384_ecdsa = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+        let sha512_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+        for (oid, hash, length) in [
+            (&sha256_rsa[..], &ring::digest::SHA256, 32),
+            (&sha1_rsa, &ring::digest::SHA256, 32),
+            (&sha384_ecdsa, &ring::digest::SHA384, 48),
+            (&sha512_rsa, &ring::digest::SHA512, 64),
+        ] {
+            let certificate = certificate(oid);
+            assert_eq!(signature_algorithm(&certificate), Some(oid));
+            let end_point = server_end_point(&certificate);
+            assert_eq!(end_point.len(), length);
+            assert_eq!(end_point, ring::digest::digest(hash, &certificate).as_ref());
+        }
+        // What cannot be read is hashed with SHA-256.
+        assert_eq!(signature_algorithm(&[0x30, 0x82, 0xff]), None);
+        assert_eq!(signature_algorithm(&[]), None);
+        assert_eq!(server_end_point(b"not DER").len(), 32);
+    }
 
     #[test]
     fn tls_options_are_taken_out_of_both_url_forms() {

@@ -51,7 +51,8 @@ impl Cluster {
     }
 
     /// A cluster that accepts TCP connections over TLS only, with the certificate `cert`
-    /// and its key `key` (PEM files); its Unix socket ([`Cluster::socket_url`]) takes
+    /// and its key `key` (PEM files): `postgres` without a password, every other role by
+    /// SCRAM (so with channel binding). Its Unix socket ([`Cluster::socket_url`]) takes
     /// plain connections for the tests' own set-up.
     pub fn start_tls(cert: &Path, key: &Path) -> Option<Self> {
         Self::start_with(&[], Some((cert, key)))
@@ -120,7 +121,7 @@ impl Cluster {
             std::fs::copy(key, dir.join("server.key")).unwrap();
             std::fs::write(
                 dir.join("hba.conf"),
-                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                "local all all trust\nhostssl all postgres 127.0.0.1/32 trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
             )
             .unwrap();
             for file in ["server.crt", "server.key", "hba.conf"] {

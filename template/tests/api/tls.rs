@@ -66,6 +66,11 @@ impl TestCa {
     /// A certificate for `names` (e.g. `DNS:db.test,IP:127.0.0.1`) signed by this CA:
     /// `<stem>.crt` and `<stem>.key` in its folder.
     pub fn issue(&self, stem: &str, names: &str) -> (PathBuf, PathBuf) {
+        self.issue_signed(stem, names, "sha256")
+    }
+
+    /// The same, the CA's signature made with `digest` (`sha256`, `sha384`, ...).
+    pub fn issue_signed(&self, stem: &str, names: &str, digest: &str) -> (PathBuf, PathBuf) {
         openssl(
             &self.dir,
             &format!(
@@ -76,7 +81,7 @@ impl TestCa {
         openssl(
             &self.dir,
             &format!(
-                "x509 -req -in {stem}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {stem}.crt -days 1 -extfile ext"
+                "x509 -req -{digest} -in {stem}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {stem}.crt -days 1 -extfile ext"
             ),
         );
         (
@@ -261,4 +266,49 @@ async fn require_refuses_a_server_without_tls_and_prefer_falls_back_to_plain() {
     }
     try_connect(&with("sslmode=prefer")).await.unwrap();
     try_connect(&with("sslmode=disable")).await.unwrap();
+}
+
+#[actix_web::test]
+async fn scram_binds_itself_to_the_tls_connection_whatever_hash_signed_the_certificate() {
+    for digest in ["sha256", "sha384", "sha512"] {
+        let ca = TestCa::new("binding-ca");
+        let (cert, key) = ca.issue_signed("server", &format!("DNS:{SERVER_NAME}"), digest);
+        let Some(cluster) = Cluster::start_tls(&cert, &key) else {
+            return;
+        };
+        query_url(
+            &cluster.socket_url(),
+            "CREATE ROLE binder LOGIN PASSWORD 'b1nd-s3cret'",
+        )
+        .await
+        .unwrap();
+        let root = format!("sslrootcert={}", ca.cert().display());
+        // `require` fails unless the server accepted this side's hash of its certificate
+        // (SCRAM-SHA-256-PLUS), with or without the certificate checked.
+        for mode in ["require", "verify-full"] {
+            let options = format!("sslmode={mode}&{root}&channel_binding=require");
+            let url = tcp_url(
+                &cluster,
+                "binder:b1nd-s3cret",
+                "postgres",
+                SERVER_NAME,
+                &options,
+            );
+            try_connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{digest}, sslmode={mode}: {e}"));
+        }
+        let options = format!("sslmode=verify-full&{root}&channel_binding=require");
+        let wrong = tcp_url(&cluster, "binder:wrong", "postgres", SERVER_NAME, &options);
+        let refused = try_connect(&wrong).await.unwrap_err();
+        assert!(
+            refused.contains("password authentication failed"),
+            "{refused}"
+        );
+        // `postgres` gets in without a password here: nothing was bound, so `require`
+        // refuses the server.
+        let unbound = tcp_url(&cluster, "postgres", "postgres", SERVER_NAME, &options);
+        let refused = try_connect(&unbound).await.unwrap_err();
+        assert!(refused.contains("channel binding"), "{refused}");
+    }
 }
