@@ -70,28 +70,6 @@ check_combination() {
   rm -rf "$(dirname "$project")"
 }
 
-# `cargo test` in the project, within TEST_TIMEOUT seconds. Its output goes to a file, not
-# a pipe: a process a test started and left behind would hold a pipe open for ever. What
-# the tests left running (a test binary that aborts runs no destructors) is killed after:
-# `timeout` runs them in a process group of its own. Prints the results, the tests that
-# ran long and, on failure, the end of the output.
-run_tests() { # project
-  local log=$1/test.log limit=${TEST_TIMEOUT:-900} pid status
-  timeout --kill-after=30 "$limit" cargo test --quiet >"$log" 2>&1 </dev/null &
-  pid=$!
-  wait "$pid"
-  status=$?
-  kill -KILL -- "-$pid" 2>/dev/null
-  grep -E '^(test result|failures:|    [a-z_:]+$|thread .* panicked|test .* has been running for over)' "$log" >&2
-  case $status in
-    0) rm "$log"; return 0 ;;
-    124 | 137) echo "cargo test did not finish within $limit s (TEST_TIMEOUT); the end of its output:" >&2 ;;
-    *) echo "cargo test failed (exit $status); the end of its output:" >&2 ;;
-  esac
-  tail -n 30 "$log" | cut -c1-300 >&2
-  return 1
-}
-
 # A generated project points at nothing outside itself: every file path its text names
 # (docs/*.md, deploy/...) exists in it, no Markdown link leaves it, and nothing names the
 # template's own material.
