@@ -193,7 +193,7 @@ impl RedisError {
         match self {
             Self::Timeout(_) => 0,
             Self::Command(e) if e.is_timeout() => 0,
-            Self::Command(e) if e.is_io_error() || e.is_connection_dropped() => 1,
+            Self::Command(e) if e.is_io_error() => 1,
             Self::Pool(_) | Self::RuntimeGone => 1,
             Self::Command(_) => 2,
         }
