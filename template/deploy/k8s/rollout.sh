@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rolls out {{project-name}}: migrations first, then the service.
+# Rolls out {{k8s_name}}: migrations first, then the service.
 #   deploy/k8s/rollout.sh prod        (or dev; KUBECTL=... to use another kubectl)
 # 1. everything but the Deployment: namespace, config, secrets, the migrate Job;
 # 2. waits for the Job (every tenant migrated; a failure stops here, the old version
@@ -15,21 +15,21 @@ dir=$(cd "$(dirname "$0")" && pwd)/overlays/$overlay
 namespace=$("$kubectl" kustomize "$dir" | sed -nE 's/^  namespace: (.*)$/\1/p' | head -1)
 
 # A finished Job cannot be changed: remove the previous release's.
-"$kubectl" -n "$namespace" delete job {{project-name}}-migrate --ignore-not-found
+"$kubectl" -n "$namespace" delete job {{k8s_name}}-migrate --ignore-not-found
 "$kubectl" apply -k "$dir" -l 'app.kubernetes.io/component notin (server)'
-echo "waiting for the migrations (kubectl -n $namespace logs -f job/{{project-name}}-migrate)"
+echo "waiting for the migrations (kubectl -n $namespace logs -f job/{{k8s_name}}-migrate)"
 while :; do
-  state=$("$kubectl" -n "$namespace" get job {{project-name}}-migrate \
+  state=$("$kubectl" -n "$namespace" get job {{k8s_name}}-migrate \
     -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}')
   case $state in
     *Complete*) break ;;
     *Failed*)
       echo "migrations failed; the running version keeps serving:" >&2
-      "$kubectl" -n "$namespace" logs "job/{{project-name}}-migrate" --tail=50 >&2 || true
+      "$kubectl" -n "$namespace" logs "job/{{k8s_name}}-migrate" --tail=50 >&2 || true
       exit 1
       ;;
   esac
   sleep 5
 done
 "$kubectl" apply -k "$dir"
-"$kubectl" -n "$namespace" rollout status deployment/{{project-name}} --timeout=600s
+"$kubectl" -n "$namespace" rollout status deployment/{{k8s_name}} --timeout=600s

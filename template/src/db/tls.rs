@@ -137,6 +137,18 @@ enum Ca {
     File(String),
 }
 
+/// The cryptography of every TLS connection to PostgreSQL: rustls's *ring* provider.
+///
+/// rustls 0.23.48 deprecated it because *ring* has no post-quantum key exchange
+/// (X25519MLKEM768, which rustls offers only with aws-lc-rs). Keeping *ring* is a choice: it
+/// keeps the key exchanges and cipher suites the TLS tests were written against, and the
+/// build free of aws-lc's C library. Moving to aws-lc-rs is this function and the features
+/// of `rustls` and `tokio-rustls` in Cargo.toml (and the licences cargo-deny allows).
+#[allow(deprecated)]
+fn crypto_provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// How connections of one URL are secured: a rustls client configuration shared by them.
 #[derive(Clone)]
 pub struct Tls {
@@ -146,7 +158,7 @@ pub struct Tls {
 
 impl Tls {
     fn new(mode: SslMode, ca_given: bool, ca: &Ca) -> Result<Self, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crypto_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS set-up: {e}"))?;

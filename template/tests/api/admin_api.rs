@@ -109,7 +109,7 @@ async fn the_whole_lifecycle_over_http() {
     );
     let acme = app
         .tenancy
-        .get_tenant(&{{crate_name}}::domain::TenantIdentifier::parse("acme").unwrap())
+        .get_tenant(&svc::domain::TenantIdentifier::parse("acme").unwrap())
         .await
         .unwrap();
     assert_eq!(app.db.notes_of(&acme).await, Some(1));

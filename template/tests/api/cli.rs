@@ -5,10 +5,10 @@ use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestDatabase, server_exec};
+use crate::helpers::{TestDatabase, binary, server_exec};
 
 pub(crate) fn run(db: &TestDatabase, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+    Command::new(binary())
         .args(args)
         .env_clear()
         .envs(db.env())
@@ -109,7 +109,7 @@ async fn migrate_can_create_the_application_role() {
 
 #[test]
 fn bad_configuration_names_the_variable_and_exits_2() {
-    let out = Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+    let out = Command::new(binary())
         .arg("tenant")
         .arg("list")
         .env_clear()
@@ -129,7 +129,7 @@ fn bad_configuration_names_the_variable_and_exits_2() {
 #[test]
 fn an_unreachable_database_is_named_at_once_and_nothing_half_printed() {
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+    let out = Command::new(binary())
         .args(["tenant", "list"])
         .env_clear()
         .envs(crate::helpers::base_env())
@@ -171,7 +171,7 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
             .success()
     );
     let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+        Command::new(binary())
             .arg("serve")
             .env_clear()
             .envs(db.env())
@@ -287,12 +287,12 @@ async fn without_the_owners_url_serve_uses_what_migrate_applied_and_refuses_befo
             .filter(|(key, _)| *key != "TENANCY_MIGRATION_DATABASE_URL")
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        {{crate_name}}::config::Settings::from_env_map(env).unwrap().0
+        svc::config::Settings::from_env_map(env).unwrap().0
     };
 
     // Nothing migrated yet: refused, saying what to run.
     let fresh = TestDatabase::create().await;
-    let refused = {{crate_name}}::startup::prepare(&settings_of(&fresh))
+    let refused = svc::startup::prepare(&settings_of(&fresh))
         .await
         .err()
         .unwrap()
@@ -302,11 +302,8 @@ async fn without_the_owners_url_serve_uses_what_migrate_applied_and_refuses_befo
     // Migrated by the owner (as the Job does): served by the application role alone.
     let app = crate::helpers::spawn_app().await;
     app.create_tenant("acme").await;
-    let tenancy = {{crate_name}}::startup::prepare(&settings_of(&app.db))
-        .await
-        .unwrap();
-    let service =
-        actix_web::test::init_service({{crate_name}}::startup::app(tenancy, &app.settings)).await;
+    let tenancy = svc::startup::prepare(&settings_of(&app.db)).await.unwrap();
+    let service = actix_web::test::init_service(svc::startup::app(tenancy, &app.settings)).await;
     let (status, body) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, actix_web::http::StatusCode::OK, "{body}");
 }

@@ -13,7 +13,7 @@ use diesel_async::RunQueryDsl;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use {{crate_name}}::error::AppError;
+use svc::error::AppError;
 
 #[actix_web::test]
 async fn a_postgresql_restart_under_load_costs_no_500_no_foreign_row_and_under_a_second() {

@@ -15,10 +15,10 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use {{crate_name}}::domain::{Isolation, TenantIdentifier, TenantStatus};
-use {{crate_name}}::tenancy::isolation::ServerAddress;
-use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
-use {{crate_name}}::tenancy::registry;
+use svc::domain::{Isolation, TenantIdentifier, TenantStatus};
+use svc::tenancy::isolation::ServerAddress;
+use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
+use svc::tenancy::registry;
 
 async fn database_exists(name: &str) -> bool {
     let rows = query_url(

@@ -7,7 +7,7 @@ use actix_web::body::to_bytes;
 use actix_web::http::StatusCode;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use {{crate_name}}::error::AppError;
+use svc::error::AppError;
 
 /// The problem a handler's `?` makes of the error of `sql`, with or without internals.
 async fn problem_of(

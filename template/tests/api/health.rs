@@ -6,8 +6,8 @@ use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
 use actix_web::{test, web};
 
-use {{crate_name}}::config::Settings;
-use {{crate_name}}::tenancy::Tenancy;
+use svc::config::Settings;
+use svc::tenancy::Tenancy;
 
 #[actix_web::test]
 async fn health_reports_database_latency_tenant_counts_and_connections() {
@@ -54,7 +54,7 @@ async fn health_is_503_when_the_database_is_unreachable() {
     ]);
     let (settings, _) = Settings::from_env_map(env).unwrap();
     let tenancy = web::Data::new(Tenancy::new(settings.tenancy.clone()).unwrap());
-    let service = test::init_service({{crate_name}}::startup::app(tenancy, &settings)).await;
+    let service = test::init_service(svc::startup::app(tenancy, &settings)).await;
     for (path, expected) in [
         ("/health", StatusCode::SERVICE_UNAVAILABLE),
         ("/health/ready", StatusCode::SERVICE_UNAVAILABLE),
@@ -78,11 +78,11 @@ async fn health_is_503_when_the_database_is_unreachable() {
 }
 
 trait ParseIdentifier {
-    fn parse_identifier(&self) -> {{crate_name}}::domain::TenantIdentifier;
+    fn parse_identifier(&self) -> svc::domain::TenantIdentifier;
 }
 
 impl ParseIdentifier for str {
-    fn parse_identifier(&self) -> {{crate_name}}::domain::TenantIdentifier {
-        {{crate_name}}::domain::TenantIdentifier::parse(self).unwrap()
+    fn parse_identifier(&self) -> svc::domain::TenantIdentifier {
+        svc::domain::TenantIdentifier::parse(self).unwrap()
     }
 }

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 
 use actix_web::web;
 
-use {{crate_name}}::config::Settings;
-use {{crate_name}}::domain::{Tenant, TenantIdentifier};
-pub use {{crate_name}}::startup::app;
-use {{crate_name}}::tenancy::Tenancy;
-use {{crate_name}}::tenancy::lifecycle::NewTenant;
+use svc::config::Settings;
+use svc::domain::{Tenant, TenantIdentifier};
+pub use svc::startup::app;
+use svc::tenancy::Tenancy;
+use svc::tenancy::lifecycle::NewTenant;
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 {%- if admin_api %}
@@ -20,6 +20,11 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 /// Tenants live under this domain in the tests.
 pub const DOMAIN_SUFFIX: &str = ".example.test";
 {%- endif %}
+
+/// The service's binary, as `cargo test` built it.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_{{project-name}}")
+}
 
 pub fn server_url() -> String {
     std::env::var("TENANCY_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER.into())
@@ -201,7 +206,7 @@ impl TestDatabase {
         let rows = self.query(&sql).await;
 {%- elsif isolation == "hybrid" %}
         let sql = match tenant.isolation {
-            {{crate_name}}::domain::Isolation::Schema => {
+            svc::domain::Isolation::Schema => {
                 let schema = format!("tenant_{}", tenant.identifier);
                 if !self.schemas().await.contains(&schema) {
                     return None;
@@ -303,9 +308,9 @@ fn init_test_logs() {
     static LOGS: std::sync::Once = std::sync::Once::new();
     LOGS.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            {{crate_name}}::telemetry::init("info", std::io::stdout);
+            svc::telemetry::init("info", std::io::stdout);
         } else {
-            {{crate_name}}::telemetry::init("off", std::io::sink);
+            svc::telemetry::init("off", std::io::sink);
         }
     });
 }
@@ -331,7 +336,7 @@ pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
     }
     let (settings, warnings) = Settings::from_env_map(env).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    let tenancy = {{crate_name}}::startup::prepare(&settings).await.unwrap();
+    let tenancy = svc::startup::prepare(&settings).await.unwrap();
     let baseline_schemas = db.schemas().await;
     TestApp {
         tenancy,

@@ -6,8 +6,8 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use {{crate_name}}::domain::{Isolation, Tenant, TenantIdentifier};
-use {{crate_name}}::tenancy::lifecycle::NewTenant;
+use svc::domain::{Isolation, Tenant, TenantIdentifier};
+use svc::tenancy::lifecycle::NewTenant;
 
 async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
     app.tenancy

@@ -15,11 +15,11 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use {{crate_name}}::db::TenantConnection;
-use {{crate_name}}::domain::Tenant;
-use {{crate_name}}::tenancy::middleware::resolve_tenant;
+use svc::db::TenantConnection;
+use svc::domain::Tenant;
+use svc::tenancy::middleware::resolve_tenant;
 {%- if path_resolver %}
-use {{crate_name}}::tenancy::resolve::path::strip_tenant_prefix;
+use svc::tenancy::resolve::path::strip_tenant_prefix;
 {%- endif %}
 
 /// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
@@ -450,9 +450,9 @@ async fn a_request_that_gets_no_connection_in_time_gets_503_with_retry_after() {
 
 #[actix_web::test]
 async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_served() {
-    use {{crate_name}}::domain::{Isolation, TenantIdentifier};
-    use {{crate_name}}::tenancy::isolation::Strategy;
-    use {{crate_name}}::tenancy::registry;
+    use svc::domain::{Isolation, TenantIdentifier};
+    use svc::tenancy::isolation::Strategy;
+    use svc::tenancy::registry;
 
     let app = spawn_app_with(&[]).await;
     // A registry shared with a service generated for another strategy.

@@ -431,7 +431,7 @@ fn start_up_refuses_settings_that_weaken_verification() {
                 env.insert(k.to_string(), v.to_string());
             }
         }
-        {{crate_name}}::config::Settings::from_env_map(env)
+        svc::config::Settings::from_env_map(env)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()

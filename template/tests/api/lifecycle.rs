@@ -3,10 +3,10 @@
 use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
 
-use {{crate_name}}::domain::{TenantIdentifier, TenantStatus};
-use {{crate_name}}::tenancy::isolation::Strategy;
-use {{crate_name}}::tenancy::lifecycle::{LifecycleError, NewTenant};
-use {{crate_name}}::tenancy::registry;
+use svc::domain::{TenantIdentifier, TenantStatus};
+use svc::tenancy::isolation::Strategy;
+use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
+use svc::tenancy::registry;
 
 fn id(s: &str) -> TenantIdentifier {
     TenantIdentifier::parse(s).unwrap()

@@ -4,6 +4,10 @@
 //! the service's logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The crate under test is `svc` in every module: one alias, so that no line's length, and
+// so no formatting, depends on the project's name.
+extern crate {{crate_name}} as svc;
+
 #[macro_use]
 mod helpers;
 

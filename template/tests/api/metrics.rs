@@ -10,7 +10,7 @@ use actix_web::test;
 use prometheus_parse::{Sample, Scrape, Value};
 
 use crate::helpers::*;
-use {{crate_name}}::domain::TenantIdentifier;
+use svc::domain::TenantIdentifier;
 
 /// A request for `/metrics` (with `token`, if any).
 fn metrics_request(token: Option<&str>) -> test::TestRequest {

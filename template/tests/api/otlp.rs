@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cli::{Server, run};
-use crate::helpers::TestDatabase;
+use crate::helpers::{TestDatabase, binary};
 
 /// What the receiver was sent: each request's path and body.
 type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -74,7 +74,7 @@ async fn the_request_span_reaches_an_otlp_receiver_with_its_tenant_and_parent() 
     );
     let (receiver_port, received) = start_receiver();
     let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_{{project-name}}"))
+        Command::new(binary())
             .arg("serve")
             .env_clear()
             .envs(db.env())

@@ -11,7 +11,7 @@ use actix_web::test;
 
 use crate::helpers::*;
 use crate::tls::TestCa;
-use {{crate_name}}::domain::TenantIdentifier;
+use svc::domain::TenantIdentifier;
 
 const LONG_TTL: (&str, &str) = ("TENANCY_TENANT_CACHE_TTL", "3600");
 
@@ -155,7 +155,7 @@ async fn what_one_replica_read_another_gets_from_redis() {
     };
     let url = redis.url();
     let a = spawn_app_with(&[LONG_TTL, ("TENANCY_REDIS_URL", &url)]).await;
-    let b = {{crate_name}}::startup::prepare(&a.settings).await.unwrap();
+    let b = svc::startup::prepare(&a.settings).await.unwrap();
     a.create_tenant("acme").await;
     let service_a = service!(a);
     let service_b = test::init_service(app(b.clone(), &a.settings)).await;
@@ -321,10 +321,10 @@ async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() 
             "TENANCY_REDIS_CA_FILE".into(),
             wrong.to_str().unwrap().into(),
         );
-        {{crate_name}}::config::Settings::from_env_map(env).unwrap().0
+        svc::config::Settings::from_env_map(env).unwrap().0
     };
-    let refused = {{crate_name}}::startup::prepare(&settings).await.unwrap();
-    let service = test::init_service({{crate_name}}::startup::app(refused.clone(), &settings)).await;
+    let refused = svc::startup::prepare(&settings).await.unwrap();
+    let service = test::init_service(svc::startup::app(refused.clone(), &settings)).await;
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
     let shared = refused.shared_cache_stats();

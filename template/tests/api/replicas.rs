@@ -8,7 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::test;
 
 use crate::helpers::*;
-use {{crate_name}}::domain::TenantIdentifier;
+use svc::domain::TenantIdentifier;
 
 /// Far longer than any test: only an announced change can refresh an entry.
 const LONG_TTL: (&str, &str) = ("TENANCY_TENANT_CACHE_TTL", "3600");
@@ -38,7 +38,7 @@ macro_rules! answers_within {
 #[actix_web::test]
 async fn a_change_made_on_one_replica_is_served_by_the_others_within_a_second() {
     let a = spawn_app_with(&[LONG_TTL]).await;
-    let b = {{crate_name}}::startup::prepare(&a.settings).await.unwrap();
+    let b = svc::startup::prepare(&a.settings).await.unwrap();
     let service_b = test::init_service(app(b.clone(), &a.settings)).await;
     let acme = a.create_tenant("acme").await;
     let (status, _) = call!(service_b, get "/api/notes", tenant = "acme");

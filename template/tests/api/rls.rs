@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use serde_json::json;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use {{crate_name}}::domain::Tenant;
+use svc::domain::Tenant;
 
 /// A raw session of the application role on the shared tables, with no tenant set.
 async fn app_session(app: &TestApp) -> Client {

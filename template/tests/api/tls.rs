@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::cluster::Cluster;
 use crate::helpers::{TestDatabase, query_url, spawn_app_on};
-use {{crate_name}}::db::connect::connect;
-use {{crate_name}}::db::runtime;
-use {{crate_name}}::db::tls::PgConfig;
+use svc::db::connect::connect;
+use svc::db::runtime;
+use svc::db::tls::PgConfig;
 
 /// The name the test server's certificate is for (`hostaddr` points it at 127.0.0.1).
 const SERVER_NAME: &str = "db.tenancy.test";
