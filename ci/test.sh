@@ -11,6 +11,16 @@
 #   bash ci/test.sh admin_api=false # only matrix lines containing that text
 #   bash ci/test.sh --full          # every isolation x resolution pair (about 20 more
 #                                   # combinations: ~20 minutes warm)
+#   bash ci/test.sh --latest [FILTER]  # the same checks with the newest compatible
+#                                   # dependencies instead of the locked ones (`cargo
+#                                   # update` in each generated project), and a report of
+#                                   # what moved: run it before `bash ci/lock.sh --update`
+#
+# Generated projects build with the lock of template/locks/ that their answers pick, and
+# every cargo command here runs --locked: a lock that does not fit fails, whatever the
+# registry holds by now. The template's checks include `ci/lock.sh --check` and the default
+# combination generated under other names (a short one, a long hyphenated one and one
+# with underscores: formatting, lints, build and deployment files may not depend on it).
 #
 # Limits: TEST_TIMEOUT (seconds for one combination's `cargo test`, default 900) and
 # TIME_BUDGET (seconds after which no combination starts, default 4500; raise it for
@@ -31,7 +41,10 @@ ensure_deploy_tools
 use_shared_target_dir
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+latest=
+if [ "${1:-}" = --latest ]; then latest=1; shift; fi
 filter="${1:-}"
+updates=$(mktemp) # with --latest: what `cargo update` moved, for the report
 passed=0 failed=0
 summary=("$(printf '%-6s %-62s %4ss' setup "tools and services" $(($(date +%s) - started)))")
 record() { # name, status, seconds
@@ -47,24 +60,73 @@ run_check() { # name, command...
   if "$@"; then record "$name" PASS $(($(date +%s) - start)); else record "$name" FAIL $(($(date +%s) - start)); fi
 }
 
-check_combination() {
+# Generates a project (name, key=value...) and prints its path. With --latest, its lock is
+# moved to the newest compatible versions first, and what moved goes to the report.
+generate_for_test() {
   local project
-  # shellcheck disable=SC2086 # the matrix line is a list of key=value words
-  project=$(generate "$root" acme-api $1) || { echo "generation failed" >&2; return 1; }
+  project=$(generate "$root" "$@") || { echo "generation failed" >&2; return 1; }
   if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project" --exclude-dir=target >&2; then
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
+  if [ -n "$latest" ]; then
+    (cd "$project" && cargo update 2>&1) | grep -E '^ *(Updating|Adding|Removing|Downgrading) [a-z]' |
+      grep -v 'crates.io index' >>"$updates"
+  fi
+  echo "$project"
+}
+
+# The project's Cargo.lock is exactly what cargo writes for it (it would rewrite one whose
+# entries were out of order), and its packages build with the declared rust-version.
+lock_fits() { # project
+  local project=$1 written
+  written=$(mktemp)
+  cp "$project/Cargo.lock" "$written"
+  (cd "$project" && cargo metadata --locked --format-version 1 >"$written.json") &&
+    (cd "$project" && cargo metadata --offline --format-version 1 >/dev/null) &&
+    python3 "$root/ci/locks.py" rust-version "$written.json" "$project/Cargo.toml" >/dev/null
+  local status=$?
+  if [ $status -eq 0 ] && ! cmp -s "$written" "$project/Cargo.lock"; then
+    echo "cargo rewrote the generated Cargo.lock:" >&2
+    diff "$written" "$project/Cargo.lock" | head -n 20 >&2
+    status=1
+  fi
+  rm -f "$written" "$written.json"
+  return $status
+}
+
+check_combination() {
+  local project
+  # shellcheck disable=SC2086 # the matrix line is a list of key=value words
+  project=$(generate_for_test acme-api $1) || return 1
   stands_alone "$project" || return 1
+  lock_fits "$project" || return 1
   (
     cd "$project" &&
       cargo fmt --check &&
-      cargo clippy --quiet --all-targets -- -D warnings &&
+      cargo clippy --locked --quiet --all-targets -- -D warnings &&
       bash "$root/ci/unused.sh" "$project" &&
       # cargo deny reads the metadata of every target's dependencies: fetch them first
       # (a build downloads only this platform's), then check without the network.
-      cargo fetch --quiet &&
-      cargo deny --log-level error --offline check licenses bans sources &&
+      cargo fetch --locked --quiet &&
+      cargo deny --log-level error --locked --offline check licenses bans sources &&
       run_tests "$project" &&
+      bash "$root/ci/deploy.sh" "$project" >&2
+  ) || return 1
+  rm -rf "$(dirname "$project")"
+}
+
+# The default combination under another name: formatting, lints, the build and the
+# deployment files must not depend on the name.
+check_name() { # name
+  local project
+  project=$(generate_for_test "$1") || return 1
+  stands_alone "$project" || return 1
+  lock_fits "$project" || return 1
+  (
+    cd "$project" &&
+      cargo fmt --check &&
+      cargo clippy --locked --quiet --all-targets -- -D warnings &&
+      cargo build --locked --quiet &&
       bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
@@ -115,6 +177,9 @@ run_check "template: pre-hook refuses chain=jwt,cookie" \
   hook_rejects demo "'cookie' is not a resolver" resolution=chain chain=jwt,cookie
 run_check "template: interactive generation asks only what applies (ci/interactive.py)" \
   python3 "$root/ci/interactive.py"
+run_check "template: the locks are current (ci/lock.sh --check)" bash "$root/ci/lock.sh" --check
+run_check "template: pre-hook refuses the name 'tokio' (a locked crate)" \
+  hook_rejects tokio "the name of a crate the service depends on"
 
 combinations() {
   if [ "$filter" = --full ]; then
@@ -141,8 +206,27 @@ while IFS= read -r line; do
   run_check "generated: $line" check_combination "$line"
 done < <(combinations)
 
+# The default combination under other names: three letters, 40 characters with hyphens,
+# and the longest name the manifests allow, with underscores.
+if [ -z "$filter" ] || [ "$filter" = --full ]; then
+  for name in k8s a-very-long-service-name-for-billing-api a_billing_service_named_as_long_as_kubernetes_allows_55; do
+    run_check "generated: the default combination named $name" check_name "$name"
+  done
+fi
+
 echo
 echo "Summary"
 printf '  %s\n' "${summary[@]}"
+if [ -n "$latest" ]; then
+  echo
+  if [ -s "$updates" ]; then
+    echo "The newest compatible versions, against template/locks/ (cargo update in each project):"
+    sed -E 's/^ +//' "$updates" | sort -u | sed 's/^/  /'
+    echo "To adopt them: bash ci/lock.sh --update, then bash ci/test.sh."
+  else
+    echo "The locks hold the newest compatible versions: cargo update changed nothing."
+  fi
+fi
+rm -f "$updates"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -47,4 +47,4 @@ printf '\n#[cfg(test)]\nmod api_tests;\n' >>"$work/src/lib.rs"
 cd "$work"
 # The package has no binary now: drop an explicit [[bin]] if there is one.
 sed -i -E '/^\[\[bin\]\]/,/^$/d' Cargo.toml
-cargo clippy --quiet --tests -- -D warnings
+cargo clippy --locked --quiet --tests -- -D warnings

@@ -25,7 +25,7 @@ results=()
 for strategy in $STRATEGIES; do
   project=$(generate "$root" acme-api "isolation=$strategy")
   say "$strategy: building (release)"
-  (cd "$project" && cargo build --quiet --release)
+  (cd "$project" && cargo build --locked --quiet --release)
   cli="$CARGO_TARGET_DIR/release/acme-api"
   database="actix_tenancy_bench_$strategy"
   psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
@@ -44,7 +44,7 @@ for strategy in $STRATEGIES; do
   echo "ALTER TABLE notes ADD COLUMN bench_column integer;" >"$migrations/2026-06-01-000000_bench_column/up.sql"
   echo "ALTER TABLE notes DROP COLUMN bench_column;" >"$migrations/2026-06-01-000000_bench_column/down.sql"
   touch "$project/src/db/migrate.rs" "$project/src/tenancy/isolation/$strategy.rs"
-  (cd "$project" && cargo build --quiet --release)
+  (cd "$project" && cargo build --locked --quiet --release)
   start=$(now)
   "$cli" migrate >/dev/null 2>&1
   apply=$(since "$start")
