@@ -2,8 +2,9 @@
 # Formats the template's Rust files with rustfmt without losing their Liquid: generates
 # each combination in ci/matrix.txt, runs `cargo fmt` on it and applies rustfmt's changes
 # to the template files as a patch. Files a patch cannot reach are reported; fix them by
-# hand (keep `use {{crate_name}}::...` imports in a group of their own so their order
-# does not depend on the project name).
+# hand. Formatting must not depend on the project name (ci/test.sh checks three others):
+# the tests name the crate `svc` (tests/api/main.rs), and src/main.rs keeps its
+# `use {{crate_name}}::...` imports in a group of their own.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -17,10 +17,12 @@ trap 'rm -rf "$work"' EXIT
 
 tar -C "$project" --exclude=./target --exclude=./tests/api -cf - . | tar -C "$work" -xf -
 
-rewrite() { # file: the crate's own paths, seen from inside it
+rewrite() { # file: the crate's own paths, seen from inside it (the tests name it `svc`)
   # shellcheck disable=SC2016 # `$crate` is Rust, not a shell expansion
   sed -i -E \
     -e "s/\b${crate_ident}::/crate::/g" \
+    -e "/^extern crate ${crate_ident} as svc;/d" \
+    -e 's/\bsvc::/crate::/g' \
     -e 's/\$crate::helpers::/$crate::api_tests::helpers::/g' \
     -e 's/\bcrate::(helpers|cluster|tls)::/crate::api_tests::\1::/g' \
     -e 's/env!\("CARGO_BIN_EXE_[^"]*"\)/"unused-check: never run"/g' \
