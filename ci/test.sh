@@ -19,8 +19,8 @@
 # Generated projects build with the lock of template/locks/ that their answers pick, and
 # every cargo command here runs --locked: a lock that does not fit fails, whatever the
 # registry holds by now. The template's checks include `ci/lock.sh --check` and the default
-# combination generated under other names (a short one, a long hyphenated one and one
-# with underscores: formatting, lints, build and deployment files may not depend on it).
+# combination generated under four other names (short, long, hyphens, underscores:
+# formatting, lints, the build and the deployment files may not depend on the name).
 #
 # Limits: TEST_TIMEOUT (seconds for one combination's `cargo test`, default 900) and
 # TIME_BUDGET (seconds after which no combination starts, default 4500; raise it for
@@ -117,9 +117,9 @@ check_combination() {
 
 # The default combination under another name: formatting, lints, the build and the
 # deployment files must not depend on the name.
-check_name() { # name
+check_name() { # name, key=value...
   local project
-  project=$(generate_for_test "$1") || return 1
+  project=$(generate_for_test "$@") || return 1
   stands_alone "$project" || return 1
   lock_fits "$project" || return 1
   (
@@ -207,11 +207,15 @@ while IFS= read -r line; do
 done < <(combinations)
 
 # The default combination under other names: three letters, 40 characters with hyphens,
-# and the longest name the manifests allow, with underscores.
+# the longest name the manifests allow (55) with underscores, and the longest name there
+# is (64) without them.
 if [ -z "$filter" ] || [ "$filter" = --full ]; then
   for name in k8s a-very-long-service-name-for-billing-api a_billing_service_named_as_long_as_kubernetes_allows_55; do
     run_check "generated: the default combination named $name" check_name "$name"
   done
+  name=a_billing_service_named_as_long_as_the_generator_allows_at_all64
+  run_check "generated: the default combination named $name, kubernetes=false" \
+    check_name "$name" kubernetes=false
 fi
 
 echo
