@@ -69,7 +69,10 @@ generate_for_test() {
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
   if [ -n "$latest" ]; then
-    (cd "$project" && cargo update 2>&1) | grep -E '^ *(Updating|Adding|Removing|Downgrading) [a-z]' |
+    # What moves, and (--verbose) what stays behind because it needs a newer Rust than
+    # rust-version.
+    (cd "$project" && cargo update --verbose 2>&1) |
+      grep -E '^ *(Updating|Adding|Removing|Downgrading) [a-z]|^ *Unchanged .*requires Rust' |
       grep -v 'crates.io index' >>"$updates"
   fi
   echo "$project"
@@ -223,12 +226,16 @@ echo "Summary"
 printf '  %s\n' "${summary[@]}"
 if [ -n "$latest" ]; then
   echo
-  if [ -s "$updates" ]; then
+  if grep -qv Unchanged "$updates"; then
     echo "The newest compatible versions, against template/locks/ (cargo update in each project):"
-    sed -E 's/^ +//' "$updates" | sort -u | sed 's/^/  /'
+    grep -v Unchanged "$updates" | sed -E 's/^ +//' | sort -u | sed 's/^/  /'
     echo "To adopt them: bash ci/lock.sh --update, then bash ci/test.sh."
   else
     echo "The locks hold the newest compatible versions: cargo update changed nothing."
+  fi
+  if grep -q Unchanged "$updates"; then
+    echo "Held back by rust-version (newer releases need a newer Rust):"
+    grep Unchanged "$updates" | sed -E 's/^ +Unchanged //' | sort -u | sed 's/^/  /'
   fi
 fi
 rm -f "$updates"
