@@ -183,6 +183,8 @@ run_check "template: interactive generation asks only what applies (ci/interacti
 run_check "template: the locks are current (ci/lock.sh --check)" bash "$root/ci/lock.sh" --check
 run_check "template: pre-hook refuses the name 'tokio' (a locked crate)" \
   hook_rejects tokio "the name of a crate the service depends on"
+run_check "template: pre-hook refuses a 56-character name with the Kubernetes manifests" \
+  hook_rejects a_name_one_character_longer_than_the_manifests_allow_x56 "too long for the Kubernetes manifests"
 
 combinations() {
   if [ "$filter" = --full ]; then
