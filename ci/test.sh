@@ -69,10 +69,10 @@ generate_for_test() {
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
   if [ -n "$latest" ]; then
-    # What moves, and (--verbose) what stays behind because it needs a newer Rust than
-    # rust-version.
+    # What moves, and (--verbose) what stays behind: needing a newer Rust than
+    # rust-version, or outside the requirements (a new major version).
     (cd "$project" && cargo update --verbose 2>&1) |
-      grep -E '^ *(Updating|Adding|Removing|Downgrading) [a-z]|^ *Unchanged .*requires Rust' |
+      grep -E '^ *(Updating|Adding|Removing|Downgrading|Unchanged) [a-z]' |
       grep -v 'crates.io index' >>"$updates"
   fi
   echo "$project"
@@ -235,9 +235,13 @@ if [ -n "$latest" ]; then
   else
     echo "The locks hold the newest compatible versions: cargo update changed nothing."
   fi
-  if grep -q Unchanged "$updates"; then
+  if grep -q 'Unchanged.*requires Rust' "$updates"; then
     echo "Held back by rust-version (newer releases need a newer Rust):"
-    grep Unchanged "$updates" | sed -E 's/^ +Unchanged //' | sort -u | sed 's/^/  /'
+    grep 'Unchanged.*requires Rust' "$updates" | sed -E 's/^ +Unchanged //' | sort -u | sed 's/^/  /'
+  fi
+  if grep -v 'requires Rust' "$updates" | grep -q Unchanged; then
+    echo "Newer releases the requirements exclude (a new major version, or one a dependency excludes):"
+    grep Unchanged "$updates" | grep -v 'requires Rust' | sed -E 's/^ +Unchanged //' | sort -u | sed 's/^/  /'
   fi
 fi
 rm -f "$updates"
