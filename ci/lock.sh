@@ -63,7 +63,8 @@ fi
 project_of() { # set -> a generated project with its lock, printed path
   local answers
   read -r -a answers <<<"${1#* }"
-  generate "$root" acme-api isolation=schema kubernetes=false "${answers[@]}"
+  generate "$root" acme-api isolation=schema kubernetes=false "${answers[@]}" 2>"$work/generate.log" ||
+    { cat "$work/generate.log" >&2; die "could not generate the set '${1%% *}'"; }
 }
 
 say "resolving the set with every dependency ($union)"
