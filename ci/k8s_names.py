@@ -21,15 +21,14 @@ RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
 SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 
-problems = []
-
-
 RULES = {
     LABEL: "lowercase letters, digits and '-'",
     RFC1035: "lowercase letters, digits and '-', starting with a letter",
     SUBDOMAIN: "lowercase letters, digits, '-' and '.'",
     LABEL_VALUE: "letters, digits, '-', '_' and '.'",
 }
+
+problems = []
 
 
 def check(what, value, pattern, limit):
