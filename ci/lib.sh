@@ -70,6 +70,23 @@ ensure_redis() {
   die "Redis is not reachable at 127.0.0.1:6379. Install and start it (apt-get install redis-server)."
 }
 
+# PgBouncer (Debian's package), which the generated tests start in front of PostgreSQL in
+# transaction mode, as managed PostgreSQL offers it (tests/api/pgbouncer.rs): installed
+# when missing, where apt-get can. Exports TENANCY_TEST_PGBOUNCER (the binary).
+ensure_pgbouncer() {
+  local binary
+  binary=$(command -v pgbouncer || find /usr/sbin /usr/bin /usr/local/bin -maxdepth 1 -name pgbouncer 2>/dev/null | head -n 1)
+  if [ -z "$binary" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing PgBouncer (Debian's package; the transaction-pooler tests need it)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null 2>&1; }
+    binary=$(command -v pgbouncer || find /usr/sbin -maxdepth 1 -name pgbouncer | head -n 1)
+  fi
+  [ -n "$binary" ] || die "pgbouncer is missing: install it (apt-get install pgbouncer), or set TENANCY_TEST_PGBOUNCER to its path"
+  # Debian's package starts a PgBouncer of its own on port 6432: the tests start theirs.
+  export TENANCY_TEST_PGBOUNCER="${TENANCY_TEST_PGBOUNCER:-$binary}"
+}
+
 # A second PostgreSQL server, for the tests that place a tenant's database on another
 # server (database per tenant): a throwaway cluster on a free local port, stopped when
 # the calling script exits. Exports TENANCY_TEST_OTHER_SERVER=host:port; set it yourself

@@ -14,6 +14,7 @@ source "$root/ci/lib.sh"
 ensure_cargo_generate
 ensure_postgres
 ensure_other_postgres
+ensure_pgbouncer
 ensure_redis
 use_shared_target_dir
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -36,6 +36,7 @@ ensure_cargo_generate
 ensure_cargo_deny
 ensure_postgres
 ensure_other_postgres
+ensure_pgbouncer
 ensure_redis
 ensure_deploy_tools
 use_shared_target_dir

@@ -319,6 +319,11 @@ mod tests {
                 &[("TENANCY_MIGRATION_DATABASE_URL", "http://x")],
                 "TENANCY_MIGRATION_DATABASE_URL",
             ),
+            (&[("TENANCY_POOLER", "pgbouncer")], "TENANCY_POOLER"),
+            (
+                &[("TENANCY_LISTEN_DATABASE_URL", "http://x")],
+                "TENANCY_LISTEN_DATABASE_URL",
+            ),
         ];
         for (pairs, var) in cases {
             let message = error_of(pairs);

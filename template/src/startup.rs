@@ -69,6 +69,7 @@ async fn not_found(_: HttpRequest) -> Result<&'static str, AppError> {
 /// application role checked and changes to the registry listened for.
 pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeError> {
     let mut tenancy = Tenancy::new(settings.tenancy.clone())?;
+    tenancy.check_pooler().await.map_err(ServeError::Pooler)?;
     if settings.tenancy.database.migration_url.is_some() {
         let applied = tenancy
             .migrate_control()
@@ -156,6 +157,10 @@ pub enum ServeError {
     NotMigrated(String),
     #[error("{0}")]
     UnsafeRole(String),
+    /// A pooler in transaction mode where the settings do not expect one (or a URL that
+    /// must give a session does not).
+    #[error("{0}")]
+    Pooler(String),
     #[error(transparent)]
     Io(std::io::Error),
 }

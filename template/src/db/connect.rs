@@ -50,6 +50,9 @@ pub enum ConnectError {
     },
     #[error("the database runtime stopped")]
     RuntimeGone,
+    /// A statement of the check for a transaction pooler failed (see `pooler`).
+    #[error("could not check for a connection pooler: {0}")]
+    Probe(String),
 }
 
 impl ConnectError {
@@ -89,6 +92,11 @@ impl PgConn {
     /// The diesel connection itself (for code that needs to own it, e.g. migrations).
     pub fn into_inner(self) -> AsyncPgConnection {
         self.conn
+    }
+
+    /// The server closed it.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Closed by the server, or left with an open or failed transaction: never reuse it.
@@ -145,10 +153,58 @@ pub async fn connect(
                     on_close();
                 }
             });
-            let conn = AsyncPgConnection::try_from(client)
+            let conn = set_up(client, &config)
                 .await
                 .map_err(|source| ConnectError::Setup { server, source })?;
             Ok(PgConn { conn, closed })
+        })
+        .await
+        .map_err(|_| ConnectError::RuntimeGone)?
+}
+
+/// diesel's connection around `client`. diesel sets the session's time zone and encoding
+/// with statements it prepares: through a pooler in transaction mode that happens inside
+/// one transaction, so each statement runs on the server session it was prepared on, and
+/// a statement kept past it could meet another client's of the same name there.
+async fn set_up(
+    client: tokio_postgres::Client,
+    config: &PgConfig,
+) -> Result<AsyncPgConnection, diesel::ConnectionError> {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+
+    if config.takes_start_up_options() {
+        return AsyncPgConnection::try_from(client).await;
+    }
+    let failed = |e: tokio_postgres::Error| {
+        diesel::ConnectionError::CouldntSetupConfiguration(
+            diesel::result::Error::QueryBuilderError(e.to_string().into()),
+        )
+    };
+    client.batch_execute("BEGIN").await.map_err(failed)?;
+    let mut conn = AsyncPgConnection::try_from(client).await?;
+    if !config.keeps_prepared_statements() {
+        // Each statement is prepared, run and closed inside its transaction.
+        conn.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+    }
+    conn.batch_execute("COMMIT")
+        .await
+        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// A bare client outside every pool (the pooler check, `pooler`): the caller sends
+/// statements that each travel in one message flight (`query_typed`), so a pooler in
+/// transaction mode cannot split one between two server sessions.
+pub async fn bare(config: PgConfig, runtime: &Handle) -> Result<tokio_postgres::Client, ConnectError> {
+    runtime
+        .spawn(async move {
+            let (client, connection, _) = log_in(&config).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "database connection ended");
+                }
+            });
+            Ok(client)
         })
         .await
         .map_err(|_| ConnectError::RuntimeGone)?
@@ -394,8 +450,13 @@ pub fn with_session_option(base: &PgConfig, name: &str, value: &str) -> PgConfig
     with_option(base, format!("-c {name}=\"{value}\""))
 }
 
+/// Adds `option` to the start-up options, unless `base` leads to a pooler in transaction
+/// mode (the pool sets the same per transaction there).
 fn with_option(base: &PgConfig, option: String) -> PgConfig {
     let mut config = base.clone();
+    if !base.takes_start_up_options() {
+        return config;
+    }
     let options = match base.get_options() {
         Some(existing) if !existing.trim().is_empty() => format!("{existing} {option}"),
         _ => option,

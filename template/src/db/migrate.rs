@@ -31,6 +31,9 @@ pub enum MigrateError {
     Migration(String),
     #[error("database runtime: {0}")]
     Runtime(String),
+    /// The owner's URL gives no session of its own (a pooler in transaction mode).
+    #[error("{0}")]
+    NoSession(String),
 }
 
 /// Applies the pending `migrations` on a new connection with `config` (outside every

@@ -8,11 +8,14 @@ pub mod connect;
 pub mod migrate;
 pub mod observe;
 pub mod pool;
+pub mod pooler;
 pub mod runtime;
 pub mod settings;
 pub mod tls;
 
-use pool::{Home, Pool, PoolError, PooledConnection};
+use std::sync::{Arc, Mutex};
+
+use pool::{Home, Pool, PoolError, PooledConnection, SessionScope};
 use tls::PgConfig;
 
 /// The schema of the tenant registry (the control plane).
@@ -20,33 +23,105 @@ pub const CONTROL_SCHEMA: &str = "tenancy";
 
 /// A connection scoped to one tenant: the only way to reach tenant tables. Handlers get
 /// it from the extractor in `tenancy::extract`.
-pub struct TenantConnection(PooledConnection);
+///
+/// Behind a pooler in transaction mode it is one transaction, scoped for that
+/// transaction alone: in a request, the tenant middleware commits it once the handler has
+/// answered with success and rolls it back otherwise (a handler's own `transaction` is a
+/// savepoint inside it); elsewhere [`TenantConnection::finish`] ends it, and dropping it
+/// unfinished rolls it back.
+pub struct TenantConnection {
+    conn: Option<PooledConnection>,
+    /// Where it goes when dropped, for the request's end to finish it.
+    request: Option<RequestTransactions>,
+}
 
 impl TenantConnection {
-    pub(crate) fn new(conn: PooledConnection) -> Self {
-        Self(conn)
+    pub(crate) fn new(conn: PooledConnection, request: Option<RequestTransactions>) -> Self {
+        Self {
+            conn: Some(conn),
+            request,
+        }
+    }
+
+    /// Commits its transaction (`commit`) or rolls it back; outside a request, in
+    /// transaction mode. In session mode statements took effect as they ran.
+    pub async fn finish(mut self, commit: bool) -> diesel::QueryResult<()> {
+        match self.conn.take() {
+            Some(conn) => conn.finish(commit).await,
+            None => Ok(()),
+        }
     }
 }
 
 impl std::ops::Deref for TenantConnection {
     type Target = diesel_async::AsyncPgConnection;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        self.conn
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only when finished or dropped"))
     }
 }
 
 impl std::ops::DerefMut for TenantConnection {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only when finished or dropped"))
+    }
+}
+
+impl Drop for TenantConnection {
+    fn drop(&mut self) {
+        if let (Some(conn), Some(request)) = (self.conn.take(), &self.request) {
+            request.hold(conn);
+        }
+    }
+}
+
+/// The open transactions of one request's tenant connections (transaction mode), which
+/// the tenant middleware ends when the handler has answered. Dropped unended, they are
+/// rolled back.
+#[derive(Clone, Default)]
+pub struct RequestTransactions(Arc<Mutex<Vec<PooledConnection>>>);
+
+impl RequestTransactions {
+    fn hold(&self, conn: PooledConnection) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn);
+    }
+
+    /// Commits every transaction (`commit`) or rolls them back; the first error, if any.
+    pub async fn finish(&self, commit: bool) -> diesel::QueryResult<()> {
+        let held = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let mut result = Ok(());
+        for conn in held {
+            let ended = conn.finish(commit).await;
+            if result.is_ok() {
+                result = ended;
+            }
+        }
+        result
     }
 }
 
 /// The control plane's pool (tenant registry, health, admin). Its connections have
 /// `search_path=tenancy`, so an unqualified tenant table does not resolve on them.
+///
+/// Behind a pooler in transaction mode a checkout is a transaction too (with that
+/// `search_path`): code that writes ends it with `finish(true)`; dropped, it is rolled back.
 #[derive(Clone)]
 pub struct ControlPool {
     pool: Pool,
     config: PgConfig,
+    /// Transaction mode: what each transaction is scoped to.
+    scope: Option<SessionScope>,
 }
 
 /// A connection of the control pool.
@@ -54,12 +129,20 @@ pub type ControlConnection = PooledConnection;
 
 impl ControlPool {
     pub fn new(pool: Pool, config: PgConfig) -> Self {
-        Self { pool, config }
+        let scope = (!config.takes_start_up_options()).then(|| SessionScope {
+            tenant: uuid::Uuid::nil(),
+            search_path: format!("\"{CONTROL_SCHEMA}\""),
+        });
+        Self {
+            pool,
+            config,
+            scope,
+        }
     }
 
     pub async fn get(&self) -> Result<ControlConnection, PoolError> {
         self.pool
-            .get(uuid::Uuid::nil(), Home::Shared, None, || async {
+            .get(uuid::Uuid::nil(), Home::Shared, self.scope.as_ref(), || async {
                 Ok(self.config.clone())
             })
             .await

@@ -7,6 +7,11 @@
 //! tenant) the least recently used idle connection of another tenant, closed to make
 //! room. That choice is this module; opening a connection is `connect`.
 //!
+//! Behind a pooler in transaction mode (`TENANCY_POOLER=transaction`) no scope lives on a
+//! session: every checkout is a transaction whose first statement sets the scope for that
+//! transaction alone (`set_config(name, value, true)`), ended by [`PooledConnection::finish`]
+//! (commit or roll back) or, when the connection is dropped unfinished, rolled back.
+//!
 //! The scope-tracking invariant: a connection's `scope` names a tenant only after the
 //! statement that set that scope succeeded on it. It is cleared before a re-scope is
 //! sent, so a re-scope that fails, is cancelled or panics leaves a connection with no
@@ -21,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use diesel::sql_types::{Bool, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -29,11 +34,18 @@ use uuid::Uuid;
 
 use super::connect::{ConnectError, PgConn, connect};
 use super::observe::{ErrorCounts, Observer};
+use super::pooler::Backend;
+use super::settings::Pooler;
 use super::tls::PgConfig;
 
 diesel::define_sql_function! {
     /// PostgreSQL's `set_config(name, value, is_local)`: `SET` takes no bind parameters.
     fn set_config(name: Text, value: Text, is_local: Bool) -> Text;
+}
+
+diesel::define_sql_function! {
+    /// The process id of the server session that runs the statement.
+    fn pg_backend_pid() -> Integer;
 }
 
 /// Where a connection is connected: the database all tenants share, or one tenant's own
@@ -70,6 +82,10 @@ pub enum PoolError {
     /// The isolation strategy refuses to serve this tenant (a configuration error).
     #[error("{0}")]
     Isolation(String),
+    /// The connections lead to a pooler in transaction mode, which the session mode
+    /// cannot use safely: nothing is served until the service is restarted.
+    #[error("{0}")]
+    SharedSessions(String),
 }
 
 /// Sizes and timeouts of one pool.
@@ -90,6 +106,11 @@ pub struct PoolSettings {
     pub backoff: Duration,
     /// Statements that take longer are logged (`None`: none is).
     pub slow_statement: Option<Duration>,
+    /// Session mode: a scope is set on a connection once and kept. Transaction mode: every
+    /// checkout is a transaction scoped on its own.
+    pub pooler: Pooler,
+    /// Transaction mode: set in every transaction (session mode sets it when connecting).
+    pub statement_timeout: Duration,
 }
 
 /// What `/health` and the tests see of a pool.
@@ -118,6 +139,8 @@ struct Idle {
     conn: PgConn,
     home: Home,
     scope: Option<Uuid>,
+    /// Session mode: the server session its scope statements ran on.
+    backend: Option<Backend>,
     key: Key,
     opened: Instant,
     since: Instant,
@@ -189,7 +212,10 @@ impl PoolError {
             }
             PoolError::Connect(ConnectError::Refused { .. }) => Some("refused"),
             PoolError::Connect(_) => Some("setup"),
-            PoolError::Scope(_) | PoolError::Query(_) | PoolError::Isolation(_) => None,
+            PoolError::Scope(_)
+            | PoolError::Query(_)
+            | PoolError::Isolation(_)
+            | PoolError::SharedSessions(_) => None,
         }
     }
 }
@@ -209,6 +235,9 @@ struct Shared {
     counters: Counters,
     /// Failures of this pool and of its connections' statements, by kind.
     errors: Arc<ErrorCounts>,
+    /// Set when a connection turned out to share its server session with others (a
+    /// pooler in transaction mode): why, naming the setting that fixes it.
+    shared_sessions: std::sync::OnceLock<String>,
 }
 
 /// A pool of connections; cheap to clone.
@@ -224,8 +253,48 @@ pub struct PooledConnection {
     tenant: Uuid,
     home: Home,
     scope: Option<Uuid>,
+    backend: Option<Backend>,
+    /// Transaction mode: the transaction of this checkout is open.
+    in_transaction: bool,
     key: Key,
     opened: Instant,
+}
+
+impl PooledConnection {
+    /// Ends this checkout's transaction (transaction mode): commits it when `commit`, else
+    /// rolls it back. In session mode there is none: statements took effect as they ran.
+    /// A connection whose transaction did not end cleanly is closed.
+    pub async fn finish(mut self, commit: bool) -> diesel::QueryResult<()> {
+        if !std::mem::take(&mut self.in_transaction) {
+            return Ok(());
+        }
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return Ok(());
+        };
+        let result = end_transaction(conn, commit).await;
+        if result.is_err() {
+            drop(self.conn.take());
+        }
+        result
+    }
+}
+
+/// Commits or rolls back the transaction a checkout began. A handler's own transaction
+/// left open under it (a savepoint) is an error: that connection's state is unknown.
+async fn end_transaction(conn: &mut AsyncPgConnection, commit: bool) -> diesel::QueryResult<()> {
+    let depth = AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()?
+        .map(u32::from);
+    if depth != Some(1) {
+        return Err(diesel::result::Error::QueryBuilderError(
+            format!("a checkout's transaction ended at depth {depth:?}, not 1").into(),
+        ));
+    }
+    if commit {
+        AnsiTransactionManager::commit_transaction(conn).await
+    } else {
+        AnsiTransactionManager::rollback_transaction(conn).await
+    }
 }
 
 impl std::ops::Deref for PooledConnection {
@@ -248,32 +317,34 @@ impl std::ops::DerefMut for PooledConnection {
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         let conn = self.conn.take();
-        let mut state = self.pool.lock();
-        let was_at_limit = state.release(self.tenant, self.pool.settings.per_tenant);
-        let closing = match conn {
-            Some(mut conn) => {
-                let reusable = !std::thread::panicking()
-                    && !conn.is_broken()
-                    && self.opened.elapsed() < self.pool.settings.max_lifetime;
-                if reusable {
-                    state.idle.push_back(Idle {
-                        conn,
-                        home: self.home,
-                        scope: self.scope,
-                        key: self.key,
-                        opened: self.opened,
-                        since: Instant::now(),
-                    });
-                    None
-                } else {
-                    Some(conn)
-                }
+        let was_at_limit = self
+            .pool
+            .lock()
+            .release(self.tenant, self.pool.settings.per_tenant);
+        if let Some(conn) = conn {
+            let idle = Idle {
+                conn,
+                home: self.home,
+                scope: self.scope,
+                backend: self.backend.take(),
+                key: self.key,
+                opened: self.opened,
+                since: Instant::now(),
+            };
+            if self.in_transaction && !std::thread::panicking() && !idle.conn.is_closed() {
+                // Dropped unfinished (transaction mode): rolled back before anyone reuses it.
+                let pool = self.pool.clone();
+                self.pool.runtime.spawn(async move {
+                    let mut idle = idle;
+                    if end_transaction(&mut idle.conn, false).await.is_ok() {
+                        pool.keep(idle);
+                    }
+                });
+            } else if !std::thread::panicking() {
+                self.pool.keep(idle);
             }
-            None => None,
-        };
-        drop(state);
-        // Closing a connection frees its slot once the server has closed its end.
-        drop(closing);
+            // Else closed: a slot frees once the server has closed its end.
+        }
         self.pool.changed.notify_one();
         if was_at_limit {
             self.pool.tenant_freed.notify_waiters();
@@ -305,6 +376,7 @@ impl Pool {
             runtime: runtime.clone(),
             counters: Counters::default(),
             errors: Arc::default(),
+            shared_sessions: std::sync::OnceLock::new(),
         });
         runtime.spawn(close_idle_connections(Arc::downgrade(&shared)));
         Self { shared }
@@ -343,15 +415,31 @@ impl Pool {
     {
         let shared = &self.shared;
         let deadline = tokio::time::Instant::now() + shared.settings.wait;
-        let wanted = scope.map(|s| s.tenant);
+        let per_transaction = shared.settings.pooler == Pooler::Transaction;
+        // Per transaction, no connection carries a scope between checkouts.
+        let (wanted, session_scope) = match per_transaction {
+            true => (None, None),
+            false => (scope.map(|s| s.tenant), scope),
+        };
         loop {
+            if let Some(why) = shared.shared_sessions.get() {
+                return Err(PoolError::SharedSessions(why.clone()));
+            }
             // Registered before the state is read, so no wake-up is missed.
             let mut changed = pin!(shared.changed.notified());
             changed.as_mut().enable();
             let mut freed = pin!(shared.tenant_freed.notified());
             freed.as_mut().enable();
-            let permit = match shared.next_step(tenant, home, wanted, scope.is_some()) {
+            let permit = match shared.next_step(tenant, home, wanted, session_scope.is_some()) {
                 Step::Use(idle) => match shared.hand_out(tenant, home, idle) {
+                    Some(mut guard) if per_transaction => {
+                        match shared.begin(&mut guard, scope).await {
+                            Ok(()) => return Ok(guard),
+                            // As for a re-scope below.
+                            Err(_) if tokio::time::Instant::now() < deadline => continue,
+                            Err(error) => return Err(error),
+                        }
+                    }
                     Some(guard) => {
                         shared.counters.reused.fetch_add(1, Ordering::Relaxed);
                         return Ok(guard);
@@ -360,12 +448,13 @@ impl Pool {
                 },
                 Step::Rescope(idle) => {
                     let (Some(mut guard), Some(scope)) =
-                        (shared.hand_out(tenant, home, idle), scope)
+                        (shared.hand_out(tenant, home, idle), session_scope)
                     else {
                         continue;
                     };
                     match shared.set_scope(&mut guard, scope).await {
                         Ok(()) => return Ok(guard),
+                        Err(error @ PoolError::SharedSessions(_)) => return Err(error),
                         // The connection failed (e.g. it died with the server) before any of
                         // the request reached the server: try another one.
                         Err(_) if tokio::time::Instant::now() < deadline => continue,
@@ -406,7 +495,9 @@ impl Pool {
             match shared.open(config, permit).await {
                 Ok(conn) => {
                     guard.conn = Some(conn);
-                    if let Some(scope) = scope {
+                    if per_transaction {
+                        shared.begin(&mut guard, scope).await?;
+                    } else if let Some(scope) = scope {
                         shared.set_scope(&mut guard, scope).await?;
                     }
                     return Ok(guard);
@@ -435,6 +526,12 @@ impl Pool {
             close
         };
         drop(closed);
+    }
+
+    /// Why this pool refuses every checkout, if it does (its connections share server
+    /// sessions: a pooler in transaction mode).
+    pub fn refused(&self) -> Option<String> {
+        self.shared.shared_sessions.get().cloned()
     }
 
     /// The pool's numbers, and whether PostgreSQL limits it (SQLSTATE 53300) right now.
@@ -535,6 +632,8 @@ impl Shared {
             tenant,
             home,
             scope,
+            backend: None,
+            in_transaction: false,
             key,
             opened,
         }
@@ -551,13 +650,15 @@ impl Shared {
         let Idle {
             mut conn,
             scope,
+            backend,
             key,
             opened,
             ..
         } = idle;
         let broken = conn.is_broken();
         let conn = (!broken).then_some(conn);
-        let guard = self.guard(tenant, home, conn, scope, key, opened);
+        let mut guard = self.guard(tenant, home, conn, scope, key, opened);
+        guard.backend = backend;
         if broken { None } else { Some(guard) }
     }
 
@@ -594,11 +695,28 @@ impl Shared {
         let result = diesel::select((
             set_config("search_path", scope.search_path.as_str(), false),
             set_config(TENANT_SETTING, tenant.as_str(), false),
+            pg_backend_pid(),
+            diesel::dsl::sql::<Text>("pg_postmaster_start_time()::text"),
         ))
-        .execute(&mut **guard)
+        .get_result::<(String, String, i32, String)>(&mut **guard)
         .await;
         match result {
-            Ok(_) => {
+            Ok((_, _, pid, server_started)) => {
+                let now = Backend {
+                    pid,
+                    server_started,
+                };
+                if let Some(before) = guard.backend.as_ref()
+                    && *before != now
+                {
+                    drop(guard.conn.take());
+                    return Err(self.sessions_are_shared(&format!(
+                        "one connection's scope statements ran on two server sessions \
+                         (processes {} and {})",
+                        before.pid, now.pid
+                    )));
+                }
+                guard.backend = Some(now);
                 guard.scope = Some(scope.tenant);
                 self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -606,8 +724,82 @@ impl Shared {
             Err(error) => {
                 // Its state is unknown: close it. The guard gives the tenant's share back.
                 drop(guard.conn.take());
+                // This service never closes a statement it prepared: one its session lost
+                // ran on another server session.
+                if let diesel::result::Error::DatabaseError(_, info) = &error
+                    && info.message().starts_with("prepared statement")
+                    && info.message().ends_with("does not exist")
+                {
+                    return Err(self.sessions_are_shared(info.message()));
+                }
                 Err(PoolError::Scope(error))
             }
+        }
+    }
+
+    /// Records (once) that this pool's connections share server sessions, so that no
+    /// tenant is served with a scope another client may have changed.
+    fn sessions_are_shared(&self, evidence: &str) -> PoolError {
+        let why = format!(
+            "the database connections lead to a pooler in transaction mode ({evidence}): \
+             tenant scopes set on a session would reach other clients, so no tenant is \
+             served; set TENANCY_POOLER=transaction, or connect to PostgreSQL directly or \
+             through a pooler in session mode"
+        );
+        if self.shared_sessions.set(why.clone()).is_ok() {
+            tracing::error!(pool = self.name, reason = %why, "refusing to serve tenants");
+        }
+        PoolError::SharedSessions(why)
+    }
+
+    /// Transaction mode: begins the guard's transaction and scopes it to `scope` (none:
+    /// a database of the tenant's own) for that transaction only, with the statement
+    /// timeout.
+    async fn begin(
+        &self,
+        guard: &mut PooledConnection,
+        scope: Option<&SessionScope>,
+    ) -> Result<(), PoolError> {
+        use diesel_async::RunQueryDsl;
+
+        let search_path = scope.map_or("public", |s| s.search_path.as_str());
+        let tenant = scope.map_or(guard.tenant, |s| s.tenant).to_string();
+        let timeout = self.settings.statement_timeout.as_millis().to_string();
+        let conn: &mut AsyncPgConnection = guard;
+        let result = async {
+            AnsiTransactionManager::begin_transaction(conn).await?;
+            diesel::select((
+                set_config("search_path", search_path, true),
+                set_config(TENANT_SETTING, tenant.as_str(), true),
+                set_config("statement_timeout", timeout.as_str(), true),
+            ))
+            .execute(conn)
+            .await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                guard.in_transaction = true;
+                self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                drop(guard.conn.take());
+                Err(PoolError::Scope(error))
+            }
+        }
+    }
+
+    /// Takes back a connection that is free again, unless it is broken, too old, or the
+    /// process is panicking (then it is closed).
+    fn keep(&self, mut idle: Idle) {
+        let reusable = !std::thread::panicking()
+            && !idle.conn.is_broken()
+            && idle.opened.elapsed() < self.settings.max_lifetime;
+        if reusable {
+            idle.since = Instant::now();
+            self.lock().idle.push_back(idle);
+            self.changed.notify_one();
         }
     }
 

@@ -38,6 +38,39 @@ pub struct DatabaseSettings {
     /// The CA that signs PostgreSQL's certificates, for URLs with `sslmode=verify-ca` or
     /// `verify-full` and no `sslrootcert` (`TENANCY_DATABASE_CA_FILE`).
     pub ca_file: Option<PathBuf>,
+    /// What `TENANCY_DATABASE_URL` leads to: PostgreSQL itself (or a pooler in session
+    /// mode), or a pooler in transaction mode (`TENANCY_POOLER`).
+    pub pooler: Pooler,
+    /// Whether the transaction pooler keeps named prepared statements apart per client
+    /// (PgBouncer 1.21 and newer with `max_prepared_statements`;
+    /// `TENANCY_POOLER_PREPARED_STATEMENTS`). Without it, no statement is prepared once and
+    /// reused: each is prepared, run and closed inside its transaction.
+    pub pooler_prepared_statements: bool,
+    /// A URL with a session of its own for `LISTEN` (`TENANCY_LISTEN_DATABASE_URL`); with a
+    /// transaction pooler, the migration URL serves when this is not set.
+    pub listen_url: Option<SecretString>,
+}
+
+/// How connections reach PostgreSQL (`TENANCY_POOLER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooler {
+    /// PostgreSQL itself, or a pooler in session mode: a connection is one server session
+    /// for its whole life, so a tenant's scope is set on it once and kept (`session`, the
+    /// default and the fastest).
+    Session,
+    /// A pooler in transaction mode (PgBouncer, Supavisor, RDS Proxy): each transaction
+    /// may run on another server session, so every tenant checkout is one transaction that
+    /// sets its scope for that transaction alone (`transaction`).
+    Transaction,
+}
+
+impl Pooler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooler::Session => "session",
+            Pooler::Transaction => "transaction",
+        }
+    }
 }
 
 impl DatabaseSettings {
@@ -54,6 +87,9 @@ impl DatabaseSettings {
         ("statement_timeout", Some("30")),
         ("slow_query_ms", Some("500")),
         ("database_ca_file", None),
+        ("pooler", Some("session")),
+        ("pooler_prepared_statements", Some("false")),
+        ("listen_database_url", None),
     ];
 
     pub fn read(src: &Source) -> Result<Self, ConfigError> {
@@ -91,6 +127,25 @@ impl DatabaseSettings {
             slow_query: match src.number::<u64>("slow_query_ms", 0, 24 * 3600 * 1000)? {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
+            },
+            pooler: match src.get("pooler").as_str() {
+                "session" => Pooler::Session,
+                "transaction" => Pooler::Transaction,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "pooler",
+                        "must be session (PostgreSQL itself, or a pooler in session mode) or \
+                         transaction (PgBouncer, Supavisor or RDS Proxy in transaction mode)",
+                    ));
+                }
+            },
+            pooler_prepared_statements: src.boolean("pooler_prepared_statements")?,
+            listen_url: match src.optional("listen_database_url") {
+                Some(url) => {
+                    check_postgres_url("listen_database_url", &url)?;
+                    Some(SecretString::from(url))
+                }
+                None => None,
             },
         })
     }

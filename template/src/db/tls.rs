@@ -67,6 +67,12 @@ impl FromStr for SslMode {
 pub struct PgConfig {
     config: tokio_postgres::Config,
     tls: Tls,
+    /// False for connections through a pooler in transaction mode, which drops or refuses
+    /// start-up options: settings then go in each transaction instead.
+    start_up_options: bool,
+    /// Whether a connection keeps the statements it prepared, for reuse (not through a
+    /// transaction pooler that does not keep them apart per client).
+    prepared_statements: bool,
 }
 
 impl PgConfig {
@@ -93,11 +99,42 @@ impl PgConfig {
         };
         let given = !matches!(ca, Ca::System) || root.is_some();
         let tls = Tls::new(mode, given, &ca)?;
-        Ok(Self { config, tls })
+        Ok(Self {
+            config,
+            tls,
+            start_up_options: true,
+            prepared_statements: true,
+        })
     }
 
     pub fn tls(&self) -> &Tls {
         &self.tls
+    }
+
+    /// The same settings for connections through a pooler in transaction mode: refuses a
+    /// URL with `options` (such a pooler drops or refuses them), and keeps any from being
+    /// added (`connect::with_session_option` and `with_statement_timeout` leave it as it is).
+    /// `prepared_statements`: whether the pooler keeps each client's prepared statements
+    /// apart (PgBouncer 1.21 and newer with `max_prepared_statements`).
+    pub fn through_transaction_pooler(mut self, prepared_statements: bool) -> Result<Self, String> {
+        if self.config.get_options().is_some_and(|o| !o.trim().is_empty()) {
+            return Err("a pooler in transaction mode drops or refuses the URL's `options`: \
+                 remove them (TENANCY_POOLER=transaction sets what each transaction needs)"
+                .into());
+        }
+        self.start_up_options = false;
+        self.prepared_statements = prepared_statements;
+        Ok(self)
+    }
+
+    /// Whether connections keep their prepared statements for reuse.
+    pub fn keeps_prepared_statements(&self) -> bool {
+        self.prepared_statements
+    }
+
+    /// Whether start-up options reach the server (not through a transaction pooler).
+    pub fn takes_start_up_options(&self) -> bool {
+        self.start_up_options
     }
 
     /// The connection settings of `url` without building its TLS (no CA file is read):

@@ -78,17 +78,23 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
     };
     let cache = tenancy.cache_stats();
     let mut cache_json = json!(cache);
-    if !cache.watching {
+    // Polled by choice (a transaction pooler and no URL to listen on), or by necessity.
+    let polled = !cache.watching && tenancy.polls_changes();
+    if polled {
+        cache_json["changes"] = json!("polled: entries are read again after 1 s");
+    } else if !cache.watching {
         cache_json["degraded"] =
             json!("tenant changes made elsewhere are not received: entries are trusted for 1 s");
     }
 {%- if redis_cache %}
     let shared = tenancy.shared_cache_stats();
     cache_json["shared"] = json!(shared);
-    let degraded = connections.degraded.is_some() || !cache.watching || shared.degraded.is_some();
+    let degraded =
+        connections.degraded.is_some() || !(cache.watching || polled) || shared.degraded.is_some();
 {%- else %}
-    let degraded = connections.degraded.is_some() || !cache.watching;
+    let degraded = connections.degraded.is_some() || !(cache.watching || polled);
 {%- endif %}
+    let healthy = healthy && connections.refused.is_none();
     let status = match (healthy, degraded) {
         (false, _) => "unhealthy",
         (true, true) => "degraded",

@@ -12,7 +12,7 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 
 use super::Tenancy;
-use crate::db::TenantConnection;
+use crate::db::{RequestTransactions, TenantConnection};
 use crate::domain::Tenant;
 use crate::error::AppError;
 
@@ -51,9 +51,11 @@ impl FromRequest for TenantConnection {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let tenant = current_tenant(req);
         let tenancy = tenancy(req);
+        // Transaction mode: the tenant middleware finishes its transaction.
+        let request = req.extensions().get::<RequestTransactions>().cloned();
         Box::pin(async move {
             let (tenant, tenancy) = (tenant?, tenancy?);
-            Ok(tenancy.tenant_connection(&tenant).await?)
+            Ok(tenancy.tenant_connection_in(&tenant, request).await?)
         })
     }
 }

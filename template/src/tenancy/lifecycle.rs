@@ -125,6 +125,7 @@ impl Tenancy {
     /// isolation strategy shares between tenants, as the migration role, and grants the
     /// application role data access to them.
     pub async fn migrate_control(&self) -> Result<Vec<String>, MigrateError> {
+        self.check_owner_session().await?;
         let grants = match &self.context().app_role {
             Some(role) => vec![
                 format!(
@@ -157,6 +158,7 @@ impl Tenancy {
     /// `CREATEROLE` or `BYPASSRLS`. The name and password travel in bind parameters and
     /// are quoted by PostgreSQL (`format('%I', '%L')`). Returns whether it was created.
     pub async fn create_app_role(&self) -> Result<bool, LifecycleError> {
+        self.check_owner_session().await?;
         let ctx = self.context();
         let Some(role) = &ctx.app_role else {
             return Err(LifecycleError::Invalid(
@@ -215,6 +217,7 @@ impl Tenancy {
     }
 
     async fn provision(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
+        self.check_owner_session().await?;
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(LifecycleError::Invalid(
@@ -246,8 +249,11 @@ impl Tenancy {
 {%- endif %}
         let tenant = {
             let mut conn = self.control.get().await?;
-            registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)
-                .await?
+            let tenant =
+                registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)
+                    .await?;
+            conn.finish(true).await?;
+            tenant
         };
         if tenant.status != TenantStatus::Provisioning {
             return Err(LifecycleError::Conflict(format!(
@@ -269,6 +275,7 @@ impl Tenancy {
             TenantStatus::Active,
         )
         .await?;
+        conn.finish(true).await?;
         self.forget(active.as_ref().unwrap_or(&tenant)).await;
         match active {
             Some(active) => Ok(active),
@@ -337,6 +344,7 @@ impl Tenancy {
                 "destroy needs the tenant identifier repeated as confirmation".into(),
             ));
         }
+        self.check_owner_session().await?;
         let tenant = self.get_tenant(identifier).await?;
         if tenant.status != TenantStatus::Deleted {
             return Err(LifecycleError::Conflict(format!(
@@ -369,6 +377,7 @@ impl Tenancy {
         }
         let mut conn = self.control.get().await?;
         let changed = registry::transition(&mut conn, tenant.id, from, to).await?;
+        conn.finish(true).await?;
         self.forget(changed.as_ref().unwrap_or(&tenant)).await;
         changed.ok_or_else(|| {
             LifecycleError::Conflict(format!(

@@ -4,6 +4,11 @@
 //! The tenant must be named, known and active, or the request ends here with a
 //! problem+json error. The tenant is put in the request extensions and on the request's
 //! root span (`tenant.id`, `tenant.identifier`).
+//!
+//! Behind a transaction pooler (`TENANCY_POOLER=transaction`) each tenant connection of the
+//! request is a transaction: once the handler has answered, they are committed if the
+//! answer is a success (2xx, 3xx) and rolled back otherwise; a commit that fails turns the
+//! answer into that error, so a client is never told of a write that did not happen.
 
 use actix_web::HttpMessage;
 use actix_web::body::{EitherBody, MessageBody};
@@ -12,6 +17,7 @@ use actix_web::middleware::Next;
 use tracing_actix_web::RootSpan;
 
 use super::TenantError;
+use crate::db::RequestTransactions;
 use super::resolve::{self, Found, Rejection};
 use crate::error::AppError;
 
@@ -40,7 +46,29 @@ pub async fn resolve_tenant(
         span.record("tenant.identifier", tenant.identifier.as_str());
     }
     req.extensions_mut().insert(tenant);
-    Ok(next.call(req).await?.map_into_left_body())
+    if !tenancy.per_transaction() {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let transactions = RequestTransactions::default();
+    req.extensions_mut().insert(transactions.clone());
+    let response = match next.call(req).await {
+        Ok(response) => response,
+        Err(error) => {
+            let _ = transactions.finish(false).await;
+            return Err(error);
+        }
+    };
+    let status = response.status();
+    let commit = status.is_success() || status.is_redirection();
+    match transactions.finish(commit).await {
+        Ok(()) => Ok(response.map_into_left_body()),
+        Err(error) if commit => {
+            let request = response.request().clone();
+            Ok(ServiceResponse::from_err(AppError::from(error), request).map_into_right_body())
+        }
+        // A rollback that failed closed its connection: the answer stands.
+        Err(_) => Ok(response.map_into_left_body()),
+    }
 }
 
 /// How a request whose tenant is not served is answered.

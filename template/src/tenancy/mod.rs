@@ -24,10 +24,12 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use crate::db::connect::{with_session_option, with_statement_timeout};
+use crate::db::connect::ConnectError;
+use crate::db::migrate::MigrateError;
 use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
-use crate::db::settings::DatabaseSettings;
+use crate::db::settings::{DatabaseSettings, Pooler};
 use crate::db::tls::PgConfig;
-use crate::db::{CONTROL_SCHEMA, ControlPool, TenantConnection, runtime};
+use crate::db::{CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, pooler, runtime};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
 use crate::metrics::Metrics;
 use cache::{CacheStats, TenantCache};
@@ -54,6 +56,8 @@ pub struct Tenancy {
 {%- endif %}
     /// What `/metrics` shows.
     pub metrics: Metrics,
+    /// Set once the owner's URL was found to give migrations a session of their own.
+    owner_session: tokio::sync::OnceCell<()>,
     /// Stops listening for tenant changes when the service is dropped.
     _watching: Option<tokio_util::sync::DropGuard>,
 }
@@ -80,6 +84,10 @@ pub struct ConnectionStats {
     /// Why the service runs with fewer connections than configured, if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// Why no tenant is served at all, if none is (a pooler in transaction mode found
+    /// behind connections that keep scopes on their sessions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Why a request's tenant is not served.
@@ -119,6 +127,11 @@ impl Tenancy {
         }
         if app.get_connect_timeout().is_none() {
             app.connect_timeout(database.pool_timeout);
+        }
+        if database.pooler == Pooler::Transaction {
+            app = app
+                .through_transaction_pooler(database.pooler_prepared_statements)
+                .map_err(StartupError::DatabaseUrl)?;
         }
         let app = with_statement_timeout(&app, database.statement_timeout);
         let owner = match &database.migration_url {
@@ -188,6 +201,7 @@ impl Tenancy {
             shared,
 {%- endif %}
             metrics: Metrics::default(),
+            owner_session: tokio::sync::OnceCell::new(),
             _watching: None,
         })
     }
@@ -195,9 +209,17 @@ impl Tenancy {
     /// Starts listening for changes to the registry made anywhere (see `changes`); waits
     /// for the first attempt, and keeps trying in the background if it failed.
     pub async fn watch_changes(&mut self) {
+        let Some((_, config)) = self.listen_config() else {
+            tracing::info!(
+                "TENANCY_POOLER=transaction and no URL with a session of its own \
+                 (TENANCY_LISTEN_DATABASE_URL, TENANCY_MIGRATION_DATABASE_URL): tenant \
+                 changes are polled, cache entries are read again after 1 s"
+            );
+            return;
+        };
         let stop = tokio_util::sync::CancellationToken::new();
         changes::watch(
-            self.control.config().clone(),
+            config,
             self.cache.clone(),
 {%- if redis_cache %}
             self.shared.clone(),
@@ -240,8 +262,18 @@ impl Tenancy {
     }
 
     /// A connection scoped to `tenant`: one already scoped to it, else a shared one
-    /// re-scoped (schema, rls), else a new one.
+    /// re-scoped (schema, rls), else a new one. Behind a transaction pooler, a transaction
+    /// scoped to it, which [`TenantConnection::finish`] ends.
     pub async fn tenant_connection(&self, tenant: &Tenant) -> Result<TenantConnection, PoolError> {
+        self.tenant_connection_in(tenant, None).await
+    }
+
+    /// The same for a request, whose end finishes the transaction (transaction mode).
+    pub(crate) async fn tenant_connection_in(
+        &self,
+        tenant: &Tenant,
+        request: Option<RequestTransactions>,
+    ) -> Result<TenantConnection, PoolError> {
         let route = self.strategy.route(tenant).map_err(PoolError::Isolation)?;
         let conn = self
             .pool
@@ -249,7 +281,107 @@ impl Tenancy {
                 self.strategy.connect_config(&self.ctx, tenant)
             })
             .await?;
-        Ok(TenantConnection::new(conn))
+        Ok(TenantConnection::new(conn, request))
+    }
+
+    /// Whether tenant changes are polled rather than heard (a transaction pooler and no
+    /// URL for `LISTEN`): cache entries are then read again after a second.
+    pub fn polls_changes(&self) -> bool {
+        self.listen_config().is_none()
+    }
+
+    /// Whether each checkout is one transaction (`TENANCY_POOLER=transaction`).
+    pub fn per_transaction(&self) -> bool {
+        self.settings.database.pooler == Pooler::Transaction
+    }
+
+    /// Refuses to serve through a pooler in transaction mode unless
+    /// `TENANCY_POOLER=transaction` says so (see `db::pooler`); in that mode, checks that
+    /// the change listener's URL gives it a session.
+    pub async fn check_pooler(&self) -> Result<(), String> {
+        if !self.per_transaction() {
+            return match pooler::shares_sessions(&self.ctx.app, &self.ctx.runtime).await {
+                Ok(None) => Ok(()),
+                Ok(Some(evidence)) => Err(format!(
+                    "TENANCY_DATABASE_URL leads to a pooler in transaction mode ({evidence}): \
+                     tenant scopes set on a session would reach other clients. Set \
+                     TENANCY_POOLER=transaction, or point TENANCY_DATABASE_URL at PostgreSQL \
+                     itself or at a pooler in session mode"
+                )),
+                Err(error) => Err(format!("TENANCY_DATABASE_URL: {}", pooler_hint(&error))),
+            };
+        }
+        if let Some((variable, config)) = self.listen_config() {
+            match pooler::shares_sessions(&config, &self.ctx.runtime).await {
+                Ok(None) => {}
+                Ok(Some(evidence)) => {
+                    return Err(format!(
+                        "{variable} leads to a pooler in transaction mode ({evidence}): \
+                         LISTEN needs a session of its own; point it at PostgreSQL itself, \
+                         or leave TENANCY_LISTEN_DATABASE_URL unset to poll the registry"
+                    ));
+                }
+                Err(error) => return Err(format!("{variable}: {error}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses work of the owner (migrations, provisioning, destroying) over a URL without a
+    /// session of its own: behind a transaction pooler its start-up `search_path`, its
+    /// advisory locks and its prepared statements would reach other clients. Checked once.
+    pub(crate) async fn check_owner_session(&self) -> Result<(), MigrateError> {
+        let database = &self.settings.database;
+        self.owner_session
+            .get_or_try_init(|| async {
+                let Some(_) = &database.migration_url else {
+                    if database.pooler == Pooler::Transaction {
+                        return Err(MigrateError::NoSession(
+                            "TENANCY_POOLER=transaction: migrations, provisioning and \
+                             destroying tenants need a session of the owner: set \
+                             TENANCY_MIGRATION_DATABASE_URL to a URL that reaches PostgreSQL \
+                             itself (or a pooler in session mode)"
+                                .into(),
+                        ));
+                    }
+                    // The same URL as the application's, checked by `serve`.
+                    return Ok(());
+                };
+                match pooler::shares_sessions(&self.ctx.owner, &self.ctx.runtime).await? {
+                    None => Ok(()),
+                    Some(evidence) => Err(MigrateError::NoSession(format!(
+                        "TENANCY_MIGRATION_DATABASE_URL leads to a pooler in transaction mode \
+                         ({evidence}): migrations need a session of their own; point it at \
+                         PostgreSQL itself or at a pooler in session mode"
+                    ))),
+                }
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Where the change listener connects, and the variable that named it: the URL of
+    /// the application role, except behind a transaction pooler, where `LISTEN` needs
+    /// `TENANCY_LISTEN_DATABASE_URL` or else the migration URL (none: the registry is
+    /// polled instead).
+    fn listen_config(&self) -> Option<(&'static str, PgConfig)> {
+        let database = &self.settings.database;
+        let ca_file = database.ca_file.as_deref();
+        let parse = |variable: &'static str, url: &secrecy::SecretString| {
+            PgConfig::parse(url.expose_secret(), ca_file)
+                .ok()
+                .map(|config| (variable, config))
+        };
+        if let Some(url) = &database.listen_url {
+            return parse("TENANCY_LISTEN_DATABASE_URL", url);
+        }
+        match database.pooler {
+            Pooler::Session => Some(("TENANCY_DATABASE_URL", self.control.config().clone())),
+            Pooler::Transaction => database
+                .migration_url
+                .as_ref()
+                .and_then(|url| parse("TENANCY_MIGRATION_DATABASE_URL", url)),
+        }
     }
 
     /// Closes the idle connections of `tenant`'s own database (database per tenant).
@@ -264,6 +396,7 @@ impl Tenancy {
             tenant,
             control,
             degraded: tenant_limit.or(control_limit),
+            refused: self.pool.refused(),
         }
     }
 
@@ -389,5 +522,19 @@ fn pool_settings(database: &DatabaseSettings, max: u32, per_tenant: u32) -> Pool
         max_lifetime: database.pool_recycle,
         backoff: TOO_MANY_CONNECTIONS_BACKOFF,
         slow_statement: database.slow_query,
+        pooler: database.pooler,
+        statement_timeout: database.statement_timeout,
+    }
+}
+
+/// `error`, with what to do when a pooler refused a start-up parameter.
+fn pooler_hint(error: &ConnectError) -> String {
+    let text = error.to_string();
+    if text.contains("unsupported startup parameter") {
+        format!(
+            "{text}: this looks like a pooler in transaction mode; set TENANCY_POOLER=transaction"
+        )
+    } else {
+        text
     }
 }

@@ -25,7 +25,7 @@ use svc::tenancy::resolve::path::strip_tenant_prefix;
 /// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
 /// once (`2 × writes` concurrent requests per tenant); every listing must contain only
 /// that tenant's notes, and every tenant ends with exactly its own `writes` notes.
-async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, writes: usize) {
+pub(crate) async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, writes: usize) {
     let names: Vec<String> = (0..tenants).map(|i| format!("iso_{i:02}")).collect();
     for name in &names {
         app.create_tenant(name).await;
@@ -120,8 +120,24 @@ async fn many_tenants_share_four_connections_and_every_row_stays_with_its_tenant
     // database per tenant: closed and opened, being the only way to change database).
     const TENANTS: usize = {% if isolation == "database" %}40{% else %}200{% endif %};
     let app = spawn_with_pools(4, 4).await;
+    many_tenants_take_turns(&app, TENANTS).await;
+    let stats = app.tenancy.connection_stats().tenant;
+    assert!(stats.open_connections <= 4, "{stats:?}");
+{%- if isolation == "database" %}
+    assert!(stats.evicted > 0, "{stats:?}");
+{%- else %}
+    // Never more than the four connections: tenants changed by re-scoping.
+    assert!(stats.opened <= 4, "{stats:?}");
+    assert!(stats.rescoped as usize >= TENANTS, "{stats:?}");
+{%- endif %}
+    assert_connections_within(&app, 4).await;
+}
+
+/// `count` tenants write two notes each, then read them, all at once: every answer holds
+/// exactly the tenant's own two notes, and the owner finds them where they belong.
+pub(crate) async fn many_tenants_take_turns(app: &TestApp, count: usize) {
     let mut tenants = Vec::new();
-    for i in 0..TENANTS {
+    for i in 0..count {
         tenants.push(app.create_tenant(&format!("share_{i:03}")).await);
     }
     let service = service!(app);
@@ -165,16 +181,6 @@ async fn many_tenants_share_four_connections_and_every_row_stays_with_its_tenant
             tenant.identifier
         );
     }
-    let stats = app.tenancy.connection_stats().tenant;
-    assert!(stats.open_connections <= 4, "{stats:?}");
-{%- if isolation == "database" %}
-    assert!(stats.evicted > 0, "{stats:?}");
-{%- else %}
-    // Never more than the four connections: tenants changed by re-scoping.
-    assert!(stats.opened <= 4, "{stats:?}");
-    assert!(stats.rescoped as usize >= TENANTS, "{stats:?}");
-{%- endif %}
-    assert_connections_within(&app, 4).await;
 }
 
 {%- if isolation != "database" %}
@@ -240,11 +246,16 @@ async fn scope_via(app: &TestApp, tenant: &Tenant) -> String {
 
 #[actix_web::test]
 async fn a_checkout_cancelled_mid_flight_never_leaves_another_tenants_scope_behind() {
-    let app = spawn_with_pools(1, 1).await;
+    cancelled_checkouts_leave_no_scope_behind(&spawn_with_pools(1, 1).await).await;
+}
+
+/// Checkouts of one tenant dropped mid-flight between checkouts of another, on an app
+/// with one connection: each tenant always finds its own scope.
+pub(crate) async fn cancelled_checkouts_leave_no_scope_behind(app: &TestApp) {
     let alpha = app.create_tenant("alpha").await;
     let beta = app.create_tenant("beta").await;
-    let alpha_scope = scope_via(&app, &alpha).await;
-    let beta_scope = scope_via(&app, &beta).await;
+    let alpha_scope = scope_via(app, &alpha).await;
+    let beta_scope = scope_via(app, &beta).await;
     assert_ne!(alpha_scope, beta_scope);
     // Its schema, its database or its id.
     assert!(alpha_scope.contains("alpha") || alpha_scope.contains(&alpha.id.to_string()));
@@ -254,7 +265,7 @@ async fn a_checkout_cancelled_mid_flight_never_leaves_another_tenants_scope_behi
     // but before it was read.
     let mut cancelled = 0;
     for step in 0..40u64 {
-        assert_eq!(scope_via(&app, &alpha).await, alpha_scope);
+        assert_eq!(scope_via(app, &alpha).await, alpha_scope);
         let mut checkout = Box::pin(app.tenancy.tenant_connection(&beta));
         match checkout.as_mut().now_or_never() {
             Some(conn) => drop(conn.unwrap()),
@@ -269,12 +280,12 @@ async fn a_checkout_cancelled_mid_flight_never_leaves_another_tenants_scope_behi
         drop(checkout);
         // Whatever state the cancelled checkout left, each tenant sees only its scope.
         assert_eq!(
-            scope_via(&app, &alpha).await,
+            scope_via(app, &alpha).await,
             alpha_scope,
             "after step {step}"
         );
         assert_eq!(
-            scope_via(&app, &beta).await,
+            scope_via(app, &beta).await,
             beta_scope,
             "after step {step}"
         );
@@ -387,7 +398,12 @@ async fn with_one_connection_a_then_b_then_a_never_see_the_wrong_schema() {
 
 #[actix_web::test]
 async fn cancelled_panicking_and_failed_requests_leave_no_scope_behind() {
-    let app = spawn_with_pools(1, 1).await;
+    misbehaving_requests_leave_no_scope_behind(&spawn_with_pools(1, 1).await).await;
+}
+
+/// Requests cancelled mid-query, handlers that panic or whose transaction fails: none
+/// leaves its scope to the next request.
+pub(crate) async fn misbehaving_requests_leave_no_scope_behind(app: &TestApp) {
     app.create_tenant("alpha").await;
     app.create_tenant("beta").await;
     let service = probe_service!(app);

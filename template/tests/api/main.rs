@@ -43,6 +43,8 @@ mod otlp;
 {% if path_resolver -%}
 mod path;
 {% endif -%}
+mod pgbouncer;
+mod pooler;
 {% if redis_cache -%}
 mod redis;
 {% endif -%}

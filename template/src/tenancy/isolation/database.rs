@@ -193,6 +193,10 @@ pub struct DatabaseStrategy {
     migration_url: Option<SecretString>,
     /// Set on every application connection (`TENANCY_STATEMENT_TIMEOUT`).
     statement_timeout: std::time::Duration,
+    /// Whether application connections go through a pooler in transaction mode.
+    pooler: crate::db::settings::Pooler,
+    /// Whether that pooler keeps prepared statements apart per client.
+    pooler_prepared_statements: bool,
     /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`).
     servers: Vec<ServerAddress>,
     /// `TENANCY_DATABASE_CA_FILE`, for URLs that check the server's certificate.
@@ -254,6 +258,9 @@ impl DatabaseStrategy {
         };
         if config.get_application_name().is_none() {
             config.application_name(env!("CARGO_PKG_NAME"));
+        }
+        if self.pooler == crate::db::settings::Pooler::Transaction {
+            config = config.through_transaction_pooler(self.pooler_prepared_statements)?;
         }
         Ok(with_statement_timeout(&config, self.statement_timeout))
     }
@@ -424,6 +431,8 @@ impl Strategy for DatabaseStrategy {
             database_url: database.url.clone(),
             migration_url: database.migration_url.clone(),
             statement_timeout: database.statement_timeout,
+            pooler: database.pooler,
+            pooler_prepared_statements: database.pooler_prepared_statements,
             servers: settings.servers.clone(),
             ca_file: database.ca_file.clone(),
         }
