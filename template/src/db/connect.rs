@@ -195,7 +195,10 @@ async fn set_up(
 /// A bare client outside every pool (the pooler check, `pooler`): the caller sends
 /// statements that each travel in one message flight (`query_typed`), so a pooler in
 /// transaction mode cannot split one between two server sessions.
-pub async fn bare(config: PgConfig, runtime: &Handle) -> Result<tokio_postgres::Client, ConnectError> {
+pub async fn bare(
+    config: PgConfig,
+    runtime: &Handle,
+) -> Result<tokio_postgres::Client, ConnectError> {
     runtime
         .spawn(async move {
             let (client, connection, _) = log_in(&config).await?;

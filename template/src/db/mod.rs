@@ -142,9 +142,12 @@ impl ControlPool {
 
     pub async fn get(&self) -> Result<ControlConnection, PoolError> {
         self.pool
-            .get(uuid::Uuid::nil(), Home::Shared, self.scope.as_ref(), || async {
-                Ok(self.config.clone())
-            })
+            .get(
+                uuid::Uuid::nil(),
+                Home::Shared,
+                self.scope.as_ref(),
+                || async { Ok(self.config.clone()) },
+            )
             .await
     }
 

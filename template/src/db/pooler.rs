@@ -94,10 +94,16 @@ async fn exchange(
         .into_iter()
         .next()
         .ok_or_else(|| ConnectError::Probe("no row".into()))?;
-    let setting: String = row.try_get(0).map_err(|e| ConnectError::Probe(e.to_string()))?;
+    let setting: String = row
+        .try_get(0)
+        .map_err(|e| ConnectError::Probe(e.to_string()))?;
     let backend = Backend {
-        pid: row.try_get(1).map_err(|e| ConnectError::Probe(e.to_string()))?,
-        server_started: row.try_get(2).map_err(|e| ConnectError::Probe(e.to_string()))?,
+        pid: row
+            .try_get(1)
+            .map_err(|e| ConnectError::Probe(e.to_string()))?,
+        server_started: row
+            .try_get(2)
+            .map_err(|e| ConnectError::Probe(e.to_string()))?,
     };
     Ok((setting, backend))
 }

@@ -117,10 +117,16 @@ impl PgConfig {
     /// `prepared_statements`: whether the pooler keeps each client's prepared statements
     /// apart (PgBouncer 1.21 and newer with `max_prepared_statements`).
     pub fn through_transaction_pooler(mut self, prepared_statements: bool) -> Result<Self, String> {
-        if self.config.get_options().is_some_and(|o| !o.trim().is_empty()) {
-            return Err("a pooler in transaction mode drops or refuses the URL's `options`: \
+        if self
+            .config
+            .get_options()
+            .is_some_and(|o| !o.trim().is_empty())
+        {
+            return Err(
+                "a pooler in transaction mode drops or refuses the URL's `options`: \
                  remove them (TENANCY_POOLER=transaction sets what each transaction needs)"
-                .into());
+                    .into(),
+            );
         }
         self.start_up_options = false;
         self.prepared_statements = prepared_statements;

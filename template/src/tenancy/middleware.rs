@@ -17,8 +17,8 @@ use actix_web::middleware::Next;
 use tracing_actix_web::RootSpan;
 
 use super::TenantError;
-use crate::db::RequestTransactions;
 use super::resolve::{self, Found, Rejection};
+use crate::db::RequestTransactions;
 use crate::error::AppError;
 
 pub async fn resolve_tenant(

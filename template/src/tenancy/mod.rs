@@ -23,13 +23,15 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::connect::ConnectError;
+use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::{DatabaseSettings, Pooler};
 use crate::db::tls::PgConfig;
-use crate::db::{CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, pooler, runtime};
+use crate::db::{
+    CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, pooler, runtime,
+};
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
 use crate::metrics::Metrics;
 use cache::{CacheStats, TenantCache};
@@ -218,16 +220,18 @@ impl Tenancy {
             return;
         };
         let stop = tokio_util::sync::CancellationToken::new();
+{%- if redis_cache %}
         changes::watch(
             config,
             self.cache.clone(),
-{%- if redis_cache %}
             self.shared.clone(),
-{%- endif %}
             &self.ctx.runtime,
             stop.clone(),
         )
         .await;
+{%- else %}
+        changes::watch(config, self.cache.clone(), &self.ctx.runtime, stop.clone()).await;
+{%- endif %}
         self._watching = Some(stop.drop_guard());
     }
 

@@ -25,7 +25,11 @@ use svc::tenancy::resolve::path::strip_tenant_prefix;
 /// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
 /// once (`2 × writes` concurrent requests per tenant); every listing must contain only
 /// that tenant's notes, and every tenant ends with exactly its own `writes` notes.
-pub(crate) async fn concurrent_tenants_never_see_each_other(app: &TestApp, tenants: usize, writes: usize) {
+pub(crate) async fn concurrent_tenants_never_see_each_other(
+    app: &TestApp,
+    tenants: usize,
+    writes: usize,
+) {
     let names: Vec<String> = (0..tenants).map(|i| format!("iso_{i:02}")).collect();
     for name in &names {
         app.create_tenant(name).await;
@@ -284,11 +288,7 @@ pub(crate) async fn cancelled_checkouts_leave_no_scope_behind(app: &TestApp) {
             alpha_scope,
             "after step {step}"
         );
-        assert_eq!(
-            scope_via(app, &beta).await,
-            beta_scope,
-            "after step {step}"
-        );
+        assert_eq!(scope_via(app, &beta).await, beta_scope, "after step {step}");
     }
     assert!(cancelled > 0, "no checkout was cancelled");
     assert!(app.tenancy.connection_stats().tenant.open_connections <= 1);

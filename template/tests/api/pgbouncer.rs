@@ -18,10 +18,14 @@ fn find_binary() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("TENANCY_TEST_PGBOUNCER") {
         return Some(PathBuf::from(path));
     }
-    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 impl PgBouncer {

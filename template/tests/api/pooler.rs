@@ -80,6 +80,10 @@ async fn the_default_mode_refuses_to_start_behind_a_transaction_pooler() {
     assert!(svc::startup::prepare(&settings).await.is_ok());
 }
 
+{%- if isolation != "database" %}
+// (One database per tenant keeps no scope on a session: behind a pooler switched to
+// transaction mode, a connection still reaches its tenant's database only.)
+
 #[actix_web::test]
 async fn a_session_pooler_switched_to_transaction_mode_is_caught_and_nothing_is_served() {
     let Some(pooler) = PgBouncer::start(&server_url(), "session", 40) else {
@@ -137,8 +141,12 @@ async fn a_session_pooler_switched_to_transaction_mode_is_caught_and_nothing_is_
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let health: serde_json::Value = test::read_body_json(response).await;
     assert_eq!(health["status"], "unhealthy", "{health}");
-    assert!(health.to_string().contains("TENANCY_POOLER=transaction"), "{health}");
+    assert!(
+        health.to_string().contains("TENANCY_POOLER=transaction"),
+        "{health}"
+    );
 }
+{%- endif %}
 
 #[actix_web::test]
 async fn twenty_tenants_times_fifty_concurrent_requests_stay_isolated_behind_the_pooler() {
@@ -146,7 +154,9 @@ async fn twenty_tenants_times_fifty_concurrent_requests_stay_isolated_behind_the
         return;
     };
     let app = spawn_behind(&pooler, TestDatabase::create().await, &[]).await;
-    isolation::concurrent_tenants_never_see_each_other(&app, 20, 25).await;
+    // One database per tenant: each tenant's connections are opened through the pooler.
+    let (tenants, writes) = {% if isolation == "database" %}(10, 10){% else %}(20, 25){% endif %};
+    isolation::concurrent_tenants_never_see_each_other(&app, tenants, writes).await;
 }
 
 #[actix_web::test]
@@ -184,10 +194,7 @@ async fn cancelled_checkouts_and_misbehaving_requests_leave_no_scope_behind_the_
 }
 
 /// Writes a note, then answers with `status`.
-async fn write_then_answer(
-    mut conn: TenantConnection,
-    status: web::Path<u16>,
-) -> HttpResponse {
+async fn write_then_answer(mut conn: TenantConnection, status: web::Path<u16>) -> HttpResponse {
     diesel::sql_query("INSERT INTO notes (title) VALUES ('written')")
         .execute(&mut conn)
         .await
@@ -215,14 +222,22 @@ async fn a_request_commits_when_its_handler_succeeds_and_rolls_back_otherwise() 
     .await;
     let mut expected = 0;
     for status in [201, 409, 500, 200, 404, 302] {
-        let request = for_tenant(test::TestRequest::get(), &format!("/write/{status}"), "acme");
+        let request = for_tenant(
+            test::TestRequest::get(),
+            &format!("/write/{status}"),
+            "acme",
+        );
         let response = test::call_service(&service, request.to_request()).await;
         assert_eq!(response.status().as_u16(), status);
         if status < 400 {
             expected += 1;
         }
         // Committed before the answer left: the owner sees it at once.
-        assert_eq!(app.db.notes_of(&acme).await, Some(expected), "after {status}");
+        assert_eq!(
+            app.db.notes_of(&acme).await,
+            Some(expected),
+            "after {status}"
+        );
     }
 }
 
@@ -273,7 +288,11 @@ async fn replicas_behind_the_pooler_agree_on_a_suspension_within_a_second() {
     }
     // Polling is the configured way here, not a fault.
     let service = test::init_service(app(c.clone(), &a.settings)).await;
-    let response = test::call_service(&service, test::TestRequest::get().uri("/health").to_request()).await;
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health").to_request(),
+    )
+    .await;
     let health: serde_json::Value = test::read_body_json(response).await;
     assert_eq!(health["status"], "healthy", "{health}");
 }
@@ -304,7 +323,10 @@ async fn the_transaction_mode_survives_a_postgresql_restart_behind_the_pooler() 
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut served = 0;
     while served < names.len() * 3 {
-        assert!(Instant::now() < deadline, "not served again after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "not served again after the restart"
+        );
         for name in &names {
             let (status, body) = call!(service, get "/api/notes", tenant = name.as_str());
             if status == StatusCode::OK {
