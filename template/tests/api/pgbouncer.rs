@@ -120,6 +120,8 @@ impl PgBouncer {
         std::fs::write(&file, format!("{settings}pool_mode = {mode}\n")).unwrap();
     }
 
+{%- if isolation != "database" %}
+
     /// Switches to `mode` for the transactions that start from now on (clients that hold
     /// a server connection in session mode keep it).
     pub fn set_mode(&self, mode: &str) {
@@ -127,6 +129,7 @@ impl PgBouncer {
         self.signal("HUP");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+{%- endif %}
 
     /// `url` (one of the test server's) with PgBouncer's address instead of the server's.
     pub fn url(&self, url: &str) -> String {
