@@ -106,6 +106,7 @@ impl Application {
             database = %settings.tenancy.database.describe(),
             isolation = crate::config::ISOLATION_STRATEGY,
             resolution = crate::config::RESOLUTION_STRATEGY,
+            pooler = settings.tenancy.database.pooler.as_str(),
             "starting"
         );
 {%- if admin_api %}

@@ -14,7 +14,10 @@ use serde_json::json;
 
 use crate::cluster::Cluster;
 use crate::helpers::*;
-use crate::isolation;
+use crate::isolation::{
+    cancelled_checkouts_leave_no_scope_behind, concurrent_tenants_never_see_each_other,
+    many_tenants_take_turns, misbehaving_requests_leave_no_scope_behind,
+};
 use crate::pgbouncer::PgBouncer;
 use svc::config::Settings;
 use svc::db::TenantConnection;
@@ -156,7 +159,7 @@ async fn twenty_tenants_times_fifty_concurrent_requests_stay_isolated_behind_the
     let app = spawn_behind(&pooler, TestDatabase::create().await, &[]).await;
     // One database per tenant: each tenant's connections are opened through the pooler.
     let (tenants, writes) = {% if isolation == "database" %}(10, 10){% else %}(20, 25){% endif %};
-    isolation::concurrent_tenants_never_see_each_other(&app, tenants, writes).await;
+    concurrent_tenants_never_see_each_other(&app, tenants, writes).await;
 }
 
 #[actix_web::test]
@@ -174,7 +177,7 @@ async fn many_tenants_take_turns_behind_the_pooler_and_every_row_stays_with_its_
         ],
     )
     .await;
-    isolation::many_tenants_take_turns(&app, {% if isolation == "database" %}20{% else %}100{% endif %}).await;
+    many_tenants_take_turns(&app, {% if isolation == "database" %}20{% else %}100{% endif %}).await;
 }
 
 #[actix_web::test]
@@ -188,9 +191,9 @@ async fn cancelled_checkouts_and_misbehaving_requests_leave_no_scope_behind_the_
         ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
     ];
     let app = spawn_behind(&pooler, TestDatabase::create().await, &one_connection).await;
-    isolation::cancelled_checkouts_leave_no_scope_behind(&app).await;
+    cancelled_checkouts_leave_no_scope_behind(&app).await;
     let app = spawn_behind(&pooler, TestDatabase::create().await, &one_connection).await;
-    isolation::misbehaving_requests_leave_no_scope_behind(&app).await;
+    misbehaving_requests_leave_no_scope_behind(&app).await;
 }
 
 /// Writes a note, then answers with `status`.
@@ -239,6 +242,29 @@ async fn a_request_commits_when_its_handler_succeeds_and_rolls_back_otherwise() 
             "after {status}"
         );
     }
+}
+
+#[actix_web::test]
+async fn outside_a_request_finish_commits_and_an_unfinished_connection_rolls_back() {
+    let Some(pooler) = PgBouncer::start(&server_url(), "transaction", SERVER_CONNECTIONS) else {
+        return;
+    };
+    let app = spawn_behind(&pooler, TestDatabase::create().await, &[]).await;
+    let acme = app.create_tenant("acme").await;
+    let insert = "INSERT INTO notes (title) VALUES ('kept')";
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    diesel::sql_query(insert).execute(&mut conn).await.unwrap();
+    conn.finish(true).await.unwrap();
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
+
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    diesel::sql_query(insert).execute(&mut conn).await.unwrap();
+    drop(conn);
+    // Rolled back before the connection serves anyone again.
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    diesel::sql_query(insert).execute(&mut conn).await.unwrap();
+    conn.finish(false).await.unwrap();
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
 }
 
 #[actix_web::test]
