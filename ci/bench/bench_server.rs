@@ -1,30 +1,52 @@
-//! The bare baseline of ci/bench/connections.sh, copied into a generated `acme-api`
-//! project as an example (it is not part of the template): `GET /api/notes?limit=20` on
-//! a plain bb8 + diesel-async pool whose connections are fixed to one schema, with the
-//! service's own `Note` model and request logger, and no tenancy at all.
+//! The bare baseline of the benchmarks (ci/bench/connections.sh, ci/bench/pooler.sh),
+//! copied into a generated `acme-api` project as an example (it is not part of the
+//! template): `GET /api/notes?limit=20` with the service's own pool, connection set-up,
+//! statement cache, runtime, `Note` model and request logger, and nothing of tenancy: no
+//! resolution, no registry, no scope. Its connections find the table through their role's
+//! `search_path` (`ALTER ROLE ... SET search_path`), which works through a pooler too.
 //!
-//! BENCH_DATABASE_URL (with `options=-c search_path=...`), BENCH_POOL, BENCH_PORT.
+//! BENCH_DATABASE_URL, BENCH_POOL (connections), BENCH_PORT; BENCH_POOLER=transaction for
+//! a pooler in transaction mode: no prepared statement outlives its transaction, and the
+//! read is one transaction (`BEGIN`, the `SELECT`, `COMMIT`), the least that diesel's
+//! prepared statements need to stay on one server session.
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use std::time::Duration;
+
+use acme_api::db::pool::{Home, Pool, PoolSettings};
+use acme_api::db::settings::Pooler;
+use acme_api::db::tls::PgConfig;
+use acme_api::db::runtime;
 use acme_api::error::AppError;
 use acme_api::routes::notes::Note;
 use acme_api::schema::notes;
 use acme_api::telemetry::TenantRootSpan;
+use actix_web::{App, HttpResponse, HttpServer, web};
 use diesel::prelude::*;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use tracing_actix_web::TracingLogger;
 
-type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+struct Bare {
+    pool: Pool,
+    config: PgConfig,
+    per_transaction: bool,
+}
 
-async fn bare_list(pool: web::Data<Pool>) -> Result<HttpResponse, AppError> {
-    let mut conn = pool.get().await.map_err(AppError::internal)?;
-    let found: Vec<Note> = notes::table
+async fn bare_list(bare: web::Data<Bare>) -> Result<HttpResponse, AppError> {
+    let mut conn = bare
+        .pool
+        .get(uuid::Uuid::nil(), Home::Shared, None, || async {
+            Ok(bare.config.clone())
+        })
+        .await?;
+    let query = notes::table
         .select(Note::as_select())
         .order(notes::id.desc())
-        .limit(20)
-        .load(&mut conn)
-        .await?;
+        .limit(20);
+    let found: Vec<Note> = if bare.per_transaction {
+        conn.transaction(async |c| query.load(c).await).await?
+    } else {
+        query.load(&mut *conn).await?
+    };
     Ok(HttpResponse::Ok().json(found))
 }
 
@@ -32,12 +54,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("BENCH_DATABASE_URL")?;
     let size: u32 = std::env::var("BENCH_POOL")?.parse()?;
     let port: u16 = std::env::var("BENCH_PORT")?.parse()?;
+    let per_transaction = std::env::var("BENCH_POOLER").is_ok_and(|p| p == "transaction");
+    let mut config = PgConfig::parse(&url, None)?;
+    config.application_name("bench_server");
+    if per_transaction {
+        config = config.through_transaction_pooler(false)?;
+    }
+    let settings = PoolSettings {
+        max_connections: size,
+        per_tenant: size,
+        wait: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(300),
+        max_lifetime: Duration::from_secs(1800),
+        backoff: Duration::from_secs(2),
+        slow_statement: Some(Duration::from_millis(500)),
+        pooler: Pooler::Session,
+        statement_timeout: Duration::from_secs(30),
+    };
+    let bare = web::Data::new(Bare {
+        pool: Pool::new("bare", settings, runtime::handle()?),
+        config,
+        per_transaction,
+    });
     actix_web::rt::System::new().block_on(async move {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-        let pool = web::Data::new(Pool::builder().max_size(size).build(manager).await?);
         HttpServer::new(move || {
             App::new()
-                .app_data(pool.clone())
+                .app_data(bare.clone())
                 .wrap(TracingLogger::<TenantRootSpan>::new())
                 .route("/api/notes", web::get().to(bare_list))
         })

@@ -8,8 +8,9 @@
 #
 # For each strategy and count it creates the tenants (1,000 notes each for 10 tenants,
 # 100 for more), then runs, one after the other under `wrk -t2 -c32`:
-#   bare    a plain bb8 + diesel-async pool of 40 connections fixed to one schema holding
-#           the same rows (ci/bench/bench_server.rs), no tenancy;
+#   bare    the service's own pool (40 connections), connection set-up and statement cache
+#           with no tenancy at all, on one schema holding the same rows
+#           (ci/bench/bench_server.rs);
 #   scoped  the generated service (`serve`), `GET /api/notes?limit=20` with X-Tenant-ID.
 # The service is measured twice: just after it started (2 s of warm-up, as for bare), and
 # again after WARM more seconds of the same load (default 30 s): with schema per tenant,
@@ -96,9 +97,7 @@ for strategy in $STRATEGIES; do
   mkdir -p "$project/examples"
   cp "$root/ci/bench/bench_server.rs" "$project/examples/bench_server.rs"
   say "$strategy: building the service and the bare server (release)"
-  (cd "$project" && cargo add --quiet --dev bb8@0.9 &&
-    cargo add --quiet --dev diesel-async@0.9 --features postgres,bb8 &&
-    cargo build --quiet --release --bin acme-api --example bench_server)
+  (cd "$project" && cargo build --locked --quiet --release --bin acme-api --example bench_server)
   cli="$CARGO_TARGET_DIR/release/acme-api"
   bare_server="$CARGO_TARGET_DIR/release/examples/bench_server"
   for count in $COUNTS; do
@@ -106,8 +105,8 @@ for strategy in $STRATEGIES; do
     drop_all
     sql "CREATE DATABASE $database" postgres
     sql "DROP ROLE IF EXISTS bench_app" postgres
-    # Plain TCP for both: the bare server (diesel-async's `establish`) cannot speak TLS, and
-    # the service's default (`sslmode=prefer`) would encrypt where the server offers TLS.
+    # Plain TCP for both, as the measurements so far (the default `sslmode=prefer` would
+    # encrypt where the server offers TLS).
     export TENANCY_DATABASE_URL="$app_url?sslmode=disable" TENANCY_MIGRATION_DATABASE_URL=$owner_url \
       TENANCY_TENANT_DATABASE_PREFIX=$prefix TENANCY_HOST=127.0.0.1 TENANCY_PORT=$PORT \
       RUST_LOG=warn TENANTS=$count
@@ -133,7 +132,7 @@ for strategy in $STRATEGIES; do
          GRANT USAGE ON SCHEMA bench_bare TO bench_app; GRANT SELECT ON bench_bare.notes TO bench_app"
     sql "VACUUM ANALYZE" >/dev/null
 
-    BENCH_DATABASE_URL="$app_url?options=-c%20search_path%3Dbench_bare" BENCH_POOL=$BARE_POOL \
+    BENCH_DATABASE_URL="$app_url?options=-c%20search_path%3Dbench_bare&sslmode=disable" BENCH_POOL=$BARE_POOL \
       BENCH_PORT=$PORT "$bare_server" & pid=$!
     wait_http
     read -r bare_rps bare_p50 bare_p99 bare_cpr _ < <(measure bare 2)
@@ -155,7 +154,7 @@ for strategy in $STRATEGIES; do
 done
 
 echo
-echo "GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION, $(nproc) cores shared by wrk, the server and PostgreSQL; generated defaults, except sslmode=disable for both (the bare server cannot speak TLS)"
+echo "GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION, $(nproc) cores shared by wrk, the server and PostgreSQL; generated defaults, except sslmode=disable for both"
 echo "scoped: just after start (2 s warm-up, as bare); warmed: after $WARM s more of the same load (conns/req and re-scopes/req measured there)"
 echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | ratio | warmed req/s | warmed p50 / p99 | warmed ratio | conns/req scoped | re-scopes/req | conns/req bare |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
