@@ -3,8 +3,9 @@
 
 - terminationGracePeriodSeconds is longer than the preStop pause plus
   TENANCY_SHUTDOWN_TIMEOUT (the drain), so the service is never killed mid-drain;
-- the HorizontalPodAutoscaler's maxReplicas x (TENANCY_MAX_TOTAL_CONNECTIONS +
-  TENANCY_CONTROL_POOL_SIZE + 1 listening connection), plus the migrate Job (1) and
+- (the HorizontalPodAutoscaler's maxReplicas + the Deployment's maxSurge) x
+  (TENANCY_MAX_TOTAL_CONNECTIONS + TENANCY_CONTROL_POOL_SIZE + 1 listening connection),
+  plus the migrate Job (its --concurrency + TENANCY_CONTROL_POOL_SIZE + 2) and
   PostgreSQL's reserved connections (3), is within the `max_connections >= N` that the
   base kustomization's comment asks for.
 """
@@ -26,8 +27,17 @@ problems = []
 if grace <= pause + drain:
     problems.append(f"terminationGracePeriodSeconds {grace} <= preStop {pause} + TENANCY_SHUTDOWN_TIMEOUT {drain}")
 
-per_replica = int(config["TENANCY_MAX_TOTAL_CONNECTIONS"]) + int(config["TENANCY_CONTROL_POOL_SIZE"]) + 1
-needed = docs["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] * per_replica + 1 + 3
+control = int(config["TENANCY_CONTROL_POOL_SIZE"])
+per_replica = int(config["TENANCY_MAX_TOTAL_CONNECTIONS"]) + control + 1
+surge = docs["Deployment"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+if not isinstance(surge, int):
+    problems.append(f"maxSurge {surge!r} is not a number of pods: the connection math cannot count it")
+    surge = 0
+pods = docs["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] + surge
+(job,) = docs["Job"]["spec"]["template"]["spec"]["containers"]
+args = job.get("args", [])
+concurrency = int(args[args.index("--concurrency") + 1]) if "--concurrency" in args else 4
+needed = pods * per_replica + concurrency + control + 2 + 3
 stated = re.search(r"max_connections >= (\d+)", open(kustomization, encoding="utf-8").read())
 if not stated:
     problems.append(f"{kustomization} states no `max_connections >= N`")
