@@ -13,7 +13,9 @@
 #      -c32`, the bare read through the same PgBouncer (ci/bench/bench_server.rs: the
 #      service's pool, connection set-up and statement cache, no tenancy; one transaction
 #      per read, the least diesel's prepared statements need behind this pooler) and the
-#      scoped read of the service in transaction mode; requests/s and scoped / bare.
+#      scoped read of the service in transaction mode, each measured after WARM (30) s of
+#      the same load (with schema per tenant, each server session meets every tenant:
+#      its catalog caches warm up); requests/s and scoped / bare.
 #
 #   bash ci/bench/pooler.sh
 #   STRATEGIES=rls COUNTS=10 DURATION=20s bash ci/bench/pooler.sh
@@ -27,7 +29,7 @@ source "$root/ci/lib.sh"
 
 STRATEGIES=${STRATEGIES:-schema rls}
 COUNTS=${COUNTS:-10 1000}
-DURATION=${DURATION:-10s} CONNECTIONS=${CONNECTIONS:-32} PORT=${PORT:-8799}
+DURATION=${DURATION:-10s} CONNECTIONS=${CONNECTIONS:-32} PORT=${PORT:-8799} WARM=${WARM:-30}
 CHECK_CLIENTS=${CHECK_CLIENTS:-16} CHECK_TENANTS=${CHECK_TENANTS:-20} CHECK_SECONDS=${CHECK_SECONDS:-20}
 CHECK_POOL=${CHECK_POOL:-4} BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20} BARE_POOL=${BARE_POOL:-40}
 
@@ -101,10 +103,11 @@ wait_http() { # port
   die "the server on port $1 did not answer"
 }
 
-# wrk on $PORT, every request another of $TENANTS tenants -> "req/s p50 p99 non-2xx"
+# wrk on $PORT, every request another of $TENANTS tenants, after WARM seconds of the same
+# load -> "req/s p50 p99 non-2xx"
 measure() {
   local out=/tmp/actix-tenancy-pooler-bench.txt
-  wrk -t2 -c"$CONNECTIONS" -d2s -s "$root/ci/bench/rotate.lua" "http://127.0.0.1:$PORT" >/dev/null
+  wrk -t2 -c"$CONNECTIONS" -d"${WARM}s" -s "$root/ci/bench/rotate.lua" "http://127.0.0.1:$PORT" >/dev/null
   wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$root/ci/bench/rotate.lua" \
     "http://127.0.0.1:$PORT" >"$out"
   awk '/Requests\/sec/ {rps = $2} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
@@ -241,7 +244,7 @@ done
 
 echo
 echo "PgBouncer $("$TENANCY_TEST_PGBOUNCER" --version | head -n 1 | awk '{print $2}'), transaction mode; $(nproc) cores shared by wrk, the servers, PgBouncer and PostgreSQL"
-echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION, PgBouncer default_pool_size $BENCH_POOL_SIZE; generated defaults"
+echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION after $WARM s of the same load, PgBouncer default_pool_size $BENCH_POOL_SIZE; generated defaults"
 printf '%s\n' "${report[@]}" | grep -v '^|'
 echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | scoped / bare | non-2xx bare / scoped |"
 echo "|---|---|---|---|---|---|---|---|"

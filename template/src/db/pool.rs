@@ -25,9 +25,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use diesel::connection::TransactionDepthChange;
 use diesel::sql_types::{Bool, Text};
 use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, TransactionManager,
+    AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
+    TransactionManager,
 };
 use serde::Serialize;
 use tokio::runtime::Handle;
@@ -769,14 +771,21 @@ impl Shared {
         let timeout = self.settings.statement_timeout.as_millis().to_string();
         let conn: &mut AsyncPgConnection = guard;
         let result = async {
-            AnsiTransactionManager::begin_transaction(conn).await?;
-            diesel::select((
+            // `BEGIN` and the scope statement in one flight: inside the transaction a
+            // failed `BEGIN` or scope fails everything after it.
+            let mut shared: &AsyncPgConnection = conn;
+            let mut begin: &AsyncPgConnection = conn;
+            let scoped = diesel::select((
                 set_config("search_path", search_path, true),
                 set_config(TENANT_SETTING, tenant.as_str(), true),
                 set_config("statement_timeout", timeout.as_str(), true),
             ))
-            .execute(conn)
-            .await
+            .execute(&mut shared);
+            futures_util::future::try_join(begin.batch_execute("BEGIN"), scoped).await?;
+            // Tell diesel, so that a handler's own transaction becomes a savepoint.
+            AnsiTransactionManager::transaction_manager_status_mut(conn)
+                .transaction_state()?
+                .change_transaction_depth(TransactionDepthChange::IncreaseDepth)
         }
         .await;
         match result {

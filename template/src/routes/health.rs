@@ -81,7 +81,7 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
     // Polled by choice (a transaction pooler and no URL to listen on), or by necessity.
     let polled = !cache.watching && tenancy.polls_changes();
     if polled {
-        cache_json["changes"] = json!("polled: entries are read again after 1 s");
+        cache_json["changes"] = json!("polled: entries are read again after 0.5 s");
     } else if !cache.watching {
         cache_json["degraded"] =
             json!("tenant changes made elsewhere are not received: entries are trusted for 1 s");

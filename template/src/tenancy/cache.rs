@@ -24,6 +24,9 @@ const MAX_ENTRIES: u64 = 100_000;
 const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// How long an entry or the identifier set is trusted while announcements do not arrive.
 pub const UNWATCHED_TRUST: Duration = Duration::from_secs(1);
+/// The same where nothing listens by design (a transaction pooler and no URL for
+/// `LISTEN`): the registry is polled this often, so replicas agree within a second.
+pub const POLLED_TRUST: Duration = Duration::from_millis(500);
 /// How long the set of registered identifiers is trusted while announcements arrive.
 const KNOWN_REFRESH: Duration = MAX_NEGATIVE_TTL;
 /// Identifiers share this many lookup locks and change counters, by hash.
@@ -66,6 +69,8 @@ impl Change {
 
 pub struct TenantCache {
     ttl: Duration,
+    /// [`UNWATCHED_TRUST`], or [`POLLED_TRUST`] when nothing listens by design.
+    unwatched_trust: Duration,
     entries: moka::sync::Cache<TenantIdentifier, Entry>,
     /// Every registered identifier, and the changes applied while it is being read.
     known: RwLock<KnownState>,
@@ -139,6 +144,7 @@ impl TenantCache {
         let negative_ttl = ttl.min(MAX_NEGATIVE_TTL);
         Self {
             ttl,
+            unwatched_trust: UNWATCHED_TRUST,
             entries: moka::sync::Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .expire_after(Expiry { ttl, negative_ttl })
@@ -155,12 +161,18 @@ impl TenantCache {
         }
     }
 
+    /// A cache of a process that does not listen for changes by design: it polls.
+    pub fn polled(mut self) -> Self {
+        self.unwatched_trust = POLLED_TRUST;
+        self
+    }
+
     /// How long what was read from the registry is trusted without announcements.
     fn trust(&self, watched: Duration) -> Duration {
         if self.is_watching() {
             watched
         } else {
-            UNWATCHED_TRUST.min(watched)
+            self.unwatched_trust.min(watched)
         }
     }
 

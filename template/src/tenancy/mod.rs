@@ -174,7 +174,14 @@ impl Tenancy {
             runtime.clone(),
         );
         let strategy = isolation::Selected::new(&settings.isolation, database);
-        let cache = Arc::new(TenantCache::new(settings.tenant_cache_ttl));
+        let mut cache = TenantCache::new(settings.tenant_cache_ttl);
+        let listens = database.pooler == Pooler::Session
+            || database.listen_url.is_some()
+            || database.migration_url.is_some();
+        if !listens {
+            cache = cache.polled();
+        }
+        let cache = Arc::new(cache);
 {%- if redis_cache %}
         let shared = shared_cache::SharedCache::new(
             &settings.redis,
@@ -215,7 +222,7 @@ impl Tenancy {
             tracing::info!(
                 "TENANCY_POOLER=transaction and no URL with a session of its own \
                  (TENANCY_LISTEN_DATABASE_URL, TENANCY_MIGRATION_DATABASE_URL): tenant \
-                 changes are polled, cache entries are read again after 1 s"
+                 changes are polled, cache entries are read again after 0.5 s"
             );
             return;
         };
