@@ -52,6 +52,11 @@ diesel::define_sql_function! {
     fn pg_backend_pid() -> Integer;
 }
 
+diesel::define_sql_function! {
+    /// When the server started: with the process id, one server session.
+    fn pg_postmaster_start_time() -> Timestamptz;
+}
+
 /// Where a connection is connected: the database all tenants share, or one tenant's own
 /// database. Only connections of the same home can serve a checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -700,18 +705,18 @@ impl Shared {
             set_config("search_path", scope.search_path.as_str(), false),
             set_config(TENANT_SETTING, tenant.as_str(), false),
             pg_backend_pid(),
-            diesel::dsl::sql::<Text>("pg_postmaster_start_time()::text"),
+            pg_postmaster_start_time(),
         ))
-        .get_result::<(String, String, i32, String)>(&mut **guard)
+        .get_result::<(String, String, i32, chrono::DateTime<chrono::Utc>)>(&mut **guard)
         .await;
         match result {
             Ok((_, _, pid, server_started)) => {
                 let now = Backend {
                     pid,
-                    server_started,
+                    server_started: server_started.timestamp_micros(),
                 };
-                if let Some(before) = guard.backend.as_ref()
-                    && *before != now
+                if let Some(before) = guard.backend
+                    && before != now
                 {
                     drop(guard.conn.take());
                     return Err(self.sessions_are_shared(&format!(

@@ -19,10 +19,11 @@ use super::tls::PgConfig;
 
 /// A server session: its process id, and when its server started (so a process id of
 /// another server is another session).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
     pub pid: i32,
-    pub server_started: String,
+    /// `pg_postmaster_start_time()` in microseconds since the epoch.
+    pub server_started: i64,
 }
 
 /// The session setting the check writes; nothing reads it.
@@ -42,7 +43,7 @@ pub async fn shares_sessions(
         let (_, first_b) = exchange(&b, Some(&value_b)).await?;
         let (read_a, then_a) = exchange(&a, None).await?;
         let (read_b, then_b) = exchange(&b, None).await?;
-        let moved = [(&first_a, &then_a), (&first_b, &then_b)]
+        let moved = [(first_a, then_a), (first_b, then_b)]
             .into_iter()
             .find(|(first, then)| first != then);
         let found = if first_a == first_b {
@@ -75,11 +76,12 @@ async fn exchange(
 ) -> Result<(String, Backend), ConnectError> {
     let sql = match value {
         Some(_) => {
-            "SELECT set_config($1, $2, false), pg_backend_pid(), pg_postmaster_start_time()::text"
+            "SELECT set_config($1, $2, false), pg_backend_pid(), \
+             (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8"
         }
         None => {
             "SELECT coalesce(current_setting($1, true), ''), pg_backend_pid(), \
-             pg_postmaster_start_time()::text"
+             (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8"
         }
     };
     let value = value.unwrap_or_default();
