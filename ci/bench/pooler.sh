@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The service behind PgBouncer in transaction mode (Debian's package, as managed PostgreSQL
-# offers it), release builds, generated defaults, for each strategy:
+# offers it), release builds, for each strategy. The service runs with its generated
+# defaults: no pool, cache or timeout setting is changed. What it is given besides are its
+# URLs (the application role's through PgBouncer, with sslmode=disable as in
+# ci/bench/connections.sh) and TENANCY_POOLER=transaction, the mode under test, which a
+# service behind such a pooler must be given. CHECK_POOL and BENCH_POOL_SIZE size
+# PgBouncer, not the service.
 #
 #   1. refusal: `serve` in the default (session) mode behind the pooler must refuse to
 #      start, naming TENANCY_POOLER=transaction;
@@ -244,7 +249,7 @@ done
 
 echo
 echo "PgBouncer $("$TENANCY_TEST_PGBOUNCER" --version | head -n 1 | awk '{print $2}'), transaction mode; $(nproc) cores shared by wrk, the servers, PgBouncer and PostgreSQL"
-echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION after $WARM s of the same load, PgBouncer default_pool_size $BENCH_POOL_SIZE; generated defaults"
+echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION after $WARM s of the same load, PgBouncer default_pool_size $BENCH_POOL_SIZE; the service's generated defaults, given its URLs (sslmode=disable) and TENANCY_POOLER=transaction"
 printf '%s\n' "${report[@]}" | grep -v '^|'
 echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | scoped / bare | non-2xx bare / scoped |"
 echo "|---|---|---|---|---|---|---|---|"

@@ -150,6 +150,14 @@ impl DatabaseSettings {
         })
     }
 
+    /// Whether no URL gives `LISTEN` a session (a transaction pooler, and neither
+    /// `TENANCY_LISTEN_DATABASE_URL` nor the migration URL): tenant changes are polled.
+    pub fn polls_changes(&self) -> bool {
+        self.pooler == Pooler::Transaction
+            && self.listen_url.is_none()
+            && self.migration_url.is_none()
+    }
+
     /// The most connections one tenant may hold at once.
     pub fn per_tenant_max(&self) -> u32 {
         self.pool_size + self.max_overflow

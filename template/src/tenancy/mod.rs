@@ -175,10 +175,7 @@ impl Tenancy {
         );
         let strategy = isolation::Selected::new(&settings.isolation, database);
         let mut cache = TenantCache::new(settings.tenant_cache_ttl);
-        let listens = database.pooler == Pooler::Session
-            || database.listen_url.is_some()
-            || database.migration_url.is_some();
-        if !listens {
+        if database.polls_changes() {
             cache = cache.polled();
         }
         let cache = Arc::new(cache);
@@ -298,7 +295,7 @@ impl Tenancy {
     /// Whether tenant changes are polled rather than heard (a transaction pooler and no
     /// URL for `LISTEN`): cache entries are then read again after a second.
     pub fn polls_changes(&self) -> bool {
-        self.listen_config().is_none()
+        self.settings.database.polls_changes()
     }
 
     /// Whether each checkout is one transaction (`TENANCY_POOLER=transaction`).
@@ -383,6 +380,9 @@ impl Tenancy {
                 .ok()
                 .map(|config| (variable, config))
         };
+        if database.polls_changes() {
+            return None;
+        }
         if let Some(url) = &database.listen_url {
             return parse("TENANCY_LISTEN_DATABASE_URL", url);
         }
