@@ -15,6 +15,16 @@ pub mod tls;
 
 use std::sync::{Arc, Mutex};
 
+use diesel::QueryResult;
+use diesel::connection::{CacheSize, Instrumentation};
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
+use diesel::{ConnectionError, ConnectionResult};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, AsyncPgConnection,
+    SimpleAsyncConnection,
+};
+use futures_util::future::BoxFuture;
+
 use pool::{Home, Pool, PoolError, PooledConnection, SessionScope};
 use tls::PgConfig;
 
@@ -53,21 +63,82 @@ impl TenantConnection {
     }
 }
 
-impl std::ops::Deref for TenantConnection {
-    type Target = diesel_async::AsyncPgConnection;
-    fn deref(&self) -> &Self::Target {
+impl TenantConnection {
+    fn pooled(&mut self) -> &mut PooledConnection {
         self.conn
-            .as_deref()
+            .as_mut()
             .unwrap_or_else(|| unreachable!("taken only when finished or dropped"))
+    }
+
+    fn raw(&mut self) -> &mut AsyncPgConnection {
+        self.pooled()
     }
 }
 
-impl std::ops::DerefMut for TenantConnection {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        self.conn
-            .as_deref_mut()
-            .unwrap_or_else(|| unreachable!("taken only when finished or dropped"))
+// A `TenantConnection` is a diesel connection of its own, not a way to the connection it
+// wraps: every statement goes through `PooledConnection::run`, which in transaction mode
+// sends the checkout's `BEGIN` and scope with the first one.
+
+impl SimpleAsyncConnection for TenantConnection {
+    async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        // A batch is sent at once, without waiting for anything: the scope goes first.
+        let conn = self.pooled();
+        conn.open().await?;
+        conn.batch_execute(query).await
     }
+}
+
+impl AsyncConnectionCore for TenantConnection {
+    type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
+    type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
+    type Stream<'conn, 'query> = <AsyncPgConnection as AsyncConnectionCore>::Stream<'conn, 'query>;
+    type Row<'conn, 'query> = <AsyncPgConnection as AsyncConnectionCore>::Row<'conn, 'query>;
+    type Backend = diesel::pg::Pg;
+
+    fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
+    where
+        T: AsQuery + 'query,
+        T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        self.pooled().run(|mut conn| conn.load(source))
+    }
+
+    fn execute_returning_count<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> Self::ExecuteFuture<'conn, 'query>
+    where
+        T: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        self.pooled()
+            .run(|mut conn| conn.execute_returning_count(source))
+    }
+}
+
+impl AsyncConnection for TenantConnection {
+    type TransactionManager = AnsiTransactionManager;
+
+    async fn establish(_: &str) -> ConnectionResult<Self> {
+        Err(ConnectionError::BadConnection(
+            "a TenantConnection comes from the pool, scoped to its tenant".into(),
+        ))
+    }
+
+    fn transaction_state(&mut self) -> &mut AnsiTransactionManager {
+        self.raw().transaction_state()
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        self.raw().instrumentation()
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.raw().set_instrumentation(instrumentation);
+    }
+
+    /// The pool decides: behind a transaction pooler no statement may outlive its
+    /// transaction.
+    fn set_prepared_statement_cache_size(&mut self, _: CacheSize) {}
 }
 
 impl Drop for TenantConnection {
@@ -141,14 +212,18 @@ impl ControlPool {
     }
 
     pub async fn get(&self) -> Result<ControlConnection, PoolError> {
-        self.pool
+        let mut conn = self
+            .pool
             .get(
                 uuid::Uuid::nil(),
                 Home::Shared,
                 self.scope.as_ref(),
                 || async { Ok(self.config.clone()) },
             )
-            .await
+            .await?;
+        // Its scope is sent now: registry code uses the connection itself.
+        conn.open().await.map_err(PoolError::Scope)?;
+        Ok(conn)
     }
 
     pub fn pool(&self) -> &Pool {

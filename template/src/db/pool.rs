@@ -11,6 +11,8 @@
 //! session: every checkout is a transaction whose first statement sets the scope for that
 //! transaction alone (`set_config(name, value, true)`), ended by [`PooledConnection::finish`]
 //! (commit or roll back) or, when the connection is dropped unfinished, rolled back.
+//! `BEGIN` and the scope statement wait for the checkout's first statement and go in one
+//! flight with it ([`PooledConnection::run`]): a checkout that runs nothing sends nothing.
 //!
 //! The scope-tracking invariant: a connection's `scope` names a tenant only after the
 //! statement that set that scope succeeded on it. It is cleared before a re-scope is
@@ -31,6 +33,7 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
     TransactionManager,
 };
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -263,10 +266,41 @@ pub struct PooledConnection {
     home: Home,
     scope: Option<Uuid>,
     backend: Option<Backend>,
-    /// Transaction mode: the transaction of this checkout is open.
+    /// Transaction mode: the transaction of this checkout is open, or about to be (see
+    /// `opening`).
     in_transaction: bool,
+    /// Transaction mode: the checkout's `BEGIN` and scope statement while they are not
+    /// sent yet; they go in one flight with its first statement ([`PooledConnection::run`]).
+    opening: Mutex<Option<Opening>>,
     key: Key,
     opened: Instant,
+}
+
+/// What opens a checkout's transaction (transaction mode): `BEGIN`, then the scope for
+/// that transaction alone (`search_path`, `app.tenant_id`, the statement timeout).
+struct Opening {
+    search_path: String,
+    tenant: String,
+    timeout: String,
+}
+
+impl Opening {
+    /// `BEGIN` and the scope statement in one flight: inside the transaction a failed
+    /// `BEGIN` or scope fails every statement after it.
+    async fn send(self, conn: &AsyncPgConnection) -> diesel::QueryResult<()> {
+        use diesel_async::RunQueryDsl;
+
+        let (mut begin, mut scoped) = (conn, conn);
+        let scope = diesel::select((
+            set_config("search_path", self.search_path.as_str(), true),
+            set_config(TENANT_SETTING, self.tenant.as_str(), true),
+            set_config("statement_timeout", self.timeout.as_str(), true),
+        ))
+        .execute(&mut scoped);
+        futures_util::future::try_join(begin.batch_execute("BEGIN"), scope)
+            .await
+            .map(drop)
+    }
 }
 
 impl PooledConnection {
@@ -277,15 +311,73 @@ impl PooledConnection {
         if !std::mem::take(&mut self.in_transaction) {
             return Ok(());
         }
+        let opening = take(&mut self.opening);
         let Some(conn) = self.conn.as_deref_mut() else {
             return Ok(());
         };
-        let result = end_transaction(conn, commit).await;
+        let result = match opening {
+            // Nothing was sent: there is no transaction to end.
+            Some(_) => leave_unopened(conn),
+            None => end_transaction(conn, commit).await,
+        };
         if result.is_err() {
             drop(self.conn.take());
         }
         result
     }
+
+    /// Sends the checkout's `BEGIN` and scope statement if they are still waiting for a
+    /// first statement (transaction mode); for statements that cannot share their flight.
+    pub async fn open(&mut self) -> diesel::QueryResult<()> {
+        match take(&mut self.opening) {
+            Some(opening) => opening.send(self).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `statement` on this connection. The first statement of a checkout in
+    /// transaction mode goes in one flight with its `BEGIN` and scope statement, sent
+    /// first: the server runs them in the order they arrive, and a failed scope fails the
+    /// statement with the transaction. They are taken when the statement is first polled,
+    /// so a statement dropped unpolled leaves them to the next. `statement` must send
+    /// nothing before it is polled.
+    pub fn run<'a, R: Send + 'a>(
+        &'a mut self,
+        statement: impl FnOnce(&'a AsyncPgConnection) -> BoxFuture<'a, diesel::QueryResult<R>>,
+    ) -> BoxFuture<'a, diesel::QueryResult<R>> {
+        let opened = self
+            .opening
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_none();
+        let this: &'a PooledConnection = self;
+        let statement = statement(this);
+        if opened {
+            return statement;
+        }
+        Box::pin(async move {
+            let opening = (this.opening.lock())
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            match opening {
+                Some(opening) => futures_util::future::try_join(opening.send(this), statement)
+                    .await
+                    .map(|(_, result)| result),
+                None => statement.await,
+            }
+        })
+    }
+}
+
+fn take(opening: &mut Mutex<Option<Opening>>) -> Option<Opening> {
+    opening.get_mut().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// Undoes what `begin` told diesel of a transaction that was never sent.
+fn leave_unopened(conn: &mut AsyncPgConnection) -> diesel::QueryResult<()> {
+    AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_state()?
+        .change_transaction_depth(TransactionDepthChange::DecreaseDepth)
 }
 
 /// Commits or rolls back the transaction a checkout began. A handler's own transaction
@@ -331,7 +423,7 @@ impl Drop for PooledConnection {
             .lock()
             .release(self.tenant, self.pool.settings.per_tenant);
         if let Some(conn) = conn {
-            let idle = Idle {
+            let mut idle = Idle {
                 conn,
                 home: self.home,
                 scope: self.scope,
@@ -340,16 +432,20 @@ impl Drop for PooledConnection {
                 opened: self.opened,
                 since: Instant::now(),
             };
-            if self.in_transaction && !std::thread::panicking() && !idle.conn.is_closed() {
+            // A transaction that was never sent needs no rollback, only diesel told so.
+            let unsent = take(&mut self.opening).is_some();
+            let clean = !unsent || leave_unopened(&mut idle.conn).is_ok();
+            if std::thread::panicking() || !clean {
+                // Closed.
+            } else if self.in_transaction && !unsent && !idle.conn.is_closed() {
                 // Dropped unfinished (transaction mode): rolled back before anyone reuses it.
                 let pool = self.pool.clone();
                 self.pool.runtime.spawn(async move {
-                    let mut idle = idle;
                     if end_transaction(&mut idle.conn, false).await.is_ok() {
                         pool.keep(idle);
                     }
                 });
-            } else if !std::thread::panicking() {
+            } else {
                 self.pool.keep(idle);
             }
             // Else closed: a slot frees once the server has closed its end.
@@ -442,12 +538,8 @@ impl Pool {
             let permit = match shared.next_step(tenant, home, wanted, session_scope.is_some()) {
                 Step::Use(idle) => match shared.hand_out(tenant, home, idle) {
                     Some(mut guard) if per_transaction => {
-                        match shared.begin(&mut guard, scope).await {
-                            Ok(()) => return Ok(guard),
-                            // As for a re-scope below.
-                            Err(_) if tokio::time::Instant::now() < deadline => continue,
-                            Err(error) => return Err(error),
-                        }
+                        shared.begin(&mut guard, scope)?;
+                        return Ok(guard);
                     }
                     Some(guard) => {
                         shared.counters.reused.fetch_add(1, Ordering::Relaxed);
@@ -505,7 +597,7 @@ impl Pool {
                 Ok(conn) => {
                     guard.conn = Some(conn);
                     if per_transaction {
-                        shared.begin(&mut guard, scope).await?;
+                        shared.begin(&mut guard, scope)?;
                     } else if let Some(scope) = scope {
                         shared.set_scope(&mut guard, scope).await?;
                     }
@@ -643,6 +735,7 @@ impl Shared {
             scope,
             backend: None,
             in_transaction: false,
+            opening: Mutex::new(None),
             key,
             opened,
         }
@@ -761,49 +854,33 @@ impl Shared {
         PoolError::SharedSessions(why)
     }
 
-    /// Transaction mode: begins the guard's transaction and scopes it to `scope` (none:
+    /// Transaction mode: makes the guard's checkout a transaction scoped to `scope` (none:
     /// a database of the tenant's own) for that transaction only, with the statement
-    /// timeout.
-    async fn begin(
+    /// timeout. Nothing is sent yet: `BEGIN` and the scope go with the first statement.
+    fn begin(
         &self,
         guard: &mut PooledConnection,
         scope: Option<&SessionScope>,
     ) -> Result<(), PoolError> {
-        use diesel_async::RunQueryDsl;
-
-        let search_path = scope.map_or("public", |s| s.search_path.as_str());
-        let tenant = scope.map_or(guard.tenant, |s| s.tenant).to_string();
-        let timeout = self.settings.statement_timeout.as_millis().to_string();
         let conn: &mut AsyncPgConnection = guard;
-        let result = async {
-            // `BEGIN` and the scope statement in one flight: inside the transaction a
-            // failed `BEGIN` or scope fails everything after it.
-            let mut shared: &AsyncPgConnection = conn;
-            let mut begin: &AsyncPgConnection = conn;
-            let scoped = diesel::select((
-                set_config("search_path", search_path, true),
-                set_config(TENANT_SETTING, tenant.as_str(), true),
-                set_config("statement_timeout", timeout.as_str(), true),
-            ))
-            .execute(&mut shared);
-            futures_util::future::try_join(begin.batch_execute("BEGIN"), scoped).await?;
-            // Tell diesel, so that a handler's own transaction becomes a savepoint.
-            AnsiTransactionManager::transaction_manager_status_mut(conn)
-                .transaction_state()?
-                .change_transaction_depth(TransactionDepthChange::IncreaseDepth)
-        }
-        .await;
-        match result {
-            Ok(_) => {
-                guard.in_transaction = true;
-                self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(error) => {
+        // Tell diesel, so that a handler's own transaction becomes a savepoint.
+        AnsiTransactionManager::transaction_manager_status_mut(conn)
+            .transaction_state()
+            .and_then(|state| state.change_transaction_depth(TransactionDepthChange::IncreaseDepth))
+            .map_err(|error| {
                 drop(guard.conn.take());
-                Err(PoolError::Scope(error))
-            }
-        }
+                PoolError::Scope(error)
+            })?;
+        *guard.opening.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(Opening {
+            search_path: scope
+                .map_or("public", |s| s.search_path.as_str())
+                .to_owned(),
+            tenant: scope.map_or(guard.tenant, |s| s.tenant).to_string(),
+            timeout: self.settings.statement_timeout.as_millis().to_string(),
+        });
+        guard.in_transaction = true;
+        self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Takes back a connection that is free again, unless it is broken, too old, or the

@@ -5,13 +5,14 @@
 use crate::helpers::{for_tenant, spawn_app};
 use actix_web::body::to_bytes;
 use actix_web::http::StatusCode;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
+use svc::db::TenantConnection;
 use svc::error::AppError;
 
 /// The problem a handler's `?` makes of the error of `sql`, with or without internals.
 async fn problem_of(
-    conn: &mut AsyncPgConnection,
+    conn: &mut TenantConnection,
     sql: &str,
     internals: bool,
 ) -> (StatusCode, serde_json::Value) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, test, web};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::json;
 
 use crate::cluster::Cluster;
@@ -265,6 +265,90 @@ async fn outside_a_request_finish_commits_and_an_unfinished_connection_rolls_bac
     diesel::sql_query(insert).execute(&mut conn).await.unwrap();
     conn.finish(false).await.unwrap();
     assert_eq!(app.db.notes_of(&acme).await, Some(1));
+}
+
+#[derive(diesel::QueryableByName)]
+struct Scoped {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    tenant: String,
+}
+
+/// The tenant a statement runs for: set for its transaction alone, so a statement outside
+/// the checkout's transaction sees none.
+async fn scoped(conn: &mut TenantConnection) -> String {
+    let sql = "SELECT coalesce(current_setting('app.tenant_id', true), '') AS tenant";
+    let scoped: Scoped = diesel::sql_query(sql).get_result(conn).await.unwrap();
+    scoped.tenant
+}
+
+#[actix_web::test]
+async fn the_scope_goes_with_the_first_statement_whatever_happens_to_the_ones_before() {
+    let Some(pooler) = PgBouncer::start(&server_url(), "transaction", SERVER_CONNECTIONS) else {
+        return;
+    };
+    let one_connection = [
+        ("TENANCY_DATABASE_POOL_SIZE", "1"),
+        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
+    ];
+    let app = spawn_behind(&pooler, TestDatabase::create().await, &one_connection).await;
+    let acme = app.create_tenant("acme").await;
+    let acme_id = acme.id.to_string();
+
+    // Checkouts that run nothing: finished, or dropped.
+    for _ in 0..3 {
+        let conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+        conn.finish(true).await.unwrap();
+        drop(app.tenancy.tenant_connection(&acme).await.unwrap());
+    }
+
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    // A statement dropped before it was polled sends nothing, and leaves the scope to the
+    // next one.
+    drop(diesel::sql_query("INSERT INTO notes (title) VALUES ('never')").execute(&mut conn));
+    assert_eq!(scoped(&mut conn).await, acme_id);
+    conn.finish(false).await.unwrap();
+
+    // A first statement cancelled in flight (with `BEGIN` and the scope): the connection
+    // is rolled back before anyone reuses it, and the next checkout is scoped again.
+    let mut cancelled = 0;
+    for step in 0..20 {
+        let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+        {
+            let mut statement = diesel::sql_query("INSERT INTO notes (title) VALUES ('cancelled')")
+                .execute(&mut conn);
+            if futures_util::FutureExt::now_or_never(&mut statement).is_none() {
+                cancelled += 1;
+                if step % 2 == 1 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        drop(conn);
+        let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+        assert_eq!(scoped(&mut conn).await, acme_id, "after step {step}");
+        conn.finish(true).await.unwrap();
+    }
+    assert!(cancelled > 0, "no first statement was cancelled in flight");
+
+    // A handler's own transaction as the first statement: a savepoint inside the scoped
+    // transaction, committed with it.
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    let inside = conn
+        .transaction(async |c| {
+            diesel::sql_query("INSERT INTO notes (title) VALUES ('kept')")
+                .execute(&mut *c)
+                .await?;
+            diesel::QueryResult::Ok(scoped(c).await)
+        })
+        .await
+        .unwrap();
+    assert_eq!(inside, acme_id);
+    conn.finish(true).await.unwrap();
+    // Only that note: every cancelled write was rolled back.
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
+    // The one connection served every checkout: none left it in an unknown state.
+    assert_eq!(app.tenancy.connection_stats().tenant.opened, 1);
 }
 
 #[actix_web::test]
