@@ -18,9 +18,11 @@
 #      -c32`, the bare read through the same PgBouncer (ci/bench/bench_server.rs: the
 #      service's pool, connection set-up and statement cache, no tenancy; one transaction
 #      per read, the least diesel's prepared statements need behind this pooler) and the
-#      scoped read of the service in transaction mode, each measured after WARM (30) s of
-#      the same load (with schema per tenant, each server session meets every tenant:
-#      its catalog caches warm up); requests/s and scoped / bare.
+#      scoped read of the service in transaction mode, both running, each warmed by WARM
+#      (30) s of the same load (with schema per tenant, each server session meets every
+#      tenant: its catalog caches warm up), then measured for DURATION in ROUNDS (3) rounds
+#      taking turns, so that a slower spell of a shared machine falls on both; the median
+#      requests/s of each and scoped / bare.
 #
 #   bash ci/bench/pooler.sh
 #   STRATEGIES=rls COUNTS=10 DURATION=20s bash ci/bench/pooler.sh
@@ -34,7 +36,7 @@ source "$root/ci/lib.sh"
 
 STRATEGIES=${STRATEGIES:-schema rls}
 COUNTS=${COUNTS:-10 1000}
-DURATION=${DURATION:-10s} CONNECTIONS=${CONNECTIONS:-32} PORT=${PORT:-8799} WARM=${WARM:-30}
+DURATION=${DURATION:-10s} CONNECTIONS=${CONNECTIONS:-32} PORT=${PORT:-8799} WARM=${WARM:-30} ROUNDS=${ROUNDS:-3}
 CHECK_CLIENTS=${CHECK_CLIENTS:-16} CHECK_TENANTS=${CHECK_TENANTS:-20} CHECK_SECONDS=${CHECK_SECONDS:-20}
 CHECK_POOL=${CHECK_POOL:-4} BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20} BARE_POOL=${BARE_POOL:-40}
 
@@ -108,16 +110,17 @@ wait_http() { # port
   die "the server on port $1 did not answer"
 }
 
-# wrk on $PORT, every request another of $TENANTS tenants, after WARM seconds of the same
-# load -> "req/s p50 p99 non-2xx"
-measure() {
+# wrk on PORT, every request another of $TENANTS tenants, for SECONDS (WARM: nothing kept)
+# -> "req/s p50 p99 non-2xx"
+wrk_on() { # port seconds
   local out=/tmp/actix-tenancy-pooler-bench.txt
-  wrk -t2 -c"$CONNECTIONS" -d"${WARM}s" -s "$root/ci/bench/rotate.lua" "http://127.0.0.1:$PORT" >/dev/null
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$root/ci/bench/rotate.lua" \
-    "http://127.0.0.1:$PORT" >"$out"
+  wrk -t2 -c"$CONNECTIONS" -d"$2" --latency -s "$root/ci/bench/rotate.lua" "http://127.0.0.1:$1" >"$out"
   awk '/Requests\/sec/ {rps = $2} $1 == "50%" {p50 = $2} $1 == "99%" {p99 = $2}
     /Non-2xx/ {bad = $NF} END {printf "%d %s %s %d\n", rps, p50, p99, bad}' "$out"
 }
+
+# The median of "req/s ..." lines, by req/s.
+median() { sort -n | awk '{line[NR] = $0} END {print line[int((NR + 1) / 2)]}'; }
 
 # seed STRATEGY COUNT ROWS: the database, both roles, COUNT tenants with ROWS notes each
 # titled "tN note ...", and the bare schema with the same rows.
@@ -227,21 +230,32 @@ EOF
     say "$strategy: $count tenants with $rows notes each"
     seed "$strategy" "$count" "$rows"
     export TENANTS=$count
+    bare_port=$PORT scoped_port=$((PORT + 2))
     BENCH_DATABASE_URL="$(pooled "$bare_url")?sslmode=disable" BENCH_POOLER=transaction \
-      BENCH_POOL=$BARE_POOL BENCH_PORT=$PORT "$bare_server" &
+      BENCH_POOL=$BARE_POOL BENCH_PORT=$bare_port "$bare_server" &
     pids+=($!)
-    wait_http "$PORT"
-    read -r bare_rps bare_p50 bare_p99 bare_bad < <(measure)
-    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-    TENANCY_POOLER=transaction TENANCY_DATABASE_URL=$pooled_app TENANCY_PORT=$PORT "$cli" serve >/dev/null 2>&1 &
+    TENANCY_POOLER=transaction TENANCY_DATABASE_URL=$pooled_app TENANCY_PORT=$scoped_port "$cli" serve >/dev/null 2>&1 &
     pids+=($!)
-    wait_http "$PORT"
-    read -r rps p50 p99 bad < <(measure)
-    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+    wait_http "$bare_port"
+    wait_http "$scoped_port"
+    wrk_on "$bare_port" "${WARM}s" >/dev/null
+    wrk_on "$scoped_port" "${WARM}s" >/dev/null
+    # Taking turns, so that a slower spell of the machine falls on both.
+    bare_runs=() scoped_runs=() ratios=()
+    for _ in $(seq 1 "$ROUNDS"); do
+      bare_runs+=("$(wrk_on "$bare_port" "$DURATION")")
+      scoped_runs+=("$(wrk_on "$scoped_port" "$DURATION")")
+      ratios+=("$(awk -v s="${scoped_runs[-1]%% *}" -v b="${bare_runs[-1]%% *}" 'BEGIN {printf "%.2f", s / b}')")
+    done
+    for pid in "${pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
     pids=()
+    read -r bare_rps bare_p50 bare_p99 bare_bad < <(printf '%s\n' "${bare_runs[@]}" | median)
+    read -r rps p50 p99 bad < <(printf '%s\n' "${scoped_runs[@]}" | median)
+    say "$strategy, $count tenants, each round's scoped / bare: ${ratios[*]}"
     ratio=$(awk -v s="$rps" -v b="$bare_rps" 'BEGIN {printf "%.2f", s / b}')
-    report+=("$(printf '| %s | %s | %s | %s / %s | %s | %s / %s | **%s** | %s / %s |' \
-      "$strategy" "$count" "$bare_rps" "$bare_p50" "$bare_p99" "$rps" "$p50" "$p99" "$ratio" "$bare_bad" "$bad")")
+    report+=("$(printf '| %s | %s | %s | %s / %s | %s | %s / %s | **%s** (%s) | %s / %s |' \
+      "$strategy" "$count" "$bare_rps" "$bare_p50" "$bare_p99" "$rps" "$p50" "$p99" "$ratio" \
+      "$(tr ' ' '\n' <<<"${ratios[*]}" | sort -n | sed -n '1p;$p' | paste -sd '-')" "$bare_bad" "$bad")")
     say "${report[-1]}"
   done
   stop_pgbouncer
@@ -249,8 +263,8 @@ done
 
 echo
 echo "PgBouncer $("$TENANCY_TEST_PGBOUNCER" --version | head -n 1 | awk '{print $2}'), transaction mode; $(nproc) cores shared by wrk, the servers, PgBouncer and PostgreSQL"
-echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS -d$DURATION after $WARM s of the same load, PgBouncer default_pool_size $BENCH_POOL_SIZE; the service's generated defaults, given its URLs (sslmode=disable) and TENANCY_POOLER=transaction"
+echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS, each server warmed $WARM s, then $ROUNDS rounds of $DURATION each taking turns (medians; the rounds' lowest-highest ratio in brackets), PgBouncer default_pool_size $BENCH_POOL_SIZE; the service's generated defaults, given its URLs (sslmode=disable) and TENANCY_POOLER=transaction"
 printf '%s\n' "${report[@]}" | grep -v '^|'
-echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | scoped / bare | non-2xx bare / scoped |"
+echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | scoped / bare (rounds) | non-2xx bare / scoped |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${report[@]}" | grep '^|' || true

@@ -24,6 +24,7 @@ use diesel_async::{
     SimpleAsyncConnection,
 };
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 
 use pool::{Home, Pool, PoolError, PooledConnection, SessionScope};
 use tls::PgConfig;
@@ -81,10 +82,17 @@ impl TenantConnection {
 
 impl SimpleAsyncConnection for TenantConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        // A batch is sent at once, without waiting for anything: the scope goes first.
         let conn = self.pooled();
-        conn.open().await?;
-        conn.batch_execute(query).await
+        let failure = conn.failure();
+        // A batch is sent at once, without waiting for anything: the scope goes first.
+        let result = match conn.open().await {
+            Ok(()) => conn.batch_execute(query).await,
+            Err(error) => Err(error),
+        };
+        match failure {
+            Some(failure) => failure.check(result),
+            None => result,
+        }
     }
 }
 
@@ -100,7 +108,16 @@ impl AsyncConnectionCore for TenantConnection {
         T: AsQuery + 'query,
         T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        self.pooled().run(|mut conn| conn.load(source))
+        let conn = self.pooled();
+        let Some(failure) = conn.failure() else {
+            return conn.run(|mut conn| conn.load(source));
+        };
+        let load = conn.run(|mut conn| conn.load(source));
+        Box::pin(async move {
+            // A statement's error may come with its first row or any later one.
+            let rows = failure.check(load.await)?;
+            Ok(rows.map(move |row| failure.check(row)).boxed())
+        })
     }
 
     fn execute_returning_count<'conn, 'query, T>(
@@ -110,8 +127,13 @@ impl AsyncConnectionCore for TenantConnection {
     where
         T: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        self.pooled()
-            .run(|mut conn| conn.execute_returning_count(source))
+        let conn = self.pooled();
+        let failure = conn.failure();
+        let execute = conn.run(|mut conn| conn.execute_returning_count(source));
+        match failure {
+            Some(failure) => Box::pin(execute.map(move |result| failure.check(result))),
+            None => execute,
+        }
     }
 }
 

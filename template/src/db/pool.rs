@@ -272,8 +272,72 @@ pub struct PooledConnection {
     /// Transaction mode: the checkout's `BEGIN` and scope statement while they are not
     /// sent yet; they go in one flight with its first statement ([`PooledConnection::run`]).
     opening: Mutex<Option<Opening>>,
+    /// Transaction mode: the first statement that failed outside a handler's own
+    /// transaction, which aborted the checkout's transaction (see [`Failure`]).
+    failure: Option<Failure>,
     key: Key,
     opened: Instant,
+}
+
+/// Where a checkout's statements record the first database error that aborted its
+/// transaction (transaction mode): PostgreSQL then ignores the rest, and a `COMMIT` rolls
+/// back without an error. [`PooledConnection::finish`] returns it instead of committing, so
+/// that no request is answered with success for writes that were lost.
+#[derive(Clone, Default)]
+pub struct Failure(Arc<std::sync::OnceLock<Failed>>);
+
+impl Failure {
+    /// Passes `result` on, recording it if it is the first database error.
+    pub fn check<T>(&self, result: diesel::QueryResult<T>) -> diesel::QueryResult<T> {
+        if let Err(diesel::result::Error::DatabaseError(kind, info)) = &result {
+            let _ = self.0.set(Failed {
+                kind: *kind,
+                message: info.message().to_owned(),
+                constraint: info.constraint_name().map(str::to_owned),
+            });
+        }
+        result
+    }
+
+    fn error(&self) -> Option<diesel::result::Error> {
+        let failed = self.0.get()?.clone();
+        Some(diesel::result::Error::DatabaseError(
+            failed.kind,
+            Box::new(failed),
+        ))
+    }
+}
+
+/// What is kept of the error: what the service's error mapping reads.
+#[derive(Debug, Clone)]
+struct Failed {
+    kind: diesel::result::DatabaseErrorKind,
+    message: String,
+    constraint: Option<String>,
+}
+
+impl diesel::result::DatabaseErrorInformation for Failed {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn details(&self) -> Option<&str> {
+        None
+    }
+    fn hint(&self) -> Option<&str> {
+        None
+    }
+    fn table_name(&self) -> Option<&str> {
+        None
+    }
+    fn column_name(&self) -> Option<&str> {
+        None
+    }
+    fn constraint_name(&self) -> Option<&str> {
+        self.constraint.as_deref()
+    }
+    fn statement_position(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// What opens a checkout's transaction (transaction mode): `BEGIN`, then the scope for
@@ -312,18 +376,37 @@ impl PooledConnection {
             return Ok(());
         }
         let opening = take(&mut self.opening);
+        let failed = self.failure.take().and_then(|failure| failure.error());
         let Some(conn) = self.conn.as_deref_mut() else {
             return Ok(());
         };
         let result = match opening {
             // Nothing was sent: there is no transaction to end.
             Some(_) => leave_unopened(conn),
-            None => end_transaction(conn, commit).await,
+            None => end_transaction(conn, commit && failed.is_none()).await,
         };
         if result.is_err() {
             drop(self.conn.take());
         }
-        result
+        match failed {
+            // Rolled back: what made it fail is the answer.
+            Some(error) if commit && result.is_ok() => Err(error),
+            _ => result,
+        }
+    }
+
+    /// Where a statement sent now records its database error, if that error would abort
+    /// the checkout's transaction: transaction mode, outside a handler's own transaction
+    /// (whose savepoint takes the error back).
+    pub fn failure(&mut self) -> Option<Failure> {
+        let failure = self.failure.clone()?;
+        let conn: &mut AsyncPgConnection = self;
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth()
+            .ok()
+            .flatten()
+            .map(u32::from);
+        (depth == Some(1)).then_some(failure)
     }
 
     /// Sends the checkout's `BEGIN` and scope statement if they are still waiting for a
@@ -736,6 +819,7 @@ impl Shared {
             backend: None,
             in_transaction: false,
             opening: Mutex::new(None),
+            failure: None,
             key,
             opened,
         }
@@ -879,6 +963,7 @@ impl Shared {
             timeout: self.settings.statement_timeout.as_millis().to_string(),
         });
         guard.in_transaction = true;
+        guard.failure = Some(Failure::default());
         self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

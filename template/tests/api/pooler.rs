@@ -244,6 +244,56 @@ async fn a_request_commits_when_its_handler_succeeds_and_rolls_back_otherwise() 
     }
 }
 
+/// Writes a note, then a note with the same id, swallowing the error (with `savepoint`,
+/// inside a transaction of its own), then answers 201.
+async fn swallow_then_answer(
+    mut conn: TenantConnection,
+    savepoint: web::Path<bool>,
+) -> HttpResponse {
+    let insert =
+        "INSERT INTO notes (id, title) VALUES ('00000000-0000-7000-8000-000000000001', 'once')";
+    diesel::sql_query(insert).execute(&mut conn).await.unwrap();
+    let duplicate = if *savepoint {
+        conn.transaction(async |c| diesel::sql_query(insert).execute(c).await)
+            .await
+    } else {
+        diesel::sql_query(insert).execute(&mut conn).await
+    };
+    assert!(duplicate.is_err());
+    HttpResponse::Created().finish()
+}
+
+#[actix_web::test]
+async fn a_failed_statement_the_handler_swallowed_fails_the_request_unless_it_was_in_a_savepoint() {
+    let Some(pooler) = PgBouncer::start(&server_url(), "transaction", SERVER_CONNECTIONS) else {
+        return;
+    };
+    let app = spawn_behind(&pooler, TestDatabase::create().await, &[]).await;
+    let acme = app.create_tenant("acme").await;
+    let service = test::init_service(
+        App::new()
+            .app_data(app.tenancy.clone())
+            .wrap(from_fn(resolve_tenant))
+{%- if path_resolver %}
+            .app_data(web::Data::new(app.settings.tenancy.resolve.path.clone()))
+            .wrap(from_fn(strip_tenant_prefix))
+{%- endif %}
+            .route("/swallow/{savepoint}", web::get().to(swallow_then_answer)),
+    )
+    .await;
+    // The error aborted the request's transaction: its first write is lost, and the
+    // answer says so (the error's own problem, 409) instead of 201.
+    let request = for_tenant(test::TestRequest::get(), "/swallow/false", "acme");
+    let response = test::call_service(&service, request.to_request()).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(app.db.notes_of(&acme).await, Some(0));
+    // Inside a handler's own transaction the savepoint takes the error back.
+    let request = for_tenant(test::TestRequest::get(), "/swallow/true", "acme");
+    let response = test::call_service(&service, request.to_request()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
+}
+
 #[actix_web::test]
 async fn outside_a_request_finish_commits_and_an_unfinished_connection_rolls_back() {
     let Some(pooler) = PgBouncer::start(&server_url(), "transaction", SERVER_CONNECTIONS) else {
