@@ -40,6 +40,8 @@ pub struct HttpSettings {
     /// HTTP worker threads; defaults to the number of CPUs.
     pub workers: Option<usize>,
     pub shutdown_timeout: Duration,
+    /// A tenant request's body must arrive within this (`TENANCY_REQUEST_BODY_TIMEOUT`).
+    pub body_timeout: Duration,
     /// Error bodies carry internal details (`TENANCY_ERROR_DETAILS`; never in production).
     pub error_details: bool,
 }
@@ -50,6 +52,7 @@ const KEYS: &[Key] = &[
     ("port", Some("8000")),
     ("workers", None),
     ("shutdown_timeout", Some("30")),
+    ("request_body_timeout", Some("10")),
     ("error_details", Some("false")),
     ("isolation_strategy", None),
     ("resolution_strategy", None),
@@ -154,6 +157,7 @@ impl Settings {
                 port: src.number("port", 0, u16::MAX)?,
                 workers,
                 shutdown_timeout: src.seconds("shutdown_timeout", 0, 3600)?,
+                body_timeout: src.seconds("request_body_timeout", 1, 3600)?,
                 error_details: src.boolean("error_details")?,
             },
             tenancy: TenancySettings::read(src)?,

@@ -33,6 +33,12 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A request body larger than the service reads (bytes).
+    #[error("request body too large")]
+    BodyTooLarge(usize),
+    /// A request body that did not arrive in time (seconds).
+    #[error("request body too slow")]
+    BodyTimeout(u64),
 {%- if admin_api %}
     #[error("{0}")]
     Conflict(String),
@@ -66,6 +72,8 @@ impl AppError {
             AppError::Unauthorized { .. } => "unauthorized",
             AppError::BadRequest(_) => "bad_request",
             AppError::NotFound(_) => "not_found",
+            AppError::BodyTooLarge(_) => "body_too_large",
+            AppError::BodyTimeout(_) => "body_timeout",
 {%- if admin_api %}
             AppError::Conflict(_) => "conflict",
 {%- endif %}
@@ -109,6 +117,20 @@ impl AppError {
                 StatusCode::NOT_FOUND,
                 "Not found",
                 Some(format!("{what} not found")),
+                None,
+            ),
+            AppError::BodyTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large",
+                Some(format!("the request body may be at most {limit} bytes")),
+                None,
+            ),
+            AppError::BodyTimeout(seconds) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "Request body too slow",
+                Some(format!(
+                    "the request body did not arrive within {seconds} s"
+                )),
                 None,
             ),
 {%- if admin_api %}

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::error::{AppError, ErrorDetails, problem_details};
 use crate::routes;
 use crate::telemetry::TenantRootSpan;
+use crate::tenancy::middleware::BodyRead;
 use crate::tenancy::{StartupError, Tenancy};
 
 /// The whole application around a shared `Tenancy` (it keeps no borrow of `settings`).
@@ -30,9 +31,13 @@ pub fn app(
     App::new()
         .app_data(tenancy)
         .app_data(web::Data::new(ErrorDetails(settings.http.error_details)))
+        .app_data(web::Data::new(BodyRead {
+            limit: BodyRead::LIMIT,
+            timeout: settings.http.body_timeout,
+        }))
         .app_data(
             web::JsonConfig::default()
-                .limit(256 * 1024)
+                .limit(BodyRead::LIMIT)
                 .error_handler(|e, _| {
                     AppError::BadRequest(format!("invalid JSON body: {e}")).into()
                 }),

@@ -5,15 +5,22 @@
 //! problem+json error. The tenant is put in the request extensions and on the request's
 //! root span (`tenant.id`, `tenant.identifier`).
 //!
+//! A request's body is read whole here, before its handler runs (at most [`BodyRead`]'s
+//! limit, within its timeout): a handler takes its tenant connection as it starts, and a
+//! client sending its body slowly must not hold one of the shared connections meanwhile.
+//!
 //! Behind a transaction pooler (`TENANCY_POOLER=transaction`) each tenant connection of the
 //! request is a transaction: once the handler has answered, they are committed if the
 //! answer is a success (2xx, 3xx) and rolled back otherwise; a commit that fails turns the
 //! answer into that error, so a client is never told of a write that did not happen.
 
-use actix_web::HttpMessage;
+use std::time::Duration;
+
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
+use actix_web::{HttpMessage, web};
+use futures_util::StreamExt;
 use tracing_actix_web::RootSpan;
 
 use super::TenantError;
@@ -46,6 +53,12 @@ pub async fn resolve_tenant(
         span.record("tenant.identifier", tenant.identifier.as_str());
     }
     req.extensions_mut().insert(tenant);
+    let read = req
+        .app_data::<web::Data<BodyRead>>()
+        .map_or_else(BodyRead::default, |read| *read.get_ref());
+    if let Err(error) = read_body(&mut req, read).await {
+        return Ok(req.error_response(error).map_into_right_body());
+    }
     if !tenancy.per_transaction() {
         return Ok(next.call(req).await?.map_into_left_body());
     }
@@ -69,6 +82,56 @@ pub async fn resolve_tenant(
         // A rollback that failed closed its connection: the answer stands.
         Err(_) => Ok(response.map_into_left_body()),
     }
+}
+
+/// How the bodies of tenant requests are read before their handler runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRead {
+    /// Bytes at most (413 beyond).
+    pub limit: usize,
+    /// The whole body must have arrived by then (408 after), counted from when its
+    /// tenant was resolved.
+    pub timeout: Duration,
+}
+
+impl BodyRead {
+    /// The largest body a tenant request may have (the JSON extractor's limit too).
+    pub const LIMIT: usize = 256 * 1024;
+}
+
+impl Default for BodyRead {
+    fn default() -> Self {
+        Self {
+            limit: Self::LIMIT,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Reads the request's body whole, then gives it back to the request for the handler.
+async fn read_body(req: &mut ServiceRequest, read: BodyRead) -> Result<(), AppError> {
+    let mut payload = req.take_payload();
+    if matches!(payload, Payload::None) {
+        return Ok(());
+    }
+    let mut body = web::BytesMut::new();
+    let whole = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| AppError::BadRequest(format!("invalid request body: {e}")))?;
+            if body.len() + chunk.len() > read.limit {
+                return Err(AppError::BodyTooLarge(read.limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(read.timeout, whole).await {
+        Ok(result) => result?,
+        Err(_) => return Err(AppError::BodyTimeout(read.timeout.as_secs())),
+    }
+    req.set_payload(Payload::from(body.freeze()));
+    Ok(())
 }
 
 /// How a request whose tenant is not served is answered.
