@@ -84,11 +84,7 @@ impl SimpleAsyncConnection for TenantConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let conn = self.pooled();
         let failure = conn.failure();
-        // A batch is sent at once, without waiting for anything: the scope goes first.
-        let result = match conn.open().await {
-            Ok(()) => conn.batch_execute(query).await,
-            Err(error) => Err(error),
-        };
+        let result = conn.batch(query).await;
         match failure {
             Some(failure) => failure.check(result),
             None => result,

@@ -79,6 +79,22 @@ pub struct SessionScope {
 /// The setting that Row-Level Security policies read.
 pub const TENANT_SETTING: &str = "app.tenant_id";
 
+/// How much longer than the statement timeout the service waits for PostgreSQL's answer:
+/// a server that cannot answer (frozen, or cut off by the network) cannot time out a
+/// statement itself.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+
+/// The error of a statement PostgreSQL did not answer in time: an outage (503).
+fn no_answer(limit: Duration) -> diesel::result::Error {
+    diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::ClosedConnection,
+        Box::new(format!(
+            "PostgreSQL did not answer within {} s: the connection was closed",
+            limit.as_secs()
+        )),
+    )
+}
+
 /// Why no connection could be checked out.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -123,6 +139,13 @@ pub struct PoolSettings {
     pub pooler: Pooler,
     /// Transaction mode: set in every transaction (session mode sets it when connecting).
     pub statement_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// How long a statement may go unanswered before its connection is given up.
+    pub fn answer_within(&self) -> Duration {
+        self.statement_timeout + ANSWER_MARGIN
+    }
 }
 
 /// What `/health` and the tests see of a pool.
@@ -275,6 +298,9 @@ pub struct PooledConnection {
     /// Transaction mode: the first statement that failed outside a handler's own
     /// transaction, which aborted the checkout's transaction (see [`Failure`]).
     failure: Option<Failure>,
+    /// A statement went unanswered past [`PoolSettings::answer_within`]: the connection's
+    /// state is unknown, and it is closed, never reused.
+    lost: std::sync::atomic::AtomicBool,
     key: Key,
     opened: Instant,
 }
@@ -380,10 +406,14 @@ impl PooledConnection {
         let Some(conn) = self.conn.as_deref_mut() else {
             return Ok(());
         };
+        let limit = self.pool.settings.answer_within();
         let result = match opening {
             // Nothing was sent: there is no transaction to end.
             Some(_) => leave_unopened(conn),
-            None => end_transaction(conn, commit && failed.is_none()).await,
+            _ if self.lost.load(Ordering::Relaxed) => Err(no_answer(limit)),
+            None => tokio::time::timeout(limit, end_transaction(conn, commit && failed.is_none()))
+                .await
+                .unwrap_or_else(|_| Err(no_answer(limit))),
         };
         if result.is_err() {
             drop(self.conn.take());
@@ -413,8 +443,34 @@ impl PooledConnection {
     /// first statement (transaction mode); for statements that cannot share their flight.
     pub async fn open(&mut self) -> diesel::QueryResult<()> {
         match take(&mut self.opening) {
-            Some(opening) => opening.send(self).await,
+            Some(opening) => self.answered(opening.send(self)).await,
             None => Ok(()),
+        }
+    }
+
+    /// Runs `query` (simple protocol) on this connection, after its scope if that is
+    /// still waiting (a batch goes at once, so it cannot share the scope's flight).
+    pub async fn batch(&mut self, query: &str) -> diesel::QueryResult<()> {
+        self.open().await?;
+        let conn: &AsyncPgConnection = self;
+        let mut shared = conn;
+        self.answered(shared.batch_execute(query)).await
+    }
+
+    /// `statement`'s result, unless PostgreSQL does not answer in time: then the
+    /// connection is lost (closed when it goes back) and the statement fails as an outage.
+    async fn answered<T>(
+        &self,
+        statement: impl Future<Output = diesel::QueryResult<T>>,
+    ) -> diesel::QueryResult<T> {
+        let limit = self.pool.settings.answer_within();
+        match tokio::time::timeout(limit, statement).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.lost.store(true, Ordering::Relaxed);
+                self.pool.errors.count("connection_lost");
+                Err(no_answer(limit))
+            }
         }
     }
 
@@ -436,9 +492,9 @@ impl PooledConnection {
         let this: &'a PooledConnection = self;
         let statement = statement(this);
         if opened {
-            return statement;
+            return Box::pin(this.answered(statement));
         }
-        Box::pin(async move {
+        Box::pin(this.answered(async move {
             let opening = (this.opening.lock())
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take();
@@ -448,7 +504,7 @@ impl PooledConnection {
                     .map(|(_, result)| result),
                 None => statement.await,
             }
-        })
+        }))
     }
 }
 
@@ -517,14 +573,17 @@ impl Drop for PooledConnection {
             };
             // A transaction that was never sent needs no rollback, only diesel told so.
             let unsent = take(&mut self.opening).is_some();
-            let clean = !unsent || leave_unopened(&mut idle.conn).is_ok();
+            let clean = !self.lost.load(Ordering::Relaxed)
+                && (!unsent || leave_unopened(&mut idle.conn).is_ok());
             if std::thread::panicking() || !clean {
                 // Closed.
             } else if self.in_transaction && !unsent && !idle.conn.is_closed() {
                 // Dropped unfinished (transaction mode): rolled back before anyone reuses it.
                 let pool = self.pool.clone();
+                let limit = pool.settings.answer_within();
                 self.pool.runtime.spawn(async move {
-                    if end_transaction(&mut idle.conn, false).await.is_ok() {
+                    let rollback = end_transaction(&mut idle.conn, false);
+                    if let Ok(Ok(())) = tokio::time::timeout(limit, rollback).await {
                         pool.keep(idle);
                     }
                 });
@@ -820,6 +879,7 @@ impl Shared {
             in_transaction: false,
             opening: Mutex::new(None),
             failure: None,
+            lost: std::sync::atomic::AtomicBool::new(false),
             key,
             opened,
         }
@@ -884,8 +944,11 @@ impl Shared {
             pg_backend_pid(),
             pg_postmaster_start_time(),
         ))
-        .get_result::<(String, String, i32, chrono::DateTime<chrono::Utc>)>(&mut **guard)
-        .await;
+        .get_result::<(String, String, i32, chrono::DateTime<chrono::Utc>)>(&mut **guard);
+        let limit = self.settings.answer_within();
+        let result = tokio::time::timeout(limit, result)
+            .await
+            .unwrap_or_else(|_| Err(no_answer(limit)));
         match result {
             Ok((_, _, pid, server_started)) => {
                 let now = Backend {

@@ -173,6 +173,39 @@ impl Cluster {
         self.pg_ctl("restart");
     }
 
+    /// Stops every process of the server (SIGSTOP) for `how_long` without closing
+    /// anything: what a network black hole or a stalled failover looks like to a client.
+    /// [`Cluster::thaw`] (or dropping the cluster) ends it sooner.
+    pub fn freeze_for(&self, how_long: std::time::Duration) {
+        let pids = self.pids();
+        signal("STOP", &pids);
+        std::thread::spawn(move || {
+            std::thread::sleep(how_long);
+            signal("CONT", &pids);
+        });
+    }
+
+    pub fn thaw(&self) {
+        signal("CONT", &self.pids());
+    }
+
+    /// The postmaster's process id and its children's.
+    fn pids(&self) -> Vec<String> {
+        let pid_file = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .unwrap();
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        pids
+    }
+
     fn pg_ctl(&self, action: &str) {
         let options = std::fs::read_to_string(self.dir.join("options")).unwrap();
         let data = self.dir.join("data");
@@ -217,8 +250,21 @@ impl Cluster {
     }
 }
 
+/// Sends `signal` (`STOP`, `CONT`) to the processes `pids`.
+fn signal(signal: &str, pids: &[String]) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pids:?}");
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.dir.join("data/postmaster.pid").exists() {
+            let _ = std::panic::catch_unwind(|| self.thaw());
+        }
         let _ = self
             .command("pg_ctl")
             .arg("-D")

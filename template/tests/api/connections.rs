@@ -266,3 +266,46 @@ async fn a_slow_statement_is_logged_with_its_tenant_and_without_its_values() {
     );
     assert_eq!(event["span"]["tenant.identifier"], "acme", "{event}");
 }
+
+#[actix_web::test]
+async fn a_frozen_postgresql_is_answered_503_in_time_and_served_again_once_it_thaws() {
+    let Some(cluster) = Cluster::start(&[]) else {
+        return;
+    };
+    let db = TestDatabase::create_on(cluster.url()).await;
+    let app = spawn_app_on(
+        db,
+        &[
+            ("TENANCY_STATEMENT_TIMEOUT", "2"),
+            ("TENANCY_DATABASE_POOL_TIMEOUT", "2"),
+        ],
+    )
+    .await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+
+    // Every server process stopped for 15 s: nothing is closed, nothing answers, and the
+    // server's own statement timeout cannot fire.
+    cluster.freeze_for(Duration::from_secs(15));
+    let started = Instant::now();
+    let request = crate::helpers::for_tenant(test::TestRequest::get(), "/api/notes", "acme");
+    let response = test::call_service(&service, request.to_request()).await;
+    let waited = started.elapsed();
+    cluster.thaw();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    // The statement timeout and a margin (3 s), not as long as the freeze lasts.
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    let errors = app.tenancy.connection_stats().tenant.errors;
+    assert_eq!(errors["connection_lost"], 1, "{errors:?}");
+
+    // The connection that went unanswered was closed, not reused: the next request is
+    // served.
+    let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
