@@ -249,11 +249,32 @@ impl Tenancy {
 {%- endif %}
         let tenant = {
             let mut conn = self.control.get().await?;
-            let tenant =
-                registry::insert_or_get(&mut conn, &new.identifier, name, isolation, &new.metadata)
-                    .await?;
+            let max = self.settings.max_tenants;
+            let (identifier, metadata) = (&new.identifier, &new.metadata);
+            let tenant = conn
+                .transaction(async |conn| {
+                    if let Some(max) = max
+                        && registry::find_by_identifier(conn, identifier)
+                            .await?
+                            .is_none()
+                    {
+                        let held = registry::count_for_creation(conn).await?;
+                        if held >= max as i64 {
+                            return Ok(Err(held));
+                        }
+                    }
+                    registry::insert_or_get(conn, identifier, name, isolation, metadata)
+                        .await
+                        .map(Ok)
+                })
+                .await?;
             conn.finish(true).await?;
-            tenant
+            tenant.map_err(|held| {
+                LifecycleError::Conflict(format!(
+                    "this service holds {held} tenants, its limit (TENANCY_MAX_TENANTS); \
+                     destroy one or raise the limit"
+                ))
+            })?
         };
         if tenant.status != TenantStatus::Provisioning {
             return Err(LifecycleError::Conflict(format!(

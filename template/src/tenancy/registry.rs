@@ -106,6 +106,16 @@ pub async fn insert_or_get(
         .ok_or(diesel::result::Error::NotFound)
 }
 
+/// How many tenants the registry holds, in any status, once every other creation that
+/// counts has ended: the count and the insert that follows are one at a time (a lock held
+/// until the connection's transaction ends).
+pub async fn count_for_creation(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('tenancy.tenants.create'))")
+        .execute(&mut *conn)
+        .await?;
+    tenants::table.count().get_result(conn).await
+}
+
 /// Moves a tenant to `to` if its status is one of `from`; `None` if it was not.
 pub async fn transition(
     conn: &mut AsyncPgConnection,

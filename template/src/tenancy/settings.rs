@@ -20,13 +20,16 @@ pub struct TenancySettings {
     pub isolation: <Selected as Strategy>::Settings,
     /// How long a registry look-up is reused (`TENANCY_TENANT_CACHE_TTL`).
     pub tenant_cache_ttl: Duration,
+    /// Tenants this service holds at most, whatever their status (`TENANCY_MAX_TENANTS`;
+    /// none: no limit).
+    pub max_tenants: Option<u64>,
 {%- if redis_cache %}
     /// The cache's shared level.
     pub redis: RedisSettings,
 {%- endif %}
 }
 
-const KEYS: &[Key] = &[("tenant_cache_ttl", Some("30"))];
+const KEYS: &[Key] = &[("tenant_cache_ttl", Some("30")), ("max_tenants", None)];
 
 impl TenancySettings {
     /// Every key the tenancy layer reads.
@@ -45,6 +48,10 @@ impl TenancySettings {
             resolve: ResolveSettings::read(src)?,
             isolation: Selected::read_settings(src)?,
             tenant_cache_ttl: src.seconds("tenant_cache_ttl", 0, 3600)?,
+            max_tenants: match src.optional("max_tenants") {
+                Some(_) => Some(src.number("max_tenants", 1, 10_000_000)?),
+                None => None,
+            },
 {%- if redis_cache %}
             redis: RedisSettings::read(src)?,
 {%- endif %}

@@ -164,3 +164,34 @@ async fn migrate_all_reports_progress_for_every_tenant() {
     tenants.sort();
     assert_eq!(tenants, vec!["a1", "a2", "a3"]);
 }
+
+#[actix_web::test]
+async fn creation_beyond_max_tenants_is_refused_even_when_requests_race() {
+    let app = crate::helpers::spawn_app_with(&[("TENANCY_MAX_TENANTS", "3")]).await;
+    let create = |i: usize| {
+        app.tenancy.create_tenant(NewTenant::new(
+            TenantIdentifier::parse(&format!("racer_{i}")).unwrap(),
+            "Racer",
+        ))
+    };
+    let created = futures_util::future::join_all((0..8).map(create)).await;
+    assert_eq!(created.iter().filter(|c| c.is_ok()).count(), 3);
+    for refused in created.iter().filter_map(|c| c.as_ref().err()) {
+        assert!(
+            matches!(refused, LifecycleError::Conflict(m)
+                if m.contains("holds 3 tenants") && m.contains("TENANCY_MAX_TENANTS")),
+            "{refused}"
+        );
+    }
+    assert_eq!(app.tenancy.list_tenants().await.unwrap().len(), 3);
+
+    // A deleted tenant still counts (its data is there); a destroyed one makes room.
+    let first = created.iter().find_map(|c| c.as_ref().ok()).unwrap();
+    app.tenancy.delete_tenant(&first.identifier).await.unwrap();
+    assert!(create(100).await.is_err());
+    app.tenancy
+        .destroy_tenant(&first.identifier, first.identifier.as_str())
+        .await
+        .unwrap();
+    create(100).await.unwrap();
+}
