@@ -515,6 +515,26 @@ macro_rules! service {
     };
 }
 
+/// A test app of `GET` routes (path => handler) behind the tenant middleware, as the real
+/// service has it: for handlers that misbehave on purpose.
+macro_rules! tenant_routes {
+    ($app:expr, $($path:expr => $handler:expr),+ $(,)?) => {
+        actix_web::test::init_service(
+            actix_web::App::new()
+                .app_data($app.tenancy.clone())
+                .wrap(actix_web::middleware::from_fn(svc::tenancy::middleware::resolve_tenant))
+{%- if path_resolver %}
+                .app_data(actix_web::web::Data::new($app.settings.tenancy.resolve.path.clone()))
+                .wrap(actix_web::middleware::from_fn(
+                    svc::tenancy::resolve::path::strip_tenant_prefix,
+                ))
+{%- endif %}
+                $(.route($path, actix_web::web::get().to($handler)))+,
+        )
+        .await
+    };
+}
+
 /// Sends a JSON request for `tenant` and returns status and parsed body.
 macro_rules! call {
     ($service:expr, $method:ident $path:expr, tenant = $tenant:expr $(, json = $body:expr)?) => ({

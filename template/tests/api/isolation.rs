@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use crate::helpers::{TestApp, spawn_app_with};
 use actix_web::http::StatusCode;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpResponse, test, web};
+use actix_web::{HttpResponse, test};
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::FutureExt;
@@ -17,10 +16,6 @@ use serde_json::json;
 
 use svc::db::TenantConnection;
 use svc::domain::Tenant;
-use svc::tenancy::middleware::resolve_tenant;
-{%- if path_resolver %}
-use svc::tenancy::resolve::path::strip_tenant_prefix;
-{%- endif %}
 
 /// `tenants` tenants each get `writes` note creations and `writes` listings, all sent at
 /// once (`2 × writes` concurrent requests per tenant); every listing must contain only
@@ -298,20 +293,13 @@ pub(crate) async fn cancelled_checkouts_leave_no_scope_behind(app: &TestApp) {
 /// extractor as the real one.
 macro_rules! probe_service {
     ($app:expr) => {
-        test::init_service(
-            App::new()
-                .app_data($app.tenancy.clone())
-                .wrap(from_fn(resolve_tenant))
-{%- if path_resolver %}
-                .app_data(web::Data::new($app.settings.tenancy.resolve.path.clone()))
-                .wrap(from_fn(strip_tenant_prefix))
-{%- endif %}
-                .route("/scope", web::get().to(scope))
-                .route("/sleep", web::get().to(sleep))
-                .route("/panic", web::get().to(panic_with_connection))
-                .route("/failed-transaction", web::get().to(failed_transaction)),
+        tenant_routes!(
+            $app,
+            "/scope" => scope,
+            "/sleep" => sleep,
+            "/panic" => panic_with_connection,
+            "/failed-transaction" => failed_transaction,
         )
-        .await
     };
 }
 

@@ -7,8 +7,7 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpResponse, test, web};
+use actix_web::{HttpResponse, test, web};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::json;
 
@@ -21,13 +20,16 @@ use crate::isolation::{
 use crate::pgbouncer::PgBouncer;
 use svc::config::Settings;
 use svc::db::TenantConnection;
-use svc::tenancy::middleware::resolve_tenant;
-{%- if path_resolver %}
-use svc::tenancy::resolve::path::strip_tenant_prefix;
-{%- endif %}
 
 /// PgBouncer's server connections per database and role: fewer than the service's.
 const SERVER_CONNECTIONS: u32 = 4;
+
+/// A service with one tenant connection, which every checkout must reuse.
+const ONE_CONNECTION: [(&str, &str); 3] = [
+    ("TENANCY_DATABASE_POOL_SIZE", "1"),
+    ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
+    ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
+];
 
 /// A service in transaction mode on `db`, its application role through `pooler`, its
 /// migrations direct; `extra` settings on top.
@@ -185,15 +187,21 @@ async fn cancelled_checkouts_and_misbehaving_requests_leave_no_scope_behind_the_
     let Some(pooler) = PgBouncer::start(&server_url(), "transaction", SERVER_CONNECTIONS) else {
         return;
     };
-    let one_connection = [
-        ("TENANCY_DATABASE_POOL_SIZE", "1"),
-        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
-        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
-    ];
-    let app = spawn_behind(&pooler, TestDatabase::create().await, &one_connection).await;
+    let app = spawn_behind(&pooler, TestDatabase::create().await, &ONE_CONNECTION).await;
     cancelled_checkouts_leave_no_scope_behind(&app).await;
-    let app = spawn_behind(&pooler, TestDatabase::create().await, &one_connection).await;
+    let app = spawn_behind(&pooler, TestDatabase::create().await, &ONE_CONNECTION).await;
     misbehaving_requests_leave_no_scope_behind(&app).await;
+}
+
+/// The handlers below behind the tenant middleware, as the real service has them.
+macro_rules! handlers_service {
+    ($app:expr) => {
+        tenant_routes!(
+            $app,
+            "/write/{status}" => write_then_answer,
+            "/swallow/{savepoint}" => swallow_then_answer,
+        )
+    };
 }
 
 /// Writes a note, then answers with `status`.
@@ -212,17 +220,7 @@ async fn a_request_commits_when_its_handler_succeeds_and_rolls_back_otherwise() 
     };
     let app = spawn_behind(&pooler, TestDatabase::create().await, &[]).await;
     let acme = app.create_tenant("acme").await;
-    let service = test::init_service(
-        App::new()
-            .app_data(app.tenancy.clone())
-            .wrap(from_fn(resolve_tenant))
-{%- if path_resolver %}
-            .app_data(web::Data::new(app.settings.tenancy.resolve.path.clone()))
-            .wrap(from_fn(strip_tenant_prefix))
-{%- endif %}
-            .route("/write/{status}", web::get().to(write_then_answer)),
-    )
-    .await;
+    let service = handlers_service!(app);
     let mut expected = 0;
     for status in [201, 409, 500, 200, 404, 302] {
         let request = for_tenant(
@@ -270,17 +268,7 @@ async fn a_failed_statement_the_handler_swallowed_fails_the_request_unless_it_wa
     };
     let app = spawn_behind(&pooler, TestDatabase::create().await, &[]).await;
     let acme = app.create_tenant("acme").await;
-    let service = test::init_service(
-        App::new()
-            .app_data(app.tenancy.clone())
-            .wrap(from_fn(resolve_tenant))
-{%- if path_resolver %}
-            .app_data(web::Data::new(app.settings.tenancy.resolve.path.clone()))
-            .wrap(from_fn(strip_tenant_prefix))
-{%- endif %}
-            .route("/swallow/{savepoint}", web::get().to(swallow_then_answer)),
-    )
-    .await;
+    let service = handlers_service!(app);
     // The error aborted the request's transaction: its first write is lost, and the
     // answer says so (the error's own problem, 409) instead of 201.
     let request = for_tenant(test::TestRequest::get(), "/swallow/false", "acme");
@@ -336,12 +324,7 @@ async fn the_scope_goes_with_the_first_statement_whatever_happens_to_the_ones_be
     let Some(pooler) = PgBouncer::start(&server_url(), "transaction", SERVER_CONNECTIONS) else {
         return;
     };
-    let one_connection = [
-        ("TENANCY_DATABASE_POOL_SIZE", "1"),
-        ("TENANCY_DATABASE_MAX_OVERFLOW", "0"),
-        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
-    ];
-    let app = spawn_behind(&pooler, TestDatabase::create().await, &one_connection).await;
+    let app = spawn_behind(&pooler, TestDatabase::create().await, &ONE_CONNECTION).await;
     let acme = app.create_tenant("acme").await;
     let acme_id = acme.id.to_string();
 
