@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Benchmark: one tenant's neighbours against its latency. The generated service (default
+# combination: schema, header), release build, generated defaults (no pool or timeout
+# setting changed; given its URLs with sslmode=disable, as the other benchmarks). A quiet
+# tenant sends RATE (50) requests/s of GET /api/notes for SECONDS (10) on one keep-alive
+# connection (ci/bench/neighbour.py), alone and then beside each of:
+#   flood       28 keep-alive clients of cheap reads from one other tenant (wrk);
+#   cpu only    the same flood on /health/live (no tenant, no database): the control that
+#               shows what sharing the machine's 2 cores alone costs;
+#   slow bodies two other tenants, SLOW (25) sockets each, announcing a 100 kB note and
+#               sending a byte a second (the service reads bodies whole before a handler
+#               takes a connection, within TENANCY_REQUEST_BODY_TIMEOUT, 10 s).
+# For each: the quiet tenant's p50 and p99 (from when each request was due), its p99 over
+# its p99 alone (the target is 2 at most), and its answers that were not 2xx.
+#
+#   bash ci/bench/noisy_neighbour.sh
+#   SECONDS_EACH=20 bash ci/bench/noisy_neighbour.sh
+#
+# It reports numbers; it does not pass or fail.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=ci/lib.sh
+source "$root/ci/lib.sh"
+
+SECONDS_EACH=${SECONDS_EACH:-10} RATE=${RATE:-50} SLOW=${SLOW:-25} PORT=${PORT:-8799}
+
+ensure_cargo_generate
+ensure_postgres
+command -v wrk >/dev/null 2>&1 || die "wrk is missing (apt-get install wrk)"
+use_shared_target_dir
+server_url=${TENANCY_TEST_DATABASE_URL%/*}
+database=actix_tenancy_neighbours
+owner_url="$server_url/$database"
+app_url="${owner_url/:\/\/postgres@/://bench_app:bench_app_password@}"
+sql() { psql "$server_url/${2:-$database}" -qtAX -v ON_ERROR_STOP=1 -c "$1"; }
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sql "DROP DATABASE IF EXISTS $database WITH (FORCE)" postgres >/dev/null 2>&1 || true
+  sql "DROP ROLE IF EXISTS bench_app" postgres >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+project=$(generate "$root" acme-api)
+say "building the service (release)"
+(cd "$project" && cargo build --locked --quiet --release --bin acme-api)
+cli="$CARGO_TARGET_DIR/release/acme-api"
+sql "DROP DATABASE IF EXISTS $database WITH (FORCE)" postgres
+sql "CREATE DATABASE $database" postgres
+sql "DROP ROLE IF EXISTS bench_app" postgres
+export TENANCY_DATABASE_URL="$app_url?sslmode=disable" TENANCY_MIGRATION_DATABASE_URL=$owner_url \
+  TENANCY_HOST=127.0.0.1 TENANCY_PORT=$PORT RUST_LOG=warn
+"$cli" migrate --create-app-role >/dev/null
+for tenant in quiet flood slow_a slow_b; do "$cli" tenant create "$tenant" --name "$tenant" >/dev/null; done
+sql "DO \$\$ DECLARE s text; BEGIN
+       FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant_%' LOOP
+         EXECUTE format('INSERT INTO %I.notes (title) SELECT ''note '' || g FROM generate_series(1, 1000) g', s);
+       END LOOP; END \$\$"
+sql "VACUUM ANALYZE" >/dev/null
+"$cli" serve >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fs -o /dev/null -H 'X-Tenant-ID: quiet' "http://127.0.0.1:$PORT/api/notes" && break
+  sleep 0.2
+done
+
+quiet() { python3 "$root/ci/bench/neighbour.py" quiet "$PORT" quiet "$SECONDS_EACH" "$RATE"; }
+flood() { # path: 28 keep-alive clients for the quiet tenant's time and a little more
+  wrk -t2 -c28 -d"$((SECONDS_EACH + 3))s" -H 'X-Tenant-ID: flood' "http://127.0.0.1:$PORT$1" >/dev/null &
+  pids+=($!)
+  sleep 2
+}
+
+# Warm-up, then the quiet tenant alone.
+quiet >/dev/null
+read -r alone_p50 alone_p99 alone_bad requests < <(quiet)
+rows=("| alone | $alone_p50 ms | $alone_p99 ms | 1.0 | $alone_bad |")
+row() { # name p50 p99 bad
+  rows+=("| $1 | $2 ms | $3 ms | $(awk -v a="$3" -v b="$alone_p99" 'BEGIN {printf "%.1f", a / b}') | $4 |")
+  say "${rows[-1]}"
+}
+
+flood /api/notes
+read -r p50 p99 bad _ < <(quiet)
+wait "${pids[-1]}" 2>/dev/null || true
+row "flood of cheap reads (another tenant, 28 clients)" "$p50" "$p99" "$bad"
+
+flood /health/live
+read -r p50 p99 bad _ < <(quiet)
+wait "${pids[-1]}" 2>/dev/null || true
+row "cpu only (the same flood on /health/live)" "$p50" "$p99" "$bad"
+
+slow_out=$(mktemp)
+python3 "$root/ci/bench/neighbour.py" trickle "$PORT" slow_a "$SLOW" "$((SECONDS_EACH + 15))" >"$slow_out.a" &
+slow_a=$!
+python3 "$root/ci/bench/neighbour.py" trickle "$PORT" slow_b "$SLOW" "$((SECONDS_EACH + 15))" >"$slow_out.b" &
+slow_b=$!
+sleep 1
+read -r p50 p99 bad _ < <(quiet)
+wait "$slow_a" "$slow_b"
+row "slow bodies (2 tenants x $SLOW sockets, a byte a second)" "$p50" "$p99" "$bad"
+slow_answers="slow_a: $(cat "$slow_out.a"); slow_b: $(cat "$slow_out.b")"
+rm -f "$slow_out" "$slow_out.a" "$slow_out.b"
+
+echo
+echo "the quiet tenant: $RATE requests/s of GET /api/notes?limit=20 for $SECONDS_EACH s ($requests requests) on one keep-alive connection; release build, generated defaults (schema, header); $(nproc) cores shared by the load, the service and PostgreSQL"
+echo "| neighbours | quiet p50 | quiet p99 | p99 / alone | quiet non-2xx |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+echo "what the slow clients were answered: $slow_answers"
