@@ -150,9 +150,9 @@ impl AsyncConnection for TenantConnection {
         self.raw().instrumentation()
     }
 
-    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        self.raw().set_instrumentation(instrumentation);
-    }
+    /// The pool's own stays (slow statements, error counts): the connection outlives this
+    /// checkout and serves other tenants next.
+    fn set_instrumentation(&mut self, _: impl Instrumentation) {}
 
     /// The pool decides: behind a transaction pooler no statement may outlive its
     /// transaction.
