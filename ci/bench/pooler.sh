@@ -150,6 +150,13 @@ seed() {
   sql "VACUUM ANALYZE" >/dev/null
 }
 
+# serve_pooled VAR=VALUE...: `serve` in the background through PgBouncer, with its
+# generated defaults and the one setting a service behind a transaction pooler must have
+# (TENANCY_POOLER=transaction: the deployment's mode, not a tuning), plus VAR=VALUE.
+serve_pooled() {
+  env TENANCY_POOLER=transaction TENANCY_DATABASE_URL="$pooled_app" "$@" "$cli" serve >/dev/null 2>&1 &
+}
+
 pooled() { # a direct URL -> the same through PgBouncer
   local url=$1
   echo "${url/@${server_hostport}/@127.0.0.1:$pgb_port}"
@@ -183,7 +190,7 @@ for strategy in $STRATEGIES; do
   esac
   report+=("$strategy: session mode behind the pooler, refused to start: $refused")
   say "${report[-1]}"
-  TENANCY_POOLER=transaction TENANCY_DATABASE_URL=$pooled_app TENANCY_PORT=$PORT "$cli" serve >/dev/null 2>&1 &
+  serve_pooled TENANCY_PORT="$PORT"
   pids+=($!)
   wait_http "$PORT"
   checked=$(CHECK_ADDRESS="127.0.0.1:$PORT" CHECK_TENANTS=$CHECK_TENANTS CHECK_CLIENTS=$CHECK_CLIENTS \
@@ -192,8 +199,7 @@ for strategy in $STRATEGIES; do
   say "${report[-1]}"
   # A second replica, without a URL to listen on (it polls), and the time it takes to
   # refuse a tenant the first one's CLI suspended.
-  TENANCY_POOLER=transaction TENANCY_DATABASE_URL=$pooled_app TENANCY_MIGRATION_DATABASE_URL='' \
-    TENANCY_PORT=$((PORT + 1)) "$cli" serve >/dev/null 2>&1 &
+  serve_pooled TENANCY_MIGRATION_DATABASE_URL= TENANCY_PORT="$((PORT + 1))"
   pids+=($!)
   wait_http $((PORT + 1))
   agreed=$(python3 - "$cli" "$PORT" $((PORT + 1)) <<'EOF'
@@ -234,7 +240,7 @@ EOF
     BENCH_DATABASE_URL="$(pooled "$bare_url")?sslmode=disable" BENCH_POOLER=transaction \
       BENCH_POOL=$BARE_POOL BENCH_PORT=$bare_port "$bare_server" &
     pids+=($!)
-    TENANCY_POOLER=transaction TENANCY_DATABASE_URL=$pooled_app TENANCY_PORT=$scoped_port "$cli" serve >/dev/null 2>&1 &
+    serve_pooled TENANCY_PORT="$scoped_port"
     pids+=($!)
     wait_http "$bare_port"
     wait_http "$scoped_port"
@@ -263,7 +269,7 @@ done
 
 echo
 echo "PgBouncer $("$TENANCY_TEST_PGBOUNCER" --version | head -n 1 | awk '{print $2}'), transaction mode; $(nproc) cores shared by wrk, the servers, PgBouncer and PostgreSQL"
-echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS, each server warmed $WARM s, then $ROUNDS rounds of $DURATION each taking turns (medians; the rounds' lowest-highest ratio in brackets), PgBouncer default_pool_size $BENCH_POOL_SIZE; the service's generated defaults, given its URLs (sslmode=disable) and TENANCY_POOLER=transaction"
+echo "benchmark: GET /api/notes?limit=20, every request another tenant, wrk -t2 -c$CONNECTIONS, each server warmed $WARM s, then $ROUNDS rounds of $DURATION each taking turns (medians; the rounds' lowest-highest ratio in brackets), PgBouncer default_pool_size $BENCH_POOL_SIZE; the service: generated defaults, no setting tuned; given its URLs (sslmode=disable) and TENANCY_POOLER=transaction, which a service behind a transaction pooler requires"
 printf '%s\n' "${report[@]}" | grep -v '^|'
 echo "| strategy | tenants | bare req/s | bare p50 / p99 | scoped req/s | scoped p50 / p99 | scoped / bare (rounds) | non-2xx bare / scoped |"
 echo "|---|---|---|---|---|---|---|---|"
