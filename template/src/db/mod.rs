@@ -4,6 +4,7 @@
 //! Every connection is opened on one dedicated multi-thread runtime ([`runtime`]), so
 //! that a connection outlives the actix worker that asked for it.
 
+pub mod choose;
 pub mod connect;
 pub mod migrate;
 pub mod observe;
@@ -236,6 +237,7 @@ impl ControlPool {
                 uuid::Uuid::nil(),
                 Home::Shared,
                 self.scope.as_ref(),
+                None,
                 || async { Ok(self.config.clone()) },
             )
             .await?;

@@ -22,8 +22,7 @@
 //! reused.
 
 use std::collections::{HashMap, VecDeque};
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,9 +35,11 @@ use diesel_async::{
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use uuid::Uuid;
 
+pub use super::choose::Home;
+use super::choose::{Choice, Fit, Key, Slot, Ticket, WaitQueue, Want, choose, fit};
 use super::connect::{ConnectError, PgConn, connect};
 use super::observe::{ErrorCounts, Observer};
 use super::pooler::Backend;
@@ -60,12 +61,10 @@ diesel::define_sql_function! {
     fn pg_postmaster_start_time() -> Timestamptz;
 }
 
-/// Where a connection is connected: the database all tenants share, or one tenant's own
-/// database. Only connections of the same home can serve a checkout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Home {
-    Shared,
-    Tenant(Uuid),
+/// A new connection's own number (see `choose::Key`).
+fn new_key() -> Key {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Key(NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// What makes a connection of the shared database serve one tenant: its `search_path`
@@ -155,7 +154,10 @@ pub struct PoolStats {
     pub open_connections: u32,
     pub idle_connections: u32,
     pub in_use: u32,
+    /// Checkouts waiting in line now.
     pub waiting: u32,
+    /// Checkouts that waited in line since start.
+    pub waited: u64,
     /// Connections opened since start.
     pub opened: u64,
     /// Checkouts served by a connection that already carried the tenant's scope.
@@ -172,40 +174,11 @@ pub struct PoolStats {
 
 struct Idle {
     conn: PgConn,
-    home: Home,
-    scope: Option<Uuid>,
+    slot: Slot,
     /// Session mode: the server session its scope statements ran on.
     backend: Option<Backend>,
-    key: Key,
     opened: Instant,
     since: Instant,
-}
-
-/// A connection's own number, from which each tenant ranks the connections it prefers.
-///
-/// With schema per tenant, a PostgreSQL backend loads each tenant's tables into its
-/// catalog caches the first time it serves that tenant, and keeps them for its life. A
-/// re-scope therefore takes the idle connection that ranks highest for the tenant
-/// (rendezvous hashing): a tenant comes back to the same few backends instead of warming
-/// every one, so a pool serving thousands of tenants reaches its steady speed sooner and
-/// its backends stay smaller.
-#[derive(Debug, Clone, Copy)]
-struct Key(u64);
-
-impl Key {
-    fn new() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// How much `tenant` prefers this connection (splitmix64 of both).
-    fn rank(self, tenant: Uuid) -> u64 {
-        let (high, low) = tenant.as_u64_pair();
-        let mut x = self.0 ^ high ^ low.rotate_left(32);
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
 }
 
 #[derive(Default)]
@@ -216,6 +189,23 @@ struct State {
     in_use: HashMap<Uuid, u32>,
     /// Set when PostgreSQL refused a connection for lack of slots.
     limited: Option<Limit>,
+    /// The checkouts waiting for a connection, in the order they are served.
+    queue: WaitQueue,
+    /// Where each of them is handed its connection.
+    waiters: HashMap<Ticket, Waiter>,
+}
+
+/// A checkout in line.
+struct Waiter {
+    want: Want,
+    handoff: oneshot::Sender<Handoff>,
+}
+
+/// What a waiting checkout is handed, counted in its tenant's share already: an idle
+/// connection, or the right to open one.
+enum Handoff {
+    Idle(Box<Idle>),
+    Open(OwnedSemaphorePermit),
 }
 
 #[derive(Debug, Clone)]
@@ -232,7 +222,8 @@ struct Counters {
     reused: AtomicU64,
     rescoped: AtomicU64,
     evicted: AtomicU64,
-    waiting: AtomicUsize,
+    /// Checkouts that had to wait in line.
+    waited: AtomicU64,
 }
 
 impl PoolError {
@@ -259,12 +250,6 @@ struct Shared {
     name: &'static str,
     settings: PoolSettings,
     state: Mutex<State>,
-    /// Signalled (one waiter) when a connection comes back or a socket closes.
-    changed: Notify,
-    /// Signalled (all waiters) when a tenant that held its most connections gives one
-    /// back: waiters held back by their tenant's limit wait for this, so they never take
-    /// the wake-up of a waiter that could use the returned connection.
-    tenant_freed: Notify,
     sockets: Arc<Semaphore>,
     runtime: Handle,
     counters: Counters,
@@ -557,17 +542,21 @@ impl std::ops::DerefMut for PooledConnection {
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         let conn = self.conn.take();
-        let was_at_limit = self
-            .pool
-            .lock()
-            .release(self.tenant, self.pool.settings.per_tenant);
+        {
+            // The tenant's share is given back first: its waiters may take what follows.
+            let mut state = self.pool.lock();
+            state.release(self.tenant);
+            self.pool.dispatch(&mut state);
+        }
         if let Some(conn) = conn {
             let mut idle = Idle {
                 conn,
-                home: self.home,
-                scope: self.scope,
+                slot: Slot {
+                    home: self.home,
+                    scope: self.scope,
+                    key: self.key,
+                },
                 backend: self.backend.take(),
-                key: self.key,
                 opened: self.opened,
                 since: Instant::now(),
             };
@@ -592,22 +581,50 @@ impl Drop for PooledConnection {
             }
             // Else closed: a slot frees once the server has closed its end.
         }
-        self.pool.changed.notify_one();
-        if was_at_limit {
-            self.pool.tenant_freed.notify_waiters();
-        }
     }
 }
 
 /// What to do after looking at the pool's state.
 enum Step {
-    Use(Idle),
-    Rescope(Idle),
-    Open(OwnedSemaphorePermit),
-    Evict(Idle),
-    Wait,
-    /// The tenant holds its most connections already.
-    WaitForTenant,
+    /// Served, counted in the tenant's share.
+    Served(Handoff),
+    /// Close this idle connection of another database to open one (not counted yet).
+    Evict(Box<Idle>),
+    /// Wait in line.
+    Wait(Ticket, oneshot::Receiver<Handoff>),
+}
+
+/// A checkout in line; dropped (given up, or the request cancelled), it leaves the line,
+/// and what it was handed meanwhile goes back to the pool.
+struct InLine<'a> {
+    pool: &'a Shared,
+    tenant: Uuid,
+    ticket: Ticket,
+    handoff: oneshot::Receiver<Handoff>,
+}
+
+impl InLine<'_> {
+    /// What it is handed before `deadline`; `None` when nothing was.
+    async fn served(mut self, deadline: tokio::time::Instant) -> Option<Handoff> {
+        let handoff = tokio::time::timeout_at(deadline, &mut self.handoff).await;
+        // Handed over at the deadline: taken all the same (see `drop`).
+        handoff.ok()?.ok()
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.lock();
+        if state.queue.leave(self.tenant, self.ticket) {
+            state.waiters.remove(&self.ticket);
+        } else if let Ok(handoff) = self.handoff.try_recv() {
+            state.release(self.tenant);
+            if let Handoff::Idle(idle) = handoff {
+                state.idle.push_back(*idle);
+            }
+            self.pool.dispatch(&mut state);
+        }
+    }
 }
 
 impl Pool {
@@ -617,8 +634,6 @@ impl Pool {
             name,
             settings,
             state: Mutex::new(State::default()),
-            changed: Notify::new(),
-            tenant_freed: Notify::new(),
             sockets,
             runtime: runtime.clone(),
             counters: Counters::default(),
@@ -629,21 +644,23 @@ impl Pool {
         Self { shared }
     }
 
-    /// A connection for `tenant`: one of `home` already carrying `scope`, else one of
-    /// `home` re-scoped to it (with a scope), else a new one opened with `open()`'s
-    /// settings. `open` is awaited only when a connection must be opened. A failure is
-    /// counted by kind.
+    /// A connection for `tenant`, which may hold `limit` connections at once (`None`: the
+    /// pool's `per_tenant`): one of `home` already carrying `scope`, else one of `home`
+    /// re-scoped to it (with a scope), else a new one opened with `open()`'s settings.
+    /// When none is free, it waits in line (see `choose::WaitQueue`). `open` is awaited
+    /// only when a connection must be opened. A failure is counted by kind.
     pub async fn get<F>(
         &self,
         tenant: Uuid,
         home: Home,
         scope: Option<&SessionScope>,
+        limit: Option<u32>,
         open: impl Fn() -> F,
     ) -> Result<PooledConnection, PoolError>
     where
         F: Future<Output = Result<PgConfig, PoolError>>,
     {
-        let got = self.checkout(tenant, home, scope, open).await;
+        let got = self.checkout(tenant, home, scope, limit, open).await;
         if let Some(kind) = got.as_ref().err().and_then(PoolError::kind) {
             self.shared.errors.count(kind);
         }
@@ -655,6 +672,7 @@ impl Pool {
         tenant: Uuid,
         home: Home,
         scope: Option<&SessionScope>,
+        limit: Option<u32>,
         open: impl Fn() -> F,
     ) -> Result<PooledConnection, PoolError>
     where
@@ -664,47 +682,21 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + shared.settings.wait;
         let per_transaction = shared.settings.pooler == Pooler::Transaction;
         // Per transaction, no connection carries a scope between checkouts.
-        let (wanted, session_scope) = match per_transaction {
-            true => (None, None),
-            false => (scope.map(|s| s.tenant), scope),
+        let session_scope = scope.filter(|_| !per_transaction);
+        let want = Want {
+            tenant,
+            home,
+            scope: session_scope.map(|s| s.tenant),
+            can_rescope: session_scope.is_some(),
+            in_use: 0,
+            limit: limit.unwrap_or(shared.settings.per_tenant).max(1),
         };
         loop {
             if let Some(why) = shared.shared_sessions.get() {
                 return Err(PoolError::SharedSessions(why.clone()));
             }
-            // Registered before the state is read, so no wake-up is missed.
-            let mut changed = pin!(shared.changed.notified());
-            changed.as_mut().enable();
-            let mut freed = pin!(shared.tenant_freed.notified());
-            freed.as_mut().enable();
-            let permit = match shared.next_step(tenant, home, wanted, session_scope.is_some()) {
-                Step::Use(idle) => match shared.hand_out(tenant, home, idle) {
-                    Some(mut guard) if per_transaction => {
-                        shared.begin(&mut guard, scope)?;
-                        return Ok(guard);
-                    }
-                    Some(guard) => {
-                        shared.counters.reused.fetch_add(1, Ordering::Relaxed);
-                        return Ok(guard);
-                    }
-                    None => continue,
-                },
-                Step::Rescope(idle) => {
-                    let (Some(mut guard), Some(scope)) =
-                        (shared.hand_out(tenant, home, idle), session_scope)
-                    else {
-                        continue;
-                    };
-                    match shared.set_scope(&mut guard, scope).await {
-                        Ok(()) => return Ok(guard),
-                        Err(error @ PoolError::SharedSessions(_)) => return Err(error),
-                        // The connection failed (e.g. it died with the server) before any of
-                        // the request reached the server: try another one.
-                        Err(_) if tokio::time::Instant::now() < deadline => continue,
-                        Err(error) => return Err(error),
-                    }
-                }
-                Step::Open(permit) => permit,
+            let served = match shared.next_step(want) {
+                Step::Served(handoff) => handoff,
                 Step::Evict(idle) => {
                     shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
                     drop(idle);
@@ -714,26 +706,73 @@ impl Pool {
                     {
                         Ok(Ok(permit)) => {
                             *shared.lock().in_use.entry(tenant).or_default() += 1;
-                            permit
+                            Handoff::Open(permit)
                         }
                         _ => return Err(PoolError::TimedOut(shared.settings.wait)),
                     }
                 }
-                step @ (Step::Wait | Step::WaitForTenant) => {
-                    shared.counters.waiting.fetch_add(1, Ordering::Relaxed);
-                    let woke = match step {
-                        Step::Wait => tokio::time::timeout_at(deadline, changed).await,
-                        _ => tokio::time::timeout_at(deadline, freed).await,
+                Step::Wait(ticket, handoff) => {
+                    shared.counters.waited.fetch_add(1, Ordering::Relaxed);
+                    let in_line = InLine {
+                        pool: shared,
+                        tenant,
+                        ticket,
+                        handoff,
                     };
-                    shared.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-                    if woke.is_err() {
-                        return Err(PoolError::TimedOut(shared.settings.wait));
+                    match in_line.served(deadline).await {
+                        Some(handoff) => handoff,
+                        None => return Err(PoolError::TimedOut(shared.settings.wait)),
                     }
-                    continue;
                 }
             };
-            // A new connection; the guard gives the tenant's share back if this fails.
-            let mut guard = shared.guard(tenant, home, None, None, Key::new(), Instant::now());
+            // From here on the connection counts in the tenant's share: the guard gives it
+            // back if this fails.
+            let (mut guard, permit) = match served {
+                Handoff::Idle(idle) => match fit(&want, [&idle.slot]) {
+                    Some((_, Fit::Use)) => match shared.hand_out(tenant, home, *idle) {
+                        Some(mut guard) if per_transaction => {
+                            shared.begin(&mut guard, scope)?;
+                            return Ok(guard);
+                        }
+                        Some(guard) => {
+                            shared.counters.reused.fetch_add(1, Ordering::Relaxed);
+                            return Ok(guard);
+                        }
+                        None => continue,
+                    },
+                    Some((_, Fit::Rescope)) => {
+                        let (Some(mut guard), Some(scope)) =
+                            (shared.hand_out(tenant, home, *idle), session_scope)
+                        else {
+                            continue;
+                        };
+                        match shared.set_scope(&mut guard, scope).await {
+                            Ok(()) => return Ok(guard),
+                            Err(error @ PoolError::SharedSessions(_)) => return Err(error),
+                            // The connection failed (e.g. it died with the server) before
+                            // any of the request reached the server: try another one.
+                            Err(_) if tokio::time::Instant::now() < deadline => continue,
+                            Err(error) => return Err(error),
+                        }
+                    }
+                    // Handed a connection of another database: it makes room for one.
+                    _ => {
+                        let guard =
+                            shared.guard(tenant, home, None, None, new_key(), Instant::now());
+                        shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                        drop(idle);
+                        let sockets = shared.sockets.clone().acquire_owned();
+                        match tokio::time::timeout_at(deadline, sockets).await {
+                            Ok(Ok(permit)) => (guard, permit),
+                            _ => return Err(PoolError::TimedOut(shared.settings.wait)),
+                        }
+                    }
+                },
+                Handoff::Open(permit) => (
+                    shared.guard(tenant, home, None, None, new_key(), Instant::now()),
+                    permit,
+                ),
+            };
             let config = open().await?;
             match shared.open(config, permit).await {
                 Ok(conn) => {
@@ -764,7 +803,10 @@ impl Pool {
     pub fn close_idle(&self, home: Home) {
         let closed: VecDeque<Idle> = {
             let mut state = self.shared.lock();
-            let (keep, close) = state.idle.drain(..).partition(|idle| idle.home != home);
+            let (keep, close) = state
+                .idle
+                .drain(..)
+                .partition(|idle| idle.slot.home != home);
             state.idle = keep;
             close
         };
@@ -792,7 +834,8 @@ impl Pool {
             open_connections: max - shared.sockets.available_permits() as u32,
             idle_connections: state.idle.len() as u32,
             in_use: state.in_use.values().sum(),
-            waiting: shared.counters.waiting.load(Ordering::Relaxed) as u32,
+            waiting: state.queue.len() as u32,
+            waited: shared.counters.waited.load(Ordering::Relaxed),
             opened: shared.counters.opened.load(Ordering::Relaxed),
             reused: shared.counters.reused.load(Ordering::Relaxed),
             rescoped: shared.counters.rescoped.load(Ordering::Relaxed),
@@ -810,54 +853,94 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Decides how to serve a checkout; reserves the tenant's share when it is served.
-    fn next_step(&self, tenant: Uuid, home: Home, wanted: Option<Uuid>, can_rescope: bool) -> Step {
-        let mut state = self.lock();
-        let in_use = state.in_use.get(&tenant).copied().unwrap_or(0);
-        if in_use >= self.settings.per_tenant {
-            return Step::WaitForTenant;
-        }
-        // The most recently returned connection already scoped to the tenant.
-        if let Some(i) = state
-            .idle
-            .iter()
-            .rposition(|c| c.home == home && c.scope == wanted)
-            && let Some(idle) = state.idle.remove(i)
-        {
-            *state.in_use.entry(tenant).or_default() += 1;
-            return Step::Use(idle);
-        }
+    /// Whether the pool may open more connections now (PostgreSQL did not just refuse).
+    fn may_grow(&self, state: &State) -> bool {
         let open = self.settings.max_connections - self.sockets.available_permits() as u32;
-        let may_grow = match &state.limited {
+        match &state.limited {
             Some(limit) if limit.until > Instant::now() => open < limit.open,
             _ => true,
+        }
+    }
+
+    /// Decides how to serve a checkout (see `choose`); counts it in the tenant's share
+    /// when it is served, puts it in line when it is not.
+    fn next_step(&self, mut want: Want) -> Step {
+        let mut state = self.lock();
+        want.in_use = state.in_use.get(&want.tenant).copied().unwrap_or(0);
+        // Nobody jumps the line: with a checkout of a tenant under its limit in line, no
+        // connection is free (`dispatch` hands out each one that frees).
+        let permit = self
+            .may_grow(&state)
+            .then(|| self.sockets.clone().try_acquire_owned().ok())
+            .flatten();
+        let idle = state.idle.iter().map(|idle| &idle.slot);
+        let served = match choose(&want, idle, permit.is_some()) {
+            Choice::Take(i, Fit::Evict) => {
+                return match state.idle.remove(i) {
+                    Some(idle) => Step::Evict(Box::new(idle)),
+                    None => unreachable!("chosen from the idle connections"),
+                };
+            }
+            Choice::Take(i, _) => match state.idle.remove(i) {
+                Some(idle) => Handoff::Idle(Box::new(idle)),
+                None => unreachable!("chosen from the idle connections"),
+            },
+            Choice::Open => match permit {
+                Some(permit) => Handoff::Open(permit),
+                None => unreachable!("chosen only with a permit"),
+            },
+            Choice::Wait => {
+                let ticket = state.queue.join(want.tenant, want.limit);
+                let (handoff, receiver) = oneshot::channel();
+                state.waiters.insert(ticket, Waiter { want, handoff });
+                return Step::Wait(ticket, receiver);
+            }
         };
-        // A tenant with requests in flight gets a connection of its own while the pool may
-        // grow: re-scoping another's would only move the shortage. A tenant with nothing
-        // in flight borrows an idle connection, so quiet tenants open none.
-        let rescope_first = in_use == 0 || !may_grow;
-        for rescope in [rescope_first, !rescope_first] {
-            if rescope {
-                // The connection of the same database the tenant prefers, re-scoped.
-                if can_rescope
-                    && let Some((i, _)) = (state.idle.iter().enumerate())
-                        .filter(|(_, c)| c.home == home)
-                        .max_by_key(|(_, c)| c.key.rank(tenant))
-                    && let Some(idle) = state.idle.remove(i)
-                {
-                    *state.in_use.entry(tenant).or_default() += 1;
-                    return Step::Rescope(idle);
-                }
-            } else if may_grow && let Ok(permit) = self.sockets.clone().try_acquire_owned() {
-                *state.in_use.entry(tenant).or_default() += 1;
-                return Step::Open(permit);
+        *state.in_use.entry(want.tenant).or_default() += 1;
+        Step::Served(served)
+    }
+
+    /// Hands what is free (idle connections, room for new ones) to the checkouts in line,
+    /// in the order `WaitQueue::next` says; called whenever a connection or a tenant's
+    /// share comes back.
+    fn dispatch(&self, state: &mut State) {
+        while !state.queue.is_empty() {
+            let permit = self
+                .may_grow(state)
+                .then(|| self.sockets.clone().try_acquire_owned().ok())
+                .flatten();
+            if state.idle.is_empty() && permit.is_none() {
+                return;
+            }
+            let in_use = &state.in_use;
+            let Some((tenant, ticket)) = state
+                .queue
+                .next(|tenant| in_use.get(&tenant).copied().unwrap_or(0))
+            else {
+                return;
+            };
+            let Some(waiter) = state.waiters.remove(&ticket) else {
+                continue;
+            };
+            let handoff = match (
+                fit(&waiter.want, state.idle.iter().map(|i| &i.slot)),
+                permit,
+            ) {
+                // Room for a new connection serves better than closing another database's.
+                (None | Some((_, Fit::Evict)), Some(permit)) => Handoff::Open(permit),
+                (Some((i, _)), _) => match state.idle.remove(i) {
+                    Some(idle) => Handoff::Idle(Box::new(idle)),
+                    None => unreachable!("chosen from the idle connections"),
+                },
+                (None, None) => unreachable!("an idle connection or a permit is there"),
+            };
+            match waiter.handoff.send(handoff) {
+                Ok(()) => *state.in_use.entry(tenant).or_default() += 1,
+                // It gave up meanwhile.
+                Err(Handoff::Idle(idle)) => state.idle.push_back(*idle),
+                Err(Handoff::Open(_)) => {}
             }
         }
-        // Another database's least recently used idle connection makes room.
-        if let Some(idle) = state.idle.pop_front() {
-            return Step::Evict(idle);
-        }
-        Step::Wait
     }
 
     fn guard(
@@ -895,9 +978,8 @@ impl Shared {
     ) -> Option<PooledConnection> {
         let Idle {
             mut conn,
-            scope,
+            slot: Slot { scope, key, .. },
             backend,
-            key,
             opened,
             ..
         } = idle;
@@ -914,9 +996,11 @@ impl Shared {
         permit: OwnedSemaphorePermit,
     ) -> Result<PgConn, ConnectError> {
         let pool = Arc::downgrade(self);
+        // Its slot is free: a checkout in line may open one.
         let on_close = Box::new(move || {
             if let Some(pool) = pool.upgrade() {
-                pool.changed.notify_one();
+                let mut state = pool.lock();
+                pool.dispatch(&mut state);
             }
         });
         let mut conn = connect(config, &self.runtime, Some(permit), Some(on_close)).await?;
@@ -1039,8 +1123,9 @@ impl Shared {
             && idle.opened.elapsed() < self.settings.max_lifetime;
         if reusable {
             idle.since = Instant::now();
-            self.lock().idle.push_back(idle);
-            self.changed.notify_one();
+            let mut state = self.lock();
+            state.idle.push_back(idle);
+            self.dispatch(&mut state);
         }
     }
 
@@ -1068,17 +1153,14 @@ impl Shared {
 }
 
 impl State {
-    /// Gives back one of `tenant`'s connections; returns whether it held `limit` of them.
-    fn release(&mut self, tenant: Uuid, limit: u32) -> bool {
-        let Some(count) = self.in_use.get_mut(&tenant) else {
-            return false;
-        };
-        let was_at_limit = *count >= limit;
-        *count -= 1;
-        if *count == 0 {
-            self.in_use.remove(&tenant);
+    /// Gives back one of `tenant`'s connections.
+    fn release(&mut self, tenant: Uuid) {
+        if let Some(count) = self.in_use.get_mut(&tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_use.remove(&tenant);
+            }
         }
-        was_at_limit
     }
 }
 

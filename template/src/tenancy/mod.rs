@@ -285,7 +285,7 @@ impl Tenancy {
         let route = self.strategy.route(tenant).map_err(PoolError::Isolation)?;
         let conn = self
             .pool
-            .get(tenant.id, route.home, route.scope.as_ref(), || {
+            .get(tenant.id, route.home, route.scope.as_ref(), None, || {
                 self.strategy.connect_config(&self.ctx, tenant)
             })
             .await?;
