@@ -10,7 +10,7 @@ use crate::config::Settings;
 {%- if isolation == "hybrid" %}
 use crate::domain::Isolation;
 {%- endif %}
-use crate::domain::TenantIdentifier;
+use crate::domain::{MaxConnections, TenantIdentifier, TenantLimits};
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
 {%- if isolation == "database" %}
@@ -78,6 +78,13 @@ pub enum TenantCommand {
     Activate { identifier: String },
     /// Soft-delete a tenant: not served, data kept.
     Delete { identifier: String },
+    /// Show a tenant's own limits, or set them (`default`: the service's setting).
+    Limits {
+        identifier: String,
+        /// The most database connections it holds at once (TENANCY_TENANT_MAX_CONNECTIONS).
+        #[arg(long, value_name = "N|default")]
+        max_connections: Option<String>,
+    },
     /// Drop a deleted tenant's data for good.
     Destroy {
         identifier: String,
@@ -217,6 +224,37 @@ async fn run_command(
                         out,
                         "tenant {} is {} (data kept; `tenant destroy` drops it)",
                         t.identifier, t.status
+                    )?;
+                }
+                TenantCommand::Limits {
+                    identifier,
+                    max_connections,
+                } => {
+                    let id = parse(&identifier)?;
+                    let t = match max_connections.as_deref() {
+                        None => tenancy.get_tenant(&id).await?,
+                        Some(value) => {
+                            let limits = TenantLimits {
+                                max_connections: match value {
+                                    "default" => None,
+                                    n => Some(
+                                        n.parse().map_err(|e| format!("--max-connections: {e}"))?,
+                                    ),
+                                },
+                            };
+                            tenancy.set_limits(&id, limits).await?
+                        }
+                    };
+                    let default = tenancy.settings.database.per_tenant_max();
+                    let shown = |n: Option<MaxConnections>| match n {
+                        Some(n) => n.get().to_string(),
+                        None => format!("default ({default}, TENANCY_TENANT_MAX_CONNECTIONS)"),
+                    };
+                    writeln!(
+                        out,
+                        "tenant {}: max_connections {}",
+                        t.identifier,
+                        shown(t.limits.max_connections)
                     )?;
                 }
                 TenantCommand::Destroy {

@@ -236,8 +236,8 @@ mod tests {
             "tenant_acme"
         );
 {%- else %}
-        // Shared connections: one tenant may hold half of them at most.
-        assert_eq!(settings.tenancy.database.per_tenant_max(), 20);
+        // Shared connections: one tenant may hold a quarter of them at most.
+        assert_eq!(settings.tenancy.database.per_tenant_max(), 10);
         assert_eq!(settings.tenancy.database.max_total_connections, 40);
 {%- endif %}
         assert_eq!(
@@ -270,6 +270,27 @@ mod tests {
         );
         // TENANCY_DEBUG_HEADERS, read under its new name.
         assert!(settings.http.error_details);
+    }
+
+    #[test]
+    fn one_tenants_share_of_the_connections_is_set_or_derived_from_the_cap() {
+        let per_tenant = |vars: &[(&str, &str)]| {
+            let (settings, _) = Settings::from_env_map(env(vars)).unwrap();
+            settings.tenancy.database.per_tenant_max()
+        };
+        assert_eq!(per_tenant(&[("TENANCY_TENANT_MAX_CONNECTIONS", "7")]), 7);
+        assert_eq!(per_tenant(&[("TENANCY_MAX_TOTAL_CONNECTIONS", "8")]), 2);
+        assert_eq!(per_tenant(&[("TENANCY_MAX_TOTAL_CONNECTIONS", "3")]), 1);
+        // Never more than the cap itself.
+        let capped = [
+            ("TENANCY_MAX_TOTAL_CONNECTIONS", "5"),
+            ("TENANCY_TENANT_MAX_CONNECTIONS", "9"),
+        ];
+        assert_eq!(per_tenant(&capped), 5);
+        let error = Settings::from_env_map(env(&[("TENANCY_TENANT_MAX_CONNECTIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TENANCY_TENANT_MAX_CONNECTIONS"), "{error}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ diesel::table! {
         status -> Text,
         isolation -> Text,
         metadata -> Jsonb,
+        max_connections -> Nullable<Int4>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

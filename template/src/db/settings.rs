@@ -17,12 +17,16 @@ pub struct DatabaseSettings {
     /// The role that owns the tables (migrations, provisioning, destroy); defaults to
     /// `url` (`TENANCY_MIGRATION_DATABASE_URL`).
     pub migration_url: Option<SecretString>,
-    /// With `max_overflow`: the most connections one tenant may hold at once.
+    /// With `max_overflow`: the most connections one tenant may hold at once, unless a
+    /// quarter of `max_total_connections` is less, or `tenant_max_connections` is set.
     pub pool_size: u32,
     /// Added to `pool_size` for one tenant's bursts.
     pub max_overflow: u32,
     /// Hard cap on open tenant connections in this process, over all tenants.
     pub max_total_connections: u32,
+    /// The most connections one tenant may hold at once (`TENANCY_TENANT_MAX_CONNECTIONS`;
+    /// a tenant's own limit in the registry overrides it). See [`Self::per_tenant_max`].
+    pub tenant_max_connections: Option<u32>,
     /// Connections of the control pool (tenant registry, health, admin).
     pub control_pool_size: u32,
     /// How long a request waits for a connection before it gets 503.
@@ -80,6 +84,7 @@ impl DatabaseSettings {
         ("database_pool_size", Some("{% if isolation == "database" %}2{% else %}10{% endif %}")),
         ("database_max_overflow", Some("{% if isolation == "database" %}2{% else %}10{% endif %}")),
         ("max_total_connections", Some("40")),
+        ("tenant_max_connections", None),
         ("control_pool_size", Some("4")),
         ("database_pool_timeout", Some("5")),
         ("database_pool_recycle", Some("1800")),
@@ -110,6 +115,10 @@ impl DatabaseSettings {
             pool_size: src.number("database_pool_size", 1, 1_000)?,
             max_overflow: src.number("database_max_overflow", 0, 1_000)?,
             max_total_connections: src.number("max_total_connections", 1, 100_000)?,
+            tenant_max_connections: match src.optional("tenant_max_connections") {
+                Some(_) => Some(src.number("tenant_max_connections", 1, 100_000)?),
+                None => None,
+            },
             control_pool_size: src.number("control_pool_size", 1, 1_000)?,
             pool_timeout: src.seconds("database_pool_timeout", 1, 600)?,
             pool_recycle: src.seconds("database_pool_recycle", 1, 7 * 24 * 3600)?,
@@ -158,9 +167,16 @@ impl DatabaseSettings {
             && self.migration_url.is_none()
     }
 
-    /// The most connections one tenant may hold at once.
+    /// The most connections one tenant may hold at once, unless the registry gives it a
+    /// limit of its own: `TENANCY_TENANT_MAX_CONNECTIONS` when set, else the smaller of
+    /// `POOL_SIZE + MAX_OVERFLOW` and a quarter of `TENANCY_MAX_TOTAL_CONNECTIONS`, so
+    /// that four busy tenants leave nothing to the rest at most.
     pub fn per_tenant_max(&self) -> u32 {
-        self.pool_size + self.max_overflow
+        self.tenant_max_connections
+            .unwrap_or_else(|| {
+                (self.pool_size + self.max_overflow).min(self.max_total_connections / 4)
+            })
+            .clamp(1, self.max_total_connections)
     }
 
     /// The application role's `user@host:port/database`, for logs: built from the parsed

@@ -19,7 +19,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::domain::TenantIdentifier;
+use crate::domain::{TenantIdentifier, TenantLimits};
 use crate::error::AppError;
 use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
@@ -66,7 +66,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .route("/{identifier}", web::delete().to(delete))
             .route("/{identifier}/suspend", web::post().to(suspend))
             .route("/{identifier}/activate", web::post().to(activate))
-            .route("/{identifier}/destroy", web::post().to(destroy)),
+            .route("/{identifier}/destroy", web::post().to(destroy))
+            .route("/{identifier}/limits", web::put().to(set_limits)),
     );
 }
 
@@ -150,6 +151,20 @@ async fn activate(
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     Ok(HttpResponse::Ok().json(tenancy.activate_tenant(&identifier(&path)?).await?))
+}
+
+/// Replaces the tenant's own limits: a limit left out or `null` is the service's setting.
+async fn set_limits(
+    _: AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<String>,
+    limits: web::Json<TenantLimits>,
+) -> Result<HttpResponse, AppError> {
+    let tenant = tenancy
+        .set_limits(&identifier(&path)?, limits.into_inner())
+        .await?;
+    tracing::info!(tenant.id = %tenant.id, limits = ?tenant.limits, "tenant limits set");
+    Ok(HttpResponse::Ok().json(tenant))
 }
 
 async fn delete(

@@ -18,7 +18,7 @@ use crate::db::connect::ConnectError;
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::pool::PoolError;
-use crate::domain::{Tenant, TenantIdentifier, TenantStatus, check_json, check_text};
+use crate::domain::{Tenant, TenantIdentifier, TenantLimits, TenantStatus, check_json, check_text};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -384,6 +384,21 @@ impl Tenancy {
         registry::delete_row(&mut conn, tenant.id).await?;
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
         Ok(())
+    }
+
+    /// Sets a tenant's own limits (`None` in a field: the service's setting applies);
+    /// every replica uses them from its next checkout for the tenant.
+    pub async fn set_limits(
+        &self,
+        identifier: &TenantIdentifier,
+        limits: TenantLimits,
+    ) -> Result<Tenant, LifecycleError> {
+        let tenant = self.get_tenant(identifier).await?;
+        let mut conn = self.control.get().await?;
+        let changed = registry::set_limits(&mut conn, tenant.id, &limits).await?;
+        conn.finish(true).await?;
+        self.forget(changed.as_ref().unwrap_or(&tenant)).await;
+        changed.ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))
     }
 
     async fn transition(

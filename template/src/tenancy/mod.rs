@@ -283,9 +283,10 @@ impl Tenancy {
         request: Option<RequestTransactions>,
     ) -> Result<TenantConnection, PoolError> {
         let route = self.strategy.route(tenant).map_err(PoolError::Isolation)?;
+        let limit = tenant.limits.max_connections.map(|n| n.get());
         let conn = self
             .pool
-            .get(tenant.id, route.home, route.scope.as_ref(), None, || {
+            .get(tenant.id, route.home, route.scope.as_ref(), limit, || {
                 self.strategy.connect_config(&self.ctx, tenant)
             })
             .await?;

@@ -7,7 +7,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{
+    Isolation, MaxConnections, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
+};
 use crate::schema::tenants;
 
 #[derive(Queryable, Selectable)]
@@ -19,6 +21,7 @@ struct TenantRow {
     status: String,
     isolation: String,
     metadata: serde_json::Value,
+    max_connections: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -35,6 +38,13 @@ impl TryFrom<TenantRow> for Tenant {
             status: row.status.parse().map_err(corrupt)?,
             isolation: row.isolation.parse().map_err(corrupt)?,
             metadata: row.metadata,
+            limits: TenantLimits {
+                max_connections: row
+                    .max_connections
+                    .map(|n| MaxConnections::try_from(i64::from(n)))
+                    .transpose()
+                    .map_err(corrupt)?,
+            },
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -131,6 +141,24 @@ pub async fn transition(
             tenants::status.eq(to.as_str()),
             tenants::updated_at.eq(diesel::dsl::now),
         ))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+/// Sets a tenant's own limits; `None` if there is no tenant `id`.
+pub async fn set_limits(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    limits: &TenantLimits,
+) -> QueryResult<Option<Tenant>> {
+    let max_connections = limits.max_connections.map(|n| n.get() as i32);
+    diesel::update(tenants::table)
+        .filter(tenants::id.eq(id))
+        .set(tenants::max_connections.eq(max_connections))
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await

@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use super::cache::Change;
-use crate::domain::{Tenant, TenantIdentifier};
+use crate::domain::{Tenant, TenantIdentifier, TenantLimits};
 use crate::settings::{ConfigError, Key, Source};
 
 /// The kinds of failed operations, in the order of `SharedCache::errors`.
@@ -109,6 +109,9 @@ struct Stored {
     status: String,
     isolation: String,
     metadata: serde_json::Value,
+    /// Absent from what an older release stored: no limits of its own.
+    #[serde(default)]
+    limits: TenantLimits,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -122,6 +125,7 @@ impl Stored {
             status: tenant.status.as_str().to_owned(),
             isolation: tenant.isolation.as_str().to_owned(),
             metadata: tenant.metadata.clone(),
+            limits: tenant.limits,
             created_at: tenant.created_at,
             updated_at: tenant.updated_at,
         }
@@ -137,6 +141,7 @@ impl Stored {
             status: self.status.parse().ok()?,
             isolation: self.isolation.parse().ok()?,
             metadata: self.metadata,
+            limits: self.limits,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -517,6 +522,7 @@ mod tests {
             status: "active".into(),
             isolation: "rls".into(),
             metadata: serde_json::json!({}),
+            limits: TenantLimits::default(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };

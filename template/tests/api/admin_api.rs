@@ -198,3 +198,55 @@ async fn a_nul_character_in_a_new_tenant_is_a_400() {
     }
     assert_eq!(admin!(service, get "/admin/tenants").1, json!([]));
 }
+
+#[actix_web::test]
+async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let (status, _) = admin!(service, post "/admin/tenants", json = json!({"identifier": "acme", "name": "Acme"}));
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        admin!(service, get "/admin/tenants/acme").1["limits"],
+        json!({"max_connections": null})
+    );
+
+    let (status, tenant) =
+        admin!(service, put "/admin/tenants/acme/limits", json = json!({"max_connections": 3}));
+    assert_eq!(
+        (status, &tenant["limits"]),
+        (StatusCode::OK, &json!({"max_connections": 3}))
+    );
+    assert_eq!(
+        admin!(service, get "/admin/tenants/acme").1["limits"]["max_connections"],
+        3
+    );
+    for bad in [
+        json!({"max_connections": 0}),
+        json!({"max_connections": 100_001}),
+        json!({"max_connections": "3"}),
+        json!({"max_conections": 3}),
+    ] {
+        let (status, problem) = admin!(service, put "/admin/tenants/acme/limits", json = &bad);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("max_con"), "{bad}: {problem}");
+    }
+    // Nothing was lost: the limit set before stands.
+    assert_eq!(
+        admin!(service, get "/admin/tenants/acme").1["limits"]["max_connections"],
+        3
+    );
+    let (status, tenant) = admin!(service, put "/admin/tenants/acme/limits", json = json!({}));
+    assert_eq!(
+        (status, &tenant["limits"]),
+        (StatusCode::OK, &json!({"max_connections": null}))
+    );
+    assert_eq!(
+        admin!(service, put "/admin/tenants/nobody/limits", json = json!({})).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        admin!(service, put "/admin/tenants/acme/limits", token = "wrong", json = json!({})).0,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -52,6 +52,36 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
     let out = run(&db, &["migrate"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("[1/1] acme: up to date"));
 
+    let out = run(&db, &["tenant", "limits", "acme"]);
+    assert!(
+        stdout(&out).contains("max_connections default ("),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&db, &["tenant", "limits", "acme", "--max-connections", "3"]);
+    assert_eq!(stdout(&out), "tenant acme: max_connections 3\n");
+    let out = run(&db, &["tenant", "limits", "acme", "--max-connections", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--max-connections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        db.query("SELECT max_connections::text FROM tenancy.tenants")
+            .await,
+        vec![vec![Some("3".to_string())]]
+    );
+    let out = run(
+        &db,
+        &["tenant", "limits", "acme", "--max-connections", "default"],
+    );
+    assert!(
+        stdout(&out).contains("max_connections default"),
+        "{}",
+        stdout(&out)
+    );
+
     let out = run(&db, &["tenant", "create", "Bad\"Name", "--name", "x"]);
     assert!(!out.status.success());
     assert_eq!(

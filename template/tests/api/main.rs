@@ -25,6 +25,7 @@ mod connections;
 mod database;
 {% endif -%}
 mod errors;
+mod fairness;
 {% if header_resolver -%}
 mod header;
 {% endif -%}

@@ -1,0 +1,156 @@
+//! One tenant cannot starve the others of connections: a tenant holds at most its share
+//! (`TENANCY_TENANT_MAX_CONNECTIONS`, or its own limit in the registry), and when every
+//! connection is taken, the next one that frees goes to the next tenant in line, not to
+//! whoever asked first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use diesel::sql_types::Double;
+use diesel_async::RunQueryDsl;
+use futures_util::future::join_all;
+
+use crate::helpers::*;
+use svc::db::TenantConnection;
+use svc::domain::{TenantIdentifier, TenantLimits};
+
+/// Per tenant (as named in the path): the connections its handlers hold now, and the most
+/// they held at once.
+static HELD: Mutex<Option<HashMap<String, (u32, u32)>>> = Mutex::new(None);
+
+struct Holding(String);
+
+impl Holding {
+    fn enter(tenant: &str) -> Self {
+        let mut held = HELD.lock().unwrap();
+        let (now, most) = held
+            .get_or_insert_default()
+            .entry(tenant.to_owned())
+            .or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+        Self(tenant.to_owned())
+    }
+
+    fn most(tenant: &str) -> u32 {
+        HELD.lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|h| h.get(tenant))
+            .map_or(0, |c| c.1)
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if let Some((now, _)) = HELD
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|h| h.get_mut(&self.0))
+        {
+            *now -= 1;
+        }
+    }
+}
+
+/// Holds its tenant's connection for `ms` milliseconds (one statement).
+async fn hold(mut conn: TenantConnection, path: web::Path<(String, u64)>) -> HttpResponse {
+    let (tenant, ms) = path.into_inner();
+    let _holding = Holding::enter(&tenant);
+    diesel::sql_query("SELECT pg_sleep($1)")
+        .bind::<Double, _>(ms as f64 / 1000.0)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    HttpResponse::Ok().finish()
+}
+
+/// The route of [`hold`], and a request to it for `tenant` as a future of its status.
+macro_rules! holding_service {
+    ($app:expr, $service:ident, $request:ident) => {
+        let $service = tenant_routes!($app, "/hold/{tenant}/{ms}" => hold);
+        let $request = |tenant: &str, ms: u64| {
+            let path = format!("/hold/{tenant}/{ms}");
+            let request = for_tenant(actix_web::test::TestRequest::get(), &path, tenant);
+            let service = &$service;
+            async move {
+                let response = actix_web::test::call_service(service, request.to_request());
+                response.await.status()
+            }
+        };
+    };
+}
+
+#[actix_web::test]
+async fn a_quiet_tenant_waits_for_one_statement_at_most_behind_a_flooding_one() {
+    const STATEMENT: u64 = 400;
+    // Four connections, all of which the flooding tenant may hold.
+    let app = spawn_app_with(&[
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "4"),
+        ("TENANCY_TENANT_MAX_CONNECTIONS", "4"),
+    ])
+    .await;
+    app.create_tenant("fair_flood").await;
+    app.create_tenant("fair_quiet").await;
+    holding_service!(app, service, request);
+
+    let flooding = join_all((0..24).map(|_| request("fair_flood", STATEMENT)));
+    let quiet = async {
+        // Once the flood holds every connection and 20 of its requests wait in line.
+        tokio::time::sleep(Duration::from_millis(STATEMENT / 4)).await;
+        let started = Instant::now();
+        let status = request("fair_quiet", 1).await;
+        (status, started.elapsed())
+    };
+    let (flooded, (quiet, waited)) = tokio::join!(flooding, quiet);
+
+    assert!(flooded.iter().all(|s| *s == StatusCode::OK), "{flooded:?}");
+    assert_eq!(quiet, StatusCode::OK);
+    assert_eq!(Holding::most("fair_flood"), 4);
+    // Served by the next connection that frees: one statement's time. In arrival order it
+    // would have waited for the 20 ahead of it, five statements.
+    assert!(
+        waited < Duration::from_millis(STATEMENT * 2),
+        "the quiet tenant waited {waited:?} behind the flood"
+    );
+}
+
+#[actix_web::test]
+async fn a_tenant_holds_no_more_connections_than_its_limit_set_or_its_own() {
+    let app = spawn_app_with(&[
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "8"),
+        ("TENANCY_TENANT_MAX_CONNECTIONS", "2"),
+    ])
+    .await;
+    app.create_tenant("bound_set").await;
+    app.create_tenant("bound_own").await;
+    let own = TenantIdentifier::parse("bound_own").unwrap();
+    let limits: TenantLimits =
+        serde_json::from_value(serde_json::json!({"max_connections": 3})).unwrap();
+    let tenant = app.tenancy.set_limits(&own, limits).await.unwrap();
+    assert_eq!(tenant.limits, limits);
+    holding_service!(app, service, request);
+
+    let (set, own) = tokio::join!(
+        join_all((0..8).map(|_| request("bound_set", 200))),
+        join_all((0..8).map(|_| request("bound_own", 200))),
+    );
+
+    assert!(set.iter().chain(&own).all(|s| *s == StatusCode::OK));
+    assert_eq!(Holding::most("bound_set"), 2);
+    assert_eq!(Holding::most("bound_own"), 3);
+    // Back to the setting.
+    let tenant = app
+        .tenancy
+        .set_limits(
+            &TenantIdentifier::parse("bound_own").unwrap(),
+            TenantLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tenant.limits.max_connections, None);
+}
