@@ -7,6 +7,8 @@
 #   flood       28 keep-alive clients of cheap reads from one other tenant (wrk);
 #   cpu only    the same flood on /health/live (no tenant, no database): the control that
 #               shows what sharing the machine's 2 cores alone costs;
+#   large writes two other tenants, 14 keep-alive clients each, writing notes of 99 kB
+#               (POST /api/notes, wrk): requests that hold their connections longer;
 #   slow bodies two other tenants, SLOW (25) sockets each, announcing a 100 kB note and
 #               sending a byte a second (the service reads bodies whole before a handler
 #               takes a connection, within TENANCY_REQUEST_BODY_TIMEOUT, 10 s).
@@ -53,7 +55,7 @@ sql "DROP ROLE IF EXISTS bench_app" postgres
 export TENANCY_DATABASE_URL="$app_url?sslmode=disable" TENANCY_MIGRATION_DATABASE_URL=$owner_url \
   TENANCY_HOST=127.0.0.1 TENANCY_PORT=$PORT RUST_LOG=warn
 "$cli" migrate --create-app-role >/dev/null
-for tenant in quiet flood slow_a slow_b; do "$cli" tenant create "$tenant" --name "$tenant" >/dev/null; done
+for tenant in quiet flood write_a write_b slow_a slow_b; do "$cli" tenant create "$tenant" --name "$tenant" >/dev/null; done
 sql "DO \$\$ DECLARE s text; BEGIN
        FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant_%' LOOP
          EXECUTE format('INSERT INTO %I.notes (title) SELECT ''note '' || g FROM generate_series(1, 1000) g', s);
@@ -92,6 +94,26 @@ read -r p50 p99 bad _ < <(quiet)
 wait "${pids[-1]}" 2>/dev/null || true
 row "cpu only (the same flood on /health/live)" "$p50" "$p99" "$bad"
 
+large=$(mktemp --suffix=.lua)
+cat >"$large" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Tenant-ID"] = os.getenv("WRITER")
+local words = {}
+for i = 1, 12000 do words[i] = string.format("%08x", (i * 2654435761) % 4294967296) end
+wrk.body = '{"title":"large","body":"' .. table.concat(words, " "):sub(1, 99000) .. '"}'
+LUA
+for writer in write_a write_b; do
+  WRITER=$writer wrk -t1 -c14 -d"$((SECONDS_EACH + 3))s" -s "$large" "http://127.0.0.1:$PORT/api/notes" >"$large.$writer" &
+  pids+=($!)
+done
+sleep 2
+read -r p50 p99 bad _ < <(quiet)
+wait "${pids[-1]}" "${pids[-2]}" 2>/dev/null || true
+row "large writes (2 tenants x 14 clients, 99 kB notes)" "$p50" "$p99" "$bad"
+written=$(for writer in write_a write_b; do awk -v w="$writer" '/Requests\/sec/ {printf "%s %s req/s", w, $2} /Non-2xx/ {printf " (%s not 2xx)", $NF} END {printf "; "}' "$large.$writer"; done)
+rm -f "$large" "$large".write_*
+
 slow_out=$(mktemp)
 python3 "$root/ci/bench/neighbour.py" trickle "$PORT" slow_a "$SLOW" "$((SECONDS_EACH + 15))" >"$slow_out.a" &
 slow_a=$!
@@ -110,4 +132,5 @@ echo "| neighbours | quiet p50 | quiet p99 | p99 / alone | quiet non-2xx |"
 echo "|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
+echo "what the writers got: $written"
 echo "what the slow clients were answered: $slow_answers"

@@ -147,6 +147,7 @@ fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)]>) 
             }
             ::metrics::counter!("tenancy_pool_evictions_total", "pool" => pool)
                 .absolute(stats.evicted);
+            ::metrics::counter!("tenancy_pool_waits_total", "pool" => pool).absolute(stats.waited);
             for (kind, value) in &stats.errors {
                 ::metrics::counter!("tenancy_database_errors_total", "pool" => pool, "kind" => *kind)
                     .absolute(*value);
