@@ -10,7 +10,7 @@ use crate::config::Settings;
 {%- if isolation == "hybrid" %}
 use crate::domain::Isolation;
 {%- endif %}
-use crate::domain::{MaxConnections, TenantIdentifier, TenantLimits};
+use crate::domain::{TenantIdentifier, TenantLimits};
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
 {%- if isolation == "database" %}
@@ -84,6 +84,10 @@ pub enum TenantCommand {
         /// The most database connections it holds at once (TENANCY_TENANT_MAX_CONNECTIONS).
         #[arg(long, value_name = "N|default")]
         max_connections: Option<String>,
+        /// Seconds after which PostgreSQL cancels one of its statements
+        /// (TENANCY_STATEMENT_TIMEOUT).
+        #[arg(long, value_name = "SECONDS|default")]
+        statement_timeout: Option<String>,
     },
     /// Drop a deleted tenant's data for good.
     Destroy {
@@ -229,32 +233,47 @@ async fn run_command(
                 TenantCommand::Limits {
                     identifier,
                     max_connections,
+                    statement_timeout,
                 } => {
                     let id = parse(&identifier)?;
-                    let t = match max_connections.as_deref() {
-                        None => tenancy.get_tenant(&id).await?,
-                        Some(value) => {
-                            let limits = TenantLimits {
-                                max_connections: match value {
-                                    "default" => None,
-                                    n => Some(
-                                        n.parse().map_err(|e| format!("--max-connections: {e}"))?,
-                                    ),
-                                },
-                            };
-                            tenancy.set_limits(&id, limits).await?
-                        }
+                    let max_connections = limit("--max-connections", max_connections)?;
+                    let statement_timeout = limit("--statement-timeout", statement_timeout)?;
+                    let mut t = tenancy.get_tenant(&id).await?;
+                    if max_connections.is_some() || statement_timeout.is_some() {
+                        let limits = TenantLimits {
+                            max_connections: max_connections.unwrap_or(t.limits.max_connections),
+                            statement_timeout: statement_timeout
+                                .unwrap_or(t.limits.statement_timeout),
+                        };
+                        t = tenancy.set_limits(&id, limits).await?;
+                    }
+                    let database = &tenancy.settings.database;
+                    let shown = |value: Option<u32>, default: String| match value {
+                        Some(n) => n.to_string(),
+                        None => format!("default ({default})"),
                     };
-                    let default = tenancy.settings.database.per_tenant_max();
-                    let shown = |n: Option<MaxConnections>| match n {
-                        Some(n) => n.get().to_string(),
-                        None => format!("default ({default}, TENANCY_TENANT_MAX_CONNECTIONS)"),
-                    };
+                    writeln!(out, "tenant {}", t.identifier)?;
                     writeln!(
                         out,
-                        "tenant {}: max_connections {}",
-                        t.identifier,
-                        shown(t.limits.max_connections)
+                        "  max_connections    {}",
+                        shown(
+                            t.limits.max_connections.map(|n| n.get()),
+                            format!(
+                                "{}, TENANCY_TENANT_MAX_CONNECTIONS",
+                                database.per_tenant_max()
+                            )
+                        )
+                    )?;
+                    writeln!(
+                        out,
+                        "  statement_timeout  {}",
+                        shown(
+                            t.limits.statement_timeout.map(|n| n.get()),
+                            format!(
+                                "{} s, TENANCY_STATEMENT_TIMEOUT",
+                                database.statement_timeout.as_secs()
+                            )
+                        )
                     )?;
                 }
                 TenantCommand::Destroy {
@@ -269,6 +288,21 @@ async fn run_command(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A limit given on the command line: `None` when not given, `Some(None)` for `default`.
+fn limit<T: std::str::FromStr<Err = String>>(
+    flag: &str,
+    value: Option<String>,
+) -> Result<Option<Option<T>>, String> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("default") => Ok(Some(None)),
+        Some(value) => value
+            .parse()
+            .map(|n| Some(Some(n)))
+            .map_err(|e| format!("{flag}: {e}")),
+    }
 }
 
 fn parse(identifier: &str) -> Result<TenantIdentifier, String> {

@@ -14,6 +14,7 @@ diesel::table! {
         isolation -> Text,
         metadata -> Jsonb,
         max_connections -> Nullable<Int4>,
+        statement_timeout -> Nullable<Int4>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

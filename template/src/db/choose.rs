@@ -3,8 +3,9 @@
 //! free connection goes to ([`WaitQueue`]). `pool` moves the connections; nothing here
 //! touches one, so every rule is tested below without a server.
 //!
-//! - **Scope**: a connection carrying one tenant's scope is handed to that tenant as it
-//!   is, and to any other only to be re-scoped (or, of another database, closed).
+//! - **Scope**: a connection carrying one tenant's scope (and statement timeout) is
+//!   handed to that tenant as it is, and to any other only to be re-scoped (or, of
+//!   another database or with another timeout that cannot be re-scoped, closed).
 //! - **Bounds**: a tenant never holds more than its limit; a checkout at its tenant's
 //!   limit waits, whatever is free.
 //! - **Fairness**: waiters are served tenant by tenant, round robin over the tenants
@@ -30,7 +31,17 @@ pub struct Slot {
     pub home: Home,
     /// The tenant whose scope the connection carries (session mode), if any.
     pub scope: Option<Uuid>,
+    /// Its session's statement timeout in milliseconds (session mode; 0: set per
+    /// transaction).
+    pub timeout_ms: u64,
     pub key: Key,
+}
+
+impl Slot {
+    /// Whether it serves `want` as it is.
+    fn serves(&self, want: &Want) -> bool {
+        self.home == want.home && self.scope == want.scope && self.timeout_ms == want.timeout_ms
+    }
 }
 
 /// A connection's own number, from which each tenant ranks the connections it prefers.
@@ -63,6 +74,9 @@ pub struct Want {
     /// The scope a connection must carry to serve as it is (`None`: carried by none,
     /// set per transaction or not needed).
     pub scope: Option<Uuid>,
+    /// The statement timeout a connection must carry, in milliseconds (0: set per
+    /// transaction). A re-scope sets it with the scope.
+    pub timeout_ms: u64,
     /// Whether an idle connection of the same home can be re-scoped to the tenant.
     pub can_rescope: bool,
     /// Connections the tenant holds now.
@@ -105,10 +119,7 @@ where
     }
     let idle = idle.into_iter();
     // The most recently returned connection already scoped to the tenant.
-    if let Some(i) = idle
-        .clone()
-        .rposition(|slot| slot.home == want.home && slot.scope == want.scope)
-    {
+    if let Some(i) = idle.clone().rposition(|slot| slot.serves(want)) {
         return Choice::Take(i, Fit::Use);
     }
     let rescope = || {
@@ -140,16 +151,11 @@ where
     I::IntoIter: DoubleEndedIterator + ExactSizeIterator + Clone,
 {
     let idle = idle.into_iter();
-    if let Some(i) = idle
-        .clone()
-        .rposition(|slot| slot.home == want.home && slot.scope == want.scope)
-    {
+    if let Some(i) = idle.clone().rposition(|slot| slot.serves(want)) {
         return Some((i, Fit::Use));
     }
     match preferred(want, idle.clone()) {
         Some(i) if want.can_rescope => Some((i, Fit::Rescope)),
-        // Not re-scopable: of the same home, it serves as it is (no scope asked for).
-        Some(i) if want.scope.is_none() => Some((i, Fit::Use)),
         _ => (idle.len() > 0).then_some((0, Fit::Evict)),
     }
 }
@@ -270,6 +276,7 @@ mod tests {
             tenant: tenant(n),
             home: Home::Shared,
             scope: Some(tenant(n)),
+            timeout_ms: 30_000,
             can_rescope: true,
             in_use,
             limit: 2,
@@ -280,6 +287,7 @@ mod tests {
         Slot {
             home: Home::Shared,
             scope: scope.map(tenant),
+            timeout_ms: 30_000,
             key: Key(key),
         }
     }
@@ -298,12 +306,23 @@ mod tests {
         for n in 1..=5 {
             for in_use in 0..2 {
                 for can_open in [false, true] {
-                    let w = want(n, in_use);
-                    if let Choice::Take(i, Fit::Use) = choose(&w, &idle, can_open) {
-                        assert_eq!(idle[i].scope, Some(w.tenant));
-                    }
-                    if let Some((i, Fit::Use)) = fit(&w, &idle) {
-                        assert_eq!(idle[i].scope, Some(w.tenant));
+                    for timeout_ms in [2_000, 30_000] {
+                        let w = Want {
+                            timeout_ms,
+                            ..want(n, in_use)
+                        };
+                        if let Choice::Take(i, Fit::Use) = choose(&w, &idle, can_open) {
+                            assert_eq!(
+                                (idle[i].scope, idle[i].timeout_ms),
+                                (Some(w.tenant), timeout_ms)
+                            );
+                        }
+                        if let Some((i, Fit::Use)) = fit(&w, &idle) {
+                            assert_eq!(
+                                (idle[i].scope, idle[i].timeout_ms),
+                                (Some(w.tenant), timeout_ms)
+                            );
+                        }
                     }
                 }
             }
@@ -316,6 +335,7 @@ mod tests {
         let other = Slot {
             home: Home::Tenant(tenant(2)),
             scope: None,
+            timeout_ms: 30_000,
             key: Key(1),
         };
         let mine = Slot { home: own, ..other };
@@ -330,6 +350,26 @@ mod tests {
         assert_eq!(choose(&w, &[other], false), Choice::Take(0, Fit::Evict));
         assert_eq!(fit(&w, &[other]), Some((0, Fit::Evict)));
         assert_eq!(fit(&w, &[other, mine]), Some((1, Fit::Use)));
+        // Of its home, with another statement timeout: closed, not used.
+        let stale = Slot {
+            timeout_ms: 5_000,
+            ..mine
+        };
+        assert_eq!(choose(&w, &[stale], true), Choice::Open);
+        assert_eq!(choose(&w, &[stale], false), Choice::Take(0, Fit::Evict));
+        assert_eq!(fit(&w, &[stale]), Some((0, Fit::Evict)));
+    }
+
+    #[test]
+    fn a_connection_with_another_statement_timeout_is_re_scoped_before_use() {
+        let idle = [slot(Some(1), 1)];
+        let shorter = Want {
+            timeout_ms: 2_000,
+            ..want(1, 0)
+        };
+        assert_eq!(choose(&shorter, &idle, true), Choice::Take(0, Fit::Rescope));
+        assert_eq!(fit(&shorter, &idle), Some((0, Fit::Rescope)));
+        assert_eq!(choose(&want(1, 0), &idle, true), Choice::Take(0, Fit::Use));
     }
 
     #[test]

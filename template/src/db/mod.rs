@@ -237,7 +237,7 @@ impl ControlPool {
                 uuid::Uuid::nil(),
                 Home::Shared,
                 self.scope.as_ref(),
-                None,
+                pool::Limits::default(),
                 || async { Ok(self.config.clone()) },
             )
             .await?;

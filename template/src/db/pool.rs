@@ -136,15 +136,18 @@ pub struct PoolSettings {
     /// Session mode: a scope is set on a connection once and kept. Transaction mode: every
     /// checkout is a transaction scoped on its own.
     pub pooler: Pooler,
-    /// Transaction mode: set in every transaction (session mode sets it when connecting).
+    /// The statement timeout of checkouts whose tenant has none of its own: set when
+    /// connecting, with a session's scope, or in every transaction (transaction mode).
     pub statement_timeout: Duration,
 }
 
-impl PoolSettings {
-    /// How long a statement may go unanswered before its connection is given up.
-    pub fn answer_within(&self) -> Duration {
-        self.statement_timeout + ANSWER_MARGIN
-    }
+/// What one checkout's tenant may use, where it differs from the pool's settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// The most connections the tenant holds at once (else `per_tenant`).
+    pub connections: Option<u32>,
+    /// Its statement timeout (else `statement_timeout`).
+    pub statement_timeout: Option<Duration>,
 }
 
 /// What `/health` and the tests see of a pool.
@@ -283,9 +286,14 @@ pub struct PooledConnection {
     /// Transaction mode: the first statement that failed outside a handler's own
     /// transaction, which aborted the checkout's transaction (see [`Failure`]).
     failure: Option<Failure>,
-    /// A statement went unanswered past [`PoolSettings::answer_within`]: the connection's
-    /// state is unknown, and it is closed, never reused.
+    /// A statement went unanswered past `answer_within`: the connection's state is
+    /// unknown, and it is closed, never reused.
     lost: std::sync::atomic::AtomicBool,
+    /// The statement timeout its session carries (session mode; 0 in transaction mode).
+    timeout_ms: u64,
+    /// How long a statement may go unanswered before the connection is given up: the
+    /// checkout's statement timeout and a margin (a frozen server cannot time out).
+    answer_within: Duration,
     key: Key,
     opened: Instant,
 }
@@ -391,7 +399,7 @@ impl PooledConnection {
         let Some(conn) = self.conn.as_deref_mut() else {
             return Ok(());
         };
-        let limit = self.pool.settings.answer_within();
+        let limit = self.answer_within;
         let result = match opening {
             // Nothing was sent: there is no transaction to end.
             Some(_) => leave_unopened(conn),
@@ -448,7 +456,7 @@ impl PooledConnection {
         &self,
         statement: impl Future<Output = diesel::QueryResult<T>>,
     ) -> diesel::QueryResult<T> {
-        let limit = self.pool.settings.answer_within();
+        let limit = self.answer_within;
         match tokio::time::timeout(limit, statement).await {
             Ok(result) => result,
             Err(_) => {
@@ -554,6 +562,7 @@ impl Drop for PooledConnection {
                 slot: Slot {
                     home: self.home,
                     scope: self.scope,
+                    timeout_ms: self.timeout_ms,
                     key: self.key,
                 },
                 backend: self.backend.take(),
@@ -569,7 +578,7 @@ impl Drop for PooledConnection {
             } else if self.in_transaction && !unsent && !idle.conn.is_closed() {
                 // Dropped unfinished (transaction mode): rolled back before anyone reuses it.
                 let pool = self.pool.clone();
-                let limit = pool.settings.answer_within();
+                let limit = self.answer_within;
                 self.pool.runtime.spawn(async move {
                     let rollback = end_transaction(&mut idle.conn, false);
                     if let Ok(Ok(())) = tokio::time::timeout(limit, rollback).await {
@@ -644,8 +653,8 @@ impl Pool {
         Self { shared }
     }
 
-    /// A connection for `tenant`, which may hold `limit` connections at once (`None`: the
-    /// pool's `per_tenant`): one of `home` already carrying `scope`, else one of `home`
+    /// A connection for `tenant`, within `limits` (else the pool's settings): one of
+    /// `home` already carrying `scope` and the statement timeout, else one of `home`
     /// re-scoped to it (with a scope), else a new one opened with `open()`'s settings.
     /// When none is free, it waits in line (see `choose::WaitQueue`). `open` is awaited
     /// only when a connection must be opened. A failure is counted by kind.
@@ -654,13 +663,13 @@ impl Pool {
         tenant: Uuid,
         home: Home,
         scope: Option<&SessionScope>,
-        limit: Option<u32>,
+        limits: Limits,
         open: impl Fn() -> F,
     ) -> Result<PooledConnection, PoolError>
     where
         F: Future<Output = Result<PgConfig, PoolError>>,
     {
-        let got = self.checkout(tenant, home, scope, limit, open).await;
+        let got = self.checkout(tenant, home, scope, limits, open).await;
         if let Some(kind) = got.as_ref().err().and_then(PoolError::kind) {
             self.shared.errors.count(kind);
         }
@@ -672,13 +681,16 @@ impl Pool {
         tenant: Uuid,
         home: Home,
         scope: Option<&SessionScope>,
-        limit: Option<u32>,
+        limits: Limits,
         open: impl Fn() -> F,
     ) -> Result<PooledConnection, PoolError>
     where
         F: Future<Output = Result<PgConfig, PoolError>>,
     {
         let shared = &self.shared;
+        let timeout = limits
+            .statement_timeout
+            .unwrap_or(shared.settings.statement_timeout);
         let deadline = tokio::time::Instant::now() + shared.settings.wait;
         let per_transaction = shared.settings.pooler == Pooler::Transaction;
         // Per transaction, no connection carries a scope between checkouts.
@@ -687,9 +699,24 @@ impl Pool {
             tenant,
             home,
             scope: session_scope.map(|s| s.tenant),
+            // Per transaction, every transaction sets it.
+            timeout_ms: match per_transaction {
+                true => 0,
+                false => timeout.as_millis() as u64,
+            },
             can_rescope: session_scope.is_some(),
             in_use: 0,
-            limit: limit.unwrap_or(shared.settings.per_tenant).max(1),
+            limit: limits
+                .connections
+                .unwrap_or(shared.settings.per_tenant)
+                .max(1),
+        };
+        // Where a checkout starts: no connection yet, the tenant's share counted.
+        let empty = || {
+            let mut guard = shared.guard(tenant, home, None, None, new_key(), Instant::now());
+            guard.timeout_ms = want.timeout_ms;
+            guard.answer_within = timeout + ANSWER_MARGIN;
+            guard
         };
         loop {
             if let Some(why) = shared.shared_sessions.get() {
@@ -729,9 +756,9 @@ impl Pool {
             // back if this fails.
             let (mut guard, permit) = match served {
                 Handoff::Idle(idle) => match fit(&want, [&idle.slot]) {
-                    Some((_, Fit::Use)) => match shared.hand_out(tenant, home, *idle) {
+                    Some((_, Fit::Use)) => match shared.hand_out(tenant, home, *idle, timeout) {
                         Some(mut guard) if per_transaction => {
-                            shared.begin(&mut guard, scope)?;
+                            shared.begin(&mut guard, scope, timeout)?;
                             return Ok(guard);
                         }
                         Some(guard) => {
@@ -742,11 +769,11 @@ impl Pool {
                     },
                     Some((_, Fit::Rescope)) => {
                         let (Some(mut guard), Some(scope)) =
-                            (shared.hand_out(tenant, home, *idle), session_scope)
+                            (shared.hand_out(tenant, home, *idle, timeout), session_scope)
                         else {
                             continue;
                         };
-                        match shared.set_scope(&mut guard, scope).await {
+                        match shared.set_scope(&mut guard, scope, timeout).await {
                             Ok(()) => return Ok(guard),
                             Err(error @ PoolError::SharedSessions(_)) => return Err(error),
                             // The connection failed (e.g. it died with the server) before
@@ -757,8 +784,7 @@ impl Pool {
                     }
                     // Handed a connection of another database: it makes room for one.
                     _ => {
-                        let guard =
-                            shared.guard(tenant, home, None, None, new_key(), Instant::now());
+                        let guard = empty();
                         shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
                         drop(idle);
                         let sockets = shared.sockets.clone().acquire_owned();
@@ -768,19 +794,16 @@ impl Pool {
                         }
                     }
                 },
-                Handoff::Open(permit) => (
-                    shared.guard(tenant, home, None, None, new_key(), Instant::now()),
-                    permit,
-                ),
+                Handoff::Open(permit) => (empty(), permit),
             };
             let config = open().await?;
             match shared.open(config, permit).await {
                 Ok(conn) => {
                     guard.conn = Some(conn);
                     if per_transaction {
-                        shared.begin(&mut guard, scope)?;
+                        shared.begin(&mut guard, scope, timeout)?;
                     } else if let Some(scope) = scope {
-                        shared.set_scope(&mut guard, scope).await?;
+                        shared.set_scope(&mut guard, scope, timeout).await?;
                     }
                     return Ok(guard);
                 }
@@ -963,6 +986,8 @@ impl Shared {
             opening: Mutex::new(None),
             failure: None,
             lost: std::sync::atomic::AtomicBool::new(false),
+            timeout_ms: 0,
+            answer_within: self.settings.statement_timeout + ANSWER_MARGIN,
             key,
             opened,
         }
@@ -975,10 +1000,17 @@ impl Shared {
         tenant: Uuid,
         home: Home,
         idle: Idle,
+        timeout: Duration,
     ) -> Option<PooledConnection> {
         let Idle {
             mut conn,
-            slot: Slot { scope, key, .. },
+            slot:
+                Slot {
+                    scope,
+                    key,
+                    timeout_ms,
+                    ..
+                },
             backend,
             opened,
             ..
@@ -987,6 +1019,8 @@ impl Shared {
         let conn = (!broken).then_some(conn);
         let mut guard = self.guard(tenant, home, conn, scope, key, opened);
         guard.backend = backend;
+        guard.timeout_ms = timeout_ms;
+        guard.answer_within = timeout + ANSWER_MARGIN;
         if broken { None } else { Some(guard) }
     }
 
@@ -1017,24 +1051,27 @@ impl Shared {
         &self,
         guard: &mut PooledConnection,
         scope: &SessionScope,
+        timeout: Duration,
     ) -> Result<(), PoolError> {
         use diesel_async::RunQueryDsl;
 
         guard.scope = None;
+        let limit = guard.answer_within;
         let tenant = scope.tenant.to_string();
+        let timeout_ms = timeout.as_millis().to_string();
         let result = diesel::select((
             set_config("search_path", scope.search_path.as_str(), false),
             set_config(TENANT_SETTING, tenant.as_str(), false),
+            set_config("statement_timeout", timeout_ms.as_str(), false),
             pg_backend_pid(),
             pg_postmaster_start_time(),
         ))
-        .get_result::<(String, String, i32, chrono::DateTime<chrono::Utc>)>(&mut **guard);
-        let limit = self.settings.answer_within();
+        .get_result::<(String, String, String, i32, chrono::DateTime<chrono::Utc>)>(&mut **guard);
         let result = tokio::time::timeout(limit, result)
             .await
             .unwrap_or_else(|_| Err(no_answer(limit)));
         match result {
-            Ok((_, _, pid, server_started)) => {
+            Ok((_, _, _, pid, server_started)) => {
                 let now = Backend {
                     pid,
                     server_started: server_started.timestamp_micros(),
@@ -1051,6 +1088,7 @@ impl Shared {
                 }
                 guard.backend = Some(now);
                 guard.scope = Some(scope.tenant);
+                guard.timeout_ms = timeout.as_millis() as u64;
                 self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -1092,6 +1130,7 @@ impl Shared {
         &self,
         guard: &mut PooledConnection,
         scope: Option<&SessionScope>,
+        timeout: Duration,
     ) -> Result<(), PoolError> {
         let conn: &mut AsyncPgConnection = guard;
         // Tell diesel, so that a handler's own transaction becomes a savepoint.
@@ -1107,7 +1146,7 @@ impl Shared {
                 .map_or("public", |s| s.search_path.as_str())
                 .to_owned(),
             tenant: scope.map_or(guard.tenant, |s| s.tenant).to_string(),
-            timeout: self.settings.statement_timeout.as_millis().to_string(),
+            timeout: timeout.as_millis().to_string(),
         });
         guard.in_transaction = true;
         guard.failure = Some(Failure::default());

@@ -30,41 +30,75 @@ pub struct TenantLimits {
     /// The most database connections it holds at once (`TENANCY_TENANT_MAX_CONNECTIONS`).
     #[serde(default)]
     pub max_connections: Option<MaxConnections>,
+    /// Seconds after which PostgreSQL cancels one of its statements
+    /// (`TENANCY_STATEMENT_TIMEOUT`).
+    #[serde(default)]
+    pub statement_timeout: Option<StatementTimeout>,
 }
 
 /// A tenant's connection limit: 1 to 100,000.
+pub type MaxConnections = Limit<Connections>;
+
+/// A tenant's statement timeout in seconds: 1 to 86,400 (a day).
+pub type StatementTimeout = Limit<Seconds>;
+
+/// What one kind of [`Limit`] is called, and how large it may be.
+pub trait Bound {
+    const FIELD: &'static str;
+    const MAX: u32;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connections;
+
+impl Bound for Connections {
+    const FIELD: &'static str = "max_connections";
+    const MAX: u32 = 100_000;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seconds;
+
+impl Bound for Seconds {
+    const FIELD: &'static str = "statement_timeout";
+    const MAX: u32 = 86_400;
+}
+
+/// A whole number from 1 to `B::MAX`; every refusal names the field, whatever the value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(try_from = "serde_json::Value", into = "u32")]
-pub struct MaxConnections(u32);
+#[serde(
+    try_from = "serde_json::Value",
+    into = "u32",
+    bound = "B: Bound + Clone"
+)]
+pub struct Limit<B>(u32, std::marker::PhantomData<B>);
 
-impl MaxConnections {
-    pub const MAX: u32 = 100_000;
-
+impl<B: Bound> Limit<B> {
     pub fn get(self) -> u32 {
         self.0
     }
 
-    /// Every refusal names the field, whatever the value was.
     fn refuse(value: impl fmt::Display) -> String {
         format!(
-            "max_connections must be a whole number from 1 to {}, not {value}",
-            Self::MAX
+            "{} must be a whole number from 1 to {}, not {value}",
+            B::FIELD,
+            B::MAX
         )
     }
 }
 
-impl TryFrom<i64> for MaxConnections {
+impl<B: Bound> TryFrom<i64> for Limit<B> {
     type Error = String;
 
     fn try_from(value: i64) -> Result<Self, Self::Error> {
         match u32::try_from(value) {
-            Ok(n @ 1..=Self::MAX) => Ok(Self(n)),
+            Ok(n) if (1..=B::MAX).contains(&n) => Ok(Self(n, std::marker::PhantomData)),
             _ => Err(Self::refuse(value)),
         }
     }
 }
 
-impl TryFrom<serde_json::Value> for MaxConnections {
+impl<B: Bound> TryFrom<serde_json::Value> for Limit<B> {
     type Error = String;
 
     fn try_from(value: serde_json::Value) -> Result<Self, Self::Error> {
@@ -75,13 +109,13 @@ impl TryFrom<serde_json::Value> for MaxConnections {
     }
 }
 
-impl From<MaxConnections> for u32 {
-    fn from(value: MaxConnections) -> Self {
+impl<B> From<Limit<B>> for u32 {
+    fn from(value: Limit<B>) -> Self {
         value.0
     }
 }
 
-impl FromStr for MaxConnections {
+impl<B: Bound> FromStr for Limit<B> {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
@@ -196,6 +230,8 @@ mod tests {
             r#"{"max_connections": 100001}"#,
             r#"{"max_connections": "5"}"#,
             r#"{"max_conections": 5}"#,
+            r#"{"statement_timeout": 86401}"#,
+            r#"{"statement_timeout": 1.5}"#,
         ] {
             assert!(serde_json::from_str::<TenantLimits>(bad).is_err(), "{bad}");
         }
@@ -205,6 +241,13 @@ mod tests {
         );
         assert!("0".parse::<MaxConnections>().is_err());
         assert!("x".parse::<MaxConnections>().is_err());
+        let limits: TenantLimits = serde_json::from_str(r#"{"statement_timeout": 2}"#).unwrap();
+        assert_eq!(limits.statement_timeout.map(StatementTimeout::get), Some(2));
+        let refused = "0".parse::<StatementTimeout>().unwrap_err();
+        assert!(
+            refused.starts_with("statement_timeout must be"),
+            "{refused}"
+        );
     }
 
     #[test]

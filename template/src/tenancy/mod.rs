@@ -26,7 +26,7 @@ use secrecy::ExposeSecret;
 use crate::db::connect::ConnectError;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::MigrateError;
-use crate::db::pool::{Home, Pool, PoolError, PoolSettings, PoolStats};
+use crate::db::pool::{Home, Limits, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::{DatabaseSettings, Pooler};
 use crate::db::tls::PgConfig;
 use crate::db::{
@@ -283,10 +283,14 @@ impl Tenancy {
         request: Option<RequestTransactions>,
     ) -> Result<TenantConnection, PoolError> {
         let route = self.strategy.route(tenant).map_err(PoolError::Isolation)?;
-        let limit = tenant.limits.max_connections.map(|n| n.get());
+        let limits = Limits {
+            connections: tenant.limits.max_connections.map(|n| n.get()),
+            statement_timeout: (tenant.limits.statement_timeout)
+                .map(|s| Duration::from_secs(s.get().into())),
+        };
         let conn = self
             .pool
-            .get(tenant.id, route.home, route.scope.as_ref(), limit, || {
+            .get(tenant.id, route.home, route.scope.as_ref(), limits, || {
                 self.strategy.connect_config(&self.ctx, tenant)
             })
             .await?;

@@ -7,9 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::domain::{
-    Isolation, MaxConnections, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
-};
+use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantLimits, TenantStatus};
 use crate::schema::tenants;
 
 #[derive(Queryable, Selectable)]
@@ -22,6 +20,7 @@ struct TenantRow {
     isolation: String,
     metadata: serde_json::Value,
     max_connections: Option<i32>,
+    statement_timeout: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -39,16 +38,18 @@ impl TryFrom<TenantRow> for Tenant {
             isolation: row.isolation.parse().map_err(corrupt)?,
             metadata: row.metadata,
             limits: TenantLimits {
-                max_connections: row
-                    .max_connections
-                    .map(|n| MaxConnections::try_from(i64::from(n)))
-                    .transpose()
-                    .map_err(corrupt)?,
+                max_connections: limit(row.max_connections).map_err(corrupt)?,
+                statement_timeout: limit(row.statement_timeout).map_err(corrupt)?,
             },
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
     }
+}
+
+/// A limit as the registry holds it (checked there too).
+fn limit<T: TryFrom<i64, Error = String>>(value: Option<i32>) -> Result<Option<T>, String> {
+    value.map(|n| T::try_from(i64::from(n))).transpose()
 }
 
 pub async fn find_by_identifier(
@@ -155,10 +156,14 @@ pub async fn set_limits(
     id: Uuid,
     limits: &TenantLimits,
 ) -> QueryResult<Option<Tenant>> {
-    let max_connections = limits.max_connections.map(|n| n.get() as i32);
+    // Both at most 100,000: they fit.
+    let column = |n: Option<u32>| n.map(|n| n as i32);
     diesel::update(tenants::table)
         .filter(tenants::id.eq(id))
-        .set(tenants::max_connections.eq(max_connections))
+        .set((
+            tenants::max_connections.eq(column(limits.max_connections.map(|n| n.get()))),
+            tenants::statement_timeout.eq(column(limits.statement_timeout.map(|n| n.get()))),
+        ))
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await

@@ -207,14 +207,17 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
         admin!(service, get "/admin/tenants/acme").1["limits"],
-        json!({"max_connections": null})
+        json!({"max_connections": null, "statement_timeout": null})
     );
 
     let (status, tenant) =
         admin!(service, put "/admin/tenants/acme/limits", json = json!({"max_connections": 3}));
     assert_eq!(
         (status, &tenant["limits"]),
-        (StatusCode::OK, &json!({"max_connections": 3}))
+        (
+            StatusCode::OK,
+            &json!({"max_connections": 3, "statement_timeout": null})
+        )
     );
     assert_eq!(
         admin!(service, get "/admin/tenants/acme").1["limits"]["max_connections"],
@@ -225,11 +228,15 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
         json!({"max_connections": 100_001}),
         json!({"max_connections": "3"}),
         json!({"max_conections": 3}),
+        json!({"max_connections": 3, "statement_timeout": 0}),
     ] {
         let (status, problem) = admin!(service, put "/admin/tenants/acme/limits", json = &bad);
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
         let detail = problem["detail"].as_str().unwrap_or_default();
-        assert!(detail.contains("max_con"), "{bad}: {problem}");
+        let named = ["max_con", "statement_timeout"]
+            .iter()
+            .any(|f| detail.contains(f));
+        assert!(named, "{bad}: {problem}");
     }
     // Nothing was lost: the limit set before stands.
     assert_eq!(
@@ -239,7 +246,10 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
     let (status, tenant) = admin!(service, put "/admin/tenants/acme/limits", json = json!({}));
     assert_eq!(
         (status, &tenant["limits"]),
-        (StatusCode::OK, &json!({"max_connections": null}))
+        (
+            StatusCode::OK,
+            &json!({"max_connections": null, "statement_timeout": null})
+        )
     );
     assert_eq!(
         admin!(service, put "/admin/tenants/nobody/limits", json = json!({})).0,

@@ -54,12 +54,28 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
 
     let out = run(&db, &["tenant", "limits", "acme"]);
     assert!(
-        stdout(&out).contains("max_connections default ("),
+        stdout(&out).contains("max_connections    default (")
+            && stdout(&out).contains("statement_timeout  default (30 s"),
         "{}",
         stdout(&out)
     );
     let out = run(&db, &["tenant", "limits", "acme", "--max-connections", "3"]);
-    assert_eq!(stdout(&out), "tenant acme: max_connections 3\n");
+    assert!(
+        stdout(&out).contains("max_connections    3\n")
+            && stdout(&out).contains("statement_timeout  default ("),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(
+        &db,
+        &["tenant", "limits", "acme", "--statement-timeout", "5"],
+    );
+    assert!(
+        stdout(&out).contains("max_connections    3\n")
+            && stdout(&out).contains("statement_timeout  5\n"),
+        "{}",
+        stdout(&out)
+    );
     let out = run(&db, &["tenant", "limits", "acme", "--max-connections", "0"]);
     assert!(!out.status.success());
     assert!(
@@ -68,16 +84,17 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        db.query("SELECT max_connections::text FROM tenancy.tenants")
+        db.query("SELECT max_connections::text, statement_timeout::text FROM tenancy.tenants")
             .await,
-        vec![vec![Some("3".to_string())]]
+        vec![vec![Some("3".to_string()), Some("5".to_string())]]
     );
     let out = run(
         &db,
         &["tenant", "limits", "acme", "--max-connections", "default"],
     );
     assert!(
-        stdout(&out).contains("max_connections default"),
+        stdout(&out).contains("max_connections    default (")
+            && stdout(&out).contains("statement_timeout  5\n"),
         "{}",
         stdout(&out)
     );

@@ -1,7 +1,7 @@
 //! One tenant cannot starve the others of connections: a tenant holds at most its share
 //! (`TENANCY_TENANT_MAX_CONNECTIONS`, or its own limit in the registry), and when every
 //! connection is taken, the next one that frees goes to the next tenant in line, not to
-//! whoever asked first.
+//! whoever asked first. A tenant's own statement timeout holds for its statements only.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +16,7 @@ use futures_util::future::join_all;
 use crate::helpers::*;
 use svc::db::TenantConnection;
 use svc::domain::{TenantIdentifier, TenantLimits};
+use svc::error::AppError;
 
 /// Per tenant (as named in the path): the connections its handlers hold now, and the most
 /// they held at once.
@@ -153,4 +154,63 @@ async fn a_tenant_holds_no_more_connections_than_its_limit_set_or_its_own() {
         .await
         .unwrap();
     assert_eq!(tenant.limits.max_connections, None);
+}
+
+/// One statement of `ms` milliseconds; its error as the service answers it.
+async fn statement(
+    mut conn: TenantConnection,
+    ms: web::Path<u64>,
+) -> Result<HttpResponse, AppError> {
+    diesel::sql_query("SELECT pg_sleep($1)")
+        .bind::<Double, _>(*ms as f64 / 1000.0)
+        .execute(&mut conn)
+        .await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+#[actix_web::test]
+async fn a_tenants_own_statement_timeout_holds_for_its_statements_only() {
+    // One connection, which every tenant's requests share in turn.
+    let app = spawn_app_with(&[("TENANCY_MAX_TOTAL_CONNECTIONS", "1")]).await;
+    app.create_tenant("timeout_own").await;
+    app.create_tenant("timeout_set").await;
+    let own = TenantIdentifier::parse("timeout_own").unwrap();
+    let service = tenant_routes!(app, "/statement/{ms}" => statement);
+    let run = |tenant: &'static str| {
+        let request = for_tenant(
+            actix_web::test::TestRequest::get(),
+            "/statement/1500",
+            tenant,
+        );
+        let service = &service;
+        async move {
+            let response = actix_web::test::call_service(service, request.to_request());
+            response.await.status()
+        }
+    };
+    let one_second: TenantLimits =
+        serde_json::from_value(serde_json::json!({"statement_timeout": 1})).unwrap();
+
+    // Before and after its own timeout, on the connection the other tenant used between.
+    for (limits, expected) in [
+        (TenantLimits::default(), StatusCode::OK),
+        (one_second, StatusCode::SERVICE_UNAVAILABLE),
+        (TenantLimits::default(), StatusCode::OK),
+        (one_second, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        app.tenancy.set_limits(&own, limits).await.unwrap();
+        assert_eq!(run("timeout_own").await, expected, "{limits:?}");
+        assert_eq!(run("timeout_set").await, StatusCode::OK, "{limits:?}");
+    }
+    // A change reaches the connection scoped to the tenant already.
+    for (limits, expected) in [
+        (TenantLimits::default(), StatusCode::OK),
+        (TenantLimits::default(), StatusCode::OK),
+        (one_second, StatusCode::SERVICE_UNAVAILABLE),
+        (one_second, StatusCode::SERVICE_UNAVAILABLE),
+        (TenantLimits::default(), StatusCode::OK),
+    ] {
+        app.tenancy.set_limits(&own, limits).await.unwrap();
+        assert_eq!(run("timeout_own").await, expected, "{limits:?}");
+    }
 }

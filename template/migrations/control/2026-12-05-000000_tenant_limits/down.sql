@@ -1,1 +1,1 @@
-ALTER TABLE tenancy.tenants DROP COLUMN max_connections;
+ALTER TABLE tenancy.tenants DROP COLUMN max_connections, DROP COLUMN statement_timeout;

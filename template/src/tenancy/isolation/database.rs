@@ -461,6 +461,11 @@ impl Strategy for DatabaseStrategy {
         };
         let mut config = self.app_config(ctx, server.as_ref()).map_err(refused)?;
         config.dbname(name.as_str());
+        // The tenant's own statement timeout comes after the setting's: the later wins.
+        if let Some(timeout) = tenant.limits.statement_timeout {
+            let timeout = std::time::Duration::from_secs(timeout.get().into());
+            config = with_statement_timeout(&config, timeout);
+        }
         Ok(with_session_option(&config, "search_path", "public"))
     }
 
