@@ -88,6 +88,12 @@ pub enum TenantCommand {
         /// (TENANCY_STATEMENT_TIMEOUT).
         #[arg(long, value_name = "SECONDS|default")]
         statement_timeout: Option<String>,
+        /// Requests a second it may send (TENANCY_RATE_LIMIT).
+        #[arg(long, value_name = "N|default")]
+        rate_limit: Option<String>,
+        /// Requests it may send at once (TENANCY_RATE_LIMIT_BURST).
+        #[arg(long, value_name = "N|default")]
+        rate_limit_burst: Option<String>,
     },
     /// Drop a deleted tenant's data for good.
     Destroy {
@@ -234,47 +240,70 @@ async fn run_command(
                     identifier,
                     max_connections,
                     statement_timeout,
+                    rate_limit,
+                    rate_limit_burst,
                 } => {
                     let id = parse(&identifier)?;
-                    let max_connections = limit("--max-connections", max_connections)?;
-                    let statement_timeout = limit("--statement-timeout", statement_timeout)?;
+                    let given = (
+                        limit("--max-connections", max_connections)?,
+                        limit("--statement-timeout", statement_timeout)?,
+                        limit("--rate-limit", rate_limit)?,
+                        limit("--rate-limit-burst", rate_limit_burst)?,
+                    );
                     let mut t = tenancy.get_tenant(&id).await?;
-                    if max_connections.is_some() || statement_timeout.is_some() {
+                    if given != (None, None, None, None) {
+                        let kept = t.limits;
                         let limits = TenantLimits {
-                            max_connections: max_connections.unwrap_or(t.limits.max_connections),
-                            statement_timeout: statement_timeout
-                                .unwrap_or(t.limits.statement_timeout),
+                            max_connections: given.0.unwrap_or(kept.max_connections),
+                            statement_timeout: given.1.unwrap_or(kept.statement_timeout),
+                            rate_limit: given.2.unwrap_or(kept.rate_limit),
+                            rate_limit_burst: given.3.unwrap_or(kept.rate_limit_burst),
                         };
                         t = tenancy.set_limits(&id, limits).await?;
                     }
-                    let database = &tenancy.settings.database;
-                    let shown = |value: Option<u32>, default: String| match value {
-                        Some(n) => n.to_string(),
-                        None => format!("default ({default})"),
-                    };
-                    writeln!(out, "tenant {}", t.identifier)?;
-                    writeln!(
-                        out,
-                        "  max_connections    {}",
-                        shown(
-                            t.limits.max_connections.map(|n| n.get()),
+                    let settings = &tenancy.settings;
+                    let own = t.limits;
+                    let rows = [
+                        (
+                            "max_connections",
+                            own.max_connections.map(|n| n.get()),
                             format!(
                                 "{}, TENANCY_TENANT_MAX_CONNECTIONS",
-                                database.per_tenant_max()
-                            )
-                        )
-                    )?;
-                    writeln!(
-                        out,
-                        "  statement_timeout  {}",
-                        shown(
-                            t.limits.statement_timeout.map(|n| n.get()),
+                                settings.database.per_tenant_max()
+                            ),
+                        ),
+                        (
+                            "statement_timeout",
+                            own.statement_timeout.map(|n| n.get()),
                             format!(
                                 "{} s, TENANCY_STATEMENT_TIMEOUT",
-                                database.statement_timeout.as_secs()
-                            )
-                        )
-                    )?;
+                                settings.database.statement_timeout.as_secs()
+                            ),
+                        ),
+                        (
+                            "rate_limit",
+                            own.rate_limit.map(|n| n.get()),
+                            match settings.rate.rate {
+                                Some(n) => format!("{n}/s, TENANCY_RATE_LIMIT"),
+                                None => "none, TENANCY_RATE_LIMIT".to_owned(),
+                            },
+                        ),
+                        (
+                            "rate_limit_burst",
+                            own.rate_limit_burst.map(|n| n.get()),
+                            match settings.rate.burst {
+                                Some(n) => format!("{n}, TENANCY_RATE_LIMIT_BURST"),
+                                None => "one second's worth, TENANCY_RATE_LIMIT_BURST".to_owned(),
+                            },
+                        ),
+                    ];
+                    writeln!(out, "tenant {}", t.identifier)?;
+                    for (name, value, default) in rows {
+                        match value {
+                            Some(n) => writeln!(out, "  {name:<18} {n}")?,
+                            None => writeln!(out, "  {name:<18} default ({default})")?,
+                        }
+                    }
                 }
                 TenantCommand::Destroy {
                     identifier,

@@ -39,6 +39,16 @@ pub enum AppError {
     /// A request body that did not arrive in time (seconds).
     #[error("request body too slow")]
     BodyTimeout(u64),
+    /// The tenant sent more requests than its rate limit allows (429).
+    #[error("too many requests")]
+    RateLimited {
+        /// Seconds until a request would be let through.
+        retry_after: u64,
+        /// The `RateLimit-Policy` and `RateLimit` headers.
+        policy: String,
+        state: String,
+        detail: String,
+    },
 {%- if admin_api %}
     #[error("{0}")]
     Conflict(String),
@@ -74,6 +84,7 @@ impl AppError {
             AppError::NotFound(_) => "not_found",
             AppError::BodyTooLarge(_) => "body_too_large",
             AppError::BodyTimeout(_) => "body_timeout",
+            AppError::RateLimited { .. } => "rate_limited",
 {%- if admin_api %}
             AppError::Conflict(_) => "conflict",
 {%- endif %}
@@ -133,6 +144,12 @@ impl AppError {
                 )),
                 None,
             ),
+            AppError::RateLimited { detail, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+                Some(detail.clone()),
+                None,
+            ),
 {%- if admin_api %}
             AppError::Conflict(message) => (
                 StatusCode::CONFLICT,
@@ -190,6 +207,20 @@ impl AppError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         ));
+        if let AppError::RateLimited {
+            retry_after,
+            policy,
+            state,
+            ..
+        } = self
+        {
+            response.insert_header((header::RETRY_AFTER, *retry_after));
+            for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    response.insert_header((name, value));
+                }
+            }
+        }
         match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 response.insert_header((
@@ -209,6 +240,11 @@ impl AppError {
         }
     }
 }
+
+/// The IETF rate-limit headers (draft-ietf-httpapi-ratelimit-headers): the policy, and
+/// what is left of it.
+pub const RATE_LIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATE_LIMIT: &str = "ratelimit";
 
 /// What a client is told of an error, and what only `error_details` adds.
 struct Answer<'a> {

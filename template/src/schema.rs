@@ -15,6 +15,8 @@ diesel::table! {
         metadata -> Jsonb,
         max_connections -> Nullable<Int4>,
         statement_timeout -> Nullable<Int4>,
+        rate_limit -> Nullable<Int4>,
+        rate_limit_burst -> Nullable<Int4>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

@@ -7,5 +7,8 @@ mod tenant;
 mod text;
 
 pub use identifier::{SqlIdentifier, TenantIdentifier};
-pub use tenant::{Isolation, MaxConnections, StatementTimeout, Tenant, TenantLimits, TenantStatus};
+pub use tenant::{
+    Isolation, MaxConnections, RateLimit, RateLimitBurst, StatementTimeout, Tenant, TenantLimits,
+    TenantStatus,
+};
 pub use text::{check_json, check_text};

@@ -34,6 +34,12 @@ pub struct TenantLimits {
     /// (`TENANCY_STATEMENT_TIMEOUT`).
     #[serde(default)]
     pub statement_timeout: Option<StatementTimeout>,
+    /// Requests a second it may send (`TENANCY_RATE_LIMIT`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Requests it may send at once (`TENANCY_RATE_LIMIT_BURST`; default: its rate).
+    #[serde(default)]
+    pub rate_limit_burst: Option<RateLimitBurst>,
 }
 
 /// A tenant's connection limit: 1 to 100,000.
@@ -41,6 +47,12 @@ pub type MaxConnections = Limit<Connections>;
 
 /// A tenant's statement timeout in seconds: 1 to 86,400 (a day).
 pub type StatementTimeout = Limit<Seconds>;
+
+/// A tenant's request rate, per second: 1 to 1,000,000.
+pub type RateLimit = Limit<PerSecond>;
+
+/// How many requests a tenant may send at once: 1 to 1,000,000.
+pub type RateLimitBurst = Limit<Burst>;
 
 /// What one kind of [`Limit`] is called, and how large it may be.
 pub trait Bound {
@@ -62,6 +74,22 @@ pub struct Seconds;
 impl Bound for Seconds {
     const FIELD: &'static str = "statement_timeout";
     const MAX: u32 = 86_400;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerSecond;
+
+impl Bound for PerSecond {
+    const FIELD: &'static str = "rate_limit";
+    const MAX: u32 = 1_000_000;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Burst;
+
+impl Bound for Burst {
+    const FIELD: &'static str = "rate_limit_burst";
+    const MAX: u32 = 1_000_000;
 }
 
 /// A whole number from 1 to `B::MAX`; every refusal names the field, whatever the value.

@@ -107,6 +107,7 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
         "tenants": tenants,
         "connections": connections,
         "cache": cache_json,
+        "rate_limit": tenancy.rate.stats(),
     });
     if healthy {
         HttpResponse::Ok().json(body)

@@ -153,6 +153,7 @@ fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)]>) 
                     .absolute(*value);
             }
         }
+        ::metrics::counter!("tenancy_rate_limited_total").absolute(tenancy.rate.limited());
         ::metrics::gauge!("tenancy_pool_degraded")
             .set(f64::from(u8::from(connections.degraded.is_some())));
         for (result, value) in [("hit", cache.hits), ("miss", cache.lookups)] {

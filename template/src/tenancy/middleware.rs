@@ -5,6 +5,10 @@
 //! problem+json error. The tenant is put in the request extensions and on the request's
 //! root span (`tenant.id`, `tenant.identifier`).
 //!
+//! A tenant with a request rate limit (see `rate`) is held to it here, before its
+//! request's body is read: over the limit, 429 with `Retry-After`; every answer carries
+//! the `RateLimit-Policy` and `RateLimit` headers.
+//!
 //! A request's body is read whole here, before its handler runs (at most [`BodyRead`]'s
 //! limit, within its timeout): a handler takes its tenant connection as it starts, and a
 //! client sending its body slowly must not hold one of the shared connections meanwhile.
@@ -18,15 +22,17 @@ use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use futures_util::StreamExt;
 use tracing_actix_web::RootSpan;
 
 use super::TenantError;
+use super::rate::{self, Verdict};
 use super::resolve::{self, Found, Rejection};
 use crate::db::RequestTransactions;
-use crate::error::AppError;
+use crate::error::{AppError, RATE_LIMIT, RATE_LIMIT_POLICY};
 
 pub async fn resolve_tenant(
     mut req: ServiceRequest,
@@ -52,14 +58,69 @@ pub async fn resolve_tenant(
         span.record("tenant.id", tracing::field::display(tenant.id));
         span.record("tenant.identifier", tenant.identifier.as_str());
     }
+    let rate_headers = match tenancy.rate.check(&tenant).await {
+        None => None,
+        Some((rate, verdict @ Verdict::Allowed { .. })) => Some((rate.policy(), verdict.state())),
+        Some((rate, verdict @ Verdict::Limited { retry_after })) => {
+            let error = AppError::RateLimited {
+                retry_after: rate::seconds(retry_after).max(1),
+                policy: rate.policy(),
+                state: verdict.state(),
+                detail: format!(
+                    "this tenant's request rate limit is {}/s, {} at once",
+                    rate.per_second, rate.burst
+                ),
+            };
+            return Ok(req.error_response(error).map_into_right_body());
+        }
+        Some((_, Verdict::Unknown)) => {
+            let error = AppError::Unavailable {
+                detail: "the rate limit cannot be checked while Redis is unavailable \
+                         (TENANCY_RATE_LIMIT_REDIS_DOWN=closed)"
+                    .into(),
+            };
+            return Ok(req.error_response(error).map_into_right_body());
+        }
+    };
     req.extensions_mut().insert(tenant);
     let read = req
         .app_data::<web::Data<BodyRead>>()
         .map_or_else(BodyRead::default, |read| *read.get_ref());
+    let response = serve(req, read, tenancy.per_transaction(), next).await?;
+    Ok(match rate_headers {
+        Some((policy, state)) => with_rate_headers(response, policy, state),
+        None => response,
+    })
+}
+
+/// The response with the tenant's rate-limit headers.
+fn with_rate_headers<B>(
+    mut response: ServiceResponse<B>,
+    policy: String,
+    state: String,
+) -> ServiceResponse<B> {
+    for (name, value) in [(RATE_LIMIT_POLICY, policy), (RATE_LIMIT, state)] {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
+/// Reads the body, then runs the handler (in transaction mode: and ends the request's
+/// transactions).
+async fn serve(
+    mut req: ServiceRequest,
+    read: BodyRead,
+    per_transaction: bool,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     if let Err(error) = read_body(&mut req, read).await {
         return Ok(req.error_response(error).map_into_right_body());
     }
-    if !tenancy.per_transaction() {
+    if !per_transaction {
         return Ok(next.call(req).await?.map_into_left_body());
     }
     let transactions = RequestTransactions::default();

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
 pub mod middleware;
+pub mod rate;
 pub mod registry;
 pub mod resolve;
 pub mod settings;
@@ -56,6 +57,8 @@ pub struct Tenancy {
     /// The cache's shared level (Redis).
     shared: Arc<shared_cache::SharedCache>,
 {%- endif %}
+    /// Request rate limits per tenant.
+    pub rate: rate::RateLimiter,
     /// What `/metrics` shows.
     pub metrics: Metrics,
     /// Set once the owner's URL was found to give migrations a session of their own.
@@ -187,6 +190,9 @@ impl Tenancy {
             runtime.clone(),
         )
         .map_err(StartupError::Redis)?;
+        let rate = rate::RateLimiter::new(settings.rate.clone(), shared.clone());
+{%- else %}
+        let rate = rate::RateLimiter::new(settings.rate.clone());
 {%- endif %}
         Ok(Self {
             settings,
@@ -206,6 +212,7 @@ impl Tenancy {
 {%- if redis_cache %}
             shared,
 {%- endif %}
+            rate,
             metrics: Metrics::default(),
             owner_session: tokio::sync::OnceCell::new(),
             _watching: None,

@@ -21,6 +21,8 @@ struct TenantRow {
     metadata: serde_json::Value,
     max_connections: Option<i32>,
     statement_timeout: Option<i32>,
+    rate_limit: Option<i32>,
+    rate_limit_burst: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -40,6 +42,8 @@ impl TryFrom<TenantRow> for Tenant {
             limits: TenantLimits {
                 max_connections: limit(row.max_connections).map_err(corrupt)?,
                 statement_timeout: limit(row.statement_timeout).map_err(corrupt)?,
+                rate_limit: limit(row.rate_limit).map_err(corrupt)?,
+                rate_limit_burst: limit(row.rate_limit_burst).map_err(corrupt)?,
             },
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -156,13 +160,15 @@ pub async fn set_limits(
     id: Uuid,
     limits: &TenantLimits,
 ) -> QueryResult<Option<Tenant>> {
-    // Both at most 100,000: they fit.
+    // Each at most 1,000,000: they fit.
     let column = |n: Option<u32>| n.map(|n| n as i32);
     diesel::update(tenants::table)
         .filter(tenants::id.eq(id))
         .set((
             tenants::max_connections.eq(column(limits.max_connections.map(|n| n.get()))),
             tenants::statement_timeout.eq(column(limits.statement_timeout.map(|n| n.get()))),
+            tenants::rate_limit.eq(column(limits.rate_limit.map(|n| n.get()))),
+            tenants::rate_limit_burst.eq(column(limits.rate_limit_burst.map(|n| n.get()))),
         ))
         .returning(TenantRow::as_returning())
         .get_result(conn)

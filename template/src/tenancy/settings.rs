@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::isolation::{Selected, Strategy};
+use super::rate::RateSettings;
 use super::resolve::ResolveSettings;
 {%- if redis_cache %}
 use super::shared_cache::RedisSettings;
@@ -23,6 +24,8 @@ pub struct TenancySettings {
     /// Tenants this service holds at most, whatever their status (`TENANCY_MAX_TENANTS`;
     /// none: no limit).
     pub max_tenants: Option<u64>,
+    /// Request rate limits per tenant.
+    pub rate: RateSettings,
 {%- if redis_cache %}
     /// The cache's shared level.
     pub redis: RedisSettings,
@@ -35,6 +38,7 @@ impl TenancySettings {
     /// Every key the tenancy layer reads.
     pub fn keys() -> Vec<&'static [Key]> {
         let mut keys = vec![KEYS, DatabaseSettings::KEYS, Selected::KEYS];
+        keys.push(RateSettings::KEYS);
 {%- if redis_cache %}
         keys.push(RedisSettings::KEYS);
 {%- endif %}
@@ -52,6 +56,7 @@ impl TenancySettings {
                 Some(_) => Some(src.number("max_tenants", 1, 10_000_000)?),
                 None => None,
             },
+            rate: RateSettings::read(src)?,
 {%- if redis_cache %}
             redis: RedisSettings::read(src)?,
 {%- endif %}

@@ -30,6 +30,7 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use super::cache::Change;
+use super::rate::{Rate, Verdict};
 use crate::domain::{Tenant, TenantIdentifier, TenantLimits};
 use crate::settings::{ConfigError, Key, Source};
 
@@ -49,6 +50,26 @@ return 1";
 
 /// Replaces a tenant by a tombstone of `version` unless Redis holds that version or a
 /// later one (KEYS[1]; ARGV: version, ttl ms).
+/// GCRA on one tenant's key, by Redis's clock: the key holds the theoretical arrival time
+/// (µs) of the next request; a request is let through unless that lies more than the
+/// burst ahead. ARGV: the interval between requests (µs), the burst. Returns (1, requests
+/// left at once, µs until the bucket is full) or (0, 0, µs to wait).
+const TAKE: &str = r"
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+local allowed_at = next_tat - burst * interval
+if allowed_at > now then
+    return {0, 0, allowed_at - now}
+end
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return {1, math.floor((now - allowed_at) / interval), next_tat - now}
+";
+
 const FORGET: &str = r"
 local stored = redis.call('HGET', KEYS[1], 'v')
 if stored and tonumber(stored) >= tonumber(ARGV[1]) then return 0 end
@@ -165,6 +186,8 @@ pub struct SharedStats {
 pub struct SharedCache {
     pool: Pool,
     prefix: String,
+    /// Where each tenant's rate-limit state lives (see `take_rate`).
+    rate_prefix: String,
     ttl: Duration,
     timeout: Duration,
     runtime: Handle,
@@ -239,6 +262,7 @@ impl SharedCache {
         let cache = Arc::new(Self {
             pool,
             prefix: format!("tenancy:{database}:tenant:"),
+            rate_prefix: format!("tenancy:{database}:rate:"),
             ttl,
             timeout: settings.timeout,
             runtime,
@@ -295,16 +319,19 @@ impl SharedCache {
     }
 
     /// Runs a Lua `script` on `key` with `args`.
-    async fn eval(
+    async fn eval<T>(
         self: &Arc<Self>,
         script: &'static str,
         key: String,
         args: Vec<String>,
-    ) -> Result<i64, RedisError> {
+    ) -> Result<T, RedisError>
+    where
+        T: deadpool_redis::redis::FromRedisValue + Send + 'static,
+    {
         self.run(move |mut conn| async move {
             let mut command = deadpool_redis::redis::cmd("EVAL");
             command.arg(script).arg(1).arg(key).arg(args);
-            Ok(command.query_async::<i64>(&mut conn).await?)
+            Ok(command.query_async::<T>(&mut conn).await?)
         })
         .await
     }
@@ -427,7 +454,8 @@ impl SharedCache {
             tenant.updated_at.timestamp_micros(),
             self.ttl.as_millis() as u64,
         );
-        let written = self.eval(WRITE, key, vec![version.to_string(), data, ttl.to_string()]);
+        let written =
+            self.eval::<i64>(WRITE, key, vec![version.to_string(), data, ttl.to_string()]);
         if let Err(error) = written.await {
             self.failed(&error);
         }
@@ -447,12 +475,42 @@ impl SharedCache {
             Change::Removed(identifier) => (identifier, i64::MAX),
         };
         let (key, ttl) = (self.key(identifier), self.ttl.as_millis().max(1) as u64);
-        let forgotten = self.eval(FORGET, key, vec![version.to_string(), ttl.to_string()]);
+        let forgotten = self.eval::<i64>(FORGET, key, vec![version.to_string(), ttl.to_string()]);
         if let Err(error) = forgotten.await {
             self.missed.store(true, Ordering::Release);
             self.failed(&error);
         }
     }
+}
+
+impl SharedCache {
+    /// Takes one request of `tenant` from its bucket in Redis, for every replica at once;
+    /// `None` when Redis cannot say (the failure is recorded as the cache's are).
+    pub async fn take_rate(self: &Arc<Self>, tenant: Uuid, rate: Rate) -> Option<Verdict> {
+        if !self.usable() {
+            return None;
+        }
+        let key = format!("{}{tenant}", self.rate_prefix);
+        let interval = rate.interval().as_micros().max(1);
+        let args = vec![interval.to_string(), rate.burst.to_string()];
+        match self.eval::<(i64, i64, i64)>(TAKE, key, args).await {
+            Ok((1, remaining, reset)) => Some(Verdict::Allowed {
+                remaining: u32::try_from(remaining).unwrap_or(0),
+                reset: micros(reset),
+            }),
+            Ok((_, _, wait)) => Some(Verdict::Limited {
+                retry_after: micros(wait),
+            }),
+            Err(error) => {
+                self.failed(&error);
+                None
+            }
+        }
+    }
+}
+
+fn micros(value: i64) -> Duration {
+    Duration::from_micros(u64::try_from(value).unwrap_or(0))
 }
 
 /// Deletes every key that starts with `prefix`.

@@ -207,7 +207,7 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(
         admin!(service, get "/admin/tenants/acme").1["limits"],
-        json!({"max_connections": null, "statement_timeout": null})
+        json!({"max_connections": null, "statement_timeout": null, "rate_limit": null, "rate_limit_burst": null})
     );
 
     let (status, tenant) =
@@ -216,7 +216,7 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
         (status, &tenant["limits"]),
         (
             StatusCode::OK,
-            &json!({"max_connections": 3, "statement_timeout": null})
+            &json!({"max_connections": 3, "statement_timeout": null, "rate_limit": null, "rate_limit_burst": null})
         )
     );
     assert_eq!(
@@ -229,11 +229,13 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
         json!({"max_connections": "3"}),
         json!({"max_conections": 3}),
         json!({"max_connections": 3, "statement_timeout": 0}),
+        json!({"rate_limit": 1_000_001}),
+        json!({"rate_limit": 10, "rate_limit_burst": -1}),
     ] {
         let (status, problem) = admin!(service, put "/admin/tenants/acme/limits", json = &bad);
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
         let detail = problem["detail"].as_str().unwrap_or_default();
-        let named = ["max_con", "statement_timeout"]
+        let named = ["max_con", "statement_timeout", "rate_limit"]
             .iter()
             .any(|f| detail.contains(f));
         assert!(named, "{bad}: {problem}");
@@ -248,7 +250,7 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
         (status, &tenant["limits"]),
         (
             StatusCode::OK,
-            &json!({"max_connections": null, "statement_timeout": null})
+            &json!({"max_connections": null, "statement_timeout": null, "rate_limit": null, "rate_limit_burst": null})
         )
     );
     assert_eq!(

@@ -76,6 +76,25 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
         "{}",
         stdout(&out)
     );
+    let out = run(
+        &db,
+        &[
+            "tenant",
+            "limits",
+            "acme",
+            "--rate-limit",
+            "50",
+            "--rate-limit-burst",
+            "100",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("  rate_limit         50\n")
+            && stdout(&out).contains("  rate_limit_burst   100\n")
+            && stdout(&out).contains("  statement_timeout  5\n"),
+        "{}",
+        stdout(&out)
+    );
     let out = run(&db, &["tenant", "limits", "acme", "--max-connections", "0"]);
     assert!(!out.status.success());
     assert!(

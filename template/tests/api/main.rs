@@ -47,6 +47,7 @@ mod path;
 {% endif -%}
 mod pgbouncer;
 mod pooler;
+mod rate_limit;
 {% if redis_cache -%}
 mod redis;
 {% endif -%}

@@ -1,7 +1,9 @@
 //! The tenant cache's shared level (Redis): what one replica read from the registry the
 //! others get from Redis; with Redis frozen the service answers from the registry, says it
-//! is degraded, and keeps nothing stale once Redis is back. The frozen Redis is a server
-//! of this test's own (`redis-server` on a free port), not the shared one.
+//! is degraded, and keeps nothing stale once Redis is back. Rate limits hold across
+//! replicas through Redis, and fail open or closed, as set, while it cannot say. The
+//! frozen Redis is a server of this test's own (`redis-server` on a free port), not the
+//! shared one.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -330,4 +332,110 @@ async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() 
     let shared = refused.shared_cache_stats();
     assert!(shared.degraded.is_some(), "{shared:?}");
     assert_eq!(shared.hits, 0, "{shared:?}");
+}
+
+/// The status of `GET /api/notes` for `tenant`, and its `RateLimit` header.
+macro_rules! limited_notes {
+    ($service:expr, $tenant:expr) => {
+        async {
+            let request = for_tenant(test::TestRequest::get(), "/api/notes", $tenant);
+            let response = test::call_service(&$service, request.to_request()).await;
+            let state = (response.headers().get("ratelimit"))
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            (response.status(), state)
+        }
+    };
+}
+
+#[actix_web::test]
+async fn two_replicas_sharing_redis_together_admit_no_more_than_the_limit() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = spawn_app_with(&[
+        ("TENANCY_REDIS_URL", &url),
+        ("TENANCY_RATE_LIMIT", "1"),
+        ("TENANCY_RATE_LIMIT_BURST", "10"),
+    ])
+    .await;
+    let b = svc::startup::prepare(&a.settings).await.unwrap();
+    let acme = a.create_tenant("acme").await;
+    let service_a = service!(a);
+    let service_b = test::init_service(app(b.clone(), &a.settings)).await;
+
+    let mut served = [0, 0];
+    for i in 0..30 {
+        let (status, _) = match i % 2 {
+            0 => limited_notes!(service_a, "acme").await,
+            _ => limited_notes!(service_b, "acme").await,
+        };
+        if status == StatusCode::OK {
+            served[i % 2] += 1;
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
+    // Ten in all (within the second this takes), shared between the two.
+    assert_eq!(served[0] + served[1], 10, "{served:?}");
+    assert!(served[0] > 0 && served[1] > 0, "{served:?}");
+    assert!(a.tenancy.rate.limited() > 0 && b.rate.limited() > 0);
+    let key = format!("tenancy:{}:rate:{}", a.db.name, acme.id);
+    assert_ne!(redis.cli(&["GET", &key]), "");
+}
+
+#[actix_web::test]
+async fn with_redis_frozen_rate_limits_fail_open_or_closed_as_set() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    for (mode, frozen) in [
+        ("open", StatusCode::OK),
+        ("closed", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let app = spawn_app_with(&[
+            ("TENANCY_REDIS_URL", &url),
+            ("TENANCY_REDIS_TIMEOUT", "200"),
+            ("TENANCY_RATE_LIMIT", "100"),
+            ("TENANCY_RATE_LIMIT_REDIS_DOWN", mode),
+        ])
+        .await;
+        app.create_tenant("acme").await;
+        let service = service!(app);
+        let (status, state) = limited_notes!(service, "acme").await;
+        assert_eq!(status, StatusCode::OK, "{mode}");
+        assert!(state.is_some(), "{mode}: limited while Redis answers");
+
+        redis.signal("STOP");
+        for _ in 0..3 {
+            let (status, state) = limited_notes!(service, "acme").await;
+            assert_eq!(status, frozen, "{mode}");
+            assert_eq!(state, None, "{mode}: no limit to show");
+        }
+        let response = test::call_service(
+            &service,
+            test::TestRequest::get().uri("/health").to_request(),
+        )
+        .await;
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["status"], "degraded", "{body}");
+        assert_eq!(body["rate_limit"]["when_redis_is_down"], mode, "{body}");
+        let degraded = body["rate_limit"]["degraded"].as_str().unwrap_or_default();
+        assert!(degraded.starts_with("Redis cannot say"), "{body}");
+
+        // Thawed: limited again once Redis is used again.
+        redis.signal("CONT");
+        let started = Instant::now();
+        while app.tenancy.shared_cache_stats().degraded.is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{mode}: Redis is not used again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, state) = limited_notes!(service, "acme").await;
+        assert_eq!(status, StatusCode::OK, "{mode}");
+        assert!(state.is_some(), "{mode}");
+    }
 }

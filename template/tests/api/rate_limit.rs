@@ -1,0 +1,119 @@
+//! Request rate limits per tenant (`TENANCY_RATE_LIMIT`, a tenant's own in the registry):
+//! a tenant over its limit gets 429 with `Retry-After` and the `RateLimit-Policy` /
+//! `RateLimit` headers, other tenants are served, and unknown tenants never get a bucket.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::test;
+
+use crate::helpers::*;
+use svc::domain::{TenantIdentifier, TenantLimits};
+
+/// `GET /api/notes` for `tenant`: status, and the headers a rate limit adds.
+macro_rules! notes {
+    ($service:expr, $tenant:expr) => {
+        async {
+            let request = for_tenant(test::TestRequest::get(), "/api/notes", $tenant);
+            let response = test::call_service(&$service, request.to_request()).await;
+            let header = |name: &str| {
+                (response.headers().get(name)).map(|v| v.to_str().unwrap_or_default().to_owned())
+            };
+            let headers = [
+                header("ratelimit-policy"),
+                header("ratelimit"),
+                header("retry-after"),
+            ];
+            let problem = header("content-type").is_some_and(|t| t == "application/problem+json");
+            (response.status(), headers, problem)
+        }
+    };
+}
+
+#[actix_web::test]
+async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_served() {
+    let app = spawn_app_with(&[
+        ("TENANCY_RATE_LIMIT", "1"),
+        ("TENANCY_RATE_LIMIT_BURST", "5"),
+    ])
+    .await;
+    app.create_tenant("rate_busy").await;
+    app.create_tenant("rate_quiet").await;
+    let service = service!(app);
+    let policy = Some("\"tenant\";q=5;w=5".to_owned());
+
+    // Five at once, then none until a second has passed.
+    for left in (0..5).rev() {
+        let (status, headers, _) = notes!(service, "rate_busy").await;
+        assert_eq!(status, StatusCode::OK, "{headers:?}");
+        assert_eq!(headers[0], policy);
+        let state = headers[1].clone().unwrap_or_default();
+        assert!(
+            state.starts_with(&format!("\"tenant\";r={left};t=")),
+            "{state}"
+        );
+    }
+    for _ in 0..3 {
+        let (status, headers, problem) = notes!(service, "rate_busy").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(problem);
+        assert_eq!(headers[0], policy);
+        assert_eq!(headers[1].as_deref(), Some("\"tenant\";r=0;t=1"));
+        assert_eq!(headers[2].as_deref(), Some("1"));
+    }
+    // Its neighbour has a bucket of its own.
+    let (status, headers, _) = notes!(service, "rate_quiet").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[0], policy);
+    // An unknown tenant is answered 404, limited or not, and leaves nothing behind.
+    for _ in 0..10 {
+        assert_eq!(
+            notes!(service, "rate_nobody").await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+{%- unless redis_cache %}
+    assert_eq!(app.tenancy.rate.tracked(), 2);
+{%- endunless %}
+    assert_eq!(app.tenancy.rate.limited(), 3);
+
+    // A second later, one more.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(notes!(service, "rate_busy").await.0, StatusCode::OK);
+    assert_eq!(
+        notes!(service, "rate_busy").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[actix_web::test]
+async fn a_tenants_own_rate_overrides_the_setting_and_without_either_nothing_is_limited() {
+    let app = spawn_app().await;
+    app.create_tenant("rate_free").await;
+    app.create_tenant("rate_own").await;
+    let service = service!(app);
+    for _ in 0..30 {
+        let (status, headers, _) = notes!(service, "rate_free").await;
+        assert_eq!((status, &headers), (StatusCode::OK, &[None, None, None]));
+    }
+
+    let own = TenantIdentifier::parse("rate_own").unwrap();
+    let limits: TenantLimits =
+        serde_json::from_value(serde_json::json!({"rate_limit": 2, "rate_limit_burst": 3}))
+            .unwrap();
+    app.tenancy.set_limits(&own, limits).await.unwrap();
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(
+        (0..5).map(|_| async { notes!(service, "rate_own").await.0 }),
+    )
+    .await;
+    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((served, limited), (3, 2), "{statuses:?}");
+    let (_, headers, _) = notes!(service, "rate_own").await;
+    assert_eq!(headers[0].as_deref(), Some("\"tenant\";q=3;w=2"));
+    // The others are still free.
+    assert_eq!(notes!(service, "rate_free").await.1, [None, None, None]);
+}
