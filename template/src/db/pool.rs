@@ -24,6 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use diesel::connection::TransactionDepthChange;
@@ -724,20 +725,13 @@ impl Pool {
             }
             let served = match shared.next_step(want) {
                 Step::Served(handoff) => handoff,
-                Step::Evict(idle) => {
-                    shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
-                    drop(idle);
-                    // Its slot comes back once the server has closed it.
-                    match tokio::time::timeout_at(deadline, shared.sockets.clone().acquire_owned())
-                        .await
-                    {
-                        Ok(Ok(permit)) => {
-                            *shared.lock().in_use.entry(tenant).or_default() += 1;
-                            Handoff::Open(permit)
-                        }
-                        _ => return Err(PoolError::TimedOut(shared.settings.wait)),
+                Step::Evict(idle) => match shared.evict(*idle, deadline).await {
+                    Some(permit) => {
+                        *shared.lock().in_use.entry(tenant).or_default() += 1;
+                        Handoff::Open(permit)
                     }
-                }
+                    None => return Err(PoolError::TimedOut(shared.settings.wait)),
+                },
                 Step::Wait(ticket, handoff) => {
                     shared.counters.waited.fetch_add(1, Ordering::Relaxed);
                     let in_line = InLine {
@@ -785,12 +779,9 @@ impl Pool {
                     // Handed a connection of another database: it makes room for one.
                     _ => {
                         let guard = empty();
-                        shared.counters.evicted.fetch_add(1, Ordering::Relaxed);
-                        drop(idle);
-                        let sockets = shared.sockets.clone().acquire_owned();
-                        match tokio::time::timeout_at(deadline, sockets).await {
-                            Ok(Ok(permit)) => (guard, permit),
-                            _ => return Err(PoolError::TimedOut(shared.settings.wait)),
+                        match shared.evict(*idle, deadline).await {
+                            Some(permit) => (guard, permit),
+                            None => return Err(PoolError::TimedOut(shared.settings.wait)),
                         }
                     }
                 },
@@ -874,6 +865,26 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Closes `idle` (of another database) to make room, and waits until `deadline` for
+    /// the slot it frees. The wait is registered before the connection closes, so that the
+    /// slot comes back here and not to a checkout in line (`dispatch`).
+    async fn evict(
+        self: &Arc<Self>,
+        idle: Idle,
+        deadline: tokio::time::Instant,
+    ) -> Option<OwnedSemaphorePermit> {
+        let mut slot = std::pin::pin!(self.sockets.clone().acquire_owned());
+        let first = std::future::poll_fn(|cx| Poll::Ready(slot.as_mut().poll(cx))).await;
+        if let Poll::Ready(permit) = first {
+            // A slot was free after all: the connection stays.
+            self.keep(idle);
+            return permit.ok();
+        }
+        self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+        drop(idle);
+        tokio::time::timeout_at(deadline, slot).await.ok()?.ok()
     }
 
     /// Whether the pool may open more connections now (PostgreSQL did not just refuse).
