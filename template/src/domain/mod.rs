@@ -8,7 +8,7 @@ mod text;
 
 pub use identifier::{SqlIdentifier, TenantIdentifier};
 pub use tenant::{
-    Isolation, MaxConnections, RateLimit, RateLimitBurst, StatementTimeout, Tenant, TenantLimits,
-    TenantStatus,
+    Bound, Isolation, Limit, MaxConnections, RateLimit, RateLimitBurst, StatementTimeout, Tenant,
+    TenantLimits, TenantStatus,
 };
 pub use text::{check_json, check_text};

@@ -58,6 +58,8 @@ pub async fn resolve_tenant(
         span.record("tenant.id", tracing::field::display(tenant.id));
         span.record("tenant.identifier", tenant.identifier.as_str());
     }
+    // Before the limit is checked: a 429 counts for its tenant (`tenant_requests_total`).
+    req.extensions_mut().insert(tenant.clone());
     let rate_headers = match tenancy.rate.check(&tenant).await {
         None => None,
         Some((rate, verdict @ Verdict::Allowed { .. })) => Some((rate.policy(), verdict.state())),
@@ -82,7 +84,6 @@ pub async fn resolve_tenant(
             return Ok(req.error_response(error).map_into_right_body());
         }
     };
-    req.extensions_mut().insert(tenant);
     let read = req
         .app_data::<web::Data<BodyRead>>()
         .map_or_else(BodyRead::default, |read| *read.get_ref());

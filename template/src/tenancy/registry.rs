@@ -7,7 +7,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::domain::{Isolation, Tenant, TenantIdentifier, TenantLimits, TenantStatus};
+use crate::domain::{
+    Bound, Isolation, Limit, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
+};
 use crate::schema::tenants;
 
 #[derive(Queryable, Selectable)]
@@ -54,6 +56,11 @@ impl TryFrom<TenantRow> for Tenant {
 /// A limit as the registry holds it (checked there too).
 fn limit<T: TryFrom<i64, Error = String>>(value: Option<i32>) -> Result<Option<T>, String> {
     value.map(|n| T::try_from(i64::from(n))).transpose()
+}
+
+/// A limit as the registry stores it (every limit is at most 1,000,000: it fits).
+fn column<B: Bound>(limit: Option<Limit<B>>) -> Option<i32> {
+    limit.map(|n| n.get() as i32)
 }
 
 pub async fn find_by_identifier(
@@ -160,15 +167,13 @@ pub async fn set_limits(
     id: Uuid,
     limits: &TenantLimits,
 ) -> QueryResult<Option<Tenant>> {
-    // Each at most 1,000,000: they fit.
-    let column = |n: Option<u32>| n.map(|n| n as i32);
     diesel::update(tenants::table)
         .filter(tenants::id.eq(id))
         .set((
-            tenants::max_connections.eq(column(limits.max_connections.map(|n| n.get()))),
-            tenants::statement_timeout.eq(column(limits.statement_timeout.map(|n| n.get()))),
-            tenants::rate_limit.eq(column(limits.rate_limit.map(|n| n.get()))),
-            tenants::rate_limit_burst.eq(column(limits.rate_limit_burst.map(|n| n.get()))),
+            tenants::max_connections.eq(column(limits.max_connections)),
+            tenants::statement_timeout.eq(column(limits.statement_timeout)),
+            tenants::rate_limit.eq(column(limits.rate_limit)),
+            tenants::rate_limit_burst.eq(column(limits.rate_limit_burst)),
         ))
         .returning(TenantRow::as_returning())
         .get_result(conn)

@@ -22,7 +22,7 @@ fn metrics_request(token: Option<&str>) -> test::TestRequest {
 }
 
 /// Sends `request` (see `metrics_request`) and parses the answer.
-async fn scrape<S, R, B>(service: &S, request: R) -> Scrape
+pub(crate) async fn scrape<S, R, B>(service: &S, request: R) -> Scrape
 where
     S: Service<R, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
@@ -50,7 +50,7 @@ fn samples<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec
 }
 
 /// The value of the one sample of `metric` with `labels` (a counter or a gauge).
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let found = samples(scrape, metric, labels);
     assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:?}");
     match found[0].value {

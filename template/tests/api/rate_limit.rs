@@ -8,6 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::test;
 
 use crate::helpers::*;
+use crate::metrics::{scrape, value};
 use svc::domain::{TenantIdentifier, TenantLimits};
 
 /// `GET /api/notes` for `tenant`: status, and the headers a rate limit adds.
@@ -35,6 +36,7 @@ async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_ser
     let app = spawn_app_with(&[
         ("TENANCY_RATE_LIMIT", "1"),
         ("TENANCY_RATE_LIMIT_BURST", "5"),
+        ("TENANCY_METRICS_TENANT_LABELS", "true"),
     ])
     .await;
     app.create_tenant("rate_busy").await;
@@ -76,6 +78,14 @@ async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_ser
     assert_eq!(app.tenancy.rate.tracked(), 2);
 {%- endunless %}
     assert_eq!(app.tenancy.rate.limited(), 3);
+    let scrape = scrape(
+        &service,
+        test::TestRequest::get().uri("/metrics").to_request(),
+    )
+    .await;
+    assert_eq!(value(&scrape, "tenancy_rate_limited_total", &[]), 3.0);
+    let busy = [("tenant", "rate_busy"), ("status", "429")];
+    assert_eq!(value(&scrape, "tenant_requests_total", &busy), 3.0);
 
     // A second later, one more.
     tokio::time::sleep(Duration::from_millis(1100)).await;
