@@ -75,6 +75,7 @@ pub async fn resolve_tenant(
             };
             return Ok(req.error_response(error).map_into_right_body());
         }
+{%- if redis_cache %}
         Some((_, Verdict::Unknown)) => {
             let error = AppError::Unavailable {
                 detail: "the rate limit cannot be checked while Redis is unavailable \
@@ -83,6 +84,7 @@ pub async fn resolve_tenant(
             };
             return Ok(req.error_response(error).map_into_right_body());
         }
+{%- endif %}
     };
     let read = req
         .app_data::<web::Data<BodyRead>>()

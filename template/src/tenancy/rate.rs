@@ -120,8 +120,10 @@ pub enum Verdict {
     Allowed { remaining: u32, reset: Duration },
     /// Over the limit: 429, to be retried after `retry_after`.
     Limited { retry_after: Duration },
+{%- if redis_cache %}
     /// Redis could not say and the limit fails closed: 503.
     Unknown,
+{%- endif %}
 }
 
 impl Verdict {
@@ -130,7 +132,9 @@ impl Verdict {
         let (remaining, reset) = match self {
             Verdict::Allowed { remaining, reset } => (remaining, reset),
             Verdict::Limited { retry_after } => (0, retry_after),
+{%- if redis_cache %}
             Verdict::Unknown => (0, Duration::from_secs(1)),
+{%- endif %}
         };
         format!("\"tenant\";r={remaining};t={}", seconds(reset))
     }

@@ -552,3 +552,51 @@ macro_rules! call {
         (status, body)
     });
 }
+
+/// Sends `request` (a `GET /metrics`) and parses the answer as Prometheus does.
+pub async fn scrape<S, R, B>(service: &S, request: R) -> prometheus_parse::Scrape
+where
+    S: actix_web::dev::Service<
+            R,
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+        >,
+    B: actix_web::body::MessageBody,
+{
+    let response = actix_web::test::call_service(service, request).await;
+    assert_eq!(response.status(), actix_web::http::StatusCode::OK);
+    let content_type = response.headers().get("content-type").unwrap();
+    let content_type = content_type.to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = String::from_utf8(actix_web::test::read_body(response).await.to_vec()).unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap()
+}
+
+/// The samples of `metric` whose labels include every pair of `labels`.
+pub fn samples<'a>(
+    scrape: &'a prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'a prometheus_parse::Sample> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+/// The value of the one sample of `metric` with `labels` (a counter or a gauge).
+pub fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = samples(scrape, metric, labels);
+    assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:?}");
+    match found[0].value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{metric}: {other:?}"),
+    }
+}

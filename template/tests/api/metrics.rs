@@ -3,11 +3,9 @@
 
 use std::collections::HashSet;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::test;
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::{Sample, Value};
 
 use crate::helpers::*;
 use svc::domain::TenantIdentifier;
@@ -18,44 +16,6 @@ fn metrics_request(token: Option<&str>) -> test::TestRequest {
     match token {
         Some(token) => request.insert_header(("Authorization", format!("Bearer {token}"))),
         None => request,
-    }
-}
-
-/// Sends `request` (see `metrics_request`) and parses the answer.
-pub(crate) async fn scrape<S, R, B>(service: &S, request: R) -> Scrape
-where
-    S: Service<R, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    B: MessageBody,
-{
-    let response = test::call_service(service, request).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let content_type = response.headers().get("content-type").unwrap();
-    let content_type = content_type.to_str().unwrap().to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    let text = String::from_utf8(test::read_body(response).await.to_vec()).unwrap();
-    Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap()
-}
-
-/// The samples of `metric` whose labels include every pair of `labels`.
-fn samples<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .collect()
-}
-
-/// The value of the one sample of `metric` with `labels` (a counter or a gauge).
-pub(crate) fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let found = samples(scrape, metric, labels);
-    assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:?}");
-    match found[0].value {
-        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-        ref other => panic!("{metric}: {other:?}"),
     }
 }
 

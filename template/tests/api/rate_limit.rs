@@ -8,7 +8,6 @@ use actix_web::http::StatusCode;
 use actix_web::test;
 
 use crate::helpers::*;
-use crate::metrics::{scrape, value};
 use svc::domain::{TenantIdentifier, TenantLimits};
 
 /// `GET /api/notes` for `tenant`: status, and the headers a rate limit adds.
