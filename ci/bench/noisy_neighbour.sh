@@ -12,8 +12,12 @@
 #   slow bodies two other tenants, SLOW (25) sockets each, announcing a 100 kB note and
 #               sending a byte a second (the service reads bodies whole before a handler
 #               takes a connection, within TENANCY_REQUEST_BODY_TIMEOUT, 10 s).
+#   large writes, limited   the same writers, each held to WRITE_LIMIT (50) requests a second
+#               by its own rate limit (`tenant limits --rate-limit`): tuned, labelled so.
 # For each: the quiet tenant's p50 and p99 (from when each request was due), its p99 over
-# its p99 alone (the target is 2 at most), and its answers that were not 2xx.
+# its p99 alone (the target is 2 at most), its answers that were not 2xx, and how many
+# requests (of every tenant) waited in line for a database connection meanwhile
+# (`tenancy_pool_waits_total`).
 #
 #   bash ci/bench/noisy_neighbour.sh
 #   SECONDS_EACH=20 bash ci/bench/noisy_neighbour.sh
@@ -26,6 +30,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/ci/lib.sh"
 
 SECONDS_EACH=${SECONDS_EACH:-10} RATE=${RATE:-50} SLOW=${SLOW:-25} PORT=${PORT:-8799}
+WRITE_LIMIT=${WRITE_LIMIT:-50}
 
 ensure_cargo_generate
 ensure_postgres
@@ -75,20 +80,31 @@ flood() { # path: 28 keep-alive clients for the quiet tenant's time and a little
   sleep 2
 }
 
+waits() { # requests that waited in line for a tenant connection since start
+  curl -fs "http://127.0.0.1:$PORT/metrics" |
+    awk '/^tenancy_pool_waits_total\{pool="tenant"\}/ {print $2; found = 1} END {if (!found) print 0}'
+}
+
 # Warm-up, then the quiet tenant alone.
 quiet >/dev/null
+waited=$(waits)
 read -r alone_p50 alone_p99 alone_bad requests < <(quiet)
-rows=("| alone | $alone_p50 ms | $alone_p99 ms | 1.0 | $alone_bad |")
-row() { # name p50 p99 bad
-  rows+=("| $1 | $2 ms | $3 ms | $(awk -v a="$3" -v b="$alone_p99" 'BEGIN {printf "%.1f", a / b}') | $4 |")
+rows=("| alone | $alone_p50 ms | $alone_p99 ms | 1.0 | $alone_bad | $(($(waits) - waited)) |")
+row() { # name p50 p99 bad (waits counted since the last row)
+  local now
+  now=$(waits)
+  rows+=("| $1 | $2 ms | $3 ms | $(awk -v a="$3" -v b="$alone_p99" 'BEGIN {printf "%.1f", a / b}') | $4 | $((now - waited)) |")
+  waited=$now
   say "${rows[-1]}"
 }
 
+waited=$(waits)
 flood /api/notes
 read -r p50 p99 bad _ < <(quiet)
 wait "${pids[-1]}" 2>/dev/null || true
 row "flood of cheap reads (another tenant, 28 clients)" "$p50" "$p99" "$bad"
 
+waited=$(waits)
 flood /health/live
 read -r p50 p99 bad _ < <(quiet)
 wait "${pids[-1]}" 2>/dev/null || true
@@ -103,15 +119,25 @@ local words = {}
 for i = 1, 12000 do words[i] = string.format("%08x", (i * 2654435761) % 4294967296) end
 wrk.body = '{"title":"large","body":"' .. table.concat(words, " "):sub(1, 99000) .. '"}'
 LUA
+writers() { # name: the two writers beside the quiet tenant; what they got goes to $written
+  for writer in write_a write_b; do
+    WRITER=$writer wrk -t1 -c14 -d"$((SECONDS_EACH + 3))s" -s "$large" "http://127.0.0.1:$PORT/api/notes" >"$large.$writer" &
+    pids+=($!)
+  done
+  waited=$(waits)
+  sleep 2
+  read -r p50 p99 bad _ < <(quiet)
+  wait "${pids[-1]}" "${pids[-2]}" 2>/dev/null || true
+  row "$1" "$p50" "$p99" "$bad"
+  written+="$1: $(for writer in write_a write_b; do awk -v w="$writer" '/Requests\/sec/ {printf "%s %s req/s", w, $2} /Non-2xx/ {printf " (%s not 2xx)", $NF} END {printf "; "}' "$large.$writer"; done)"
+}
+written=
+writers "large writes (2 tenants x 14 clients, 99 kB notes)"
 for writer in write_a write_b; do
-  WRITER=$writer wrk -t1 -c14 -d"$((SECONDS_EACH + 3))s" -s "$large" "http://127.0.0.1:$PORT/api/notes" >"$large.$writer" &
-  pids+=($!)
+  "$cli" tenant limits "$writer" --rate-limit "$WRITE_LIMIT" >/dev/null
 done
-sleep 2
-read -r p50 p99 bad _ < <(quiet)
-wait "${pids[-1]}" "${pids[-2]}" 2>/dev/null || true
-row "large writes (2 tenants x 14 clients, 99 kB notes)" "$p50" "$p99" "$bad"
-written=$(for writer in write_a write_b; do awk -v w="$writer" '/Requests\/sec/ {printf "%s %s req/s", w, $2} /Non-2xx/ {printf " (%s not 2xx)", $NF} END {printf "; "}' "$large.$writer"; done)
+sleep 1 # every replica hears of it within a second
+writers "large writes, each writer limited to $WRITE_LIMIT/s (tuned)"
 rm -f "$large" "$large".write_*
 
 slow_out=$(mktemp)
@@ -119,6 +145,7 @@ python3 "$root/ci/bench/neighbour.py" trickle "$PORT" slow_a "$SLOW" "$((SECONDS
 slow_a=$!
 python3 "$root/ci/bench/neighbour.py" trickle "$PORT" slow_b "$SLOW" "$((SECONDS_EACH + 15))" >"$slow_out.b" &
 slow_b=$!
+waited=$(waits)
 sleep 1
 read -r p50 p99 bad _ < <(quiet)
 wait "$slow_a" "$slow_b"
@@ -128,8 +155,8 @@ rm -f "$slow_out" "$slow_out.a" "$slow_out.b"
 
 echo
 echo "the quiet tenant: $RATE requests/s of GET /api/notes?limit=20 for $SECONDS_EACH s ($requests requests) on one keep-alive connection; release build, generated defaults (schema, header); $(nproc) cores shared by the load, the service and PostgreSQL"
-echo "| neighbours | quiet p50 | quiet p99 | p99 / alone | quiet non-2xx |"
-echo "|---|---|---|---|---|"
+echo "| neighbours | quiet p50 | quiet p99 | p99 / alone | quiet non-2xx | connection waits |"
+echo "|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "what the writers got: $written"

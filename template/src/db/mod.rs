@@ -55,6 +55,11 @@ impl TenantConnection {
         }
     }
 
+    /// Whether it had to wait in line for a connection.
+    pub fn waited(&self) -> bool {
+        self.conn.as_ref().is_some_and(PooledConnection::waited)
+    }
+
     /// Commits its transaction (`commit`) or rolls it back; outside a request, in
     /// transaction mode. In session mode statements took effect as they ran.
     pub async fn finish(mut self, commit: bool) -> diesel::QueryResult<()> {

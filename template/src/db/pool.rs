@@ -292,6 +292,8 @@ pub struct PooledConnection {
     lost: std::sync::atomic::AtomicBool,
     /// The statement timeout its session carries (session mode; 0 in transaction mode).
     timeout_ms: u64,
+    /// Whether the checkout waited in line for it.
+    waited: bool,
     /// How long a statement may go unanswered before the connection is given up: the
     /// checkout's statement timeout and a margin (a frozen server cannot time out).
     answer_within: Duration,
@@ -417,6 +419,12 @@ impl PooledConnection {
             Some(error) if commit && result.is_ok() => Err(error),
             _ => result,
         }
+    }
+
+    /// Whether its checkout waited in line (every connection was taken, or its tenant held
+    /// its limit).
+    pub fn waited(&self) -> bool {
+        self.waited
     }
 
     /// Where a statement sent now records its database error, if that error would abort
@@ -670,11 +678,17 @@ impl Pool {
     where
         F: Future<Output = Result<PgConfig, PoolError>>,
     {
-        let got = self.checkout(tenant, home, scope, limits, open).await;
+        let mut waited = false;
+        let got = self
+            .checkout(tenant, home, scope, limits, open, &mut waited)
+            .await;
         if let Some(kind) = got.as_ref().err().and_then(PoolError::kind) {
             self.shared.errors.count(kind);
         }
-        got
+        got.map(|mut conn| {
+            conn.waited = waited;
+            conn
+        })
     }
 
     async fn checkout<F>(
@@ -684,6 +698,7 @@ impl Pool {
         scope: Option<&SessionScope>,
         limits: Limits,
         open: impl Fn() -> F,
+        waited: &mut bool,
     ) -> Result<PooledConnection, PoolError>
     where
         F: Future<Output = Result<PgConfig, PoolError>>,
@@ -734,6 +749,7 @@ impl Pool {
                 },
                 Step::Wait(ticket, handoff) => {
                     shared.counters.waited.fetch_add(1, Ordering::Relaxed);
+                    *waited = true;
                     let in_line = InLine {
                         pool: shared,
                         tenant,
@@ -998,6 +1014,7 @@ impl Shared {
             failure: None,
             lost: std::sync::atomic::AtomicBool::new(false),
             timeout_ms: 0,
+            waited: false,
             answer_within: self.settings.statement_timeout + ANSWER_MARGIN,
             key,
             opened,

@@ -14,6 +14,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use crate::domain::Tenant;
 use crate::error::AppError;
 use crate::metrics::MetricsSettings;
+use crate::tenancy::extract::WaitedForConnection;
 use crate::tenancy::{Tenancy, registry};
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,7 +71,7 @@ pub async fn record_request(
         return outcome;
     };
     let took = started.elapsed().as_secs_f64();
-    let (route, status, error, tenant) = match &outcome {
+    let (route, status, error, tenant, waited) = match &outcome {
         Ok(response) => (
             response
                 .request()
@@ -87,12 +88,16 @@ pub async fn record_request(
                 .extensions()
                 .get::<Arc<Tenant>>()
                 .cloned(),
+            (response.request().extensions())
+                .get::<WaitedForConnection>()
+                .is_some(),
         ),
         Err(error) => (
             "unmatched".into(),
             error.as_response_error().status_code().as_u16(),
             error.as_error::<AppError>().map(AppError::kind),
             None,
+            false,
         ),
     };
     let tenant = match (tenant, settings) {
@@ -116,6 +121,10 @@ pub async fn record_request(
             ::metrics::counter!("app_errors_total", "kind" => kind).increment(1);
         }
         if let Some(tenant) = tenant {
+            if waited {
+                ::metrics::counter!("tenant_connection_waits_total", "tenant" => tenant.clone())
+                    .increment(1);
+            }
             ::metrics::counter!("tenant_requests_total", "tenant" => tenant, "status" => status)
                 .increment(1);
         }

@@ -16,6 +16,10 @@ use crate::db::{RequestTransactions, TenantConnection};
 use crate::domain::Tenant;
 use crate::error::AppError;
 
+/// Set on a request whose tenant connection waited in line (`/metrics` counts it).
+#[derive(Clone, Copy)]
+pub struct WaitedForConnection;
+
 /// The service's `Tenancy`, registered as app data by `startup::app`.
 pub(crate) fn tenancy(req: &HttpRequest) -> Result<web::Data<Tenancy>, AppError> {
     req.app_data::<web::Data<Tenancy>>()
@@ -53,9 +57,14 @@ impl FromRequest for TenantConnection {
         let tenancy = tenancy(req);
         // Transaction mode: the tenant middleware finishes its transaction.
         let request = req.extensions().get::<RequestTransactions>().cloned();
+        let req = req.clone();
         Box::pin(async move {
             let (tenant, tenancy) = (tenant?, tenancy?);
-            Ok(tenancy.tenant_connection_in(&tenant, request).await?)
+            let conn = tenancy.tenant_connection_in(&tenant, request).await?;
+            if conn.waited() {
+                req.extensions_mut().insert(WaitedForConnection);
+            }
+            Ok(conn)
         })
     }
 }

@@ -214,3 +214,47 @@ async fn a_tenants_own_statement_timeout_holds_for_its_statements_only() {
         assert_eq!(run("timeout_own").await, expected, "{limits:?}");
     }
 }
+
+#[actix_web::test]
+async fn metrics_count_the_requests_that_waited_for_a_connection_per_tenant() {
+    let app = spawn_app_with(&[
+        ("TENANCY_MAX_TOTAL_CONNECTIONS", "1"),
+        ("TENANCY_METRICS_TENANT_LABELS", "true"),
+    ])
+    .await;
+    app.create_tenant("waits_busy").await;
+    app.create_tenant("waits_alone").await;
+    let service = service!(app);
+    let list = |tenant: &'static str| {
+        let request = for_tenant(actix_web::test::TestRequest::get(), "/api/notes", tenant);
+        let service = &service;
+        async move {
+            let response = actix_web::test::call_service(service, request.to_request());
+            response.await.status()
+        }
+    };
+
+    // Ten at once on one connection: nine wait. One alone: none.
+    let statuses = join_all((0..10).map(|_| list("waits_busy"))).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(list("waits_alone").await, StatusCode::OK);
+
+    let metrics = actix_web::test::TestRequest::get().uri("/metrics");
+    let scrape = scrape(&service, metrics.to_request()).await;
+    let busy = value(
+        &scrape,
+        "tenant_connection_waits_total",
+        &[("tenant", "waits_busy")],
+    );
+    assert!((1.0..=9.0).contains(&busy), "{busy}");
+    let alone = samples(
+        &scrape,
+        "tenant_connection_waits_total",
+        &[("tenant", "waits_alone")],
+    );
+    assert!(alone.is_empty(), "{alone:?}");
+    assert!(value(&scrape, "tenancy_pool_waits_total", &[("pool", "tenant")]) >= busy);
+}
