@@ -5,7 +5,10 @@
 //! service needs to choose: the idle connection already scoped to the request's tenant,
 //! else the one the tenant prefers to re-scope (see `Key`), else (one database per
 //! tenant) the least recently used idle connection of another tenant, closed to make
-//! room. That choice is this module; opening a connection is `connect`.
+//! room. When none is free, a checkout waits in line, and each connection that comes back
+//! (or slot that frees) is handed to the next waiter, tenant by tenant. Those choices are
+//! pure functions in `choose`; this module moves the connections; opening one is
+//! `connect`.
 //!
 //! Behind a pooler in transaction mode (`TENANCY_POOLER=transaction`) no scope lives on a
 //! session: every checkout is a transaction whose first statement sets the scope for that
@@ -625,7 +628,7 @@ impl InLine<'_> {
     /// What it is handed before `deadline`; `None` when nothing was.
     async fn served(mut self, deadline: tokio::time::Instant) -> Option<Handoff> {
         let handoff = tokio::time::timeout_at(deadline, &mut self.handoff).await;
-        // Handed over at the deadline: taken all the same (see `drop`).
+        // Handed over as the deadline passed: given back to the pool (see `drop`).
         handoff.ok()?.ok()
     }
 }
@@ -637,8 +640,10 @@ impl Drop for InLine<'_> {
             state.waiters.remove(&self.ticket);
         } else if let Ok(handoff) = self.handoff.try_recv() {
             state.release(self.tenant);
-            if let Handoff::Idle(idle) = handoff {
-                state.idle.push_back(*idle);
+            match handoff {
+                Handoff::Idle(idle) => state.idle.push_back(*idle),
+                // Its slot is free again before the next checkout in line is served.
+                Handoff::Open(permit) => drop(permit),
             }
             self.pool.dispatch(&mut state);
         }
