@@ -10,7 +10,7 @@ use crate::config::Settings;
 {%- if isolation == "hybrid" %}
 use crate::domain::Isolation;
 {%- endif %}
-use crate::domain::{TenantIdentifier, TenantLimits};
+use crate::domain::{Maintenance, TenantIdentifier, TenantLimits};
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
 {%- if isolation == "database" %}
@@ -78,6 +78,13 @@ pub enum TenantCommand {
     Activate { identifier: String },
     /// Soft-delete a tenant: not served, data kept.
     Delete { identifier: String },
+    /// Make a tenant read-only (its writes get 503) while it is changed, or take writes
+    /// again.
+    Maintenance {
+        identifier: String,
+        /// read_only or off.
+        mode: String,
+    },
     /// Show a tenant's own limits, or set them (`default`: the service's setting).
     Limits {
         identifier: String,
@@ -235,6 +242,11 @@ async fn run_command(
                         "tenant {} is {} (data kept; `tenant destroy` drops it)",
                         t.identifier, t.status
                     )?;
+                }
+                TenantCommand::Maintenance { identifier, mode } => {
+                    let mode: Maintenance = mode.parse()?;
+                    let t = tenancy.set_maintenance(&parse(&identifier)?, mode).await?;
+                    writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
                 }
                 TenantCommand::Limits {
                     identifier,

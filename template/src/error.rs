@@ -39,6 +39,9 @@ pub enum AppError {
     /// A request body that did not arrive in time (seconds).
     #[error("request body too slow")]
     BodyTimeout(u64),
+    /// A write to a tenant that is read-only for maintenance (503).
+    #[error("tenant read-only")]
+    ReadOnly { detail: String },
     /// The tenant sent more requests than its rate limit allows (429).
     #[error("too many requests")]
     RateLimited {
@@ -85,6 +88,7 @@ impl AppError {
             AppError::BodyTooLarge(_) => "body_too_large",
             AppError::BodyTimeout(_) => "body_timeout",
             AppError::RateLimited { .. } => "rate_limited",
+            AppError::ReadOnly { .. } => "read_only",
 {%- if admin_api %}
             AppError::Conflict(_) => "conflict",
 {%- endif %}
@@ -142,6 +146,12 @@ impl AppError {
                 Some(format!(
                     "the request body did not arrive within {seconds} s"
                 )),
+                None,
+            ),
+            AppError::ReadOnly { detail } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Tenant read-only",
+                Some(detail.clone()),
                 None,
             ),
             AppError::RateLimited { detail, .. } => (

@@ -17,6 +17,7 @@ diesel::table! {
         statement_timeout -> Nullable<Int4>,
         rate_limit -> Nullable<Int4>,
         rate_limit_burst -> Nullable<Int4>,
+        maintenance -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

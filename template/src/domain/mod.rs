@@ -7,5 +7,5 @@ mod tenant;
 mod text;
 
 pub use identifier::{SqlIdentifier, TenantIdentifier};
-pub use tenant::{Bound, Isolation, Limit, Tenant, TenantLimits, TenantStatus};
+pub use tenant::{Bound, Isolation, Limit, Maintenance, Tenant, TenantLimits, TenantStatus};
 pub use text::{check_json, check_text};

@@ -18,6 +18,7 @@ pub struct Tenant {
     pub isolation: Isolation,
     pub metadata: serde_json::Value,
     pub limits: TenantLimits,
+    pub maintenance: Maintenance,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -154,6 +155,44 @@ impl<B: Bound> FromStr for Limit<B> {
     }
 }
 
+/// Whether a served tenant takes writes: `read_only` while it is changed (a migration, a
+/// move), when requests that write get 503 with `Retry-After`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    #[default]
+    Off,
+    ReadOnly,
+}
+
+impl Maintenance {
+    pub const ALL: [Maintenance; 2] = [Maintenance::Off, Maintenance::ReadOnly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Maintenance::Off => "off",
+            Maintenance::ReadOnly => "read_only",
+        }
+    }
+}
+
+impl fmt::Display for Maintenance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for Maintenance {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == value)
+            .ok_or_else(|| format!("unknown maintenance mode '{value}' (read_only or off)"))
+    }
+}
+
 /// Where a tenant is in its lifecycle. Only `Active` tenants are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -276,6 +315,16 @@ mod tests {
             refused.starts_with("statement_timeout must be"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn maintenance_modes_round_trip_through_text_and_json() {
+        for mode in Maintenance::ALL {
+            assert_eq!(mode.as_str().parse::<Maintenance>(), Ok(mode));
+            let json = serde_json::to_value(mode).unwrap();
+            assert_eq!(json, mode.as_str());
+        }
+        assert!("readonly".parse::<Maintenance>().is_err());
     }
 
     #[test]

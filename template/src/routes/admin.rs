@@ -19,7 +19,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::domain::{TenantIdentifier, TenantLimits};
+use crate::domain::{Maintenance, TenantIdentifier, TenantLimits};
 use crate::error::AppError;
 use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
@@ -67,7 +67,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .route("/{identifier}/suspend", web::post().to(suspend))
             .route("/{identifier}/activate", web::post().to(activate))
             .route("/{identifier}/destroy", web::post().to(destroy))
-            .route("/{identifier}/limits", web::put().to(set_limits)),
+            .route("/{identifier}/limits", web::put().to(set_limits))
+            .route("/{identifier}/maintenance", web::put().to(set_maintenance)),
     );
 }
 
@@ -164,6 +165,25 @@ async fn set_limits(
         .set_limits(&identifier(&path)?, limits.into_inner())
         .await?;
     tracing::info!(tenant.id = %tenant.id, limits = ?tenant.limits, "tenant limits set");
+    Ok(HttpResponse::Ok().json(tenant))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceMode {
+    mode: Maintenance,
+}
+
+/// `{"mode": "read_only"}` makes the tenant refuse writes (503); `{"mode": "off"}` ends it.
+async fn set_maintenance(
+    _: AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<String>,
+    body: web::Json<MaintenanceMode>,
+) -> Result<HttpResponse, AppError> {
+    let tenant = tenancy
+        .set_maintenance(&identifier(&path)?, body.mode)
+        .await?;
     Ok(HttpResponse::Ok().json(tenant))
 }
 

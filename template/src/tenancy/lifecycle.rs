@@ -18,7 +18,9 @@ use crate::db::connect::ConnectError;
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::pool::PoolError;
-use crate::domain::{Tenant, TenantIdentifier, TenantLimits, TenantStatus, check_json, check_text};
+use crate::domain::{
+    Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus, check_json, check_text,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -399,6 +401,23 @@ impl Tenancy {
         conn.finish(true).await?;
         self.forget(changed.as_ref().unwrap_or(&tenant)).await;
         changed.ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))
+    }
+
+    /// Makes a tenant read-only (writes get 503) or takes writes again; every replica
+    /// follows within a second.
+    pub async fn set_maintenance(
+        &self,
+        identifier: &TenantIdentifier,
+        mode: Maintenance,
+    ) -> Result<Tenant, LifecycleError> {
+        let tenant = self.get_tenant(identifier).await?;
+        let mut conn = self.control.get().await?;
+        let changed = registry::set_maintenance(&mut conn, tenant.id, mode).await?;
+        conn.finish(true).await?;
+        self.forget(changed.as_ref().unwrap_or(&tenant)).await;
+        let changed = changed.ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))?;
+        tracing::info!(tenant.id = %changed.id, tenant.identifier = %identifier, maintenance = %mode, "tenant maintenance set");
+        Ok(changed)
     }
 
     async fn transition(

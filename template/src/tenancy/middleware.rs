@@ -5,6 +5,9 @@
 //! problem+json error. The tenant is put in the request extensions and on the request's
 //! root span (`tenant.id`, `tenant.identifier`).
 //!
+//! A tenant that is read-only for maintenance gets 503 (with `Retry-After`) for every
+//! request that may write (any method but GET, HEAD, OPTIONS and TRACE).
+//!
 //! A tenant with a request rate limit (see `rate`) is held to it here, before its
 //! request's body is read: over the limit, 429 with `Retry-After`; every answer carries
 //! the `RateLimit-Policy` and `RateLimit` headers.
@@ -32,6 +35,7 @@ use super::TenantError;
 use super::rate::{self, Verdict};
 use super::resolve::{self, Found, Rejection};
 use crate::db::RequestTransactions;
+use crate::domain::Maintenance;
 use crate::error::{AppError, RATE_LIMIT, RATE_LIMIT_POLICY};
 
 pub async fn resolve_tenant(
@@ -86,6 +90,15 @@ pub async fn resolve_tenant(
         }
 {%- endif %}
     };
+    if tenant.maintenance == Maintenance::ReadOnly && !req.method().is_safe() {
+        let error = AppError::ReadOnly {
+            detail: format!(
+                "tenant '{}' is read-only for maintenance: writes are refused until it ends",
+                tenant.identifier
+            ),
+        };
+        return Ok(req.error_response(error).map_into_right_body());
+    }
     let read = req
         .app_data::<web::Data<BodyRead>>()
         .map_or_else(BodyRead::default, |read| *read.get_ref());

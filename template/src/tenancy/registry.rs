@@ -8,7 +8,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::domain::{
-    Bound, Isolation, Limit, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
+    Bound, Isolation, Limit, Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
 };
 use crate::schema::tenants;
 
@@ -25,6 +25,7 @@ struct TenantRow {
     statement_timeout: Option<i32>,
     rate_limit: Option<i32>,
     rate_limit_burst: Option<i32>,
+    maintenance: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -47,6 +48,7 @@ impl TryFrom<TenantRow> for Tenant {
                 rate_limit: limit(row.rate_limit).map_err(corrupt)?,
                 rate_limit_burst: limit(row.rate_limit_burst).map_err(corrupt)?,
             },
+            maintenance: row.maintenance.parse().map_err(corrupt)?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -175,6 +177,23 @@ pub async fn set_limits(
             tenants::rate_limit.eq(column(limits.rate_limit)),
             tenants::rate_limit_burst.eq(column(limits.rate_limit_burst)),
         ))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?
+        .map(Tenant::try_from)
+        .transpose()
+}
+
+/// Sets whether a tenant takes writes; `None` if there is no tenant `id`.
+pub async fn set_maintenance(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    mode: Maintenance,
+) -> QueryResult<Option<Tenant>> {
+    diesel::update(tenants::table)
+        .filter(tenants::id.eq(id))
+        .set(tenants::maintenance.eq(mode.as_str()))
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::cache::Change;
 use super::rate::{Rate, Verdict};
-use crate::domain::{Tenant, TenantIdentifier, TenantLimits};
+use crate::domain::{Maintenance, Tenant, TenantIdentifier, TenantLimits};
 use crate::settings::{ConfigError, Key, Source};
 
 /// The kinds of failed operations, in the order of `SharedCache::errors`.
@@ -133,6 +133,8 @@ struct Stored {
     /// Absent from what an older release stored: no limits of its own.
     #[serde(default)]
     limits: TenantLimits,
+    #[serde(default)]
+    maintenance: Maintenance,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -147,6 +149,7 @@ impl Stored {
             isolation: tenant.isolation.as_str().to_owned(),
             metadata: tenant.metadata.clone(),
             limits: tenant.limits,
+            maintenance: tenant.maintenance,
             created_at: tenant.created_at,
             updated_at: tenant.updated_at,
         }
@@ -163,6 +166,7 @@ impl Stored {
             isolation: self.isolation.parse().ok()?,
             metadata: self.metadata,
             limits: self.limits,
+            maintenance: self.maintenance,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -581,6 +585,7 @@ mod tests {
             isolation: "rls".into(),
             metadata: serde_json::json!({}),
             limits: TenantLimits::default(),
+            maintenance: Maintenance::Off,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };

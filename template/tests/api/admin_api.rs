@@ -262,3 +262,38 @@ async fn a_tenants_own_limits_are_set_shown_and_checked_over_http() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[actix_web::test]
+async fn a_tenant_is_made_read_only_and_back_over_http() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "acme", "name": "Acme"}));
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["maintenance"], "off");
+
+    let (status, tenant) =
+        admin!(service, put "/admin/tenants/acme/maintenance", json = json!({"mode": "read_only"}));
+    assert_eq!(
+        (status, &tenant["maintenance"]),
+        (StatusCode::OK, &json!("read_only"))
+    );
+    let note = json!({"title": "t"});
+    let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = &note);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    for bad in [
+        json!({"mode": "readonly"}),
+        json!({"mode": "off", "for": 5}),
+        json!({}),
+    ] {
+        let (status, problem) = admin!(service, put "/admin/tenants/acme/maintenance", json = &bad);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+    let (status, tenant) =
+        admin!(service, put "/admin/tenants/acme/maintenance", json = json!({"mode": "off"}));
+    assert_eq!(
+        (status, &tenant["maintenance"]),
+        (StatusCode::OK, &json!("off"))
+    );
+    let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = &note);
+    assert_eq!(status, StatusCode::CREATED);
+}

@@ -52,6 +52,18 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
     let out = run(&db, &["migrate"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("[1/1] acme: up to date"));
 
+    let out = run(&db, &["tenant", "maintenance", "acme", "read_only"]);
+    assert_eq!(stdout(&out), "tenant acme maintenance read_only\n");
+    let out = run(&db, &["tenant", "maintenance", "acme", "readonly"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read_only or off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&db, &["tenant", "maintenance", "acme", "off"]);
+    assert_eq!(stdout(&out), "tenant acme maintenance off\n");
+
     let out = run(&db, &["tenant", "limits", "acme"]);
     assert!(
         stdout(&out).contains("max_connections    default (")

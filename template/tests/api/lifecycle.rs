@@ -3,7 +3,7 @@
 use crate::helpers::spawn_app;
 use actix_web::http::StatusCode;
 
-use svc::domain::{TenantIdentifier, TenantStatus};
+use svc::domain::{Maintenance, TenantIdentifier, TenantStatus};
 use svc::tenancy::isolation::Strategy;
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
 use svc::tenancy::registry;
@@ -194,4 +194,53 @@ async fn creation_beyond_max_tenants_is_refused_even_when_requests_race() {
         .await
         .unwrap();
     create(100).await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_read_only_tenant_is_read_and_refuses_writes_until_maintenance_ends() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    app.create_tenant("globex").await;
+    let note = serde_json::json!({"title": "a note"});
+    let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = &note);
+    assert_eq!(status, StatusCode::CREATED);
+
+    let tenant = (app.tenancy)
+        .set_maintenance(&acme.identifier, Maintenance::ReadOnly)
+        .await
+        .unwrap();
+    assert_eq!(tenant.maintenance, Maintenance::ReadOnly);
+    for method in [
+        actix_web::test::TestRequest::post(),
+        actix_web::test::TestRequest::put(),
+        actix_web::test::TestRequest::delete(),
+        actix_web::test::TestRequest::patch(),
+    ] {
+        let request = crate::helpers::for_tenant(method, "/api/notes", "acme").set_json(&note);
+        let response = actix_web::test::call_service(&service, request.to_request()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        let body: serde_json::Value = actix_web::test::read_body_json(response).await;
+        assert_eq!(body["title"], "Tenant read-only", "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("'acme'"),
+            "{body}"
+        );
+    }
+    // Read as before; its neighbours write as before.
+    let (status, notes) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(notes.as_array().map(Vec::len), Some(1), "{notes}");
+    let (status, _) = call!(service, post "/api/notes", tenant = "globex", json = &note);
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
+
+    app.tenancy
+        .set_maintenance(&acme.identifier, Maintenance::Off)
+        .await
+        .unwrap();
+    let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = &note);
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.db.notes_of(&acme).await, Some(2));
 }

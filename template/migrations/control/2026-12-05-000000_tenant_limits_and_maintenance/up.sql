@@ -6,3 +6,7 @@ ALTER TABLE tenancy.tenants
     ADD COLUMN statement_timeout integer CHECK (statement_timeout BETWEEN 1 AND 86400),
     ADD COLUMN rate_limit integer CHECK (rate_limit BETWEEN 1 AND 1000000),
     ADD COLUMN rate_limit_burst integer CHECK (rate_limit_burst BETWEEN 1 AND 1000000);
+
+-- Whether a served tenant takes writes: 'read_only' while it is changed.
+ALTER TABLE tenancy.tenants
+    ADD COLUMN maintenance text NOT NULL DEFAULT 'off' CHECK (maintenance IN ('off', 'read_only'));
