@@ -5,8 +5,9 @@
 # tenant sends RATE (50) requests/s of GET /api/notes for SECONDS (10) on one keep-alive
 # connection (ci/bench/neighbour.py), alone and then beside each of:
 #   flood       28 keep-alive clients of cheap reads from one other tenant (wrk);
-#   cpu only    the same flood on /health/live (no tenant, no database): the control that
-#               shows what sharing the machine's 2 cores alone costs;
+#   cpu only    as many requests a second as that flood sent, on /health/live (no tenant,
+#               no database): the control that shows what sharing the machine's 2 cores
+#               alone costs (wrk paced by a Lua delay(), connections to match the rate);
 #   large writes two other tenants, 14 keep-alive clients each, writing notes of 99 kB
 #               (POST /api/notes, wrk): requests that hold their connections longer;
 #   slow bodies two other tenants, SLOW (25) sockets each, announcing a 100 kB note and
@@ -75,11 +76,16 @@ for _ in $(seq 1 100); do
 done
 
 quiet() { python3 "$root/ci/bench/neighbour.py" quiet "$PORT" quiet "$SECONDS_EACH" "$RATE"; }
-flood() { # path: 28 keep-alive clients for the quiet tenant's time and a little more
-  wrk -t2 -c28 -d"$((SECONDS_EACH + 3))s" -H 'X-Tenant-ID: flood' "http://127.0.0.1:$PORT$1" >/dev/null &
+flood_out=$(mktemp)
+flood() { # path [connections [lua]]: keep-alive clients (28) for the quiet tenant's time and a little more
+  local script=()
+  [ -z "${3:-}" ] || script=(-s "$3")
+  wrk -t2 -c"${2:-28}" -d"$((SECONDS_EACH + 3))s" "${script[@]}" -H 'X-Tenant-ID: flood' \
+    "http://127.0.0.1:$PORT$1" >"$flood_out" &
   pids+=($!)
   sleep 2
 }
+flood_rate() { awk '/Requests\/sec/ {printf "%d", $2}' "$flood_out"; }
 
 waits() { # requests that waited in line for a tenant connection since start: all, quiet's
   curl -fs "http://127.0.0.1:$PORT/metrics" | awk '
@@ -112,12 +118,25 @@ flood /api/notes
 read -r p50 p99 bad _ < <(quiet)
 wait "${pids[-1]}" 2>/dev/null || true
 row "flood of cheap reads (another tenant, 28 clients)" "$p50" "$p99" "$bad"
+rates="the flood of reads: $(flood_rate) requests/s"
 
+# The control: the flood's request rate, on a route that touches no tenant. Each
+# connection pauses PAUSE_MS after every answer; enough connections for the rate.
+paced=$(mktemp --suffix=.lua)
+cat >"$paced" <<'LUA'
+local pause = tonumber(os.getenv("PAUSE_MS"))
+function delay() return pause end
+LUA
+pause_ms=2
+control_connections=$(awk -v r="$(flood_rate)" -v p="$pause_ms" 'BEGIN {c = int(r * p / 1000 + 0.5); print (c < 2 ? 2 : c)}')
 waited=$(waits)
-flood /health/live
+export PAUSE_MS=$pause_ms
+flood /health/live "$control_connections" "$paced"
 read -r p50 p99 bad _ < <(quiet)
 wait "${pids[-1]}" 2>/dev/null || true
-row "cpu only (the same flood on /health/live)" "$p50" "$p99" "$bad"
+row "cpu only (the flood's rate on /health/live)" "$p50" "$p99" "$bad"
+rates+="; the control: $(flood_rate) requests/s ($control_connections connections, ${pause_ms} ms apart)"
+rm -f "$paced"
 
 large=$(mktemp --suffix=.lua)
 cat >"$large" <<'LUA'
@@ -160,7 +179,7 @@ read -r p50 p99 bad _ < <(quiet)
 wait "$slow_a" "$slow_b"
 row "slow bodies (2 tenants x $SLOW sockets, a byte a second)" "$p50" "$p99" "$bad"
 slow_answers="slow_a: $(cat "$slow_out.a"); slow_b: $(cat "$slow_out.b")"
-rm -f "$slow_out" "$slow_out.a" "$slow_out.b"
+rm -f "$slow_out" "$slow_out.a" "$slow_out.b" "$flood_out"
 
 echo
 echo "the quiet tenant: $RATE requests/s of GET /api/notes?limit=20 for $SECONDS_EACH s ($requests requests) on one keep-alive connection; release build, generated defaults (schema, header); $(nproc) cores shared by the load, the service and PostgreSQL"
@@ -168,5 +187,6 @@ echo "| neighbours | quiet p50 | quiet p99 | p99 / alone | quiet non-2xx | conne
 echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
+echo "what the floods sent: $rates"
 echo "what the writers got: $written"
 echo "what the slow clients were answered: $slow_answers"
