@@ -123,9 +123,15 @@ impl PgBouncer {
 {%- if isolation != "database" %}
 
     /// Switches to `mode` for the transactions that start from now on (clients that hold
-    /// a server connection in session mode keep it).
+    /// a server connection in session mode keep it), handing out server connections in
+    /// turn (`server_round_robin`). By default PgBouncer reuses the most recently freed
+    /// one first: without concurrency at the pooler every transaction lands on the same
+    /// server session, and a switch shows only when requests happen to overlap there.
     pub fn set_mode(&self, mode: &str) {
         self.write_mode(mode);
+        let file = self.dir.join("pgbouncer.ini");
+        let settings = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{settings}server_round_robin = 1\n")).unwrap();
         self.signal("HUP");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

@@ -121,11 +121,8 @@ async fn a_session_pooler_switched_to_transaction_mode_is_caught_and_nothing_is_
     // the pooler (see the README): what is checked is that it is caught, and that nothing
     // is served after.
     pooler.set_mode("transaction");
-    // How soon depends on which server sessions PgBouncer hands out (it reuses the most
-    // recently freed one first): under the load of a whole test run it took more than 50
-    // rounds once.
     let mut caught = false;
-    for _ in 0..300 {
+    for _ in 0..50 {
         let answers = futures_util::future::join_all(names.iter().map(|name| {
             let service = &service;
             async move { call!(service, get "/api/notes", tenant = name.as_str()).0 }
