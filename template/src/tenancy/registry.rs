@@ -65,6 +65,11 @@ fn column<B: Bound>(limit: Option<Limit<B>>) -> Option<i32> {
     limit.map(|n| n.get() as i32)
 }
 
+/// The tenant of the row a query found, if it found one.
+fn tenant(row: Option<TenantRow>) -> QueryResult<Option<Tenant>> {
+    row.map(Tenant::try_from).transpose()
+}
+
 pub async fn find_by_identifier(
     conn: &mut AsyncPgConnection,
     identifier: &TenantIdentifier,
@@ -74,9 +79,8 @@ pub async fn find_by_identifier(
         .select(TenantRow::as_select())
         .first(conn)
         .await
-        .optional()?
-        .map(Tenant::try_from)
-        .transpose()
+        .optional()
+        .and_then(tenant)
 }
 
 /// Every registered identifier, deleted tenants' too.
@@ -158,9 +162,8 @@ pub async fn transition(
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await
-        .optional()?
-        .map(Tenant::try_from)
-        .transpose()
+        .optional()
+        .and_then(tenant)
 }
 
 /// Sets a tenant's own limits; `None` if there is no tenant `id`.
@@ -180,9 +183,8 @@ pub async fn set_limits(
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await
-        .optional()?
-        .map(Tenant::try_from)
-        .transpose()
+        .optional()
+        .and_then(tenant)
 }
 
 /// Sets whether a tenant takes writes; `None` if there is no tenant `id`.
@@ -197,9 +199,8 @@ pub async fn set_maintenance(
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await
-        .optional()?
-        .map(Tenant::try_from)
-        .transpose()
+        .optional()
+        .and_then(tenant)
 }
 
 pub async fn delete_row(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
