@@ -5,7 +5,9 @@
 //!   with the statement's text without its bind values, how long it took, and, through
 //!   the request's span, the tenant and the request id;
 //! - failed statements are counted by kind, beside the pool's own failures
-//!   ([`ErrorCounts`], shown by `/health` and `/metrics`).
+//!   ([`ErrorCounts`], shown by `/health` and `/metrics`);
+//! - a statement this connection prepared and its server session does not know (see
+//!   [`lost_statement`]) is reported to the pool: the session is someone else's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,6 +79,25 @@ fn statement_error_kind(error: &Error) -> &'static str {
     }
 }
 
+/// `Some(message)` when `error` says that a statement this connection prepared is unknown
+/// to its server session. The service never closes a statement it prepared, and its
+/// statements' names are unique in the process: the statement ran on another client's
+/// session (a pooler in transaction mode).
+pub fn lost_statement(error: &Error) -> Option<&str> {
+    match error {
+        Error::DatabaseError(_, info)
+            if info.message().starts_with("prepared statement")
+                && info.message().ends_with("does not exist") =>
+        {
+            Some(info.message())
+        }
+        _ => None,
+    }
+}
+
+/// Told of a [`lost_statement`], with its message.
+pub type OnLostStatement = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Installed on each pooled connection.
 pub struct Observer {
     /// Statements that take longer are logged (`None`: none is).
@@ -84,14 +105,20 @@ pub struct Observer {
     errors: Arc<ErrorCounts>,
     /// When each statement under way started (pipelined statements overlap).
     started: Vec<Instant>,
+    on_lost_statement: Option<OnLostStatement>,
 }
 
 impl Observer {
-    pub fn new(threshold: Option<Duration>, errors: Arc<ErrorCounts>) -> Self {
+    pub fn new(
+        threshold: Option<Duration>,
+        errors: Arc<ErrorCounts>,
+        on_lost_statement: Option<OnLostStatement>,
+    ) -> Self {
         Self {
             threshold,
             errors,
             started: Vec::new(),
+            on_lost_statement,
         }
     }
 }
@@ -109,6 +136,11 @@ impl Instrumentation for Observer {
             InstrumentationEvent::FinishQuery { query, error, .. } => {
                 if let Some(error) = error {
                     self.errors.count(statement_error_kind(error));
+                    if let (Some(message), Some(report)) =
+                        (lost_statement(error), &self.on_lost_statement)
+                    {
+                        report(message);
+                    }
                 }
                 let (Some(started), Some(threshold)) = (self.started.pop(), self.threshold) else {
                     return;

@@ -45,7 +45,7 @@ use uuid::Uuid;
 pub use super::choose::Home;
 use super::choose::{Choice, Fit, Key, Slot, Ticket, WaitQueue, Want, choose, fit};
 use super::connect::{ConnectError, PgConn, connect};
-use super::observe::{ErrorCounts, Observer};
+use super::observe::{ErrorCounts, Observer, OnLostStatement, lost_statement};
 use super::pooler::Backend;
 use super::settings::Pooler;
 use super::tls::PgConfig;
@@ -1071,9 +1071,20 @@ impl Shared {
             }
         });
         let mut conn = connect(config, &self.runtime, Some(permit), Some(on_close)).await?;
+        // A session's scope lives as long as its statements: one lost shows a pooler.
+        let pool = Arc::downgrade(self);
+        let on_lost_statement: Option<OnLostStatement> = (self.settings.pooler == Pooler::Session)
+            .then(|| -> OnLostStatement {
+                Box::new(move |message| {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.sessions_are_shared(message);
+                    }
+                })
+            });
         conn.set_instrumentation(Observer::new(
             self.settings.slow_statement,
             self.errors.clone(),
+            on_lost_statement,
         ));
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
@@ -1128,13 +1139,8 @@ impl Shared {
             Err(error) => {
                 // Its state is unknown: close it. The guard gives the tenant's share back.
                 drop(guard.conn.take());
-                // This service never closes a statement it prepared: one its session lost
-                // ran on another server session.
-                if let diesel::result::Error::DatabaseError(_, info) = &error
-                    && info.message().starts_with("prepared statement")
-                    && info.message().ends_with("does not exist")
-                {
-                    return Err(self.sessions_are_shared(info.message()));
+                if let Some(message) = lost_statement(&error) {
+                    return Err(self.sessions_are_shared(message));
                 }
                 Err(PoolError::Scope(error))
             }

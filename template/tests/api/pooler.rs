@@ -117,9 +117,9 @@ async fn a_session_pooler_switched_to_transaction_mode_is_caught_and_nothing_is_
         assert_eq!(status, StatusCode::CREATED);
     }
     // The connections open now keep their sessions; new transactions are pooled. A
-    // connection opened from now on may serve a few statements before a re-scope shows
-    // the pooler (see the README): what is checked is that it is caught, and that nothing
-    // is served after.
+    // connection may serve a few statements before a re-scope, or a statement its session
+    // lost, shows the pooler (see the README): what is checked is that it is caught, and
+    // that nothing is served after.
     pooler.set_mode("transaction");
     let mut caught = false;
     for _ in 0..50 {
