@@ -16,7 +16,7 @@ use crate::tenancy::Tenancy;
 {%- if isolation == "database" %}
 use crate::tenancy::isolation::ServerAddress;
 {%- endif %}
-use crate::tenancy::lifecycle::NewTenant;
+use crate::tenancy::lifecycle::{NewTenant, Touch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,9 +37,17 @@ pub enum Command {
         /// Tenants migrated at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// First create the role of TENANCY_DATABASE_URL (as the migration role) if missing.
+        /// First create the role of TENANCY_DATABASE_URL (as the migration role) if missing;
+        /// when it is created, every tenant is touched, to grant it access.
         #[arg(long)]
         create_app_role: bool,
+        /// List what would be applied, per tenant and for the control plane, and change
+        /// nothing. Exit code 0: nothing pending; 2: something pending; 1: an error.
+        #[arg(long, conflicts_with_all = ["create_app_role", "every_tenant"])]
+        plan: bool,
+        /// Touch every tenant, pending or not (re-applies the application role's grants).
+        #[arg(long)]
+        every_tenant: bool,
     },
     /// Manage tenants.
     #[command(subcommand)]
@@ -153,7 +161,18 @@ async fn run_command(
         Command::Migrate {
             concurrency,
             create_app_role,
+            plan,
+            every_tenant,
         } => {
+            if plan {
+                drop(out);
+                return migration_plan(&tenancy).await;
+            }
+            let mut touch = if every_tenant {
+                Touch::Every
+            } else {
+                Touch::Pending
+            };
             if create_app_role {
                 let role = tenancy
                     .context()
@@ -163,12 +182,13 @@ async fn run_command(
                     .unwrap_or_default();
                 if tenancy.create_app_role().await? {
                     writeln!(out, "created role {role}")?;
+                    touch = Touch::Every;
                 } else {
                     writeln!(out, "role {role} exists")?;
                 }
             }
             drop(out);
-            return migrate(&tenancy, concurrency).await;
+            return migrate(&tenancy, concurrency, touch).await;
         }
         Command::Tenant(command) => {
             if !matches!(command, TenantCommand::List) {
@@ -353,24 +373,34 @@ fn parse(identifier: &str) -> Result<TenantIdentifier, String> {
 async fn migrate(
     tenancy: &Tenancy,
     concurrency: usize,
+    touch: Touch,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut err = std::io::stderr();
     let report = tenancy
-        .migrate_all(concurrency, |p| {
+        .migrate_all(concurrency, touch, |p| {
             let outcome = match p.result {
                 Ok(applied) if applied.is_empty() => "up to date".to_string(),
                 Ok(applied) => format!("applied {}", applied.join(", ")),
                 Err(e) => format!("FAILED: {e}"),
             };
-            let _ = writeln!(err, "[{}/{}] {}: {}", p.done, p.total, p.tenant, outcome);
+            let eta = match p.done < p.total {
+                true => format!(" (about {} s left)", p.eta().as_secs()),
+                false => String::new(),
+            };
+            let _ = writeln!(
+                err,
+                "[{}/{}] {}: {}{eta}",
+                p.done, p.total, p.tenant, outcome
+            );
         })
         .await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "control plane: {} migration(s) applied; tenants: {} total, {} changed, {} failed",
+        "control plane: {} migration(s) applied; tenants: {} total, {} pending, {} changed, {} failed",
         report.control_applied.len(),
         report.tenants,
+        report.tenants_pending,
         report.tenants_changed,
         report.failures.len()
     )?;
@@ -381,5 +411,30 @@ async fn migrate(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `migrate --plan`: what would be applied; exit code 2 when anything would.
+async fn migration_plan(tenancy: &Tenancy) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let plan = tenancy.plan_migrations().await?;
+    let mut out = std::io::stdout().lock();
+    match plan.control.as_slice() {
+        [] => writeln!(out, "control plane: up to date")?,
+        pending => writeln!(out, "control plane: would apply {}", pending.join(", "))?,
+    }
+    for (tenant, versions) in &plan.pending {
+        writeln!(out, "tenant {tenant}: would apply {}", versions.join(", "))?;
+    }
+    writeln!(
+        out,
+        "tenants: {} total, {} pending, {} up to date",
+        plan.tenants,
+        plan.pending.len(),
+        plan.tenants - plan.pending.len()
+    )?;
+    Ok(if plan.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     })
 }

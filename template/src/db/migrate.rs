@@ -4,11 +4,16 @@
 //!
 //! diesel_migrations is synchronous: it runs in `spawn_blocking` on the database runtime
 //! through `AsyncConnectionWrapper` (diesel-async's async harness panics on the
-//! current-thread runtimes actix uses). A session advisory lock per target keeps two
-//! processes from migrating the same schema at once.
+//! current-thread runtimes actix uses). One target is one transaction (one commit) under
+//! an advisory lock that keeps two processes from migrating the same schema at once.
+//!
+//! [`pending_in`] says what a fleet of schemas lacks in one statement, so that `migrate`
+//! touches only the tenants with something to do.
 
-use diesel::RunQueryDsl;
-use diesel::sql_types::Text;
+use diesel::Connection;
+use diesel::migration::MigrationSource;
+use diesel::pg::Pg;
+use diesel::sql_types::{Array, Nullable, Text};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -37,9 +42,9 @@ pub enum MigrateError {
 }
 
 /// Applies the pending `migrations` on a new connection with `config` (outside every
-/// pool, opened on `runtime`), holding an advisory lock named `lock_name`. `before`
-/// (e.g. `CREATE SCHEMA IF NOT EXISTS`) and `after` (grants) run under the same lock.
-/// Returns the versions it applied.
+/// pool, opened on `runtime`), in one transaction holding an advisory lock named
+/// `lock_name`. `before` (e.g. `CREATE SCHEMA IF NOT EXISTS`) and `after` (grants) run in
+/// the same transaction. Returns the versions it applied.
 pub async fn run_pending(
     runtime: &Handle,
     config: PgConfig,
@@ -53,26 +58,95 @@ pub async fn run_pending(
         .spawn_blocking(move || {
             let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
                 AsyncConnectionWrapper::from(conn.into_inner());
-            // Released when the connection closes at the end of this block.
-            diesel::sql_query("SELECT pg_advisory_lock(hashtext($1))")
-                .bind::<Text, _>(&lock_name)
-                .execute(&mut conn)?;
-            for sql in before {
-                diesel::sql_query(sql).execute(&mut conn)?;
-            }
-            let applied: Vec<String> = conn
-                .run_pending_migrations(migrations)
-                .map_err(|e| MigrateError::Migration(e.to_string()))?
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            for sql in after {
-                diesel::sql_query(sql).execute(&mut conn)?;
-            }
-            Ok(applied)
+            use diesel::RunQueryDsl;
+
+            // Each migration of the harness is a savepoint of this transaction.
+            conn.transaction(|conn| {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind::<Text, _>(&lock_name)
+                    .execute(conn)?;
+                for sql in before {
+                    diesel::sql_query(sql).execute(conn)?;
+                }
+                let applied: Vec<String> = conn
+                    .run_pending_migrations(migrations)
+                    .map_err(|e| MigrateError::Migration(e.to_string()))?
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                for sql in after {
+                    diesel::sql_query(sql).execute(conn)?;
+                }
+                Ok(applied)
+            })
         })
         .await
         .map_err(|e| MigrateError::Runtime(e.to_string()))?
+}
+
+/// The versions of `migrations`, oldest first.
+pub fn versions(migrations: &EmbeddedMigrations) -> Result<Vec<String>, MigrateError> {
+    let mut versions: Vec<String> = MigrationSource::<Pg>::migrations(migrations)
+        .map_err(|e| MigrateError::Migration(e.to_string()))?
+        .iter()
+        .map(|m| m.name().version().to_string())
+        .collect();
+    versions.sort();
+    Ok(versions)
+}
+
+#[derive(diesel::QueryableByName)]
+struct Applied {
+    /// The versions recorded in the schema's `__diesel_schema_migrations`, comma-separated;
+    /// `None` where it has none (or no such table, or no such schema).
+    #[diesel(sql_type = Nullable<Text>)]
+    versions: Option<String>,
+}
+
+/// Reads each schema's `__diesel_schema_migrations`, where it has one, in one statement
+/// (`query_to_xml` runs the read per schema, server-side), in the order given.
+const APPLIED_SQL: &str = "\
+    SELECT CASE WHEN c.oid IS NOT NULL THEN (xpath('/row/v/text()', query_to_xml(format(\
+        'SELECT string_agg(version, '','') AS v FROM %I.__diesel_schema_migrations', s.name), \
+        false, true, '')))[1]::text END AS versions \
+    FROM unnest($1::text[]) WITH ORDINALITY AS s(name, n) \
+    LEFT JOIN pg_catalog.pg_namespace ns ON ns.nspname = s.name \
+    LEFT JOIN pg_catalog.pg_class c \
+        ON c.relnamespace = ns.oid AND c.relname = '__diesel_schema_migrations' \
+    ORDER BY s.n";
+
+/// For each of `schemas` (in the database of `config`, read as the owner), the versions
+/// of `migrations` it has not applied, oldest first: all of them where the schema or its
+/// record is missing. One connection and one statement, however many schemas; changes
+/// nothing.
+pub async fn pending_in(
+    runtime: &Handle,
+    config: PgConfig,
+    migrations: &EmbeddedMigrations,
+    schemas: &[String],
+) -> Result<Vec<Vec<String>>, MigrateError> {
+    use diesel_async::RunQueryDsl;
+
+    if schemas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let expected = versions(migrations)?;
+    let mut conn = connect(config, runtime, None, None).await?;
+    let rows: Vec<Applied> = diesel::sql_query(APPLIED_SQL)
+        .bind::<Array<Text>, _>(schemas)
+        .load(&mut *conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let applied: Vec<&str> = row.versions.as_deref().unwrap_or("").split(',').collect();
+            expected
+                .iter()
+                .filter(|v| !applied.contains(&v.as_str()))
+                .cloned()
+                .collect()
+        })
+        .collect())
 }
 
 /// What the application role needs on the tables of `schema` (quoted) owned by the

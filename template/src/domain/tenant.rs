@@ -155,24 +155,37 @@ impl<B: Bound> FromStr for Limit<B> {
     }
 }
 
-/// Whether a served tenant takes writes: `read_only` while it is changed (a migration, a
-/// move), when requests that write get 503 with `Retry-After`.
+/// Whether a served tenant takes writes: `read_only` while an operator changes it (a move,
+/// a repair), `migrating` while `migrate` changes its storage; requests that write then
+/// get 503 with `Retry-After`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Maintenance {
     #[default]
     Off,
     ReadOnly,
+    /// Set and ended by `migrate` alone, and only on a tenant whose maintenance was `off`.
+    Migrating,
 }
 
 impl Maintenance {
-    pub const ALL: [Maintenance; 2] = [Maintenance::Off, Maintenance::ReadOnly];
+    pub const ALL: [Maintenance; 3] = [
+        Maintenance::Off,
+        Maintenance::ReadOnly,
+        Maintenance::Migrating,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Maintenance::Off => "off",
             Maintenance::ReadOnly => "read_only",
+            Maintenance::Migrating => "migrating",
         }
+    }
+
+    /// Whether requests that write are served.
+    pub fn takes_writes(self) -> bool {
+        self == Maintenance::Off
     }
 }
 

@@ -110,16 +110,55 @@ fn empty_object() -> serde_json::Value {
 pub struct MigrationReport {
     pub control_applied: Vec<String>,
     pub tenants: usize,
+    /// Tenants with migrations to run (or every tenant, when all were touched).
+    pub tenants_pending: usize,
     pub tenants_changed: usize,
     pub failures: Vec<(String, String)>,
 }
 
-/// One step of `migrate_all`, for progress output.
+/// What `migrate` would do, found without changing anything (`migrate --plan`).
+#[derive(Debug, Default, Serialize)]
+pub struct MigrationPlan {
+    /// Versions pending in the control plane and in what the tenants share.
+    pub control: Vec<String>,
+    /// Tenants that are not deleted.
+    pub tenants: usize,
+    /// Each tenant with migrations pending, and those versions (oldest first).
+    pub pending: Vec<(TenantIdentifier, Vec<String>)>,
+}
+
+impl MigrationPlan {
+    pub fn is_empty(&self) -> bool {
+        self.control.is_empty() && self.pending.is_empty()
+    }
+}
+
+/// Which tenants `migrate_all` touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Only those with migrations pending (found in a few statements).
+    Pending,
+    /// Every tenant, pending or not: re-applies the grants (e.g. to a new application role).
+    Every,
+}
+
+/// One step of `migrate_all`, for progress output: one tenant with something to do.
 pub struct Progress<'a> {
     pub done: usize,
+    /// Tenants with something to do.
     pub total: usize,
     pub tenant: &'a TenantIdentifier,
     pub result: &'a Result<Vec<String>, MigrateError>,
+    /// Since the first tenant started.
+    pub elapsed: std::time::Duration,
+}
+
+impl Progress<'_> {
+    /// The time the remaining tenants will take at the pace so far.
+    pub fn eta(&self) -> std::time::Duration {
+        let per_tenant = self.elapsed / self.done.max(1) as u32;
+        per_tenant * (self.total - self.done) as u32
+    }
 }
 
 impl Tenancy {
@@ -404,12 +443,17 @@ impl Tenancy {
     }
 
     /// Makes a tenant read-only (writes get 503) or takes writes again; every replica
-    /// follows within a second.
+    /// follows within a second. `migrating` is `migrate`'s own.
     pub async fn set_maintenance(
         &self,
         identifier: &TenantIdentifier,
         mode: Maintenance,
     ) -> Result<Tenant, LifecycleError> {
+        if mode == Maintenance::Migrating {
+            return Err(LifecycleError::Invalid(
+                "maintenance 'migrating' is set by `migrate` alone: read_only or off".into(),
+            ));
+        }
         let tenant = self.get_tenant(identifier).await?;
         let mut conn = self.control.get().await?;
         let changed = registry::set_maintenance(&mut conn, tenant.id, mode).await?;
@@ -442,32 +486,89 @@ impl Tenancy {
         })
     }
 
-    /// Migrates the control plane, then every tenant that is not deleted, `concurrency` at
-    /// a time. A tenant that fails is reported and the others go on.
-    pub async fn migrate_all(
-        &self,
-        concurrency: usize,
-        mut progress: impl FnMut(Progress<'_>),
-    ) -> Result<MigrationReport, LifecycleError> {
-        let control_applied = self.migrate_control().await?;
+    /// What `migrate` would apply, to the control plane and to each tenant that is not
+    /// deleted, found in a few statements; changes nothing.
+    pub async fn plan_migrations(&self) -> Result<MigrationPlan, LifecycleError> {
+        self.check_owner_session().await?;
+        let ctx = self.context();
+        let schemas = [CONTROL_SCHEMA.to_owned()];
+        let mut control = migrate::pending_in(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &CONTROL_MIGRATIONS,
+            &schemas,
+        )
+        .await?
+        .pop()
+        .unwrap_or_default();
+        control.extend(self.strategy().pending_shared(ctx).await?);
+        // Before the control plane's first migration there is no registry to read.
+        let first = migrate::versions(&CONTROL_MIGRATIONS)?.into_iter().next();
+        if first.is_some_and(|first| control.contains(&first)) {
+            return Ok(MigrationPlan {
+                control,
+                ..MigrationPlan::default()
+            });
+        }
+        let (tenants, pending) = self.pending_tenants().await?;
+        Ok(MigrationPlan {
+            control,
+            tenants: tenants.len(),
+            pending: tenants
+                .into_iter()
+                .zip(pending)
+                .filter(|(_, versions)| !versions.is_empty())
+                .map(|(tenant, versions)| (tenant.identifier, versions))
+                .collect(),
+        })
+    }
+
+    /// The tenants that are not deleted, and the migrations each lacks.
+    async fn pending_tenants(&self) -> Result<(Vec<Tenant>, Vec<Vec<String>>), LifecycleError> {
         let tenants: Vec<Tenant> = self
             .list_tenants()
             .await?
             .into_iter()
             .filter(|t| t.status != TenantStatus::Deleted)
             .collect();
-        let total = tenants.len();
+        let pending = self.strategy().pending(self.context(), &tenants).await?;
+        Ok((tenants, pending))
+    }
+
+    /// Migrates the control plane, then the tenants (not deleted) that `touch` names,
+    /// `concurrency` at a time; the others are not connected to. A tenant is read-only
+    /// (`migrating`) while it is migrated, unless an operator's maintenance is on, so no
+    /// write races its migration. A tenant that fails is reported and the others go on.
+    pub async fn migrate_all(
+        &self,
+        concurrency: usize,
+        touch: Touch,
+        mut progress: impl FnMut(Progress<'_>),
+    ) -> Result<MigrationReport, LifecycleError> {
+        let control_applied = self.migrate_control().await?;
+        let (tenants, pending) = self.pending_tenants().await?;
         let mut report = MigrationReport {
             control_applied,
-            tenants: total,
+            tenants: tenants.len(),
             ..MigrationReport::default()
         };
-        let mut results = futures_util::stream::iter(tenants.iter())
+        let mut work = Vec::new();
+        for (tenant, versions) in tenants.iter().zip(&pending) {
+            if touch == Touch::Every || !versions.is_empty() {
+                work.push(tenant);
+            } else if tenant.maintenance == Maintenance::Migrating {
+                // Left by a `migrate` that stopped half-way; nothing is left to do.
+                self.end_migrating(tenant).await?;
+            }
+        }
+        report.tenants_pending = work.len();
+        let started = Instant::now();
+        let mut results = futures_util::stream::iter(work)
             .map(|tenant| async move {
-                let started = Instant::now();
-                let result = self.strategy().migrate(self.context(), tenant).await;
-                self.metrics.migrated(result.is_ok(), started.elapsed());
-                tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = started.elapsed().as_millis() as u64, "tenant migrated");
+                let began = Instant::now();
+                let result = self.migrate_tenant(tenant).await;
+                self.metrics.migrated(result.is_ok(), began.elapsed());
+                tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = began.elapsed().as_millis() as u64, "tenant migrated");
                 (tenant, result)
             })
             .buffer_unordered(concurrency.max(1));
@@ -483,11 +584,49 @@ impl Tenancy {
             }
             progress(Progress {
                 done,
-                total,
+                total: report.tenants_pending,
                 tenant: &tenant.identifier,
                 result: &result,
+                elapsed: started.elapsed(),
             });
         }
         Ok(report)
     }
+
+    /// Migrates one tenant, read-only (`migrating`) meanwhile unless its maintenance was
+    /// already on. A write already under way finishes first: the migration's DDL waits for
+    /// its locks.
+    async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+        let marked = {
+            let mut conn = self.control.get().await.map_err(pool_failed)?;
+            let marked = registry::begin_migrating(&mut conn, tenant.id).await?;
+            conn.finish(true).await?;
+            marked
+        };
+        if let Some(marked) = &marked {
+            self.forget(marked).await;
+        }
+        let result = self.strategy().migrate(self.context(), tenant).await;
+        if marked.is_some() {
+            self.end_migrating(tenant)
+                .await
+                .map_err(|e| MigrateError::Migration(format!("ending maintenance: {e}")))?;
+        }
+        result
+    }
+
+    /// Ends `migrating` on `tenant`.
+    async fn end_migrating(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
+        let mut conn = self.control.get().await?;
+        let ended = registry::end_migrating(&mut conn, tenant.id).await?;
+        conn.finish(true).await?;
+        if let Some(ended) = &ended {
+            self.forget(ended).await;
+        }
+        Ok(())
+    }
+}
+
+fn pool_failed(error: PoolError) -> MigrateError {
+    MigrateError::Migration(format!("maintenance mode: {error}"))
 }

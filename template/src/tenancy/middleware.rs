@@ -90,10 +90,14 @@ pub async fn resolve_tenant(
         }
 {%- endif %}
     };
-    if tenant.maintenance == Maintenance::ReadOnly && !req.method().is_safe() {
+    if !tenant.maintenance.takes_writes() && !req.method().is_safe() {
+        let why = match tenant.maintenance {
+            Maintenance::Migrating => "while its storage is migrated",
+            _ => "for maintenance",
+        };
         let error = AppError::ReadOnly {
             detail: format!(
-                "tenant '{}' is read-only for maintenance: writes are refused until it ends",
+                "tenant '{}' is read-only {why}: writes are refused until it ends",
                 tenant.identifier
             ),
         };

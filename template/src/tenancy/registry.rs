@@ -203,6 +203,37 @@ pub async fn set_maintenance(
         .and_then(tenant)
 }
 
+/// Marks tenant `id` `migrating` if its maintenance is `off` (an operator's `read_only`
+/// stays); the tenant, if it was marked.
+pub async fn begin_migrating(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<Tenant>> {
+    diesel::update(tenants::table)
+        .filter(tenants::id.eq(id))
+        .filter(tenants::maintenance.eq(Maintenance::Off.as_str()))
+        .set(tenants::maintenance.eq(Maintenance::Migrating.as_str()))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+        .and_then(tenant)
+}
+
+/// Ends `migrating` on tenant `id` (also one a crashed `migrate` left behind); the
+/// tenant, if it was migrating.
+pub async fn end_migrating(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Tenant>> {
+    diesel::update(tenants::table)
+        .filter(tenants::id.eq(id))
+        .filter(tenants::maintenance.eq(Maintenance::Migrating.as_str()))
+        .set(tenants::maintenance.eq(Maintenance::Off.as_str()))
+        .returning(TenantRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+        .and_then(tenant)
+}
+
 pub async fn delete_row(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
     diesel::delete(tenants::table.filter(tenants::id.eq(id)))
         .execute(conn)

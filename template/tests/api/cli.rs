@@ -23,6 +23,15 @@ fn stdout(output: &Output) -> String {
 #[actix_web::test]
 async fn migrate_and_manage_tenants_from_the_command_line() {
     let db = TestDatabase::create().await;
+    // A plan changes nothing; its exit code says whether anything is pending.
+    let out = run(&db, &["migrate", "--plan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("control plane: would apply 2026"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!db.schemas().await.contains(&"tenancy".to_owned()));
     let out = run(&db, &["migrate"]);
     assert!(
         out.status.success(),
@@ -35,6 +44,12 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
         stdout(&out)
     );
     let baseline = db.schemas().await;
+    let out = run(&db, &["migrate", "--plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out),
+        "control plane: up to date\ntenants: 0 total, 0 pending, 0 up to date\n"
+    );
 
     let out = run(&db, &["tenant", "create", "acme", "--name", "Acme Corp"]);
     assert!(
@@ -49,7 +64,15 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
         stdout(&out)
     );
 
+    // Nothing pending: no tenant is touched.
     let out = run(&db, &["migrate"]);
+    assert!(
+        stdout(&out).contains("tenants: 1 total, 0 pending, 0 changed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("acme: up to date"));
+    let out = run(&db, &["migrate", "--every-tenant"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("[1/1] acme: up to date"));
 
     let out = run(&db, &["tenant", "maintenance", "acme", "read_only"]);

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 
 use svc::domain::{Maintenance, TenantIdentifier, TenantStatus};
 use svc::tenancy::isolation::Strategy;
-use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
+use svc::tenancy::lifecycle::{LifecycleError, NewTenant, Touch};
 use svc::tenancy::registry;
 
 fn id(s: &str) -> TenantIdentifier {
@@ -152,7 +152,9 @@ async fn migrate_all_reports_progress_for_every_tenant() {
     let mut seen = Vec::new();
     let report = app
         .tenancy
-        .migrate_all(2, |p| seen.push((p.done, p.total, p.tenant.to_string())))
+        .migrate_all(2, Touch::Every, |p| {
+            seen.push((p.done, p.total, p.tenant.to_string()))
+        })
         .await
         .unwrap();
     assert_eq!(report.tenants, 3);
@@ -163,6 +165,19 @@ async fn migrate_all_reports_progress_for_every_tenant() {
     let mut tenants: Vec<&str> = seen.iter().map(|(_, _, name)| name.as_str()).collect();
     tenants.sort();
     assert_eq!(tenants, vec!["a1", "a2", "a3"]);
+
+    // Nothing pending: no tenant is touched, and the plan says so.
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    assert!(plan.is_empty(), "{plan:?}");
+    assert_eq!(plan.tenants, 3);
+    let mut touched = 0;
+    let report = app
+        .tenancy
+        .migrate_all(2, Touch::Pending, |_| touched += 1)
+        .await
+        .unwrap();
+    assert_eq!((report.tenants, report.tenants_pending), (3, 0));
+    assert_eq!(touched, 0);
 }
 
 #[actix_web::test]

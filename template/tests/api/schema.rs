@@ -1,6 +1,13 @@
 //! What only the schema-per-tenant strategy has: a schema per tenant, migrated one by one.
 
-use crate::helpers::spawn_app;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, spawn_app};
+use svc::domain::{Maintenance, TenantIdentifier};
+use svc::tenancy::lifecycle::Touch;
 
 #[actix_web::test]
 async fn each_tenant_gets_its_own_schema_owned_by_the_migration_role() {
@@ -27,7 +34,9 @@ async fn migrate_all_reports_a_broken_tenant_and_migrates_the_others() {
     let mut seen = Vec::new();
     let report = app
         .tenancy
-        .migrate_all(2, |p| seen.push((p.done, p.total, p.tenant.to_string())))
+        .migrate_all(2, Touch::Every, |p| {
+            seen.push((p.done, p.total, p.tenant.to_string()))
+        })
         .await
         .unwrap();
     assert_eq!(report.tenants, 3);
@@ -35,6 +44,144 @@ async fn migrate_all_reports_a_broken_tenant_and_migrates_the_others() {
     assert!(seen.iter().all(|(_, total, _)| *total == 3));
     assert_eq!(report.failures.len(), 1, "{report:?}");
     assert_eq!(report.failures[0].0, "a2");
+}
+
+/// Makes `tenant` lack its migrations again: their record emptied, their table gone.
+async fn unmigrate(app: &TestApp, tenant: &str) {
+    app.db
+        .query(&format!(
+            "DROP TABLE tenant_{tenant}.notes; DELETE FROM tenant_{tenant}.__diesel_schema_migrations"
+        ))
+        .await;
+}
+
+/// The tenant's maintenance, as the registry has it.
+async fn maintenance(app: &TestApp, tenant: &str) -> String {
+    app.db
+        .query(&format!(
+            "SELECT maintenance FROM tenancy.tenants WHERE identifier = '{tenant}'"
+        ))
+        .await[0][0]
+        .clone()
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn migrate_plans_and_touches_only_the_tenants_with_something_pending() {
+    let app = spawn_app().await;
+    for name in ["p1", "p2", "p3", "p4"] {
+        app.create_tenant(name).await;
+    }
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    assert!(plan.is_empty(), "{plan:?}");
+    assert_eq!(plan.tenants, 4);
+
+    unmigrate(&app, "p2").await;
+    unmigrate(&app, "p4").await;
+    // An operator's maintenance outlasts a migration.
+    let p4 = TenantIdentifier::parse("p4").unwrap();
+    (app.tenancy)
+        .set_maintenance(&p4, Maintenance::ReadOnly)
+        .await
+        .unwrap();
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    let planned: Vec<(String, Vec<String>)> = plan
+        .pending
+        .iter()
+        .map(|(tenant, versions)| (tenant.to_string(), versions.clone()))
+        .collect();
+    let every = vec!["20260101000000".to_owned()];
+    assert_eq!(
+        planned,
+        [("p2".to_owned(), every.clone()), ("p4".to_owned(), every)]
+    );
+    assert!(plan.control.is_empty(), "{plan:?}");
+    // The plan changed nothing.
+    let recorded = app
+        .db
+        .query("SELECT count(*) FROM tenant_p2.__diesel_schema_migrations")
+        .await;
+    assert_eq!(recorded[0][0].as_deref(), Some("0"));
+
+    let mut seen = Vec::new();
+    let report = app
+        .tenancy
+        .migrate_all(4, Touch::Pending, |p| {
+            seen.push((p.tenant.to_string(), p.total))
+        })
+        .await
+        .unwrap();
+    seen.sort();
+    assert_eq!(seen, [("p2".to_owned(), 2), ("p4".to_owned(), 2)]);
+    assert_eq!(
+        (
+            report.tenants,
+            report.tenants_pending,
+            report.tenants_changed
+        ),
+        (4, 2, 2),
+        "{report:?}"
+    );
+    assert!(app.tenancy.plan_migrations().await.unwrap().is_empty());
+    assert_eq!(maintenance(&app, "p2").await, "off");
+    assert_eq!(maintenance(&app, "p4").await, "read_only");
+}
+
+#[actix_web::test]
+async fn a_tenant_is_read_only_while_migrate_changes_it() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    app.create_tenant("m1").await;
+    app.create_tenant("m2").await;
+    unmigrate(&app, "m1").await;
+    // Holding the migration's lock, the test holds migrate half-way: m1 marked, waiting.
+    let (holder, connection) = tokio_postgres::connect(&app.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    actix_web::rt::spawn(connection);
+    let lock = "SELECT pg_advisory_lock(hashtext('migrate:tenant_m1'))";
+    holder.execute(lock, &[]).await.unwrap();
+    let tenancy = app.tenancy.clone();
+    let migrating =
+        actix_web::rt::spawn(async move { tenancy.migrate_all(4, Touch::Pending, |_| {}).await });
+    let since = Instant::now();
+    while maintenance(&app, "m1").await != "migrating" {
+        assert!(since.elapsed() < Duration::from_secs(10), "never marked");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let note = json!({"title": "during"});
+    let (status, body) = call!(service, post "/api/notes", tenant = "m1", json = &note);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("migrated"),
+        "{body}"
+    );
+    // Its neighbour writes as before.
+    let (status, _) = call!(service, post "/api/notes", tenant = "m2", json = &note);
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!migrating.is_finished());
+
+    holder
+        .execute("SELECT pg_advisory_unlock_all()", &[])
+        .await
+        .unwrap();
+    let report = migrating.await.unwrap().unwrap();
+    assert_eq!(report.tenants_changed, 1, "{report:?}");
+    assert_eq!(maintenance(&app, "m1").await, "off");
+    let (status, _) = call!(service, post "/api/notes", tenant = "m1", json = &note);
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[actix_web::test]
+async fn migrating_is_set_by_migrate_alone() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let refused = (app.tenancy)
+        .set_maintenance(&acme.identifier, Maintenance::Migrating)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("read_only or off"), "{refused}");
 }
 
 #[actix_web::test]

@@ -7,6 +7,8 @@ ALTER TABLE tenancy.tenants
     ADD COLUMN rate_limit integer CHECK (rate_limit BETWEEN 1 AND 1000000),
     ADD COLUMN rate_limit_burst integer CHECK (rate_limit_burst BETWEEN 1 AND 1000000);
 
--- Whether a served tenant takes writes: 'read_only' while it is changed.
+-- Whether a served tenant takes writes: 'read_only' while an operator changes it,
+-- 'migrating' while `migrate` changes its storage.
 ALTER TABLE tenancy.tenants
-    ADD COLUMN maintenance text NOT NULL DEFAULT 'off' CHECK (maintenance IN ('off', 'read_only'));
+    ADD COLUMN maintenance text NOT NULL DEFAULT 'off'
+        CHECK (maintenance IN ('off', 'read_only', 'migrating'));

@@ -493,6 +493,67 @@ impl Strategy for DatabaseStrategy {
         .await
     }
 
+    async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        let schemas = [CONTROL_SCHEMA.to_owned()];
+        let mut pending = migrate::pending_in(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &CONTROL_MIGRATIONS,
+            &schemas,
+        )
+        .await?;
+        Ok(pending.pop().unwrap_or_default())
+    }
+
+    /// A database's record can only be read inside it: one connection per tenant database,
+    /// a few at a time. A tenant without a database (or a record of one) lacks everything.
+    async fn pending(
+        &self,
+        ctx: &Context,
+        tenants: &[Tenant],
+    ) -> Result<Vec<Vec<String>>, MigrateError> {
+        use futures_util::{StreamExt, TryStreamExt};
+
+        let mut placements = Vec::with_capacity(tenants.len());
+        {
+            let mut control = ctx.connect(ctx.owner.clone()).await?;
+            for tenant in tenants {
+                placements.push(placement(&mut control, tenant).await?);
+            }
+        }
+        let every = migrate::versions(&TENANT_MIGRATIONS)?;
+        let public = ["public".to_owned()];
+        futures_util::stream::iter(placements)
+            .map(|placed| {
+                let (every, public) = (&every, &public);
+                async move {
+                    let Some(placed) = placed else {
+                        return Ok(every.clone());
+                    };
+                    let name = placed.database().map_err(MigrateError::Migration)?;
+                    let server = placed.server().map_err(MigrateError::Migration)?;
+                    let mut inside = self
+                        .owner_config(ctx, server.as_ref())
+                        .map_err(MigrateError::Migration)?;
+                    inside.dbname(name.as_str());
+                    match migrate::pending_in(&ctx.runtime, inside, &TENANT_MIGRATIONS, public)
+                        .await
+                    {
+                        Ok(mut pending) => Ok(pending.pop().unwrap_or_default()),
+                        Err(MigrateError::Connect(error))
+                            if error.to_string().contains("does not exist") =>
+                        {
+                            Ok(every.clone())
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
+            })
+            .buffered(4)
+            .try_collect()
+            .await
+    }
+
     /// Creates the tenant's database if needed (as the owner, on the server its record
     /// names; a tenant without a record gets one for the default server), lets the
     /// application role connect to it (and nobody else), then applies the tenant

@@ -82,6 +82,34 @@ impl Strategy for HybridStrategy {
         Ok(applied)
     }
 
+    async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        let mut pending = self.schema.pending_shared(ctx).await?;
+        pending.extend(self.rls.pending_shared(ctx).await?);
+        Ok(pending)
+    }
+
+    /// The `schema` tier's tenants in one statement; the `rls` tier's have nothing of
+    /// their own.
+    async fn pending(
+        &self,
+        ctx: &Context,
+        tenants: &[Tenant],
+    ) -> Result<Vec<Vec<String>>, MigrateError> {
+        let in_schemas: Vec<Tenant> = tenants
+            .iter()
+            .filter(|t| t.isolation == Isolation::Schema)
+            .cloned()
+            .collect();
+        let mut found = self.schema.pending(ctx, &in_schemas).await?.into_iter();
+        Ok(tenants
+            .iter()
+            .map(|t| match t.isolation {
+                Isolation::Schema => found.next().unwrap_or_default(),
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         match tenant.isolation {
             Isolation::Schema => self.schema.migrate(ctx, tenant).await,

@@ -80,6 +80,21 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         ctx: &Context,
     ) -> impl Future<Output = Result<Vec<String>, MigrateError>>;
 
+    /// What `migrate_shared` would apply, changing nothing.
+    fn pending_shared(
+        &self,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Vec<String>, MigrateError>>;
+
+    /// The migrations each of `tenants` lacks (one list per tenant, in order; empty: up to
+    /// date), changing nothing. Fleet-sized: a few statements, not a connection per tenant,
+    /// wherever the strategy allows.
+    fn pending(
+        &self,
+        ctx: &Context,
+        tenants: &[Tenant],
+    ) -> impl Future<Output = Result<Vec<Vec<String>>, MigrateError>>;
+
     /// Creates or updates `tenant`'s storage, as the owner. Safe to repeat: this is how an
     /// interrupted provisioning completes.
     fn migrate(

@@ -81,6 +81,27 @@ impl Strategy for RlsStrategy {
         .await
     }
 
+    async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        let schemas = [DATA_SCHEMA.to_owned()];
+        let mut pending = migrate::pending_in(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &TENANT_MIGRATIONS,
+            &schemas,
+        )
+        .await?;
+        Ok(pending.pop().unwrap_or_default())
+    }
+
+    /// A tenant has nothing of its own to migrate.
+    async fn pending(
+        &self,
+        _ctx: &Context,
+        tenants: &[Tenant],
+    ) -> Result<Vec<Vec<String>>, MigrateError> {
+        Ok(vec![Vec::new(); tenants.len()])
+    }
+
     /// A new tenant needs no storage of its own: its rows go in the shared tables.
     async fn migrate(&self, _ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         super::ensure(tenant, Isolation::Rls).map_err(MigrateError::Migration)?;

@@ -83,6 +83,29 @@ impl Strategy for SchemaStrategy {
         Ok(Vec::new())
     }
 
+    async fn pending_shared(&self, _ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        Ok(Vec::new())
+    }
+
+    /// Reads every tenant schema's record in one statement.
+    async fn pending(
+        &self,
+        ctx: &Context,
+        tenants: &[Tenant],
+    ) -> Result<Vec<Vec<String>>, MigrateError> {
+        let schemas: Vec<String> = tenants
+            .iter()
+            .map(|t| SchemaName::for_tenant(&t.identifier).as_str().to_owned())
+            .collect();
+        migrate::pending_in(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &TENANT_MIGRATIONS,
+            &schemas,
+        )
+        .await
+    }
+
     /// Creates the tenant's schema if needed, applies its pending migrations as the owner
     /// and grants the application role data access.
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
