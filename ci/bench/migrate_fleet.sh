@@ -41,6 +41,8 @@ timed() { # label, command...: runs it, keeps its last line of stderr, prints se
   start=$(now)
   "$@" >/tmp/migrate_fleet.out 2>/tmp/migrate_fleet.err || code=$?
   printf '%-44s %7ss  exit %s  %s\n' "$label" "$(since "$start")" "$code" "$(tail -n 1 /tmp/migrate_fleet.out)"
+  # Exit 2 is --plan's "something pending".
+  if [ "$code" != 0 ] && [ "$code" != 2 ]; then tail -n 5 /tmp/migrate_fleet.err >&2; fi
 }
 
 results=()

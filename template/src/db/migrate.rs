@@ -7,8 +7,8 @@
 //! current-thread runtimes actix uses). One target is one transaction (one commit) under
 //! an advisory lock that keeps two processes from migrating the same schema at once.
 //!
-//! [`pending_in`] says what a fleet of schemas lacks in one statement, so that `migrate`
-//! touches only the tenants with something to do.
+//! [`pending_in`] says what a fleet of schemas lacks in a few statements, so that
+//! `migrate` touches only the tenants with something to do.
 
 use diesel::Connection;
 use diesel::migration::MigrationSource;
@@ -115,9 +115,12 @@ const APPLIED_SQL: &str = "\
         ON c.relnamespace = ns.oid AND c.relname = '__diesel_schema_migrations' \
     ORDER BY s.n";
 
+/// Schemas read by one statement of [`pending_in`].
+const SCHEMAS_PER_STATEMENT: usize = 500;
+
 /// For each of `schemas` (in the database of `config`, read as the owner), the versions
 /// of `migrations` it has not applied, oldest first: all of them where the schema or its
-/// record is missing. One connection and one statement, however many schemas; changes
+/// record is missing. One connection, and one statement per 500 schemas; changes
 /// nothing.
 pub async fn pending_in(
     runtime: &Handle,
@@ -132,10 +135,17 @@ pub async fn pending_in(
     }
     let expected = versions(migrations)?;
     let mut conn = connect(config, runtime, None, None).await?;
-    let rows: Vec<Applied> = diesel::sql_query(APPLIED_SQL)
-        .bind::<Array<Text>, _>(schemas)
-        .load(&mut *conn)
-        .await?;
+    let mut rows: Vec<Applied> = Vec::with_capacity(schemas.len());
+    // A statement locks every table it reads until it ends: a batch stays well inside
+    // the server's lock table (`max_locks_per_transaction` x connections; 6,400 by default).
+    for batch in schemas.chunks(SCHEMAS_PER_STATEMENT) {
+        rows.extend(
+            diesel::sql_query(APPLIED_SQL)
+                .bind::<Array<Text>, _>(batch)
+                .load::<Applied>(&mut *conn)
+                .await?,
+        );
+    }
     Ok(rows
         .into_iter()
         .map(|row| {

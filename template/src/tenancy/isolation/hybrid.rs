@@ -88,7 +88,7 @@ impl Strategy for HybridStrategy {
         Ok(pending)
     }
 
-    /// The `schema` tier's tenants in one statement; the `rls` tier's have nothing of
+    /// The `schema` tier's tenants in a few statements; the `rls` tier's have nothing of
     /// their own.
     async fn pending(
         &self,

@@ -87,7 +87,7 @@ impl Strategy for SchemaStrategy {
         Ok(Vec::new())
     }
 
-    /// Reads every tenant schema's record in one statement.
+    /// Reads the tenant schemas' records, 500 to a statement.
     async fn pending(
         &self,
         ctx: &Context,
