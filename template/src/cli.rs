@@ -10,9 +10,10 @@ use crate::config::Settings;
 {%- if isolation == "hybrid" %}
 use crate::domain::Isolation;
 {%- endif %}
-use crate::domain::{Maintenance, TenantIdentifier, TenantLimits};
+use crate::domain::{Maintenance, TenantIdentifier, TenantLimits, TenantStatus};
 use crate::startup::Application;
 use crate::tenancy::Tenancy;
+use crate::tenancy::audit::Actor;
 {%- if isolation == "database" %}
 use crate::tenancy::isolation::ServerAddress;
 {%- endif %}
@@ -110,12 +111,25 @@ pub enum TenantCommand {
         #[arg(long, value_name = "N|default")]
         rate_limit_burst: Option<String>,
     },
-    /// Drop a deleted tenant's data for good.
+    /// Drop a deleted tenant's data for good; its identifier is then quarantined
+    /// (TENANCY_IDENTIFIER_QUARANTINE_DAYS).
     Destroy {
         identifier: String,
         /// The identifier again, to confirm.
-        #[arg(long)]
-        confirm: String,
+        #[arg(long, required_unless_present = "dry_run")]
+        confirm: Option<String>,
+        /// List what would be dropped (storage, tables, rows) and drop nothing.
+        #[arg(long, conflicts_with = "confirm")]
+        dry_run: bool,
+    },
+    /// Let a new tenant take a destroyed tenant's identifier before its quarantine ends.
+    Release { identifier: String },
+    /// Show the audit trail of a tenant identifier (every tenant that had it), newest first.
+    History {
+        identifier: String,
+        /// Entries shown at most.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
     },
 }
 
@@ -188,12 +202,13 @@ async fn run_command(
                 }
             }
             drop(out);
-            return migrate(&tenancy, concurrency, touch).await;
+            return migrate(&tenancy, &Actor::migrate(), concurrency, touch).await;
         }
         Command::Tenant(command) => {
             if !matches!(command, TenantCommand::List) {
                 tenancy.migrate_control().await?;
             }
+            let actor = Actor::cli();
             match command {
                 TenantCommand::Create {
                     identifier,
@@ -224,7 +239,7 @@ async fn run_command(
 {%- endif %}
                         ..NewTenant::new(parse(&identifier)?, name)
                     };
-                    let tenant = tenancy.create_tenant(new).await?;
+                    let tenant = tenancy.create_tenant(&actor, new).await?;
                     writeln!(
                         out,
                         "created tenant {} ({}), status {}",
@@ -248,15 +263,17 @@ async fn run_command(
                     }
                 }
                 TenantCommand::Suspend { identifier } => {
-                    let t = tenancy.suspend_tenant(&parse(&identifier)?).await?;
+                    let t = tenancy.suspend_tenant(&actor, &parse(&identifier)?).await?;
                     writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
                 }
                 TenantCommand::Activate { identifier } => {
-                    let t = tenancy.activate_tenant(&parse(&identifier)?).await?;
+                    let t = tenancy
+                        .activate_tenant(&actor, &parse(&identifier)?)
+                        .await?;
                     writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
                 }
                 TenantCommand::Delete { identifier } => {
-                    let t = tenancy.delete_tenant(&parse(&identifier)?).await?;
+                    let t = tenancy.delete_tenant(&actor, &parse(&identifier)?).await?;
                     writeln!(
                         out,
                         "tenant {} is {} (data kept; `tenant destroy` drops it)",
@@ -265,7 +282,9 @@ async fn run_command(
                 }
                 TenantCommand::Maintenance { identifier, mode } => {
                     let mode: Maintenance = mode.parse()?;
-                    let t = tenancy.set_maintenance(&parse(&identifier)?, mode).await?;
+                    let t = tenancy
+                        .set_maintenance(&actor, &parse(&identifier)?, mode)
+                        .await?;
                     writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
                 }
                 TenantCommand::Limits {
@@ -291,7 +310,7 @@ async fn run_command(
                             rate_limit: given.2.unwrap_or(kept.rate_limit),
                             rate_limit_burst: given.3.unwrap_or(kept.rate_limit_burst),
                         };
-                        t = tenancy.set_limits(&id, limits).await?;
+                        t = tenancy.set_limits(&actor, &id, limits).await?;
                     }
                     let settings = &tenancy.settings;
                     let own = t.limits;
@@ -340,10 +359,60 @@ async fn run_command(
                 TenantCommand::Destroy {
                     identifier,
                     confirm,
+                    dry_run,
                 } => {
                     let id = parse(&identifier)?;
-                    tenancy.destroy_tenant(&id, &confirm).await?;
-                    writeln!(out, "tenant {id} destroyed")?;
+                    if dry_run {
+                        destroy_plan(&tenancy, &id, &mut out).await?;
+                    } else {
+                        let confirm = confirm.unwrap_or_default();
+                        tenancy.destroy_tenant(&actor, &id, &confirm).await?;
+                        writeln!(out, "tenant {id} destroyed")?;
+                        match tenancy.settings.identifier_quarantine_days {
+                            0 => {}
+                            days => writeln!(
+                                out,
+                                "identifier {id} is quarantined for {days} days \
+                                 (`tenant release {id}` frees it earlier)"
+                            )?,
+                        }
+                    }
+                }
+                TenantCommand::Release { identifier } => {
+                    let id = parse(&identifier)?;
+                    tenancy.release_identifier(&actor, &id).await?;
+                    writeln!(out, "identifier {id} released: a new tenant may take it")?;
+                }
+                TenantCommand::History { identifier, limit } => {
+                    let id = parse(&identifier)?;
+                    let entries = tenancy.history(&id, limit, None).await?;
+                    if entries.is_empty() {
+                        writeln!(out, "no recorded operation on {id}")?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{:<20}  {:<20}  {:<11}  {:<7}  {:>7}  details",
+                            "at (UTC)", "actor", "operation", "result", "ms"
+                        )?;
+                    }
+                    for e in entries {
+                        let mut details = match e.params.as_object() {
+                            Some(p) if p.is_empty() => String::new(),
+                            _ => e.params.to_string(),
+                        };
+                        if let Some(error) = &e.error {
+                            details = format!("{details} error: {error}").trim().to_owned();
+                        }
+                        writeln!(
+                            out,
+                            "{:<20}  {:<20}  {:<11}  {:<7}  {:>7}  {details}",
+                            e.at.format("%Y-%m-%d %H:%M:%S"),
+                            e.actor,
+                            e.operation,
+                            e.result,
+                            e.duration_ms
+                        )?;
+                    }
                 }
             }
         }
@@ -366,18 +435,73 @@ fn limit<T: std::str::FromStr<Err = String>>(
     }
 }
 
+/// `tenant destroy --dry-run`: what would go, and whether destroy would run now.
+async fn destroy_plan(
+    tenancy: &Tenancy,
+    id: &TenantIdentifier,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (tenant, plan) = tenancy.destroy_plan(id).await?;
+    if plan.exists {
+        writeln!(
+            out,
+            "tenant {id} ({}): destroy would drop {}",
+            tenant.status, plan.storage
+        )?;
+    } else {
+        writeln!(
+            out,
+            "tenant {id} ({}): {} does not exist; destroy would remove the registry row only",
+            tenant.status, plan.storage
+        )?;
+    }
+    if !plan.tables.is_empty() {
+        let width = plan
+            .tables
+            .iter()
+            .map(|t| t.table.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        writeln!(out, "  {:<width$}  {:>12}", "table", "rows")?;
+        for t in &plan.tables {
+            writeln!(out, "  {:<width$}  {:>12}", t.table, t.rows)?;
+        }
+        let rows: i64 = plan.tables.iter().map(|t| t.rows).sum();
+        writeln!(
+            out,
+            "  {} table(s), {rows} row(s) in all",
+            plan.tables.len()
+        )?;
+    }
+    match tenancy.settings.identifier_quarantine_days {
+        0 => writeln!(out, "the identifier would be free for a new tenant at once")?,
+        days => writeln!(out, "identifier {id} would be quarantined for {days} days")?,
+    }
+    if tenant.status != TenantStatus::Deleted {
+        writeln!(
+            out,
+            "destroy refuses it now: it is {}; `tenant delete {id}` first",
+            tenant.status
+        )?;
+    }
+    writeln!(out, "nothing was changed (dry run)")?;
+    Ok(())
+}
+
 fn parse(identifier: &str) -> Result<TenantIdentifier, String> {
     TenantIdentifier::parse(identifier).map_err(|why| format!("'{identifier}': {why}"))
 }
 
 async fn migrate(
     tenancy: &Tenancy,
+    actor: &Actor,
     concurrency: usize,
     touch: Touch,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut err = std::io::stderr();
     let report = tenancy
-        .migrate_all(concurrency, touch, |p| {
+        .migrate_all(actor, concurrency, touch, |p| {
             let outcome = match p.result {
                 Ok(applied) if applied.is_empty() => "up to date".to_string(),
                 Ok(applied) => format!("applied {}", applied.join(", ")),

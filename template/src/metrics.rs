@@ -1,7 +1,7 @@
 //! Prometheus metrics: this service's recorder and what `/metrics` reads from the
 //! configuration. `routes::metrics` records requests and serves the text format.
 //!
-//! Events (requests, errors, provisioning, migrations) are recorded as they happen;
+//! Events (requests, errors, lifecycle operations) are recorded as they happen;
 //! the state of pools, cache and registry is read when `/metrics` is scraped. Each
 //! service has its own recorder (no global one), so several services in one process (the
 //! tests) never mix their numbers. Every label has a bounded set of values: routes are
@@ -90,22 +90,13 @@ impl Metrics {
         self.handle.render()
     }
 
-    /// A finished provisioning (`create_tenant`).
-    pub fn provisioned(&self, succeeded: bool, took: Duration) {
-        let result = if succeeded { "ok" } else { "error" };
+    /// A finished lifecycle operation (`create`, `migrate` of one tenant, ...) and how it
+    /// ended (`ok`, `refused`, `failed`), as the audit trail records it.
+    pub fn operation(&self, operation: &'static str, result: &'static str, took: Duration) {
         self.record(|| {
-            ::metrics::counter!("tenancy_provisioning_total", "result" => result).increment(1);
-            ::metrics::histogram!("tenancy_provisioning_duration_seconds", "result" => result)
-                .record(took.as_secs_f64());
-        });
-    }
-
-    /// One tenant's migration (`migrate_all`).
-    pub fn migrated(&self, succeeded: bool, took: Duration) {
-        let result = if succeeded { "ok" } else { "error" };
-        self.record(|| {
-            ::metrics::counter!("tenancy_migrations_total", "result" => result).increment(1);
-            ::metrics::histogram!("tenancy_migration_duration_seconds", "result" => result)
+            ::metrics::counter!("tenancy_operations_total", "operation" => operation, "result" => result)
+                .increment(1);
+            ::metrics::histogram!("tenancy_operation_duration_seconds", "operation" => operation, "result" => result)
                 .record(took.as_secs_f64());
         });
     }

@@ -24,6 +24,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    tenancy.audit (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        actor -> Text,
+        tenant_id -> Nullable<Uuid>,
+        identifier -> Text,
+        operation -> Text,
+        params -> Jsonb,
+        result -> Text,
+        error -> Nullable<Text>,
+        duration_ms -> Int8,
+    }
+}
+
+diesel::table! {
+    tenancy.quarantine (identifier) {
+        identifier -> Text,
+        tenant_id -> Uuid,
+        destroyed_at -> Timestamptz,
+        until -> Timestamptz,
+    }
+}
+
+diesel::table! {
     notes (id) {
         id -> Uuid,
         title -> Text,

@@ -1,6 +1,7 @@
 //! The admin API: tenant lifecycle over HTTP, behind `Authorization: Bearer
 //! $TENANCY_ADMIN_TOKEN` (compared in constant time). Without a configured token every
-//! admin request is refused.
+//! admin request is refused. Every operation is recorded in the audit trail as actor
+//! `api:<TENANCY_ADMIN_TOKEN_NAME>`.
 //!
 //! | method | path | does |
 //! |---|---|---|
@@ -11,6 +12,9 @@
 //! | POST | /admin/tenants/{identifier}/activate | activate |
 //! | DELETE | /admin/tenants/{identifier} | soft delete |
 //! | POST | /admin/tenants/{identifier}/destroy | drop storage `{confirm: identifier}` (204) |
+//! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
+//! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
+//! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
 
 use std::future::{Ready, ready};
 
@@ -23,6 +27,7 @@ use crate::domain::{Maintenance, TenantIdentifier, TenantLimits};
 use crate::error::AppError;
 use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
+use crate::tenancy::audit::Actor;
 use crate::tenancy::lifecycle::{LifecycleError, NewTenant};
 
 /// Admin tokens shorter than this are refused.
@@ -34,10 +39,12 @@ pub struct AdminSettings {
     /// The bearer token of every admin request (`TENANCY_ADMIN_TOKEN`); none: every admin
     /// request is refused.
     pub token: Option<SecretString>,
+    /// What the audit trail calls that token's holder (`TENANCY_ADMIN_TOKEN_NAME`).
+    pub token_name: String,
 }
 
 impl AdminSettings {
-    pub const KEYS: &[Key] = &[("admin_token", None)];
+    pub const KEYS: &[Key] = &[("admin_token", None), ("admin_token_name", Some("admin"))];
 
     pub fn read(src: &Source) -> Result<Self, ConfigError> {
         let token = match src.optional("admin_token") {
@@ -51,7 +58,15 @@ impl AdminSettings {
             }
             token => token.map(SecretString::from),
         };
-        Ok(Self { token })
+        let token_name = src.get("admin_token_name");
+        let valid = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+        if token_name.is_empty() || token_name.len() > 64 || !token_name.chars().all(valid) {
+            return Err(ConfigError::invalid(
+                "admin_token_name",
+                "must be 1 to 64 letters, digits, '_', '.' or '-'",
+            ));
+        }
+        Ok(Self { token, token_name })
     }
 }
 
@@ -68,7 +83,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .route("/{identifier}/activate", web::post().to(activate))
             .route("/{identifier}/destroy", web::post().to(destroy))
             .route("/{identifier}/limits", web::put().to(set_limits))
-            .route("/{identifier}/maintenance", web::put().to(set_maintenance)),
+            .route("/{identifier}/maintenance", web::put().to(set_maintenance))
+            .route("/{identifier}/history", web::get().to(history)),
     );
 }
 
@@ -88,8 +104,8 @@ impl From<LifecycleError> for AppError {
     }
 }
 
-/// Proof that the request carried the admin token.
-pub struct AdminAuth;
+/// Proof that the request carried the admin token; who it acts as.
+pub struct AdminAuth(Actor);
 
 impl FromRequest for AdminAuth {
     type Error = AppError;
@@ -98,10 +114,14 @@ impl FromRequest for AdminAuth {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let authorized = req
             .app_data::<web::Data<AdminSettings>>()
-            .and_then(|settings| settings.token.as_ref())
-            .is_some_and(|expected| super::bearer_is(req, expected));
-        ready(if authorized {
-            Ok(AdminAuth)
+            .filter(|settings| {
+                settings
+                    .token
+                    .as_ref()
+                    .is_some_and(|expected| super::bearer_is(req, expected))
+            });
+        ready(if let Some(settings) = authorized {
+            Ok(AdminAuth(Actor::api(&settings.token_name)))
         } else {
             Err(AppError::Unauthorized {
                 detail: "missing or wrong admin token".into(),
@@ -117,11 +137,11 @@ fn identifier(raw: &str) -> Result<TenantIdentifier, AppError> {
 
 #[tracing::instrument(skip_all, fields(tenant.identifier = %new.identifier))]
 async fn create(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     new: web::Json<NewTenant>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant = tenancy.create_tenant(new.into_inner()).await?;
+    let tenant = tenancy.create_tenant(&actor, new.into_inner()).await?;
     tracing::info!(tenant.id = %tenant.id, "tenant created");
     Ok(HttpResponse::Created().json(tenant))
 }
@@ -139,30 +159,30 @@ async fn show(
 }
 
 async fn suspend(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    Ok(HttpResponse::Ok().json(tenancy.suspend_tenant(&identifier(&path)?).await?))
+    Ok(HttpResponse::Ok().json(tenancy.suspend_tenant(&actor, &identifier(&path)?).await?))
 }
 
 async fn activate(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    Ok(HttpResponse::Ok().json(tenancy.activate_tenant(&identifier(&path)?).await?))
+    Ok(HttpResponse::Ok().json(tenancy.activate_tenant(&actor, &identifier(&path)?).await?))
 }
 
 /// Replaces the tenant's own limits: a limit left out or `null` is the service's setting.
 async fn set_limits(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
     limits: web::Json<TenantLimits>,
 ) -> Result<HttpResponse, AppError> {
     let tenant = tenancy
-        .set_limits(&identifier(&path)?, limits.into_inner())
+        .set_limits(&actor, &identifier(&path)?, limits.into_inner())
         .await?;
     tracing::info!(tenant.id = %tenant.id, limits = ?tenant.limits, "tenant limits set");
     Ok(HttpResponse::Ok().json(tenant))
@@ -176,23 +196,23 @@ struct MaintenanceMode {
 
 /// `{"mode": "read_only"}` makes the tenant refuse writes (503); `{"mode": "off"}` ends it.
 async fn set_maintenance(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
     body: web::Json<MaintenanceMode>,
 ) -> Result<HttpResponse, AppError> {
     let tenant = tenancy
-        .set_maintenance(&identifier(&path)?, body.mode)
+        .set_maintenance(&actor, &identifier(&path)?, body.mode)
         .await?;
     Ok(HttpResponse::Ok().json(tenant))
 }
 
 async fn delete(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    Ok(HttpResponse::Ok().json(tenancy.delete_tenant(&identifier(&path)?).await?))
+    Ok(HttpResponse::Ok().json(tenancy.delete_tenant(&actor, &identifier(&path)?).await?))
 }
 
 #[derive(Deserialize)]
@@ -201,16 +221,43 @@ struct Confirmation {
 }
 
 async fn destroy(
-    _: AdminAuth,
+    AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
     body: Option<web::Json<Confirmation>>,
 ) -> Result<HttpResponse, AppError> {
     let confirmation = body.map(|b| b.into_inner().confirm).unwrap_or_default();
     tenancy
-        .destroy_tenant(&identifier(&path)?, &confirmation)
+        .destroy_tenant(&actor, &identifier(&path)?, &confirmation)
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryPage {
+    /// Entries at most (1 to 1,000; default 100).
+    limit: Option<i64>,
+    /// Only entries older than this one (the `id` of the last entry of a page).
+    before: Option<i64>,
+}
+
+/// The audit trail of an identifier (every tenant that had it, destroyed ones too),
+/// newest first: an identifier without entries gives an empty list.
+async fn history(
+    _: AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<String>,
+    page: web::Query<HistoryPage>,
+) -> Result<HttpResponse, AppError> {
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::BadRequest("limit must be 1 to 1000".into()));
+    }
+    let entries = tenancy
+        .history(&identifier(&path)?, limit, page.before)
+        .await?;
+    Ok(HttpResponse::Ok().json(entries))
 }
 
 #[cfg(test)]

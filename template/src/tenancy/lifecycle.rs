@@ -1,5 +1,6 @@
 //! Tenant lifecycle: create (provision), suspend, activate, delete, destroy, and migrating
-//! every tenant. The CLI and the admin API both call these, so they behave the same.
+//! every tenant. The CLI and the admin API both call these, so they behave the same, and
+//! each call is recorded in the audit trail (`audit`) with its actor, however it ends.
 //!
 //! provisioning -> active <-> suspended; active|suspended|provisioning -> deleted;
 //! deleted -> (destroyed: storage dropped, row removed).
@@ -11,7 +12,8 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::isolation::Strategy;
+use super::audit::{self, Actor, Operation, Outcome, Record};
+use super::isolation::{DestroyPlan, Strategy};
 use super::{Tenancy, registry};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::ConnectError;
@@ -40,6 +42,16 @@ pub enum LifecycleError {
     Pool(#[from] PoolError),
 }
 
+impl LifecycleError {
+    /// How the audit trail and `/metrics` count an operation that ended with this error.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::NotFound(_) | Self::Conflict(_) | Self::Invalid(_) => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
 {%- if isolation == "database" %}
 
 impl From<super::isolation::PlaceError> for LifecycleError {
@@ -55,10 +67,9 @@ impl From<super::isolation::PlaceError> for LifecycleError {
 }
 {%- endif %}
 
-/// What a new tenant is created from.
 /// A tenant to create. Members it does not know are refused, so that a request meant for
 /// another kind of service is not half-understood.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub identifier: TenantIdentifier,
@@ -68,7 +79,8 @@ pub struct NewTenant {
     #[serde(default)]
     pub isolation: Option<crate::domain::Isolation>,
 {%- endif %}
-    #[serde(default = "empty_object")]
+    /// Not in the audit trail, which records its keys only.
+    #[serde(default = "empty_object", skip_serializing)]
     pub metadata: serde_json::Value,
 {%- if isolation == "database" %}
     /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
@@ -92,6 +104,17 @@ impl NewTenant {
             server: None,
 {%- endif %}
         }
+    }
+
+    /// What the audit trail records of a creation: everything but the metadata's values.
+    fn audit_params(&self) -> serde_json::Value {
+        let mut params = serde_json::to_value(self).unwrap_or_else(|_| empty_object());
+        if let (Some(params), Some(metadata)) = (params.as_object_mut(), self.metadata.as_object())
+        {
+            let keys: Vec<&String> = metadata.keys().collect();
+            params.insert("metadata_keys".into(), serde_json::json!(keys));
+        }
+        params
     }
 }
 
@@ -167,17 +190,19 @@ impl Tenancy {
     /// application role data access to them.
     pub async fn migrate_control(&self) -> Result<Vec<String>, MigrateError> {
         self.check_owner_session().await?;
+        // The audit trail: add and read, never change (the trigger refuses it to anyone).
+        // Quarantined identifiers: read; `destroy` and `release` write them as the owner.
         let grants = match &self.context().app_role {
-            Some(role) => vec![
-                format!(
-                    "GRANT USAGE ON SCHEMA \"{CONTROL_SCHEMA}\" TO {}",
-                    role.quoted()
-                ),
-                format!(
-                    "GRANT SELECT, INSERT, UPDATE, DELETE ON \"{CONTROL_SCHEMA}\".tenants TO {}",
-                    role.quoted()
-                ),
-            ],
+            Some(role) => {
+                let (schema, role) = (format!("\"{CONTROL_SCHEMA}\""), role.quoted());
+                vec![
+                    format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+                    format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.tenants TO {role}"),
+                    format!("GRANT SELECT, INSERT ON {schema}.audit TO {role}"),
+                    format!("REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit FROM {role}"),
+                    format!("GRANT SELECT ON {schema}.quarantine TO {role}"),
+                ]
+            }
             None => Vec::new(),
         };
         let ctx = self.context();
@@ -250,11 +275,21 @@ impl Tenancy {
 
     /// Creates and provisions a tenant. Idempotent: a tenant left `provisioning` by an
     /// interrupted run is completed; an existing tenant in any other state is a conflict.
-    pub async fn create_tenant(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
-        let started = Instant::now();
-        let created = self.provision(new).await;
-        self.metrics.provisioned(created.is_ok(), started.elapsed());
-        created
+    pub async fn create_tenant(
+        &self,
+        actor: &Actor,
+        new: NewTenant,
+    ) -> Result<Tenant, LifecycleError> {
+        let identifier = new.identifier.clone();
+        let params = new.audit_params();
+        self.audited(
+            actor,
+            Operation::Create,
+            &identifier,
+            params,
+            self.provision(new),
+        )
+        .await
     }
 
     async fn provision(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
@@ -294,14 +329,27 @@ impl Tenancy {
             let (identifier, metadata) = (&new.identifier, &new.metadata);
             let tenant = conn
                 .transaction(async |conn| {
-                    if let Some(max) = max
-                        && registry::find_by_identifier(conn, identifier)
-                            .await?
-                            .is_none()
+                    // A new row, not the completion of an interrupted provisioning.
+                    if registry::find_by_identifier(conn, identifier)
+                        .await?
+                        .is_none()
                     {
-                        let held = registry::count_for_creation(conn).await?;
-                        if held >= max as i64 {
-                            return Ok(Err(held));
+                        if let Some(until) = registry::quarantined_until(conn, identifier).await? {
+                            return Ok(Err(LifecycleError::Conflict(format!(
+                                "identifier '{identifier}' belonged to a destroyed tenant and \
+                                 is quarantined until {} (TENANCY_IDENTIFIER_QUARANTINE_DAYS); \
+                                 `tenant release {identifier}` frees it earlier",
+                                until.format("%Y-%m-%d %H:%M UTC")
+                            ))));
+                        }
+                        if let Some(max) = max {
+                            let held = registry::count_for_creation(conn).await?;
+                            if held >= max as i64 {
+                                return Ok(Err(LifecycleError::Conflict(format!(
+                                    "this service holds {held} tenants, its limit \
+                                     (TENANCY_MAX_TENANTS); destroy one or raise the limit"
+                                ))));
+                            }
                         }
                     }
                     registry::insert_or_get(conn, identifier, name, isolation, metadata)
@@ -310,12 +358,7 @@ impl Tenancy {
                 })
                 .await?;
             conn.finish(true).await?;
-            tenant.map_err(|held| {
-                LifecycleError::Conflict(format!(
-                    "this service holds {held} tenants, its limit (TENANCY_MAX_TENANTS); \
-                     destroy one or raise the limit"
-                ))
-            })?
+            tenant?
         };
         if tenant.status != TenantStatus::Provisioning {
             return Err(LifecycleError::Conflict(format!(
@@ -363,26 +406,31 @@ impl Tenancy {
 
     pub async fn suspend_tenant(
         &self,
+        actor: &Actor,
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
-        self.transition(identifier, &[TenantStatus::Active], TenantStatus::Suspended)
+        let run = self.transition(identifier, &[TenantStatus::Active], TenantStatus::Suspended);
+        self.audited(actor, Operation::Suspend, identifier, empty_object(), run)
             .await
     }
 
     pub async fn activate_tenant(
         &self,
+        actor: &Actor,
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
-        self.transition(identifier, &[TenantStatus::Suspended], TenantStatus::Active)
+        let run = self.transition(identifier, &[TenantStatus::Suspended], TenantStatus::Active);
+        self.audited(actor, Operation::Activate, identifier, empty_object(), run)
             .await
     }
 
     /// Soft delete: the tenant is no longer served; its data stays until `destroy_tenant`.
     pub async fn delete_tenant(
         &self,
+        actor: &Actor,
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
-        self.transition(
+        let run = self.transition(
             identifier,
             &[
                 TenantStatus::Active,
@@ -390,17 +438,48 @@ impl Tenancy {
                 TenantStatus::Provisioning,
             ],
             TenantStatus::Deleted,
-        )
-        .await
+        );
+        self.audited(actor, Operation::Delete, identifier, empty_object(), run)
+            .await
     }
 
-    /// Drops a deleted tenant's storage and registry row. `confirmation` must repeat the
-    /// identifier. Only storage derived from a registered tenant is ever dropped.
+    /// Drops a deleted tenant's storage and registry row, and quarantines its identifier
+    /// (`TENANCY_IDENTIFIER_QUARANTINE_DAYS`). `confirmation` must repeat the identifier.
+    /// Only storage derived from a registered tenant is ever dropped. Returns the tenant
+    /// as it was.
     pub async fn destroy_tenant(
+        &self,
+        actor: &Actor,
+        identifier: &TenantIdentifier,
+        confirmation: &str,
+    ) -> Result<Tenant, LifecycleError> {
+        let run = self.destroy(identifier, confirmation);
+        self.audited(actor, Operation::Destroy, identifier, empty_object(), run)
+            .await
+    }
+
+    /// What `destroy_tenant` would drop, changing nothing; also for a tenant not yet
+    /// deleted (which `destroy_tenant` refuses).
+    pub async fn destroy_plan(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<(Tenant, DestroyPlan), LifecycleError> {
+        self.check_owner_session().await?;
+        let tenant = self.get_tenant(identifier).await?;
+        let ctx = self.context();
+        let mut conn = ctx.connect(ctx.owner.clone()).await?;
+        let plan = self
+            .strategy()
+            .destroy_plan(ctx, &mut conn, &tenant)
+            .await?;
+        Ok((tenant, plan))
+    }
+
+    async fn destroy(
         &self,
         identifier: &TenantIdentifier,
         confirmation: &str,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<Tenant, LifecycleError> {
         if confirmation != identifier.as_str() {
             return Err(LifecycleError::Invalid(
                 "destroy needs the tenant identifier repeated as confirmation".into(),
@@ -422,14 +501,88 @@ impl Tenancy {
         // The storage first: if the row went first, a failure would leave storage that no
         // registered tenant names. Both steps can be repeated.
         self.strategy().destroy(ctx, &mut conn, &tenant).await?;
-        registry::delete_row(&mut conn, tenant.id).await?;
+        let days = self.settings.identifier_quarantine_days;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            if days > 0 {
+                registry::quarantine(conn, &tenant, days).await?;
+            }
+            registry::delete_row(conn, tenant.id).await?;
+            Ok(())
+        })
+        .await?;
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
-        Ok(())
+        Ok(tenant)
+    }
+
+    /// Lets a new tenant take `identifier` before its quarantine ends. Refused (not
+    /// found) when it is not quarantined.
+    pub async fn release_identifier(
+        &self,
+        actor: &Actor,
+        identifier: &TenantIdentifier,
+    ) -> Result<(), LifecycleError> {
+        let started = Instant::now();
+        let released = self.release(identifier).await;
+        let outcome = released
+            .as_ref()
+            .err()
+            .map_or(Outcome::Ok, LifecycleError::outcome);
+        let error = released.as_ref().err().map(ToString::to_string);
+        self.audit(Record {
+            actor,
+            tenant_id: None,
+            identifier,
+            operation: Operation::Release,
+            params: empty_object(),
+            outcome,
+            error,
+            duration: started.elapsed(),
+        })
+        .await;
+        released
+    }
+
+    async fn release(&self, identifier: &TenantIdentifier) -> Result<(), LifecycleError> {
+        self.check_owner_session().await?;
+        let ctx = self.context();
+        let mut conn = ctx.connect(ctx.owner.clone()).await?;
+        if registry::release(&mut conn, identifier).await? {
+            Ok(())
+        } else {
+            Err(LifecycleError::Invalid(format!(
+                "identifier '{identifier}' is not quarantined"
+            )))
+        }
+    }
+
+    /// What the audit trail holds of `identifier`, newest first (see [`audit::history`]).
+    pub async fn history(
+        &self,
+        identifier: &TenantIdentifier,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<audit::Entry>, LifecycleError> {
+        let mut conn = self.control.get().await?;
+        let entries = audit::history(&mut conn, identifier, limit, before).await?;
+        conn.finish(true).await?;
+        Ok(entries)
     }
 
     /// Sets a tenant's own limits (`None` in a field: the service's setting applies);
     /// every replica uses them from its next checkout for the tenant.
     pub async fn set_limits(
+        &self,
+        actor: &Actor,
+        identifier: &TenantIdentifier,
+        limits: TenantLimits,
+    ) -> Result<Tenant, LifecycleError> {
+        let params = serde_json::to_value(limits).unwrap_or_else(|_| empty_object());
+        let run = self.limits(identifier, limits);
+        self.audited(actor, Operation::Limits, identifier, params, run)
+            .await
+    }
+
+    async fn limits(
         &self,
         identifier: &TenantIdentifier,
         limits: TenantLimits,
@@ -445,6 +598,18 @@ impl Tenancy {
     /// Makes a tenant read-only (writes get 503) or takes writes again; every replica
     /// follows within a second. `migrating` is `migrate`'s own.
     pub async fn set_maintenance(
+        &self,
+        actor: &Actor,
+        identifier: &TenantIdentifier,
+        mode: Maintenance,
+    ) -> Result<Tenant, LifecycleError> {
+        let params = serde_json::json!({ "mode": mode });
+        let run = self.maintenance(identifier, mode);
+        self.audited(actor, Operation::Maintenance, identifier, params, run)
+            .await
+    }
+
+    async fn maintenance(
         &self,
         identifier: &TenantIdentifier,
         mode: Maintenance,
@@ -462,6 +627,62 @@ impl Tenancy {
         let changed = changed.ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))?;
         tracing::info!(tenant.id = %changed.id, tenant.identifier = %identifier, maintenance = %mode, "tenant maintenance set");
         Ok(changed)
+    }
+
+    /// Runs `run` (`operation` on `identifier`, asked by `actor`) and records it in the
+    /// audit trail and `/metrics`, however it ends.
+    async fn audited(
+        &self,
+        actor: &Actor,
+        operation: Operation,
+        identifier: &TenantIdentifier,
+        params: serde_json::Value,
+        run: impl Future<Output = Result<Tenant, LifecycleError>>,
+    ) -> Result<Tenant, LifecycleError> {
+        let started = Instant::now();
+        let result = run.await;
+        let duration = started.elapsed();
+        let (tenant_id, outcome, error) = match &result {
+            Ok(tenant) => (Some(tenant.id), Outcome::Ok, None),
+            // The tenant it concerned, if there is one.
+            Err(e) => (
+                self.get_tenant(identifier).await.ok().map(|t| t.id),
+                e.outcome(),
+                Some(e.to_string()),
+            ),
+        };
+        self.audit(Record {
+            actor,
+            tenant_id,
+            identifier,
+            operation,
+            params,
+            outcome,
+            error,
+            duration,
+        })
+        .await;
+        result
+    }
+
+    /// Appends `record` to the audit trail and counts it in `/metrics`. The operation has
+    /// happened either way: a trail that cannot be written is logged as an error.
+    async fn audit(&self, record: Record<'_>) {
+        self.metrics.operation(
+            record.operation.as_str(),
+            record.outcome.as_str(),
+            record.duration,
+        );
+        let (operation, identifier) = (record.operation.as_str(), record.identifier.clone());
+        let appended = async {
+            let mut conn = self.control.get().await?;
+            audit::append(&mut conn, record).await?;
+            conn.finish(true).await?;
+            Ok::<_, LifecycleError>(())
+        };
+        if let Err(error) = appended.await {
+            tracing::error!(tenant.identifier = %identifier, operation, %error, "the audit trail could not be written");
+        }
     }
 
     async fn transition(
@@ -541,6 +762,7 @@ impl Tenancy {
     /// write races its migration. A tenant that fails is reported and the others go on.
     pub async fn migrate_all(
         &self,
+        actor: &Actor,
         concurrency: usize,
         touch: Touch,
         mut progress: impl FnMut(Progress<'_>),
@@ -567,8 +789,21 @@ impl Tenancy {
             .map(|tenant| async move {
                 let began = Instant::now();
                 let result = self.migrate_tenant(tenant).await;
-                self.metrics.migrated(result.is_ok(), began.elapsed());
-                tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = began.elapsed().as_millis() as u64, "tenant migrated");
+                let duration = began.elapsed();
+                self.audit(Record {
+                    actor,
+                    tenant_id: Some(tenant.id),
+                    identifier: &tenant.identifier,
+                    operation: Operation::Migrate,
+                    params: serde_json::json!({
+                        "applied": result.as_ref().map(Vec::as_slice).unwrap_or_default()
+                    }),
+                    outcome: if result.is_ok() { Outcome::Ok } else { Outcome::Failed },
+                    error: result.as_ref().err().map(ToString::to_string),
+                    duration,
+                })
+                .await;
+                tracing::debug!(tenant.identifier = %tenant.identifier, elapsed_ms = duration.as_millis() as u64, "tenant migrated");
                 (tenant, result)
             })
             .buffer_unordered(concurrency.max(1));
@@ -599,7 +834,13 @@ impl Tenancy {
     async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         let marked = {
             let mut conn = self.control.get().await.map_err(pool_failed)?;
-            let marked = registry::begin_migrating(&mut conn, tenant.id).await?;
+            let marked = registry::switch_maintenance(
+                &mut conn,
+                tenant.id,
+                Maintenance::Off,
+                Maintenance::Migrating,
+            )
+            .await?;
             conn.finish(true).await?;
             marked
         };
@@ -618,7 +859,13 @@ impl Tenancy {
     /// Ends `migrating` on `tenant`.
     async fn end_migrating(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
         let mut conn = self.control.get().await?;
-        let ended = registry::end_migrating(&mut conn, tenant.id).await?;
+        let ended = registry::switch_maintenance(
+            &mut conn,
+            tenant.id,
+            Maintenance::Migrating,
+            Maintenance::Off,
+        )
+        .await?;
         conn.finish(true).await?;
         if let Some(ended) = &ended {
             self.forget(ended).await;

@@ -4,6 +4,7 @@
 //! The only way to reach tenant tables is a [`TenantConnection`](crate::db::TenantConnection),
 //! obtained from [`Tenancy::tenant_connection`] (handlers use the extractor in [`extract`]).
 
+pub mod audit;
 pub mod cache;
 pub mod changes;
 pub mod extract;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::domain::{
     Bound, Isolation, Limit, Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
 };
-use crate::schema::tenants;
+use crate::schema::{quarantine, tenants};
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = tenants, check_for_backend(diesel::pg::Pg))]
@@ -203,30 +203,18 @@ pub async fn set_maintenance(
         .and_then(tenant)
 }
 
-/// Marks tenant `id` `migrating` if its maintenance is `off` (an operator's `read_only`
-/// stays); the tenant, if it was marked.
-pub async fn begin_migrating(
+/// Sets tenant `id`'s maintenance to `to` if it is `from` (`migrate` marks `off` tenants
+/// `migrating`, and only those); the tenant, if it was switched.
+pub async fn switch_maintenance(
     conn: &mut AsyncPgConnection,
     id: Uuid,
+    from: Maintenance,
+    to: Maintenance,
 ) -> QueryResult<Option<Tenant>> {
     diesel::update(tenants::table)
         .filter(tenants::id.eq(id))
-        .filter(tenants::maintenance.eq(Maintenance::Off.as_str()))
-        .set(tenants::maintenance.eq(Maintenance::Migrating.as_str()))
-        .returning(TenantRow::as_returning())
-        .get_result(conn)
-        .await
-        .optional()
-        .and_then(tenant)
-}
-
-/// Ends `migrating` on tenant `id` (also one a crashed `migrate` left behind); the
-/// tenant, if it was migrating.
-pub async fn end_migrating(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Tenant>> {
-    diesel::update(tenants::table)
-        .filter(tenants::id.eq(id))
-        .filter(tenants::maintenance.eq(Maintenance::Migrating.as_str()))
-        .set(tenants::maintenance.eq(Maintenance::Off.as_str()))
+        .filter(tenants::maintenance.eq(from.as_str()))
+        .set(tenants::maintenance.eq(to.as_str()))
         .returning(TenantRow::as_returning())
         .get_result(conn)
         .await
@@ -238,6 +226,53 @@ pub async fn delete_row(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<u
     diesel::delete(tenants::table.filter(tenants::id.eq(id)))
         .execute(conn)
         .await
+}
+
+/// Refuses `tenant`'s identifier to new tenants for `days` days from now.
+pub async fn quarantine(
+    conn: &mut AsyncPgConnection,
+    tenant: &Tenant,
+    days: u32,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO tenancy.quarantine (identifier, tenant_id, until) \
+         VALUES ($1, $2, now() + make_interval(days => $3)) \
+         ON CONFLICT (identifier) DO UPDATE \
+         SET tenant_id = excluded.tenant_id, destroyed_at = excluded.destroyed_at, \
+             until = excluded.until",
+    )
+    .bind::<diesel::sql_types::Text, _>(tenant.identifier.as_str())
+    .bind::<diesel::sql_types::Uuid, _>(tenant.id)
+    .bind::<diesel::sql_types::Integer, _>(i32::try_from(days).unwrap_or(i32::MAX))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Until when `identifier` is refused to a new tenant, if it still is.
+pub async fn quarantined_until(
+    conn: &mut AsyncPgConnection,
+    identifier: &TenantIdentifier,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    quarantine::table
+        .filter(quarantine::identifier.eq(identifier.as_str()))
+        .filter(quarantine::until.gt(diesel::dsl::now))
+        .select(quarantine::until)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Ends `identifier`'s quarantine; whether it was quarantined.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    identifier: &TenantIdentifier,
+) -> QueryResult<bool> {
+    let removed =
+        diesel::delete(quarantine::table.filter(quarantine::identifier.eq(identifier.as_str())))
+            .execute(conn)
+            .await?;
+    Ok(removed > 0)
 }
 
 /// How many tenants are in each status.

@@ -24,6 +24,9 @@ pub struct TenancySettings {
     /// Tenants this service holds at most, whatever their status (`TENANCY_MAX_TENANTS`;
     /// none: no limit).
     pub max_tenants: Option<u64>,
+    /// Days a destroyed tenant's identifier is refused to a new tenant
+    /// (`TENANCY_IDENTIFIER_QUARANTINE_DAYS`; 0: none).
+    pub identifier_quarantine_days: u32,
     /// Request rate limits per tenant.
     pub rate: RateSettings,
 {%- if redis_cache %}
@@ -32,7 +35,11 @@ pub struct TenancySettings {
 {%- endif %}
 }
 
-const KEYS: &[Key] = &[("tenant_cache_ttl", Some("30")), ("max_tenants", None)];
+const KEYS: &[Key] = &[
+    ("tenant_cache_ttl", Some("30")),
+    ("max_tenants", None),
+    ("identifier_quarantine_days", Some("30")),
+];
 
 impl TenancySettings {
     /// Every key the tenancy layer reads.
@@ -56,6 +63,7 @@ impl TenancySettings {
                 Some(_) => Some(src.number("max_tenants", 1, 10_000_000)?),
                 None => None,
             },
+            identifier_quarantine_days: src.number("identifier_quarantine_days", 0, 3650)?,
             rate: RateSettings::read(src)?,
 {%- if redis_cache %}
             redis: RedisSettings::read(src)?,

@@ -123,6 +123,48 @@ async fn the_whole_lifecycle_over_http() {
         admin!(service, get "/admin/tenants/acme").0,
         StatusCode::NOT_FOUND
     );
+
+    // Every operation above is in the trail, newest first, as the admin token's holder;
+    // the destroyed tenant's history stays.
+    let (status, history) = admin!(service, get "/admin/tenants/acme/history");
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let ops: Vec<(String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["actor"], "api:admin", "{e}");
+            assert_eq!(e["tenant_id"], json!(acme.id), "{e}");
+            (
+                e["operation"].as_str().unwrap().to_owned(),
+                e["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("destroy", "ok"),
+        ("destroy", "refused"),
+        ("destroy", "refused"),
+        ("delete", "ok"),
+        ("destroy", "refused"),
+        ("activate", "ok"),
+        ("suspend", "ok"),
+        ("create", "refused"),
+        ("create", "ok"),
+    ]
+    .map(|(o, r)| (o.to_owned(), r.to_owned()));
+    assert_eq!(ops, expected);
+    let last = history[1]["id"].as_i64().unwrap();
+    let (_, page) = admin!(
+        service,
+        get & format!("/admin/tenants/acme/history?limit=2&before={last}")
+    );
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    assert_eq!(page[0]["id"], history[2]["id"]);
+    let (status, _) = admin!(service, get "/admin/tenants/acme/history?limit=0");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, none) = admin!(service, get "/admin/tenants/ghost/history");
+    assert_eq!((status, none), (StatusCode::OK, json!([])));
 }
 
 #[actix_web::test]

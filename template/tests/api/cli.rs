@@ -160,7 +160,36 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
         vec![vec![Some("acme".to_string())]]
     );
 
+    // A dry run lists what would go and changes nothing, deleted or not.
+    let out = run(&db, &["tenant", "destroy", "acme", "--dry-run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = stdout(&out);
+    assert!(
+        plan.starts_with("tenant acme (active): destroy would drop ")
+            && plan.contains("  notes ")
+            && plan.contains("identifier acme would be quarantined for 30 days")
+            && plan.contains("destroy refuses it now: it is active; `tenant delete acme` first")
+            && plan.ends_with("nothing was changed (dry run)\n"),
+        "{plan}"
+    );
+    let out = run(&db, &["tenant", "destroy", "acme"]);
+    assert!(!out.status.success(), "--confirm or --dry-run is required");
     assert!(run(&db, &["tenant", "delete", "acme"]).status.success());
+    let out = run(&db, &["tenant", "destroy", "acme", "--dry-run"]);
+    assert!(
+        stdout(&out).starts_with("tenant acme (deleted): destroy would drop ")
+            && !stdout(&out).contains("refuses"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        db.query("SELECT status FROM tenancy.tenants").await,
+        vec![vec![Some("deleted".to_string())]]
+    );
     let refused = run(&db, &["tenant", "destroy", "acme", "--confirm", "other"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("confirmation"));
@@ -175,6 +204,68 @@ async fn migrate_and_manage_tenants_from_the_command_line() {
             .await
             .is_empty()
     );
+
+    // The identifier is quarantined until released.
+    let out = run(&db, &["tenant", "create", "acme", "--name", "Acme again"]);
+    assert!(!out.status.success());
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(refusal.contains("quarantined until"), "{refusal}");
+    let out = run(&db, &["tenant", "release", "acme"]);
+    assert_eq!(
+        stdout(&out),
+        "identifier acme released: a new tenant may take it\n"
+    );
+    let out = run(&db, &["tenant", "create", "acme", "--name", "Acme again"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every operation above is in the audit trail, as this OS user's CLI (or `migrate`).
+    let out = run(&db, &["tenant", "history", "acme"]);
+    let history = stdout(&out);
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(lines[0].starts_with("at (UTC)"), "{history}");
+    assert!(
+        lines[1..].iter().all(|l| {
+            let actor = l.split_whitespace().nth(2).unwrap();
+            let operation = l.split_whitespace().nth(3).unwrap();
+            actor.starts_with(if operation == "migrate" {
+                "migrate:"
+            } else {
+                "cli:"
+            })
+        }),
+        "{history}"
+    );
+    let operations: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            "create",
+            "release",
+            "create",
+            "destroy",
+            "destroy",
+            "delete",
+            "limits",
+            "limits",
+            "limits",
+            "limits",
+            "maintenance",
+            "maintenance",
+            "migrate",
+            "create",
+        ],
+        "{history}"
+    );
+    assert!(history.contains("quarantined until"), "{history}");
+    let out = run(&db, &["tenant", "history", "nobody"]);
+    assert_eq!(stdout(&out), "no recorded operation on nobody\n");
 }
 
 #[actix_web::test]

@@ -51,9 +51,12 @@ async fn each_tenant_gets_a_database_of_its_own_and_destroy_drops_it() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(app.db.notes_of(&acme).await, Some(1));
 
-    app.tenancy.delete_tenant(&acme.identifier).await.unwrap();
     app.tenancy
-        .destroy_tenant(&acme.identifier, "acme")
+        .delete_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
+    app.tenancy
+        .destroy_tenant(&crate::helpers::operator(), &acme.identifier, "acme")
         .await
         .unwrap();
     assert!(!database_exists(&name).await);
@@ -241,10 +244,13 @@ async fn only_listed_servers_are_accepted_for_a_new_tenant() {
     // No list: every tenant is on the default server, whatever a request says.
     let refused = app
         .tenancy
-        .create_tenant(NewTenant {
-            server: Some(ServerAddress::parse("attacker.example:5432").unwrap()),
-            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-        })
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                server: Some(ServerAddress::parse("attacker.example:5432").unwrap()),
+                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+            },
+        )
         .await;
     match refused {
         Err(LifecycleError::Invalid(why)) => {
@@ -258,10 +264,13 @@ async fn only_listed_servers_are_accepted_for_a_new_tenant() {
     let listed = spawn_app_with(&[("TENANCY_DATABASE_SERVERS", "db2.internal:5432")]).await;
     let refused = listed
         .tenancy
-        .create_tenant(NewTenant {
-            server: Some(ServerAddress::parse("db3.internal:5432").unwrap()),
-            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-        })
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                server: Some(ServerAddress::parse("db3.internal:5432").unwrap()),
+                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+            },
+        )
         .await;
     assert!(
         matches!(refused, Err(LifecycleError::Invalid(_))),
@@ -275,10 +284,13 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
     let server = ServerAddress::parse(&other.address).unwrap();
     let far = app
         .tenancy
-        .create_tenant(NewTenant {
-            server: Some(server.clone()),
-            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-        })
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                server: Some(server.clone()),
+                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+            },
+        )
         .await
         .unwrap();
     let near = app.create_tenant("near").await;
@@ -333,10 +345,13 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
     // Asking for another server for a tenant placed already is a conflict.
     let again = app
         .tenancy
-        .create_tenant(NewTenant {
-            server: Some(ServerAddress::parse("elsewhere.invalid:5432").unwrap()),
-            ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-        })
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                server: Some(ServerAddress::parse("elsewhere.invalid:5432").unwrap()),
+                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+            },
+        )
         .await;
     assert!(
         matches!(again, Err(LifecycleError::Conflict(_))),
@@ -344,9 +359,12 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
     );
 
     // Destroy drops it on its server.
-    app.tenancy.delete_tenant(&far.identifier).await.unwrap();
     app.tenancy
-        .destroy_tenant(&far.identifier, "far")
+        .delete_tenant(&crate::helpers::operator(), &far.identifier)
+        .await
+        .unwrap();
+    app.tenancy
+        .destroy_tenant(&crate::helpers::operator(), &far.identifier, "far")
         .await
         .unwrap();
     assert!(!other.has_database(&far_db).await);
@@ -377,10 +395,13 @@ async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
     // provisioning where the record says.
     let elsewhere = app
         .tenancy
-        .create_tenant(NewTenant {
-            server: Some(ServerAddress::parse("elsewhere.invalid").unwrap()),
-            ..NewTenant::new(far.clone(), "Far")
-        })
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                server: Some(ServerAddress::parse("elsewhere.invalid").unwrap()),
+                ..NewTenant::new(far.clone(), "Far")
+            },
+        )
         .await;
     assert!(
         matches!(elsewhere, Err(LifecycleError::Conflict(_))),
@@ -388,7 +409,7 @@ async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
     );
     let done = app
         .tenancy
-        .create_tenant(NewTenant::new(far, "Far"))
+        .create_tenant(&crate::helpers::operator(), NewTenant::new(far, "Far"))
         .await
         .unwrap();
     assert_eq!((done.id, done.status), (half.id, TenantStatus::Active));
@@ -509,7 +530,10 @@ async fn a_tenant_on_another_server_is_reached_with_the_templates_sslmode() {
         server: Some(ServerAddress::parse(&far_address).unwrap()),
         ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
     };
-    app.tenancy.create_tenant(placed).await.unwrap();
+    app.tenancy
+        .create_tenant(&crate::helpers::operator(), placed)
+        .await
+        .unwrap();
     app.create_tenant("near").await;
     let service = service!(app);
     for name in ["far", "near"] {

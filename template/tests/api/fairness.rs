@@ -132,7 +132,11 @@ async fn a_tenant_holds_no_more_connections_than_its_limit_set_or_its_own() {
     let own = TenantIdentifier::parse("bound_own").unwrap();
     let limits: TenantLimits =
         serde_json::from_value(serde_json::json!({"max_connections": 3})).unwrap();
-    let tenant = app.tenancy.set_limits(&own, limits).await.unwrap();
+    let tenant = app
+        .tenancy
+        .set_limits(&crate::helpers::operator(), &own, limits)
+        .await
+        .unwrap();
     assert_eq!(tenant.limits, limits);
     holding_service!(app, service, request);
 
@@ -148,6 +152,7 @@ async fn a_tenant_holds_no_more_connections_than_its_limit_set_or_its_own() {
     let tenant = app
         .tenancy
         .set_limits(
+            &crate::helpers::operator(),
             &TenantIdentifier::parse("bound_own").unwrap(),
             TenantLimits::default(),
         )
@@ -198,7 +203,10 @@ async fn a_tenants_own_statement_timeout_holds_for_its_statements_only() {
         (TenantLimits::default(), StatusCode::OK),
         (one_second, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        app.tenancy.set_limits(&own, limits).await.unwrap();
+        app.tenancy
+            .set_limits(&crate::helpers::operator(), &own, limits)
+            .await
+            .unwrap();
         assert_eq!(run("timeout_own").await, expected, "{limits:?}");
         assert_eq!(run("timeout_set").await, StatusCode::OK, "{limits:?}");
     }
@@ -210,7 +218,10 @@ async fn a_tenants_own_statement_timeout_holds_for_its_statements_only() {
         (one_second, StatusCode::SERVICE_UNAVAILABLE),
         (TenantLimits::default(), StatusCode::OK),
     ] {
-        app.tenancy.set_limits(&own, limits).await.unwrap();
+        app.tenancy
+            .set_limits(&crate::helpers::operator(), &own, limits)
+            .await
+            .unwrap();
         assert_eq!(run("timeout_own").await, expected, "{limits:?}");
     }
 }

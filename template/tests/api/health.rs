@@ -15,7 +15,7 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
     app.create_tenant("acme").await;
     app.create_tenant("globex").await;
     app.tenancy
-        .suspend_tenant(&"globex".parse_identifier())
+        .suspend_tenant(&crate::helpers::operator(), &"globex".parse_identifier())
         .await
         .unwrap();
     let service = service!(app);

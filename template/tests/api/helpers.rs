@@ -293,6 +293,11 @@ pub struct TestApp {
     pub baseline_schemas: Vec<String>,
 }
 
+/// Who the tests' lifecycle calls act as, in the audit trail.
+pub fn operator() -> svc::tenancy::audit::Actor {
+    svc::tenancy::audit::Actor::api("tests")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
@@ -373,10 +378,13 @@ impl TestApp {
 
     pub async fn create_tenant(&self, identifier: &str) -> Tenant {
         self.tenancy
-            .create_tenant(NewTenant::new(
-                TenantIdentifier::parse(identifier).unwrap(),
-                format!("Tenant {identifier}"),
-            ))
+            .create_tenant(
+                &crate::helpers::operator(),
+                NewTenant::new(
+                    TenantIdentifier::parse(identifier).unwrap(),
+                    format!("Tenant {identifier}"),
+                ),
+            )
             .await
             .unwrap()
     }

@@ -11,10 +11,13 @@ use svc::tenancy::lifecycle::NewTenant;
 
 async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
     app.tenancy
-        .create_tenant(NewTenant {
-            isolation: Some(isolation),
-            ..NewTenant::new(TenantIdentifier::parse(name).unwrap(), name)
-        })
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                isolation: Some(isolation),
+                ..NewTenant::new(TenantIdentifier::parse(name).unwrap(), name)
+            },
+        )
         .await
         .unwrap()
 }
@@ -128,9 +131,16 @@ async fn destroy_removes_each_tier_s_data_and_only_it() {
         assert_eq!(status, StatusCode::CREATED);
     }
     for tenant in [&premium, &shared] {
-        app.tenancy.delete_tenant(&tenant.identifier).await.unwrap();
         app.tenancy
-            .destroy_tenant(&tenant.identifier, tenant.identifier.as_str())
+            .delete_tenant(&crate::helpers::operator(), &tenant.identifier)
+            .await
+            .unwrap();
+        app.tenancy
+            .destroy_tenant(
+                &crate::helpers::operator(),
+                &tenant.identifier,
+                tenant.identifier.as_str(),
+            )
             .await
             .unwrap();
         assert_eq!(app.db.notes_of(tenant).await.unwrap_or(0), 0);

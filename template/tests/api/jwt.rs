@@ -116,7 +116,7 @@ async fn hs256_tokens_are_checked_claim_by_claim() {
     .await;
     let sleepy = app.create_tenant("sleepy").await;
     app.tenancy
-        .suspend_tenant(&sleepy.identifier)
+        .suspend_tenant(&crate::helpers::operator(), &sleepy.identifier)
         .await
         .unwrap();
 

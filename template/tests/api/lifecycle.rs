@@ -23,12 +23,18 @@ async fn create_use_suspend_activate_delete_destroy() {
     let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = serde_json::json!({"title": "kept"}));
     assert_eq!(status, StatusCode::CREATED);
 
-    app.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .suspend_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     assert_eq!(
         call!(service, get "/api/notes", tenant = "acme").0,
         StatusCode::FORBIDDEN
     );
-    app.tenancy.activate_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .activate_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     assert_eq!(
         call!(service, get "/api/notes", tenant = "acme").0,
         StatusCode::OK
@@ -36,17 +42,24 @@ async fn create_use_suspend_activate_delete_destroy() {
 
     // Destroy refuses a tenant that is not deleted, and a missing or wrong confirmation.
     assert!(matches!(
-        app.tenancy.destroy_tenant(&acme.identifier, "acme").await,
+        app.tenancy
+            .destroy_tenant(&crate::helpers::operator(), &acme.identifier, "acme")
+            .await,
         Err(LifecycleError::Conflict(_))
     ));
-    app.tenancy.delete_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .delete_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     assert_eq!(
         call!(service, get "/api/notes", tenant = "acme").0,
         StatusCode::NOT_FOUND
     );
     for wrong in ["", "acm", "ACME", "globex"] {
         assert!(matches!(
-            app.tenancy.destroy_tenant(&acme.identifier, wrong).await,
+            app.tenancy
+                .destroy_tenant(&crate::helpers::operator(), &acme.identifier, wrong)
+                .await,
             Err(LifecycleError::Invalid(_))
         ));
     }
@@ -54,7 +67,7 @@ async fn create_use_suspend_activate_delete_destroy() {
     assert_eq!(app.db.notes_of(&acme).await, Some(1));
 
     app.tenancy
-        .destroy_tenant(&acme.identifier, "acme")
+        .destroy_tenant(&crate::helpers::operator(), &acme.identifier, "acme")
         .await
         .unwrap();
     assert_eq!(app.db.notes_of(&acme).await.unwrap_or(0), 0);
@@ -71,7 +84,10 @@ async fn creating_an_existing_tenant_is_a_conflict() {
     app.create_tenant("acme").await;
     let again = app
         .tenancy
-        .create_tenant(NewTenant::new(id("acme"), "Again"))
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant::new(id("acme"), "Again"),
+        )
         .await;
     assert!(
         matches!(again, Err(LifecycleError::Conflict(_))),
@@ -85,7 +101,10 @@ async fn a_nul_character_in_a_name_or_metadata_is_refused_before_the_database() 
     let mut in_metadata = NewTenant::new(id("globex"), "Globex");
     in_metadata.metadata = serde_json::json!({"plan": "pro\u{0}"});
     for new in [NewTenant::new(id("acme"), "Ac\u{0}me"), in_metadata] {
-        let refused = app.tenancy.create_tenant(new).await;
+        let refused = app
+            .tenancy
+            .create_tenant(&crate::helpers::operator(), new)
+            .await;
         match refused {
             Err(LifecycleError::Invalid(why)) => assert!(why.contains("NUL"), "{why}"),
             other => panic!("accepted or failed otherwise: {other:?}"),
@@ -131,7 +150,10 @@ async fn destroy_never_drops_a_schema_that_is_not_a_tenants() {
         .query("CREATE SCHEMA keepme; CREATE TABLE keepme.t (x int)")
         .await;
     for name in ["public", "tenancy", "keepme"] {
-        let result = app.tenancy.destroy_tenant(&id(name), name).await;
+        let result = app
+            .tenancy
+            .destroy_tenant(&crate::helpers::operator(), &id(name), name)
+            .await;
         assert!(
             matches!(result, Err(LifecycleError::NotFound(_))),
             "{name}: {result:?}"
@@ -152,7 +174,7 @@ async fn migrate_all_reports_progress_for_every_tenant() {
     let mut seen = Vec::new();
     let report = app
         .tenancy
-        .migrate_all(2, Touch::Every, |p| {
+        .migrate_all(&crate::helpers::operator(), 2, Touch::Every, |p| {
             seen.push((p.done, p.total, p.tenant.to_string()))
         })
         .await
@@ -173,7 +195,9 @@ async fn migrate_all_reports_progress_for_every_tenant() {
     let mut touched = 0;
     let report = app
         .tenancy
-        .migrate_all(2, Touch::Pending, |_| touched += 1)
+        .migrate_all(&crate::helpers::operator(), 2, Touch::Pending, |_| {
+            touched += 1
+        })
         .await
         .unwrap();
     assert_eq!((report.tenants, report.tenants_pending), (3, 0));
@@ -183,11 +207,15 @@ async fn migrate_all_reports_progress_for_every_tenant() {
 #[actix_web::test]
 async fn creation_beyond_max_tenants_is_refused_even_when_requests_race() {
     let app = crate::helpers::spawn_app_with(&[("TENANCY_MAX_TENANTS", "3")]).await;
+    let by = crate::helpers::operator();
     let create = |i: usize| {
-        app.tenancy.create_tenant(NewTenant::new(
-            TenantIdentifier::parse(&format!("racer_{i}")).unwrap(),
-            "Racer",
-        ))
+        app.tenancy.create_tenant(
+            &by,
+            NewTenant::new(
+                TenantIdentifier::parse(&format!("racer_{i}")).unwrap(),
+                "Racer",
+            ),
+        )
     };
     let created = futures_util::future::join_all((0..8).map(create)).await;
     assert_eq!(created.iter().filter(|c| c.is_ok()).count(), 3);
@@ -202,10 +230,17 @@ async fn creation_beyond_max_tenants_is_refused_even_when_requests_race() {
 
     // A deleted tenant still counts (its data is there); a destroyed one makes room.
     let first = created.iter().find_map(|c| c.as_ref().ok()).unwrap();
-    app.tenancy.delete_tenant(&first.identifier).await.unwrap();
+    app.tenancy
+        .delete_tenant(&crate::helpers::operator(), &first.identifier)
+        .await
+        .unwrap();
     assert!(create(100).await.is_err());
     app.tenancy
-        .destroy_tenant(&first.identifier, first.identifier.as_str())
+        .destroy_tenant(
+            &crate::helpers::operator(),
+            &first.identifier,
+            first.identifier.as_str(),
+        )
         .await
         .unwrap();
     create(100).await.unwrap();
@@ -222,7 +257,11 @@ async fn a_read_only_tenant_is_read_and_refuses_writes_until_maintenance_ends() 
     assert_eq!(status, StatusCode::CREATED);
 
     let tenant = (app.tenancy)
-        .set_maintenance(&acme.identifier, Maintenance::ReadOnly)
+        .set_maintenance(
+            &crate::helpers::operator(),
+            &acme.identifier,
+            Maintenance::ReadOnly,
+        )
         .await
         .unwrap();
     assert_eq!(tenant.maintenance, Maintenance::ReadOnly);
@@ -252,7 +291,11 @@ async fn a_read_only_tenant_is_read_and_refuses_writes_until_maintenance_ends() 
     assert_eq!(app.db.notes_of(&acme).await, Some(1));
 
     app.tenancy
-        .set_maintenance(&acme.identifier, Maintenance::Off)
+        .set_maintenance(
+            &crate::helpers::operator(),
+            &acme.identifier,
+            Maintenance::Off,
+        )
         .await
         .unwrap();
     let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = &note);

@@ -25,7 +25,10 @@ async fn metrics_parse_and_carry_requests_errors_tenants_connections_and_cache()
     app.create_tenant("acme").await;
     app.create_tenant("globex").await;
     app.tenancy
-        .suspend_tenant(&TenantIdentifier::parse("globex").unwrap())
+        .suspend_tenant(
+            &crate::helpers::operator(),
+            &TenantIdentifier::parse("globex").unwrap(),
+        )
         .await
         .unwrap();
     let service = service!(app);
@@ -77,8 +80,20 @@ async fn metrics_parse_and_carry_requests_errors_tenants_connections_and_cache()
     );
     assert_eq!(value(&scrape, "tenancy_registry_up", &[]), 1.0);
     assert_eq!(
-        value(&scrape, "tenancy_provisioning_total", &[("result", "ok")]),
+        value(
+            &scrape,
+            "tenancy_operations_total",
+            &[("operation", "create"), ("result", "ok")]
+        ),
         2.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "tenancy_operations_total",
+            &[("operation", "suspend"), ("result", "ok")]
+        ),
+        1.0
     );
     let tenant_pool = [("pool", "tenant"), ("state", "max")];
     assert_eq!(

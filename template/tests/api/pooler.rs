@@ -411,7 +411,10 @@ async fn replicas_behind_the_pooler_agree_on_a_suspension_within_a_second() {
         let (status, _) = call!(service, get "/api/notes", tenant = "acme");
         assert_eq!(status, StatusCode::OK);
     }
-    a.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    a.tenancy
+        .suspend_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     let suspended = Instant::now();
     for replica in [&b, &c] {
         let service = test::init_service(app(replica.clone(), &a.settings)).await;

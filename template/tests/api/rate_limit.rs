@@ -110,7 +110,10 @@ async fn a_tenants_own_rate_overrides_the_setting_and_without_either_nothing_is_
     let limits: TenantLimits =
         serde_json::from_value(serde_json::json!({"rate_limit": 2, "rate_limit_burst": 3}))
             .unwrap();
-    app.tenancy.set_limits(&own, limits).await.unwrap();
+    app.tenancy
+        .set_limits(&crate::helpers::operator(), &own, limits)
+        .await
+        .unwrap();
     let statuses: Vec<StatusCode> = futures_util::future::join_all(
         (0..5).map(|_| async { notes!(service, "rate_own").await.0 }),
     )

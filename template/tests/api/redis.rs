@@ -193,7 +193,10 @@ async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_sur
 
     // Frozen: every Redis operation times out.
     redis.signal("STOP");
-    app.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .suspend_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::FORBIDDEN);
     app.create_tenant("globex").await;
@@ -237,7 +240,10 @@ async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_sur
 
     // And it is written again.
     app.tenancy
-        .activate_tenant(&TenantIdentifier::parse("acme").unwrap())
+        .activate_tenant(
+            &crate::helpers::operator(),
+            &TenantIdentifier::parse("acme").unwrap(),
+        )
         .await
         .unwrap();
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
@@ -278,7 +284,10 @@ async fn with_redis_stopped_requests_succeed_and_it_is_used_again_once_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.tenancy
-        .suspend_tenant(&TenantIdentifier::parse("acme").unwrap())
+        .suspend_tenant(
+            &crate::helpers::operator(),
+            &TenantIdentifier::parse("acme").unwrap(),
+        )
         .await
         .unwrap();
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");

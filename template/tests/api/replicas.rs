@@ -44,11 +44,20 @@ async fn a_change_made_on_one_replica_is_served_by_the_others_within_a_second() 
     let (status, _) = call!(service_b, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
 
-    a.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    a.tenancy
+        .suspend_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     answers_within!(service_b, "acme", StatusCode::FORBIDDEN);
-    a.tenancy.activate_tenant(&acme.identifier).await.unwrap();
+    a.tenancy
+        .activate_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     answers_within!(service_b, "acme", StatusCode::OK);
-    a.tenancy.delete_tenant(&acme.identifier).await.unwrap();
+    a.tenancy
+        .delete_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     answers_within!(service_b, "acme", StatusCode::NOT_FOUND);
 
     // A tenant B has just been told does not exist is served once A creates it.
@@ -135,7 +144,10 @@ async fn without_announcements_the_cache_trusts_a_second_says_so_and_recovers() 
     }
     let changes = app.tenancy.cache_stats().changes;
     app.tenancy
-        .activate_tenant(&TenantIdentifier::parse("acme").unwrap())
+        .activate_tenant(
+            &crate::helpers::operator(),
+            &TenantIdentifier::parse("acme").unwrap(),
+        )
         .await
         .unwrap();
     answers_within!(service, "acme", StatusCode::OK);

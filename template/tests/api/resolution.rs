@@ -68,11 +68,17 @@ async fn suspended_tenant_gets_403_and_is_served_again_after_activation() {
     let service = service!(app);
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
-    app.tenancy.suspend_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .suspend_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     let (status, body) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.get("debug").is_none(), "internals leaked: {body}");
-    app.tenancy.activate_tenant(&acme.identifier).await.unwrap();
+    app.tenancy
+        .activate_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
     let (status, _) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
 }

@@ -206,9 +206,12 @@ async fn destroy_deletes_only_that_tenants_rows() {
     let app = spawn_app().await;
     let acme = tenant_with_notes(&app, "acme", 2).await;
     let globex = tenant_with_notes(&app, "globex", 1).await;
-    app.tenancy.delete_tenant(&acme.identifier).await.unwrap();
     app.tenancy
-        .destroy_tenant(&acme.identifier, "acme")
+        .delete_tenant(&crate::helpers::operator(), &acme.identifier)
+        .await
+        .unwrap();
+    app.tenancy
+        .destroy_tenant(&crate::helpers::operator(), &acme.identifier, "acme")
         .await
         .unwrap();
     assert_eq!(app.db.notes_of(&acme).await, Some(0));

@@ -34,7 +34,7 @@ async fn migrate_all_reports_a_broken_tenant_and_migrates_the_others() {
     let mut seen = Vec::new();
     let report = app
         .tenancy
-        .migrate_all(2, Touch::Every, |p| {
+        .migrate_all(&crate::helpers::operator(), 2, Touch::Every, |p| {
             seen.push((p.done, p.total, p.tenant.to_string()))
         })
         .await
@@ -44,6 +44,28 @@ async fn migrate_all_reports_a_broken_tenant_and_migrates_the_others() {
     assert!(seen.iter().all(|(_, total, _)| *total == 3));
     assert_eq!(report.failures.len(), 1, "{report:?}");
     assert_eq!(report.failures[0].0, "a2");
+    // One audit row per tenant touched, the failure with its error.
+    let trail = app
+        .db
+        .query(
+            "SELECT identifier, result, actor, (error IS NOT NULL)::text FROM tenancy.audit \
+             WHERE operation = 'migrate' ORDER BY identifier",
+        )
+        .await;
+    let by = crate::helpers::operator().to_string();
+    let row = |tenant: &str, result: &str, error: &str| {
+        [tenant, result, by.as_str(), error]
+            .map(|v| Some(v.to_owned()))
+            .to_vec()
+    };
+    assert_eq!(
+        trail,
+        vec![
+            row("a1", "ok", "false"),
+            row("a2", "failed", "true"),
+            row("a3", "ok", "false"),
+        ]
+    );
 }
 
 /// Makes `tenant` lack its migrations again: their record emptied, their table gone.
@@ -81,7 +103,7 @@ async fn migrate_plans_and_touches_only_the_tenants_with_something_pending() {
     // An operator's maintenance outlasts a migration.
     let p4 = TenantIdentifier::parse("p4").unwrap();
     (app.tenancy)
-        .set_maintenance(&p4, Maintenance::ReadOnly)
+        .set_maintenance(&crate::helpers::operator(), &p4, Maintenance::ReadOnly)
         .await
         .unwrap();
     let plan = app.tenancy.plan_migrations().await.unwrap();
@@ -106,7 +128,7 @@ async fn migrate_plans_and_touches_only_the_tenants_with_something_pending() {
     let mut seen = Vec::new();
     let report = app
         .tenancy
-        .migrate_all(4, Touch::Pending, |p| {
+        .migrate_all(&crate::helpers::operator(), 4, Touch::Pending, |p| {
             seen.push((p.tenant.to_string(), p.total))
         })
         .await
@@ -142,8 +164,11 @@ async fn a_tenant_is_read_only_while_migrate_changes_it() {
     let lock = "SELECT pg_advisory_lock(hashtext('migrate:tenant_m1'))";
     holder.execute(lock, &[]).await.unwrap();
     let tenancy = app.tenancy.clone();
-    let migrating =
-        actix_web::rt::spawn(async move { tenancy.migrate_all(4, Touch::Pending, |_| {}).await });
+    let migrating = actix_web::rt::spawn(async move {
+        tenancy
+            .migrate_all(&crate::helpers::operator(), 4, Touch::Pending, |_| {})
+            .await
+    });
     let since = Instant::now();
     while maintenance(&app, "m1").await != "migrating" {
         assert!(since.elapsed() < Duration::from_secs(10), "never marked");
@@ -177,7 +202,11 @@ async fn migrating_is_set_by_migrate_alone() {
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     let refused = (app.tenancy)
-        .set_maintenance(&acme.identifier, Maintenance::Migrating)
+        .set_maintenance(
+            &crate::helpers::operator(),
+            &acme.identifier,
+            Maintenance::Migrating,
+        )
         .await
         .unwrap_err()
         .to_string();

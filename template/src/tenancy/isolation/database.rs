@@ -16,7 +16,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Context, RoleCheck, Route, Strategy};
+use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
@@ -358,12 +358,6 @@ pub enum PlaceError {
     Database(#[from] diesel::result::Error),
 }
 
-#[derive(diesel::QueryableByName)]
-struct Exists {
-    #[diesel(sql_type = Bool)]
-    exists: bool,
-}
-
 /// What the database strategy reads from the configuration.
 #[derive(Debug, Clone)]
 pub struct TenantDatabaseSettings {
@@ -662,6 +656,44 @@ impl Strategy for DatabaseStrategy {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    /// Reads the tables inside the tenant's database, as the owner, on its server.
+    async fn destroy_plan(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<DestroyPlan> {
+        let invalid = super::query_error;
+        super::ensure(tenant, Isolation::Database).map_err(invalid)?;
+        let (name, server) = match placement(conn, tenant).await? {
+            Some(recorded) => (
+                recorded.database().map_err(invalid)?,
+                recorded.server().map_err(invalid)?,
+            ),
+            None => (self.database_name(tenant), None),
+        };
+        let storage = format!(
+            "database {} on {} and everything in it",
+            name.quoted(),
+            server.as_ref().map_or("the default server", |s| s.as_str())
+        );
+        let mut inside = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
+        inside.dbname(name.as_str());
+        let (exists, tables) = match ctx.connect(inside).await {
+            Ok(mut there) => (
+                true,
+                super::tables_with_rows(&mut there, "public", false).await?,
+            ),
+            Err(error) if error.to_string().contains("does not exist") => (false, Vec::new()),
+            Err(error) => return Err(invalid(error.to_string())),
+        };
+        Ok(DestroyPlan {
+            storage,
+            exists,
+            tables,
+        })
     }
 
     /// Any role that can connect to the tenant databases will do.

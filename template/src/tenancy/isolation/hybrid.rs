@@ -10,7 +10,7 @@ use diesel_async::AsyncPgConnection;
 
 use super::rls::RlsStrategy;
 use super::schema::SchemaStrategy;
-use super::{Context, Route, Strategy};
+use super::{Context, DestroyPlan, Route, Strategy};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
 use crate::db::settings::DatabaseSettings;
@@ -127,6 +127,19 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.destroy(ctx, conn, tenant).await,
             Isolation::Rls => self.rls.destroy(ctx, conn, tenant).await,
+            other => Err(super::query_error(unsupported(other))),
+        }
+    }
+
+    async fn destroy_plan(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<DestroyPlan> {
+        match tenant.isolation {
+            Isolation::Schema => self.schema.destroy_plan(ctx, conn, tenant).await,
+            Isolation::Rls => self.rls.destroy_plan(ctx, conn, tenant).await,
             other => Err(super::query_error(unsupported(other))),
         }
     }

@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::db::connect::{ConnectError, PgConn, connect};
 use crate::db::migrate::MigrateError;
-use crate::db::pool::{Home, PoolError, SessionScope};
+use crate::db::pool::{Home, PoolError, SessionScope, TENANT_SETTING};
 use crate::db::settings::DatabaseSettings;
 use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
@@ -111,6 +111,15 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         tenant: &Tenant,
     ) -> impl Future<Output = QueryResult<()>>;
 
+    /// What `destroy` would drop, changing nothing (`tenant destroy --dry-run`); `conn`
+    /// as for `destroy`.
+    fn destroy_plan(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> impl Future<Output = QueryResult<DestroyPlan>>;
+
     /// Refuses an application role that would defeat the strategy.
     fn check_app_role(
         &self,
@@ -119,6 +128,62 @@ pub trait Strategy: Sized + Send + Sync + 'static {
 
     /// The isolation of a new tenant, given what was asked for.
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String>;
+}
+
+/// What destroying a tenant drops, found without dropping it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DestroyPlan {
+    /// What goes, in words: `schema "tenant_acme" and everything in it`, say.
+    pub storage: String,
+    /// Whether that storage exists now (a tenant whose provisioning never ran has none).
+    pub exists: bool,
+    /// Each table concerned, with the rows that go.
+    pub tables: Vec<TableRows>,
+}
+
+/// Whether something exists (a catalog look-up).
+#[derive(diesel::QueryableByName)]
+pub(crate) struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub exists: bool,
+}
+
+/// A table and how many of its rows a destroy removes.
+#[derive(Debug, Clone, serde::Serialize, diesel::QueryableByName)]
+pub struct TableRows {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub table: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub rows: i64,
+}
+
+/// Every table of `schema` with its row count (exact: `count(*)`, run server-side per
+/// table); with `tenant_rows`, only tables with a `tenant_id` column, counting the rows of
+/// the tenant whose id the connection's `app.tenant_id` holds.
+pub(crate) async fn tables_with_rows(
+    conn: &mut AsyncPgConnection,
+    schema: &str,
+    tenant_rows: bool,
+) -> QueryResult<Vec<TableRows>> {
+    let filter = if tenant_rows {
+        format!(" WHERE tenant_id = current_setting(''{TENANT_SETTING}'')::uuid")
+    } else {
+        String::new()
+    };
+    diesel::sql_query(format!(
+        "SELECT c.relname::text AS \"table\", \
+           (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I{filter}', \
+             n.nspname, c.relname), false, true, '')))[1]::text::bigint AS rows \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND ($2 = false OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid \
+                AND a.attname = 'tenant_id' AND NOT a.attisdropped)) \
+         ORDER BY c.relname"
+    ))
+    .bind::<diesel::sql_types::Text, _>(schema)
+    .bind::<diesel::sql_types::Bool, _>(tenant_rows)
+    .load(conn)
+    .await
 }
 
 /// What `check_app_role` learns of the application role (`current_user`).

@@ -13,7 +13,7 @@ use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Context, RoleCheck, Route, Strategy};
+use super::{Context, DestroyPlan, RoleCheck, Route, Strategy};
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope, TENANT_SETTING};
@@ -148,6 +148,32 @@ impl Strategy for RlsStrategy {
             Ok(())
         })
         .await
+    }
+
+    /// Counts the tenant's rows with `app.tenant_id` set, as `destroy` deletes them: a
+    /// forced policy applies to a table's owner too.
+    async fn destroy_plan(
+        &self,
+        _ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<DestroyPlan> {
+        super::ensure(tenant, Isolation::Rls).map_err(super::query_error)?;
+        let tables = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                diesel::sql_query("SELECT set_config($1, $2, true)")
+                    .bind::<Text, _>(TENANT_SETTING)
+                    .bind::<Text, _>(tenant.id.to_string())
+                    .execute(conn)
+                    .await?;
+                super::tables_with_rows(conn, DATA_SCHEMA, true).await
+            })
+            .await?;
+        Ok(DestroyPlan {
+            storage: format!("the tenant's rows in the shared tables of \"{DATA_SCHEMA}\""),
+            exists: tables.iter().any(|t| t.rows > 0),
+            tables,
+        })
     }
 
     /// Refuses an application role that Row-Level Security would not restrict.

@@ -9,7 +9,7 @@ use diesel::QueryResult;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Context, RoleCheck, Route, Strategy};
+use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
@@ -140,6 +140,27 @@ impl Strategy for SchemaStrategy {
             .execute(conn)
             .await?;
         Ok(())
+    }
+
+    async fn destroy_plan(
+        &self,
+        _ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<DestroyPlan> {
+        super::ensure(tenant, Isolation::Schema).map_err(super::query_error)?;
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let exists: Exists = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS exists",
+        )
+        .bind::<diesel::sql_types::Text, _>(schema.as_str())
+        .get_result(conn)
+        .await?;
+        Ok(DestroyPlan {
+            storage: format!("schema {} and everything in it", schema.quoted()),
+            exists: exists.exists,
+            tables: super::tables_with_rows(conn, schema.as_str(), false).await?,
+        })
     }
 
     /// Any role that can read its tenants' schemas will do.
