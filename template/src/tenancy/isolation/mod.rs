@@ -141,12 +141,15 @@ pub struct DestroyPlan {
     pub tables: Vec<TableRows>,
 }
 
+{%- unless isolation == "rls" %}
+
 /// Whether something exists (a catalog look-up).
 #[derive(diesel::QueryableByName)]
 pub(crate) struct Exists {
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pub exists: bool,
 }
+{%- endunless %}
 
 /// A table and how many of its rows a destroy removes.
 #[derive(Debug, Clone, serde::Serialize, diesel::QueryableByName)]

@@ -171,7 +171,8 @@ impl Strategy for RlsStrategy {
             .await?;
         Ok(DestroyPlan {
             storage: format!("the tenant's rows in the shared tables of \"{DATA_SCHEMA}\""),
-            exists: tables.iter().any(|t| t.rows > 0),
+            // The shared tables exist; the tenant may have no row in them yet.
+            exists: !tables.is_empty(),
             tables,
         })
     }
