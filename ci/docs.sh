@@ -4,7 +4,8 @@
 #     function of that file of the template;
 #   - every `TENANCY_*` variable they name is read by the service (a key in some feature's
 #     `KEYS`), is one of the test suite's, or is a former name the service reports;
-#   - the generated README's configuration table lists every key the service reads.
+#   - the generated README's configuration table lists every key the service reads;
+#   - every file the repository's docs name in backticks exists.
 # Prints one line per mistake; exits non-zero if there is any.
 set -uo pipefail
 
@@ -56,5 +57,17 @@ for key in "${keys[@]}"; do
   var=TENANCY_$(tr '[:lower:]' '[:upper:]' <<<"$key")
   grep -q "$var" template/README.md || mistake "$var: read by the service, missing from template/README.md"
 done
+
+# Files the repository's docs name in backticks exist (src/, tests/, migrations/: the
+# template's). The generated docs are checked against each generated project
+# (ci/doc_names.py, from ci/test.sh).
+while IFS= read -r path; do
+  found=no
+  for candidate in "$path" "template/$path" "$path.liquid" "template/$path.liquid"; do
+    [ -e "$candidate" ] && found=yes
+  done
+  [ $found = yes ] || mistake "$path: named in the docs, no such file"
+done < <(grep -ohE '`(template/)?(src|tests|migrations|ci|hooks|docs)/[A-Za-z0-9_./-]*[A-Za-z0-9_]`' README.md docs/*.md |
+  tr -d '`' | sort -u)
 
 [ $mistakes -eq 0 ] || { echo "$mistakes mistakes in the docs"; exit 1; }

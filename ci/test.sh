@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The template's whole test suite: generates every combination in ci/matrix.txt and runs
 # `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, the unused-code check
-# (ci/unused.sh), `cargo deny check licenses bans sources`, `cargo test` on each against
+# (ci/unused.sh), that its docs name only files, functions and names it has
+# (ci/doc_names.py), `cargo deny check licenses bans sources`, `cargo test` on each against
 # the local PostgreSQL and the deployment files' checks (ci/deploy.sh), plus checks of
 # the template itself (shell scripts, the pre hook's refusals, the questions asked at a
 # terminal, the docs). Prints one line per check and `N passed, N failed` at the end;
@@ -103,6 +104,7 @@ check_combination() {
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
   project=$(generate_for_test acme-api $1) || return 1
   stands_alone "$project" || return 1
+  python3 "$root/ci/doc_names.py" "$project" >&2 || return 1
   lock_fits "$project" || return 1
   (
     cd "$project" &&
