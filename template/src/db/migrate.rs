@@ -159,6 +159,18 @@ pub async fn pending_in(
         .collect())
 }
 
+/// [`pending_in`] for one schema.
+pub async fn pending_in_schema(
+    runtime: &Handle,
+    config: PgConfig,
+    migrations: &EmbeddedMigrations,
+    schema: &str,
+) -> Result<Vec<String>, MigrateError> {
+    let schemas = [schema.to_owned()];
+    let mut pending = pending_in(runtime, config, migrations, &schemas).await?;
+    Ok(pending.pop().unwrap_or_default())
+}
+
 /// What the application role needs on the tables of `schema` (quoted) owned by the
 /// migration role: data access, nothing else (no DDL, no ownership).
 pub fn grants_on_schema(schema: &str, app_role: &SqlIdentifier) -> Vec<String> {

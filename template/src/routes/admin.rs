@@ -5,7 +5,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if isolation == "database" %}, server?{% endif %}}` (201; other members: 400) |
+//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if isolation == "database" %}, server?{% endif %}}` (201; other members: 400{% if isolation == "database" %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% endif %}) |
 //! | GET | /admin/tenants | list |
 //! | GET | /admin/tenants/{identifier} | show |
 //! | POST | /admin/tenants/{identifier}/suspend | suspend |
@@ -23,7 +23,7 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::domain::{Maintenance, TenantIdentifier, TenantLimits};
+use crate::domain::{Maintenance, TenantIdentifier, TenantLimits, TenantStatus};
 use crate::error::AppError;
 use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
@@ -142,7 +142,11 @@ async fn create(
     new: web::Json<NewTenant>,
 ) -> Result<HttpResponse, AppError> {
     let tenant = tenancy.create_tenant(&actor, new.into_inner()).await?;
-    tracing::info!(tenant.id = %tenant.id, "tenant created");
+    tracing::info!(tenant.id = %tenant.id, status = %tenant.status, "tenant created");
+    if tenant.status == TenantStatus::Provisioning {
+        // Registered; its storage takes the owner's rights, which `migrate` holds.
+        return Ok(HttpResponse::Accepted().json(tenant));
+    }
     Ok(HttpResponse::Created().json(tenant))
 }
 

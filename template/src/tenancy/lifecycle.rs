@@ -191,7 +191,8 @@ impl Tenancy {
     pub async fn migrate_control(&self) -> Result<Vec<String>, MigrateError> {
         self.check_owner_session().await?;
         // The audit trail: add and read, never change (the trigger refuses it to anyone).
-        // Quarantined identifiers: read; `destroy` and `release` write them as the owner.
+        // Quarantined identifiers: read and written by `destroy`; `release` (CLI) ends one
+        // as the owner.
         let grants = match &self.context().app_role {
             Some(role) => {
                 let (schema, role) = (format!("\"{CONTROL_SCHEMA}\""), role.quoted());
@@ -200,7 +201,7 @@ impl Tenancy {
                     format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.tenants TO {role}"),
                     format!("GRANT SELECT, INSERT ON {schema}.audit TO {role}"),
                     format!("REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit FROM {role}"),
-                    format!("GRANT SELECT ON {schema}.quarantine TO {role}"),
+                    format!("GRANT SELECT, INSERT, UPDATE ON {schema}.quarantine TO {role}"),
                 ]
             }
             None => Vec::new(),
@@ -273,8 +274,10 @@ impl Tenancy {
         Ok(created)
     }
 
-    /// Creates and provisions a tenant. Idempotent: a tenant left `provisioning` by an
-    /// interrupted run is completed; an existing tenant in any other state is a conflict.
+    /// Creates and provisions a tenant, as the application role (see
+    /// [`Strategy::provision`]). Idempotent: a tenant left `provisioning` by an interrupted
+    /// run is completed; an existing tenant in any other state is a conflict. A tenant
+    /// returned still `provisioning` is completed by `migrate`.
     pub async fn create_tenant(
         &self,
         actor: &Actor,
@@ -293,7 +296,6 @@ impl Tenancy {
     }
 
     async fn provision(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
-        self.check_owner_session().await?;
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(LifecycleError::Invalid(
@@ -321,6 +323,14 @@ impl Tenancy {
 {%- if isolation == "database" %}
         if let Some(server) = &new.server {
             self.strategy().check_server(server)?;
+            if !self.context().has_owner {
+                return Err(LifecycleError::Conflict(
+                    "placing a tenant on another server takes the owner's rights, which this \
+                     process does not hold (TENANCY_MIGRATION_DATABASE_URL): use \
+                     `tenant create --server`"
+                        .into(),
+                ));
+            }
         }
 {%- endif %}
         let tenant = {
@@ -367,11 +377,26 @@ impl Tenancy {
             )));
         }
 {%- if isolation == "database" %}
-        self.strategy()
-            .place(self.context(), &tenant, new.server.as_ref())
-            .await?;
+        if self.context().has_owner {
+            self.check_owner_session().await?;
+            self.strategy()
+                .place(self.context(), &tenant, new.server.as_ref())
+                .await?;
+        }
 {%- endif %}
-        self.strategy().migrate(self.context(), &tenant).await?;
+        let provisioned = {
+            let mut conn = self.control.get().await?;
+            let provisioned = self
+                .strategy()
+                .provision(self.context(), &mut conn, &tenant)
+                .await;
+            conn.finish(provisioned.is_ok()).await?;
+            provisioned?
+        };
+        if !provisioned {
+            tracing::info!(tenant.id = %tenant.id, tenant.identifier = %tenant.identifier, "tenant registered; `migrate` completes its provisioning");
+            return Ok(tenant);
+        }
         let mut conn = self.control.get().await?;
         let active = registry::transition(
             &mut conn,
@@ -485,7 +510,6 @@ impl Tenancy {
                 "destroy needs the tenant identifier repeated as confirmation".into(),
             ));
         }
-        self.check_owner_session().await?;
         let tenant = self.get_tenant(identifier).await?;
         if tenant.status != TenantStatus::Deleted {
             return Err(LifecycleError::Conflict(format!(
@@ -493,23 +517,36 @@ impl Tenancy {
                 tenant.status
             )));
         }
+{%- if isolation == "database" %}
+        if !self.context().has_owner {
+            return Err(LifecycleError::Conflict(
+                "dropping a tenant's database takes the owner's rights, which this process \
+                 does not hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant destroy`"
+                    .into(),
+            ));
+        }
+        self.check_owner_session().await?;
+{%- endif %}
         self.forget(&tenant).await;
         self.close_connections_of(&tenant);
-        // As the owner of the tenant's storage, not as the application role.
+        // The storage, the quarantine and the row in one transaction of the application
+        // role (the strategy drops what takes the owner's rights through a function of
+        // the owner's, or as the owner). Repeatable: a failure leaves the row.
         let ctx = self.context();
-        let mut conn = ctx.connect(ctx.owner.clone()).await?;
-        // The storage first: if the row went first, a failure would leave storage that no
-        // registered tenant names. Both steps can be repeated.
-        self.strategy().destroy(ctx, &mut conn, &tenant).await?;
         let days = self.settings.identifier_quarantine_days;
-        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-            if days > 0 {
-                registry::quarantine(conn, &tenant, days).await?;
-            }
-            registry::delete_row(conn, tenant.id).await?;
-            Ok(())
-        })
-        .await?;
+        let mut conn = self.control.get().await?;
+        let destroyed = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                self.strategy().destroy(ctx, conn, &tenant).await?;
+                if days > 0 {
+                    registry::quarantine(conn, &tenant, days).await?;
+                }
+                registry::delete_row(conn, tenant.id).await?;
+                Ok(())
+            })
+            .await;
+        conn.finish(destroyed.is_ok()).await?;
+        destroyed?;
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, "tenant destroyed");
         Ok(tenant)
     }
@@ -712,16 +749,13 @@ impl Tenancy {
     pub async fn plan_migrations(&self) -> Result<MigrationPlan, LifecycleError> {
         self.check_owner_session().await?;
         let ctx = self.context();
-        let schemas = [CONTROL_SCHEMA.to_owned()];
-        let mut control = migrate::pending_in(
+        let mut control = migrate::pending_in_schema(
             &ctx.runtime,
             ctx.owner.clone(),
             &CONTROL_MIGRATIONS,
-            &schemas,
+            CONTROL_SCHEMA,
         )
-        .await?
-        .pop()
-        .unwrap_or_default();
+        .await?;
         control.extend(self.strategy().pending_shared(ctx).await?);
         // Before the control plane's first migration there is no registry to read.
         let first = migrate::versions(&CONTROL_MIGRATIONS)?.into_iter().next();
@@ -847,13 +881,39 @@ impl Tenancy {
         if let Some(marked) = &marked {
             self.forget(marked).await;
         }
-        let result = self.strategy().migrate(self.context(), tenant).await;
+        let mut result = self.strategy().migrate(self.context(), tenant).await;
+        if result.is_ok()
+            && tenant.status == TenantStatus::Provisioning
+            && let Err(error) = self.complete_provisioning(tenant).await
+        {
+            // Registered by a process without the owner's rights, or interrupted.
+            result = Err(error);
+        }
         if marked.is_some() {
             self.end_migrating(tenant)
                 .await
                 .map_err(|e| MigrateError::Migration(format!("ending maintenance: {e}")))?;
         }
         result
+    }
+
+    /// Makes a tenant whose storage `migrate` just completed `active`.
+    async fn complete_provisioning(&self, tenant: &Tenant) -> Result<(), MigrateError> {
+        let mut conn = self.control.get().await.map_err(|e| {
+            MigrateError::Migration(format!("completing the provisioning: {e}"))
+        })?;
+        let active = registry::transition(
+            &mut conn,
+            tenant.id,
+            &[TenantStatus::Provisioning],
+            TenantStatus::Active,
+        )
+        .await?;
+        conn.finish(true).await?;
+        if let Some(active) = &active {
+            self.forget(active).await;
+        }
+        Ok(())
     }
 
     /// Ends `migrating` on `tenant`.

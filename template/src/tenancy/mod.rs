@@ -204,6 +204,7 @@ impl Tenancy {
                 runtime,
 {%- if isolation == "database" %}
                 control: control.clone(),
+                has_owner: database.migration_url.is_some(),
 {%- endif %}
             },
             strategy,

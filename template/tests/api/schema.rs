@@ -230,3 +230,40 @@ async fn the_service_refuses_a_superuser_or_an_owner_of_tenant_schemas_as_its_ro
     let refusal = app.tenancy.check_app_role().await.unwrap_err().to_string();
     assert!(refusal.contains("owns 1 tenant schemas"), "{refusal}");
 }
+
+/// The functions through which the application role creates and drops tenant schemas do
+/// only what the registry says, and nobody else may run them.
+#[actix_web::test]
+async fn the_application_role_creates_and_drops_schemas_only_as_the_registry_says() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let attempts = [
+        // acme is active: provisioned already, and not deleted.
+        ("SELECT tenancy.provision_schema('acme')", "being provisioned"),
+        ("SELECT tenancy.drop_tenant_schema('acme')", "no deleted tenant"),
+        ("SELECT tenancy.provision_schema('ghost')", "being provisioned"),
+        (
+            "SELECT tenancy.drop_tenant_schema('acme\"; DROP SCHEMA tenancy CASCADE; --')",
+            "invalid tenant identifier",
+        ),
+        ("DROP SCHEMA tenant_acme CASCADE", "must be owner"),
+        ("CREATE SCHEMA tenant_evil", "permission denied"),
+        ("SELECT * FROM tenancy.tenant_migrations", "permission denied"),
+    ];
+    for (sql, expected) in attempts {
+        let refused = crate::helpers::query_url(&app.db.app_url, sql).await.unwrap_err();
+        let refused = format!("{refused:?}");
+        assert!(refused.contains(expected), "{sql}: {refused}");
+    }
+    assert!(app.db.schemas().await.contains(&"tenant_acme".to_owned()));
+    assert!(app.db.schemas().await.contains(&"tenancy".to_owned()));
+    // Functions are everyone's to run by default: not these.
+    let public_grants = app
+        .db
+        .query(
+            "SELECT count(*) FROM pg_proc p, aclexplode(p.proacl) a \
+             WHERE p.proname IN ('provision_schema', 'drop_tenant_schema') AND a.grantee = 0",
+        )
+        .await;
+    assert_eq!(public_grants, vec![vec![Some("0".to_owned())]]);
+}

@@ -488,15 +488,8 @@ impl Strategy for DatabaseStrategy {
     }
 
     async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        let schemas = [CONTROL_SCHEMA.to_owned()];
-        let mut pending = migrate::pending_in(
-            &ctx.runtime,
-            ctx.owner.clone(),
-            &CONTROL_MIGRATIONS,
-            &schemas,
-        )
-        .await?;
-        Ok(pending.pop().unwrap_or_default())
+        migrate::pending_in_schema(&ctx.runtime, ctx.owner.clone(), &CONTROL_MIGRATIONS, CONTROL_SCHEMA)
+            .await
     }
 
     /// A database's record can only be read inside it: one connection per tenant database,
@@ -516,10 +509,9 @@ impl Strategy for DatabaseStrategy {
             }
         }
         let every = migrate::versions(&TENANT_MIGRATIONS)?;
-        let public = ["public".to_owned()];
         futures_util::stream::iter(placements)
             .map(|placed| {
-                let (every, public) = (&every, &public);
+                let every = &every;
                 async move {
                     let Some(placed) = placed else {
                         return Ok(every.clone());
@@ -530,10 +522,10 @@ impl Strategy for DatabaseStrategy {
                         .owner_config(ctx, server.as_ref())
                         .map_err(MigrateError::Migration)?;
                     inside.dbname(name.as_str());
-                    match migrate::pending_in(&ctx.runtime, inside, &TENANT_MIGRATIONS, public)
+                    match migrate::pending_in_schema(&ctx.runtime, inside, &TENANT_MIGRATIONS, "public")
                         .await
                     {
-                        Ok(mut pending) => Ok(pending.pop().unwrap_or_default()),
+                        Ok(pending) => Ok(pending),
                         Err(MigrateError::Connect(error))
                             if error.to_string().contains("does not exist") =>
                         {
@@ -546,6 +538,22 @@ impl Strategy for DatabaseStrategy {
             .buffered(4)
             .try_collect()
             .await
+    }
+
+    /// Creating a database takes the owner's rights: with the owner's URL, as `migrate`
+    /// does; without it (`serve` holding the application role's alone), the tenant stays
+    /// `provisioning` until `migrate` (or `tenant create`) completes it.
+    async fn provision(
+        &self,
+        ctx: &Context,
+        _conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<bool, MigrateError> {
+        if !ctx.has_owner {
+            super::ensure(tenant, Isolation::Database).map_err(MigrateError::Migration)?;
+            return Ok(false);
+        }
+        self.migrate(ctx, tenant).await.map(|_| true)
     }
 
     /// Creates the tenant's database if needed (as the owner, on the server its record
@@ -620,8 +628,8 @@ impl Strategy for DatabaseStrategy {
     }
 
     /// Terminates the tenant's connections and drops its database, as the owner, on the
-    /// server its record names (`conn` is the owner's connection to the control
-    /// database); then deletes the record.
+    /// server its record names; then deletes the record (as the owner: the application
+    /// role may only read it).
     async fn destroy(
         &self,
         ctx: &Context,
@@ -638,22 +646,20 @@ impl Strategy for DatabaseStrategy {
             None => (self.database_name(tenant), None),
         };
         let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name.quoted());
-        match server {
-            None => {
-                diesel::sql_query(drop_database).execute(conn).await?;
-            }
-            Some(server) => {
-                let owner = self.owner_config(ctx, Some(&server)).map_err(invalid)?;
-                let mut there = ctx
-                    .connect(owner)
-                    .await
-                    .map_err(|e| invalid(format!("{}: {e}", server.as_str())))?;
-                diesel::sql_query(drop_database).execute(&mut there).await?;
-            }
-        }
+        let owner = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
+        let where_ = server.as_ref().map_or("the default server", |s| s.as_str());
+        let mut there = ctx
+            .connect(owner)
+            .await
+            .map_err(|e| invalid(format!("{where_}: {e}")))?;
+        diesel::sql_query(drop_database).execute(&mut there).await?;
+        let mut control = ctx
+            .connect(ctx.owner.clone())
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
         diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
             .bind::<SqlUuid, _>(tenant.id)
-            .execute(conn)
+            .execute(&mut control)
             .await?;
         Ok(())
     }

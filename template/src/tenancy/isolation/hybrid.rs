@@ -110,6 +110,19 @@ impl Strategy for HybridStrategy {
             .collect())
     }
 
+    async fn provision(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<bool, MigrateError> {
+        match tenant.isolation {
+            Isolation::Schema => self.schema.provision(ctx, conn, tenant).await,
+            Isolation::Rls => self.rls.provision(ctx, conn, tenant).await,
+            other => Err(MigrateError::Migration(unsupported(other))),
+        }
+    }
+
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         match tenant.isolation {
             Isolation::Schema => self.schema.migrate(ctx, tenant).await,

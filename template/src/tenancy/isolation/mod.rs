@@ -32,6 +32,9 @@ pub struct Context {
 {%- if isolation == "database" %}
     /// The control plane's pool (the tenant registry).
     pub control: crate::db::ControlPool,
+    /// Whether the owner's URL was given (`TENANCY_MIGRATION_DATABASE_URL`); without it,
+    /// `owner` is the application role, which cannot create or drop databases.
+    pub has_owner: bool,
 {%- endif %}
 }
 
@@ -95,6 +98,17 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         tenants: &[Tenant],
     ) -> impl Future<Output = Result<Vec<Vec<String>>, MigrateError>>;
 
+    /// Creates a new tenant's storage through `conn`, a connection of the application role
+    /// to the control database, so that a process holding no owner's password (`serve`)
+    /// creates tenants wherever the strategy allows it. `Ok(false)`: left for what holds
+    /// the owner's rights (`migrate`, `tenant create`), which completes it. Safe to repeat.
+    fn provision(
+        &self,
+        ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> impl Future<Output = Result<bool, MigrateError>>;
+
     /// Creates or updates `tenant`'s storage, as the owner. Safe to repeat: this is how an
     /// interrupted provisioning completes.
     fn migrate(
@@ -103,7 +117,8 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         tenant: &Tenant,
     ) -> impl Future<Output = Result<Vec<String>, MigrateError>>;
 
-    /// Removes `tenant`'s storage; `conn` is the owner's connection to the control database.
+    /// Removes `tenant`'s storage; `conn` is the application role's connection to the
+    /// control database, in the transaction that then removes the registry row.
     fn destroy(
         &self,
         ctx: &Context,
@@ -111,8 +126,8 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         tenant: &Tenant,
     ) -> impl Future<Output = QueryResult<()>>;
 
-    /// What `destroy` would drop, changing nothing (`tenant destroy --dry-run`); `conn`
-    /// as for `destroy`.
+    /// What `destroy` would drop, changing nothing (`tenant destroy --dry-run`); `conn` is
+    /// the owner's connection to the control database (row counts read every table).
     fn destroy_plan(
         &self,
         ctx: &Context,

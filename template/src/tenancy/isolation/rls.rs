@@ -82,15 +82,8 @@ impl Strategy for RlsStrategy {
     }
 
     async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        let schemas = [DATA_SCHEMA.to_owned()];
-        let mut pending = migrate::pending_in(
-            &ctx.runtime,
-            ctx.owner.clone(),
-            &TENANT_MIGRATIONS,
-            &schemas,
-        )
-        .await?;
-        Ok(pending.pop().unwrap_or_default())
+        migrate::pending_in_schema(&ctx.runtime, ctx.owner.clone(), &TENANT_MIGRATIONS, DATA_SCHEMA)
+            .await
     }
 
     /// A tenant has nothing of its own to migrate.
@@ -103,14 +96,26 @@ impl Strategy for RlsStrategy {
     }
 
     /// A new tenant needs no storage of its own: its rows go in the shared tables.
+    async fn provision(
+        &self,
+        _ctx: &Context,
+        _conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<bool, MigrateError> {
+        super::ensure(tenant, Isolation::Rls).map_err(MigrateError::Migration)?;
+        Ok(true)
+    }
+
+    /// Nothing of a tenant's own to migrate.
     async fn migrate(&self, _ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         super::ensure(tenant, Isolation::Rls).map_err(MigrateError::Migration)?;
         Ok(Vec::new())
     }
 
     /// Deletes the tenant's rows from every tenant table (every table of `tenancy_data`
-    /// with a `tenant_id` column), in one transaction, as the owner. The explicit `WHERE`
-    /// matters: the owner may be a superuser, which RLS does not restrict.
+    /// with a `tenant_id` column), in one transaction, scoped to the tenant as a request
+    /// is: its policies let the application role delete those rows and no other. The
+    /// explicit `WHERE` matters to a role that RLS does not restrict.
     async fn destroy(
         &self,
         _ctx: &Context,

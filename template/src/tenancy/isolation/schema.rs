@@ -6,10 +6,12 @@
 //! name only ever comes from `SchemaName::for_tenant`.
 
 use diesel::QueryResult;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{Array, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
+use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
@@ -20,6 +22,15 @@ use crate::settings::{ConfigError, Source};
 
 /// Run once in every tenant's schema, with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
+
+/// The same migrations' versions and SQL (written by build.rs): `migrate` keeps them in
+/// `tenancy.tenant_migrations`, where `tenancy.provision_schema` reads them.
+const TENANT_MIGRATION_SQL: &[(&str, &str)] =
+    include!(concat!(env!("OUT_DIR"), "/tenant_schema_sql.rs"));
+
+/// This strategy's part of the control plane: the functions through which the
+/// application role creates and drops tenant schemas, run as the owner.
+pub const CONTROL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/control_schema");
 
 /// Every tenant schema starts with this, so no tenant can ever name `public` or `tenancy`.
 const SCHEMA_PREFIX: &str = "tenant_";
@@ -52,6 +63,13 @@ impl std::fmt::Display for SchemaName {
 
 pub struct SchemaStrategy;
 
+/// What `tenancy.provision_schema` returns: the versions the tenant's schema has.
+#[derive(diesel::QueryableByName)]
+struct Provisioned {
+    #[diesel(sql_type = Array<Text>)]
+    versions: Vec<String>,
+}
+
 impl Strategy for SchemaStrategy {
     type Settings = ();
 
@@ -78,13 +96,52 @@ impl Strategy for SchemaStrategy {
         Ok(ctx.app.clone())
     }
 
-    /// Nothing is shared between tenants in this strategy.
-    async fn migrate_shared(&self, _ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        Ok(Vec::new())
+    /// Tenants share no table here; the control plane gets the provisioning functions
+    /// (executable by the application role alone) and this build's tenant migrations.
+    async fn migrate_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        let grants = ctx
+            .app_role
+            .as_ref()
+            .map(|role| {
+                ["provision_schema", "drop_tenant_schema"]
+                    .map(|function| {
+                        format!(
+                            "GRANT EXECUTE ON FUNCTION \"{CONTROL_SCHEMA}\".{function}(text) TO {}",
+                            role.quoted()
+                        )
+                    })
+                    .to_vec()
+            })
+            .unwrap_or_default();
+        let applied = migrate::run_pending(
+            &ctx.runtime,
+            with_session_option(&ctx.owner, "search_path", CONTROL_SCHEMA),
+            CONTROL_MIGRATIONS,
+            "migrate:control_schema".into(),
+            Vec::new(),
+            grants,
+        )
+        .await?;
+        // A version already there keeps its SQL unless this build's differs; one this
+        // build lacks (a newer build's) stays.
+        let (versions, sql): (Vec<&str>, Vec<&str>) = TENANT_MIGRATION_SQL.iter().copied().unzip();
+        let mut conn = ctx.connect(ctx.owner.clone()).await?;
+        diesel::sql_query(
+            "INSERT INTO tenancy.tenant_migrations (version, up_sql) \
+             SELECT * FROM unnest($1::text[], $2::text[]) \
+             ON CONFLICT (version) DO UPDATE SET up_sql = excluded.up_sql \
+             WHERE tenant_migrations.up_sql IS DISTINCT FROM excluded.up_sql",
+        )
+        .bind::<Array<Text>, _>(versions)
+        .bind::<Array<Text>, _>(sql)
+        .execute(&mut conn)
+        .await?;
+        Ok(applied)
     }
 
-    async fn pending_shared(&self, _ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        Ok(Vec::new())
+    async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
+        migrate::pending_in_schema(&ctx.runtime, ctx.owner.clone(), &CONTROL_MIGRATIONS, CONTROL_SCHEMA)
+            .await
     }
 
     /// Reads the tenant schemas' records, 500 to a statement.
@@ -103,6 +160,39 @@ impl Strategy for SchemaStrategy {
             &TENANT_MIGRATIONS,
             &schemas,
         )
+        .await
+    }
+
+    /// `tenancy.provision_schema`, as the application role: the schema, created by the
+    /// function as its owner, must then have every migration of this build (else the
+    /// database holds an older build's, and `migrate` must run first: nothing is kept).
+    async fn provision(
+        &self,
+        _ctx: &Context,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<bool, MigrateError> {
+        super::ensure(tenant, Isolation::Schema).map_err(MigrateError::Migration)?;
+        let expected = migrate::versions(&TENANT_MIGRATIONS)?;
+        conn.transaction::<_, MigrateError, _>(async |conn| {
+            let provisioned: Provisioned =
+                diesel::sql_query("SELECT tenancy.provision_schema($1) AS versions")
+                    .bind::<Text, _>(tenant.identifier.as_str())
+                    .get_result(conn)
+                    .await?;
+            let missing: Vec<&String> = expected
+                .iter()
+                .filter(|v| !provisioned.versions.contains(v))
+                .collect();
+            if missing.is_empty() {
+                Ok(true)
+            } else {
+                Err(MigrateError::Migration(format!(
+                    "the database lacks tenant migrations of this build ({}): run `migrate` first",
+                    missing.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        })
         .await
     }
 
@@ -127,7 +217,8 @@ impl Strategy for SchemaStrategy {
         .await
     }
 
-    /// Drops the tenant's schema and everything in it (one statement), as the owner.
+    /// Drops the tenant's schema and everything in it, through
+    /// `tenancy.drop_tenant_schema` (as its owner; the tenant must be deleted).
     async fn destroy(
         &self,
         _ctx: &Context,
@@ -135,8 +226,8 @@ impl Strategy for SchemaStrategy {
         tenant: &Tenant,
     ) -> QueryResult<()> {
         super::ensure(tenant, Isolation::Schema).map_err(super::query_error)?;
-        let schema = SchemaName::for_tenant(&tenant.identifier);
-        diesel::sql_query(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
+        diesel::sql_query("SELECT tenancy.drop_tenant_schema($1)")
+            .bind::<Text, _>(tenant.identifier.as_str())
             .execute(conn)
             .await?;
         Ok(())

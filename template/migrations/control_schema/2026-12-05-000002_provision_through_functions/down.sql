@@ -1,0 +1,3 @@
+DROP FUNCTION tenancy.drop_tenant_schema(text);
+DROP FUNCTION tenancy.provision_schema(text);
+DROP TABLE tenancy.tenant_migrations;
