@@ -169,6 +169,10 @@ manifests_configure_the_service() {
   mapfile -t env_job < <(local_env Job) || return 1
   mapfile -t env_server < <(local_env Deployment) || return 1
   [ ${#env_job[@]} -gt 0 ] && [ ${#env_server[@]} -gt 0 ] || { echo "no environment rendered"; return 1; }
+  if printf '%s\n' "${env_server[@]}" | grep -q '^TENANCY_MIGRATION_DATABASE_URL='; then
+    echo "the Deployment's pods hold the owner's URL (TENANCY_MIGRATION_DATABASE_URL)"
+    return 1
+  fi
   log=$rendered/service.log
   env -i PATH="$PATH" "${env_job[@]}" timeout 300 "$bin" migrate --create-app-role >"$log" 2>&1 ||
     { echo "the migrate Job's command failed:"; cat "$log"; return 1; }

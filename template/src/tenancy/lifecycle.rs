@@ -899,9 +899,10 @@ impl Tenancy {
 
     /// Makes a tenant whose storage `migrate` just completed `active`.
     async fn complete_provisioning(&self, tenant: &Tenant) -> Result<(), MigrateError> {
-        let mut conn = self.control.get().await.map_err(|e| {
-            MigrateError::Migration(format!("completing the provisioning: {e}"))
-        })?;
+        let mut conn =
+            self.control.get().await.map_err(|e| {
+                MigrateError::Migration(format!("completing the provisioning: {e}"))
+            })?;
         let active = registry::transition(
             &mut conn,
             tenant.id,

@@ -146,6 +146,9 @@ impl Tenancy {
             None => PgConfig::parse(database.url.expose_secret(), ca_file)
                 .map_err(StartupError::DatabaseUrl)?,
         };
+{%- if isolation == "database" %}
+        let has_owner = database.migration_url.is_some();
+{%- endif %}
         let app_role = match (app.get_user(), owner.get_user()) {
             (Some(app), Some(owner)) if app != owner => {
                 Some(SqlIdentifier::parse(app).map_err(|why| {
@@ -204,7 +207,7 @@ impl Tenancy {
                 runtime,
 {%- if isolation == "database" %}
                 control: control.clone(),
-                has_owner: database.migration_url.is_some(),
+                has_owner,
 {%- endif %}
             },
             strategy,

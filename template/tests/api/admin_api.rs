@@ -348,7 +348,11 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
     let db = crate::helpers::TestDatabase::create().await;
     // Migrated by the owner, as the migrate Job does.
     let out = crate::cli::run(&db, &["migrate"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let app = crate::helpers::spawn_app_on(db, &[("TENANCY_MIGRATION_DATABASE_URL", "")]).await;
     assert!(app.settings.tenancy.database.migration_url.is_none());
     let service = service!(app);
@@ -361,7 +365,11 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
     let (status, refused) = admin!(service, post "/admin/tenants", json = json!({"identifier": "far", "name": "Far", "server": "127.0.0.1:5432"}));
     assert!(status.is_client_error(), "{status} {refused}");
     let out = crate::cli::run(&app.db, &["migrate"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (_, shown) = admin!(service, get "/admin/tenants/acme");
     assert_eq!(shown["status"], "active", "{shown}");
 {%- else %}
@@ -372,22 +380,34 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
     let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "premium", "name": "Premium", "isolation": "schema"}));
     assert_eq!(status, StatusCode::CREATED, "{created}");
 {%- endif %}
-    let (status, note) = call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "kept apart"}));
+    let (status, note) =
+        call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "kept apart"}));
     assert_eq!(status, StatusCode::CREATED, "{note}");
     let (status, notes) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(notes.as_array().map(Vec::len), Some(1), "{notes}");
 
-    assert_eq!(admin!(service, delete "/admin/tenants/acme").0, StatusCode::OK);
-    let (status, body) = admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "acme"}));
+    assert_eq!(
+        admin!(service, delete "/admin/tenants/acme").0,
+        StatusCode::OK
+    );
+    let (status, body) =
+        admin!(service, post "/admin/tenants/acme/destroy", json = json!({"confirm": "acme"}));
 {%- if isolation == "database" %}
     // Dropping a database too: refused, naming what does it.
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("tenant destroy"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("tenant destroy"),
+        "{body}"
+    );
 {%- else %}
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(app.db.schemas().await.iter().all(|s| s != "tenant_acme"));
-    assert_eq!(admin!(service, get "/admin/tenants/acme").0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        admin!(service, get "/admin/tenants/acme").0,
+        StatusCode::NOT_FOUND
+    );
 {%- endif %}
-    app.assert_the_owner_is_refused_as_app_role("is a superuser").await;
+    app.assert_the_owner_is_refused_as_app_role("is a superuser")
+        .await;
 }

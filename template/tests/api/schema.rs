@@ -239,19 +239,33 @@ async fn the_application_role_creates_and_drops_schemas_only_as_the_registry_say
     app.create_tenant("acme").await;
     let attempts = [
         // acme is active: provisioned already, and not deleted.
-        ("SELECT tenancy.provision_schema('acme')", "being provisioned"),
-        ("SELECT tenancy.drop_tenant_schema('acme')", "no deleted tenant"),
-        ("SELECT tenancy.provision_schema('ghost')", "being provisioned"),
+        (
+            "SELECT tenancy.provision_schema('acme')",
+            "being provisioned",
+        ),
+        (
+            "SELECT tenancy.drop_tenant_schema('acme')",
+            "no deleted tenant",
+        ),
+        (
+            "SELECT tenancy.provision_schema('ghost')",
+            "being provisioned",
+        ),
         (
             "SELECT tenancy.drop_tenant_schema('acme\"; DROP SCHEMA tenancy CASCADE; --')",
             "invalid tenant identifier",
         ),
         ("DROP SCHEMA tenant_acme CASCADE", "must be owner"),
         ("CREATE SCHEMA tenant_evil", "permission denied"),
-        ("SELECT * FROM tenancy.tenant_migrations", "permission denied"),
+        (
+            "SELECT * FROM tenancy.tenant_migrations",
+            "permission denied",
+        ),
     ];
     for (sql, expected) in attempts {
-        let refused = crate::helpers::query_url(&app.db.app_url, sql).await.unwrap_err();
+        let refused = crate::helpers::query_url(&app.db.app_url, sql)
+            .await
+            .unwrap_err();
         let refused = format!("{refused:?}");
         assert!(refused.contains(expected), "{sql}: {refused}");
     }

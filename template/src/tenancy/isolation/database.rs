@@ -488,8 +488,13 @@ impl Strategy for DatabaseStrategy {
     }
 
     async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        migrate::pending_in_schema(&ctx.runtime, ctx.owner.clone(), &CONTROL_MIGRATIONS, CONTROL_SCHEMA)
-            .await
+        migrate::pending_in_schema(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &CONTROL_MIGRATIONS,
+            CONTROL_SCHEMA,
+        )
+        .await
     }
 
     /// A database's record can only be read inside it: one connection per tenant database,
@@ -522,8 +527,13 @@ impl Strategy for DatabaseStrategy {
                         .owner_config(ctx, server.as_ref())
                         .map_err(MigrateError::Migration)?;
                     inside.dbname(name.as_str());
-                    match migrate::pending_in_schema(&ctx.runtime, inside, &TENANT_MIGRATIONS, "public")
-                        .await
+                    match migrate::pending_in_schema(
+                        &ctx.runtime,
+                        inside,
+                        &TENANT_MIGRATIONS,
+                        "public",
+                    )
+                    .await
                     {
                         Ok(pending) => Ok(pending),
                         Err(MigrateError::Connect(error))

@@ -82,8 +82,13 @@ impl Strategy for RlsStrategy {
     }
 
     async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        migrate::pending_in_schema(&ctx.runtime, ctx.owner.clone(), &TENANT_MIGRATIONS, DATA_SCHEMA)
-            .await
+        migrate::pending_in_schema(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &TENANT_MIGRATIONS,
+            DATA_SCHEMA,
+        )
+        .await
     }
 
     /// A tenant has nothing of its own to migrate.

@@ -140,8 +140,13 @@ impl Strategy for SchemaStrategy {
     }
 
     async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
-        migrate::pending_in_schema(&ctx.runtime, ctx.owner.clone(), &CONTROL_MIGRATIONS, CONTROL_SCHEMA)
-            .await
+        migrate::pending_in_schema(
+            &ctx.runtime,
+            ctx.owner.clone(),
+            &CONTROL_MIGRATIONS,
+            CONTROL_SCHEMA,
+        )
+        .await
     }
 
     /// Reads the tenant schemas' records, 500 to a statement.
@@ -189,7 +194,11 @@ impl Strategy for SchemaStrategy {
             } else {
                 Err(MigrateError::Migration(format!(
                     "the database lacks tenant migrations of this build ({}): run `migrate` first",
-                    missing.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+                    missing
+                        .iter()
+                        .map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )))
             }
         })
