@@ -61,6 +61,7 @@ done
 # Files the repository's docs name in backticks exist (src/, tests/, migrations/: the
 # template's). The generated docs are checked against each generated project
 # (ci/doc_names.py, from ci/test.sh).
+# shellcheck disable=SC2016 # the backticks are Markdown's, matched literally
 while IFS= read -r path; do
   found=no
   for candidate in "$path" "template/$path" "$path.liquid" "template/$path.liquid"; do

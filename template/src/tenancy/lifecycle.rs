@@ -551,8 +551,8 @@ impl Tenancy {
         Ok(tenant)
     }
 
-    /// Lets a new tenant take `identifier` before its quarantine ends. Refused (not
-    /// found) when it is not quarantined.
+    /// Lets a new tenant take `identifier` before its quarantine ends (as the owner);
+    /// refused when it is not quarantined.
     pub async fn release_identifier(
         &self,
         actor: &Actor,
