@@ -345,17 +345,12 @@ async fn a_tenant_is_made_read_only_and_back_over_http() {
 /// application role refused as before if it were the owner.
 #[actix_web::test]
 async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
-    let db = crate::helpers::TestDatabase::create().await;
     // Migrated by the owner, as the migrate Job does.
-    let out = crate::cli::run(&db, &["migrate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let app = crate::helpers::spawn_app_on(db, &[("TENANCY_MIGRATION_DATABASE_URL", "")]).await;
-    assert!(app.settings.tenancy.database.migration_url.is_none());
-    let service = service!(app);
+    let owner = spawn_app().await;
+    let mut settings = owner.settings.clone();
+    settings.tenancy.database.migration_url = None;
+    let tenancy = svc::startup::prepare(&settings).await.unwrap();
+    let service = test::init_service(svc::startup::app(tenancy, &settings)).await;
 
     let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "acme", "name": "Acme"}));
 {%- if isolation == "database" %}
@@ -364,12 +359,17 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
     assert_eq!(created["status"], "provisioning");
     let (status, refused) = admin!(service, post "/admin/tenants", json = json!({"identifier": "far", "name": "Far", "server": "127.0.0.1:5432"}));
     assert!(status.is_client_error(), "{status} {refused}");
-    let out = crate::cli::run(&app.db, &["migrate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = owner
+        .tenancy
+        .migrate_all(
+            &crate::helpers::operator(),
+            4,
+            svc::tenancy::lifecycle::Touch::Pending,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
     let (_, shown) = admin!(service, get "/admin/tenants/acme");
     assert_eq!(shown["status"], "active", "{shown}");
 {%- else %}
@@ -402,12 +402,13 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
     );
 {%- else %}
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    assert!(app.db.schemas().await.iter().all(|s| s != "tenant_acme"));
+    assert!(owner.db.schemas().await.iter().all(|s| s != "tenant_acme"));
     assert_eq!(
         admin!(service, get "/admin/tenants/acme").0,
         StatusCode::NOT_FOUND
     );
 {%- endif %}
-    app.assert_the_owner_is_refused_as_app_role("is a superuser")
+    owner
+        .assert_the_owner_is_refused_as_app_role("is a superuser")
         .await;
 }
