@@ -89,9 +89,14 @@ pub struct PgConn {
 }
 
 impl PgConn {
-    /// The diesel connection itself (for code that needs to own it, e.g. migrations).
-    pub fn into_inner(self) -> AsyncPgConnection {
-        self.conn
+    /// The diesel connection and its closed flag, apart: migrations own the connection
+    /// in a blocking task, then put it back together with [`PgConn::from_parts`].
+    pub fn into_parts(self) -> (AsyncPgConnection, Arc<AtomicBool>) {
+        (self.conn, self.closed)
+    }
+
+    pub fn from_parts(conn: AsyncPgConnection, closed: Arc<AtomicBool>) -> Self {
+        Self { conn, closed }
     }
 
     /// The server closed it.

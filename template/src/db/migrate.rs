@@ -20,7 +20,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use tokio::runtime::Handle;
 
-use super::connect::{ConnectError, connect};
+use super::connect::{ConnectError, PgConn, connect};
 use super::tls::PgConfig;
 use crate::domain::SqlIdentifier;
 
@@ -54,18 +54,96 @@ pub async fn run_pending(
     after: Vec<String>,
 ) -> Result<Vec<String>, MigrateError> {
     let conn = connect(config, runtime, None, None).await?;
+    let target = Target {
+        search_path: None,
+        lock_name,
+        before,
+        after,
+    };
+    run_on(runtime, conn, migrations, target).await?.0
+}
+
+/// Owner connections kept between the tenants `migrate` changes in one database (schema
+/// per tenant), each tenant's `search_path` set for its transaction only: a fleet costs
+/// one log-in per worker, not one per tenant.
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<Vec<PgConn>>);
+
+/// Idle connections [`Sessions`] keeps at most.
+const KEPT_SESSIONS: usize = 16;
+
+impl Sessions {
+    /// [`run_pending`] on a kept connection of `config` (or a new one), `target`'s
+    /// `search_path` set for the transaction; the connection is kept again if all went
+    /// well.
+    pub async fn run_pending(
+        &self,
+        runtime: &Handle,
+        config: &PgConfig,
+        migrations: EmbeddedMigrations,
+        target: Target,
+    ) -> Result<Vec<String>, MigrateError> {
+        let kept = self
+            .kept()
+            .pop()
+            .and_then(|mut conn| (!conn.is_broken()).then_some(conn));
+        let conn = match kept {
+            Some(conn) => conn,
+            None => connect(config.clone(), runtime, None, None).await?,
+        };
+        let (result, mut conn) = run_on(runtime, conn, migrations, target).await?;
+        let mut kept = self.kept();
+        if result.is_ok() && !conn.is_broken() && kept.len() < KEPT_SESSIONS {
+            kept.push(conn);
+        }
+        result
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<PgConn>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where and how migrations are applied.
+pub struct Target {
+    /// Set for the transaction only, quoted (`None`: the connection's own).
+    pub search_path: Option<String>,
+    /// The advisory lock held for the transaction.
+    pub lock_name: String,
+    /// Run first in the transaction (e.g. `CREATE SCHEMA IF NOT EXISTS`).
+    pub before: Vec<String>,
+    /// Run last in the transaction (grants).
+    pub after: Vec<String>,
+}
+
+/// Applies the pending `migrations` on `conn` in one transaction (see [`run_pending`]);
+/// gives the connection back with the outcome.
+async fn run_on(
+    runtime: &Handle,
+    conn: PgConn,
+    migrations: EmbeddedMigrations,
+    target: Target,
+) -> Result<(Result<Vec<String>, MigrateError>, PgConn), MigrateError> {
+    let (conn, closed) = conn.into_parts();
     runtime
         .spawn_blocking(move || {
             let mut conn: AsyncConnectionWrapper<AsyncPgConnection> =
-                AsyncConnectionWrapper::from(conn.into_inner());
+                AsyncConnectionWrapper::from(conn);
             use diesel::RunQueryDsl;
 
             // Each migration of the harness is a savepoint of this transaction.
-            conn.transaction(|conn| {
+            let result = conn.transaction(|conn| {
+                if let Some(search_path) = &target.search_path {
+                    diesel::sql_query("SELECT set_config('search_path', $1, true)")
+                        .bind::<Text, _>(search_path)
+                        .execute(conn)?;
+                }
                 diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind::<Text, _>(&lock_name)
+                    .bind::<Text, _>(&target.lock_name)
                     .execute(conn)?;
-                for sql in before {
+                for sql in &target.before {
                     diesel::sql_query(sql).execute(conn)?;
                 }
                 let applied: Vec<String> = conn
@@ -74,14 +152,15 @@ pub async fn run_pending(
                     .iter()
                     .map(ToString::to_string)
                     .collect();
-                for sql in after {
+                for sql in &target.after {
                     diesel::sql_query(sql).execute(conn)?;
                 }
                 Ok(applied)
-            })
+            });
+            (result, PgConn::from_parts(conn.into_inner(), closed))
         })
         .await
-        .map_err(|e| MigrateError::Runtime(e.to_string()))?
+        .map_err(|e| MigrateError::Runtime(e.to_string()))
 }
 
 /// The versions of `migrations`, oldest first.

@@ -281,3 +281,47 @@ async fn the_application_role_creates_and_drops_schemas_only_as_the_registry_say
         .await;
     assert_eq!(public_grants, vec![vec![Some("0".to_owned())]]);
 }
+
+/// `migrate` keeps its connections from one tenant to the next, each tenant's
+/// `search_path` set for its own transaction: every schema gets its own tables and
+/// records, and nothing lands in another's.
+#[actix_web::test]
+async fn migrations_on_reused_connections_land_in_each_tenants_own_schema() {
+    let app = spawn_app().await;
+    let names = ["r1", "r2", "r3", "r4", "r5"];
+    for name in names {
+        app.create_tenant(name).await;
+        unmigrate(&app, name).await;
+    }
+    // One at a time: one connection serves them all, in turn.
+    let report = app
+        .tenancy
+        .migrate_all(&crate::helpers::operator(), 1, Touch::Pending, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.tenants_pending, report.tenants_changed), (5, 5));
+    let tables = app
+        .db
+        .query(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables \
+             WHERE table_schema LIKE 'tenant_r_' ORDER BY 1",
+        )
+        .await;
+    let expected: Vec<Vec<Option<String>>> = names
+        .iter()
+        .flat_map(|name| {
+            ["__diesel_schema_migrations", "notes"]
+                .map(|table| vec![Some(format!("tenant_{name}.{table}"))])
+        })
+        .collect();
+    assert_eq!(tables, expected);
+    for name in names {
+        let recorded = app
+            .db
+            .query(&format!(
+                "SELECT string_agg(version, ',') FROM tenant_{name}.__diesel_schema_migrations"
+            ))
+            .await;
+        assert_eq!(recorded[0][0].as_deref(), Some("20260101000000"), "{name}");
+    }
+}

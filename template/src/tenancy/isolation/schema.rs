@@ -61,7 +61,10 @@ impl std::fmt::Display for SchemaName {
     }
 }
 
-pub struct SchemaStrategy;
+pub struct SchemaStrategy {
+    /// The owner's connections `migrate` reuses from one tenant to the next.
+    sessions: migrate::Sessions,
+}
 
 /// What `tenancy.provision_schema` returns: the versions the tenant's schema has.
 #[derive(diesel::QueryableByName)]
@@ -78,7 +81,9 @@ impl Strategy for SchemaStrategy {
     }
 
     fn new(_: &(), _: &DatabaseSettings) -> Self {
-        Self
+        Self {
+            sessions: migrate::Sessions::default(),
+        }
     }
 
     fn route(&self, tenant: &Tenant) -> Result<Route, String> {
@@ -206,7 +211,7 @@ impl Strategy for SchemaStrategy {
     }
 
     /// Creates the tenant's schema if needed, applies its pending migrations as the owner
-    /// and grants the application role data access.
+    /// and grants the application role data access, on a connection kept between tenants.
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         super::ensure(tenant, Isolation::Schema).map_err(MigrateError::Migration)?;
         let schema = SchemaName::for_tenant(&tenant.identifier);
@@ -215,15 +220,15 @@ impl Strategy for SchemaStrategy {
             .as_ref()
             .map(|role| grants_on_schema(&schema.quoted(), role))
             .unwrap_or_default();
-        migrate::run_pending(
-            &ctx.runtime,
-            with_session_option(&ctx.owner, "search_path", schema.as_str()),
-            TENANT_MIGRATIONS,
-            format!("migrate:{schema}"),
-            vec![format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted())],
-            grants,
-        )
-        .await
+        let target = migrate::Target {
+            search_path: Some(schema.quoted()),
+            lock_name: format!("migrate:{schema}"),
+            before: vec![format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted())],
+            after: grants,
+        };
+        self.sessions
+            .run_pending(&ctx.runtime, &ctx.owner, TENANT_MIGRATIONS, target)
+            .await
     }
 
     /// Drops the tenant's schema and everything in it, through
