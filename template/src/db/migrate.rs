@@ -63,49 +63,6 @@ pub async fn run_pending(
     run_on(runtime, conn, migrations, target).await?.0
 }
 
-/// Owner connections kept between the tenants `migrate` changes in one database (schema
-/// per tenant), each tenant's `search_path` set for its transaction only: a fleet costs
-/// one log-in per worker, not one per tenant.
-#[derive(Default)]
-pub struct Sessions(std::sync::Mutex<Vec<PgConn>>);
-
-/// Idle connections [`Sessions`] keeps at most.
-const KEPT_SESSIONS: usize = 16;
-
-impl Sessions {
-    /// [`run_pending`] on a kept connection of `config` (or a new one), `target`'s
-    /// `search_path` set for the transaction; the connection is kept again if all went
-    /// well.
-    pub async fn run_pending(
-        &self,
-        runtime: &Handle,
-        config: &PgConfig,
-        migrations: EmbeddedMigrations,
-        target: Target,
-    ) -> Result<Vec<String>, MigrateError> {
-        let kept = self
-            .kept()
-            .pop()
-            .and_then(|mut conn| (!conn.is_broken()).then_some(conn));
-        let conn = match kept {
-            Some(conn) => conn,
-            None => connect(config.clone(), runtime, None, None).await?,
-        };
-        let (result, mut conn) = run_on(runtime, conn, migrations, target).await?;
-        let mut kept = self.kept();
-        if result.is_ok() && !conn.is_broken() && kept.len() < KEPT_SESSIONS {
-            kept.push(conn);
-        }
-        result
-    }
-
-    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<PgConn>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// Where and how migrations are applied.
 pub struct Target {
     /// Set for the transaction only, quoted (`None`: the connection's own).
@@ -120,7 +77,7 @@ pub struct Target {
 
 /// Applies the pending `migrations` on `conn` in one transaction (see [`run_pending`]);
 /// gives the connection back with the outcome.
-async fn run_on(
+pub async fn run_on(
     runtime: &Handle,
     conn: PgConn,
     migrations: EmbeddedMigrations,

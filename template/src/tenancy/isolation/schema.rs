@@ -12,13 +12,14 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
-use crate::db::connect::with_session_option;
+use crate::db::connect::{PgConn, connect, with_session_option};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
 use crate::db::settings::DatabaseSettings;
 use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, Tenant, TenantIdentifier};
 use crate::settings::{ConfigError, Source};
+use tokio::runtime::Handle;
 
 /// Run once in every tenant's schema, with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_schema");
@@ -63,7 +64,50 @@ impl std::fmt::Display for SchemaName {
 
 pub struct SchemaStrategy {
     /// The owner's connections `migrate` reuses from one tenant to the next.
-    sessions: migrate::Sessions,
+    sessions: Sessions,
+}
+
+/// Owner connections kept between the tenants `migrate` changes in one database (schema
+/// per tenant), each tenant's `search_path` set for its transaction only: a fleet costs
+/// one log-in per worker, not one per tenant.
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<Vec<PgConn>>);
+
+/// Idle connections [`Sessions`] keeps at most.
+const KEPT_SESSIONS: usize = 16;
+
+impl Sessions {
+    /// [`migrate::run_pending`] on a kept connection of `config` (or a new one), `target`'s
+    /// `search_path` set for the transaction; the connection is kept again if all went
+    /// well.
+    pub async fn run_pending(
+        &self,
+        runtime: &Handle,
+        config: &PgConfig,
+        migrations: EmbeddedMigrations,
+        target: migrate::Target,
+    ) -> Result<Vec<String>, MigrateError> {
+        let kept = self
+            .kept()
+            .pop()
+            .and_then(|mut conn| (!conn.is_broken()).then_some(conn));
+        let conn = match kept {
+            Some(conn) => conn,
+            None => connect(config.clone(), runtime, None, None).await?,
+        };
+        let (result, mut conn) = migrate::run_on(runtime, conn, migrations, target).await?;
+        let mut kept = self.kept();
+        if result.is_ok() && !conn.is_broken() && kept.len() < KEPT_SESSIONS {
+            kept.push(conn);
+        }
+        result
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<PgConn>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// What `tenancy.provision_schema` returns: the versions the tenant's schema has.
@@ -82,7 +126,7 @@ impl Strategy for SchemaStrategy {
 
     fn new(_: &(), _: &DatabaseSettings) -> Self {
         Self {
-            sessions: migrate::Sessions::default(),
+            sessions: Sessions::default(),
         }
     }
 
