@@ -56,7 +56,13 @@ SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+(\(\))?")
 
 # Names the docs give to what another strategy would have (the strategies' comparison),
 # and settings of PgBouncer's that a project without deployment files does not hold.
-ELSEWHERE = {"tenancy_data", "tenant_databases", "max_client_conn", "default_pool_size"}
+ELSEWHERE = {
+    "tenancy_data",
+    "tenant_databases",
+    "max_client_conn",
+    "default_pool_size",
+    "server_login_retry",
+}
 
 mistakes = []
 for doc in docs:

@@ -64,6 +64,9 @@ impl PgBouncer {
             .unwrap_or(false);
         let pooler = Self { dir, port };
         std::fs::write(pooler.dir.join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        // server_login_retry: after a failed log-in to the server, PgBouncer waits this long
+        // (15 s by default) before the next; a poll that lands while PostgreSQL restarts
+        // would hold every request after the restart that long.
         std::fs::write(
             pooler.dir.join("settings"),
             format!(
@@ -71,7 +74,7 @@ impl PgBouncer {
                  listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
                  auth_type = scram-sha-256\nauth_file = {dir}/users.txt\nauth_user = postgres\n\
                  auth_query = SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1\n\
-                 default_pool_size = {pool_size}\nmax_client_conn = 1000\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 1000\nserver_login_retry = 1\n\
                  ignore_startup_parameters = extra_float_digits,options,statement_timeout,search_path\n\
                  logfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\n",
                 dir = pooler.dir.display()
