@@ -11,6 +11,25 @@ CREATE TABLE tenancy.tenant_migrations (
     up_sql   text NOT NULL
 );
 
+-- The schema of tenant p_identifier, when the identifier is a safe one and the registry
+-- holds that tenant, isolated by schema, in `expected_status`; an error otherwise.
+CREATE FUNCTION tenancy.tenant_schema(p_identifier text, expected_status text) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_identifier IS NULL OR p_identifier !~ '^[a-z][a-z0-9_]*$'
+       OR octet_length(p_identifier) > 56 THEN
+        RAISE EXCEPTION 'invalid tenant identifier' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM 1 FROM tenancy.tenants
+        WHERE identifier = p_identifier AND isolation = 'schema' AND status = expected_status;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no tenant % with schema isolation is %', p_identifier, expected_status
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN 'tenant_' || p_identifier;
+END
+$$;
+
 -- Creates the schema of tenant p_identifier, which must be registered, 'provisioning' and
 -- isolated by schema, and applies the tenant migrations it lacks, recorded as diesel
 -- records them (so `migrate` goes on from there); the calling role gets data access.
@@ -23,17 +42,7 @@ DECLARE
     done boolean;
     versions text[];
 BEGIN
-    IF p_identifier IS NULL OR p_identifier !~ '^[a-z][a-z0-9_]*$'
-       OR octet_length(p_identifier) > 56 THEN
-        RAISE EXCEPTION 'invalid tenant identifier' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM 1 FROM tenancy.tenants
-        WHERE identifier = p_identifier AND isolation = 'schema' AND status = 'provisioning';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no tenant % is being provisioned with schema isolation', p_identifier
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    target := 'tenant_' || p_identifier;
+    target := tenancy.tenant_schema(p_identifier, 'provisioning');
     PERFORM pg_advisory_xact_lock(hashtext('migrate:' || target));
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', target);
     EXECUTE format('CREATE TABLE IF NOT EXISTS %I.__diesel_schema_migrations ('
@@ -71,17 +80,8 @@ $$;
 CREATE FUNCTION tenancy.drop_tenant_schema(p_identifier text) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF p_identifier IS NULL OR p_identifier !~ '^[a-z][a-z0-9_]*$'
-       OR octet_length(p_identifier) > 56 THEN
-        RAISE EXCEPTION 'invalid tenant identifier' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM 1 FROM tenancy.tenants
-        WHERE identifier = p_identifier AND isolation = 'schema' AND status = 'deleted';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no deleted tenant % with schema isolation', p_identifier
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', 'tenant_' || p_identifier);
+    EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE',
+        tenancy.tenant_schema(p_identifier, 'deleted'));
 END
 $$;
 
@@ -89,3 +89,4 @@ $$;
 -- (`migrate` grants it).
 REVOKE ALL ON FUNCTION tenancy.provision_schema(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.drop_tenant_schema(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenant_schema(text, text) FROM PUBLIC;

@@ -289,6 +289,24 @@ impl DatabaseStrategy {
         Ok(config)
     }
 
+    /// Where `tenant`'s database is (its record's name and server; without a record, the
+    /// name derived from its identifier on the default server), for `destroy` and its plan.
+    async fn located(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> QueryResult<(SqlIdentifier, Option<ServerAddress>)> {
+        let invalid = super::query_error;
+        super::ensure(tenant, Isolation::Database).map_err(invalid)?;
+        Ok(match placement(conn, tenant).await? {
+            Some(recorded) => (
+                recorded.database().map_err(invalid)?,
+                recorded.server().map_err(invalid)?,
+            ),
+            None => (self.database_name(tenant), None),
+        })
+    }
+
     /// Records that `tenant`'s database is to live on `server` (default: the default
     /// server), before anything is created there. Repeating it with the same server (or
     /// none, which keeps the recorded one) is fine; asking for another server is a
@@ -647,14 +665,7 @@ impl Strategy for DatabaseStrategy {
         tenant: &Tenant,
     ) -> QueryResult<()> {
         let invalid = super::query_error;
-        super::ensure(tenant, Isolation::Database).map_err(invalid)?;
-        let (name, server) = match placement(conn, tenant).await? {
-            Some(recorded) => (
-                recorded.database().map_err(invalid)?,
-                recorded.server().map_err(invalid)?,
-            ),
-            None => (self.database_name(tenant), None),
-        };
+        let (name, server) = self.located(conn, tenant).await?;
         let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name.quoted());
         let owner = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
         let where_ = server.as_ref().map_or("the default server", |s| s.as_str());
@@ -682,14 +693,7 @@ impl Strategy for DatabaseStrategy {
         tenant: &Tenant,
     ) -> QueryResult<DestroyPlan> {
         let invalid = super::query_error;
-        super::ensure(tenant, Isolation::Database).map_err(invalid)?;
-        let (name, server) = match placement(conn, tenant).await? {
-            Some(recorded) => (
-                recorded.database().map_err(invalid)?,
-                recorded.server().map_err(invalid)?,
-            ),
-            None => (self.database_name(tenant), None),
-        };
+        let (name, server) = self.located(conn, tenant).await?;
         let storage = format!(
             "database {} on {} and everything in it",
             name.quoted(),
