@@ -1,5 +1,6 @@
-//! The command line: `serve` (the default), `migrate`, and `tenant ...` for the tenant
-//! lifecycle. Commands print results on stdout and progress on stderr.
+//! The command line: `serve` (the default), `worker`, `migrate`, `tenant ...` for the
+//! tenant lifecycle and `jobs ...` for a tenant's background jobs. Commands print results
+//! on stdout and progress on stderr.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,7 +12,9 @@ use crate::config::Settings;
 use crate::domain::Isolation;
 {%- endif %}
 use crate::domain::{Maintenance, TenantIdentifier, TenantLimits, TenantStatus};
-use crate::startup::Application;
+use crate::jobs::worker::Workers;
+use crate::jobs::{JobRecord, JobState, Queue};
+use crate::startup::{Application, job_kinds, prepare, shutdown_signal};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
 {%- if isolation == "database" %}
@@ -31,8 +34,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP server (default).
+    /// Run the HTTP server (default), and TENANCY_JOBS_WORKERS job workers.
     Serve,
+    /// Run job workers only (TENANCY_JOBS_WORKERS of them), until SIGTERM or Ctrl-C.
+    Worker,
     /// Migrate the control plane and every tenant that is not deleted.
     Migrate {
         /// Tenants migrated at once.
@@ -53,6 +58,27 @@ pub enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// A tenant's background jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List a tenant's jobs, newest first.
+    List {
+        identifier: String,
+        /// Only jobs in this state: queued, running, done, dead or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Jobs shown at most.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Queue a dead or cancelled job again, due now, with all its attempts.
+    Retry { identifier: String, id: i64 },
+    /// Cancel a queued or dead job.
+    Cancel { identifier: String, id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,7 +164,7 @@ pub enum TenantCommand {
 /// process ends (traces still buffered are sent when it is dropped).{% endif %}
 pub fn init_logging(cli: &Cli){% if opentelemetry %} -> Option<crate::otlp::Traces>{% endif %} {
     match cli.command {
-        None | Some(Command::Serve) => crate::telemetry::init(
+        None | Some(Command::Serve | Command::Worker) => crate::telemetry::init(
             concat!("warn,", env!("CARGO_CRATE_NAME"), "=info"),
             std::io::stdout,
         ),
@@ -168,10 +194,45 @@ async fn run_command(
     command: Command,
     settings: Settings,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Command::Worker = command {
+        return work(settings).await;
+    }
     let tenancy = Tenancy::new(settings.tenancy)?;
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Serve => return Err("serve is not a one-off command".into()),
+        Command::Serve | Command::Worker => return Err("not a one-off command".into()),
+        Command::Jobs(command) => {
+            if !matches!(command, JobsCommand::List { .. }) {
+                tenancy.migrate_control().await?;
+            }
+            let queue = Queue::new(actix_web::web::Data::new(tenancy));
+            let actor = Actor::cli();
+            match command {
+                JobsCommand::List {
+                    identifier,
+                    state,
+                    limit,
+                } => {
+                    let state = state
+                        .as_deref()
+                        .map(str::parse::<JobState>)
+                        .transpose()
+                        .map_err(|e| format!("--state: {e}"))?;
+                    let jobs = queue
+                        .jobs_of(&parse(&identifier)?, state, limit, None)
+                        .await?;
+                    list_jobs(&jobs, &mut out)?;
+                }
+                JobsCommand::Retry { identifier, id } => {
+                    let job = queue.retry(&actor, &parse(&identifier)?, id).await?;
+                    writeln!(out, "job {} is {}, due now", job.id, job.state)?;
+                }
+                JobsCommand::Cancel { identifier, id } => {
+                    let job = queue.cancel(&actor, &parse(&identifier)?, id).await?;
+                    writeln!(out, "job {} is {}", job.id, job.state)?;
+                }
+            }
+        }
         Command::Migrate {
             concurrency,
             create_app_role,
@@ -418,6 +479,57 @@ async fn run_command(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `worker`: job workers until SIGTERM or Ctrl-C, then a graceful stop (jobs in hand
+/// finish within TENANCY_SHUTDOWN_TIMEOUT or go back to the queue).
+async fn work(settings: Settings) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let count = settings.jobs.workers;
+    if count == 0 {
+        return Err("TENANCY_JOBS_WORKERS is 0: a worker process would run no job".into());
+    }
+    let tenancy = prepare(&settings).await?;
+    let workers = Workers::start(
+        Queue::new(tenancy),
+        job_kinds(),
+        settings.jobs.clone(),
+        settings.http.shutdown_timeout,
+    );
+    tracing::info!(workers = count, "job workers running");
+    shutdown_signal().await;
+    tracing::info!("stopping: jobs in hand finish or go back to the queue");
+    workers.stop().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A table of jobs.
+fn list_jobs(jobs: &[JobRecord], out: &mut impl Write) -> std::io::Result<()> {
+    if jobs.is_empty() {
+        return writeln!(out, "no jobs");
+    }
+    writeln!(
+        out,
+        "{:>10}  {:<16}  {:<9}  {:>8}  {:<20}  last error / result",
+        "id", "kind", "state", "attempts", "run at (UTC)"
+    )?;
+    for job in jobs {
+        let outcome = match (&job.last_error, &job.result) {
+            (_, Some(result)) if job.state == JobState::Done => result.to_string(),
+            (Some(error), _) => error.clone(),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "{:>10}  {:<16}  {:<9}  {:>8}  {:<20}  {outcome}",
+            job.id,
+            job.kind,
+            job.state,
+            format!("{}/{}", job.attempts, job.max_attempts),
+            job.run_at.format("%Y-%m-%d %H:%M:%S"),
+        )?;
+    }
+    Ok(())
 }
 
 /// A limit given on the command line: `None` when not given, `Some(None)` for `default`.

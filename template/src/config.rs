@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::jobs::JobsSettings;
 use crate::metrics::MetricsSettings;
 {% if admin_api -%}
 use crate::routes::admin::AdminSettings;
@@ -27,6 +28,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub tenancy: TenancySettings,
     pub metrics: MetricsSettings,
+    pub jobs: JobsSettings,
 {%- if admin_api %}
     pub admin: AdminSettings,
 {%- endif %}
@@ -64,6 +66,7 @@ fn keys() -> Vec<&'static [Key]> {
     let mut keys = vec![KEYS];
     keys.extend(TenancySettings::keys());
     keys.push(MetricsSettings::KEYS);
+    keys.push(JobsSettings::KEYS);
 {%- if admin_api %}
     keys.push(AdminSettings::KEYS);
 {%- endif %}
@@ -162,6 +165,7 @@ impl Settings {
             },
             tenancy: TenancySettings::read(src)?,
             metrics: MetricsSettings::read(src)?,
+            jobs: JobsSettings::read(src)?,
 {%- if admin_api %}
             admin: AdminSettings::read(src)?,
 {%- endif %}

@@ -58,6 +58,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Tenants that have a label of their own.
     labelled: Mutex<HashSet<String>>,
+    /// Job queues seen at a scrape: their gauges go to zero when they empty.
+    job_queues: Mutex<HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,7 @@ impl Default for Metrics {
             recorder,
             handle,
             labelled: Mutex::new(HashSet::new()),
+            job_queues: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -97,6 +100,42 @@ impl Metrics {
             ::metrics::counter!("tenancy_operations_total", "operation" => operation, "result" => result)
                 .increment(1);
             ::metrics::histogram!("tenancy_operation_duration_seconds", "operation" => operation, "result" => result)
+                .record(took.as_secs_f64());
+        });
+    }
+
+    /// The job queue's state, read at a scrape: jobs per queue and state
+    /// (`tenancy_jobs`), and the age of each queue's oldest job due
+    /// (`tenancy_jobs_oldest_due_seconds`). Queues seen before and absent now are empty.
+    pub fn jobs(&self, counts: &[crate::jobs::store::QueueCount]) {
+        let mut queues = self.job_queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.extend(counts.iter().map(|c| c.queue.clone()));
+        self.record(|| {
+            for queue in queues.iter() {
+                let count = counts.iter().find(|c| &c.queue == queue);
+                let states = [
+                    ("queued", count.map_or(0, |c| c.queued)),
+                    ("retrying", count.map_or(0, |c| c.retrying)),
+                    ("running", count.map_or(0, |c| c.running)),
+                    ("dead", count.map_or(0, |c| c.dead)),
+                ];
+                for (state, jobs) in states {
+                    ::metrics::gauge!("tenancy_jobs", "queue" => queue.clone(), "state" => state)
+                        .set(jobs as f64);
+                }
+                ::metrics::gauge!("tenancy_jobs_oldest_due_seconds", "queue" => queue.clone())
+                    .set(count.map_or(0.0, |c| c.oldest_due_seconds));
+            }
+        });
+    }
+
+    /// A job attempt that ended (`done`, `queued` for a retry, `dead`), and how long it ran.
+    pub fn job_attempt(&self, queue: &str, result: &'static str, took: Duration) {
+        let queue = queue.to_owned();
+        self.record(|| {
+            ::metrics::counter!("tenancy_job_attempts_total", "queue" => queue.clone(), "result" => result)
+                .increment(1);
+            ::metrics::histogram!("tenancy_job_duration_seconds", "queue" => queue)
                 .record(took.as_secs_f64());
         });
     }

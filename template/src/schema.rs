@@ -48,6 +48,35 @@ diesel::table! {
 }
 
 diesel::table! {
+    tenancy.jobs (id) {
+        id -> Int8,
+        tenant_id -> Uuid,
+        queue -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        state -> Text,
+        attempts -> Int4,
+        max_attempts -> Int4,
+        run_at -> Timestamptz,
+        lease -> Nullable<Uuid>,
+        locked_until -> Nullable<Timestamptz>,
+        result -> Nullable<Jsonb>,
+        last_error -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    tenancy.job_turns (tenant_id) {
+        tenant_id -> Uuid,
+        ready -> Bool,
+        served_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     notes (id) {
         id -> Uuid,
         title -> Text,

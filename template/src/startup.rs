@@ -10,6 +10,8 @@ use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
 use crate::error::{AppError, ErrorDetails, problem_details};
+use crate::jobs::worker::Workers;
+use crate::jobs::{Kinds, Queue};
 use crate::routes;
 use crate::telemetry::TenantRootSpan;
 use crate::tenancy::middleware::BodyRead;
@@ -97,10 +99,16 @@ pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeErr
     Ok(web::Data::new(tenancy))
 }
 
-/// A server bound to its listener, not yet running.
+/// Every job type this service runs (add yours here).
+pub fn job_kinds() -> Kinds {
+    Kinds::default().with::<routes::notes::ImportNotes>()
+}
+
+/// A server bound to its listener, not yet running, with its job workers.
 pub struct Application {
     port: u16,
     server: Server,
+    workers: Workers,
 }
 
 impl Application {
@@ -125,6 +133,12 @@ impl Application {
         let port = listener.local_addr().map_err(ServeError::Io)?.port();
         let (workers, shutdown) = (http.workers, http.shutdown_timeout);
         let tenancy = prepare(&settings).await?;
+        let jobs = Workers::start(
+            Queue::new(tenancy.clone()),
+            job_kinds(),
+            settings.jobs.clone(),
+            shutdown,
+        );
         let mut server = HttpServer::new(move || app(tenancy.clone(), &settings))
             .shutdown_timeout(shutdown.as_secs())
             .listen(listener)
@@ -135,16 +149,36 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
+            workers: jobs,
         })
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests
-    /// (`TENANCY_SHUTDOWN_TIMEOUT`).
+    /// Serves until SIGTERM or Ctrl-C, then drains in-flight requests and lets the job
+    /// workers finish or give back the jobs in hand (`TENANCY_SHUTDOWN_TIMEOUT` each).
     pub async fn run_until_stopped(self) -> Result<(), ServeError> {
         tracing::info!(port = self.port, "listening");
-        self.server.await.map_err(ServeError::Io)?;
+        self.workers.stop_on(shutdown_signal());
+        let served = self.server.await.map_err(ServeError::Io);
+        self.workers.stop().await;
+        served?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// SIGTERM or Ctrl-C (actix's server hears them too, and drains).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -15,6 +15,9 @@
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
+//! | GET | /admin/tenants/{identifier}/jobs | background jobs, newest first (`?state=`, `?limit=`, `?before=<id>`) |
+//! | POST | /admin/tenants/{identifier}/jobs/{id}/retry | queue a dead or cancelled job again |
+//! | POST | /admin/tenants/{identifier}/jobs/{id}/cancel | cancel a queued or dead job |
 
 use std::future::{Ready, ready};
 
@@ -25,6 +28,7 @@ use serde::Deserialize;
 
 use crate::domain::{Maintenance, TenantIdentifier, TenantLimits, TenantStatus};
 use crate::error::AppError;
+use crate::jobs::{JobState, Queue};
 use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
@@ -84,7 +88,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .route("/{identifier}/destroy", web::post().to(destroy))
             .route("/{identifier}/limits", web::put().to(set_limits))
             .route("/{identifier}/maintenance", web::put().to(set_maintenance))
-            .route("/{identifier}/history", web::get().to(history)),
+            .route("/{identifier}/history", web::get().to(history))
+            .route("/{identifier}/jobs", web::get().to(jobs))
+            .route("/{identifier}/jobs/{id}/retry", web::post().to(retry_job))
+            .route("/{identifier}/jobs/{id}/cancel", web::post().to(cancel_job)),
     );
 }
 
@@ -93,6 +100,7 @@ impl From<LifecycleError> for AppError {
     fn from(error: LifecycleError) -> Self {
         match error {
             LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
+            LifecycleError::NoJob(..) => AppError::NotFound("job"),
             LifecycleError::Conflict(m) => AppError::Conflict(m),
             LifecycleError::Invalid(m) => AppError::BadRequest(m),
             LifecycleError::Pool(e) => e.into(),
@@ -262,6 +270,58 @@ async fn history(
         .history(&identifier(&path)?, limit, page.before)
         .await?;
     Ok(HttpResponse::Ok().json(entries))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsPage {
+    /// Only jobs in this state.
+    state: Option<JobState>,
+    /// Jobs at most (1 to 1,000; default 100).
+    limit: Option<i64>,
+    /// Only jobs older than this one (the `id` of the last job of a page).
+    before: Option<i64>,
+}
+
+/// A tenant's background jobs, newest first.
+async fn jobs(
+    _: AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<String>,
+    page: web::Query<JobsPage>,
+) -> Result<HttpResponse, AppError> {
+    let limit = page.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::BadRequest("limit must be 1 to 1000".into()));
+    }
+    let jobs = Queue::new(tenancy)
+        .jobs_of(&identifier(&path)?, page.state, limit, page.before)
+        .await?;
+    Ok(HttpResponse::Ok().json(jobs))
+}
+
+async fn retry_job(
+    AdminAuth(actor): AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, AppError> {
+    let (tenant, id) = path.into_inner();
+    let job = Queue::new(tenancy)
+        .retry(&actor, &identifier(&tenant)?, id)
+        .await?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+async fn cancel_job(
+    AdminAuth(actor): AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, AppError> {
+    let (tenant, id) = path.into_inner();
+    let job = Queue::new(tenancy)
+        .cancel(&actor, &identifier(&tenant)?, id)
+        .await?;
+    Ok(HttpResponse::Ok().json(job))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
 use crate::domain::Tenant;
 use crate::error::AppError;
+use crate::jobs;
 use crate::metrics::MetricsSettings;
 use crate::tenancy::extract::WaitedForConnection;
 use crate::tenancy::{Tenancy, registry};
@@ -46,6 +47,19 @@ async fn metrics(
     .ok()
     .flatten();
     record_state(&tenancy, counts.as_deref());
+    // The job queue's state likewise (left out when the registry does not answer).
+    let jobs = tokio::time::timeout(COUNT_TIMEOUT, async {
+        let mut conn = tenancy.control.get().await.ok()?;
+        let counts = jobs::store::counts(&mut conn).await.ok()?;
+        conn.finish(true).await.ok()?;
+        Some(counts)
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(jobs) = jobs {
+        tenancy.metrics.jobs(&jobs);
+    }
     Ok(HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"

@@ -7,6 +7,7 @@
 pub mod admin;
 {%- endif %}
 pub mod health;
+pub mod jobs;
 pub mod metrics;
 pub mod notes;
 
@@ -23,7 +24,8 @@ pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api")
             .wrap(from_fn(resolve_tenant))
-            .configure(notes::routes),
+            .configure(notes::routes)
+            .configure(jobs::routes),
     );
 }
 

@@ -1,11 +1,13 @@
 //! The example resource: CRUD on the current tenant's notes. Note what is missing: no
 //! tenant lookup, no schema name, no `WHERE tenant_id`. The `TenantConnection` extractor
-//! hands every handler a connection bound to the request's tenant.
+//! hands every handler a connection bound to the request's tenant. Importing notes is a
+//! background job ([`ImportNotes`]): the `TenantJobs` extractor enqueues it for the
+//! request's tenant, and a worker runs it on a connection bound to that tenant.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -14,6 +16,7 @@ use crate::db::TenantConnection;
 use crate::domain::Tenant;
 {%- endif %}
 use crate::error::AppError;
+use crate::jobs::{Enqueue, Job, JobError, TenantJobs};
 use crate::schema::notes;
 {%- if jwt_resolver %}
 use crate::tenancy::resolve::jwt::Claims;
@@ -25,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(list_notes))
             .route(web::post().to(create_note)),
     )
+    .service(web::resource("/notes/import").route(web::post().to(import_notes)))
     .service(
         web::resource("/notes/{id}")
             .route(web::get().to(get_note))
@@ -59,7 +63,7 @@ pub struct Note {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct NoteInput {
     pub title: String,
     #[serde(default)]
@@ -68,22 +72,34 @@ pub struct NoteInput {
 
 impl NoteInput {
     fn validated(self) -> Result<Self, AppError> {
+        self.check().map_err(AppError::BadRequest)?;
+        Ok(self)
+    }
+
+    fn check(&self) -> Result<(), String> {
         let chars = self.title.trim().chars().count();
         if chars == 0 || chars > 200 {
-            return Err(AppError::BadRequest(
-                "title must have 1 to 200 characters".into(),
-            ));
+            return Err("title must have 1 to 200 characters".into());
         }
         if self.body.len() > 100_000 {
-            return Err(AppError::BadRequest(
-                "body must be at most 100000 bytes".into(),
-            ));
+            return Err("body must be at most 100000 bytes".into());
         }
         crate::domain::check_text("title", &self.title)
             .and_then(|()| crate::domain::check_text("body", &self.body))
-            .map_err(AppError::BadRequest)?;
-        Ok(self)
     }
+}
+
+/// Adds a note on the tenant's connection.
+async fn insert(conn: &mut TenantConnection, input: &NoteInput) -> QueryResult<Note> {
+    diesel::insert_into(notes::table)
+        .values((
+            notes::id.eq(Uuid::now_v7()),
+            notes::title.eq(input.title.trim()),
+            notes::body.eq(&input.body),
+        ))
+        .returning(Note::as_returning())
+        .get_result(conn)
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,16 +134,87 @@ async fn create_note(
     input: web::Json<NoteInput>,
 ) -> Result<HttpResponse, AppError> {
     let input = input.into_inner().validated()?;
-    let note: Note = diesel::insert_into(notes::table)
-        .values((
-            notes::id.eq(Uuid::now_v7()),
-            notes::title.eq(input.title.trim()),
-            notes::body.eq(&input.body),
-        ))
-        .returning(Note::as_returning())
-        .get_result(&mut conn)
-        .await?;
+    let note = insert(&mut conn, &input).await?;
     Ok(HttpResponse::Created().json(note))
+}
+
+/// Notes imported at once, in the background.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportNotes {
+    /// 1 to 1000 notes.
+    pub notes: Vec<NoteInput>,
+}
+
+impl ImportNotes {
+    pub const MAX: usize = 1000;
+}
+
+impl Job for ImportNotes {
+    const KIND: &'static str = "import_notes";
+
+    /// Adds every note in one transaction (all or none), and counts the tenant's notes.
+    async fn run(self, conn: &mut TenantConnection) -> Result<serde_json::Value, JobError> {
+        for (n, note) in self.notes.iter().enumerate() {
+            note.check()
+                .map_err(|why| JobError::Failed(format!("note {n}: {why}")))?;
+        }
+        let notes = &self.notes;
+        let total = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                for note in notes {
+                    insert(conn, note).await?;
+                }
+                notes::table.count().get_result::<i64>(conn).await
+            })
+            .await?;
+        Ok(serde_json::json!({ "imported": notes.len(), "notes": total }))
+    }
+}
+
+/// Enqueues an import of up to 1000 notes and answers 202 with the job, which
+/// `GET /api/jobs/{id}` follows. An `Idempotency-Key` header makes a repeated request
+/// return the job of the first.
+#[tracing::instrument(skip_all)]
+async fn import_notes(
+    req: HttpRequest,
+    jobs: TenantJobs,
+    input: web::Json<ImportNotes>,
+) -> Result<HttpResponse, AppError> {
+    let import = input.into_inner();
+    if import.notes.is_empty() || import.notes.len() > ImportNotes::MAX {
+        return Err(AppError::BadRequest(format!(
+            "notes must hold 1 to {} notes",
+            ImportNotes::MAX
+        )));
+    }
+    for (n, note) in import.notes.iter().enumerate() {
+        note.check()
+            .map_err(|why| AppError::BadRequest(format!("notes[{n}]: {why}")))?;
+    }
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|key| (1..=200).contains(&key.len()))
+                .ok_or_else(|| {
+                    AppError::BadRequest(
+                        "Idempotency-Key must be 1 to 200 visible ASCII characters".into(),
+                    )
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let options = Enqueue {
+        idempotency_key,
+        ..Enqueue::default()
+    };
+    let (job, _) = jobs.enqueue(&import, options).await?;
+    Ok(HttpResponse::Accepted()
+        .insert_header(("Location", format!("/api/jobs/{}", job.id)))
+        .json(job))
 }
 
 #[tracing::instrument(skip_all, fields(note.id = %*id))]

@@ -66,6 +66,8 @@ pub enum Operation {
     Maintenance,
     Migrate,
     Release,
+    JobRetry,
+    JobCancel,
 }
 
 impl Operation {
@@ -78,6 +80,8 @@ impl Operation {
             Self::Destroy => "destroy",
             Self::Limits => "limits",
             Self::Maintenance => "maintenance",
+            Self::JobRetry => "job_retry",
+            Self::JobCancel => "job_cancel",
             Self::Migrate => "migrate",
             Self::Release => "release",
         }

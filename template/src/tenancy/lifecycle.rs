@@ -32,6 +32,8 @@ pub enum LifecycleError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("tenant '{0}' has no job {1}")]
+    NoJob(TenantIdentifier, i64),
     #[error("database error: {0}")]
     Database(#[from] diesel::result::Error),
     #[error("provisioning failed: {0}")]
@@ -46,7 +48,9 @@ impl LifecycleError {
     /// How the audit trail and `/metrics` count an operation that ended with this error.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::NotFound(_) | Self::Conflict(_) | Self::Invalid(_) => Outcome::Refused,
+            Self::NotFound(_) | Self::Conflict(_) | Self::Invalid(_) | Self::NoJob(..) => {
+                Outcome::Refused
+            }
             _ => Outcome::Failed,
         }
     }
@@ -115,6 +119,18 @@ impl NewTenant {
             params.insert("metadata_keys".into(), serde_json::json!(keys));
         }
         params
+    }
+}
+
+/// What an audited operation returns: something of one tenant, whose id the audit trail
+/// records.
+pub(crate) trait OfTenant {
+    fn tenant_id(&self) -> uuid::Uuid;
+}
+
+impl OfTenant for Tenant {
+    fn tenant_id(&self) -> uuid::Uuid {
+        self.id
     }
 }
 
@@ -192,7 +208,8 @@ impl Tenancy {
         self.check_owner_session().await?;
         // The audit trail: add and read, never change (the trigger refuses it to anyone).
         // Quarantined identifiers: read and written by `destroy`; `release` (CLI) ends one
-        // as the owner.
+        // as the owner. Jobs and their tenants' turns: enqueued, claimed, ended and
+        // pruned by the service.
         let grants = match &self.context().app_role {
             Some(role) => {
                 let (schema, role) = (format!("\"{CONTROL_SCHEMA}\""), role.quoted());
@@ -202,6 +219,10 @@ impl Tenancy {
                     format!("GRANT SELECT, INSERT ON {schema}.audit TO {role}"),
                     format!("REVOKE UPDATE, DELETE, TRUNCATE ON {schema}.audit FROM {role}"),
                     format!("GRANT SELECT, INSERT, UPDATE ON {schema}.quarantine TO {role}"),
+                    format!(
+                        "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.job_turns \
+                         TO {role}"
+                    ),
                 ]
             }
             None => Vec::new(),
@@ -668,19 +689,19 @@ impl Tenancy {
 
     /// Runs `run` (`operation` on `identifier`, asked by `actor`) and records it in the
     /// audit trail and `/metrics`, however it ends.
-    async fn audited(
+    pub(crate) async fn audited<T: OfTenant>(
         &self,
         actor: &Actor,
         operation: Operation,
         identifier: &TenantIdentifier,
         params: serde_json::Value,
-        run: impl Future<Output = Result<Tenant, LifecycleError>>,
-    ) -> Result<Tenant, LifecycleError> {
+        run: impl Future<Output = Result<T, LifecycleError>>,
+    ) -> Result<T, LifecycleError> {
         let started = Instant::now();
         let result = run.await;
         let duration = started.elapsed();
         let (tenant_id, outcome, error) = match &result {
-            Ok(tenant) => (Some(tenant.id), Outcome::Ok, None),
+            Ok(done) => (Some(done.tenant_id()), Outcome::Ok, None),
             // The tenant it concerned, if there is one.
             Err(e) => (
                 self.get_tenant(identifier).await.ok().map(|t| t.id),

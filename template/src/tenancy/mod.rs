@@ -62,6 +62,8 @@ pub struct Tenancy {
     pub rate: rate::RateLimiter,
     /// What `/metrics` shows.
     pub metrics: Metrics,
+    /// Wakes this process's job workers when a job is enqueued here (see `jobs`).
+    pub jobs_enqueued: Arc<tokio::sync::Notify>,
     /// Set once the owner's URL was found to give migrations a session of their own.
     owner_session: tokio::sync::OnceCell<()>,
     /// Stops listening for tenant changes when the service is dropped.
@@ -219,6 +221,7 @@ impl Tenancy {
 {%- endif %}
             rate,
             metrics: Metrics::default(),
+            jobs_enqueued: Arc::default(),
             owner_session: tokio::sync::OnceCell::new(),
             _watching: None,
         })

@@ -228,6 +228,40 @@ impl TestDatabase {
         rows.last()?.first()?.as_deref()?.parse().ok()
     }
 
+    /// Holds a lock on the table of `tenant`'s notes that makes every write to it wait,
+    /// until the returned connection is dropped.
+    pub async fn lock_notes(&self, tenant: &Tenant) -> tokio_postgres::Client {
+{%- if isolation == "schema" %}
+        let url = self.url.clone();
+        let table = format!("\"tenant_{}\".notes", tenant.identifier);
+{%- elsif isolation == "rls" %}
+        let _ = tenant;
+        let url = self.url.clone();
+        let table = "tenancy_data.notes".to_owned();
+{%- elsif isolation == "hybrid" %}
+        let url = self.url.clone();
+        let table = match tenant.isolation {
+            svc::domain::Isolation::Schema => {
+                format!("\"tenant_{}\".notes", tenant.identifier)
+            }
+            _ => "tenancy_data.notes".to_owned(),
+        };
+{%- elsif isolation == "database" %}
+        let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);
+        let url = with_database(&self.server, &database);
+        let table = "notes".to_owned();
+{%- endif %}
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN SHARE MODE"))
+            .await
+            .unwrap();
+        client
+    }
+
     /// The schemas in this database, without PostgreSQL's own.
     pub async fn schemas(&self) -> Vec<String> {
         self.query(

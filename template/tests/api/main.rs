@@ -35,6 +35,7 @@ mod health;
 mod hybrid;
 {% endif -%}
 mod isolation;
+mod jobs;
 {% if jwt_resolver -%}
 mod jwt;
 {% endif -%}

@@ -22,7 +22,7 @@ use svc::config::Settings;
 use svc::db::TenantConnection;
 
 /// PgBouncer's server connections per database and role: fewer than the service's.
-const SERVER_CONNECTIONS: u32 = 4;
+pub(crate) const SERVER_CONNECTIONS: u32 = 4;
 
 /// A service with one tenant connection, which every checkout must reuse.
 const ONE_CONNECTION: [(&str, &str); 3] = [
@@ -33,7 +33,11 @@ const ONE_CONNECTION: [(&str, &str); 3] = [
 
 /// A service in transaction mode on `db`, its application role through `pooler`, its
 /// migrations direct; `extra` settings on top.
-async fn spawn_behind(pooler: &PgBouncer, db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_behind(
+    pooler: &PgBouncer,
+    db: TestDatabase,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let url = pooler.url(&db.app_url);
     let mut settings = vec![
         ("TENANCY_POOLER", "transaction"),
