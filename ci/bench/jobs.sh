@@ -70,18 +70,29 @@ say "building (release)"
 (cd "$project" && cargo build --locked --quiet --release)
 cli="$CARGO_TARGET_DIR/release/acme-api"
 
-database=actix_tenancy_bench_jobs
-psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" -c "CREATE DATABASE $database"
+database=actix_tenancy_bench_jobs app_role=actix_tenancy_bench_jobs_app
+drop() {
+  psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" \
+    -c "DROP ROLE IF EXISTS $app_role"
+}
+drop
+psql "$TENANCY_TEST_DATABASE_URL" -qc "CREATE DATABASE $database"
 worker_pid=
+log=$(mktemp)
 cleanup() {
   if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
-  psql "$TENANCY_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$(dirname "$project")"
+  drop >/dev/null 2>&1 || true
+  rm -rf "$(dirname "$project")" "$log"
 }
 trap cleanup EXIT
+# Two roles, as the service insists: the owner migrates, workers connect as a role of
+# their own (created by `migrate --create-app-role`).
 url="$base/$database"
-export TENANCY_DATABASE_URL="$url" RUST_LOG=error
-"$cli" migrate >/dev/null
+server=${base#*://}
+server=${server#*@}
+export TENANCY_MIGRATION_DATABASE_URL="$url" RUST_LOG=error
+export TENANCY_DATABASE_URL="postgres://$app_role:bench-$RANDOM-$RANDOM@$server/$database"
+"$cli" migrate --create-app-role >/dev/null
 say "registering $TENANTS tenants"
 psql "$url" -qc "INSERT INTO tenancy.tenants (id, identifier, name, status, isolation)
   SELECT gen_random_uuid(), 't' || i, 'Tenant ' || i, 'active', 'schema' FROM generate_series(1, $TENANTS) AS i"
@@ -101,13 +112,16 @@ enqueue() { # kind
 # Drains the queue with one worker process of `workers` workers; prints jobs per second.
 drain() { # kind, workers
   enqueue "$1"
-  TENANCY_JOBS_WORKERS=$2 "$cli" worker >/dev/null 2>&1 &
+  TENANCY_JOBS_WORKERS=$2 "$cli" worker >/dev/null 2>"$log" &
   worker_pid=$!
   local left
   while :; do
     left=$(psql "$url" -tAc "SELECT count(*) FROM tenancy.jobs WHERE state <> 'done'")
     [ "$left" = 0 ] && break
-    kill -0 "$worker_pid" 2>/dev/null || die "the worker stopped with $left jobs left"
+    if ! kill -0 "$worker_pid" 2>/dev/null; then
+      tail -n 5 "$log" >&2
+      die "the worker stopped with $left jobs left"
+    fi
     sleep 0.2
   done
   kill -TERM "$worker_pid"

@@ -53,7 +53,7 @@ CREATE TABLE tenancy.job_turns (
     served_at  timestamptz NOT NULL DEFAULT '-infinity'
 );
 
-CREATE INDEX job_turns_ready_idx ON tenancy.job_turns (served_at) WHERE ready;
+CREATE INDEX job_turns_ready_idx ON tenancy.job_turns (served_at, tenant_id) WHERE ready;
 
 -- Claims the next job: of the ready tenants that are active and not in maintenance (the
 -- jobs of the others are held), the one served least recently, its job due first.
@@ -63,15 +63,23 @@ CREATE FUNCTION tenancy.claim_job(lease_for interval) RETURNS SETOF tenancy.jobs
 LANGUAGE plpgsql AS $$
 DECLARE
     turn uuid;
+    -- Tenants whose turn came with nothing to take (their due jobs all locked by other
+    -- workers, or none due any more).
+    passed uuid[] := '{}';
     claimed tenancy.jobs;
 BEGIN
-    FOR turn IN
-        SELECT s.tenant_id FROM tenancy.job_turns s
+    LOOP
+        -- One turn at a time (LIMIT 1): only the turn taken is locked.
+        SELECT s.tenant_id INTO turn FROM tenancy.job_turns s
           JOIN tenancy.tenants t ON t.id = s.tenant_id
          WHERE s.ready AND t.status = 'active' AND t.maintenance = 'off'
+           AND s.tenant_id <> ALL (passed)
          ORDER BY s.served_at, s.tenant_id
-           FOR UPDATE OF s SKIP LOCKED
-    LOOP
+         LIMIT 1
+           FOR UPDATE OF s SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
         UPDATE tenancy.jobs j
            SET state = 'running', attempts = j.attempts + 1, lease = gen_random_uuid(),
                locked_until = now() + lease_for
@@ -92,6 +100,7 @@ BEGIN
                         WHERE q.tenant_id = turn AND q.state = 'queued' AND q.run_at <= now()) THEN
             UPDATE tenancy.job_turns SET ready = false WHERE tenant_id = turn;
         END IF;
+        passed := passed || turn;
     END LOOP;
 END
 $$;
