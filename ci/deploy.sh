@@ -146,7 +146,7 @@ PY
 }
 
 manifests_configure_the_service() {
-  local crate bin database role env_job env_server port log pid status
+  local crate bin database role env_job env_server env_worker port log pid status
   crate=$(sed -nE 's/^name = "([^"]+)"/\1/p' Cargo.toml | head -1)
   bin=${CARGO_TARGET_DIR:-target}/debug/$crate
   cargo build --locked --quiet || return 1
@@ -167,10 +167,12 @@ manifests_configure_the_service() {
     done
   }
   mapfile -t env_job < <(local_env Job) || return 1
-  mapfile -t env_server < <(local_env Deployment) || return 1
-  [ ${#env_job[@]} -gt 0 ] && [ ${#env_server[@]} -gt 0 ] || { echo "no environment rendered"; return 1; }
-  if printf '%s\n' "${env_server[@]}" | grep -q '^TENANCY_MIGRATION_DATABASE_URL='; then
-    echo "the Deployment's pods hold the owner's URL (TENANCY_MIGRATION_DATABASE_URL)"
+  mapfile -t env_server < <(local_env Deployment:server) || return 1
+  mapfile -t env_worker < <(local_env Deployment:worker) || return 1
+  [ ${#env_job[@]} -gt 0 ] && [ ${#env_server[@]} -gt 0 ] && [ ${#env_worker[@]} -gt 0 ] ||
+    { echo "no environment rendered"; return 1; }
+  if printf '%s\n' "${env_server[@]}" "${env_worker[@]}" | grep -q '^TENANCY_MIGRATION_DATABASE_URL='; then
+    echo "the Deployments' pods hold the owner's URL (TENANCY_MIGRATION_DATABASE_URL)"
     return 1
   fi
   log=$rendered/service.log
@@ -194,6 +196,23 @@ manifests_configure_the_service() {
     cat "$log"
     return 1
   fi
+  # The worker Deployment's environment runs job workers, which stop cleanly on SIGTERM.
+  env -i PATH="$PATH" "${env_worker[@]}" "$bin" worker >"$log" 2>&1 &
+  pid=$!
+  local running=
+  for _ in $(seq 1 60); do
+    grep -q '"job workers running"' "$log" && running=1 && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -TERM "$pid" 2>/dev/null
+  wait "$pid"
+  exit_code=$?
+  if [ -z "$running" ] || [ $exit_code -ne 0 ] || grep -q "is not a setting" "$log"; then
+    echo "worker with the worker Deployment's environment: exit $exit_code"
+    cat "$log"
+    return 1
+  fi
 }
 
 if [ -d deploy/k8s ]; then
@@ -203,7 +222,7 @@ fi
 check "checkov: Dockerfile, rendered manifests" checkov_all
 check "no secret in any file (checkov's secret scan)" no_secret_in_any_file
 if [ -d deploy/k8s ]; then
-  check "the dev overlay's environment migrates and serves (migrate Job, Deployment)" manifests_configure_the_service
+  check "the dev overlay's environment migrates, serves and works (migrate Job, Deployments)" manifests_configure_the_service
 fi
 
 [ "$failures" -eq 0 ]

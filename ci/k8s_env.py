@@ -1,7 +1,9 @@
 """The environment a workload of rendered manifests gets: `python k8s_env.py FILE KIND`.
 
 Reads the output of `kubectl kustomize` (FILE), finds the one workload of KIND
-(Deployment or Job), and prints its container's environment as KEY=VALUE lines: its
+(`Deployment` or `Job`; `Deployment:worker` for the one whose
+`app.kubernetes.io/component` label is `worker`), and prints its container's
+environment as KEY=VALUE lines: its
 `env` values and every key of the ConfigMaps and Secrets its `envFrom` names (a Secret's
 data decoded). Fails when a referenced ConfigMap or Secret is not in the output.
 """
@@ -15,7 +17,13 @@ import yaml
 def main(path, kind):
     docs = [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d]
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    workloads = [d for d in docs if d["kind"] == kind]
+    kind, _, component = kind.partition(":")
+    workloads = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and component in ("", d["metadata"].get("labels", {}).get("app.kubernetes.io/component"))
+    ]
     if len(workloads) != 1:
         sys.exit(f"expected one {kind}, found {len(workloads)}")
     (container,) = workloads[0]["spec"]["template"]["spec"]["containers"]

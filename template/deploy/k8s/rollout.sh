@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Rolls out {{k8s_name}}: migrations first, then the service.
+# Rolls out {{k8s_name}}: migrations first, then the service and its job workers.
 #   deploy/k8s/rollout.sh prod        (or dev; KUBECTL=... to use another kubectl)
-# 1. everything but the Deployment: namespace, config, secrets, the migrate Job;
+# 1. everything but the two Deployments: namespace, config, secrets, the migrate Job;
 # 2. waits for the Job (every tenant migrated; a failure stops here, the old version
-#    keeps serving);
-# 3. the Deployment: new pods become ready one at a time (maxUnavailable 0).
+#    keeps serving and working);
+# 3. the Deployments: new pods become ready one at a time (maxUnavailable 0).
 # Migrations must therefore keep the running version working (add columns and tables;
 # drop what it uses only in a later release).
 set -euo pipefail
@@ -16,7 +16,7 @@ namespace=$("$kubectl" kustomize "$dir" | sed -nE 's/^  namespace: (.*)$/\1/p' |
 
 # A finished Job cannot be changed: remove the previous release's.
 "$kubectl" -n "$namespace" delete job {{k8s_name}}-migrate --ignore-not-found
-"$kubectl" apply -k "$dir" -l 'app.kubernetes.io/component notin (server)'
+"$kubectl" apply -k "$dir" -l 'app.kubernetes.io/component notin (server,worker)'
 echo "waiting for the migrations (kubectl -n $namespace logs -f job/{{k8s_name}}-migrate)"
 while :; do
   state=$("$kubectl" -n "$namespace" get job {{k8s_name}}-migrate \
@@ -33,3 +33,4 @@ while :; do
 done
 "$kubectl" apply -k "$dir"
 "$kubectl" -n "$namespace" rollout status deployment/{{k8s_name}} --timeout=600s
+"$kubectl" -n "$namespace" rollout status deployment/{{k8s_name}}-worker --timeout=600s

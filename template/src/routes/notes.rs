@@ -214,7 +214,7 @@ async fn import_notes(
     let (job, _) = jobs.enqueue(&import, options).await?;
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/api/jobs/{}", job.id)))
-        .json(job))
+        .json(super::jobs::JobStatus::from(job)))
 }
 
 #[tracing::instrument(skip_all, fields(note.id = %*id))]

@@ -412,3 +412,98 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
         .assert_the_owner_is_refused_as_app_role("is a superuser")
         .await;
 }
+
+#[actix_web::test]
+async fn a_tenants_jobs_are_listed_cancelled_and_retried_over_the_admin_api() {
+    use svc::jobs::{Enqueue, Queue};
+    use svc::routes::notes::{ImportNotes, NoteInput};
+
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    app.create_tenant("globex").await;
+    let note = NoteInput {
+        title: "later".into(),
+        body: String::new(),
+    };
+    // No worker runs in this test: the job stays where the API puts it.
+    let (job, _) = Queue::new(app.tenancy.clone())
+        .enqueue(
+            &acme,
+            &ImportNotes { notes: vec![note] },
+            Enqueue::default(),
+        )
+        .await
+        .unwrap();
+    let service = service!(app);
+    let (status, jobs) = admin!(service, get "/admin/tenants/acme/jobs");
+    assert_eq!(status, StatusCode::OK, "{jobs}");
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (jobs[0]["id"].as_i64(), &jobs[0]["state"]),
+        (Some(job.id), &json!("queued"))
+    );
+    assert!(jobs[0].get("lease").is_none(), "{jobs}");
+    let (status, none) = admin!(service, get "/admin/tenants/globex/jobs");
+    assert_eq!((status, none), (StatusCode::OK, json!([])));
+
+    let cancel = format!("/admin/tenants/acme/jobs/{}/cancel", job.id);
+    let retry = format!("/admin/tenants/acme/jobs/{}/retry", job.id);
+    let (status, cancelled) = admin!(service, post & cancel);
+    assert_eq!(
+        (status, &cancelled["state"]),
+        (StatusCode::OK, &json!("cancelled"))
+    );
+    let (status, problem) = admin!(service, post & cancel);
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    let (status, retried) = admin!(service, post & retry);
+    assert_eq!(
+        (status, &retried["state"]),
+        (StatusCode::OK, &json!("queued"))
+    );
+    let (_, queued) = admin!(service, get "/admin/tenants/acme/jobs?state=queued");
+    assert_eq!(queued.as_array().unwrap().len(), 1);
+    let (_, dead) = admin!(service, get "/admin/tenants/acme/jobs?state=dead");
+    assert_eq!(dead, json!([]));
+
+    // Another tenant's path does not reach the job; nor does a wrong id or state.
+    let other = format!("/admin/tenants/globex/jobs/{}/cancel", job.id);
+    for (path, expected) in [
+        (other.as_str(), StatusCode::NOT_FOUND),
+        (
+            "/admin/tenants/acme/jobs/999999999/retry",
+            StatusCode::NOT_FOUND,
+        ),
+        ("/admin/tenants/ghost/jobs/1/retry", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = admin!(service, post path);
+        assert_eq!(status, expected, "{path}: {body}");
+        assert_eq!(body["status"], expected.as_u16(), "{path}: {body}");
+    }
+    let (status, _) = admin!(service, get "/admin/tenants/acme/jobs?state=lost");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = admin!(service, get "/admin/tenants/acme/jobs", token = "x".repeat(40));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (_, history) = admin!(service, get "/admin/tenants/acme/history");
+    let ops: Vec<String> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(4)
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["operation"].as_str().unwrap(),
+                e["result"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let expected = [
+        "job_retry:refused",
+        "job_retry:ok",
+        "job_cancel:refused",
+        "job_cancel:ok",
+    ];
+    assert_eq!(ops, expected);
+    assert_eq!(history[0]["actor"], "api:admin");
+}

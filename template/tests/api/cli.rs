@@ -499,3 +499,79 @@ async fn without_the_owners_url_serve_uses_what_migrate_applied_and_refuses_befo
     let (status, body) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(status, actix_web::http::StatusCode::OK, "{body}");
 }
+
+#[actix_web::test]
+async fn a_tenants_jobs_are_listed_cancelled_and_retried_from_the_command_line() {
+    use svc::jobs::{Enqueue, Queue};
+    use svc::routes::notes::{ImportNotes, NoteInput};
+
+    let app = crate::helpers::spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let note = NoteInput {
+        title: "later".into(),
+        body: String::new(),
+    };
+    // No worker runs: the job stays where the commands put it.
+    let (job, _) = Queue::new(app.tenancy.clone())
+        .enqueue(
+            &acme,
+            &ImportNotes { notes: vec![note] },
+            Enqueue::default(),
+        )
+        .await
+        .unwrap();
+    let id = job.id.to_string();
+    let listed = stdout(&run(&app.db, &["jobs", "list", "acme"]));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        [id.as_str(), "import_notes", "queued", "0/5"],
+        "{listed}"
+    );
+
+    let out = run(&app.db, &["jobs", "cancel", "acme", &id]);
+    assert_eq!(stdout(&out), format!("job {id} is cancelled\n"));
+    let out = run(&app.db, &["jobs", "cancel", "acme", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        refusal.contains("only a queued or dead job is cancelled"),
+        "{refusal}"
+    );
+    let out = run(&app.db, &["jobs", "retry", "acme", &id]);
+    assert_eq!(stdout(&out), format!("job {id} is queued, due now\n"));
+    let out = run(&app.db, &["jobs", "list", "acme", "--state", "dead"]);
+    assert_eq!(stdout(&out), "no jobs\n");
+    let out = run(&app.db, &["jobs", "list", "acme", "--state", "lost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--state: 'lost' is not a job state"));
+    let out = run(&app.db, &["jobs", "retry", "acme", "999999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    let refusal = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        refusal.contains("tenant 'acme' has no job 999999999"),
+        "{refusal}"
+    );
+
+    let history = stdout(&run(&app.db, &["tenant", "history", "acme"]));
+    let operations: Vec<(&str, &str)> = history
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields[3], fields[4])
+        })
+        .collect();
+    assert_eq!(
+        operations[..4],
+        [
+            ("job_retry", "refused"),
+            ("job_retry", "ok"),
+            ("job_cancel", "refused"),
+            ("job_cancel", "ok")
+        ],
+        "{history}"
+    );
+}

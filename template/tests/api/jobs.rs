@@ -268,6 +268,14 @@ async fn a_failing_job_is_retried_then_dead_with_its_error_until_an_operator_ret
         )
     };
     assert_eq!((attempts("queued"), attempts("dead")), (4.0, 1.0));
+    // Its tenant sees it dead, without the database's words.
+    let path = format!("/api/jobs/{}", job.id);
+    let (status, seen) = call!(service, get & path, tenant = "acme");
+    assert_eq!(
+        (status, &seen["state"]),
+        (StatusCode::OK, &serde_json::json!("dead"))
+    );
+    assert!(!seen.to_string().contains("title"), "{seen}");
 
     // Retried by an operator: every attempt again, then dead again; then cancelled.
     let retried = queue
