@@ -115,7 +115,7 @@ impl Metrics {
                 let count = counts.iter().find(|c| &c.queue == queue);
                 let states = [
                     ("queued", count.map_or(0, |c| c.queued)),
-                    ("retrying", count.map_or(0, |c| c.retrying)),
+                    ("failed", count.map_or(0, |c| c.failed)),
                     ("running", count.map_or(0, |c| c.running)),
                     ("dead", count.map_or(0, |c| c.dead)),
                 ];

@@ -400,14 +400,14 @@ pub async fn cancel(
     .optional()
 }
 
-/// Jobs waiting (never tried, or to be retried), running and dead, and the age in
+/// Jobs waiting (never tried, or failed and to be retried), running and dead, and the age in
 /// seconds of the oldest job due (queued and past its `run_at`), per queue: what
 /// `/metrics` shows.
 pub async fn counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<QueueCount>> {
     diesel::sql_query(
         "SELECT queue, \
            count(*) FILTER (WHERE state = 'queued' AND attempts = 0) AS queued, \
-           count(*) FILTER (WHERE state = 'queued' AND attempts > 0) AS retrying, \
+           count(*) FILTER (WHERE state = 'queued' AND attempts > 0) AS failed, \
            count(*) FILTER (WHERE state = 'running') AS running, \
            count(*) FILTER (WHERE state = 'dead') AS dead, \
            coalesce(extract(epoch FROM now() - min(run_at) \
@@ -427,7 +427,8 @@ pub struct QueueCount {
     #[diesel(sql_type = BigInt)]
     pub queued: i64,
     #[diesel(sql_type = BigInt)]
-    pub retrying: i64,
+    /// Queued again after a failed attempt.
+    pub failed: i64,
     #[diesel(sql_type = BigInt)]
     pub running: i64,
     #[diesel(sql_type = BigInt)]
