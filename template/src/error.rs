@@ -14,7 +14,6 @@ use actix_web::{HttpMessage, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::db::pool::PoolError;
-use crate::jobs::JobError;
 use crate::telemetry::{REQUEST_ID_HEADER, RequestId};
 
 #[derive(Debug, thiserror::Error)]
@@ -395,16 +394,6 @@ fn is_outage(message: &str) -> bool {
         "the database system is",
     ];
     OUTAGES.iter().any(|outage| message.starts_with(outage))
-}
-
-impl From<JobError> for AppError {
-    fn from(error: JobError) -> Self {
-        match error {
-            JobError::Database(error) => AppError::from(error),
-            JobError::Pool(error) => AppError::from(error),
-            JobError::Failed(detail) => AppError::Internal { detail },
-        }
-    }
 }
 
 impl From<PoolError> for AppError {

@@ -104,29 +104,14 @@ impl Metrics {
         });
     }
 
-    /// The job queue's state, read at a scrape: jobs per queue and state
-    /// (`tenancy_jobs`), and the age of each queue's oldest job due
-    /// (`tenancy_jobs_oldest_due_seconds`). Queues seen before and absent now are empty.
-    pub fn jobs(&self, counts: &[crate::jobs::store::QueueCount]) {
+    /// The job queues seen at any scrape, `current` (the queues seen now) added: a queue
+    /// that empties keeps its gauges, at zero.
+    pub fn job_queues(&self, current: impl IntoIterator<Item = String>) -> Vec<String> {
         let mut queues = self.job_queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues.extend(counts.iter().map(|c| c.queue.clone()));
-        self.record(|| {
-            for queue in queues.iter() {
-                let count = counts.iter().find(|c| &c.queue == queue);
-                let states = [
-                    ("queued", count.map_or(0, |c| c.queued)),
-                    ("failed", count.map_or(0, |c| c.failed)),
-                    ("running", count.map_or(0, |c| c.running)),
-                    ("dead", count.map_or(0, |c| c.dead)),
-                ];
-                for (state, jobs) in states {
-                    ::metrics::gauge!("tenancy_jobs", "queue" => queue.clone(), "state" => state)
-                        .set(jobs as f64);
-                }
-                ::metrics::gauge!("tenancy_jobs_oldest_due_seconds", "queue" => queue.clone())
-                    .set(count.map_or(0.0, |c| c.oldest_due_seconds));
-            }
-        });
+        queues.extend(current);
+        let mut queues: Vec<String> = queues.iter().cloned().collect();
+        queues.sort();
+        queues
     }
 
     /// A job attempt that ended (`done`, `queued` for a retry, `dead`), and how long it ran.

@@ -67,6 +67,17 @@ pub enum JobError {
     Failed(String),
 }
 
+/// What a handler answers when enqueueing or reading a job failed.
+impl From<JobError> for AppError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Database(error) => AppError::from(error),
+            JobError::Pool(error) => AppError::from(error),
+            JobError::Failed(detail) => AppError::Internal { detail },
+        }
+    }
+}
+
 /// How a stored job is run: decode its payload, then [`Job::run`].
 type Runner = for<'c> fn(
     serde_json::Value,

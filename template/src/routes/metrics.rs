@@ -58,7 +58,7 @@ async fn metrics(
     .ok()
     .flatten();
     if let Some(jobs) = jobs {
-        tenancy.metrics.jobs(&jobs);
+        record_jobs(&tenancy, &jobs);
     }
     Ok(HttpResponse::Ok()
         .content_type(ContentType(
@@ -144,6 +144,31 @@ pub async fn record_request(
         }
     });
     outcome
+}
+
+/// Records the job queue's state, read now: jobs per queue and state (`tenancy_jobs`), and
+/// the age of each queue's oldest job due (`tenancy_jobs_oldest_due_seconds`).
+fn record_jobs(tenancy: &Tenancy, counts: &[jobs::store::QueueCount]) {
+    let queues = tenancy
+        .metrics
+        .job_queues(counts.iter().map(|c| c.queue.clone()));
+    tenancy.metrics.record(|| {
+        for queue in queues {
+            let count = counts.iter().find(|c| c.queue == queue);
+            let states = [
+                ("queued", count.map_or(0, |c| c.queued)),
+                ("failed", count.map_or(0, |c| c.failed)),
+                ("running", count.map_or(0, |c| c.running)),
+                ("dead", count.map_or(0, |c| c.dead)),
+            ];
+            for (state, jobs) in states {
+                ::metrics::gauge!("tenancy_jobs", "queue" => queue.clone(), "state" => state)
+                    .set(jobs as f64);
+            }
+            ::metrics::gauge!("tenancy_jobs_oldest_due_seconds", "queue" => queue)
+                .set(count.map_or(0.0, |c| c.oldest_due_seconds));
+        }
+    });
 }
 
 /// Records the state of pools, cache and registry, read now (before `/metrics` renders).
