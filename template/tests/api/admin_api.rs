@@ -415,25 +415,11 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
 
 #[actix_web::test]
 async fn a_tenants_jobs_are_listed_cancelled_and_retried_over_the_admin_api() {
-    use svc::jobs::{Enqueue, Queue};
-    use svc::routes::notes::{ImportNotes, NoteInput};
-
     let app = spawn_app().await;
     let acme = app.create_tenant("acme").await;
     app.create_tenant("globex").await;
-    let note = NoteInput {
-        title: "later".into(),
-        body: String::new(),
-    };
     // No worker runs in this test: the job stays where the API puts it.
-    let (job, _) = Queue::new(app.tenancy.clone())
-        .enqueue(
-            &acme,
-            &ImportNotes { notes: vec![note] },
-            Enqueue::default(),
-        )
-        .await
-        .unwrap();
+    let job = app.enqueue_import(&acme, "later").await;
     let service = service!(app);
     let (status, jobs) = admin!(service, get "/admin/tenants/acme/jobs");
     assert_eq!(status, StatusCode::OK, "{jobs}");

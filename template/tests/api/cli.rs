@@ -502,24 +502,10 @@ async fn without_the_owners_url_serve_uses_what_migrate_applied_and_refuses_befo
 
 #[actix_web::test]
 async fn a_tenants_jobs_are_listed_cancelled_and_retried_from_the_command_line() {
-    use svc::jobs::{Enqueue, Queue};
-    use svc::routes::notes::{ImportNotes, NoteInput};
-
     let app = crate::helpers::spawn_app().await;
     let acme = app.create_tenant("acme").await;
-    let note = NoteInput {
-        title: "later".into(),
-        body: String::new(),
-    };
     // No worker runs: the job stays where the commands put it.
-    let (job, _) = Queue::new(app.tenancy.clone())
-        .enqueue(
-            &acme,
-            &ImportNotes { notes: vec![note] },
-            Enqueue::default(),
-        )
-        .await
-        .unwrap();
+    let job = app.enqueue_import(&acme, "later").await;
     let id = job.id.to_string();
     let listed = stdout(&run(&app.db, &["jobs", "list", "acme"]));
     let lines: Vec<&str> = listed.lines().collect();

@@ -410,6 +410,22 @@ impl TestApp {
         assert!(refusal.contains(why), "{refusal}");
     }
 
+    /// Enqueues an import of one note titled `title` for `tenant`; nothing runs it unless
+    /// the test starts a worker.
+    pub async fn enqueue_import(&self, tenant: &Tenant, title: &str) -> svc::jobs::JobRecord {
+        let note = svc::routes::notes::NoteInput {
+            title: title.to_owned(),
+            body: String::new(),
+        };
+        let import = svc::routes::notes::ImportNotes { notes: vec![note] };
+        let queue = svc::jobs::Queue::new(self.tenancy.clone());
+        let (job, _) = queue
+            .enqueue(tenant, &import, svc::jobs::Enqueue::default())
+            .await
+            .unwrap();
+        job
+    }
+
     pub async fn create_tenant(&self, identifier: &str) -> Tenant {
         self.tenancy
             .create_tenant(

@@ -2,7 +2,7 @@
 //! alone, retried, dead-lettered, held while the tenant is not served, served fairly,
 //! and removed with the tenant. Checked over HTTP and in the database.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -517,6 +517,32 @@ async fn one_tenants_100000_jobs_delay_anothers_next_job_by_at_most_a_job_per_wo
     );
 }
 
+/// A `worker` process (with `env` too) holding `acme`'s one job, whose insert waits on
+/// a lock of the tenant's notes until the returned connection is dropped.
+async fn worker_stuck_in_a_job(
+    app: &TestApp,
+    acme: &Tenant,
+    env: &[(&str, &str)],
+) -> (Child, tokio_postgres::Client) {
+    let lock = app.db.lock_notes(acme).await;
+    let worker = Command::new(binary())
+        .arg("worker")
+        .env_clear()
+        .envs(app.db.env())
+        .envs(FAST.iter().chain(env).copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE wait_event_type = 'Lock' AND application_name = '{}'",
+        env!("CARGO_PKG_NAME")
+    );
+    wait_for(app, &waiting, 1, Duration::from_secs(30)).await;
+    (worker, lock)
+}
+
 #[actix_web::test]
 async fn a_worker_killed_mid_job_leaves_the_job_to_run_again() {
     let lease = ("TENANCY_JOBS_LEASE", "3");
@@ -527,23 +553,8 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_run_again() {
         .enqueue(&acme, &import(&["once".into()]), Enqueue::default())
         .await
         .unwrap();
-    // The job's insert will wait on this lock: the worker is killed in the middle of it.
-    let lock = app.db.lock_notes(&acme).await;
-    let mut worker = Command::new(binary())
-        .arg("worker")
-        .env_clear()
-        .envs(app.db.env())
-        .envs([FAST[0], FAST[1], lease])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let waiting = format!(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE wait_event_type = 'Lock' AND application_name = '{}'",
-        env!("CARGO_PKG_NAME")
-    );
-    wait_for(&app, &waiting, 1, Duration::from_secs(30)).await;
+    // Killed in the middle of the job's insert.
+    let (mut worker, lock) = worker_stuck_in_a_job(&app, &acme, &[lease]).await;
     assert_eq!(state_of(&app, job.id).await, "running");
     worker.kill().unwrap(); // SIGKILL: no shutdown, no give-back
     worker.wait().unwrap();
@@ -574,22 +585,8 @@ async fn a_worker_told_to_stop_gives_back_the_job_it_cannot_finish_in_time() {
         .enqueue(&acme, &import(&["once".into()]), Enqueue::default())
         .await
         .unwrap();
-    let lock = app.db.lock_notes(&acme).await;
-    let mut worker = Command::new(binary())
-        .arg("worker")
-        .env_clear()
-        .envs(app.db.env())
-        .envs([FAST[0], FAST[1], ("TENANCY_SHUTDOWN_TIMEOUT", "1")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let waiting = format!(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE wait_event_type = 'Lock' AND application_name = '{}'",
-        env!("CARGO_PKG_NAME")
-    );
-    wait_for(&app, &waiting, 1, Duration::from_secs(30)).await;
+    let shutdown = ("TENANCY_SHUTDOWN_TIMEOUT", "1");
+    let (mut worker, lock) = worker_stuck_in_a_job(&app, &acme, &[shutdown]).await;
     let stopped = Instant::now();
     let term = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
