@@ -21,7 +21,7 @@ pub struct JobStatus {
     pub state: JobState,
     pub attempts: i32,
     pub max_attempts: i32,
-    /// When it runs next (queued), or ran last.
+    /// When it runs next (queued), or when its last attempt started.
     pub run_at: DateTime<Utc>,
     /// What the job returned, once done.
     pub result: Option<serde_json::Value>,

@@ -15,7 +15,8 @@ CREATE TABLE tenancy.jobs (
                      CHECK (state IN ('queued', 'running', 'done', 'dead', 'cancelled')),
     attempts         integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     max_attempts     integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 100),
-    -- Not before this (scheduled jobs, and retries after their backoff).
+    -- Not before this (scheduled jobs, and retries after their backoff); once claimed,
+    -- when the attempt started.
     run_at           timestamptz NOT NULL DEFAULT now(),
     -- The running attempt's token: only the worker holding it may end the attempt.
     lease            uuid,
@@ -82,7 +83,7 @@ BEGIN
         END IF;
         UPDATE tenancy.jobs j
            SET state = 'running', attempts = j.attempts + 1, lease = gen_random_uuid(),
-               locked_until = now() + lease_for
+               locked_until = now() + lease_for, run_at = now()
          WHERE j.id = (SELECT q.id FROM tenancy.jobs q
                         WHERE q.tenant_id = turn AND q.state = 'queued' AND q.run_at <= now()
                         ORDER BY q.run_at, q.id
