@@ -81,6 +81,12 @@ async fn wait_for(app: &TestApp, sql: &str, expected: i64, within: Duration) {
     }
 }
 
+/// Waits until job `id` is in `state`, at most `within`.
+async fn wait_for_state(app: &TestApp, id: i64, state: &str, within: Duration) {
+    let sql = format!("SELECT count(*) FROM tenancy.jobs WHERE id = {id} AND state = '{state}'");
+    wait_for(app, &sql, 1, within).await;
+}
+
 #[actix_web::test]
 async fn an_import_runs_in_the_background_and_only_its_tenant_sees_it() {
     let app = spawn_app_with(FAST).await;
@@ -229,11 +235,7 @@ async fn a_failing_job_is_retried_then_dead_with_its_error_until_an_operator_ret
         .await
         .unwrap();
     let workers = start_workers(&app, 2);
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'dead'",
-        job.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(20)).await;
+    wait_for_state(&app, job.id, "dead", Duration::from_secs(20)).await;
     let dead = &queue
         .jobs_of(&acme.identifier, Some(JobState::Dead), 10, None)
         .await
@@ -283,7 +285,7 @@ async fn a_failing_job_is_retried_then_dead_with_its_error_until_an_operator_ret
         .await
         .unwrap();
     assert_eq!((retried.state, retried.attempts), (JobState::Queued, 0));
-    wait_for(&app, &sql, 1, Duration::from_secs(20)).await;
+    wait_for_state(&app, job.id, "dead", Duration::from_secs(20)).await;
     workers.stop().await;
     let cancelled = queue
         .cancel(&operator(), &acme.identifier, job.id)
@@ -347,11 +349,7 @@ async fn a_suspended_tenants_jobs_wait_and_run_after_activation_and_go_with_the_
         .activate_tenant(&by, &acme.identifier)
         .await
         .unwrap();
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'done'",
-        held.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(10)).await;
+    wait_for_state(&app, held.id, "done", Duration::from_secs(10)).await;
 
     // Deleted: held too; destroyed: gone.
     app.tenancy
@@ -420,17 +418,9 @@ async fn one_key_makes_one_job_and_a_scheduled_job_waits_for_its_time() {
         .await
         .unwrap();
     let workers = start_workers(&app, 2);
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'done'",
-        first.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(10)).await;
+    wait_for_state(&app, first.id, "done", Duration::from_secs(10)).await;
     assert_eq!(state_of(&app, scheduled.id).await, "queued");
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'done'",
-        scheduled.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(15)).await;
+    wait_for_state(&app, scheduled.id, "done", Duration::from_secs(15)).await;
     workers.stop().await;
     // Its attempt started (`run_at`, once claimed) no earlier than it was scheduled for.
     let ran = queue.get(&acme, scheduled.id).await.unwrap().unwrap();
@@ -474,11 +464,7 @@ async fn one_tenants_100000_jobs_delay_anothers_next_job_by_at_most_a_job_per_wo
         .enqueue(&quiet, &import(&["q".into()]), Enqueue::default())
         .await
         .unwrap();
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'done'",
-        job.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(10)).await;
+    wait_for_state(&app, job.id, "done", Duration::from_secs(10)).await;
     workers.stop().await;
     // The flooding tenant's jobs that ended between the quiet one's enqueueing and its
     // start (`run_at`, once claimed).
@@ -560,11 +546,7 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_run_again() {
 
     // Another worker runs it once the killed one's lease has expired.
     let workers = start_workers(&app, 1);
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'done'",
-        job.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(20)).await;
+    wait_for_state(&app, job.id, "done", Duration::from_secs(20)).await;
     workers.stop().await;
     let done = queue.get(&acme, job.id).await.unwrap().unwrap();
     assert_eq!(done.attempts, 2);
@@ -599,11 +581,7 @@ async fn a_worker_told_to_stop_gives_back_the_job_it_cannot_finish_in_time() {
     assert_eq!((back.state, back.attempts), (JobState::Queued, 0));
     drop(lock);
     let workers = start_workers(&app, 1);
-    let sql = format!(
-        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND state = 'done'",
-        job.id
-    );
-    wait_for(&app, &sql, 1, Duration::from_secs(20)).await;
+    wait_for_state(&app, job.id, "done", Duration::from_secs(20)).await;
     workers.stop().await;
     assert_eq!(app.db.notes_of(&acme).await, Some(1));
 }
