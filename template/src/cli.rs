@@ -316,9 +316,14 @@ async fn run_command(
                         "id", "identifier", "status", "isolation"
                     )?;
                     for t in tenants {
+                        let mark = if t.metadata_undecodable() {
+                            "  (metadata cannot be decoded: fix it in SQL)"
+                        } else {
+                            ""
+                        };
                         writeln!(
                             out,
-                            "{:<36}  {:<24}  {:<12}  {:<9}  {}",
+                            "{:<36}  {:<24}  {:<12}  {:<9}  {}{mark}",
                             t.id, t.identifier, t.status, t.isolation, t.name
                         )?;
                     }

@@ -33,6 +33,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A method the resource does not answer; `allow` lists those it does.
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: String },
     /// A request body larger than the service reads (bytes).
     #[error("request body too large")]
     BodyTooLarge(usize),
@@ -85,6 +88,7 @@ impl AppError {
             AppError::Unauthorized { .. } => "unauthorized",
             AppError::BadRequest(_) => "bad_request",
             AppError::NotFound(_) => "not_found",
+            AppError::MethodNotAllowed { .. } => "method_not_allowed",
             AppError::BodyTooLarge(_) => "body_too_large",
             AppError::BodyTimeout(_) => "body_timeout",
             AppError::RateLimited { .. } => "rate_limited",
@@ -132,6 +136,12 @@ impl AppError {
                 StatusCode::NOT_FOUND,
                 "Not found",
                 Some(format!("{what} not found")),
+                None,
+            ),
+            AppError::MethodNotAllowed { allow } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                Some(format!("this resource answers {allow}")),
                 None,
             ),
             AppError::BodyTooLarge(limit) => (
@@ -230,6 +240,11 @@ impl AppError {
                     response.insert_header((name, value));
                 }
             }
+        }
+        if let AppError::MethodNotAllowed { allow } = self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            response.insert_header((header::ALLOW, value));
         }
         match status {
             StatusCode::SERVICE_UNAVAILABLE => {
@@ -416,7 +431,8 @@ pub struct ErrorDetails(pub bool);
 
 /// Middleware around every request: re-renders `AppError` responses with the request's id
 /// (see `telemetry::RequestId`), and with their internal detail when `error_details` is
-/// on; every response gets the `X-Request-Id` header.
+/// on, and answers a method a resource lacks as an `AppError` too; every response gets
+/// the `X-Request-Id` header.
 pub async fn problem_details(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -425,7 +441,19 @@ pub async fn problem_details(
     let internals = req
         .app_data::<web::Data<ErrorDetails>>()
         .is_some_and(|details| details.0);
-    let response = next.call(req).await?.map_into_boxed_body();
+    let mut response = next.call(req).await?.map_into_boxed_body();
+    // A resource's answer to a method it lacks: an empty 405 with its `Allow` header.
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED && response.response().error().is_none()
+    {
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let (request, _) = response.into_parts();
+        response = ServiceResponse::from_err(AppError::MethodNotAllowed { allow }, request);
+    }
     let rendered = response
         .response()
         .error()

@@ -16,11 +16,21 @@ pub struct Tenant {
     pub name: String,
     pub status: TenantStatus,
     pub isolation: Isolation,
+    /// A JSON object; `null` when the registry holds a value that cannot be decoded (only
+    /// SQL written by hand can store one: see [`Tenant::metadata_undecodable`]).
     pub metadata: serde_json::Value,
     pub limits: TenantLimits,
     pub maintenance: Maintenance,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Tenant {
+    /// Whether the registry's metadata of this tenant could not be decoded (it reads as
+    /// `null`, which no creation stores). The tenant still serves, lists and migrates.
+    pub fn metadata_undecodable(&self) -> bool {
+        self.metadata.is_null()
+    }
 }
 
 /// What one tenant may use, where it differs from the service's settings (`None`: the

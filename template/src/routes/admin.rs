@@ -78,20 +78,19 @@ impl AdminSettings {
 pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
     cfg.app_data(web::Data::new(settings));
     cfg.service(
+        // Resources, so that a method a path lacks is answered 405, not 404.
         web::scope("/admin/tenants")
-            .route("", web::post().to(create))
-            .route("", web::get().to(list))
-            .route("/{identifier}", web::get().to(show))
-            .route("/{identifier}", web::delete().to(delete))
-            .route("/{identifier}/suspend", web::post().to(suspend))
-            .route("/{identifier}/activate", web::post().to(activate))
-            .route("/{identifier}/destroy", web::post().to(destroy))
-            .route("/{identifier}/limits", web::put().to(set_limits))
-            .route("/{identifier}/maintenance", web::put().to(set_maintenance))
-            .route("/{identifier}/history", web::get().to(history))
-            .route("/{identifier}/jobs", web::get().to(jobs))
-            .route("/{identifier}/jobs/{id}/retry", web::post().to(retry_job))
-            .route("/{identifier}/jobs/{id}/cancel", web::post().to(cancel_job)),
+            .service(web::resource("").post(create).get(list))
+            .service(web::resource("/{identifier}").get(show).delete(delete))
+            .service(web::resource("/{identifier}/suspend").post(suspend))
+            .service(web::resource("/{identifier}/activate").post(activate))
+            .service(web::resource("/{identifier}/destroy").post(destroy))
+            .service(web::resource("/{identifier}/limits").put(set_limits))
+            .service(web::resource("/{identifier}/maintenance").put(set_maintenance))
+            .service(web::resource("/{identifier}/history").get(history))
+            .service(web::resource("/{identifier}/jobs").get(jobs))
+            .service(web::resource("/{identifier}/jobs/{id}/retry").post(retry_job))
+            .service(web::resource("/{identifier}/jobs/{id}/cancel").post(cancel_job)),
     );
 }
 

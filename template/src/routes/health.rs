@@ -3,8 +3,10 @@
 //!
 //! - `/health`: overall status, database check with latency, tenant counts, connection
 //!   usage, tenant cache; 200 when `healthy` or `degraded` (serving, but with fewer
-//!   connections than configured because PostgreSQL refused more, or without hearing of
-//!   tenant changes made elsewhere; the reason is given), 503 otherwise.
+//!   connections than configured because PostgreSQL refused more, without hearing of
+//!   tenant changes made elsewhere, or with `tenants.undecodable` registry rows, whose
+//!   metadata was written by hand in SQL and cannot be read back; the reason is given),
+//!   503 otherwise.
 //! - `/health/live`: the process answers (liveness).
 //! - `/health/ready`: the database answers (readiness).
 
@@ -22,9 +24,10 @@ use crate::tenancy::{Tenancy, registry};
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready));
+    // Resources, so that another method is answered 405, not 404.
+    cfg.service(web::resource("/health").get(health))
+        .service(web::resource("/health/live").get(live))
+        .service(web::resource("/health/ready").get(ready));
 }
 
 struct DatabaseCheck {
@@ -61,10 +64,15 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
                 }
             }
             let total: i64 = by_status.values().sum();
+            let mut tenants = json!({"total": total, "by_status": by_status});
+            let undecodable = tenancy.undecodable_tenants();
+            if undecodable > 0 {
+                tenants["undecodable"] = json!(undecodable);
+            }
             (
                 true,
                 json!({"status": "up", "latency_ms": check.latency_ms}),
-                json!({"total": total, "by_status": by_status}),
+                tenants,
             )
         }
         Err(error) => {
@@ -94,6 +102,8 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
 {%- else %}
     let degraded = connections.degraded.is_some() || !(cache.watching || polled);
 {%- endif %}
+    // A registry row that cannot be decoded wants an operator; its tenant still serves.
+    let degraded = degraded || tenancy.undecodable_tenants() > 0;
     let healthy = healthy && connections.refused.is_none();
     let status = match (healthy, degraded) {
         (false, _) => "unhealthy",

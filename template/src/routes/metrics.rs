@@ -22,7 +22,7 @@ const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn routes(cfg: &mut web::ServiceConfig, settings: MetricsSettings) {
     cfg.app_data(web::Data::new(settings));
-    cfg.route("/metrics", web::get().to(metrics));
+    cfg.service(web::resource("/metrics").get(metrics));
 }
 
 async fn metrics(
@@ -202,6 +202,9 @@ fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)]>) 
             }
         }
         ::metrics::counter!("tenancy_rate_limited_total").absolute(tenancy.rate.limited());
+        // In this process: actix-http answers them before any service sees them.
+        ::metrics::counter!("http_malformed_requests_total")
+            .absolute(crate::telemetry::malformed_requests());
         ::metrics::gauge!("tenancy_pool_degraded")
             .set(f64::from(u8::from(connections.degraded.is_some())));
         for (result, value) in [("hit", cache.hits), ("miss", cache.lookups)] {

@@ -63,9 +63,13 @@ pub struct Note {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A note as a client sends it. Unknown members are refused, as in every request body.
 #[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct NoteInput {
+    /// 1 to 200 characters once trimmed; stored trimmed.
     pub title: String,
+    /// At most 100,000 bytes, stored as sent; empty if left out.
     #[serde(default)]
     pub body: String,
 }
@@ -104,7 +108,7 @@ async fn insert(conn: &mut TenantConnection, input: &NoteInput) -> QueryResult<N
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    /// At most 100; default 20.
+    /// 1 to 100 (else 400); default 20.
     pub limit: Option<i64>,
     /// Only notes with a smaller id, i.e. older ones (keyset pagination).
     pub before: Option<Uuid>,
@@ -115,7 +119,10 @@ async fn list_notes(
     mut conn: TenantConnection,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(AppError::BadRequest("limit must be 1 to 100".into()));
+    }
     let mut select = notes::table
         .select(Note::as_select())
         .order(notes::id.desc())

@@ -440,14 +440,20 @@ impl Tenancy {
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
         let mut conn = self.control.get().await?;
-        registry::find_by_identifier(&mut conn, identifier)
+        let tenant = registry::find_by_identifier(&mut conn, identifier)
             .await?
-            .ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))
+            .ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))?;
+        self.note_decoded([&tenant], false);
+        Ok(tenant)
     }
 
+    /// Every tenant, deleted ones too; one whose metadata cannot be decoded is listed with
+    /// `null` metadata (and counted by `/health`), never keeps the others from the list.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, LifecycleError> {
         let mut conn = self.control.get().await?;
-        Ok(registry::list(&mut conn).await?)
+        let tenants = registry::list(&mut conn).await?;
+        self.note_decoded(&tenants, true);
+        Ok(tenants)
     }
 
     pub async fn suspend_tenant(

@@ -64,6 +64,9 @@ pub struct Tenancy {
     pub metrics: Metrics,
     /// Wakes this process's job workers when a job is enqueued here (see `jobs`).
     pub jobs_enqueued: Arc<tokio::sync::Notify>,
+    /// The tenants whose registry metadata this process last read as undecodable
+    /// (`/health` counts them).
+    undecodable: std::sync::Mutex<HashSet<TenantIdentifier>>,
     /// Set once the owner's URL was found to give migrations a session of their own.
     owner_session: tokio::sync::OnceCell<()>,
     /// Stops listening for tenant changes when the service is dropped.
@@ -222,6 +225,7 @@ impl Tenancy {
             rate,
             metrics: Metrics::default(),
             jobs_enqueued: Arc::default(),
+            undecodable: std::sync::Mutex::default(),
             owner_session: tokio::sync::OnceCell::new(),
             _watching: None,
         })
@@ -462,6 +466,7 @@ impl Tenancy {
                         let found = registry::find_by_identifier(&mut conn, identifier)
                             .await?
                             .map(Arc::new);
+                        self.note_decoded(found.as_deref(), false);
 {%- if redis_cache %}
                         if let Some(tenant) = &found {
                             self.shared.put(tenant).await;
@@ -474,6 +479,37 @@ impl Tenancy {
             }
         };
         answer(identifier, tenant)
+    }
+
+    /// Records which of `tenants`, as just read from the registry, have metadata that could
+    /// not be decoded; `all`: they are the whole registry.
+    pub(crate) fn note_decoded<'a>(
+        &self,
+        tenants: impl IntoIterator<Item = &'a Tenant>,
+        all: bool,
+    ) {
+        let mut undecodable = self
+            .undecodable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all {
+            undecodable.clear();
+        }
+        for tenant in tenants {
+            if tenant.metadata_undecodable() {
+                undecodable.insert(tenant.identifier.clone());
+            } else if !all {
+                undecodable.remove(&tenant.identifier);
+            }
+        }
+    }
+
+    /// How many tenants' registry metadata this process last read as undecodable.
+    pub fn undecodable_tenants(&self) -> usize {
+        self.undecodable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Whether the registry holds `identifier`, from the set of registered identifiers

@@ -2,8 +2,11 @@
 //! parameters; these functions never touch a tenant's own tables.
 
 use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::dsl::count_star;
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::sql_types::Jsonb;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -20,7 +23,7 @@ struct TenantRow {
     name: String,
     status: String,
     isolation: String,
-    metadata: serde_json::Value,
+    metadata: StoredJson,
     max_connections: Option<i32>,
     statement_timeout: Option<i32>,
     rate_limit: Option<i32>,
@@ -41,7 +44,15 @@ impl TryFrom<TenantRow> for Tenant {
             name: row.name,
             status: row.status.parse().map_err(corrupt)?,
             isolation: row.isolation.parse().map_err(corrupt)?,
-            metadata: row.metadata,
+            metadata: row.metadata.0.unwrap_or_else(|why| {
+                tracing::warn!(
+                    tenant = %row.identifier,
+                    error = %why,
+                    "this tenant's metadata in the registry cannot be decoded: it reads as null \
+                     until it is fixed in SQL"
+                );
+                serde_json::Value::Null
+            }),
             limits: TenantLimits {
                 max_connections: limit(row.max_connections).map_err(corrupt)?,
                 statement_timeout: limit(row.statement_timeout).map_err(corrupt)?,
@@ -52,6 +63,24 @@ impl TryFrom<TenantRow> for Tenant {
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
+    }
+}
+
+/// A `jsonb` value as the registry holds it, decoded if it can be: PostgreSQL keeps numbers
+/// serde_json cannot read back (1.7976931348623157e308 comes back as 309 digits, out of
+/// range), so one row written by hand must not make the others unreadable.
+#[derive(FromSqlRow)]
+#[diesel(sql_type = Jsonb)]
+struct StoredJson(Result<serde_json::Value, String>);
+
+impl FromSql<Jsonb, Pg> for StoredJson {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        match value.as_bytes().split_first() {
+            Some((1, json)) => Ok(Self(
+                serde_json::from_slice(json).map_err(|e| e.to_string()),
+            )),
+            _ => Err("unsupported jsonb encoding version".into()),
+        }
     }
 }
 

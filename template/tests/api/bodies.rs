@@ -9,23 +9,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpServer, test};
+use actix_web::test;
 
 use crate::helpers::*;
-
-/// The service on a free local port, as `serve` runs it.
-fn serve(app: &TestApp) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tenancy, settings) = (app.tenancy.clone(), app.settings.clone());
-    let server = HttpServer::new(move || svc::startup::app(tenancy.clone(), &settings))
-        .workers(2)
-        .listen(listener)
-        .unwrap()
-        .run();
-    actix_web::rt::spawn(server);
-    port
-}
 
 /// The head of `POST /api/notes` for `tenant`, announcing `length` bytes of JSON.
 fn post_head(tenant: &str, length: usize) -> String {
@@ -36,15 +22,6 @@ fn post_head(tenant: &str, length: usize) -> String {
             &format!("\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"),
             1,
         )
-}
-
-/// Sends `request`, returns the whole answer.
-fn send(port: u16, request: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
 }
 
 /// A client that announces a 100 kB note for `tenant`, then sends a byte every 200 ms

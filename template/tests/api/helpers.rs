@@ -658,3 +658,27 @@ pub fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &
         ref other => panic!("{metric}: {other:?}"),
     }
 }
+
+/// The service on a free local port, as `serve` runs it.
+pub fn serve(app: &TestApp) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tenancy, settings) = (app.tenancy.clone(), app.settings.clone());
+    let server = actix_web::HttpServer::new(move || svc::startup::app(tenancy.clone(), &settings))
+        .workers(2)
+        .listen(listener)
+        .unwrap()
+        .run();
+    actix_web::rt::spawn(server);
+    port
+}
+
+/// Sends `request`, returns the whole answer.
+pub fn send(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}

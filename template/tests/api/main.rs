@@ -14,6 +14,7 @@ mod helpers;
 {% if admin_api -%}
 mod admin_api;
 {% endif -%}
+mod api_rules;
 mod audit;
 mod bodies;
 {% if resolution == "chain" -%}
