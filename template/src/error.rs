@@ -279,14 +279,18 @@ struct Answer<'a> {
     internal: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An error answer (RFC 9457), as `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of error it is.
     #[serde(rename = "type")]
     kind: &'static str,
     title: &'static str,
     status: u16,
+    /// What went wrong, for the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// Internals, only with `TENANCY_ERROR_DETAILS=true` (never in production).
     #[serde(skip_serializing_if = "Option::is_none")]
     debug: Option<&'a str>,
     /// The request's id, to find its log lines.

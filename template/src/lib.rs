@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod openapi;
 {%- if opentelemetry %}
 pub mod otlp;
 {%- endif %}

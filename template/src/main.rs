@@ -9,6 +9,10 @@ use {{crate_name}}::config::Settings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(printed) = cli::without_settings(&cli) {
+        println!("{printed}");
+        return ExitCode::SUCCESS;
+    }
     let (settings, warnings) = match Settings::load() {
         Ok(loaded) => loaded,
         Err(error) => {

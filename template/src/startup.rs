@@ -62,6 +62,7 @@ pub fn app(
 {%- if admin_api %}
         .configure(|cfg| routes::admin::routes(cfg, settings.admin.clone()))
 {%- endif %}
+        .service(web::resource("/openapi.json").get(crate::openapi::openapi_json))
         .configure(routes::api)
         .default_service(web::to(not_found))
 }

@@ -15,8 +15,11 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 const MAX_STORAGE_PREFIX: usize = 7;
 
 /// A tenant's public identifier (`acme`, `globex_eu`): what clients send and URLs show.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[a-z][a-z0-9_]*$", max_length = 63)]
 pub struct TenantIdentifier(String);
 
 impl TenantIdentifier {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::TenantIdentifier;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: Uuid,
     pub identifier: TenantIdentifier,
@@ -18,6 +18,7 @@ pub struct Tenant {
     pub isolation: Isolation,
     /// A JSON object; `null` when the registry holds a value that cannot be decoded (only
     /// SQL written by hand can store one: see [`Tenant::metadata_undecodable`]).
+    #[schema(value_type = Option<Object>)]
     pub metadata: serde_json::Value,
     pub limits: TenantLimits,
     pub maintenance: Maintenance,
@@ -35,21 +36,27 @@ impl Tenant {
 
 /// What one tenant may use, where it differs from the service's settings (`None`: the
 /// setting applies).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     /// The most database connections it holds at once (`TENANCY_TENANT_MAX_CONNECTIONS`).
     #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     pub max_connections: Option<MaxConnections>,
     /// Seconds after which PostgreSQL cancels one of its statements
     /// (`TENANCY_STATEMENT_TIMEOUT`).
     #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 86400)]
     pub statement_timeout: Option<StatementTimeout>,
     /// Requests a second it may send (`TENANCY_RATE_LIMIT`).
     #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
     pub rate_limit: Option<RateLimit>,
     /// Requests it may send at once (`TENANCY_RATE_LIMIT_BURST`; default: its rate).
     #[serde(default)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000000)]
     pub rate_limit_burst: Option<RateLimitBurst>,
 }
 
@@ -168,7 +175,18 @@ impl<B: Bound> FromStr for Limit<B> {
 /// Whether a served tenant takes writes: `read_only` while an operator changes it (a move,
 /// a repair), `migrating` while `migrate` changes its storage; requests that write then
 /// get 503 with `Retry-After`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Maintenance {
     #[default]
@@ -217,7 +235,7 @@ impl FromStr for Maintenance {
 }
 
 /// Where a tenant is in its lifecycle. Only `Active` tenants are served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantStatus {
     /// Created in the registry, storage not (fully) provisioned yet; a retry completes it.
@@ -247,7 +265,9 @@ impl TenantStatus {
 }
 
 /// How a tenant's data is isolated, as recorded on its registry row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// Its own schema.

@@ -23,6 +23,7 @@ use crate::schema::jobs;
     Serialize,
     serde::Deserialize,
     diesel::deserialize::FromSqlRow,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -81,7 +82,7 @@ impl std::str::FromStr for JobState {
 }
 
 /// A stored job.
-#[derive(Debug, Clone, Serialize, Queryable, Selectable, QueryableByName)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, QueryableByName, utoipa::ToSchema)]
 #[diesel(table_name = jobs, check_for_backend(diesel::pg::Pg))]
 pub struct JobRecord {
     pub id: i64,

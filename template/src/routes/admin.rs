@@ -26,9 +26,9 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::domain::{Maintenance, TenantIdentifier, TenantLimits, TenantStatus};
+use crate::domain::{Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus};
 use crate::error::AppError;
-use crate::jobs::{JobState, Queue};
+use crate::jobs::{JobRecord, JobState, Queue};
 use crate::settings::{ConfigError, Key, Source};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
@@ -143,7 +143,19 @@ fn identifier(raw: &str) -> Result<TenantIdentifier, AppError> {
 }
 
 #[tracing::instrument(skip_all, fields(tenant.identifier = %new.identifier))]
-async fn create(
+#[utoipa::path(
+    post,
+    path = "/admin/tenants",
+    tag = "admin",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "Created, `active`", body = Tenant),
+        (status = 202, description = "Registered, `provisioning`: `migrate` creates its storage (it needs the owner's rights)", body = Tenant),
+        (status = 409, description = "The identifier is taken, quarantined, or the tenant limit is reached", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn create(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     new: web::Json<NewTenant>,
@@ -157,11 +169,29 @@ async fn create(
     Ok(HttpResponse::Created().json(tenant))
 }
 
-async fn list(_: AdminAuth, tenancy: web::Data<Tenancy>) -> Result<HttpResponse, AppError> {
+#[utoipa::path(
+    get,
+    path = "/admin/tenants",
+    tag = "admin",
+    responses((status = 200, description = "Every tenant, deleted ones too; `metadata` is `null` where the registry holds one that cannot be decoded", body = Vec<Tenant>)),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn list(
+    _: AdminAuth,
+    tenancy: web::Data<Tenancy>,
+) -> Result<HttpResponse, AppError> {
     Ok(HttpResponse::Ok().json(tenancy.list_tenants().await?))
 }
 
-async fn show(
+#[utoipa::path(
+    get,
+    path = "/admin/tenants/{identifier}",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    responses((status = 200, description = "The tenant", body = Tenant)),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn show(
     _: AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -169,7 +199,18 @@ async fn show(
     Ok(HttpResponse::Ok().json(tenancy.get_tenant(&identifier(&path)?).await?))
 }
 
-async fn suspend(
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{identifier}/suspend",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    responses(
+        (status = 200, description = "The tenant, `suspended`: its requests get 403", body = Tenant),
+        (status = 409, description = "Not in a status it can be suspended from", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn suspend(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -177,7 +218,18 @@ async fn suspend(
     Ok(HttpResponse::Ok().json(tenancy.suspend_tenant(&actor, &identifier(&path)?).await?))
 }
 
-async fn activate(
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{identifier}/activate",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    responses(
+        (status = 200, description = "The tenant, `active`", body = Tenant),
+        (status = 409, description = "Not in a status it can be activated from", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn activate(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -186,7 +238,16 @@ async fn activate(
 }
 
 /// Replaces the tenant's own limits: a limit left out or `null` is the service's setting.
-async fn set_limits(
+#[utoipa::path(
+    put,
+    path = "/admin/tenants/{identifier}/limits",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    request_body = TenantLimits,
+    responses((status = 200, description = "The tenant with its new limits", body = Tenant)),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn set_limits(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -199,14 +260,23 @@ async fn set_limits(
     Ok(HttpResponse::Ok().json(tenant))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MaintenanceMode {
+pub(crate) struct MaintenanceMode {
     mode: Maintenance,
 }
 
 /// `{"mode": "read_only"}` makes the tenant refuse writes (503); `{"mode": "off"}` ends it.
-async fn set_maintenance(
+#[utoipa::path(
+    put,
+    path = "/admin/tenants/{identifier}/maintenance",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    request_body = MaintenanceMode,
+    responses((status = 200, description = "The tenant", body = Tenant)),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn set_maintenance(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -218,7 +288,18 @@ async fn set_maintenance(
     Ok(HttpResponse::Ok().json(tenant))
 }
 
-async fn delete(
+#[utoipa::path(
+    delete,
+    path = "/admin/tenants/{identifier}",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    responses(
+        (status = 200, description = "The tenant, `deleted` (soft: its data stays until destroyed)", body = Tenant),
+        (status = 409, description = "Already deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn delete(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -226,12 +307,26 @@ async fn delete(
     Ok(HttpResponse::Ok().json(tenancy.delete_tenant(&actor, &identifier(&path)?).await?))
 }
 
-#[derive(Deserialize)]
-struct Confirmation {
+/// The identifier again, so that no request destroys a tenant by mistake.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Confirmation {
     confirm: String,
 }
 
-async fn destroy(
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{identifier}/destroy",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    request_body(content = Confirmation, description = "`confirm` repeats the identifier"),
+    responses(
+        (status = 204, description = "Its storage and registry row are gone; the identifier is quarantined"),
+        (status = 409, description = "Not deleted first", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn destroy(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -244,10 +339,12 @@ async fn destroy(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct HistoryPage {
+pub(crate) struct HistoryPage {
     /// Entries at most (1 to 1,000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Only entries older than this one (the `id` of the last entry of a page).
     before: Option<i64>,
@@ -255,7 +352,15 @@ struct HistoryPage {
 
 /// The audit trail of an identifier (every tenant that had it, destroyed ones too),
 /// newest first: an identifier without entries gives an empty list.
-async fn history(
+#[utoipa::path(
+    get,
+    path = "/admin/tenants/{identifier}/history",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The identifier"), HistoryPage),
+    responses((status = 200, description = "The entries, newest first", body = Vec<crate::tenancy::audit::Entry>)),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn history(
     _: AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -271,19 +376,29 @@ async fn history(
     Ok(HttpResponse::Ok().json(entries))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct JobsPage {
+pub(crate) struct JobsPage {
     /// Only jobs in this state.
     state: Option<JobState>,
     /// Jobs at most (1 to 1,000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Only jobs older than this one (the `id` of the last job of a page).
     before: Option<i64>,
 }
 
 /// A tenant's background jobs, newest first.
-async fn jobs(
+#[utoipa::path(
+    get,
+    path = "/admin/tenants/{identifier}/jobs",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier"), JobsPage),
+    responses((status = 200, description = "The jobs, newest first", body = Vec<JobRecord>)),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn jobs(
     _: AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
@@ -299,7 +414,21 @@ async fn jobs(
     Ok(HttpResponse::Ok().json(jobs))
 }
 
-async fn retry_job(
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{identifier}/jobs/{id}/retry",
+    tag = "admin",
+    params(
+        ("identifier" = String, Path, description = "The tenant's identifier"),
+        ("id" = i64, Path, description = "The job's id"),
+    ),
+    responses(
+        (status = 200, description = "The job, queued again", body = JobRecord),
+        (status = 409, description = "Not dead or cancelled", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn retry_job(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<(String, i64)>,
@@ -311,7 +440,21 @@ async fn retry_job(
     Ok(HttpResponse::Ok().json(job))
 }
 
-async fn cancel_job(
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{identifier}/jobs/{id}/cancel",
+    tag = "admin",
+    params(
+        ("identifier" = String, Path, description = "The tenant's identifier"),
+        ("id" = i64, Path, description = "The job's id"),
+    ),
+    responses(
+        (status = 200, description = "The job, cancelled", body = JobRecord),
+        (status = 409, description = "Not queued or dead", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn cancel_job(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<(String, i64)>,

@@ -51,7 +51,20 @@ async fn check_database(tenancy: &Tenancy) -> DatabaseCheck {
     }
 }
 
-async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -> HttpResponse {
+/// Overall status, database check with latency, tenant counts, connections, cache.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "service",
+    responses(
+        (status = 200, description = "`healthy` or `degraded` (serving; the reason is given)", body = Object),
+        (status = 503, description = "`unhealthy`: the database is down or refuses connections", body = Object),
+    ),
+)]
+pub(crate) async fn health(
+    tenancy: web::Data<Tenancy>,
+    details: web::Data<ErrorDetails>,
+) -> HttpResponse {
     let check = check_database(&tenancy).await;
     let connections = tenancy.connection_stats();
     let (healthy, database, tenants) = match &check.tenants {
@@ -126,11 +139,28 @@ async fn health(tenancy: web::Data<Tenancy>, details: web::Data<ErrorDetails>) -
     }
 }
 
-async fn live() -> HttpResponse {
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "service",
+    responses((status = 200, description = "`{\"status\": \"alive\"}`", body = Object)),
+)]
+pub(crate) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "alive"}))
 }
 
-async fn ready(tenancy: web::Data<Tenancy>) -> HttpResponse {
+/// The database answers.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "service",
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "The database does not answer", body = Object),
+    ),
+)]
+pub(crate) async fn ready(tenancy: web::Data<Tenancy>) -> HttpResponse {
     let ping = tokio::time::timeout(CHECK_TIMEOUT, async {
         let mut conn = tenancy.control.get().await.map_err(|e| e.to_string())?;
         diesel::sql_query("SELECT 1")

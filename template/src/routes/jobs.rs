@@ -14,7 +14,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// A job as its tenant's clients see it: where it is, not why an attempt failed (errors
 /// can carry internals: operators read them with `jobs list` or the admin API).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
     pub id: i64,
     pub kind: String,
@@ -46,8 +46,18 @@ impl From<JobRecord> for JobStatus {
 }
 
 /// The job, if the request's tenant has it.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses((status = 200, description = "Where the job is", body = JobStatus)),
+)]
 #[tracing::instrument(skip_all, fields(job.id = *id))]
-async fn get_job(jobs: TenantJobs, id: web::Path<i64>) -> Result<HttpResponse, AppError> {
+pub(crate) async fn get_job(
+    jobs: TenantJobs,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, AppError> {
     let job = jobs.get(*id).await?.ok_or(AppError::NotFound("job"))?;
     Ok(HttpResponse::Ok().json(JobStatus::from(job)))
 }

@@ -25,7 +25,18 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: MetricsSettings) {
     cfg.service(web::resource("/metrics").get(metrics));
 }
 
-async fn metrics(
+/// Prometheus text: requests, errors, tenants, pools, cache, jobs.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "The Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "`TENANCY_METRICS_TOKEN` is set and the request does not carry it", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("metrics_token" = [])),
+)]
+pub(crate) async fn metrics(
     req: HttpRequest,
     tenancy: web::Data<Tenancy>,
     settings: web::Data<MetricsSettings>,

@@ -43,8 +43,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Who is calling: the tenant and the verified token's subject. The `Claims` extractor
 /// gives any handler the token's claims (401 if the request carries no verified token).
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "notes",
+    responses((status = 200, description = "The token's tenant and subject", body = Object)),
+)]
 #[tracing::instrument(skip_all)]
-async fn me(tenant: Tenant, claims: Claims) -> HttpResponse {
+pub(crate) async fn me(tenant: Tenant, claims: Claims) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "tenant": tenant.identifier.as_str(),
         "subject": claims.subject(),
@@ -52,7 +58,7 @@ async fn me(tenant: Tenant, claims: Claims) -> HttpResponse {
 }
 {%- endif %}
 
-#[derive(Debug, Serialize, Queryable, Selectable)]
+#[derive(Debug, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = notes, check_for_backend(diesel::pg::Pg))]
 pub struct Note {
     /// A UUIDv7: time-ordered, and telling nothing of other tenants' writes.
@@ -64,13 +70,15 @@ pub struct Note {
 }
 
 /// A note as a client sends it. Unknown members are refused, as in every request body.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteInput {
     /// 1 to 200 characters once trimmed; stored trimmed.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
     /// At most 100,000 bytes, stored as sent; empty if left out.
     #[serde(default)]
+    #[schema(max_length = 100000)]
     pub body: String,
 }
 
@@ -106,16 +114,26 @@ async fn insert(conn: &mut TenantConnection, input: &NoteInput) -> QueryResult<N
         .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 100 (else 400); default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Only notes with a smaller id, i.e. older ones (keyset pagination).
     pub before: Option<Uuid>,
 }
 
+/// The tenant's notes, newest first (keyset pages: `before` the last id of a page).
+#[utoipa::path(
+    get,
+    path = "/api/notes",
+    tag = "notes",
+    params(ListQuery),
+    responses((status = 200, description = "The notes, newest first", body = Vec<Note>)),
+)]
 #[tracing::instrument(skip_all)]
-async fn list_notes(
+pub(crate) async fn list_notes(
     mut conn: TenantConnection,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, AppError> {
@@ -135,8 +153,16 @@ async fn list_notes(
     Ok(HttpResponse::Ok().json(found))
 }
 
+/// Adds a note.
+#[utoipa::path(
+    post,
+    path = "/api/notes",
+    tag = "notes",
+    request_body = NoteInput,
+    responses((status = 201, description = "The note", body = Note)),
+)]
 #[tracing::instrument(skip_all)]
-async fn create_note(
+pub(crate) async fn create_note(
     mut conn: TenantConnection,
     input: web::Json<NoteInput>,
 ) -> Result<HttpResponse, AppError> {
@@ -146,10 +172,11 @@ async fn create_note(
 }
 
 /// Notes imported at once, in the background.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportNotes {
     /// 1 to 1000 notes.
+    #[schema(min_items = 1, max_items = 1000)]
     pub notes: Vec<NoteInput>,
 }
 
@@ -182,8 +209,21 @@ impl Job for ImportNotes {
 /// Enqueues an import of up to 1000 notes and answers 202 with the job, which
 /// `GET /api/jobs/{id}` follows. An `Idempotency-Key` header makes a repeated request
 /// return the job of the first.
+#[utoipa::path(
+    post,
+    path = "/api/notes/import",
+    tag = "notes",
+    request_body = ImportNotes,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 visible ASCII characters: a repeated request with the same key answers the job of the first")),
+    responses((
+        status = 202,
+        description = "The job, queued; `Location` is where to follow it",
+        body = super::jobs::JobStatus,
+        headers(("Location" = String, description = "`/api/jobs/{id}`")),
+    )),
+)]
 #[tracing::instrument(skip_all)]
-async fn import_notes(
+pub(crate) async fn import_notes(
     req: HttpRequest,
     jobs: TenantJobs,
     input: web::Json<ImportNotes>,
@@ -224,8 +264,16 @@ async fn import_notes(
         .json(super::jobs::JobStatus::from(job)))
 }
 
+/// One note.
+#[utoipa::path(
+    get,
+    path = "/api/notes/{id}",
+    tag = "notes",
+    params(("id" = Uuid, Path, description = "The note's id (anything else is not found)")),
+    responses((status = 200, description = "The note", body = Note)),
+)]
 #[tracing::instrument(skip_all, fields(note.id = %*id))]
-async fn get_note(
+pub(crate) async fn get_note(
     mut conn: TenantConnection,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {
@@ -239,8 +287,17 @@ async fn get_note(
     Ok(HttpResponse::Ok().json(note))
 }
 
+/// Replaces a note's title and body.
+#[utoipa::path(
+    put,
+    path = "/api/notes/{id}",
+    tag = "notes",
+    params(("id" = Uuid, Path, description = "The note's id (anything else is not found)")),
+    request_body = NoteInput,
+    responses((status = 200, description = "The note", body = Note)),
+)]
 #[tracing::instrument(skip_all, fields(note.id = %*id))]
-async fn update_note(
+pub(crate) async fn update_note(
     mut conn: TenantConnection,
     id: web::Path<Uuid>,
     input: web::Json<NoteInput>,
@@ -260,8 +317,16 @@ async fn update_note(
     Ok(HttpResponse::Ok().json(note))
 }
 
+/// Deletes a note.
+#[utoipa::path(
+    delete,
+    path = "/api/notes/{id}",
+    tag = "notes",
+    params(("id" = Uuid, Path, description = "The note's id (anything else is not found)")),
+    responses((status = 204, description = "Deleted")),
+)]
 #[tracing::instrument(skip_all, fields(note.id = %*id))]
-async fn delete_note(
+pub(crate) async fn delete_note(
     mut conn: TenantConnection,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, AppError> {

@@ -138,8 +138,9 @@ pub async fn append(conn: &mut AsyncPgConnection, record: Record<'_>) -> QueryRe
 }
 
 /// One row of the trail, as `tenant history` and the admin API show it.
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = audit, check_for_backend(diesel::pg::Pg))]
+#[schema(as = AuditEntry)]
 pub struct Entry {
     pub id: i64,
     pub at: DateTime<Utc>,

@@ -73,23 +73,27 @@ impl From<super::isolation::PlaceError> for LifecycleError {
 
 /// A tenant to create. Members it does not know are refused, so that a request meant for
 /// another kind of service is not half-understood.
-#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, serde::Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub identifier: TenantIdentifier,
+    /// Stored trimmed.
     pub name: String,
 {%- if isolation == "hybrid" %}
     /// The tier: `schema` or `rls`; default: `TENANCY_DEFAULT_ISOLATION`.
     #[serde(default)]
     pub isolation: Option<crate::domain::Isolation>,
 {%- endif %}
-    /// Not in the audit trail, which records its keys only.
-    #[serde(default = "empty_object", skip_serializing)]
+    /// A JSON object (default `{}`); numbers must be within the range of a double. The
+    /// audit trail records its keys only.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
 {%- if isolation == "database" %}
     /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
     /// server of `TENANCY_DATABASE_URL_TEMPLATE`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub server: Option<super::isolation::ServerAddress>,
 {%- endif %}
 }
@@ -113,10 +117,12 @@ impl NewTenant {
     /// What the audit trail records of a creation: everything but the metadata's values.
     fn audit_params(&self) -> serde_json::Value {
         let mut params = serde_json::to_value(self).unwrap_or_else(|_| empty_object());
-        if let (Some(params), Some(metadata)) = (params.as_object_mut(), self.metadata.as_object())
-        {
-            let keys: Vec<&String> = metadata.keys().collect();
-            params.insert("metadata_keys".into(), serde_json::json!(keys));
+        if let Some(params) = params.as_object_mut() {
+            params.remove("metadata");
+            if let Some(metadata) = self.metadata.as_object() {
+                let keys: Vec<&String> = metadata.keys().collect();
+                params.insert("metadata_keys".into(), serde_json::json!(keys));
+            }
         }
         params
     }

@@ -42,6 +42,7 @@ mod jwt;
 {% endif -%}
 mod lifecycle;
 mod metrics;
+mod openapi;
 {% if opentelemetry -%}
 mod otlp;
 {% endif -%}

@@ -1,0 +1,130 @@
+//! The API document is the API: every route is described with exactly the methods it
+//! answers, `GET /openapi.json` serves what the code builds, and the committed
+//! `openapi.json` is that document (a change to the API shows in review as a change to
+//! it). A project without `openapi.json` yet gets it written by the first run.
+
+use std::collections::BTreeSet;
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::test;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The document as the code builds it.
+fn built() -> Value {
+    serde_json::from_str(&svc::openapi::json()).unwrap()
+}
+
+#[actix_web::test]
+async fn the_served_document_is_the_built_one_and_the_committed_one() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/openapi.json").to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let served: Value = test::read_body_json(response).await;
+    assert_eq!(served, built());
+    assert_eq!(served["openapi"], "3.1.0");
+
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let current = format!("{}\n", svc::openapi::json());
+    match std::fs::read_to_string(&committed) {
+        Ok(text) => assert!(
+            text == current,
+            "openapi.json is not what the code describes: review the change, then \
+             `cargo run -- openapi > openapi.json` and commit it"
+        ),
+        Err(_) => {
+            std::fs::write(&committed, current).unwrap();
+            eprintln!("wrote {}: commit it", committed.display());
+        }
+    }
+}
+
+#[actix_web::test]
+async fn every_route_is_registered_as_a_described_resource() {
+    // Routes are resources (`web::resource`), so that a method a path lacks is answered
+    // 405 and the methods here are all it has; a `.route("…")` on a scope or config
+    // would make a resource of its own, outside this count.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![root.join("startup.rs")];
+    for entry in std::fs::read_dir(root.join("routes")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    let mut resources = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        resources += text.matches("web::resource(").count();
+        assert!(
+            !text.contains(".route(\""),
+            "{}: register routes with web::resource(...)",
+            file.display()
+        );
+    }
+    let described = built()["paths"].as_object().unwrap().len();
+    assert_eq!(
+        resources, described,
+        "every web::resource needs its #[utoipa::path] (listed in src/openapi.rs)"
+    );
+}
+
+#[actix_web::test]
+async fn every_described_path_answers_exactly_its_described_methods() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let document = built();
+    let all = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+    for (template, item) in document["paths"].as_object().unwrap() {
+        let described: BTreeSet<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|key| all.iter().any(|m| m.as_str().eq_ignore_ascii_case(key)))
+            .map(|key| key.to_uppercase())
+            .collect();
+        // Any value will do for the ids: the method is checked before they are read. Admin
+        // requests carry no token: a described method is refused (401), never carried out.
+        let path = template
+            .replace("/t/{tenant}", "")
+            .replace("{identifier}", "acme")
+            .replace("{id}", "1");
+        for method in &all {
+            let request = test::TestRequest::default().method(method.clone());
+            let request = if path.starts_with("/api/") {
+                for_tenant(request, &path, "acme")
+            } else {
+                request.uri(&path)
+            };
+            let response = test::call_service(&service, request.to_request()).await;
+            let status = response.status();
+            if described.contains(method.as_str()) {
+                // Answered by its handler (a 404 may be the id's: none is created here).
+                assert_ne!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template}"
+                );
+                let allow = response.headers().get("allow").unwrap().to_str().unwrap();
+                let allowed: BTreeSet<String> = allow.split(", ").map(str::to_owned).collect();
+                assert_eq!(allowed, described, "{template}: Allow {allow}");
+            }
+        }
+    }
+}
