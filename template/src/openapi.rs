@@ -302,7 +302,7 @@ fn identifier_schema() -> RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::schema::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
             .pattern(Some("^[a-z][a-z0-9_]*$"))
-            .max_length(Some(63))
+            .max_length(Some(crate::domain::TenantIdentifier::MAX_LEN))
             .build(),
     ))
 }

@@ -19,7 +19,7 @@ const MAX_STORAGE_PREFIX: usize = 7;
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
 )]
 #[serde(transparent)]
-#[schema(value_type = String, pattern = "^[a-z][a-z0-9_]*$", max_length = 63)]
+#[schema(value_type = String, pattern = "^[a-z][a-z0-9_]*$", max_length = 56)]
 pub struct TenantIdentifier(String);
 
 impl TenantIdentifier {

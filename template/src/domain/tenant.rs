@@ -147,8 +147,15 @@ impl<B: Bound> TryFrom<i64> for Limit<B> {
 impl<B: Bound> TryFrom<serde_json::Value> for Limit<B> {
     type Error = String;
 
+    /// A whole number, written `20` or `20.0` (JSON does not tell them apart).
     fn try_from(value: serde_json::Value) -> Result<Self, Self::Error> {
-        match value.as_i64() {
+        let whole = value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        });
+        match whole {
             Some(n) => n.try_into(),
             None => Err(Self::refuse(value)),
         }
@@ -332,6 +339,9 @@ mod tests {
     fn limits_hold_only_what_the_registry_accepts() {
         let limits: TenantLimits = serde_json::from_str(r#"{"max_connections": 5}"#).unwrap();
         assert_eq!(limits.max_connections.map(MaxConnections::get), Some(5));
+        // JSON does not tell 5 from 5.0 (nor does the API's schema, `integer`).
+        let limits: TenantLimits = serde_json::from_str(r#"{"max_connections": 5.0}"#).unwrap();
+        assert_eq!(limits.max_connections.map(MaxConnections::get), Some(5));
         let default: TenantLimits = serde_json::from_str("{}").unwrap();
         assert_eq!(default, TenantLimits::default());
         for bad in [
@@ -342,6 +352,7 @@ mod tests {
             r#"{"max_conections": 5}"#,
             r#"{"statement_timeout": 86401}"#,
             r#"{"statement_timeout": 1.5}"#,
+            r#"{"statement_timeout": 1e300}"#,
         ] {
             assert!(serde_json::from_str::<TenantLimits>(bad).is_err(), "{bad}");
         }

@@ -263,7 +263,24 @@ pub(crate) async fn set_limits(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MaintenanceMode {
-    mode: Maintenance,
+    mode: OperatorMaintenance,
+}
+
+/// What an operator may set (`migrating` is `migrate`'s own).
+#[derive(Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OperatorMaintenance {
+    ReadOnly,
+    Off,
+}
+
+impl From<OperatorMaintenance> for Maintenance {
+    fn from(mode: OperatorMaintenance) -> Self {
+        match mode {
+            OperatorMaintenance::ReadOnly => Maintenance::ReadOnly,
+            OperatorMaintenance::Off => Maintenance::Off,
+        }
+    }
 }
 
 /// `{"mode": "read_only"}` makes the tenant refuse writes (503); `{"mode": "off"}` ends it.
@@ -283,7 +300,7 @@ pub(crate) async fn set_maintenance(
     body: web::Json<MaintenanceMode>,
 ) -> Result<HttpResponse, AppError> {
     let tenant = tenancy
-        .set_maintenance(&actor, &identifier(&path)?, body.mode)
+        .set_maintenance(&actor, &identifier(&path)?, body.mode.into())
         .await?;
     Ok(HttpResponse::Ok().json(tenant))
 }

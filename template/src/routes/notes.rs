@@ -214,7 +214,14 @@ impl Job for ImportNotes {
     path = "/api/notes/import",
     tag = "notes",
     request_body = ImportNotes,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 200 visible ASCII characters: a repeated request with the same key answers the job of the first")),
+    params((
+        "Idempotency-Key" = Option<String>,
+        Header,
+        description = "1 to 200 visible ASCII characters: a repeated request with the same key answers the job of the first",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$",
+    )),
     responses((
         status = 202,
         description = "The job, queued; `Location` is where to follow it",
