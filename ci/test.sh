@@ -3,7 +3,8 @@
 # `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, the unused-code check
 # (ci/unused.sh), that its docs name only files, functions and names it has
 # (ci/doc_names.py), `cargo deny check licenses bans sources`, `cargo test` on each against
-# the local PostgreSQL, that its OpenAPI document is valid (openapi-spec-validator) and
+# the local PostgreSQL, that its OpenAPI document is valid (openapi-spec-validator), a
+# schemathesis run against it once per resolution (ci/fuzz.sh) and
 # the deployment files' checks (ci/deploy.sh), plus checks of
 # the template itself (shell scripts, the pre hook's refusals, the questions asked at a
 # terminal, the docs). Prints one line per check and `N passed, N failed` at the end;
@@ -101,8 +102,18 @@ lock_fits() { # project
   return $status
 }
 
+# Resolutions fuzzed so far: ci/fuzz.sh runs once per resolution, on the first matrix
+# line that has it.
+fuzzed=" "
+
 check_combination() {
-  local project
+  local project fuzz=: resolution
+  resolution=$(grep -oE 'resolution=[a-z]+' <<<"$1")
+  resolution=${resolution#resolution=}
+  if [[ "$fuzzed" != *" $resolution "* ]]; then
+    fuzzed+="$resolution "
+    fuzz=fuzz_service
+  fi
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
   project=$(generate_for_test acme-api $1) || return 1
   stands_alone "$project" || return 1
@@ -119,6 +130,7 @@ check_combination() {
       cargo deny --log-level error --locked --offline check licenses bans sources &&
       run_tests "$project" &&
       valid_openapi &&
+      "$fuzz" "$project" "$1" &&
       bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
@@ -129,6 +141,13 @@ valid_openapi() {
   cargo run --locked --quiet -- openapi >target-openapi.json &&
     "$API_TOOLS/openapi-spec-validator" target-openapi.json >&2 &&
     rm -f target-openapi.json
+}
+
+# schemathesis against the running service, checking every answer and the tenants'
+# isolation (ci/fuzz.sh).
+fuzz_service() { # project, matrix line
+  # shellcheck disable=SC2086 # the matrix line is a list of key=value words
+  bash "$root/ci/fuzz.sh" "$1" $2 >&2
 }
 
 # The default combination under another name: formatting, lints, the build and the

@@ -55,7 +55,12 @@ pub const PROBLEM: &str = "application/problem+json";
         routes::admin::cancel_job,
 {%- endif %}
     ),
-    components(schemas(crate::error::Problem)),
+    components(schemas(
+        crate::error::Problem,
+{%- if admin_api %}
+        crate::domain::StorableJson,
+{%- endif %}
+    )),
     modifiers(&Described),
 )]
 struct ApiDoc;
@@ -139,6 +144,13 @@ impl Modify for Described {
                 for (status, description) in TENANT_ERRORS {
                     add_problem(operation, status, description);
                 }
+{%- if jwt_resolver %}
+                add_problem(
+                    operation,
+                    "401",
+                    "The bearer token is missing, invalid or expired (`WWW-Authenticate: Bearer`)",
+                );
+{%- endif %}
             }
 {%- if resolution == "path" %}
             // `TENANCY_PATH_PREFIX`, by default `/t`: `/t/acme/api/notes` is tenant acme's.

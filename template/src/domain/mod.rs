@@ -8,4 +8,7 @@ mod text;
 
 pub use identifier::{SqlIdentifier, TenantIdentifier};
 pub use tenant::{Bound, Isolation, Limit, Maintenance, Tenant, TenantLimits, TenantStatus};
-pub use text::{check_json, check_text};
+pub use text::{
+    StorableJson, TEXT_PATTERN, VISIBLE_PATTERN, check_json, check_text, check_visible,
+    storable_json,
+};

@@ -34,6 +34,8 @@ use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
 use crate::tenancy::lifecycle::{LifecycleError, NewTenant};
 
+use super::Object;
+
 /// Admin tokens shorter than this are refused.
 const MIN_TOKEN_LEN: usize = 32;
 
@@ -158,9 +160,9 @@ fn identifier(raw: &str) -> Result<TenantIdentifier, AppError> {
 pub(crate) async fn create(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
-    new: web::Json<NewTenant>,
+    Object(new): Object<NewTenant>,
 ) -> Result<HttpResponse, AppError> {
-    let tenant = tenancy.create_tenant(&actor, new.into_inner()).await?;
+    let tenant = tenancy.create_tenant(&actor, new).await?;
     tracing::info!(tenant.id = %tenant.id, status = %tenant.status, "tenant created");
     if tenant.status == TenantStatus::Provisioning {
         // Registered; its storage takes the owner's rights, which `migrate` holds.
@@ -251,10 +253,10 @@ pub(crate) async fn set_limits(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
-    limits: web::Json<TenantLimits>,
+    Object(limits): Object<TenantLimits>,
 ) -> Result<HttpResponse, AppError> {
     let tenant = tenancy
-        .set_limits(&actor, &identifier(&path)?, limits.into_inner())
+        .set_limits(&actor, &identifier(&path)?, limits)
         .await?;
     tracing::info!(tenant.id = %tenant.id, limits = ?tenant.limits, "tenant limits set");
     Ok(HttpResponse::Ok().json(tenant))
@@ -297,7 +299,7 @@ pub(crate) async fn set_maintenance(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
-    body: web::Json<MaintenanceMode>,
+    Object(body): Object<MaintenanceMode>,
 ) -> Result<HttpResponse, AppError> {
     let tenant = tenancy
         .set_maintenance(&actor, &identifier(&path)?, body.mode.into())
@@ -347,9 +349,9 @@ pub(crate) async fn destroy(
     AdminAuth(actor): AdminAuth,
     tenancy: web::Data<Tenancy>,
     path: web::Path<String>,
-    body: Option<web::Json<Confirmation>>,
+    body: Option<Object<Confirmation>>,
 ) -> Result<HttpResponse, AppError> {
-    let confirmation = body.map(|b| b.into_inner().confirm).unwrap_or_default();
+    let confirmation = body.map(|Object(b)| b.confirm).unwrap_or_default();
     tenancy
         .destroy_tenant(&actor, &identifier(&path)?, &confirmation)
         .await?;

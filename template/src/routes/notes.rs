@@ -22,6 +22,8 @@ use crate::schema::notes;
 use crate::tenancy::resolve::jwt::Claims;
 {%- endif %}
 
+use super::Object;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/notes")
@@ -73,12 +75,16 @@ pub struct Note {
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteInput {
-    /// 1 to 200 characters once trimmed; stored trimmed.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1 to 200 characters, not all white space; stored trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000d \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub title: String,
-    /// At most 100,000 bytes, stored as sent; empty if left out.
+    /// At most 100,000 characters, stored as sent; empty if left out.
     #[serde(default)]
-    #[schema(max_length = 100000)]
+    #[schema(max_length = 100000, pattern = r"^[^\u0000]*$")]
     pub body: String,
 }
 
@@ -89,15 +95,11 @@ impl NoteInput {
     }
 
     fn check(&self) -> Result<(), String> {
-        let chars = self.title.trim().chars().count();
-        if chars == 0 || chars > 200 {
-            return Err("title must have 1 to 200 characters".into());
+        crate::domain::check_visible("title", &self.title, 200)?;
+        if self.body.chars().count() > 100_000 {
+            return Err("body must have at most 100000 characters".into());
         }
-        if self.body.len() > 100_000 {
-            return Err("body must be at most 100000 bytes".into());
-        }
-        crate::domain::check_text("title", &self.title)
-            .and_then(|()| crate::domain::check_text("body", &self.body))
+        crate::domain::check_text("body", &self.body)
     }
 }
 
@@ -164,9 +166,9 @@ pub(crate) async fn list_notes(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn create_note(
     mut conn: TenantConnection,
-    input: web::Json<NoteInput>,
+    Object(input): Object<NoteInput>,
 ) -> Result<HttpResponse, AppError> {
-    let input = input.into_inner().validated()?;
+    let input = input.validated()?;
     let note = insert(&mut conn, &input).await?;
     Ok(HttpResponse::Created().json(note))
 }
@@ -176,8 +178,8 @@ pub(crate) async fn create_note(
 #[serde(deny_unknown_fields)]
 pub struct ImportNotes {
     /// 1 to 1000 notes.
-    #[schema(min_items = 1, max_items = 1000)]
-    pub notes: Vec<NoteInput>,
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<NoteInput>)]
+    pub notes: Vec<Object<NoteInput>>,
 }
 
 impl ImportNotes {
@@ -189,14 +191,14 @@ impl Job for ImportNotes {
 
     /// Adds every note in one transaction (all or none), and counts the tenant's notes.
     async fn run(self, conn: &mut TenantConnection) -> Result<serde_json::Value, JobError> {
-        for (n, note) in self.notes.iter().enumerate() {
+        for (n, Object(note)) in self.notes.iter().enumerate() {
             note.check()
                 .map_err(|why| JobError::Failed(format!("note {n}: {why}")))?;
         }
         let notes = &self.notes;
         let total = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                for note in notes {
+                for Object(note) in notes {
                     insert(conn, note).await?;
                 }
                 notes::table.count().get_result::<i64>(conn).await
@@ -233,16 +235,15 @@ impl Job for ImportNotes {
 pub(crate) async fn import_notes(
     req: HttpRequest,
     jobs: TenantJobs,
-    input: web::Json<ImportNotes>,
+    Object(import): Object<ImportNotes>,
 ) -> Result<HttpResponse, AppError> {
-    let import = input.into_inner();
     if import.notes.is_empty() || import.notes.len() > ImportNotes::MAX {
         return Err(AppError::BadRequest(format!(
             "notes must hold 1 to {} notes",
             ImportNotes::MAX
         )));
     }
-    for (n, note) in import.notes.iter().enumerate() {
+    for (n, Object(note)) in import.notes.iter().enumerate() {
         note.check()
             .map_err(|why| AppError::BadRequest(format!("notes[{n}]: {why}")))?;
     }
@@ -307,9 +308,9 @@ pub(crate) async fn get_note(
 pub(crate) async fn update_note(
     mut conn: TenantConnection,
     id: web::Path<Uuid>,
-    input: web::Json<NoteInput>,
+    Object(input): Object<NoteInput>,
 ) -> Result<HttpResponse, AppError> {
-    let input = input.into_inner().validated()?;
+    let input = input.validated()?;
     let note: Note = diesel::update(notes::table.find(*id))
         .set((
             notes::title.eq(input.title.trim()),

@@ -119,7 +119,8 @@ pub struct Record<'a> {
     pub duration: std::time::Duration,
 }
 
-/// Appends `record` to the trail.
+/// Appends `record` to the trail. Refused input is recorded too: a NUL character, which
+/// PostgreSQL cannot store, is recorded as U+FFFD.
 pub async fn append(conn: &mut AsyncPgConnection, record: Record<'_>) -> QueryResult<()> {
     diesel::insert_into(audit::table)
         .values((
@@ -127,9 +128,9 @@ pub async fn append(conn: &mut AsyncPgConnection, record: Record<'_>) -> QueryRe
             audit::tenant_id.eq(record.tenant_id),
             audit::identifier.eq(record.identifier.as_str()),
             audit::operation.eq(record.operation.as_str()),
-            audit::params.eq(record.params),
+            audit::params.eq(crate::domain::storable_json(record.params)),
             audit::result.eq(record.outcome.as_str()),
-            audit::error.eq(record.error),
+            audit::error.eq(record.error.map(|e| e.replace('\0', "\u{FFFD}"))),
             audit::duration_ms.eq(i64::try_from(record.duration.as_millis()).unwrap_or(i64::MAX)),
         ))
         .execute(conn)

@@ -21,7 +21,7 @@ use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::pool::PoolError;
 use crate::domain::{
-    Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus, check_json, check_text,
+    Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus, check_json, check_visible,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -77,17 +77,23 @@ impl From<super::isolation::PlaceError> for LifecycleError {
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub identifier: TenantIdentifier,
-    /// Stored trimmed.
+    /// 1 to 200 characters, not all white space; stored trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000d \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub name: String,
 {%- if isolation == "hybrid" %}
     /// The tier: `schema` or `rls`; default: `TENANCY_DEFAULT_ISOLATION`.
     #[serde(default)]
+    #[schema(schema_with = super::isolation::tier_schema)]
     pub isolation: Option<crate::domain::Isolation>,
 {%- endif %}
-    /// A JSON object (default `{}`); numbers must be within the range of a double. The
-    /// audit trail records its keys only.
+    /// A JSON object (default `{}`), kept as sent; no NUL character (U+0000) in its
+    /// strings and keys. The audit trail records its keys only.
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::domain::StorableJson::object)]
     pub metadata: serde_json::Value,
 {%- if isolation == "database" %}
     /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
@@ -323,20 +329,15 @@ impl Tenancy {
     }
 
     async fn provision(&self, new: NewTenant) -> Result<Tenant, LifecycleError> {
-        let name = new.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(LifecycleError::Invalid(
-                "name must have 1 to 200 characters".into(),
-            ));
-        }
         if !new.metadata.is_object() {
             return Err(LifecycleError::Invalid(
                 "metadata must be a JSON object".into(),
             ));
         }
-        check_text("name", name)
+        check_visible("name", &new.name, 200)
             .and_then(|()| check_json("metadata", &new.metadata))
             .map_err(LifecycleError::Invalid)?;
+        let name = new.name.trim();
 {%- if isolation == "hybrid" %}
         let requested = new.isolation;
 {%- else %}

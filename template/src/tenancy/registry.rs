@@ -67,8 +67,8 @@ impl TryFrom<TenantRow> for Tenant {
 }
 
 /// A `jsonb` value as the registry holds it, decoded if it can be: PostgreSQL keeps numbers
-/// serde_json cannot read back (1.7976931348623157e308 comes back as 309 digits, out of
-/// range), so one row written by hand must not make the others unreadable.
+/// no double can hold (`1e400` written by hand in SQL), so one such row must not make the
+/// others unreadable.
 #[derive(FromSqlRow)]
 #[diesel(sql_type = Jsonb)]
 struct StoredJson(Result<serde_json::Value, String>);

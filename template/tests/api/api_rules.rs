@@ -1,8 +1,9 @@
 //! Rules a client can rely on across the API, each found by a fuzzer first: a method a
 //! path lacks is a 405 problem; out-of-range query values and unknown JSON members are
-//! refused; metadata PostgreSQL could not give back is refused, and a registry row written
-//! by hand that cannot be decoded blocks no other tenant; a request actix cannot parse is
-//! counted, not logged as an error.
+//! refused; a body is a JSON object, its text as the document describes it; metadata
+//! comes back as sent (what PostgreSQL cannot store is refused), and a registry row
+//! written by hand that cannot be decoded blocks no other tenant; a request actix cannot
+//! parse is counted, not logged as an error.
 
 use actix_web::http::StatusCode;
 use actix_web::test;
@@ -123,32 +124,114 @@ async fn out_of_range_queries_and_unknown_members_are_refused_not_bent() {
 }
 
 #[actix_web::test]
-async fn metadata_jsonb_cannot_give_back_is_refused_and_a_row_written_by_hand_blocks_nothing() {
+async fn a_body_is_a_json_object_and_its_text_is_what_the_document_says() {
     let app = spawn_app().await;
-    // jsonb keeps 1.7976931348623157e308 as 309 digits: beyond the largest double once read.
-    let mut new = NewTenant::new(TenantIdentifier::parse("acme").unwrap(), "Acme");
-    new.metadata = json!({"plan": "pro", "limits": [1, f64::MAX]});
+    let acme = app.create_tenant("acme").await;
+    let service = service!(app);
+    // serde's derive alone reads a struct from an array of its members.
+    let mut refused = vec![
+        (
+            "/api/notes",
+            json!(["title", "body"]),
+            "expected a JSON object",
+        ),
+        (
+            "/api/notes/import",
+            json!({"notes": [["title", "body"]]}),
+            "expected a JSON object",
+        ),
+        (
+            "/api/notes",
+            json!({"title": " \u{3000}\t"}),
+            "not all white space",
+        ),
+        (
+            "/api/notes",
+            json!({"title": format!(" {} ", "x".repeat(199))}),
+            "1 to 200 characters",
+        ),
+        (
+            "/api/notes",
+            json!({"title": "t", "body": "é".repeat(100_001)}),
+            "at most 100000 characters",
+        ),
+    ];
+    refused.push(("/api/notes", json!({"title": "t", "body": "\u{0}"}), "NUL"));
+    for (path, body, why) in refused {
+        let request = for_tenant(test::TestRequest::post(), path, "acme").set_json(&body);
+        let (status, _, problem) = problem(&service, request.to_request()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{detail}");
+    }
+    assert_eq!(app.db.notes_of(&acme).await, Some(0));
+    // Characters are counted, not bytes: 100,000 two-byte characters are a valid body.
+    let body = "é".repeat(100_000);
+    let request = for_tenant(test::TestRequest::post(), "/api/notes", "acme")
+        .set_json(json!({"title": " x ", "body": body}));
+    let response = test::call_service(&service, request.to_request()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+{%- if admin_api %}
+    for (path, body) in [
+        ("/admin/tenants/acme/limits", json!([null, null])),
+        ("/admin/tenants/acme/maintenance", json!(["read_only"])),
+        ("/admin/tenants", json!(["globex", "Globex"])),
+    ] {
+        let request = test::TestRequest::default()
+            .method(if path == "/admin/tenants" {
+                actix_web::http::Method::POST
+            } else {
+                actix_web::http::Method::PUT
+            })
+            .uri(path)
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .set_json(&body);
+        let (status, _, problem) = problem(&service, request.to_request()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("expected a JSON object")
+        );
+    }
+{%- endif %}
+}
+
+#[actix_web::test]
+async fn metadata_comes_back_as_sent_and_a_row_written_by_hand_blocks_nothing() {
+    let app = spawn_app().await;
+    // jsonb keeps 1.7976931348623157e308 as its 309 digits; they read back the same.
+    let mut new = NewTenant::new(TenantIdentifier::parse("initech").unwrap(), "Initech");
+    let metadata = json!({"plan": "pro", "limits": [1, f64::MAX, f64::MIN, 5e-324]});
+    new.metadata = metadata.clone();
+    app.tenancy.create_tenant(&operator(), new).await.unwrap();
+    let initech = TenantIdentifier::parse("initech").unwrap();
+    let stored = app.tenancy.get_tenant(&initech).await.unwrap();
+    assert_eq!(stored.metadata, metadata);
+    // What jsonb cannot store (a NUL character) is refused, naming the member.
+    let mut new = NewTenant::new(TenantIdentifier::parse("umbrella").unwrap(), "Umbrella");
+    new.metadata = json!({"notes": ["fine", "a\u{0}b"]});
     match app.tenancy.create_tenant(&operator(), new).await {
         Err(LifecycleError::Invalid(message)) => assert_eq!(
             message,
-            "metadata.limits[1] is a number too large to be read back \
-             (1.7976931348623157e+308): send it as a string"
+            "metadata.notes[1] may not contain the NUL character (U+0000)"
         ),
         other => panic!("{other:?}"),
     }
-    assert!(app.tenancy.list_tenants().await.unwrap().is_empty());
+    assert_eq!(app.tenancy.list_tenants().await.unwrap().len(), 1);
 
-    // A row fixed up by hand in SQL, with such a number, among good ones.
+    // A row fixed up by hand in SQL, with a number no double holds, among good ones.
     let acme = app.create_tenant("acme").await;
     let globex = app.create_tenant("globex").await;
     app.db
         .query(
-            "UPDATE tenancy.tenants SET metadata = '{\"x\": 1.7976931348623157e308}' \
+            "UPDATE tenancy.tenants SET metadata = '{\"x\": 1e400}' \
              WHERE identifier = 'acme'",
         )
         .await;
     let listed = app.tenancy.list_tenants().await.unwrap();
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
     let by_name = |name: &str| {
         listed
             .iter()
@@ -185,7 +268,7 @@ async fn metadata_jsonb_cannot_give_back_is_refused_and_a_row_written_by_hand_bl
         .migrate_all(&operator(), 2, Touch::Every, |_| {})
         .await
         .unwrap();
-    assert_eq!(report.tenants, 2);
+    assert_eq!(report.tenants, 3);
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let out = std::process::Command::new(binary())
         .args(["tenant", "list"])
@@ -211,21 +294,33 @@ async fn metadata_jsonb_cannot_give_back_is_refused_and_a_row_written_by_hand_bl
 {%- if admin_api %}
 
 #[actix_web::test]
-async fn the_admin_api_refuses_metadata_it_could_not_read_back_with_a_400_naming_it() {
+async fn the_admin_api_refuses_metadata_postgresql_cannot_store_with_a_400_naming_it() {
     let app = spawn_app().await;
     let service = service!(app);
     let request = test::TestRequest::post()
         .uri("/admin/tenants")
         .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
-        .set_json(json!({"identifier": "acme", "name": "Acme", "metadata": {"x": f64::MAX}}));
+        .set_json(json!({"identifier": "acme", "name": "Acme", "metadata": {"\u{0}x": 1}}));
     let (status, _, body) = problem(&service, request.to_request()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("metadata.x is a number"),
-        "{body}"
+    assert_eq!(
+        body["detail"],
+        "a key in metadata may not contain the NUL character (U+0000)"
+    );
+    // The refusal is in the audit trail, the NUL recorded as U+FFFD.
+    let recorded = app
+        .db
+        .query(
+            "SELECT result, params->>'metadata_keys' FROM tenancy.audit \
+             WHERE identifier = 'acme' AND operation = 'create'",
+        )
+        .await;
+    assert_eq!(
+        recorded,
+        vec![vec![
+            Some("refused".to_owned()),
+            Some("[\"\u{FFFD}x\"]".to_owned())
+        ]]
     );
     // Nothing was left behind: no tenant, and the list reads.
     let request = test::TestRequest::get()

@@ -417,7 +417,9 @@ impl TestApp {
             title: title.to_owned(),
             body: String::new(),
         };
-        let import = svc::routes::notes::ImportNotes { notes: vec![note] };
+        let import = svc::routes::notes::ImportNotes {
+            notes: vec![svc::routes::Object(note)],
+        };
         let queue = svc::jobs::Queue::new(self.tenancy.clone());
         let (job, _) = queue
             .enqueue(tenant, &import, svc::jobs::Enqueue::default())

@@ -15,6 +15,7 @@ use crate::pooler::{SERVER_CONNECTIONS, spawn_behind};
 use svc::domain::{Tenant, TenantIdentifier};
 use svc::jobs::worker::Workers;
 use svc::jobs::{Enqueue, JobState, Queue};
+use svc::routes::Object;
 use svc::routes::notes::{ImportNotes, NoteInput};
 use svc::tenancy::lifecycle::LifecycleError;
 
@@ -44,9 +45,11 @@ fn import(titles: &[String]) -> ImportNotes {
     ImportNotes {
         notes: titles
             .iter()
-            .map(|title| NoteInput {
-                title: title.clone(),
-                body: String::new(),
+            .map(|title| {
+                Object(NoteInput {
+                    title: title.clone(),
+                    body: String::new(),
+                })
             })
             .collect(),
     }

@@ -46,6 +46,23 @@ async fn the_served_document_is_the_built_one_and_the_committed_one() {
 }
 
 #[actix_web::test]
+async fn text_members_are_described_as_the_server_checks_them() {
+    // Schema attributes take only literals: each repeats the pattern of the check.
+    let doc = built();
+    let mut described = vec![
+        ("NoteInput", "title", svc::domain::VISIBLE_PATTERN),
+        ("NoteInput", "body", svc::domain::TEXT_PATTERN),
+    ];
+    if doc["components"]["schemas"].get("NewTenant").is_some() {
+        described.push(("NewTenant", "name", svc::domain::VISIBLE_PATTERN));
+    }
+    for (schema, member, pattern) in described {
+        let property = &doc["components"]["schemas"][schema]["properties"][member];
+        assert_eq!(property["pattern"], pattern, "{schema}.{member}");
+    }
+}
+
+#[actix_web::test]
 async fn every_route_is_registered_as_a_described_resource() {
     // Routes are resources (`web::resource`), so that a method a path lacks is answered
     // 405 and the methods here are all it has; a `.route("…")` on a scope or config

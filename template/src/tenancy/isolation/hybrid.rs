@@ -21,6 +21,20 @@ use crate::settings::{ConfigError, Key, Source};
 /// The tiers this service offers.
 pub const TIERS: [Isolation; 2] = [Isolation::Schema, Isolation::Rls];
 
+/// The OpenAPI schema of a tier asked for: one of [`TIERS`], or null for the default.
+pub fn tier_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .enum_values(Some(
+            TIERS
+                .iter()
+                .map(|tier| serde_json::Value::from(tier.as_str()))
+                .chain([serde_json::Value::Null]),
+        ))
+        .build()
+}
+
 pub struct HybridStrategy {
     schema: SchemaStrategy,
     rls: RlsStrategy,

@@ -307,4 +307,5 @@ mod hybrid;
 pub mod rls;
 pub mod schema;
 pub use hybrid::HybridStrategy as Selected;
+pub use hybrid::tier_schema;
 {%- endif %}
