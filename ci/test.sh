@@ -70,7 +70,7 @@ run_check() { # name, command...
 generate_for_test() {
   local project
   project=$(generate "$root" "$@") || { echo "generation failed" >&2; return 1; }
-  if grep -rnE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project" --exclude-dir=target >&2; then
+  if grep -rInE '\{\{ *[A-Za-z_-]+ *\}\}|\{%|%\}' "$project" --exclude-dir=target >&2; then
     echo "unrendered Liquid left in $project" >&2; return 1
   fi
   if [ -n "$latest" ]; then
@@ -174,8 +174,8 @@ stands_alone() { # project
   local project=$1 missing=0 path
   while IFS= read -r path; do
     [ -e "$project/$path" ] || { echo "$path is named in the project but not generated" >&2; missing=1; }
-  done < <(grep -rhoE '\b(docs/[a-z_-]+\.md|deploy/k8s/[a-z_./-]+[a-z])' "$project" --exclude-dir=target | sort -u)
-  if grep -rnE '\]\(\.\./|\.\./shared|reference guide|fastapi' "$project" --exclude-dir=target >&2; then
+  done < <(grep -rIhoE '\b(docs/[a-z_-]+\.md|deploy/k8s/[a-z_./-]+[a-z])' "$project" --exclude-dir=target | sort -u)
+  if grep -rInE '\]\(\.\./|\.\./shared|reference guide|fastapi' "$project" --exclude-dir=target >&2; then
     echo "the project points outside itself (above)" >&2
     missing=1
   fi

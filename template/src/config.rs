@@ -46,6 +46,8 @@ pub struct HttpSettings {
     pub body_timeout: Duration,
     /// Error bodies carry internal details (`TENANCY_ERROR_DETAILS`; never in production).
     pub error_details: bool,
+    /// `GET /docs` shows the API's document (`TENANCY_API_DOCS`).
+    pub api_docs: bool,
 }
 
 /// This file's own keys: the HTTP server's, and those that check the sources.
@@ -56,6 +58,7 @@ const KEYS: &[Key] = &[
     ("shutdown_timeout", Some("30")),
     ("request_body_timeout", Some("10")),
     ("error_details", Some("false")),
+    ("api_docs", Some("false")),
     ("isolation_strategy", None),
     ("resolution_strategy", None),
     ("config_file", None),
@@ -162,6 +165,7 @@ impl Settings {
                 shutdown_timeout: src.seconds("shutdown_timeout", 0, 3600)?,
                 body_timeout: src.seconds("request_body_timeout", 1, 3600)?,
                 error_details: src.boolean("error_details")?,
+                api_docs: src.boolean("api_docs")?,
             },
             tenancy: TenancySettings::read(src)?,
             metrics: MetricsSettings::read(src)?,

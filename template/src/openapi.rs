@@ -21,7 +21,7 @@ pub const PROBLEM: &str = "application/problem+json";
 #[openapi(
     info(
         title = "{{project-name}}",
-        description = "A multi-tenant service: every route under `/api` belongs to the tenant the request names ({{resolution}} resolution); errors are `application/problem+json` (RFC 9457) with the request's id. A JSON member a body does not define is refused (400); a query value out of range is refused, never clamped; a method a path does not answer gets 405 with `Allow`; a path id that cannot name anything gets 404, as an unknown one does."
+        description = "A multi-tenant service: every route under `/api` belongs to the tenant the request names ({{resolution}} resolution); errors are `application/problem+json` (RFC 9457) with the request's id. A body is a JSON object, and a member it does not define is refused (400); text is checked as described (lengths in characters, no NUL character); a query value out of range is refused, never clamped; a method a path does not answer gets 405 with `Allow`; a path id that cannot name anything gets 404, as an unknown one does."
     ),
     paths(
         routes::notes::list_notes,
@@ -39,6 +39,8 @@ pub const PROBLEM: &str = "application/problem+json";
         routes::health::ready,
         routes::metrics::metrics,
         openapi_json,
+        routes::docs::page,
+        routes::docs::script,
 {%- if admin_api %}
         routes::admin::create,
         routes::admin::list,
@@ -76,6 +78,47 @@ pub fn json() -> String {
     document().to_pretty_json().unwrap_or_else(|_| "{}".into())
 }
 
+/// The document this service serves, built once: [`json`], with the tenant header and path
+/// prefix it is configured with (`openapi.json` and the `openapi` command have the
+/// defaults).
+pub struct Served(String);
+
+impl Served {
+    pub fn new(settings: &crate::config::Settings) -> Self {
+        let {% if header_resolver or resolution == "path" %}mut {% endif %}doc = document();
+{%- if header_resolver %}
+        let header = &settings.tenancy.resolve.header.name;
+        if !header.eq_ignore_ascii_case("X-Tenant-ID") {
+            for item in doc.paths.paths.values_mut() {
+                for operation in operations(item) {
+                    for parameter in operation.parameters.iter_mut().flatten() {
+                        if let RefOr::T(parameter) = parameter
+                            && parameter.name == "X-Tenant-ID"
+                        {
+                            parameter.name.clone_from(header);
+                        }
+                    }
+                }
+            }
+        }
+{%- endif %}
+{%- if resolution == "path" %}
+        let prefix = &settings.tenancy.resolve.path.prefix;
+        doc.paths.paths = std::mem::take(&mut doc.paths.paths)
+            .into_iter()
+            .map(|(path, item)| match path.strip_prefix("/t/{tenant}/") {
+                Some(rest) => ([prefix, "/{tenant}/", rest].concat(), item),
+                None => (path, item),
+            })
+            .collect();
+{%- endif %}
+{%- if header_resolver == false and resolution != "path" %}
+        let _ = settings; // resolved by host or token: no name to configure
+{%- endif %}
+        Self(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
+    }
+}
+
 /// This document.
 #[utoipa::path(
     get,
@@ -83,10 +126,10 @@ pub fn json() -> String {
     tag = "service",
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object)),
 )]
-pub async fn openapi_json() -> actix_web::HttpResponse {
+pub async fn openapi_json(served: actix_web::web::Data<Served>) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
         .content_type("application/json")
-        .body(json())
+        .body(served.0.clone())
 }
 
 /// What every route of a kind shares.

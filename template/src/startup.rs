@@ -33,6 +33,7 @@ pub fn app(
     App::new()
         .app_data(tenancy)
         .app_data(web::Data::new(ErrorDetails(settings.http.error_details)))
+        .app_data(web::Data::new(crate::openapi::Served::new(settings)))
         .app_data(web::Data::new(BodyRead {
             limit: BodyRead::LIMIT,
             timeout: settings.http.body_timeout,
@@ -63,6 +64,7 @@ pub fn app(
         .configure(|cfg| routes::admin::routes(cfg, settings.admin.clone()))
 {%- endif %}
         .service(web::resource("/openapi.json").get(crate::openapi::openapi_json))
+        .configure(|cfg| routes::docs::routes(cfg, settings.http.api_docs))
         .configure(routes::api)
         .default_service(web::to(not_found))
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 {%- endif %}
+pub mod docs;
 pub mod health;
 pub mod jobs;
 pub mod metrics;

@@ -145,3 +145,84 @@ async fn every_described_path_answers_exactly_its_described_methods() {
         }
     }
 }
+
+#[actix_web::test]
+async fn the_documentation_page_is_off_by_default_and_self_contained_when_on() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    for path in ["/docs", "/docs/rapidoc-min.js"] {
+        let response =
+            test::call_service(&service, test::TestRequest::get().uri(path).to_request()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+
+    let app = spawn_app_with(&[("TENANCY_API_DOCS", "true")]).await;
+    let service = service!(app);
+    let response =
+        test::call_service(&service, test::TestRequest::get().uri("/docs").to_request()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let policy = response
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.starts_with("default-src 'none'; script-src 'self';"),
+        "{policy}"
+    );
+    assert!(!policy.contains("http"), "{policy}");
+    let page = String::from_utf8(test::read_body(response).await.to_vec()).unwrap();
+    // Everything the page loads is this service's: no address names another host.
+    assert!(page.contains(r#"spec-url="/openapi.json""#), "{page}");
+    assert!(page.contains(r#"src="/docs/rapidoc-min.js""#), "{page}");
+    assert!(!page.contains("://"), "{page}");
+
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get()
+            .uri("/docs/rapidoc-min.js")
+            .to_request(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get("content-encoding").unwrap(), "gzip");
+    let script = test::read_body(response).await;
+    // A gzip stream (RFC 1952 magic), as large as the vendored file.
+    assert_eq!(script[..2], [0x1f, 0x8b]);
+    let vendored = std::fs::metadata(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/rapidoc-min.js.gz"),
+    )
+    .unwrap();
+    assert_eq!(script.len() as u64, vendored.len());
+}
+{%- if header_resolver or resolution == "path" %}
+
+#[actix_web::test]
+async fn the_served_document_names_the_tenant_as_the_service_is_configured() {
+{%- if resolution == "path" %}
+    let app = spawn_app_with(&[("TENANCY_PATH_PREFIX", "/orgs")]).await;
+{%- else %}
+    let app = spawn_app_with(&[("TENANCY_TENANT_HEADER", "X-Org")]).await;
+{%- endif %}
+    let service = service!(app);
+    let served: Value = test::call_and_read_body_json(
+        &service,
+        test::TestRequest::get().uri("/openapi.json").to_request(),
+    )
+    .await;
+    let text = served.to_string();
+{%- if header_resolver %}
+    assert!(text.contains(r#""name":"X-Org""#), "{text}");
+    assert!(!text.contains("X-Tenant-ID"), "{text}");
+{%- endif %}
+{%- if resolution == "path" %}
+    assert!(
+        served["paths"]["/orgs/{tenant}/api/notes"].is_object(),
+        "{text}"
+    );
+    assert!(!text.contains("/t/{tenant}"), "{text}");
+{%- endif %}
+}
+{%- endif %}
