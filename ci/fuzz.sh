@@ -14,8 +14,9 @@
 #                                          # answers (resolution=..., chain=...)
 #
 # FUZZ_TIME: seconds for each of the two runs (default 45); FUZZ_SEED: schemathesis'
-# seed (default random, printed: the same seed replays the same requests). The logs stay
-# in PROJECT/fuzz, and the HAR files of every request and answer too on failure.
+# seed (default random, printed: the same seed replays the same requests). On failure
+# the logs, configurations and HAR files of every request and answer stay in a temporary
+# folder it names.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,8 +45,9 @@ seed=${FUZZ_SEED:-$((RANDOM * 32768 + RANDOM))}
 name=$(sed -nE 's/^name = "([^"]+)"$/\1/p' "$project/Cargo.toml" | head -n 1)
 (cd "$project" && cargo build --locked --quiet) || die "the project does not build"
 bin="$CARGO_TARGET_DIR/debug/$name"
-work="$project/fuzz"
-rm -rf "$work" && mkdir -p "$work"
+# Outside the project: its files hold this run's tokens (and the project's own checks scan
+# every file in it for secrets).
+work=$(mktemp -d --suffix=-fuzz)
 
 # A database, an app role and a tenant-database prefix of this run's own.
 tag=$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n' | cut -c1-5)
@@ -243,6 +245,6 @@ if grep -E '"level":"(ERROR|error)"|panicked' "$work/server.log" | head -n 5 >&2
   echo "the service logged errors while fuzzed ($work/server.log)" >&2
   status=1
 fi
-# The logs stay in $work; the HAR files (every request and answer) only on failure.
-[ $status -eq 0 ] && rm -f "$work"/*.har
+# Kept on failure: the logs, configurations and HAR files (every request and answer).
+if [ $status -eq 0 ]; then rm -rf "$work"; else echo "fuzzing failed: its files are in $work" >&2; fi
 exit $status
