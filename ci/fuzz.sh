@@ -13,7 +13,7 @@
 #   bash ci/fuzz.sh PROJECT key=value...   # a generated project and its cargo-generate
 #                                          # answers (resolution=..., chain=...)
 #
-# FUZZ_TIME: seconds for each of the two runs (default 45); FUZZ_SEED: schemathesis'
+# FUZZ_TIME: seconds for each of the two runs (default 30); FUZZ_SEED: schemathesis'
 # seed (default random, printed: the same seed replays the same requests). On failure
 # the logs, configurations and HAR files of every request and answer stay in a temporary
 # folder it names.
@@ -39,7 +39,7 @@ ensure_postgres
 ensure_redis
 ensure_api_tools
 use_shared_target_dir
-time_per_run=${FUZZ_TIME:-45}
+time_per_run=${FUZZ_TIME:-30}
 seed=${FUZZ_SEED:-$((RANDOM * 32768 + RANDOM))}
 
 name=$(sed -nE 's/^name = "([^"]+)"$/\1/p' "$project/Cargo.toml" | head -n 1)
