@@ -81,7 +81,7 @@ pub fn json() -> String {
 /// The document this service serves, built once: [`json`], with the tenant header and path
 /// prefix it is configured with (`openapi.json` and the `openapi` command have the
 /// defaults).
-pub struct Served(String);
+pub struct Served(actix_web::web::Bytes);
 
 impl Served {
     pub fn new(settings: &crate::config::Settings) -> Self {
@@ -115,7 +115,7 @@ impl Served {
 {%- if header_resolver == false and resolution != "path" %}
         let _ = settings; // resolved by host or token: no name to configure
 {%- endif %}
-        Self(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
+        Self(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()).into())
     }
 }
 
@@ -129,7 +129,7 @@ impl Served {
 pub async fn openapi_json(served: actix_web::web::Data<Served>) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
         .content_type("application/json")
-        .body(served.0.clone())
+        .body(served.0.clone()) // a shared buffer: no copy
 }
 
 /// What every route of a kind shares.

@@ -10,5 +10,5 @@ pub use identifier::{SqlIdentifier, TenantIdentifier};
 pub use tenant::{Bound, Isolation, Limit, Maintenance, Tenant, TenantLimits, TenantStatus};
 pub use text::{
     StorableJson, TEXT_PATTERN, VISIBLE_PATTERN, check_json, check_text, check_visible,
-    storable_json,
+    storable_json, storable_text,
 };

@@ -99,24 +99,26 @@ impl utoipa::PartialSchema for StorableJson {
 
 impl utoipa::ToSchema for StorableJson {}
 
+/// `text` with every NUL character replaced by U+FFFD.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
 /// `value` with every NUL character in its strings and keys replaced by U+FFFD: what a
 /// record of refused input (the audit trail) stores, so that the record is written.
 pub fn storable_json(value: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
-    let text = |s: String| {
-        if s.contains('\0') {
-            s.replace('\0', "\u{FFFD}")
-        } else {
-            s
-        }
-    };
     match value {
-        Value::String(s) => Value::String(text(s)),
+        Value::String(s) => Value::String(storable_text(s)),
         Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
         Value::Object(members) => Value::Object(
             members
                 .into_iter()
-                .map(|(key, item)| (text(key), storable_json(item)))
+                .map(|(key, item)| (storable_text(key), storable_json(item)))
                 .collect(),
         ),
         other => other,

@@ -130,7 +130,7 @@ pub async fn append(conn: &mut AsyncPgConnection, record: Record<'_>) -> QueryRe
             audit::operation.eq(record.operation.as_str()),
             audit::params.eq(crate::domain::storable_json(record.params)),
             audit::result.eq(record.outcome.as_str()),
-            audit::error.eq(record.error.map(|e| e.replace('\0', "\u{FFFD}"))),
+            audit::error.eq(record.error.map(crate::domain::storable_text)),
             audit::duration_ms.eq(i64::try_from(record.duration.as_millis()).unwrap_or(i64::MAX)),
         ))
         .execute(conn)
