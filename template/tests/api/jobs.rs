@@ -521,10 +521,15 @@ async fn worker_stuck_in_a_job(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Blocked by this lock, not by another test's: until then the worker may
+    // not have installed its signal handlers yet.
+    let holder: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let waiting = format!(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE wait_event_type = 'Lock' AND application_name = '{}'",
-        env!("CARGO_PKG_NAME")
+        "SELECT count(*) FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))"
     );
     wait_for(app, &waiting, 1, Duration::from_secs(30)).await;
     (worker, lock)
