@@ -123,6 +123,17 @@ pub enum TenantCommand {
         /// read_only or off.
         mode: String,
     },
+{%- if isolation == "database" %}
+    /// Move a tenant's database to another server (read-only meanwhile), or resume its
+    /// interrupted move: run the same command again.
+    Move {
+        identifier: String,
+        /// A server of TENANCY_DATABASE_SERVERS (host or host:port), or `default`: the
+        /// server of TENANCY_DATABASE_URL_TEMPLATE.
+        #[arg(long, value_name = "SERVER|default")]
+        to: String,
+    },
+{%- endif %}
     /// Show a tenant's own limits, or set them (`default`: the service's setting).
     Limits {
         identifier: String,
@@ -362,6 +373,32 @@ async fn run_command(
                         .await?;
                     writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
                 }
+{%- if isolation == "database" %}
+                TenantCommand::Move { identifier, to } => {
+                    let to = match to.as_str() {
+                        "default" => None,
+                        server => {
+                            Some(ServerAddress::parse(server).map_err(|e| format!("--to: {e}"))?)
+                        }
+                    };
+                    let id = parse(&identifier)?;
+                    let moved = tenancy
+                        .move_tenant(&actor, &id, to, |step| eprintln!("tenant {id}: {step}"))
+                        .await?;
+                    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
+                    writeln!(
+                        out,
+                        "tenant {} moved to {}: {rows} rows in {} tables copied; read-only for {:.2} s",
+                        moved.identifier,
+                        moved
+                            .to
+                            .as_ref()
+                            .map_or("the default server", ServerAddress::as_str),
+                        moved.tables.len(),
+                        moved.read_only_ms as f64 / 1000.0
+                    )?;
+                }
+{%- endif %}
                 TenantCommand::Limits {
                     identifier,
                     max_connections,

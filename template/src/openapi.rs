@@ -51,6 +51,9 @@ pub const PROBLEM: &str = "application/problem+json";
         routes::admin::destroy,
         routes::admin::set_limits,
         routes::admin::set_maintenance,
+{%- if isolation == "database" %}
+        routes::admin::move_tenant,
+{%- endif %}
         routes::admin::history,
         routes::admin::jobs,
         routes::admin::retry_job,

@@ -201,13 +201,20 @@ pub enum Maintenance {
     ReadOnly,
     /// Set and ended by `migrate` alone, and only on a tenant whose maintenance was `off`.
     Migrating,
+{%- if isolation == "database" %}
+    /// Set and ended by `tenant move` alone, while the tenant's database is copied.
+    Moving,
+{%- endif %}
 }
 
 impl Maintenance {
-    pub const ALL: [Maintenance; 3] = [
+    pub const ALL: &[Maintenance] = &[
         Maintenance::Off,
         Maintenance::ReadOnly,
         Maintenance::Migrating,
+{%- if isolation == "database" %}
+        Maintenance::Moving,
+{%- endif %}
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -215,6 +222,9 @@ impl Maintenance {
             Maintenance::Off => "off",
             Maintenance::ReadOnly => "read_only",
             Maintenance::Migrating => "migrating",
+{%- if isolation == "database" %}
+            Maintenance::Moving => "moving",
+{%- endif %}
         }
     }
 
@@ -235,7 +245,8 @@ impl FromStr for Maintenance {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         Self::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|mode| mode.as_str() == value)
             .ok_or_else(|| format!("unknown maintenance mode '{value}' (read_only or off)"))
     }
@@ -373,7 +384,7 @@ mod tests {
 
     #[test]
     fn maintenance_modes_round_trip_through_text_and_json() {
-        for mode in Maintenance::ALL {
+        for &mode in Maintenance::ALL {
             assert_eq!(mode.as_str().parse::<Maintenance>(), Ok(mode));
             let json = serde_json::to_value(mode).unwrap();
             assert_eq!(json, mode.as_str());

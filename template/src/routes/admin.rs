@@ -14,6 +14,9 @@
 //! | POST | /admin/tenants/{identifier}/destroy | drop storage `{confirm: identifier}` (204) |
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
+{%- if isolation == "database" %}
+//! | POST | /admin/tenants/{identifier}/move | move its database `{to: host:port or null}` (read-only meanwhile; answers when done) |
+{%- endif %}
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
 //! | GET | /admin/tenants/{identifier}/jobs | background jobs, newest first (`?state=`, `?limit=`, `?before=<id>`) |
 //! | POST | /admin/tenants/{identifier}/jobs/{id}/retry | queue a dead or cancelled job again |
@@ -89,6 +92,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .service(web::resource("/{identifier}/destroy").post(destroy))
             .service(web::resource("/{identifier}/limits").put(set_limits))
             .service(web::resource("/{identifier}/maintenance").put(set_maintenance))
+{%- if isolation == "database" %}
+            .service(web::resource("/{identifier}/move").post(move_tenant))
+{%- endif %}
             .service(web::resource("/{identifier}/history").get(history))
             .service(web::resource("/{identifier}/jobs").get(jobs))
             .service(web::resource("/{identifier}/jobs/{id}/retry").post(retry_job))
@@ -306,6 +312,44 @@ pub(crate) async fn set_maintenance(
         .await?;
     Ok(HttpResponse::Ok().json(tenant))
 }
+
+{%- if isolation == "database" %}
+
+/// Where to move a tenant's database.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MoveTo {
+    /// A server of `TENANCY_DATABASE_SERVERS` (`host[:port]`); `null`: the default server.
+    #[schema(value_type = Option<String>)]
+    to: Option<crate::tenancy::isolation::ServerAddress>,
+}
+
+/// Moves the tenant's database to another server (or resumes its interrupted move
+/// there): read-only meanwhile, answered when it is done.
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{identifier}/move",
+    tag = "admin",
+    params(("identifier" = String, Path, description = "The tenant's identifier")),
+    request_body = MoveTo,
+    responses(
+        (status = 200, description = "Moved: what was copied, and how long the tenant was read-only", body = crate::tenancy::moves::Moved),
+        (status = 409, description = "Already there, another move under way, or a database of that name on the target", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("admin_token" = [])),
+)]
+pub(crate) async fn move_tenant(
+    AdminAuth(actor): AdminAuth,
+    tenancy: web::Data<Tenancy>,
+    path: web::Path<String>,
+    Object(body): Object<MoveTo>,
+) -> Result<HttpResponse, AppError> {
+    let moved = tenancy
+        .move_tenant(&actor, &identifier(&path)?, body.to, |_| {})
+        .await?;
+    Ok(HttpResponse::Ok().json(moved))
+}
+{%- endif %}
 
 #[utoipa::path(
     delete,

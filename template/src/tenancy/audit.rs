@@ -68,6 +68,9 @@ pub enum Operation {
     Release,
     JobRetry,
     JobCancel,
+{%- if isolation == "database" %}
+    Move,
+{%- endif %}
 }
 
 impl Operation {
@@ -84,6 +87,9 @@ impl Operation {
             Self::JobCancel => "job_cancel",
             Self::Migrate => "migrate",
             Self::Release => "release",
+{%- if isolation == "database" %}
+            Self::Move => "move",
+{%- endif %}
         }
     }
 }

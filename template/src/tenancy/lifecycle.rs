@@ -42,6 +42,11 @@ pub enum LifecycleError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Pool(#[from] PoolError),
+{%- if isolation == "database" %}
+    /// Copying a tenant's database to another server failed (`tenant move`).
+    #[error("the move failed: {0}")]
+    Move(String),
+{%- endif %}
 }
 
 impl LifecycleError {
@@ -66,6 +71,7 @@ impl From<super::isolation::PlaceError> for LifecycleError {
             PlaceError::Invalid(m) => Self::Invalid(m),
             PlaceError::Migrate(e) => Self::Migration(e),
             PlaceError::Database(e) => Self::Database(e),
+            PlaceError::Copy(m) => Self::Move(m),
         }
     }
 }
@@ -690,6 +696,13 @@ impl Tenancy {
                 "maintenance 'migrating' is set by `migrate` alone: read_only or off".into(),
             ));
         }
+{%- if isolation == "database" %}
+        if mode == Maintenance::Moving {
+            return Err(LifecycleError::Invalid(
+                "maintenance 'moving' is set by `tenant move` alone: read_only or off".into(),
+            ));
+        }
+{%- endif %}
         let tenant = self.get_tenant(identifier).await?;
         let mut conn = self.control.get().await?;
         let changed = registry::set_maintenance(&mut conn, tenant.id, mode).await?;

@@ -93,6 +93,9 @@ pub async fn resolve_tenant(
     if !tenant.maintenance.takes_writes() && !req.method().is_safe() {
         let why = match tenant.maintenance {
             Maintenance::Migrating => "while its storage is migrated",
+{%- if isolation == "database" %}
+            Maintenance::Moving => "while its database moves to another server",
+{%- endif %}
             _ => "for maintenance",
         };
         let error = AppError::ReadOnly {

@@ -11,6 +11,9 @@ pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
 pub mod middleware;
+{%- if isolation == "database" %}
+pub mod moves;
+{%- endif %}
 pub mod rate;
 pub mod registry;
 pub mod resolve;

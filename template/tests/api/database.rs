@@ -154,14 +154,14 @@ fn host_of(url: &str) -> String {
 /// The second PostgreSQL server of the placement test (`TENANCY_TEST_OTHER_SERVER`,
 /// host:port; ci/ starts one), reached as the test server's user; the test's app role is
 /// created there (roles belong to a server), and everything is dropped at the end.
-struct OtherServer {
-    address: String,
+pub(crate) struct OtherServer {
+    pub(crate) address: String,
     /// `postgres://user@host:port`, the test server's user on this server.
-    base_url: String,
+    pub(crate) base_url: String,
     admin_url: String,
     /// Whether it really is another server (without `TENANCY_TEST_OTHER_SERVER` the test
     /// runs against the main server under its own address, and proves less).
-    distinct: bool,
+    pub(crate) distinct: bool,
     role: String,
     prefix: String,
 }
@@ -230,7 +230,7 @@ impl Drop for OtherServer {
 
 /// An app whose `TENANCY_DATABASE_SERVERS` lists the second server and two unreachable
 /// ones (to ask for a server other than the recorded one).
-async fn spawn_with_other_server() -> (crate::helpers::TestApp, OtherServer) {
+pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, OtherServer) {
     let db = crate::helpers::TestDatabase::create().await;
     let other = OtherServer::start(&db).await;
     let servers = format!("{},elsewhere.invalid:5432,elsewhere.invalid", other.address);

@@ -39,7 +39,7 @@ pub fn redis_url() -> String {
 {%- endif %}
 
 /// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
+pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (url, String::new()),

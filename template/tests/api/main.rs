@@ -42,6 +42,9 @@ mod jwt;
 {% endif -%}
 mod lifecycle;
 mod metrics;
+{% if isolation == "database" -%}
+mod moves;
+{% endif -%}
 mod openapi;
 {% if opentelemetry -%}
 mod otlp;

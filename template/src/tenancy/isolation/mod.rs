@@ -299,7 +299,7 @@ pub use rls::RlsStrategy as Selected;
 
 mod database;
 pub use database::DatabaseStrategy as Selected;
-pub use database::{PlaceError, ServerAddress};
+pub use database::{Move, PlaceError, ServerAddress, TableCopy};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 

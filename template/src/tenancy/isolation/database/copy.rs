@@ -1,0 +1,135 @@
+//! Copying a tenant's database into an empty one with the same tables (`tenant move`):
+//! table by table with `COPY ... (FORMAT binary)`, each table after those it references,
+//! then the sequences; every table's rows are counted on both sides.
+
+use futures_util::{SinkExt, TryStreamExt};
+use tokio_postgres::Client;
+
+/// A table of the tenant's database, and its rows copied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableCopy {
+    pub table: String,
+    pub rows: u64,
+}
+
+/// A table of schema `public`: its quoted name, its columns (quoted; generated ones left
+/// out, PostgreSQL computes them), and the tables it references.
+struct Table {
+    oid: i64,
+    name: String,
+    quoted: String,
+    columns: Vec<String>,
+    references: Vec<i64>,
+}
+
+/// The tables of `public` (not diesel's record of migrations), each after the tables it
+/// references.
+async fn tables_in_order(source: &Client) -> Result<Vec<Table>, String> {
+    let rows = source
+        .query(
+            "SELECT c.oid::int8, c.relname::text, quote_ident(c.relname::text), \
+               coalesce((SELECT array_agg(quote_ident(a.attname::text) ORDER BY a.attnum) \
+                  FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                   AND NOT a.attisdropped AND a.attgenerated = ''), '{}'::text[]), \
+               coalesce((SELECT array_agg(DISTINCT f.confrelid::int8) FROM pg_constraint f \
+                  WHERE f.conrelid = c.oid AND f.contype = 'f' AND f.confrelid <> c.oid), \
+                 '{}'::int8[]) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND c.relname <> '__diesel_schema_migrations' \
+             ORDER BY c.relname",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("reading the tables: {e}"))?;
+    let mut pending: Vec<Table> = rows
+        .into_iter()
+        .map(|row| Table {
+            oid: row.get(0),
+            name: row.get(1),
+            quoted: format!("public.{}", row.get::<_, String>(2)),
+            columns: row.get(3),
+            references: row.get(4),
+        })
+        .collect();
+    let known: Vec<i64> = pending.iter().map(|t| t.oid).collect();
+    let mut ordered: Vec<Table> = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let ready = |t: &Table| {
+            t.references
+                .iter()
+                .all(|r| !known.contains(r) || ordered.iter().any(|o| o.oid == *r))
+        };
+        let Some(next) = pending.iter().position(ready) else {
+            let names: Vec<&str> = pending.iter().map(|t| t.name.as_str()).collect();
+            return Err(format!(
+                "tables {} reference each other in a circle: copy them by hand",
+                names.join(", ")
+            ));
+        };
+        ordered.push(pending.remove(next));
+    }
+    Ok(ordered)
+}
+
+/// Copies every table of `source` into `target` (empty tables of the same definition),
+/// then sets `target`'s sequences where `source`'s are. Run `source` in a transaction
+/// that holds its tables still, and `target` in one that commits when this returns.
+pub async fn copy_tables(source: &Client, target: &Client) -> Result<Vec<TableCopy>, String> {
+    let mut copied = Vec::new();
+    for table in tables_in_order(source).await? {
+        let failed = |e: tokio_postgres::Error| format!("copying table {}: {e}", table.name);
+        let columns = table.columns.join(", ");
+        let expected: i64 = source
+            .query_one(&format!("SELECT count(*) FROM {}", table.quoted), &[])
+            .await
+            .map_err(failed)?
+            .get(0);
+        let out = source
+            .copy_out(&format!(
+                "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
+                table.quoted
+            ))
+            .await
+            .map_err(failed)?;
+        let sink = target
+            .copy_in(&format!(
+                "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
+                table.quoted
+            ))
+            .await
+            .map_err(failed)?;
+        let mut out = std::pin::pin!(out);
+        let mut sink = std::pin::pin!(sink);
+        while let Some(chunk) = out.try_next().await.map_err(failed)? {
+            sink.send(chunk).await.map_err(failed)?;
+        }
+        let rows = sink.as_mut().finish().await.map_err(failed)?;
+        if i64::try_from(rows).ok() != Some(expected) {
+            return Err(format!(
+                "table {}: {expected} rows in the source, {rows} copied",
+                table.name
+            ));
+        }
+        copied.push(TableCopy {
+            table: table.name,
+            rows,
+        });
+    }
+    let sequences = source
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
+             WHERE schemaname = 'public' AND last_value IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("reading the sequences: {e}"))?;
+    for sequence in sequences {
+        let (name, value): (String, i64) = (sequence.get(0), sequence.get(1));
+        target
+            .execute("SELECT setval($1::regclass, $2, true)", &[&name, &value])
+            .await
+            .map_err(|e| format!("setting sequence {name}: {e}"))?;
+    }
+    Ok(copied)
+}

@@ -1,0 +1,463 @@
+//! Moving a tenant's database to another server (`tenant move`): under writes from two
+//! replicas, no acknowledged write is lost and no answer holds another tenant's row;
+//! both replicas serve the new place within a second of the move's end; a move killed
+//! at each of its steps is resumed by running it again.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use futures_util::future::join;
+use serde_json::json;
+
+use crate::database::{OtherServer, spawn_with_other_server};
+use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
+use svc::domain::{Maintenance, Tenant};
+use svc::tenancy::isolation::ServerAddress;
+use svc::tenancy::lifecycle::LifecycleError;
+
+/// The titles of `tenant`'s notes, read in its database on the other server (`far`) or
+/// on the main one.
+async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: bool) -> Vec<String> {
+    let database = format!("{}{}", app.db.tenant_database_prefix, tenant.identifier);
+    let url = if far {
+        format!("{}/{database}", other.base_url)
+    } else {
+        with_database(&server_url(), &database)
+    };
+    query_url(&url, "SELECT title FROM notes")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row[0].clone().unwrap())
+        .collect()
+}
+
+/// Whether database `name` is on the other server (`far`) or on the main one.
+async fn has_database(other: &OtherServer, far: bool, name: &str) -> bool {
+    let sql = format!("SELECT 1 FROM pg_database WHERE datname = '{name}'");
+    let url = if far {
+        format!("{}/postgres", other.base_url)
+    } else {
+        server_url()
+    };
+    !query_url(&url, &sql).await.unwrap().is_empty()
+}
+
+/// Writes `$count` notes titled `<tenant>-seed-<n>` through `$service`.
+macro_rules! seed {
+    ($service:expr, $tenant:expr, $count:expr) => {
+        for n in 0..$count {
+            let title = format!("{}-seed-{n}", $tenant);
+            let (status, body) =
+                call!($service, post "/api/notes", tenant = $tenant, json = json!({"title": title}));
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+    };
+}
+
+#[actix_web::test]
+async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_write() {
+    let (a, other) = spawn_with_other_server().await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let b = svc::startup::prepare(&a.settings).await.unwrap();
+    let service_a = service!(a);
+    let service_b =
+        actix_web::test::init_service(crate::helpers::app(b.clone(), &a.settings)).await;
+    let acme = a.create_tenant("acme").await;
+    let globex = a.create_tenant("globex").await;
+    seed!(service_a, "acme", 200);
+    seed!(service_a, "globex", 20);
+
+    let done = Cell::new(false);
+    let acknowledged = RefCell::new(Vec::<String>::new());
+    let refused = Cell::new(0u32);
+    let answers = Cell::new(0u32);
+    let load = async {
+        let mut n = 0;
+        while !done.get() {
+            for (replica, service) in [("a", &service_a), ("b", &service_b)] {
+                n += 1;
+                let title = format!("acme-{replica}-{n}");
+                let (status, body) = call!(service, post "/api/notes", tenant = "acme", json = json!({"title": title}));
+                match status {
+                    StatusCode::CREATED => acknowledged.borrow_mut().push(title),
+                    // Read-only while it moves, or a session ended by the switch.
+                    StatusCode::SERVICE_UNAVAILABLE => refused.set(refused.get() + 1),
+                    other => panic!("a write answered {other}: {body}"),
+                }
+                // Every row of every answer is the tenant's own.
+                for (tenant, prefix) in [("acme", "acme-"), ("globex", "globex-")] {
+                    let (status, body) =
+                        call!(service, get "/api/notes?limit=100", tenant = tenant);
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        continue;
+                    }
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                    answers.set(answers.get() + 1);
+                    for note in body.as_array().unwrap() {
+                        let title = note["title"].as_str().unwrap();
+                        assert!(title.starts_with(prefix), "{tenant} was answered {note}");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let moving = async {
+        // Writes under way before, during and after.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let moved = a
+            .tenancy
+            .move_tenant(
+                &operator(),
+                &acme.identifier,
+                Some(server.clone()),
+                |step| eprintln!("move: {step}"),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        done.set(true);
+        moved
+    };
+    let (moved, ()) = join(moving, load).await;
+    eprintln!(
+        "moved {:?} (read-only for {} ms); {} writes acknowledged, {} refused, {} answers read",
+        moved.tables,
+        moved.read_only_ms,
+        acknowledged.borrow().len(),
+        refused.get(),
+        answers.get()
+    );
+    assert_eq!(moved.to.as_ref(), Some(&server));
+    assert!(
+        moved
+            .tables
+            .iter()
+            .any(|t| t.table == "notes" && t.rows >= 200)
+    );
+    assert!(refused.get() > 0, "no write met the move");
+
+    // Every acknowledged write is in the new database, with the seed, and nothing else.
+    let far = titles_on(&a, &other, &acme, true).await;
+    let far_set: HashSet<&String> = far.iter().collect();
+    assert_eq!(far.len(), far_set.len(), "a row copied twice");
+    let acknowledged = acknowledged.take();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|t| !far_set.contains(t))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(far.len(), 200 + acknowledged.len());
+    assert!(far.iter().all(|t| t.starts_with("acme-")));
+    let name = format!("{}acme", a.db.tenant_database_prefix);
+    if other.distinct {
+        assert!(
+            !has_database(&other, false, &name).await,
+            "the old copy is left"
+        );
+    }
+    assert!(has_database(&other, true, &name).await);
+    // Globex did not move and lost nothing.
+    assert_eq!(titles_on(&a, &other, &globex, false).await.len(), 20);
+
+    // Both replicas write to the new place within a second of the move's end.
+    for (replica, service) in [("a", &service_a), ("b", &service_b)] {
+        let started = Instant::now();
+        let title = format!("acme-after-{replica}");
+        loop {
+            let (status, body) =
+                call!(service, post "/api/notes", tenant = "acme", json = json!({"title": title}));
+            if status == StatusCode::CREATED {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "replica {replica}: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(titles_on(&a, &other, &acme, true).await.contains(&title));
+    }
+    let now = a.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(now.maintenance, Maintenance::Off);
+    let history = a.tenancy.history(&acme.identifier, 5, None).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.operation == "move" && e.result == "ok"),
+        "{history:?}"
+    );
+}
+
+/// `tenant move <identifier> --to <to>`, run by the real binary.
+fn move_command(app: &TestApp, other: &OtherServer, identifier: &str, to: &str) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(["tenant", "move", identifier, "--to", to])
+        .env_clear()
+        .envs(app.db.env())
+        .env("TENANCY_DATABASE_SERVERS", &other.address)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Waits until a session is blocked by the lock `holder` holds (the move, on the lock of
+/// the test's), at most 30 s.
+async fn wait_blocked_by(holder: i32) {
+    let sql = format!("SELECT 1 FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))");
+    let started = Instant::now();
+    while query_url(&server_url(), &sql).await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the move never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The move's record: its step, if one is under way.
+async fn move_step(app: &TestApp, tenant: &Tenant) -> Option<String> {
+    let sql = format!(
+        "SELECT step FROM tenancy.tenant_moves WHERE tenant_id = '{}'",
+        tenant.id
+    );
+    app.db
+        .query(&sql)
+        .await
+        .first()
+        .and_then(|row| row[0].clone())
+}
+
+/// The server the registry names for `tenant` (`None`: the default one).
+async fn recorded_server(app: &TestApp, tenant: &Tenant) -> Option<String> {
+    let sql = format!(
+        "SELECT server FROM tenancy.tenant_databases WHERE tenant_id = '{}'",
+        tenant.id
+    );
+    app.db.query(&sql).await[0][0].clone()
+}
+
+/// Asks until `want` answers, at most a second (what replicas take to hear a change).
+macro_rules! within_a_second {
+    ($service:expr, $method:ident $path:expr, $want:expr $(, json = $body:expr)?) => ({
+        let started = Instant::now();
+        loop {
+            let (status, body) = call!($service, $method $path, tenant = "acme" $(, json = $body)?);
+            if status == $want {
+                break body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{status} {body}, want {}",
+                $want
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[actix_web::test]
+async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_resumed() {
+    let (app, other) = spawn_with_other_server().await;
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    seed!(service, "acme", 30);
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+
+    // The move waits for this lock of acme's notes (as for a write under way): killed
+    // there, its copy made and its record written, nothing switched.
+    let lock = app.db.lock_notes(&acme).await;
+    let holder: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut killed = move_command(&app, &other, "acme", &other.address)
+        .spawn()
+        .unwrap();
+    wait_blocked_by(holder).await;
+    killed.kill().unwrap(); // SIGKILL: no clean-up of any kind
+    killed.wait().unwrap();
+    drop(lock);
+    assert_eq!(move_step(&app, &acme).await.as_deref(), Some("copying"));
+    assert_eq!(recorded_server(&app, &acme).await, None);
+    // Served where it was, read-only until the move is resumed: reads answer, and every
+    // write is refused (none can land in a copy about to be replaced).
+    within_a_second!(service, post "/api/notes", StatusCode::SERVICE_UNAVAILABLE, json = json!({"title": "acme-refused"}));
+    let (status, body) = call!(service, get "/api/notes?limit=100", tenant = "acme");
+    assert_eq!(
+        (status, body.as_array().unwrap().len()),
+        (StatusCode::OK, 30)
+    );
+
+    // The same command resumes it.
+    let output = move_command(&app, &other, "acme", &other.address)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("moved to") && stdout.contains("read-only for"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("copied notes: 30 rows"), "{stderr}");
+    assert_eq!(move_step(&app, &acme).await, None);
+    assert_eq!(
+        recorded_server(&app, &acme).await,
+        Some(other.address.clone())
+    );
+    let mut far = titles_on(&app, &other, &acme, true).await;
+    far.sort();
+    let mut seeded: Vec<String> = (0..30).map(|n| format!("acme-seed-{n}")).collect();
+    seeded.sort();
+    assert_eq!(far, seeded);
+    if other.distinct {
+        assert!(!has_database(&other, false, &name).await);
+    }
+    within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
+    assert!(
+        titles_on(&app, &other, &acme, true)
+            .await
+            .contains(&"acme-after".to_string())
+    );
+}
+
+#[actix_web::test]
+async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finished_on_resume() {
+    let (app, other) = spawn_with_other_server().await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    seed!(service, "acme", 30);
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+
+    // The move's own steps up to its switch, then nothing: the process died there.
+    app.db
+        .query(&format!(
+            "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
+            acme.id
+        ))
+        .await;
+    let (strategy, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    let moving = strategy
+        .start_move(ctx, &acme, Some(&server))
+        .await
+        .unwrap();
+    strategy.prepare_copy(ctx, &acme, &moving).await.unwrap();
+    let copied = strategy
+        .copy_and_switch(ctx, &acme, &moving, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(copied[0].rows, 30);
+    assert_eq!(move_step(&app, &acme).await.as_deref(), Some("switched"));
+    assert_eq!(
+        recorded_server(&app, &acme).await,
+        Some(other.address.clone())
+    );
+    // The old copy is still there, and nothing of the service's can write it.
+    assert!(has_database(&other, false, &name).await);
+    let body = within_a_second!(service, get "/api/notes?limit=100", StatusCode::OK);
+    assert_eq!(body.as_array().unwrap().len(), 30);
+
+    let output = move_command(&app, &other, "acme", &other.address)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("resuming: served from"), "{stderr}");
+    assert_eq!(move_step(&app, &acme).await, None);
+    if other.distinct {
+        assert!(
+            !has_database(&other, false, &name).await,
+            "the old copy is left"
+        );
+    }
+    let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(now.maintenance, Maintenance::Off);
+    within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
+    assert_eq!(titles_on(&app, &other, &acme, true).await.len(), 31);
+}
+
+#[actix_web::test]
+async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
+    let (app, other) = spawn_with_other_server().await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let acme = app.create_tenant("acme").await;
+    let move_to = |to: Option<&str>| {
+        let to = to.map(|t| ServerAddress::parse(t).unwrap());
+        let tenancy = app.tenancy.clone();
+        let identifier = acme.identifier.clone();
+        async move {
+            tenancy
+                .move_tenant(&operator(), &identifier, to, |_| {})
+                .await
+        }
+    };
+    match move_to(Some("db9.internal:5432")).await {
+        Err(LifecycleError::Invalid(why)) => {
+            assert!(why.contains("TENANCY_DATABASE_SERVERS"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match move_to(None).await {
+        Err(LifecycleError::Conflict(why)) => assert!(why.contains("already"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Another move under way, to another server: resumed only as it was asked.
+    app.db
+        .query(&format!(
+            "INSERT INTO tenancy.tenant_moves (tenant_id, to_server)              VALUES ('{}', 'elsewhere.invalid:5432')",
+            acme.id
+        ))
+        .await;
+    match move_to(Some(server.as_str())).await {
+        Err(LifecycleError::Conflict(why)) => {
+            assert!(why.contains("--to elsewhere.invalid:5432"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    app.db.query("DELETE FROM tenancy.tenant_moves").await;
+    app.tenancy
+        .delete_tenant(&operator(), &acme.identifier)
+        .await
+        .unwrap();
+    assert!(matches!(
+        move_to(Some(server.as_str())).await,
+        Err(LifecycleError::Conflict(_))
+    ));
+    // Nothing moved, nothing left behind, and every refusal is in the audit trail.
+    assert_eq!(recorded_server(&app, &acme).await, None);
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+    if other.distinct {
+        assert!(!has_database(&other, true, &name).await);
+    }
+    let history = app
+        .tenancy
+        .history(&acme.identifier, 10, None)
+        .await
+        .unwrap();
+    let refused = history
+        .iter()
+        .filter(|e| e.operation == "move" && e.result == "refused")
+        .count();
+    assert_eq!(refused, 4, "{history:?}");
+    assert_eq!(
+        app.tenancy
+            .get_tenant(&acme.identifier)
+            .await
+            .unwrap()
+            .maintenance,
+        Maintenance::Off
+    );
+}
