@@ -390,6 +390,55 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
 }
 
 #[actix_web::test]
+async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again() {
+    let (app, other) = spawn_with_other_server().await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let service = service!(app);
+    let (strategy, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    // How far each tenant's move got before its process died (the kill tests cover the
+    // wait for the lock, and the switch).
+    for (tenant, steps) in [("started", 1), ("prepared", 2), ("dropped", 4)] {
+        let t = app.create_tenant(tenant).await;
+        seed!(service, tenant, 10);
+        let moving = strategy.start_move(ctx, &t, Some(&server)).await.unwrap();
+        if steps >= 2 {
+            strategy.prepare_copy(ctx, &t, &moving).await.unwrap();
+        }
+        if steps >= 4 {
+            strategy
+                .copy_and_switch(ctx, &t, &moving, Duration::from_secs(5))
+                .await
+                .unwrap();
+            // `finish_move` dropped the old copy, and died before forgetting the move.
+            let name = format!("{}{tenant}", app.db.tenant_database_prefix);
+            if other.distinct {
+                query_url(
+                    &server_url(),
+                    &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let moved = app
+            .tenancy
+            .move_tenant(&operator(), &t.identifier, Some(server.clone()), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e}"));
+        assert_eq!(moved.to.as_ref(), Some(&server), "{tenant}");
+        assert_eq!(move_step(&app, &t).await, None, "{tenant}");
+        assert_eq!(recorded_server(&app, &t).await, Some(other.address.clone()));
+        let mut far = titles_on(&app, &other, &t, true).await;
+        far.sort();
+        let mut seeded: Vec<String> = (0..10).map(|n| format!("{tenant}-seed-{n}")).collect();
+        seeded.sort();
+        assert_eq!(far, seeded, "{tenant}");
+        let now = app.tenancy.get_tenant(&t.identifier).await.unwrap();
+        assert_eq!(now.maintenance, Maintenance::Off, "{tenant}");
+    }
+}
+
+#[actix_web::test]
 async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
     let (app, other) = spawn_with_other_server().await;
     let server = ServerAddress::parse(&other.address).unwrap();
@@ -461,3 +510,53 @@ async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
         Maintenance::Off
     );
 }
+{%- if admin_api %}
+
+#[actix_web::test]
+async fn the_admin_api_moves_a_tenant_and_says_how_long_it_was_read_only() {
+    let (app, other) = spawn_with_other_server().await;
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    seed!(service, "acme", 5);
+    let post = |body: serde_json::Value| {
+        actix_web::test::TestRequest::post()
+            .uri("/admin/tenants/acme/move")
+            .insert_header((
+                "Authorization",
+                format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+            ))
+            .set_json(body)
+            .to_request()
+    };
+    let unlisted =
+        actix_web::test::call_service(&service, post(json!({"to": "db9.internal"}))).await;
+    assert_eq!(unlisted.status(), StatusCode::BAD_REQUEST);
+    let unknown =
+        actix_web::test::call_service(&service, post(json!({"server": other.address}))).await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+
+    let moved = actix_web::test::call_service(&service, post(json!({"to": other.address}))).await;
+    assert_eq!(moved.status(), StatusCode::OK);
+    let body: serde_json::Value = actix_web::test::read_body_json(moved).await;
+    assert_eq!(body["to"], json!(other.address));
+    assert_eq!(body["from"], json!(null));
+    assert_eq!(body["tables"], json!([{"table": "notes", "rows": 5}]));
+    assert!(body["read_only_ms"].as_u64().is_some(), "{body}");
+    assert_eq!(
+        recorded_server(&app, &acme).await,
+        Some(other.address.clone())
+    );
+
+    // And back to the default server.
+    let back = actix_web::test::call_service(&service, post(json!({"to": null}))).await;
+    assert_eq!(back.status(), StatusCode::OK);
+    assert_eq!(recorded_server(&app, &acme).await, None);
+    let again = actix_web::test::call_service(&service, post(json!({"to": null}))).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(
+        (status, body.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(5))
+    );
+}
+{%- endif %}

@@ -695,6 +695,18 @@ impl DatabaseStrategy {
             .await
             .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(moving.from.as_ref()))))?;
         let failed = |e: tokio_postgres::Error| PlaceError::Copy(e.to_string());
+        let gone = tokio_postgres::Client::query(
+            &there,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&name.as_str()],
+        )
+        .await
+        .map_err(failed)?
+        .is_empty();
+        if gone {
+            // Dropped already by the attempt this one resumes.
+            return Ok(());
+        }
         if let Some(role) = &ctx.app_role {
             there
                 .batch_execute(&format!(
