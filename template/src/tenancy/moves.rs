@@ -110,7 +110,7 @@ impl Tenancy {
         if !moving.switched {
             progress(format!("preparing its copy on {to_name}"));
             if let Err(error) = strategy.prepare_copy(ctx, &tenant, &moving).await {
-                return Err(self.give_up(&tenant, &moving, false, error).await);
+                return Err(self.give_up(&tenant, &moving, false, error.into()).await);
             }
         }
         let started = Instant::now();
@@ -119,7 +119,10 @@ impl Tenancy {
         let ours = if moving.switched {
             tenant.maintenance == Maintenance::Moving
         } else {
-            self.mark_moving(&tenant).await?
+            match self.mark_moving(&tenant).await {
+                Ok(ours) => ours,
+                Err(error) => return Err(self.give_up(&tenant, &moving, false, error).await),
+            }
         };
         let mut tables = Vec::new();
         if moving.switched {
@@ -139,7 +142,9 @@ impl Tenancy {
                 .await
             {
                 Ok(copied) => tables = copied,
-                Err(error) => return Err(self.give_up(&tenant, &moving, ours, error).await),
+                Err(error) => {
+                    return Err(self.give_up(&tenant, &moving, ours, error.into()).await);
+                }
             }
             for copied in &tables {
                 progress(format!("copied {}: {} rows", copied.table, copied.rows));
@@ -178,7 +183,7 @@ impl Tenancy {
         tenant: &Tenant,
         moving: &Move,
         ours: bool,
-        error: PlaceError,
+        error: LifecycleError,
     ) -> LifecycleError {
         let given_up = self
             .strategy()
@@ -189,7 +194,7 @@ impl Tenancy {
             _ => Ok(()),
         };
         match (given_up, ended) {
-            (Ok(()), Ok(())) => LifecycleError::from(error),
+            (Ok(()), Ok(())) => error,
             (Err(also), _) => LifecycleError::Conflict(format!(
                 "the move failed ({error}) and could not be given up ({also}): the tenant \
                  stays read-only; run the same move again to resume it"
