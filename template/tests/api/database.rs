@@ -234,7 +234,15 @@ pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, Other
     let db = crate::helpers::TestDatabase::create().await;
     let other = OtherServer::start(&db).await;
     let servers = format!("{},elsewhere.invalid:5432,elsewhere.invalid", other.address);
-    let app = crate::helpers::spawn_app_on(db, &[("TENANCY_DATABASE_SERVERS", &servers)]).await;
+    // Unreachable servers listed: every tenant that names none stays on the default one.
+    let app = crate::helpers::spawn_app_on(
+        db,
+        &[
+            ("TENANCY_DATABASE_SERVERS", &servers),
+            ("TENANCY_DATABASE_PLACEMENT", "default"),
+        ],
+    )
+    .await;
     (app, other)
 }
 
@@ -369,6 +377,72 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
         .unwrap();
     assert!(!other.has_database(&far_db).await);
     assert!(database_exists(&near_db).await);
+}
+
+#[actix_web::test]
+async fn a_new_tenant_goes_to_the_server_with_the_fewest_tenants() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let other = OtherServer::start(&db).await;
+    let app =
+        crate::helpers::spawn_app_on(db, &[("TENANCY_DATABASE_SERVERS", &other.address)]).await;
+    let server_of = |tenant: svc::domain::Tenant| {
+        let app = &app;
+        async move {
+            app.db
+                .query(&format!(
+                    "SELECT server FROM tenancy.tenant_databases WHERE tenant_id = '{}'",
+                    tenant.id
+                ))
+                .await[0][0]
+                .clone()
+        }
+    };
+    // A tie goes to the default server; then each goes where fewer are.
+    let here = Some(other.address.clone());
+    let mut placed = Vec::new();
+    for name in ["t1", "t2", "t3", "t4"] {
+        placed.push(server_of(app.create_tenant(name).await).await);
+    }
+    assert_eq!(placed, [None, here.clone(), None, here.clone()]);
+    // A tenant that names a server goes there, whatever the counts say.
+    let named = app
+        .tenancy
+        .create_tenant(
+            &crate::helpers::operator(),
+            NewTenant {
+                server: Some(ServerAddress::parse(&other.address).unwrap()),
+                ..NewTenant::new(TenantIdentifier::parse("t5").unwrap(), "T5")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(server_of(named).await, here);
+    assert_eq!(server_of(app.create_tenant("t6").await).await, None);
+    // Each is served from its own database, wherever it is.
+    let service = service!(app);
+    for name in ["t1", "t2", "t5", "t6"] {
+        let (status, body) =
+            call!(service, post "/api/notes", tenant = name, json = json!({"title": name}));
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+
+    // `default`: every tenant that names none on the default server.
+    let pinned = spawn_app_with(&[
+        ("TENANCY_DATABASE_SERVERS", &other.address),
+        ("TENANCY_DATABASE_PLACEMENT", "default"),
+    ])
+    .await;
+    for name in ["p1", "p2"] {
+        let tenant = pinned.create_tenant(name).await;
+        let recorded = pinned
+            .db
+            .query(&format!(
+                "SELECT server FROM tenancy.tenant_databases WHERE tenant_id = '{}'",
+                tenant.id
+            ))
+            .await;
+        assert_eq!(recorded, vec![vec![None]], "{name}");
+    }
 }
 
 #[actix_web::test]

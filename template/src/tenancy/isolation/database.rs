@@ -203,6 +203,8 @@ pub struct DatabaseStrategy {
     pooler_prepared_statements: bool,
     /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`).
     servers: Vec<ServerAddress>,
+    /// Where a tenant that asks for no server goes (`TENANCY_DATABASE_PLACEMENT`).
+    placement: PlacementPolicy,
     /// `TENANCY_DATABASE_CA_FILE`, for URLs that check the server's certificate.
     ca_file: Option<std::path::PathBuf>,
 }
@@ -342,13 +344,22 @@ impl DatabaseStrategy {
         }
     }
 
-    /// Writes the tenant's record unless there is one, and returns the record.
+    /// Writes the tenant's record unless there is one (on `server`, else where the
+    /// placement policy says), and returns the record.
     async fn record(
         &self,
         conn: &mut AsyncPgConnection,
         tenant: &Tenant,
         server: Option<&ServerAddress>,
     ) -> QueryResult<Placement> {
+        if let Some(recorded) = placement(conn, tenant).await? {
+            return Ok(recorded);
+        }
+        let chosen = match server {
+            Some(server) => Some(server.clone()),
+            None => self.choose_server(conn).await?,
+        };
+        let server = chosen.as_ref();
         diesel::sql_query(
             "INSERT INTO tenancy.tenant_databases (tenant_id, database_name, server) \
              VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
@@ -361,6 +372,34 @@ impl DatabaseStrategy {
         placement(conn, tenant)
             .await?
             .ok_or(diesel::result::Error::NotFound)
+    }
+
+    /// The server of a new tenant that asked for none: with `fewest`, the server (the
+    /// default one or a listed one) that holds the fewest tenants, the first in
+    /// `TENANCY_DATABASE_SERVERS` order on a tie, the default server first of all.
+    async fn choose_server(
+        &self,
+        conn: &mut AsyncPgConnection,
+    ) -> QueryResult<Option<ServerAddress>> {
+        if self.placement == PlacementPolicy::Default || self.servers.is_empty() {
+            return Ok(None);
+        }
+        let counts: Vec<ServerTenants> = diesel::sql_query(
+            "SELECT server, count(*) AS tenants FROM tenancy.tenant_databases GROUP BY server",
+        )
+        .load(conn)
+        .await?;
+        let tenants_on = |server: Option<&ServerAddress>| {
+            counts
+                .iter()
+                .find(|c| c.server.as_deref() == server.map(ServerAddress::as_str))
+                .map_or(0, |c| c.tenants)
+        };
+        let candidates = std::iter::once(None).chain(self.servers.iter().map(Some));
+        Ok(candidates
+            .min_by_key(|server| tenants_on(*server))
+            .flatten()
+            .cloned())
     }
 
     /// Creates database `name` on `server` if it is not there (as the owner), lets the
@@ -850,6 +889,25 @@ impl DatabaseStrategy {
     }
 }
 
+/// How many tenants' databases a server holds (`None`: the default server).
+#[derive(diesel::QueryableByName)]
+struct ServerTenants {
+    #[diesel(sql_type = Nullable<Text>)]
+    server: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    tenants: i64,
+}
+
+/// Where a new tenant's database goes when it asks for no server
+/// (`TENANCY_DATABASE_PLACEMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementPolicy {
+    /// The server, default or listed, with the fewest tenants.
+    Fewest,
+    /// Always the default server.
+    Default,
+}
+
 /// A move of a tenant's database under way (`tenancy.tenant_moves`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
@@ -945,6 +1003,9 @@ pub struct TenantDatabaseSettings {
     /// comma-separated list of host[:port]); empty: none, every tenant is on the default
     /// server.
     pub servers: Vec<ServerAddress>,
+    /// Where a tenant that asks for no server goes (`TENANCY_DATABASE_PLACEMENT`:
+    /// `fewest`, the default, or `default`: the default server).
+    pub placement: PlacementPolicy,
 }
 
 impl Strategy for DatabaseStrategy {
@@ -954,6 +1015,7 @@ impl Strategy for DatabaseStrategy {
         ("tenant_database_prefix", Some("tenant_")),
         ("database_url_template", None),
         ("database_servers", None),
+        ("database_placement", Some("fewest")),
     ];
 
     fn read_settings(src: &Source) -> Result<TenantDatabaseSettings, ConfigError> {
@@ -985,10 +1047,22 @@ impl Strategy for DatabaseStrategy {
             .transpose()
             .map_err(|why| ConfigError::invalid("database_servers", why))?
             .unwrap_or_default();
+        let placement = match src.get("database_placement").as_str() {
+            "fewest" => PlacementPolicy::Fewest,
+            "default" => PlacementPolicy::Default,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "database_placement",
+                    "must be fewest (the server with the fewest tenants) or default (the \
+                     default server)",
+                ));
+            }
+        };
         Ok(TenantDatabaseSettings {
             prefix,
             url_template,
             servers,
+            placement,
         })
     }
 
@@ -1002,6 +1076,7 @@ impl Strategy for DatabaseStrategy {
             pooler: database.pooler,
             pooler_prepared_statements: database.pooler_prepared_statements,
             servers: settings.servers.clone(),
+            placement: settings.placement,
             ca_file: database.ca_file.clone(),
         }
     }
