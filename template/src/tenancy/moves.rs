@@ -130,9 +130,6 @@ impl Tenancy {
                 "resuming: served from {to_name} already; the old database on {from_name} \
                  is left to drop"
             ));
-            if let Err(error) = strategy.close_old(ctx, &tenant, &moving).await {
-                return Err(self.not_finished(&tenant, &moving, error));
-            }
         } else {
             progress(format!(
                 "read-only: copying its database from {from_name} to {to_name}"
@@ -150,6 +147,9 @@ impl Tenancy {
                 progress(format!("copied {}: {} rows", copied.table, copied.rows));
             }
             progress(format!("switched: served from {to_name}"));
+        }
+        if let Err(error) = strategy.close_old(ctx, &tenant, &moving).await {
+            return Err(self.not_finished(&tenant, &moving, error));
         }
         self.close_connections_of(&tenant);
         if ours {

@@ -713,7 +713,6 @@ impl DatabaseStrategy {
                 Ok(())
             })
             .await?;
-        self.close_old(ctx, tenant, moving).await?;
         Ok(copied)
     }
 
