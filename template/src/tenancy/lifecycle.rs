@@ -913,6 +913,16 @@ impl Tenancy {
     /// already on. A write already under way finishes first: the migration's DDL waits for
     /// its locks.
     async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
+{%- if isolation == "database" %}
+        if tenant.maintenance == Maintenance::Moving {
+            // Its copy on the target was migrated when the move made it.
+            return Err(MigrateError::Migration(format!(
+                "tenant '{}' is moving to another server: finish the move (`tenant move`), \
+                 then run `migrate` again",
+                tenant.identifier
+            )));
+        }
+{%- endif %}
         let marked = {
             let mut conn = self.control.get().await.map_err(pool_failed)?;
             let marked = registry::switch_maintenance(

@@ -16,7 +16,7 @@ use crate::database::{OtherServer, spawn_with_other_server};
 use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
 use svc::domain::{Maintenance, Tenant};
 use svc::tenancy::isolation::ServerAddress;
-use svc::tenancy::lifecycle::LifecycleError;
+use svc::tenancy::lifecycle::{LifecycleError, Touch};
 
 /// The titles of `tenant`'s notes, read in its database on the other server (`far`) or
 /// on the main one.
@@ -293,6 +293,18 @@ async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_re
     assert_eq!(
         (status, body.as_array().unwrap().len()),
         (StatusCode::OK, 30)
+    );
+    // `migrate` leaves a moving tenant alone, and says so.
+    let report = app
+        .tenancy
+        .migrate_all(&operator(), 1, Touch::Every, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(
+        report.failures[0].1.contains("moving"),
+        "{:?}",
+        report.failures
     );
 
     // The same command resumes it.
