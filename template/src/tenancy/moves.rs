@@ -18,6 +18,7 @@ use super::audit::{Actor, Operation};
 use super::isolation::{Move, PlaceError, ServerAddress, TableCopy};
 use super::lifecycle::{LifecycleError, OfTenant};
 use super::{Tenancy, registry};
+use crate::db::connect::PgConn;
 use crate::domain::{Maintenance, Tenant, TenantIdentifier, TenantStatus};
 
 /// How long a move waits for the writes under way on the tenant's tables to finish.
@@ -77,33 +78,8 @@ impl Tenancy {
         mut progress: impl FnMut(String),
     ) -> Result<Moved, LifecycleError> {
         let ctx = self.context();
-        if !ctx.has_owner {
-            return Err(LifecycleError::Conflict(
-                "moving a tenant's database takes the owner's rights, which this process \
-                 does not hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant move`"
-                    .into(),
-            ));
-        }
-        self.check_owner_session().await?;
-        let tenant = self.get_tenant(identifier).await?;
-        if tenant.status == TenantStatus::Deleted {
-            return Err(LifecycleError::Conflict(format!(
-                "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
-            )));
-        }
-        // One move of a tenant at a time: held by this session until the move returns.
-        let mut guard = ctx.connect(ctx.owner.clone()).await?;
-        let Locked { locked } = diesel::sql_query(
-            "SELECT pg_try_advisory_lock(hashtext('tenancy.move'), hashtext($1)) AS locked",
-        )
-        .bind::<Text, _>(tenant.id.to_string())
-        .get_result(&mut guard)
-        .await?;
-        if !locked {
-            return Err(LifecycleError::Conflict(format!(
-                "tenant '{identifier}' is being moved by another process"
-            )));
-        }
+        // Held until the move returns.
+        let (tenant, _one_move) = self.movable(identifier).await?;
         let strategy = self.strategy();
         let moving = strategy.start_move(ctx, &tenant, to).await?;
         let (from_name, to_name) = (place(moving.from.as_ref()), place(moving.to.as_ref()));
@@ -173,6 +149,42 @@ impl Tenancy {
             tables,
             read_only_ms: u64::try_from(read_only.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// The tenant `identifier` names, if it may move, and the session that holds its
+    /// move's lock (one move of a tenant at a time) until it is dropped.
+    async fn movable(
+        &self,
+        identifier: &TenantIdentifier,
+    ) -> Result<(Tenant, PgConn), LifecycleError> {
+        let ctx = self.context();
+        if !ctx.has_owner {
+            return Err(LifecycleError::Conflict(
+                "moving a tenant's database takes the owner's rights, which this process \
+                 does not hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant move`"
+                    .into(),
+            ));
+        }
+        self.check_owner_session().await?;
+        let tenant = self.get_tenant(identifier).await?;
+        if tenant.status == TenantStatus::Deleted {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
+            )));
+        }
+        let mut guard = ctx.connect(ctx.owner.clone()).await?;
+        let Locked { locked } = diesel::sql_query(
+            "SELECT pg_try_advisory_lock(hashtext('tenancy.move'), hashtext($1)) AS locked",
+        )
+        .bind::<Text, _>(tenant.id.to_string())
+        .get_result(&mut guard)
+        .await?;
+        if !locked {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant '{identifier}' is being moved by another process"
+            )));
+        }
+        Ok((tenant, guard))
     }
 
     /// Gives up a move that failed before its switch (`error`): the tenant takes writes
