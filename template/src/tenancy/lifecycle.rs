@@ -976,19 +976,26 @@ impl Tenancy {
 
     /// Ends `migrating` on `tenant`.
     async fn end_migrating(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
+        self.switch_maintenance(tenant, Maintenance::Migrating, Maintenance::Off)
+            .await
+            .map(drop)
+    }
+
+    /// Sets `tenant`'s maintenance to `to` if it is `from`, and lets every replica know;
+    /// the tenant, if it was switched.
+    pub(super) async fn switch_maintenance(
+        &self,
+        tenant: &Tenant,
+        from: Maintenance,
+        to: Maintenance,
+    ) -> Result<Option<Tenant>, LifecycleError> {
         let mut conn = self.control.get().await?;
-        let ended = registry::switch_maintenance(
-            &mut conn,
-            tenant.id,
-            Maintenance::Migrating,
-            Maintenance::Off,
-        )
-        .await?;
+        let switched = registry::switch_maintenance(&mut conn, tenant.id, from, to).await?;
         conn.finish(true).await?;
-        if let Some(ended) = &ended {
-            self.forget(ended).await;
+        if let Some(switched) = &switched {
+            self.forget(switched).await;
         }
-        Ok(())
+        Ok(switched)
     }
 }
 

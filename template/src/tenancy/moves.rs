@@ -233,19 +233,14 @@ impl Tenancy {
     /// Makes `tenant` read-only for its move; whether the move is to end that too (not
     /// when an operator's `read_only` was on first).
     async fn mark_moving(&self, tenant: &Tenant) -> Result<bool, LifecycleError> {
-        let mut conn = self.control.get().await?;
-        let marked = registry::switch_maintenance(
-            &mut conn,
-            tenant.id,
-            Maintenance::Off,
-            Maintenance::Moving,
-        )
-        .await?;
-        let now = registry::find_by_identifier(&mut conn, &tenant.identifier).await?;
-        conn.finish(true).await?;
-        if let Some(marked) = &marked {
-            self.forget(marked).await;
-        }
+        self.switch_maintenance(tenant, Maintenance::Off, Maintenance::Moving)
+            .await?;
+        let now = {
+            let mut conn = self.control.get().await?;
+            let now = registry::find_by_identifier(&mut conn, &tenant.identifier).await?;
+            conn.finish(true).await?;
+            now
+        };
         match now.map(|t| t.maintenance) {
             Some(Maintenance::Moving) => Ok(true),
             Some(Maintenance::ReadOnly) => Ok(false),
@@ -261,19 +256,9 @@ impl Tenancy {
 
     /// Ends `moving` on `tenant`.
     async fn end_moving(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
-        let mut conn = self.control.get().await?;
-        let ended = registry::switch_maintenance(
-            &mut conn,
-            tenant.id,
-            Maintenance::Moving,
-            Maintenance::Off,
-        )
-        .await?;
-        conn.finish(true).await?;
-        if let Some(ended) = &ended {
-            self.forget(ended).await;
-        }
-        Ok(())
+        self.switch_maintenance(tenant, Maintenance::Moving, Maintenance::Off)
+            .await
+            .map(drop)
     }
 }
 

@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::copy::{self, TableCopy};
 use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, where_};
-use crate::db::connect::with_session_option;
+use crate::db::connect::{PgConn, with_session_option};
 use crate::db::migrate::{MigrateError, grants_on_schema};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::{Context, Exists};
@@ -65,6 +65,20 @@ async fn find_move(
     }))
 }
 impl DatabaseStrategy {
+    /// The owner's connection to database `postgres` on `server`.
+    async fn owner_on(
+        &self,
+        ctx: &Context,
+        server: Option<&ServerAddress>,
+    ) -> Result<PgConn, PlaceError> {
+        let config = self
+            .owner_config(ctx, server)
+            .map_err(PlaceError::Invalid)?;
+        ctx.connect(config)
+            .await
+            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(server))))
+    }
+
     /// The owner's bare connection to `tenant`'s database on `server` (for `COPY`).
     async fn owner_inside(
         &self,
@@ -97,10 +111,7 @@ impl DatabaseStrategy {
         if let Some(to) = to {
             self.check_server(to)?;
         }
-        let mut control = ctx
-            .connect(ctx.owner.clone())
-            .await
-            .map_err(MigrateError::from)?;
+        let mut control = control(ctx).await?;
         if let Some(under_way) = find_move(&mut control, tenant).await? {
             if under_way.to.as_ref() != to {
                 return Err(PlaceError::Conflict(format!(
@@ -134,10 +145,7 @@ impl DatabaseStrategy {
         let name = placed.database().map_err(PlaceError::Invalid)?;
         // A database of that name there may be this very one under another address, or
         // someone else's: never written into, never dropped.
-        let mut there = ctx
-            .connect(self.owner_config(ctx, to).map_err(PlaceError::Invalid)?)
-            .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(to))))?;
+        let mut there = self.owner_on(ctx, to).await?;
         let found: Exists = diesel::sql_query(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists",
         )
@@ -218,10 +226,7 @@ impl DatabaseStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let mut control = ctx
-            .connect(ctx.owner.clone())
-            .await
-            .map_err(MigrateError::from)?;
+        let mut control = control(ctx).await?;
         let to = moving.to.as_ref().map(ServerAddress::as_str);
         control
             .transaction::<_, diesel::result::Error, _>(async |conn| {
@@ -304,13 +309,7 @@ impl DatabaseStrategy {
         moving: &Move,
     ) -> Result<(), PlaceError> {
         let name = self.database_name_of(ctx, tenant).await?;
-        let mut there = ctx
-            .connect(
-                self.owner_config(ctx, moving.from.as_ref())
-                    .map_err(PlaceError::Invalid)?,
-            )
-            .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(moving.from.as_ref()))))?;
+        let mut there = self.owner_on(ctx, moving.from.as_ref()).await?;
         diesel::sql_query(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             name.quoted()
@@ -328,10 +327,7 @@ impl DatabaseStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let mut control = ctx
-            .connect(ctx.owner.clone())
-            .await
-            .map_err(MigrateError::from)?;
+        let mut control = control(ctx).await?;
         // A switch whose commit went unanswered may have happened: never undo that.
         if find_move(&mut control, tenant)
             .await?
@@ -363,13 +359,7 @@ impl DatabaseStrategy {
         name: &SqlIdentifier,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let mut there = ctx
-            .connect(
-                self.owner_config(ctx, moving.to.as_ref())
-                    .map_err(PlaceError::Invalid)?,
-            )
-            .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(moving.to.as_ref()))))?;
+        let mut there = self.owner_on(ctx, moving.to.as_ref()).await?;
         let ours: Exists = diesel::sql_query(
             "SELECT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = $1 \
                AND shobj_description(d.oid, 'pg_database') = $2) AS exists",
@@ -390,10 +380,7 @@ impl DatabaseStrategy {
     }
 
     async fn forget_move(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
-        let mut control = ctx
-            .connect(ctx.owner.clone())
-            .await
-            .map_err(MigrateError::from)?;
+        let mut control = control(ctx).await?;
         diesel::sql_query("DELETE FROM tenancy.tenant_moves WHERE tenant_id = $1")
             .bind::<SqlUuid, _>(tenant.id)
             .execute(&mut control)
@@ -407,10 +394,7 @@ impl DatabaseStrategy {
         ctx: &Context,
         tenant: &Tenant,
     ) -> Result<SqlIdentifier, PlaceError> {
-        let mut control = ctx
-            .connect(ctx.owner.clone())
-            .await
-            .map_err(MigrateError::from)?;
+        let mut control = control(ctx).await?;
         let (name, _) = self.located(&mut control, tenant).await?;
         Ok(name)
     }
@@ -483,4 +467,12 @@ async fn seal(source: &tokio_postgres::Client, ctx: &Context) -> Result<(), Plac
     .await
     .map_err(failed)?;
     source.batch_execute("COMMIT").await.map_err(failed)
+}
+
+/// The owner's connection to the control database.
+async fn control(ctx: &Context) -> Result<PgConn, PlaceError> {
+    Ok(ctx
+        .connect(ctx.owner.clone())
+        .await
+        .map_err(MigrateError::from)?)
 }
