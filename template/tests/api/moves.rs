@@ -206,6 +206,24 @@ fn move_command(app: &TestApp, other: &OtherServer, identifier: &str, to: &str) 
     command
 }
 
+/// Runs `tenant move <identifier> --to <the other server>` to its end; what it printed
+/// on stdout and stderr.
+fn move_to_the_other_server(
+    app: &TestApp,
+    other: &OtherServer,
+    identifier: &str,
+) -> (String, String) {
+    let output = move_command(app, other, identifier, &other.address)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(output.status.success(), "{stdout}{stderr}");
+    (stdout, stderr)
+}
+
 /// Waits until a session is blocked by the lock `holder` holds (the move, on the lock of
 /// the test's), at most 30 s.
 async fn wait_blocked_by(holder: i32) {
@@ -308,14 +326,7 @@ async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_re
     );
 
     // The same command resumes it.
-    let output = move_command(&app, &other, "acme", &other.address)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(output.status.success(), "{stdout}{stderr}");
+    let (stdout, stderr) = move_to_the_other_server(&app, &other, "acme");
     assert!(
         stdout.contains("moved to") && stdout.contains("read-only for"),
         "{stdout}"
@@ -376,17 +387,18 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     );
     // The old copy is still there, and nothing of the service's can write it.
     assert!(has_database(&other, false, &name).await);
+    let may_write = format!(
+        "SELECT has_table_privilege('{}', 'notes', 'INSERT')::text",
+        app.db.app_role
+    );
+    let old = query_url(&with_database(&server_url(), &name), &may_write)
+        .await
+        .unwrap();
+    assert_eq!(old, vec![vec![Some("false".to_string())]]);
     let body = within_a_second!(service, get "/api/notes?limit=100", StatusCode::OK);
     assert_eq!(body.as_array().unwrap().len(), 30);
 
-    let output = move_command(&app, &other, "acme", &other.address)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    assert!(output.status.success(), "{stdout}{stderr}");
+    let (_, stderr) = move_to_the_other_server(&app, &other, "acme");
     assert!(stderr.contains("resuming: served from"), "{stderr}");
     assert_eq!(move_step(&app, &acme).await, None);
     if other.distinct {
