@@ -227,3 +227,7 @@ ensure_api_tools() {
   python_tools "$tools" "the API checkers" "${API_TOOLS_PYPI[@]}"
   export API_TOOLS="$tools/venv/bin"
 }
+
+# For benchmarks: the time now, and the seconds since START (a `now`), with DECIMALS (1).
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" -v d="${2:-1}" 'BEGIN {printf "%.*f", d, b - a}'; }

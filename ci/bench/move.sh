@@ -29,8 +29,6 @@ database=actix_tenancy_bench_move
 prefix=bmv_
 role=actix_tenancy_bench_move_app
 password=$(openssl rand -hex 16)
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
 
 project=$(generate "$root" acme-api "isolation=database")
 say "building (release)"
@@ -69,11 +67,11 @@ for rows in $ROWS; do
   start=$(now)
   psql "$base/$prefix$tenant" -qAtc "COPY notes TO STDOUT (FORMAT binary)" \
     | psql "$other_base/bare_copy" -qc "COPY notes FROM STDIN (FORMAT binary)"
-  bare=$(since "$start")
+  bare=$(since "$start" 2)
 
   start=$(now)
   out=$("$cli" tenant move "$tenant" --to "$other" 2>/dev/null)
-  move=$(since "$start")
+  move=$(since "$start" 2)
   read_only=$(grep -oE 'read-only for [0-9.]+ s' <<<"$out" | grep -oE '[0-9.]+')
   results+=("$(printf '%9s %12s %12s %14s' "$rows" "$bare" "$move" "$read_only")")
 done

@@ -18,8 +18,6 @@ ensure_cargo_generate
 ensure_postgres
 use_shared_target_dir
 base="${TENANCY_TEST_DATABASE_URL%/*}"
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 
 results=()
 for strategy in $STRATEGIES; do

@@ -18,7 +18,7 @@ use crate::startup::{Application, job_kinds, prepare, shutdown_signal};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
 {%- if isolation == "database" %}
-use crate::tenancy::isolation::ServerAddress;
+use crate::tenancy::isolation::{ServerAddress, server_name};
 {%- endif %}
 use crate::tenancy::lifecycle::{NewTenant, Touch};
 
@@ -390,10 +390,7 @@ async fn run_command(
                         out,
                         "tenant {} moved to {}: {rows} rows in {} tables copied; read-only for {:.2} s",
                         moved.identifier,
-                        moved
-                            .to
-                            .as_ref()
-                            .map_or("the default server", ServerAddress::as_str),
+                        server_name(moved.to.as_ref()),
                         moved.tables.len(),
                         moved.read_only_ms as f64 / 1000.0
                     )?;

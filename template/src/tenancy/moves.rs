@@ -15,7 +15,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
 use super::audit::{Actor, Operation};
-use super::isolation::{Move, PlaceError, ServerAddress, TableCopy};
+use super::isolation::{Move, PlaceError, ServerAddress, TableCopy, server_name};
 use super::lifecycle::{LifecycleError, OfTenant};
 use super::{Tenancy, registry};
 use crate::db::connect::PgConn;
@@ -82,10 +82,13 @@ impl Tenancy {
         let (tenant, _one_move) = self.movable(identifier).await?;
         let strategy = self.strategy();
         let moving = strategy.start_move(ctx, &tenant, to).await?;
-        let (from_name, to_name) = (place(moving.from.as_ref()), place(moving.to.as_ref()));
+        let (from_name, to_name) = (
+            server_name(moving.from.as_ref()),
+            server_name(moving.to.as_ref()),
+        );
         if !moving.switched {
             progress(format!("preparing its copy on {to_name}"));
-            if let Err(error) = strategy.prepare_copy(ctx, &tenant, &moving).await {
+            if let Err(error) = strategy.prepare_copy(ctx, &moving).await {
                 return Err(self.give_up(&tenant, &moving, false, error.into()).await);
             }
         }
@@ -124,7 +127,7 @@ impl Tenancy {
             }
             progress(format!("switched: served from {to_name}"));
         }
-        if let Err(error) = strategy.close_old(ctx, &tenant, &moving).await {
+        if let Err(error) = strategy.close_old(ctx, &moving).await {
             return Err(self.not_finished(&tenant, &moving, error));
         }
         self.close_connections_of(&tenant);
@@ -225,8 +228,8 @@ impl Tenancy {
             "tenant '{}' is served from {}, but its old database on {} is not dropped yet \
              ({error}): run the same move again to finish it",
             tenant.identifier,
-            place(moving.to.as_ref()),
-            place(moving.from.as_ref())
+            server_name(moving.to.as_ref()),
+            server_name(moving.from.as_ref())
         ))
     }
 
@@ -260,9 +263,4 @@ impl Tenancy {
             .await
             .map(drop)
     }
-}
-
-/// `server` in words.
-fn place(server: Option<&ServerAddress>) -> &str {
-    server.map_or("the default server", ServerAddress::as_str)
 }

@@ -374,7 +374,7 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
         .start_move(ctx, &acme, Some(&server))
         .await
         .unwrap();
-    strategy.prepare_copy(ctx, &acme, &moving).await.unwrap();
+    strategy.prepare_copy(ctx, &moving).await.unwrap();
     let copied = strategy
         .copy_and_switch(ctx, &acme, &moving, Duration::from_secs(5))
         .await
@@ -426,7 +426,7 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
         seed!(service, tenant, 10);
         let moving = strategy.start_move(ctx, &t, Some(&server)).await.unwrap();
         if steps >= 2 {
-            strategy.prepare_copy(ctx, &t, &moving).await.unwrap();
+            strategy.prepare_copy(ctx, &moving).await.unwrap();
         }
         if steps >= 4 {
             strategy

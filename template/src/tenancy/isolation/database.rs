@@ -336,9 +336,7 @@ impl DatabaseStrategy {
             (Some(wanted), Ok(actual)) => Err(PlaceError::Conflict(format!(
                 "tenant '{}' is already placed on {}, not {}",
                 tenant.identifier,
-                actual
-                    .as_ref()
-                    .map_or("the default server", ServerAddress::as_str),
+                server_name(actual.as_ref()),
                 wanted.as_str()
             ))),
             (_, Err(why)) => Err(PlaceError::Invalid(why)),
@@ -428,7 +426,7 @@ impl DatabaseStrategy {
         if found.exists && comment.is_some() {
             return Err(MigrateError::Migration(format!(
                 "{} already has a database {}: it is not this move's copy",
-                where_(server),
+                server_name(server),
                 name.quoted()
             )));
         }
@@ -514,8 +512,8 @@ pub enum PlacementPolicy {
     Default,
 }
 
-/// `server` in words.
-fn where_(server: Option<&ServerAddress>) -> &str {
+/// `server` in words: its address, or "the default server".
+pub fn server_name(server: Option<&ServerAddress>) -> &str {
     server.map_or("the default server", ServerAddress::as_str)
 }
 
@@ -797,7 +795,7 @@ impl Strategy for DatabaseStrategy {
         let (name, server) = self.located(conn, tenant).await?;
         let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name.quoted());
         let owner = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
-        let where_ = server.as_ref().map_or("the default server", |s| s.as_str());
+        let where_ = server_name(server.as_ref());
         let mut there = ctx
             .connect(owner)
             .await
@@ -826,7 +824,7 @@ impl Strategy for DatabaseStrategy {
         let storage = format!(
             "database {} on {} and everything in it",
             name.quoted(),
-            server.as_ref().map_or("the default server", |s| s.as_str())
+            server_name(server.as_ref())
         );
         let mut inside = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
         inside.dbname(name.as_str());

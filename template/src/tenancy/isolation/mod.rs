@@ -299,7 +299,7 @@ pub use rls::RlsStrategy as Selected;
 
 mod database;
 pub use database::DatabaseStrategy as Selected;
-pub use database::{Move, PlaceError, ServerAddress, TableCopy};
+pub use database::{Move, PlaceError, ServerAddress, TableCopy, server_name};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 

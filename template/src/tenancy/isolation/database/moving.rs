@@ -6,7 +6,7 @@ use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::copy::{self, TableCopy};
-use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, where_};
+use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, server_name};
 use crate::db::connect::{PgConn, with_session_option};
 use crate::db::migrate::{MigrateError, grants_on_schema};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
@@ -20,6 +20,8 @@ pub struct Move {
     pub to: Option<ServerAddress>,
     /// Whether the registry names `to` already (what is left: dropping the old copy).
     pub switched: bool,
+    /// The tenant's database, on both servers.
+    database: SqlIdentifier,
     /// When the move started, as PostgreSQL wrote it (it names the move's copy).
     started: String,
 }
@@ -41,6 +43,8 @@ struct MoveRow {
     step: String,
     #[diesel(sql_type = Text)]
     started: String,
+    #[diesel(sql_type = Text)]
+    database_name: String,
 }
 
 async fn find_move(
@@ -48,8 +52,10 @@ async fn find_move(
     tenant: &Tenant,
 ) -> Result<Option<Move>, PlaceError> {
     let row: Option<MoveRow> = diesel::sql_query(
-        "SELECT from_server, to_server, step, started_at::text AS started \
-         FROM tenancy.tenant_moves WHERE tenant_id = $1",
+        "SELECT m.from_server, m.to_server, m.step, m.started_at::text AS started, \
+           d.database_name \
+         FROM tenancy.tenant_moves m JOIN tenancy.tenant_databases d USING (tenant_id) \
+         WHERE m.tenant_id = $1",
     )
     .bind::<SqlUuid, _>(tenant.id)
     .get_result(conn)
@@ -62,6 +68,7 @@ async fn find_move(
         to: server(row.to_server).map_err(PlaceError::Invalid)?,
         switched: row.step == "switched",
         started: row.started,
+        database: SqlIdentifier::parse(&row.database_name).map_err(PlaceError::Invalid)?,
     }))
 }
 impl DatabaseStrategy {
@@ -76,7 +83,7 @@ impl DatabaseStrategy {
             .map_err(PlaceError::Invalid)?;
         ctx.connect(config)
             .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(server))))
+            .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
     }
 
     /// The owner's bare connection to `tenant`'s database on `server` (for `COPY`).
@@ -93,7 +100,7 @@ impl DatabaseStrategy {
         let inside = with_session_option(&inside, "search_path", "public");
         crate::db::connect::bare(inside, &ctx.runtime)
             .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(server))))
+            .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
     }
 
     /// Starts moving `tenant`'s database to `to` (`None`: the default server), or finds
@@ -118,7 +125,7 @@ impl DatabaseStrategy {
                     "a move of tenant '{}' to {} is under way: resume it with \
                      `tenant move {} --to {}`",
                     tenant.identifier,
-                    where_(under_way.to.as_ref()),
+                    server_name(under_way.to.as_ref()),
                     tenant.identifier,
                     under_way
                         .to
@@ -139,7 +146,7 @@ impl DatabaseStrategy {
             return Err(PlaceError::Conflict(format!(
                 "tenant '{}' is on {} already",
                 tenant.identifier,
-                where_(to)
+                server_name(to)
             )));
         }
         let name = placed.database().map_err(PlaceError::Invalid)?;
@@ -156,7 +163,7 @@ impl DatabaseStrategy {
             return Err(PlaceError::Conflict(format!(
                 "{} already has a database {}: it may be this tenant's under another \
                  address, or another's; drop it or choose another server",
-                where_(to),
+                server_name(to),
                 name.quoted()
             )));
         }
@@ -177,15 +184,10 @@ impl DatabaseStrategy {
     /// Creates the move's copy on its target, with the tenant tables and nothing in them
     /// (before the tenant is read-only: this takes a while); a copy left by an
     /// interrupted attempt is dropped first.
-    pub async fn prepare_copy(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-        moving: &Move,
-    ) -> Result<(), PlaceError> {
-        let name = self.database_name_of(ctx, tenant).await?;
-        self.drop_copy(ctx, &name, moving).await?;
-        self.create_database(ctx, &name, moving.to.as_ref(), Some(&moving.marker()))
+    pub async fn prepare_copy(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
+        let name = &moving.database;
+        self.drop_copy(ctx, name, moving).await?;
+        self.create_database(ctx, name, moving.to.as_ref(), Some(&moving.marker()))
             .await?;
         Ok(())
     }
@@ -203,9 +205,9 @@ impl DatabaseStrategy {
         moving: &Move,
         lock_within: std::time::Duration,
     ) -> Result<Vec<TableCopy>, PlaceError> {
-        let name = self.database_name_of(ctx, tenant).await?;
-        let source = self.owner_inside(ctx, &name, moving.from.as_ref()).await?;
-        let target = self.owner_inside(ctx, &name, moving.to.as_ref()).await?;
+        let name = &moving.database;
+        let source = self.owner_inside(ctx, name, moving.from.as_ref()).await?;
+        let target = self.owner_inside(ctx, name, moving.to.as_ref()).await?;
         let copy_failed = |e: tokio_postgres::Error| PlaceError::Copy(e.to_string());
         lock_against_writes(&source, lock_within).await?;
         target.batch_execute("BEGIN").await.map_err(copy_failed)?;
@@ -252,19 +254,14 @@ impl DatabaseStrategy {
     /// After the switch: the application role may no longer connect to the old copy, and
     /// its sessions there (opened before the switch) end, so that every replica reads
     /// and writes the new place only. Safe to repeat (a resumed move does it again).
-    pub async fn close_old(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-        moving: &Move,
-    ) -> Result<(), PlaceError> {
-        let name = self.database_name_of(ctx, tenant).await?;
+    pub async fn close_old(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
+        let name = &moving.database;
         let old = self
             .owner_config(ctx, moving.from.as_ref())
             .map_err(PlaceError::Invalid)?;
         let there = crate::db::connect::bare(old, &ctx.runtime)
             .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", where_(moving.from.as_ref()))))?;
+            .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(moving.from.as_ref()))))?;
         let failed = |e: tokio_postgres::Error| PlaceError::Copy(e.to_string());
         let gone = tokio_postgres::Client::query(
             &there,
@@ -308,7 +305,7 @@ impl DatabaseStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let name = self.database_name_of(ctx, tenant).await?;
+        let name = &moving.database;
         let mut there = self.owner_on(ctx, moving.from.as_ref()).await?;
         diesel::sql_query(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -339,15 +336,15 @@ impl DatabaseStrategy {
             )));
         }
         drop(control);
-        let name = self.database_name_of(ctx, tenant).await?;
+        let name = &moving.database;
         if let Some(role) = &ctx.app_role {
-            let source = self.owner_inside(ctx, &name, moving.from.as_ref()).await?;
+            let source = self.owner_inside(ctx, name, moving.from.as_ref()).await?;
             source
                 .batch_execute(&grants_on_schema("public", role).join("; "))
                 .await
                 .map_err(|e| PlaceError::Copy(e.to_string()))?;
         }
-        self.drop_copy(ctx, &name, moving).await?;
+        self.drop_copy(ctx, name, moving).await?;
         self.forget_move(ctx, tenant).await
     }
 
@@ -386,17 +383,6 @@ impl DatabaseStrategy {
             .execute(&mut control)
             .await?;
         Ok(())
-    }
-
-    /// The recorded name of `tenant`'s database.
-    async fn database_name_of(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-    ) -> Result<SqlIdentifier, PlaceError> {
-        let mut control = control(ctx).await?;
-        let (name, _) = self.located(&mut control, tenant).await?;
-        Ok(name)
     }
 }
 
