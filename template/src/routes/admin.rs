@@ -320,7 +320,7 @@ pub(crate) async fn set_maintenance(
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoveTo {
     /// A server of `TENANCY_DATABASE_SERVERS` (`host[:port]`); `null`: the default server.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$", max_length = 253)]
     to: Option<crate::tenancy::isolation::ServerAddress>,
 }
 
