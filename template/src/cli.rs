@@ -17,7 +17,7 @@ use crate::jobs::{JobRecord, JobState, Queue};
 use crate::startup::{Application, job_kinds, prepare, shutdown_signal};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 use crate::tenancy::isolation::{ServerAddress, server_name};
 {%- endif %}
 use crate::tenancy::lifecycle::{NewTenant, Touch};
@@ -96,11 +96,11 @@ pub enum TenantCommand {
         #[arg(long, default_value = "{}")]
         metadata: String,
 {%- if isolation == "hybrid" %}
-        /// schema or rls (default: TENANCY_DEFAULT_ISOLATION).
+        /// schema, rls or database (default: TENANCY_DEFAULT_ISOLATION).
         #[arg(long)]
         isolation: Option<String>,
 {%- endif %}
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
         /// PostgreSQL server (host or host:port) for the tenant's database, one of
         /// TENANCY_DATABASE_SERVERS; credentials come from the configured URLs (default:
         /// the server of TENANCY_DATABASE_URL_TEMPLATE).
@@ -123,7 +123,7 @@ pub enum TenantCommand {
         /// read_only or off.
         mode: String,
     },
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
     /// Move a tenant's database to another server (read-only meanwhile), or resume its
     /// interrupted move: run the same command again.
     Move {
@@ -298,7 +298,7 @@ async fn run_command(
 {%- if isolation == "hybrid" %}
                     isolation,
 {%- endif %}
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
                     server,
 {%- endif %}
                 } => {
@@ -311,7 +311,7 @@ async fn run_command(
 {%- endif %}
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| format!("--metadata is not JSON: {e}"))?,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
                         server: server
                             .as_deref()
                             .map(ServerAddress::parse)
@@ -373,7 +373,7 @@ async fn run_command(
                         .await?;
                     writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
                 }
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
                 TenantCommand::Move { identifier, to } => {
                     let to = match to.as_str() {
                         "default" => None,

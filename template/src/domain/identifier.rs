@@ -76,7 +76,7 @@ impl SqlIdentifier {
         Ok(Self(value.to_owned()))
     }
 
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 
     /// `prefix` followed by `identifier`: how a tenant's database is named. `prefix` must
     /// be a valid identifier of at most [`MAX_STORAGE_PREFIX`] bytes (`IdentifierPrefix`

@@ -201,7 +201,7 @@ pub enum Maintenance {
     ReadOnly,
     /// Set and ended by `migrate` alone, and only on a tenant whose maintenance was `off`.
     Migrating,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
     /// Set and ended by `tenant move` alone, while the tenant's database is copied.
     Moving,
 {%- endif %}
@@ -212,7 +212,7 @@ impl Maintenance {
         Maintenance::Off,
         Maintenance::ReadOnly,
         Maintenance::Migrating,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
         Maintenance::Moving,
 {%- endif %}
     ];
@@ -222,7 +222,7 @@ impl Maintenance {
             Maintenance::Off => "off",
             Maintenance::ReadOnly => "read_only",
             Maintenance::Migrating => "migrating",
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
             Maintenance::Moving => "moving",
 {%- endif %}
         }

@@ -5,7 +5,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if isolation == "database" %}, server?{% endif %}}` (201; other members: 400{% if isolation == "database" %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% endif %}) |
+//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if tenant_databases %}, server?{% endif %}}` (201; other members: 400{% if tenant_databases %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% endif %}) |
 //! | GET | /admin/tenants | list |
 //! | GET | /admin/tenants/{identifier} | show |
 //! | POST | /admin/tenants/{identifier}/suspend | suspend |
@@ -14,7 +14,7 @@
 //! | POST | /admin/tenants/{identifier}/destroy | drop storage `{confirm: identifier}` (204) |
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 //! | POST | /admin/tenants/{identifier}/move | move its database `{to: host:port or null}` (read-only meanwhile; answers when done) |
 {%- endif %}
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
@@ -92,7 +92,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .service(web::resource("/{identifier}/destroy").post(destroy))
             .service(web::resource("/{identifier}/limits").put(set_limits))
             .service(web::resource("/{identifier}/maintenance").put(set_maintenance))
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
             .service(web::resource("/{identifier}/move").post(move_tenant))
 {%- endif %}
             .service(web::resource("/{identifier}/history").get(history))
@@ -313,7 +313,7 @@ pub(crate) async fn set_maintenance(
     Ok(HttpResponse::Ok().json(tenant))
 }
 
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 
 /// Where to move a tenant's database.
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -68,7 +68,7 @@ pub enum Operation {
     Release,
     JobRetry,
     JobCancel,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
     Move,
 {%- endif %}
 }
@@ -87,7 +87,7 @@ impl Operation {
             Self::JobCancel => "job_cancel",
             Self::Migrate => "migrate",
             Self::Release => "release",
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
             Self::Move => "move",
 {%- endif %}
         }

@@ -20,6 +20,9 @@ use crate::db::connect::ConnectError;
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, CONTROL_MIGRATIONS, MigrateError};
 use crate::db::pool::PoolError;
+{%- if tenant_databases %}
+use crate::domain::Isolation;
+{%- endif %}
 use crate::domain::{
     Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus, check_json, check_visible,
 };
@@ -42,7 +45,7 @@ pub enum LifecycleError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Pool(#[from] PoolError),
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
     /// Copying a tenant's database to another server failed (`tenant move`).
     #[error("the move failed: {0}")]
     Move(String),
@@ -61,7 +64,7 @@ impl LifecycleError {
     }
 }
 
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 
 impl From<super::isolation::PlaceError> for LifecycleError {
     fn from(error: super::isolation::PlaceError) -> Self {
@@ -101,7 +104,7 @@ pub struct NewTenant {
     #[serde(default = "empty_object")]
     #[schema(schema_with = crate::domain::StorableJson::object)]
     pub metadata: serde_json::Value,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
     /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
     /// server of `TENANCY_DATABASE_URL_TEMPLATE`.
     #[serde(default)]
@@ -120,7 +123,7 @@ impl NewTenant {
             isolation: None,
 {%- endif %}
             metadata: empty_object(),
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
             server: None,
 {%- endif %}
         }
@@ -354,9 +357,17 @@ impl Tenancy {
             .strategy()
             .choose(requested)
             .map_err(LifecycleError::Invalid)?;
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
         if let Some(server) = &new.server {
-            self.strategy().check_server(server)?;
+{%- if isolation == "hybrid" %}
+            if isolation != Isolation::Database {
+                return Err(LifecycleError::Invalid(format!(
+                    "a server is for a tenant with a database of its own (isolation \
+                     database), not one isolated with {isolation}"
+                )));
+            }
+{%- endif %}
+            self.databases().check_server(server)?;
             if !self.context().has_owner {
                 return Err(LifecycleError::Conflict(
                     "placing a tenant on another server takes the owner's rights, which this \
@@ -410,10 +421,10 @@ impl Tenancy {
                 tenant.identifier, tenant.status
             )));
         }
-{%- if isolation == "database" %}
-        if self.context().has_owner {
+{%- if tenant_databases %}
+        if self.context().has_owner && tenant.isolation == Isolation::Database {
             self.check_owner_session().await?;
-            self.strategy()
+            self.databases()
                 .place(self.context(), &tenant, new.server.as_ref())
                 .await?;
         }
@@ -557,15 +568,18 @@ impl Tenancy {
                 tenant.status
             )));
         }
-{%- if isolation == "database" %}
-        if !self.context().has_owner {
-            return Err(LifecycleError::Conflict(
-                "dropping a tenant's database takes the owner's rights, which this process \
-                 does not hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant destroy`"
-                    .into(),
-            ));
+{%- if tenant_databases %}
+        if tenant.isolation == Isolation::Database {
+            if !self.context().has_owner {
+                return Err(LifecycleError::Conflict(
+                    "dropping a tenant's database takes the owner's rights, which this \
+                     process does not hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant \
+                     destroy`"
+                        .into(),
+                ));
+            }
+            self.check_owner_session().await?;
         }
-        self.check_owner_session().await?;
 {%- endif %}
         self.forget(&tenant).await;
         self.close_connections_of(&tenant);
@@ -696,7 +710,7 @@ impl Tenancy {
                 "maintenance 'migrating' is set by `migrate` alone: read_only or off".into(),
             ));
         }
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
         if mode == Maintenance::Moving {
             return Err(LifecycleError::Invalid(
                 "maintenance 'moving' is set by `tenant move` alone: read_only or off".into(),
@@ -913,7 +927,7 @@ impl Tenancy {
     /// already on. A write already under way finishes first: the migration's DDL waits for
     /// its locks.
     async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
         if tenant.maintenance == Maintenance::Moving {
             // Its copy on the target was migrated when the move made it.
             return Err(MigrateError::Migration(format!(

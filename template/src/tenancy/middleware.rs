@@ -93,7 +93,7 @@ pub async fn resolve_tenant(
     if !tenant.maintenance.takes_writes() && !req.method().is_safe() {
         let why = match tenant.maintenance {
             Maintenance::Migrating => "while its storage is migrated",
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
             Maintenance::Moving => "while its database moves to another server",
 {%- endif %}
             _ => "for maintenance",

@@ -11,7 +11,7 @@ pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
 pub mod middleware;
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 pub mod moves;
 {%- endif %}
 pub mod rate;
@@ -154,7 +154,7 @@ impl Tenancy {
             None => PgConfig::parse(database.url.expose_secret(), ca_file)
                 .map_err(StartupError::DatabaseUrl)?,
         };
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
         let has_owner = database.migration_url.is_some();
 {%- endif %}
         let app_role = match (app.get_user(), owner.get_user()) {
@@ -213,7 +213,7 @@ impl Tenancy {
                 owner,
                 app_role,
                 runtime,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
                 control: control.clone(),
                 has_owner,
 {%- endif %}
@@ -270,6 +270,17 @@ impl Tenancy {
     pub fn strategy(&self) -> &isolation::Selected {
         &self.strategy
     }
+{%- if tenant_databases %}
+
+    /// What places tenants' own databases on servers and moves them.
+    pub fn databases(&self) -> &isolation::DatabaseStrategy {
+{%- if isolation == "hybrid" %}
+        self.strategy.databases()
+{%- else %}
+        &self.strategy
+{%- endif %}
+    }
+{%- endif %}
 
     /// Checks that the tenant registry is there and readable by the application role
     /// (what `serve` checks instead of migrating when it has no owner's URL).

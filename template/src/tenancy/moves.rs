@@ -80,7 +80,7 @@ impl Tenancy {
         let ctx = self.context();
         // Held until the move returns.
         let (tenant, _one_move) = self.movable(identifier).await?;
-        let strategy = self.strategy();
+        let strategy = self.databases();
         let moving = strategy.start_move(ctx, &tenant, to).await?;
         let (from_name, to_name) = (
             server_name(moving.from.as_ref()),
@@ -175,6 +175,15 @@ impl Tenancy {
                 "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
             )));
         }
+{%- if isolation == "hybrid" %}
+        if tenant.isolation != crate::domain::Isolation::Database {
+            return Err(LifecycleError::Invalid(format!(
+                "tenant '{identifier}' is isolated with {}: only a tenant with a database of \
+                 its own moves between servers",
+                tenant.isolation
+            )));
+        }
+{%- endif %}
         let mut guard = ctx.connect(ctx.owner.clone()).await?;
         let Locked { locked } = diesel::sql_query(
             "SELECT pg_try_advisory_lock(hashtext('tenancy.move'), hashtext($1)) AS locked",
@@ -201,7 +210,7 @@ impl Tenancy {
         error: LifecycleError,
     ) -> LifecycleError {
         let given_up = self
-            .strategy()
+            .databases()
             .abandon_move(self.context(), tenant, moving)
             .await;
         let ended = match (&given_up, ours) {

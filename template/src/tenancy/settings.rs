@@ -44,7 +44,8 @@ const KEYS: &[Key] = &[
 impl TenancySettings {
     /// Every key the tenancy layer reads.
     pub fn keys() -> Vec<&'static [Key]> {
-        let mut keys = vec![KEYS, DatabaseSettings::KEYS, Selected::KEYS];
+        let mut keys = vec![KEYS, DatabaseSettings::KEYS];
+        keys.extend(Selected::KEYS);
         keys.push(RateSettings::KEYS);
 {%- if redis_cache %}
         keys.push(RedisSettings::KEYS);

@@ -9,6 +9,7 @@ use crate::cluster::Cluster;
 use crate::helpers::{
     TestDatabase, query_url, server_exec_on, server_url, spawn_app, spawn_app_on, spawn_app_with,
 };
+use crate::servers::{OtherServer, spawn_with_other_server};
 use crate::tls::TestCa;
 use actix_web::http::StatusCode;
 use futures_util::FutureExt;
@@ -19,6 +20,12 @@ use svc::domain::{Isolation, TenantIdentifier, TenantStatus};
 use svc::tenancy::isolation::ServerAddress;
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
 use svc::tenancy::registry;
+
+/// The service's connections to `database` on the other server.
+async fn connections_to(other: &OtherServer, database: &str) -> usize {
+    let sql = format!("SELECT 1 FROM pg_stat_activity WHERE datname = '{database}'");
+    query_url(&other.admin_url, &sql).await.unwrap().len()
+}
 
 async fn database_exists(name: &str) -> bool {
     let rows = query_url(
@@ -141,111 +148,6 @@ async fn two_hundred_tenants_are_served_in_turn_under_a_cap_of_forty_connections
     assert_eq!(open, 0, "idle tenant connections were not closed");
 }
 
-/// `host:port` of `url`.
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host)
-        .to_string()
-}
-
-/// The second PostgreSQL server of the placement test (`TENANCY_TEST_OTHER_SERVER`,
-/// host:port; ci/ starts one), reached as the test server's user; the test's app role is
-/// created there (roles belong to a server), and everything is dropped at the end.
-pub(crate) struct OtherServer {
-    pub(crate) address: String,
-    /// `postgres://user@host:port`, the test server's user on this server.
-    pub(crate) base_url: String,
-    admin_url: String,
-    /// Whether it really is another server (without `TENANCY_TEST_OTHER_SERVER` the test
-    /// runs against the main server under its own address, and proves less).
-    pub(crate) distinct: bool,
-    role: String,
-    prefix: String,
-}
-
-impl OtherServer {
-    async fn start(db: &crate::helpers::TestDatabase) -> Self {
-        let main = host_of(&server_url());
-        let address = std::env::var("TENANCY_TEST_OTHER_SERVER").unwrap_or_else(|_| {
-            eprintln!("TENANCY_TEST_OTHER_SERVER is not set: placing on {main}, the main server");
-            main.clone()
-        });
-        let url = server_url();
-        let base_url = format!(
-            "postgres://{}{address}",
-            url.split_once("://")
-                .and_then(|(_, rest)| rest.split_once('@'))
-                .map_or(String::new(), |(user, _)| format!("{user}@"))
-        );
-        let admin_url = format!("{base_url}/postgres");
-        let distinct = address != main;
-        if distinct {
-            query_url(
-                &admin_url,
-                &format!(
-                    "CREATE ROLE \"{}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{}'",
-                    db.app_role, db.app_password
-                ),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("cannot prepare the second server {address}: {e}"));
-        }
-        Self {
-            address,
-            base_url,
-            admin_url,
-            distinct,
-            role: db.app_role.clone(),
-            prefix: db.tenant_database_prefix.clone(),
-        }
-    }
-
-    async fn has_database(&self, name: &str) -> bool {
-        let sql = format!("SELECT 1 FROM pg_database WHERE datname = '{name}'");
-        !query_url(&self.admin_url, &sql).await.unwrap().is_empty()
-    }
-
-    /// The service's connections to `database` on this server.
-    async fn connections_to(&self, database: &str) -> usize {
-        let sql = format!("SELECT 1 FROM pg_stat_activity WHERE datname = '{database}'");
-        query_url(&self.admin_url, &sql).await.unwrap().len()
-    }
-}
-
-impl Drop for OtherServer {
-    fn drop(&mut self) {
-        if self.distinct {
-            crate::helpers::clean_up(
-                self.admin_url.clone(),
-                self.prefix.clone(),
-                None,
-                self.role.clone(),
-            );
-        }
-    }
-}
-
-/// An app whose `TENANCY_DATABASE_SERVERS` lists the second server and two unreachable
-/// ones (to ask for a server other than the recorded one).
-pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, OtherServer) {
-    let db = crate::helpers::TestDatabase::create().await;
-    let other = OtherServer::start(&db).await;
-    let servers = format!("{},elsewhere.invalid:5432,elsewhere.invalid", other.address);
-    // Unreachable servers listed: every tenant that names none stays on the default one.
-    let app = crate::helpers::spawn_app_on(
-        db,
-        &[
-            ("TENANCY_DATABASE_SERVERS", &servers),
-            ("TENANCY_DATABASE_PLACEMENT", "default"),
-        ],
-    )
-    .await;
-    (app, other)
-}
-
 #[actix_web::test]
 async fn only_listed_servers_are_accepted_for_a_new_tenant() {
     let app = spawn_app().await;
@@ -340,7 +242,7 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
         assert_eq!(body.as_array().unwrap().len(), 1, "{name}: {body}");
         assert_eq!(body[0]["title"], name);
     }
-    assert!(other.connections_to(&far_db).await > 0);
+    assert!(connections_to(&other, &far_db).await > 0);
     let far_notes = query_url(
         &format!("{}/{far_db}", other.base_url),
         "SELECT title FROM notes",

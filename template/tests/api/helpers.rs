@@ -153,7 +153,7 @@ impl TestDatabase {
         env.extend([
             ("TENANCY_DATABASE_URL", self.app_url.clone()),
             ("TENANCY_MIGRATION_DATABASE_URL", self.url.clone()),
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
             (
                 "TENANCY_TENANT_DATABASE_PREFIX",
                 self.tenant_database_prefix.clone(),
@@ -213,6 +213,12 @@ impl TestDatabase {
                 }
                 format!("SELECT count(*) FROM \"{schema}\".notes")
             }
+            svc::domain::Isolation::Database => {
+                let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);
+                let url = with_database(&self.server, &database);
+                let rows = query_url(&url, "SELECT count(*) FROM notes").await.ok()?;
+                return rows.last()?.first()?.as_deref()?.parse().ok();
+            }
             _ => format!(
                 "SELECT set_config('app.tenant_id', '{id}', false); \
                  SELECT count(*) FROM tenancy_data.notes WHERE tenant_id = '{id}'",
@@ -239,12 +245,16 @@ impl TestDatabase {
         let url = self.url.clone();
         let table = "tenancy_data.notes".to_owned();
 {%- elsif isolation == "hybrid" %}
-        let url = self.url.clone();
-        let table = match tenant.isolation {
-            svc::domain::Isolation::Schema => {
-                format!("\"tenant_{}\".notes", tenant.identifier)
+        let (url, table) = match tenant.isolation {
+            svc::domain::Isolation::Schema => (
+                self.url.clone(),
+                format!("\"tenant_{}\".notes", tenant.identifier),
+            ),
+            svc::domain::Isolation::Database => {
+                let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);
+                (with_database(&self.server, &database), "notes".to_owned())
             }
-            _ => "tenancy_data.notes".to_owned(),
+            _ => (self.url.clone(), "tenancy_data.notes".to_owned()),
         };
 {%- elsif isolation == "database" %}
         let database = format!("{}{}", self.tenant_database_prefix, tenant.identifier);

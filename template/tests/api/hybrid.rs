@@ -1,4 +1,5 @@
-//! Hybrid isolation: tenants of both tiers, served at once by one process, each isolated.
+//! Hybrid isolation: tenants of all three tiers, served at once by one process, each
+//! isolated.
 
 use crate::helpers::{TestApp, spawn_app};
 use actix_web::http::StatusCode;
@@ -23,12 +24,13 @@ async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
 }
 
 #[actix_web::test]
-async fn tenants_of_both_tiers_are_served_at_once_and_stay_isolated() {
+async fn tenants_of_every_tier_are_served_at_once_and_stay_isolated() {
     let app = spawn_app().await;
     let mut tenants = Vec::new();
     for i in 0..4 {
         tenants.push(create(&app, &format!("premium_{i}"), Isolation::Schema).await);
         tenants.push(create(&app, &format!("shared_{i}"), Isolation::Rls).await);
+        tenants.push(create(&app, &format!("own_{i}"), Isolation::Database).await);
     }
     let service = service!(app);
     let mut requests = Vec::new();
@@ -62,10 +64,28 @@ async fn tenants_of_both_tiers_are_served_at_once_and_stay_isolated() {
             tenant.identifier
         );
     }
-    // Premium tenants have schemas; the long tail has none.
+    // Premium tenants have schemas, the largest databases; the long tail has neither.
     let schemas = app.db.schemas().await;
     assert!(schemas.contains(&"tenant_premium_0".to_string()));
     assert!(!schemas.contains(&"tenant_shared_0".to_string()));
+    assert!(!schemas.contains(&"tenant_own_0".to_string()));
+    let databases = app
+        .db
+        .query(&format!(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, '{}') ORDER BY 1",
+            app.db.tenant_database_prefix
+        ))
+        .await;
+    let own: Vec<String> = (0..4)
+        .map(|i| format!("{}own_{i}", app.db.tenant_database_prefix))
+        .collect();
+    assert_eq!(
+        databases
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect::<Vec<_>>(),
+        own
+    );
 }
 {%- if admin_api %}
 
@@ -95,12 +115,22 @@ async fn the_tier_comes_from_the_request_or_the_configured_default() {
     )
     .await;
     assert_eq!(chosen["isolation"], "rls");
-    let refused = actix_web::test::call_service(
+    let own: serde_json::Value = actix_web::test::call_and_read_body_json(
         &service,
         admin(json!({"identifier": "big", "name": "Big", "isolation": "database"})),
     )
     .await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(own["isolation"], "database");
+    // A server is for a tenant with a database of its own.
+    let misplaced = actix_web::test::call_service(
+        &service,
+        admin(
+            json!({"identifier": "tiny", "name": "Tiny", "isolation": "rls",
+            "server": "elsewhere.invalid"}),
+        ),
+    )
+    .await;
+    assert_eq!(misplaced.status(), StatusCode::BAD_REQUEST);
     let unknown = actix_web::test::call_service(
         &service,
         admin(json!({"identifier": "odd", "name": "Odd", "isolation": "galaxy"})),
@@ -112,6 +142,7 @@ async fn the_tier_comes_from_the_request_or_the_configured_default() {
             .query("SELECT identifier, isolation FROM tenancy.tenants ORDER BY 1")
             .await,
         vec![
+            vec![Some("big".to_string()), Some("database".to_string())],
             vec![Some("plain".to_string()), Some("schema".to_string())],
             vec![Some("small".to_string()), Some("rls".to_string())],
         ]
@@ -124,13 +155,14 @@ async fn destroy_removes_each_tier_s_data_and_only_it() {
     let app = spawn_app().await;
     let premium = create(&app, "premium", Isolation::Schema).await;
     let shared = create(&app, "shared", Isolation::Rls).await;
+    let own = create(&app, "own", Isolation::Database).await;
     let other = create(&app, "other", Isolation::Rls).await;
     let service = service!(app);
-    for tenant in [&premium, &shared, &other] {
+    for tenant in [&premium, &shared, &own, &other] {
         let (status, _) = call!(service, post "/api/notes", tenant = tenant.identifier.as_str(), json = json!({"title": "t"}));
         assert_eq!(status, StatusCode::CREATED);
     }
-    for tenant in [&premium, &shared] {
+    for tenant in [&premium, &shared, &own] {
         app.tenancy
             .delete_tenant(&crate::helpers::operator(), &tenant.identifier)
             .await
@@ -151,13 +183,54 @@ async fn destroy_removes_each_tier_s_data_and_only_it() {
             .await
             .contains(&"tenant_premium".to_string())
     );
+    let own_database = format!("{}own", app.db.tenant_database_prefix);
+    let left = app
+        .db
+        .query(&format!(
+            "SELECT 1 FROM pg_database WHERE datname = '{own_database}'"
+        ))
+        .await;
+    assert!(left.is_empty(), "{own_database} was not dropped");
     assert_eq!(app.db.notes_of(&other).await, Some(1));
 }
 
 #[actix_web::test]
 async fn the_service_refuses_the_owner_as_its_role() {
     let app = spawn_app().await;
-    // The owner (a superuser here) defeats both tiers.
+    // The owner (a superuser here) defeats every tier.
     app.assert_the_owner_is_refused_as_app_role("superuser")
         .await;
+}
+
+#[actix_web::test]
+async fn only_a_tenant_with_a_database_of_its_own_moves_between_servers() {
+    use svc::tenancy::isolation::ServerAddress;
+    use svc::tenancy::lifecycle::LifecycleError;
+
+    let app =
+        crate::helpers::spawn_app_with(&[("TENANCY_DATABASE_SERVERS", "elsewhere.invalid:5432")])
+            .await;
+    for (name, tier) in [("premium", Isolation::Schema), ("shared", Isolation::Rls)] {
+        let tenant = create(&app, name, tier).await;
+        let to = ServerAddress::parse("elsewhere.invalid:5432").unwrap();
+        match app
+            .tenancy
+            .move_tenant(
+                &crate::helpers::operator(),
+                &tenant.identifier,
+                Some(to),
+                |_| {},
+            )
+            .await
+        {
+            Err(LifecycleError::Invalid(why)) => {
+                assert!(why.contains("a database of its own"), "{why}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        // Still served where it is, and writable.
+        let got = app.tenancy.get_tenant(&tenant.identifier).await.unwrap();
+        assert_eq!(got.isolation, tier);
+        assert!(got.maintenance.takes_writes());
+    }
 }

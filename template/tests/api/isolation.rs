@@ -452,6 +452,8 @@ async fn a_request_that_gets_no_connection_in_time_gets_503_with_retry_after() {
     assert_eq!(status, StatusCode::OK);
 }
 
+{%- unless isolation == "hybrid" %}
+
 #[actix_web::test]
 async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_served() {
     use svc::domain::{Isolation, TenantIdentifier};
@@ -478,3 +480,4 @@ async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(app.tenancy.connection_stats().tenant.opened, 0);
 }
+{%- endunless %}

@@ -42,7 +42,7 @@ mod jwt;
 {% endif -%}
 mod lifecycle;
 mod metrics;
-{% if isolation == "database" -%}
+{% if tenant_databases -%}
 mod moves;
 {% endif -%}
 mod openapi;
@@ -65,6 +65,9 @@ mod rls;
 {% endif -%}
 {% if isolation == "schema" -%}
 mod schema;
+{% endif -%}
+{% if tenant_databases -%}
+mod servers;
 {% endif -%}
 {% if subdomain_resolver -%}
 mod subdomain;

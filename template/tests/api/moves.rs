@@ -12,8 +12,8 @@ use actix_web::http::StatusCode;
 use futures_util::future::join;
 use serde_json::json;
 
-use crate::database::{OtherServer, spawn_with_other_server};
 use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
+use crate::servers::{OtherServer, spawn_with_other_server};
 use svc::domain::{Maintenance, Tenant};
 use svc::tenancy::isolation::ServerAddress;
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
@@ -37,13 +37,11 @@ async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: boo
 
 /// Whether database `name` is on the other server (`far`) or on the main one.
 async fn has_database(other: &OtherServer, far: bool, name: &str) -> bool {
+    if far {
+        return other.has_database(name).await;
+    }
     let sql = format!("SELECT 1 FROM pg_database WHERE datname = '{name}'");
-    let url = if far {
-        format!("{}/postgres", other.base_url)
-    } else {
-        server_url()
-    };
-    !query_url(&url, &sql).await.unwrap().is_empty()
+    !query_url(&server_url(), &sql).await.unwrap().is_empty()
 }
 
 /// Writes `$count` notes titled `<tenant>-seed-<n>` through `$service`.
@@ -369,7 +367,7 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
             acme.id
         ))
         .await;
-    let (strategy, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
     let moving = strategy
         .start_move(ctx, &acme, Some(&server))
         .await
@@ -418,7 +416,7 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
     let (app, other) = spawn_with_other_server().await;
     let server = ServerAddress::parse(&other.address).unwrap();
     let service = service!(app);
-    let (strategy, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
     // How far each tenant's move got before its process died (the kill tests cover the
     // wait for the lock, and the switch).
     for (tenant, steps) in [("started", 1), ("prepared", 2), ("dropped", 4)] {

@@ -559,15 +559,18 @@ pub struct TenantDatabaseSettings {
     pub placement: PlacementPolicy,
 }
 
+/// The keys of [`TenantDatabaseSettings`].
+pub(super) const DATABASE_KEYS: &[Key] = &[
+    ("tenant_database_prefix", Some("tenant_")),
+    ("database_url_template", None),
+    ("database_servers", None),
+    ("database_placement", Some("fewest")),
+];
+
 impl Strategy for DatabaseStrategy {
     type Settings = TenantDatabaseSettings;
 
-    const KEYS: &'static [Key] = &[
-        ("tenant_database_prefix", Some("tenant_")),
-        ("database_url_template", None),
-        ("database_servers", None),
-        ("database_placement", Some("fewest")),
-    ];
+    const KEYS: &'static [&'static [Key]] = &[DATABASE_KEYS];
 
     fn read_settings(src: &Source) -> Result<TenantDatabaseSettings, ConfigError> {
         let prefix = IdentifierPrefix::parse(&src.get("tenant_database_prefix"))

@@ -1,13 +1,16 @@
-//! Hybrid: each tenant is isolated the way its registry row says, `schema` (its own
-//! schema, e.g. premium tenants) or `rls` (shared tables under Row-Level Security, the
-//! long tail), chosen at creation (`--isolation`, the admin API's `isolation` field, or
-//! `TENANCY_DEFAULT_ISOLATION`). Both tiers share the pool's connections: the scope the
-//! pool sets (`search_path` and `app.tenant_id`) is the tier's, so middleware, extractor
-//! and handlers are the same for both.
+//! Hybrid: each tenant is isolated the way its registry row says: `database` (a database
+//! of its own, on any server of `TENANCY_DATABASE_SERVERS`: the largest tenants),
+//! `schema` (its own schema, e.g. premium tenants) or `rls` (shared tables under
+//! Row-Level Security, the long tail), chosen at creation (`--isolation`, the admin API's
+//! `isolation` field, or `TENANCY_DEFAULT_ISOLATION`). The `schema` and `rls` tiers share
+//! the pool's connections, scoped by the pool (`search_path` and `app.tenant_id`); a
+//! `database` tenant's connections are its own. Middleware, extractor and handlers are
+//! the same for all three.
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 
+use super::database::{DATABASE_KEYS, DatabaseStrategy, TenantDatabaseSettings};
 use super::rls::RlsStrategy;
 use super::schema::SchemaStrategy;
 use super::{Context, DestroyPlan, Route, Strategy};
@@ -19,7 +22,7 @@ use crate::domain::{Isolation, Tenant};
 use crate::settings::{ConfigError, Key, Source};
 
 /// The tiers this service offers.
-pub const TIERS: [Isolation; 2] = [Isolation::Schema, Isolation::Rls];
+pub const TIERS: [Isolation; 3] = [Isolation::Schema, Isolation::Rls, Isolation::Database];
 
 /// The OpenAPI schema of a tier asked for: one of [`TIERS`], or null for the default.
 pub fn tier_schema() -> utoipa::openapi::Object {
@@ -38,6 +41,7 @@ pub fn tier_schema() -> utoipa::openapi::Object {
 pub struct HybridStrategy {
     schema: SchemaStrategy,
     rls: RlsStrategy,
+    database: DatabaseStrategy,
     /// The tier of a tenant created without one.
     default_isolation: Isolation,
 }
@@ -45,15 +49,25 @@ pub struct HybridStrategy {
 /// What hybrid reads from the configuration.
 #[derive(Debug, Clone)]
 pub struct HybridSettings {
-    /// The tier of a tenant created without one: `schema` or `rls`
+    /// The tier of a tenant created without one: `schema`, `rls` or `database`
     /// (`TENANCY_DEFAULT_ISOLATION`).
     pub default_isolation: Isolation,
+    /// Where the `database` tier's databases are (`TENANCY_TENANT_DATABASE_PREFIX`,
+    /// `TENANCY_DATABASE_SERVERS`, ...).
+    pub database: TenantDatabaseSettings,
+}
+
+impl HybridStrategy {
+    /// The `database` tier: placement on servers, and moves between them.
+    pub fn databases(&self) -> &DatabaseStrategy {
+        &self.database
+    }
 }
 
 impl Strategy for HybridStrategy {
     type Settings = HybridSettings;
 
-    const KEYS: &'static [Key] = &[("default_isolation", Some("rls"))];
+    const KEYS: &'static [&'static [Key]] = &[&[("default_isolation", Some("rls"))], DATABASE_KEYS];
 
     fn read_settings(src: &Source) -> Result<HybridSettings, ConfigError> {
         let default_isolation = src
@@ -61,14 +75,20 @@ impl Strategy for HybridStrategy {
             .parse::<Isolation>()
             .ok()
             .filter(|i| TIERS.contains(i))
-            .ok_or_else(|| ConfigError::invalid("default_isolation", "must be schema or rls"))?;
-        Ok(HybridSettings { default_isolation })
+            .ok_or_else(|| {
+                ConfigError::invalid("default_isolation", "must be schema, rls or database")
+            })?;
+        Ok(HybridSettings {
+            default_isolation,
+            database: DatabaseStrategy::read_settings(src)?,
+        })
     }
 
     fn new(settings: &HybridSettings, database: &DatabaseSettings) -> Self {
         Self {
             schema: SchemaStrategy::new(&(), database),
             rls: RlsStrategy::new(&(), database),
+            database: DatabaseStrategy::new(&settings.database, database),
             default_isolation: settings.default_isolation,
         }
     }
@@ -77,7 +97,7 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.route(tenant),
             Isolation::Rls => self.rls.route(tenant),
-            other => Err(unsupported(other)),
+            Isolation::Database => self.database.route(tenant),
         }
     }
 
@@ -85,40 +105,49 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.connect_config(ctx, tenant).await,
             Isolation::Rls => self.rls.connect_config(ctx, tenant).await,
-            other => Err(PoolError::Isolation(unsupported(other))),
+            Isolation::Database => self.database.connect_config(ctx, tenant).await,
         }
     }
 
-    /// The shared tables of the `rls` tier (the `schema` tier shares nothing).
+    /// What each tier shares: the schema tier's provisioning functions, the `rls` tier's
+    /// tables, the `database` tier's records of where each database is.
     async fn migrate_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
         let mut applied = self.schema.migrate_shared(ctx).await?;
         applied.extend(self.rls.migrate_shared(ctx).await?);
+        applied.extend(self.database.migrate_shared(ctx).await?);
         Ok(applied)
     }
 
     async fn pending_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
         let mut pending = self.schema.pending_shared(ctx).await?;
         pending.extend(self.rls.pending_shared(ctx).await?);
+        pending.extend(self.database.pending_shared(ctx).await?);
         Ok(pending)
     }
 
-    /// The `schema` tier's tenants in a few statements; the `rls` tier's have nothing of
-    /// their own.
+    /// Each tier's tenants as that tier finds them (the `rls` tier's have nothing of their
+    /// own).
     async fn pending(
         &self,
         ctx: &Context,
         tenants: &[Tenant],
     ) -> Result<Vec<Vec<String>>, MigrateError> {
-        let in_schemas: Vec<Tenant> = tenants
-            .iter()
-            .filter(|t| t.isolation == Isolation::Schema)
-            .cloned()
-            .collect();
-        let mut found = self.schema.pending(ctx, &in_schemas).await?.into_iter();
+        let of_tier = |tier: Isolation| -> Vec<Tenant> {
+            tenants
+                .iter()
+                .filter(|t| t.isolation == tier)
+                .cloned()
+                .collect()
+        };
+        let in_schemas = of_tier(Isolation::Schema);
+        let in_databases = of_tier(Isolation::Database);
+        let mut schemas = self.schema.pending(ctx, &in_schemas).await?.into_iter();
+        let mut databases = self.database.pending(ctx, &in_databases).await?.into_iter();
         Ok(tenants
             .iter()
             .map(|t| match t.isolation {
-                Isolation::Schema => found.next().unwrap_or_default(),
+                Isolation::Schema => schemas.next().unwrap_or_default(),
+                Isolation::Database => databases.next().unwrap_or_default(),
                 _ => Vec::new(),
             })
             .collect())
@@ -133,7 +162,7 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.provision(ctx, conn, tenant).await,
             Isolation::Rls => self.rls.provision(ctx, conn, tenant).await,
-            other => Err(MigrateError::Migration(unsupported(other))),
+            Isolation::Database => self.database.provision(ctx, conn, tenant).await,
         }
     }
 
@@ -141,7 +170,7 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.migrate(ctx, tenant).await,
             Isolation::Rls => self.rls.migrate(ctx, tenant).await,
-            other => Err(MigrateError::Migration(unsupported(other))),
+            Isolation::Database => self.database.migrate(ctx, tenant).await,
         }
     }
 
@@ -154,7 +183,7 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.destroy(ctx, conn, tenant).await,
             Isolation::Rls => self.rls.destroy(ctx, conn, tenant).await,
-            other => Err(super::query_error(unsupported(other))),
+            Isolation::Database => self.database.destroy(ctx, conn, tenant).await,
         }
     }
 
@@ -167,14 +196,16 @@ impl Strategy for HybridStrategy {
         match tenant.isolation {
             Isolation::Schema => self.schema.destroy_plan(ctx, conn, tenant).await,
             Isolation::Rls => self.rls.destroy_plan(ctx, conn, tenant).await,
-            other => Err(super::query_error(unsupported(other))),
+            Isolation::Database => self.database.destroy_plan(ctx, conn, tenant).await,
         }
     }
 
-    /// The `rls` tier needs a role that Row-Level Security restricts.
+    /// The `rls` tier needs a role that Row-Level Security restricts; no tier's storage
+    /// may belong to it.
     async fn check_app_role(&self, conn: &mut AsyncPgConnection) -> Result<(), String> {
         self.schema.check_app_role(conn).await?;
-        self.rls.check_app_role(conn).await
+        self.rls.check_app_role(conn).await?;
+        self.database.check_app_role(conn).await
     }
 
     /// The tier asked for, or `TENANCY_DEFAULT_ISOLATION`.
@@ -189,5 +220,5 @@ impl Strategy for HybridStrategy {
 }
 
 fn unsupported(isolation: Isolation) -> String {
-    format!("this service offers the tiers schema and rls, not '{isolation}'")
+    format!("this service offers the tiers schema, rls and database, not '{isolation}'")
 }

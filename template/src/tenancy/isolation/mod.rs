@@ -29,7 +29,7 @@ pub struct Context {
     pub app_role: Option<SqlIdentifier>,
     /// The runtime every connection is opened on.
     pub runtime: Handle,
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
     /// The control plane's pool (the tenant registry).
     pub control: crate::db::ControlPool,
     /// Whether the owner's URL was given (`TENANCY_MIGRATION_DATABASE_URL`); without it,
@@ -58,8 +58,8 @@ pub trait Strategy: Sized + Send + Sync + 'static {
     /// What the strategy reads from the configuration (`()`: nothing of its own).
     type Settings: std::fmt::Debug + Clone + Send + Sync + 'static;
 
-    /// The `TENANCY_*` keys of [`Strategy::Settings`].
-    const KEYS: &'static [Key] = &[];
+    /// The `TENANCY_*` keys of [`Strategy::Settings`], in groups.
+    const KEYS: &'static [&'static [Key]] = &[];
 
     /// Reads and checks [`Strategy::Settings`].
     fn read_settings(src: &Source) -> Result<Self::Settings, ConfigError>;
@@ -295,11 +295,15 @@ pub use schema::SchemaStrategy as Selected;
 mod rls;
 pub use rls::RlsStrategy as Selected;
 {%- endif %}
-{%- if isolation == "database" %}
+{%- if tenant_databases %}
 
 mod database;
+{%- endif %}
+{%- if isolation == "database" %}
 pub use database::DatabaseStrategy as Selected;
-pub use database::{Move, PlaceError, ServerAddress, TableCopy, server_name};
+{%- endif %}
+{%- if tenant_databases %}
+pub use database::{DatabaseStrategy, Move, PlaceError, ServerAddress, TableCopy, server_name};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 
