@@ -88,7 +88,7 @@ pub struct Served(actix_web::web::Bytes);
 
 impl Served {
     pub fn new(settings: &crate::config::Settings) -> Self {
-        let {% if header_resolver or resolution == "path" %}mut {% endif %}doc = document();
+        let {% if header_resolver or resolution == "path" or tenant_databases and admin_api %}mut {% endif %}doc = document();
 {%- if header_resolver %}
         let header = &settings.tenancy.resolve.header.name;
         if !header.eq_ignore_ascii_case("X-Tenant-ID") {
@@ -118,9 +118,43 @@ impl Served {
 {%- if header_resolver == false and resolution != "path" %}
         let _ = settings; // resolved by host or token: no name to configure
 {%- endif %}
+{%- if tenant_databases and admin_api %}
+        let servers = &settings.tenancy.isolation{% if isolation == "hybrid" %}.database{% endif %}.servers;
+        name_listed_servers(&mut doc, servers);
+{%- endif %}
         Self(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()).into())
     }
 }
+{%- if tenant_databases and admin_api %}
+
+/// A request may name only a server of `TENANCY_DATABASE_SERVERS` (any other is refused):
+/// the served document lists this deployment's, or null (the placement policy, or the
+/// default server), where the built one can only say `host[:port]`.
+fn name_listed_servers(doc: &mut Document, servers: &[crate::tenancy::isolation::ServerAddress]) {
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (component, field) in [("NewTenant", "server"), ("MoveTo", "to")] {
+        let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(component) else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) else {
+            continue;
+        };
+        property.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
+        property.pattern = None;
+        property.max_length = None;
+        property.enum_values = Some(
+            servers
+                .iter()
+                .map(|server| serde_json::Value::from(server.as_str()))
+                .chain([serde_json::Value::Null])
+                .collect(),
+        );
+    }
+}
+{%- endif %}
 
 /// This document.
 #[utoipa::path(

@@ -177,7 +177,7 @@ impl Tenancy {
         }
 {%- if isolation == "hybrid" %}
         if tenant.isolation != crate::domain::Isolation::Database {
-            return Err(LifecycleError::Invalid(format!(
+            return Err(LifecycleError::Conflict(format!(
                 "tenant '{identifier}' is isolated with {}: only a tenant with a database of \
                  its own moves between servers",
                 tenant.isolation

@@ -223,7 +223,7 @@ async fn only_a_tenant_with_a_database_of_its_own_moves_between_servers() {
             )
             .await
         {
-            Err(LifecycleError::Invalid(why)) => {
+            Err(LifecycleError::Conflict(why)) => {
                 assert!(why.contains("a database of its own"), "{why}")
             }
             other => panic!("{name}: {other:?}"),

@@ -26,7 +26,19 @@ async fn the_served_document_is_the_built_one_and_the_committed_one() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let served: Value = test::read_body_json(response).await;
+    let {% if tenant_databases and admin_api %}mut {% endif %}served: Value = test::read_body_json(response).await;
+{%- if tenant_databases and admin_api %}
+    // The servers a request may name are this deployment's: none listed here, null alone.
+    for (component, field) in [("NewTenant", "server"), ("MoveTo", "to")] {
+        let property = &mut served["components"]["schemas"][component]["properties"][field];
+        assert_eq!(
+            property["enum"],
+            serde_json::json!([null]),
+            "{component}.{field}"
+        );
+        *property = built()["components"]["schemas"][component]["properties"][field].clone();
+    }
+{%- endif %}
     assert_eq!(served, built());
     assert_eq!(served["openapi"], "3.1.0");
 
@@ -44,6 +56,28 @@ async fn the_served_document_is_the_built_one_and_the_committed_one() {
         }
     }
 }
+{%- if tenant_databases and admin_api %}
+
+#[actix_web::test]
+async fn the_served_document_names_the_listed_servers_and_no_other() {
+    let app = spawn_app_with(&[("TENANCY_DATABASE_SERVERS", "db2.internal:5432,db3")]).await;
+    let service = service!(app);
+    let served: Value = test::call_and_read_body_json(
+        &service,
+        test::TestRequest::get().uri("/openapi.json").to_request(),
+    )
+    .await;
+    for (component, field) in [("NewTenant", "server"), ("MoveTo", "to")] {
+        let property = &served["components"]["schemas"][component]["properties"][field];
+        assert_eq!(
+            property["enum"],
+            serde_json::json!(["db2.internal:5432", "db3", null]),
+            "{component}.{field}"
+        );
+        assert!(property.get("pattern").is_none(), "{property}");
+    }
+}
+{%- endif %}
 
 #[actix_web::test]
 async fn text_members_are_described_as_the_server_checks_them() {
