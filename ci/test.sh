@@ -102,16 +102,22 @@ lock_fits() { # project
   return $status
 }
 
-# Resolutions fuzzed so far: ci/fuzz.sh runs once per resolution, on the first matrix
-# line that has it.
+# What the fuzzer has covered so far: ci/fuzz.sh runs once per resolution, on the first
+# matrix line that has it, and on the first line whose admin API places tenants on
+# servers and moves them (database, hybrid: its `server` and `to` fields) unless a run
+# covered one already.
 fuzzed=" "
 
 check_combination() {
-  local project fuzz=: resolution
+  local project fuzz=: resolution placement=
   resolution=$(grep -oE 'resolution=[a-z]+' <<<"$1")
   resolution=${resolution#resolution=}
-  if [[ "$fuzzed" != *" $resolution "* ]]; then
-    fuzzed+="$resolution "
+  if [[ "$1" == *admin_api=true* && "$1" =~ isolation=(database|hybrid) ]]; then
+    placement=placement
+  fi
+  if [[ "$fuzzed" != *" $resolution "* ]] ||
+    [[ -n "$placement" && "$fuzzed" != *" $placement "* ]]; then
+    fuzzed+="$resolution $placement "
     fuzz=fuzz_service
   fi
   # shellcheck disable=SC2086 # the matrix line is a list of key=value words
