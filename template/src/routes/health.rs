@@ -1,10 +1,12 @@
 //! Health endpoints for load balancers and orchestrators; never tenant-scoped (they are
 //! outside the `/api` scope that the tenant middleware wraps).
 //!
-//! - `/health`: overall status, database check with latency, tenant counts, connection
+//! - `/health`: overall status, database check with latency{% if tenant_databases %}, each server tenants' databases
+//!   may be on (`checks.servers`: up or down, latency, tenants recorded there){% endif %}, tenant counts, connection
 //!   usage, tenant cache; 200 when `healthy` or `degraded` (serving, but with fewer
 //!   connections than configured because PostgreSQL refused more, without hearing of
-//!   tenant changes made elsewhere, or with `tenants.undecodable` registry rows, whose
+//!   tenant changes made elsewhere, {% if tenant_databases %}with a server of tenants' databases down (its tenants get
+//!   503, the others are served), {% endif %}or with `tenants.undecodable` registry rows, whose
 //!   metadata was written by hand in SQL and cannot be read back; the reason is given),
 //!   503 otherwise.
 //! - `/health/live`: the process answers (liveness).
@@ -65,7 +67,14 @@ pub(crate) async fn health(
     tenancy: web::Data<Tenancy>,
     details: web::Data<ErrorDetails>,
 ) -> HttpResponse {
+{%- if tenant_databases %}
+    let servers = tenancy
+        .databases()
+        .check_servers(tenancy.context(), CHECK_TIMEOUT);
+    let (check, servers) = tokio::join!(check_database(&tenancy), servers);
+{%- else %}
     let check = check_database(&tenancy).await;
+{%- endif %}
     let connections = tenancy.connection_stats();
     let (healthy, database, tenants) = match &check.tenants {
         Ok(counts) => {
@@ -97,26 +106,24 @@ pub(crate) async fn health(
             (false, database, serde_json::Value::Null)
         }
     };
-    let cache = tenancy.cache_stats();
-    let mut cache_json = json!(cache);
-    // Polled by choice (a transaction pooler and no URL to listen on), or by necessity.
-    let polled = !cache.watching && tenancy.polls_changes();
-    if polled {
-        cache_json["changes"] = json!("polled: entries are read again after 0.5 s");
-    } else if !cache.watching {
-        cache_json["degraded"] =
-            json!("tenant changes made elsewhere are not received: entries are trusted for 1 s");
-    }
-{%- if redis_cache %}
-    let shared = tenancy.shared_cache_stats();
-    cache_json["shared"] = json!(shared);
-    let degraded =
-        connections.degraded.is_some() || !(cache.watching || polled) || shared.degraded.is_some();
-{%- else %}
-    let degraded = connections.degraded.is_some() || !(cache.watching || polled);
-{%- endif %}
+    let (cache, cache_degraded) = cache_check(&tenancy);
     // A registry row that cannot be decoded wants an operator; its tenant still serves.
-    let degraded = degraded || tenancy.undecodable_tenants() > 0;
+    let degraded =
+        connections.degraded.is_some() || cache_degraded || tenancy.undecodable_tenants() > 0;
+{%- if tenant_databases %}
+    // A server that is down fails its tenants alone: the others are served.
+    let degraded = degraded || servers.iter().any(|s| s.status == "down");
+    let servers: Vec<serde_json::Value> = servers
+        .into_iter()
+        .map(|server| {
+            let mut shown = json!(server);
+            if let (true, Some(error)) = (details.0, &server.error) {
+                shown["error"] = json!(error);
+            }
+            shown
+        })
+        .collect();
+{%- endif %}
     let healthy = healthy && connections.refused.is_none();
     let status = match (healthy, degraded) {
         (false, _) => "unhealthy",
@@ -126,10 +133,10 @@ pub(crate) async fn health(
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
-        "checks": {"database": database},
+        "checks": {"database": database{% if tenant_databases %}, "servers": servers{% endif %}},
         "tenants": tenants,
         "connections": connections,
-        "cache": cache_json,
+        "cache": cache,
         "rate_limit": tenancy.rate.stats(),
     });
     if healthy {
@@ -137,6 +144,28 @@ pub(crate) async fn health(
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// The tenant cache's statistics, and whether it is degraded (tenant changes made
+/// elsewhere are not heard of{% if redis_cache %}, or the shared level is failing{% endif %}).
+fn cache_check(tenancy: &Tenancy) -> (serde_json::Value, bool) {
+    let cache = tenancy.cache_stats();
+    let mut shown = json!(cache);
+    // Polled by choice (a transaction pooler and no URL to listen on), or by necessity.
+    let polled = !cache.watching && tenancy.polls_changes();
+    if polled {
+        shown["changes"] = json!("polled: entries are read again after 0.5 s");
+    } else if !cache.watching {
+        shown["degraded"] =
+            json!("tenant changes made elsewhere are not received: entries are trusted for 1 s");
+    }
+    let degraded = !(cache.watching || polled);
+{%- if redis_cache %}
+    let shared = tenancy.shared_cache_stats();
+    shown["shared"] = json!(shared);
+    let degraded = degraded || shared.degraded.is_some();
+{%- endif %}
+    (shown, degraded)
 }
 
 /// The process answers.

@@ -71,6 +71,14 @@ pub(crate) async fn metrics(
     if let Some(jobs) = jobs {
         record_jobs(&tenancy, &jobs);
     }
+{%- if tenant_databases %}
+    // Each server tenants' databases may be on: up, how fast, how many tenants.
+    let servers = tenancy
+        .databases()
+        .check_servers(tenancy.context(), COUNT_TIMEOUT)
+        .await;
+    record_servers(&tenancy, &servers);
+{%- endif %}
     Ok(HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"
@@ -183,6 +191,25 @@ fn record_jobs(tenancy: &Tenancy, counts: &[jobs::store::QueueCount]) {
 }
 
 /// Records the state of pools, cache and registry, read now (before `/metrics` renders).
+{% if tenant_databases -%}
+/// `tenancy_database_server_up`, `_latency_seconds` and `_tenants`, by server.
+fn record_servers(tenancy: &Tenancy, servers: &[crate::tenancy::isolation::ServerCheck]) {
+    tenancy.metrics.record(|| {
+        for check in servers {
+            let server = check.server.clone();
+            ::metrics::gauge!("tenancy_database_server_up", "server" => server.clone())
+                .set(f64::from(u8::from(check.status == "up")));
+            ::metrics::gauge!("tenancy_database_server_latency_seconds", "server" => server.clone())
+                .set(check.latency_ms / 1000.0);
+            if let Some(tenants) = check.tenants {
+                ::metrics::gauge!("tenancy_database_server_tenants", "server" => server)
+                    .set(tenants as f64);
+            }
+        }
+    });
+}
+
+{% endif -%}
 fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)]>) {
     let connections = tenancy.connection_stats();
     let cache = tenancy.cache_stats();

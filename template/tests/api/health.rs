@@ -36,7 +36,92 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
     assert_eq!(body["connections"]["control"]["max_connections"], 4);
     assert!(body["connections"]["control"]["opened"].as_u64().unwrap() >= 1);
     assert!(body["connections"].get("degraded").is_none(), "{body}");
+{%- if tenant_databases %}
+    // No other server listed: the default one{% if isolation == "database" %}, holding both tenants' databases{% else %} (both tenants are of the default tier, `rls`: no database){% endif %}.
+    assert_eq!(
+        body["checks"]["servers"],
+        serde_json::json!([{
+            "server": "default",
+            "status": "up",
+            "latency_ms": body["checks"]["servers"][0]["latency_ms"],
+            "tenants": {% if isolation == "database" %}2{% else %}0{% endif %},
+        }])
+    );
+{%- endif %}
 }
+{%- if tenant_databases %}
+
+#[actix_web::test]
+async fn health_checks_each_server_of_tenants_databases_and_one_down_degrades_it() {
+    use svc::tenancy::isolation::ServerAddress;
+    use svc::tenancy::lifecycle::NewTenant;
+
+    // Listed: the second server, and two that do not resolve.
+    let (app, other) = crate::servers::spawn_with_other_server().await;
+    let far = NewTenant {
+        server: Some(ServerAddress::parse(&other.address).unwrap()),
+        ..NewTenant::new("far".parse_identifier(), "Far")
+    };
+    app.tenancy
+        .create_tenant(&crate::helpers::operator(), far)
+        .await
+        .unwrap();
+    let service = service!(app);
+    let response = test::call_service(
+        &service,
+        test::TestRequest::get().uri("/health").to_request(),
+    )
+    .await;
+    // The other servers' tenants are served: degraded, not unhealthy.
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = test::read_body_json(response).await;
+    assert_eq!(body["status"], "degraded", "{body}");
+    let servers = body["checks"]["servers"].as_array().unwrap();
+    let seen: Vec<(&str, &str, i64)> = servers
+        .iter()
+        .map(|s| {
+            (
+                s["server"].as_str().unwrap(),
+                s["status"].as_str().unwrap(),
+                s["tenants"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("default", "up", 0),
+            (other.address.as_str(), "up", 1),
+            ("elsewhere.invalid:5432", "down", 0),
+            ("elsewhere.invalid", "down", 0),
+        ]
+    );
+    // Why a server is down is an internal detail.
+    assert!(servers.iter().all(|s| s.get("error").is_none()), "{body}");
+
+    // The same in /metrics, server by server.
+    let text = test::call_and_read_body(
+        &service,
+        test::TestRequest::get().uri("/metrics").to_request(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&text);
+    // `name{server="..."} value`, braces written apart.
+    let line = |name: &str, server: &str, value: u8| {
+        format!("{name}{}server=\"{server}\"{} {value}", '{', '}')
+    };
+    let up = "tenancy_database_server_up";
+    for line in [
+        line(up, "default", 1),
+        line(up, &other.address, 1),
+        line("tenancy_database_server_tenants", &other.address, 1),
+        line(up, "elsewhere.invalid", 0),
+        line(up, "elsewhere.invalid:5432", 0),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");
+    }
+}
+{%- endif %}
 
 #[actix_web::test]
 async fn health_is_503_when_the_database_is_unreachable() {

@@ -493,6 +493,84 @@ impl DatabaseStrategy {
     }
 }
 
+/// How a server answered a health check (`/health`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerCheck {
+    /// `host[:port]`, or `default`: the server of `TENANCY_DATABASE_URL_TEMPLATE`.
+    pub server: String,
+    /// `up` or `down`.
+    pub status: &'static str,
+    pub latency_ms: f64,
+    /// The tenants whose database is recorded there (`null`: the registry did not say).
+    pub tenants: Option<i64>,
+    /// Why it is down (shown only with `TENANCY_ERROR_DETAILS`).
+    #[serde(skip)]
+    pub error: Option<String>,
+}
+
+impl DatabaseStrategy {
+    /// Connects to every server tenants may be on (the default one, then
+    /// `TENANCY_DATABASE_SERVERS`, in its database `postgres`) as the application role, all
+    /// at once, each within `within`, and counts the tenants recorded on each.
+    pub async fn check_servers(
+        &self,
+        ctx: &Context,
+        within: std::time::Duration,
+    ) -> Vec<ServerCheck> {
+        let servers: Vec<Option<&ServerAddress>> = std::iter::once(None)
+            .chain(self.servers.iter().map(Some))
+            .collect();
+        let counts = tokio::time::timeout(within, async {
+            let mut conn = ctx.control.get().await.ok()?;
+            diesel::sql_query(
+                "SELECT server, count(*) AS tenants FROM tenancy.tenant_databases \
+                 GROUP BY server",
+            )
+            .load::<ServerTenants>(&mut conn)
+            .await
+            .ok()
+        });
+        let checks = futures_util::future::join_all(servers.iter().map(|server| async move {
+            let started = std::time::Instant::now();
+            let answered = match self.app_config(ctx, *server) {
+                Ok(mut config) => tokio::time::timeout(within, async {
+                    if server.is_some() {
+                        // Its database `postgres`: the URL's own one is on the default server.
+                        config.dbname("postgres");
+                    }
+                    let mut conn = ctx.connect(config).await.map_err(|e| e.to_string())?;
+                    diesel::sql_query("SELECT 1")
+                        .execute(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|_| Err("timed out".into())),
+                Err(why) => Err(why),
+            };
+            (started.elapsed(), answered)
+        }));
+        let (counts, checks) = tokio::join!(counts, checks);
+        let counts = counts.ok().flatten();
+        servers
+            .into_iter()
+            .zip(checks)
+            .map(|(server, (took, answered))| ServerCheck {
+                server: server.map_or("default", ServerAddress::as_str).to_owned(),
+                status: if answered.is_ok() { "up" } else { "down" },
+                latency_ms: (took.as_secs_f64() * 100_000.0).round() / 100.0,
+                tenants: counts.as_ref().map(|counts| {
+                    counts
+                        .iter()
+                        .find(|c| c.server.as_deref() == server.map(ServerAddress::as_str))
+                        .map_or(0, |c| c.tenants)
+                }),
+                error: answered.err(),
+            })
+            .collect()
+    }
+}
+
 /// How many tenants' databases a server holds (`None`: the default server).
 #[derive(diesel::QueryableByName)]
 struct ServerTenants {

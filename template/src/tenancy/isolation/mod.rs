@@ -303,7 +303,9 @@ mod database;
 pub use database::DatabaseStrategy as Selected;
 {%- endif %}
 {%- if tenant_databases %}
-pub use database::{DatabaseStrategy, Move, PlaceError, ServerAddress, TableCopy, server_name};
+pub use database::{
+    DatabaseStrategy, Move, PlaceError, ServerAddress, ServerCheck, TableCopy, server_name,
+};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 
