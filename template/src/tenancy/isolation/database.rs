@@ -209,7 +209,14 @@ pub struct DatabaseStrategy {
     placement: PlacementPolicy,
     /// `TENANCY_DATABASE_CA_FILE`, for URLs that check the server's certificate.
     ca_file: Option<std::path::PathBuf>,
+    /// The last check of the servers and when it ran: one at a time, reused for
+    /// [`SERVERS_CHECKED_FOR`].
+    checked: tokio::sync::Mutex<Option<(std::time::Instant, Vec<ServerCheck>)>>,
 }
+
+/// How long a check of the servers answers `/health` and `/metrics`: each check opens one
+/// connection per server, outside the pools.
+const SERVERS_CHECKED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl DatabaseStrategy {
     /// Refuses a server that `TENANCY_DATABASE_SERVERS` does not list: the owner logs in
@@ -511,8 +518,25 @@ pub struct ServerCheck {
 impl DatabaseStrategy {
     /// Connects to every server tenants may be on (the default one, then
     /// `TENANCY_DATABASE_SERVERS`, in its database `postgres`) as the application role, all
-    /// at once, each within `within`, and counts the tenants recorded on each.
+    /// at once, each within `within`, and counts the tenants recorded on each; one check
+    /// at a time, its answer reused for [`SERVERS_CHECKED_FOR`].
     pub async fn check_servers(
+        &self,
+        ctx: &Context,
+        within: std::time::Duration,
+    ) -> Vec<ServerCheck> {
+        let mut checked = self.checked.lock().await;
+        if let Some((at, checks)) = checked.as_ref()
+            && at.elapsed() < SERVERS_CHECKED_FOR
+        {
+            return checks.clone();
+        }
+        let checks = self.check_servers_now(ctx, within).await;
+        *checked = Some((std::time::Instant::now(), checks.clone()));
+        checks
+    }
+
+    async fn check_servers_now(
         &self,
         ctx: &Context,
         within: std::time::Duration,
@@ -710,6 +734,7 @@ impl Strategy for DatabaseStrategy {
             servers: settings.servers.clone(),
             placement: settings.placement,
             ca_file: database.ca_file.clone(),
+            checked: tokio::sync::Mutex::default(),
         }
     }
 
