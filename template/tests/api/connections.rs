@@ -168,13 +168,8 @@ async fn without_connection_slots_the_service_holds_what_it_has_and_says_it_is_d
         "{open} connections open, {held} before the limit"
     );
 
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/health").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: serde_json::Value = test::read_body_json(response).await;
+    let (status, body) = health!(service);
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "degraded", "{body}");
     let reason = body["connections"]["degraded"].as_str().unwrap();
     assert!(reason.contains("53300"), "{reason}");

@@ -19,13 +19,8 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
         .await
         .unwrap();
     let service = service!(app);
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/health").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: serde_json::Value = test::read_body_json(response).await;
+    let (status, body) = health!(service);
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["checks"]["database"]["status"], "up");
     assert!(body["checks"]["database"]["latency_ms"].as_f64().unwrap() >= 0.0);
@@ -67,14 +62,9 @@ async fn health_checks_each_server_of_tenants_databases_and_one_down_degrades_it
         .await
         .unwrap();
     let service = service!(app);
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/health").to_request(),
-    )
-    .await;
+    let (status, body) = health!(service);
     // The other servers' tenants are served: degraded, not unhealthy.
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: serde_json::Value = test::read_body_json(response).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "degraded", "{body}");
     let servers = body["checks"]["servers"].as_array().unwrap();
     let seen: Vec<(&str, &str, i64)> = servers

@@ -605,6 +605,19 @@ macro_rules! tenant_routes {
     };
 }
 
+/// `GET /health`: status and parsed body.{% raw %}
+macro_rules! health {
+    ($service:expr) => {{
+        let request = actix_web::test::TestRequest::get()
+            .uri("/health")
+            .to_request();
+        let response = actix_web::test::call_service(&$service, request).await;
+        let status = response.status();
+        let body: serde_json::Value = actix_web::test::read_body_json(response).await;
+        (status, body)
+    }};
+}{% endraw %}
+
 /// Sends a JSON request for `tenant` and returns status and parsed body.
 macro_rules! call {
     ($service:expr, $method:ident $path:expr, tenant = $tenant:expr $(, json = $body:expr)?) => ({

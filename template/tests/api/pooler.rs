@@ -152,13 +152,8 @@ async fn a_session_pooler_switched_to_transaction_mode_is_caught_and_nothing_is_
         let (status, body) = call!(service, get "/api/notes", tenant = name.as_str());
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {body}");
     }
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/health").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let health: serde_json::Value = test::read_body_json(response).await;
+    let (status, health) = health!(service);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(health["status"], "unhealthy", "{health}");
     assert!(
         health.to_string().contains("TENANCY_POOLER=transaction"),

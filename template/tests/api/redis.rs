@@ -206,13 +206,8 @@ async fn with_redis_frozen_requests_succeed_health_says_so_and_nothing_stale_sur
         StatusCode::OK,
         "a new tenant is served from the registry"
     );
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/health").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: serde_json::Value = test::read_body_json(response).await;
+    let (status, body) = health!(service);
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "degraded", "{body}");
     assert!(body["cache"]["shared"]["degraded"].is_string(), "{body}");
     assert!(

@@ -115,13 +115,8 @@ async fn without_announcements_the_cache_trusts_a_second_says_so_and_recovers() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let response = test::call_service(
-        &service,
-        test::TestRequest::get().uri("/health").to_request(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body: serde_json::Value = test::read_body_json(response).await;
+    let (status, body) = health!(service);
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "degraded", "{body}");
     assert!(body["cache"]["degraded"].is_string(), "{body}");
 
