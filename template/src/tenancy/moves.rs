@@ -175,15 +175,6 @@ impl Tenancy {
                 "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
             )));
         }
-{%- if isolation == "hybrid" %}
-        if tenant.isolation != crate::domain::Isolation::Database {
-            return Err(LifecycleError::Conflict(format!(
-                "tenant '{identifier}' is isolated with {}: only a tenant with a database of \
-                 its own moves between servers",
-                tenant.isolation
-            )));
-        }
-{%- endif %}
         let mut guard = ctx.connect(ctx.owner.clone()).await?;
         let Locked { locked } = diesel::sql_query(
             "SELECT pg_try_advisory_lock(hashtext('tenancy.move'), hashtext($1)) AS locked",

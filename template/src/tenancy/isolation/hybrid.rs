@@ -74,7 +74,6 @@ impl Strategy for HybridStrategy {
             .get("default_isolation")
             .parse::<Isolation>()
             .ok()
-            .filter(|i| TIERS.contains(i))
             .ok_or_else(|| {
                 ConfigError::invalid("default_isolation", "must be schema, rls or database")
             })?;
@@ -210,15 +209,6 @@ impl Strategy for HybridStrategy {
 
     /// The tier asked for, or `TENANCY_DEFAULT_ISOLATION`.
     fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
-        let isolation = requested.unwrap_or(self.default_isolation);
-        if TIERS.contains(&isolation) {
-            Ok(isolation)
-        } else {
-            Err(unsupported(isolation))
-        }
+        Ok(requested.unwrap_or(self.default_isolation))
     }
-}
-
-fn unsupported(isolation: Isolation) -> String {
-    format!("this service offers the tiers schema, rls and database, not '{isolation}'")
 }

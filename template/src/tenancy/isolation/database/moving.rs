@@ -113,8 +113,13 @@ impl DatabaseStrategy {
         tenant: &Tenant,
         to: Option<&ServerAddress>,
     ) -> Result<Move, PlaceError> {
-        crate::tenancy::isolation::ensure(tenant, Isolation::Database)
-            .map_err(PlaceError::Invalid)?;
+        if tenant.isolation != Isolation::Database {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' is isolated with {}: only a tenant with a database of its own \
+                 moves between servers",
+                tenant.identifier, tenant.isolation
+            )));
+        }
         if let Some(to) = to {
             self.check_server(to)?;
         }
