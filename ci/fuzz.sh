@@ -98,7 +98,7 @@ tenant_api() { # tenant: the base of its API
 }
 tenant_config() { # tenant: schemathesis settings that name it
   case "$resolution" in
-    header) printf '[parameters]\n"header.X-Tenant-ID" = "%s"\n' "$1" ;;
+    header) printf 'headers = { "X-Tenant-ID" = "%s" }\n' "$1" ;;
     subdomain) printf 'headers = { Host = "%s%s" }\n' "$1" "$TENANCY_DOMAIN_SUFFIX" ;;
     jwt) printf '[auth.openapi.tenant_token]\nbearer = "%s"\n' "$(jwt "$1")" ;;
     path) ;; # in the document: see fuzzed_document
@@ -139,21 +139,24 @@ if ! psql "$TENANCY_MIGRATION_DATABASE_URL" -tAc "SELECT id FROM tenancy.tenants
   die "could not read globex's seed"
 fi
 
-# The document schemathesis reads: the service's own, except that with path resolution
-# acme's paths are written out (`/t/acme/api/notes` for `/t/{tenant}/api/notes`, without the
-# `tenant` parameter). Pinning the parameter in the configuration instead makes
-# schemathesis 4.32.5 report its own invalid `tenant` values, replaced by acme as asked,
-# as invalid data the service accepted.
+# The document schemathesis reads: the service's own, except for the parameter that names
+# the tenant, which schemathesis must not vary: with path resolution acme's paths are
+# written out (`/t/acme/api/notes` for `/t/{tenant}/api/notes`, without the `tenant`
+# parameter); with header resolution the `X-Tenant-ID` parameter is left out and the
+# configuration sends acme's. Pinning the parameter in the configuration instead makes
+# schemathesis 4.32.5 report its own invalid values, replaced by acme as asked, as invalid
+# data the service accepted.
 curl -fsS "$url/openapi.json" | python3 -c '
 import json, sys
 doc = json.load(sys.stdin)
+pinned = {"path": ("path", "tenant"), "header": ("header", "X-Tenant-ID")}.get(sys.argv[1])
 if sys.argv[1] == "path":
     doc["paths"] = {path.replace("/t/{tenant}/", "/t/acme/"): item for path, item in doc["paths"].items()}
-    for item in doc["paths"].values():
-        for operation in item.values():
-            if isinstance(operation, dict) and "parameters" in operation:
-                operation["parameters"] = [p for p in operation["parameters"]
-                                           if not (p.get("in") == "path" and p.get("name") == "tenant")]
+for item in doc["paths"].values():
+    for operation in item.values():
+        if pinned and isinstance(operation, dict) and "parameters" in operation:
+            operation["parameters"] = [p for p in operation["parameters"]
+                                       if (p.get("in"), p.get("name")) != pinned]
 json.dump(doc, sys.stdout)
 ' "$resolution" >"$work/openapi.json" || die "could not read the service's OpenAPI document"
 

@@ -247,21 +247,11 @@ pub(crate) async fn import_notes(
         note.check()
             .map_err(|why| AppError::BadRequest(format!("notes[{n}]: {why}")))?;
     }
-    let idempotency_key = match req.headers().get("idempotency-key") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .filter(|key| (1..=200).contains(&key.len()))
-                .ok_or_else(|| {
-                    AppError::BadRequest(
-                        "Idempotency-Key must be 1 to 200 visible ASCII characters".into(),
-                    )
-                })?
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|value| idempotency_key(value.as_bytes()))
+        .transpose()?;
     let options = Enqueue {
         idempotency_key,
         ..Enqueue::default()
@@ -270,6 +260,23 @@ pub(crate) async fn import_notes(
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("/api/jobs/{}", job.id)))
         .json(super::jobs::JobStatus::from(job)))
+}
+
+/// An `Idempotency-Key` as documented: 1 to 200 visible ASCII characters, spaces only
+/// between them (a tab, which HTTP allows in a header, is not one of them).
+fn idempotency_key(value: &[u8]) -> Result<String, AppError> {
+    let visible = |byte: &u8| (0x21..=0x7e).contains(byte);
+    if value.len() <= 200
+        && value.first().is_some_and(visible)
+        && value.last().is_some_and(visible)
+        && value.iter().all(|byte| *byte == b' ' || visible(byte))
+    {
+        Ok(String::from_utf8_lossy(value).into_owned())
+    } else {
+        Err(AppError::BadRequest(
+            "Idempotency-Key must be 1 to 200 visible ASCII characters".into(),
+        ))
+    }
 }
 
 /// One note.

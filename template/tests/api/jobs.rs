@@ -6,9 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderValue;
+use actix_web::test;
 
 use crate::helpers::{
-    TestApp, TestDatabase, binary, operator, scrape, server_url, spawn_app_with, value,
+    TestApp, TestDatabase, binary, for_tenant, operator, scrape, server_url, spawn_app_with, value,
 };
 use crate::pgbouncer::PgBouncer;
 use crate::pooler::{SERVER_CONNECTIONS, spawn_behind};
@@ -146,6 +148,15 @@ async fn an_import_runs_in_the_background_and_only_its_tenant_sees_it() {
         let (status, problem) =
             call!(service, post "/api/notes/import", tenant = "acme", json = &bad);
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+    }
+    let long = "k".repeat(201);
+    for key in [&b"a\tb"[..], b"\tab", b"ab ", long.as_bytes(), b"caf\xe9"] {
+        let value = HeaderValue::from_bytes(key).unwrap();
+        let request = for_tenant(test::TestRequest::post(), "/api/notes/import", "acme")
+            .insert_header(("idempotency-key", value))
+            .set_json(&body);
+        let response = test::call_service(&service, request.to_request()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{key:?}");
     }
     let jobs = app.db.query("SELECT count(*) FROM tenancy.jobs").await;
     assert_eq!(jobs[0][0].as_deref(), Some("1"));
