@@ -123,7 +123,25 @@ pub enum TenantCommand {
         /// read_only or off.
         mode: String,
     },
-{%- if tenant_databases %}
+{%- if isolation == "hybrid" %}
+    /// Move a tenant's database to another server, or a tenant of tier rls to a schema
+    /// of its own (read-only meanwhile), or resume its interrupted move: run the same
+    /// command again.
+    Move {
+        identifier: String,
+        /// A server of TENANCY_DATABASE_SERVERS (host or host:port), or `default`: the
+        /// server of TENANCY_DATABASE_URL_TEMPLATE.
+        #[arg(
+            long,
+            value_name = "SERVER|default",
+            required_unless_present = "isolation"
+        )]
+        to: Option<String>,
+        /// The tier to move the tenant's data to: schema (from rls).
+        #[arg(long, conflicts_with = "to")]
+        isolation: Option<String>,
+    },
+{%- elsif tenant_databases %}
     /// Move a tenant's database to another server (read-only meanwhile), or resume its
     /// interrupted move: run the same command again.
     Move {
@@ -373,8 +391,38 @@ async fn run_command(
                         .await?;
                     writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
                 }
+{%- if isolation == "hybrid" %}
+                TenantCommand::Move {
+                    identifier,
+                    isolation: Some(tier),
+                    ..
+                } => {
+                    let tier: Isolation = tier.parse().map_err(|e| format!("--isolation: {e}"))?;
+                    let id = parse(&identifier)?;
+                    let moved = tenancy
+                        .change_tier(&actor, &id, tier, |step| eprintln!("tenant {id}: {step}"))
+                        .await?;
+                    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
+                    writeln!(
+                        out,
+                        "tenant {} moved to tier {}: {rows} rows in {} tables copied; read-only for {:.2} s",
+                        moved.identifier,
+                        moved.isolation,
+                        moved.tables.len(),
+                        moved.read_only_ms as f64 / 1000.0
+                    )?;
+                }
+{%- endif %}
 {%- if tenant_databases %}
+{%- if isolation == "hybrid" %}
+                TenantCommand::Move {
+                    identifier,
+                    to: Some(to),
+                    ..
+                } => {
+{%- else %}
                 TenantCommand::Move { identifier, to } => {
+{%- endif %}
                     let to = match to.as_str() {
                         "default" => None,
                         server => {
@@ -394,6 +442,11 @@ async fn run_command(
                         moved.tables.len(),
                         moved.read_only_ms as f64 / 1000.0
                     )?;
+                }
+{%- endif %}
+{%- if isolation == "hybrid" %}
+                TenantCommand::Move { .. } => {
+                    return Err("tenant move: give --to or --isolation".into());
                 }
 {%- endif %}
                 TenantCommand::Limits {

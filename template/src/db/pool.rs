@@ -182,6 +182,9 @@ pub struct PoolStats {
 struct Idle {
     conn: PgConn,
     slot: Slot,
+    /// Session mode: the `search_path` of its scope (a hybrid tenant's changes with its
+    /// tier, while its scope's tenant stays the same).
+    search_path: Option<String>,
     /// Session mode: the server session its scope statements ran on.
     backend: Option<Backend>,
     opened: Instant,
@@ -280,6 +283,7 @@ pub struct PooledConnection {
     tenant: Uuid,
     home: Home,
     scope: Option<Uuid>,
+    search_path: Option<String>,
     backend: Option<Backend>,
     /// Transaction mode: the transaction of this checkout is open, or about to be (see
     /// `opening`).
@@ -577,6 +581,7 @@ impl Drop for PooledConnection {
                     timeout_ms: self.timeout_ms,
                     key: self.key,
                 },
+                search_path: self.search_path.take(),
                 backend: self.backend.take(),
                 opened: self.opened,
                 since: Instant::now(),
@@ -771,18 +776,14 @@ impl Pool {
             // back if this fails.
             let (mut guard, permit) = match served {
                 Handoff::Idle(idle) => match fit(&want, [&idle.slot]) {
-                    Some((_, Fit::Use)) => match shared.hand_out(tenant, home, *idle, timeout) {
-                        Some(mut guard) if per_transaction => {
-                            shared.begin(&mut guard, scope, timeout)?;
-                            return Ok(guard);
-                        }
-                        Some(guard) => {
-                            shared.counters.reused.fetch_add(1, Ordering::Relaxed);
-                            return Ok(guard);
-                        }
-                        None => continue,
-                    },
-                    Some((_, Fit::Rescope)) => {
+                    // Scoped to another tenant, or to this one with another `search_path`
+                    // (a hybrid tenant whose tier changed): re-scoped.
+                    Some((_, found @ (Fit::Use | Fit::Rescope)))
+                        if matches!(found, Fit::Rescope)
+                            || session_scope.is_some_and(|s| {
+                                idle.search_path.as_deref() != Some(s.search_path.as_str())
+                            }) =>
+                    {
                         let (Some(mut guard), Some(scope)) =
                             (shared.hand_out(tenant, home, *idle, timeout), session_scope)
                         else {
@@ -797,6 +798,17 @@ impl Pool {
                             Err(error) => return Err(error),
                         }
                     }
+                    Some((_, Fit::Use)) => match shared.hand_out(tenant, home, *idle, timeout) {
+                        Some(mut guard) if per_transaction => {
+                            shared.begin(&mut guard, scope, timeout)?;
+                            return Ok(guard);
+                        }
+                        Some(guard) => {
+                            shared.counters.reused.fetch_add(1, Ordering::Relaxed);
+                            return Ok(guard);
+                        }
+                        None => continue,
+                    },
                     // Handed a connection of another database: it makes room for one.
                     _ => {
                         let guard = empty();
@@ -1013,6 +1025,7 @@ impl Shared {
             tenant,
             home,
             scope,
+            search_path: None,
             backend: None,
             in_transaction: false,
             opening: Mutex::new(None),
@@ -1044,6 +1057,7 @@ impl Shared {
                     timeout_ms,
                     ..
                 },
+            search_path,
             backend,
             opened,
             ..
@@ -1051,6 +1065,7 @@ impl Shared {
         let broken = conn.is_broken();
         let conn = (!broken).then_some(conn);
         let mut guard = self.guard(tenant, home, conn, scope, key, opened);
+        guard.search_path = search_path;
         guard.backend = backend;
         guard.timeout_ms = timeout_ms;
         guard.answer_within = timeout + ANSWER_MARGIN;
@@ -1100,6 +1115,7 @@ impl Shared {
         use diesel_async::RunQueryDsl;
 
         guard.scope = None;
+        guard.search_path = None;
         let limit = guard.answer_within;
         let tenant = scope.tenant.to_string();
         let timeout_ms = timeout.as_millis().to_string();
@@ -1132,6 +1148,7 @@ impl Shared {
                 }
                 guard.backend = Some(now);
                 guard.scope = Some(scope.tenant);
+                guard.search_path = Some(scope.search_path.clone());
                 guard.timeout_ms = timeout.as_millis() as u64;
                 self.counters.rescoped.fetch_add(1, Ordering::Relaxed);
                 Ok(())

@@ -21,6 +21,9 @@ pub mod settings;
 {%- if redis_cache %}
 pub mod shared_cache;
 {%- endif %}
+{%- if isolation == "hybrid" %}
+pub mod tiers;
+{%- endif %}
 
 use std::collections::HashSet;
 use std::sync::Arc;

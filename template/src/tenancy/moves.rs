@@ -19,10 +19,10 @@ use super::isolation::{Move, PlaceError, ServerAddress, TableCopy, server_name};
 use super::lifecycle::{LifecycleError, OfTenant};
 use super::{Tenancy, registry};
 use crate::db::connect::PgConn;
-use crate::domain::{Maintenance, Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier, TenantStatus};
 
 /// How long a move waits for the writes under way on the tenant's tables to finish.
-const LOCK_WITHIN: Duration = Duration::from_secs(30);
+pub(super) const LOCK_WITHIN: Duration = Duration::from_secs(30);
 
 /// What a move did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -36,11 +36,33 @@ pub struct Moved {
     /// The server it is on now (`null`: the default server).
     #[schema(value_type = Option<String>)]
     pub to: Option<ServerAddress>,
+    /// How the tenant is isolated now (in hybrid: its tier).
+    pub isolation: Isolation,
     /// Each table copied, with its rows (none when a switched move was resumed).
     #[schema(value_type = Vec<Object>)]
     pub tables: Vec<TableCopy>,
     /// How long the tenant refused writes, in milliseconds.
     pub read_only_ms: u64,
+}
+
+impl Moved {
+    pub(super) fn new(
+        tenant: &Tenant,
+        from: Option<ServerAddress>,
+        to: Option<ServerAddress>,
+        tables: Vec<TableCopy>,
+        read_only_ms: u64,
+    ) -> Self {
+        Self {
+            tenant_id: tenant.id,
+            identifier: tenant.identifier.clone(),
+            from,
+            to,
+            isolation: tenant.isolation,
+            tables,
+            read_only_ms,
+        }
+    }
 }
 
 impl OfTenant for Moved {
@@ -144,19 +166,18 @@ impl Tenancy {
         }
         progress(format!("dropped the old database on {from_name}"));
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, from = from_name, to = to_name, read_only_ms = read_only.as_millis() as u64, "tenant moved");
-        Ok(Moved {
-            tenant_id: tenant.id,
-            identifier: identifier.clone(),
-            from: moving.from,
-            to: moving.to,
+        Ok(Moved::new(
+            &tenant,
+            moving.from,
+            moving.to,
             tables,
-            read_only_ms: u64::try_from(read_only.as_millis()).unwrap_or(u64::MAX),
-        })
+            u64::try_from(read_only.as_millis()).unwrap_or(u64::MAX),
+        ))
     }
 
     /// The tenant `identifier` names, if it may move, and the session that holds its
     /// move's lock (one move of a tenant at a time) until it is dropped.
-    async fn movable(
+    pub(super) async fn movable(
         &self,
         identifier: &TenantIdentifier,
     ) -> Result<(Tenant, PgConn), LifecycleError> {
@@ -235,7 +256,7 @@ impl Tenancy {
 
     /// Makes `tenant` read-only for its move; whether the move is to end that too (not
     /// when an operator's `read_only` was on first).
-    async fn mark_moving(&self, tenant: &Tenant) -> Result<bool, LifecycleError> {
+    pub(super) async fn mark_moving(&self, tenant: &Tenant) -> Result<bool, LifecycleError> {
         self.switch_maintenance(tenant, Maintenance::Off, Maintenance::Moving)
             .await?;
         let now = {
@@ -258,7 +279,7 @@ impl Tenancy {
     }
 
     /// Ends `moving` on `tenant`.
-    async fn end_moving(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
+    pub(super) async fn end_moving(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
         self.switch_maintenance(tenant, Maintenance::Moving, Maintenance::Off)
             .await
             .map(drop)

@@ -72,4 +72,7 @@ mod servers;
 {% if subdomain_resolver -%}
 mod subdomain;
 {% endif -%}
+{% if isolation == "hybrid" -%}
+mod tiers;
+{% endif -%}
 mod tls;

@@ -10,7 +10,7 @@
 //! placed on another PostgreSQL server (`tenant create --server`, the admin API's
 //! `server` field).
 
-mod copy;
+pub(crate) mod copy;
 mod moving;
 
 use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};

@@ -7,6 +7,8 @@
 //! `database` tenant's connections are its own. Middleware, extractor and handlers are
 //! the same for all three.
 
+mod tiers;
+
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 

@@ -12,22 +12,22 @@ pub struct TableCopy {
     pub rows: u64,
 }
 
-/// A table of schema `public`: its quoted name, its columns (quoted; generated ones left
-/// out, PostgreSQL computes them), and the tables it references.
-struct Table {
+/// A table of a schema: its name, its qualified and quoted name, its columns (quoted;
+/// generated ones left out, PostgreSQL computes them), and the tables it references.
+pub(crate) struct Table {
     oid: i64,
-    name: String,
-    quoted: String,
-    columns: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) quoted: String,
+    pub(crate) columns: Vec<String>,
     references: Vec<i64>,
 }
 
-/// The tables of `public` (not diesel's record of migrations), each after the tables it
+/// The tables of `schema` (not diesel's record of migrations), each after the tables it
 /// references.
-async fn tables_in_order(source: &Client) -> Result<Vec<Table>, String> {
+pub(crate) async fn tables_in_order(source: &Client, schema: &str) -> Result<Vec<Table>, String> {
     let rows = source
         .query(
-            "SELECT c.oid::int8, c.relname::text, quote_ident(c.relname::text), \
+            "SELECT c.oid::int8, c.relname::text, format('%I.%I', n.nspname, c.relname), \
                coalesce((SELECT array_agg(quote_ident(a.attname::text) ORDER BY a.attnum) \
                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
                    AND NOT a.attisdropped AND a.attgenerated = ''), '{}'::text[]), \
@@ -35,10 +35,10 @@ async fn tables_in_order(source: &Client) -> Result<Vec<Table>, String> {
                   WHERE f.conrelid = c.oid AND f.contype = 'f' AND f.confrelid <> c.oid), \
                  '{}'::int8[]) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
                AND c.relname <> '__diesel_schema_migrations' \
              ORDER BY c.relname",
-            &[],
+            &[&schema],
         )
         .await
         .map_err(|e| format!("reading the tables: {e}"))?;
@@ -47,7 +47,7 @@ async fn tables_in_order(source: &Client) -> Result<Vec<Table>, String> {
         .map(|row| Table {
             oid: row.get(0),
             name: row.get(1),
-            quoted: format!("public.{}", row.get::<_, String>(2)),
+            quoted: row.get(2),
             columns: row.get(3),
             references: row.get(4),
         })
@@ -77,7 +77,7 @@ async fn tables_in_order(source: &Client) -> Result<Vec<Table>, String> {
 /// that holds its tables still, and `target` in one that commits when this returns.
 pub async fn copy_tables(source: &Client, target: &Client) -> Result<Vec<TableCopy>, String> {
     let mut copied = Vec::new();
-    for table in tables_in_order(source).await? {
+    for table in tables_in_order(source, "public").await? {
         let failed = |e: tokio_postgres::Error| format!("copying table {}: {e}", table.name);
         let columns = table.columns.join(", ");
         let expected: i64 = source

@@ -1,0 +1,231 @@
+//! Changing a tenant's tier (`tenant move --isolation`): from `rls` to `schema`, i.e. a
+//! tenant's rows leave the shared tables for a schema of its own, in the same database.
+//!
+//! Copy, delete and switch are one transaction: it locks the shared tables against writes
+//! (reads go on), copies the tenant's rows into its schema, deletes them from the shared
+//! tables and names the new tier in the registry. Interrupted, it changed nothing. From
+//! its commit on, the shared tables' policies refuse the tenant (a replica that has not
+//! heard yet gets an error to retry, not an empty answer).
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::HybridStrategy;
+use crate::db::pool::TENANT_SETTING;
+use crate::domain::{Isolation, Tenant};
+use crate::tenancy::isolation::database::copy::{TableCopy, tables_in_order};
+use crate::tenancy::isolation::rls::DATA_SCHEMA;
+use crate::tenancy::isolation::schema::SchemaName;
+use crate::tenancy::isolation::{Context, PlaceError, Strategy};
+
+/// `tenant` as it is in tier `tier` (the strategies check the tier they are given).
+fn in_tier(tenant: &Tenant, tier: Isolation) -> Tenant {
+    Tenant {
+        isolation: tier,
+        ..tenant.clone()
+    }
+}
+
+fn failed(error: tokio_postgres::Error) -> PlaceError {
+    PlaceError::Copy(error.to_string())
+}
+
+/// Sets the sequences of `table`'s serial and identity columns past the rows copied in.
+async fn set_sequences(owner: &Client, table: &str) -> Result<(), PlaceError> {
+    let serials = owner
+        .query(
+            "SELECT quote_ident(a.attname::text), pg_get_serial_sequence($1, a.attname::text) \
+             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 \
+               AND NOT a.attisdropped AND pg_get_serial_sequence($1, a.attname::text) IS NOT NULL",
+            &[&table],
+        )
+        .await
+        .map_err(failed)?;
+    for serial in serials {
+        let (column, sequence): (String, String) = (serial.get(0), serial.get(1));
+        owner
+            .execute(
+                &format!(
+                    "SELECT setval($1::regclass, max({column})) FROM {table} \
+                     HAVING max({column}) IS NOT NULL"
+                ),
+                &[&sequence],
+            )
+            .await
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
+impl HybridStrategy {
+    /// Refuses a change of tier this service does not make: only `rls` to `schema`.
+    pub fn check_tier_change(&self, tenant: &Tenant, to: Isolation) -> Result<(), PlaceError> {
+        match (tenant.isolation, to) {
+            (Isolation::Rls, Isolation::Schema) => Ok(()),
+            (from, to) if from == to => Err(PlaceError::Conflict(format!(
+                "tenant '{}' is in tier {to} already",
+                tenant.identifier
+            ))),
+            (from, _) => Err(PlaceError::Conflict(format!(
+                "tenant '{}' is in tier {from}: only a move from rls to schema changes a \
+                 tier (a tenant with a database of its own moves between servers)",
+                tenant.identifier
+            ))),
+        }
+    }
+
+    /// The owner's connection to the shared database.
+    async fn owner(&self, ctx: &Context) -> Result<Client, PlaceError> {
+        crate::db::connect::bare(ctx.owner.clone(), &ctx.runtime)
+            .await
+            .map_err(|e| PlaceError::Copy(e.to_string()))
+    }
+
+    /// Creates `tenant`'s schema with its tables, empty (before the tenant is read-only:
+    /// migrations take a while). Refused: a schema of that name that holds rows.
+    pub async fn prepare_tier(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let owner = self.owner(ctx).await?;
+        for table in tables_in_order(&owner, schema.as_str())
+            .await
+            .map_err(PlaceError::Copy)?
+        {
+            let rows: i64 = owner
+                .query_one(&format!("SELECT count(*) FROM {}", table.quoted), &[])
+                .await
+                .map_err(failed)?
+                .get(0);
+            if rows > 0 {
+                return Err(PlaceError::Conflict(format!(
+                    "schema {} holds rows already (table {}): it is not this move's; drop it \
+                     or empty it first",
+                    schema.quoted(),
+                    table.name
+                )));
+            }
+        }
+        let as_schema = in_tier(tenant, Isolation::Schema);
+        self.schema.migrate(ctx, &as_schema).await?;
+        Ok(())
+    }
+
+    /// Copies `tenant`'s rows from the shared tables into its schema, deletes them there
+    /// and names tier `schema` in the registry, in one transaction that holds the shared
+    /// tables against writes (every `rls` tenant's writes wait for it). `lock_within`:
+    /// how long to wait for the writes under way.
+    pub async fn switch_tier(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        lock_within: Duration,
+    ) -> Result<Vec<TableCopy>, PlaceError> {
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let owner = self.owner(ctx).await?;
+        let tables = tables_in_order(&owner, schema.as_str())
+            .await
+            .map_err(PlaceError::Copy)?;
+        let shared = |name: &str| format!("\"{DATA_SCHEMA}\".\"{name}\"");
+        let locked: Vec<String> = tables.iter().map(|t| shared(&t.name)).collect();
+        if locked.is_empty() {
+            return Err(PlaceError::Copy(format!(
+                "schema {} has no tables",
+                schema.quoted()
+            )));
+        }
+        owner
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {}; LOCK TABLE {} IN EXCLUSIVE MODE",
+                lock_within.as_millis(),
+                locked.join(", ")
+            ))
+            .await
+            .map_err(|e| {
+                PlaceError::Copy(format!(
+                    "locking the shared tables against writes within {lock_within:?}: {e}"
+                ))
+            })?;
+        let id = tenant.id.to_string();
+        owner
+            .execute("SELECT set_config($1, $2, true)", &[&TENANT_SETTING, &id])
+            .await
+            .map_err(failed)?;
+        let mut copied = Vec::with_capacity(tables.len());
+        for table in &tables {
+            let columns = table.columns.join(", ");
+            let rows = owner
+                .execute(
+                    &format!(
+                        "INSERT INTO {} ({columns}) SELECT {columns} FROM {} \
+                         WHERE tenant_id = $1::text::uuid",
+                        table.quoted,
+                        shared(&table.name)
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| PlaceError::Copy(format!("copying table {}: {e}", table.name)))?;
+            set_sequences(&owner, &table.quoted).await?;
+            copied.push(TableCopy {
+                table: table.name.clone(),
+                rows,
+            });
+        }
+        // Deleted before the tenant leaves the tier: the policies let no one reach its
+        // rows after that, the owner included.
+        for table in tables.iter().rev() {
+            owner
+                .execute(
+                    &format!(
+                        "DELETE FROM {} WHERE tenant_id = $1::text::uuid",
+                        shared(&table.name)
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| {
+                    PlaceError::Copy(format!("deleting from table {}: {e}", table.name))
+                })?;
+        }
+        let switched = owner
+            .execute(
+                "UPDATE tenancy.tenants SET isolation = 'schema' \
+                 WHERE id = $1::text::uuid AND isolation = 'rls'",
+                &[&id],
+            )
+            .await
+            .map_err(failed)?;
+        if switched != 1 {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' changed tier meanwhile",
+                tenant.identifier
+            )));
+        }
+        owner.batch_execute("COMMIT").await.map_err(failed)?;
+        Ok(copied)
+    }
+
+    /// Gives up a change of tier that did not switch: drops the schema it prepared, unless
+    /// the tenant is in tier `schema` after all (a commit whose answer was lost).
+    pub async fn abandon_tier(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let owner = self.owner(ctx).await?;
+        let dropped = owner
+            .execute(
+                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation = 'rls'",
+                &[&tenant.id.to_string()],
+            )
+            .await
+            .map_err(failed)?;
+        if dropped == 1 {
+            owner
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    schema.quoted()
+                ))
+                .await
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+}
