@@ -137,8 +137,10 @@ pub enum TenantCommand {
             required_unless_present = "isolation"
         )]
         to: Option<String>,
-        /// The tier to move the tenant's data to: schema (from rls).
-        #[arg(long, conflicts_with = "to")]
+        /// The tier to move the tenant's data to, one up: schema (from rls), or database
+        /// (from schema; on the server of --to, else where TENANCY_DATABASE_PLACEMENT
+        /// says).
+        #[arg(long)]
         isolation: Option<String>,
     },
 {%- elsif tenant_databases %}
@@ -395,12 +397,20 @@ async fn run_command(
                 TenantCommand::Move {
                     identifier,
                     isolation: Some(tier),
-                    ..
+                    to,
                 } => {
                     let tier: Isolation = tier.parse().map_err(|e| format!("--isolation: {e}"))?;
+                    let server = match to.as_deref() {
+                        None | Some("default") => None,
+                        Some(server) => {
+                            Some(ServerAddress::parse(server).map_err(|e| format!("--to: {e}"))?)
+                        }
+                    };
                     let id = parse(&identifier)?;
                     let moved = tenancy
-                        .change_tier(&actor, &id, tier, |step| eprintln!("tenant {id}: {step}"))
+                        .change_tier(&actor, &id, tier, server, |step| {
+                            eprintln!("tenant {id}: {step}")
+                        })
                         .await?;
                     let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
                     writeln!(

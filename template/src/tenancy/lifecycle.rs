@@ -94,7 +94,7 @@ pub struct NewTenant {
     )]
     pub name: String,
 {%- if isolation == "hybrid" %}
-    /// The tier: `schema` or `rls`; default: `TENANCY_DEFAULT_ISOLATION`.
+    /// The tier: `schema`, `rls` or `database`; default: `TENANCY_DEFAULT_ISOLATION`.
     #[serde(default)]
     #[schema(schema_with = super::isolation::tier_schema)]
     pub isolation: Option<crate::domain::Isolation>,

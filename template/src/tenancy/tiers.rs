@@ -1,33 +1,45 @@
-//! Changing a hybrid tenant's tier (`tenant move <identifier> --isolation schema`, the
-//! admin API's `{"isolation": "schema"}`): a tenant that outgrows the shared tables gets
-//! a schema of its own, without downtime.
+//! Changing a hybrid tenant's tier (`tenant move <identifier> --isolation <tier>`, the
+//! admin API's `{"isolation": ...}`): a tenant that outgrows the shared tables gets a
+//! schema of its own, and one that outgrows that a database of its own, without
+//! downtime; one tier up at a time.
 //!
-//! The tenant is read-only (maintenance `moving`) while one transaction copies its rows
-//! into its schema, deletes them from the shared tables and names its new tier in the
-//! registry; then it takes writes in its schema. Interrupted before that commit, the
-//! move changed nothing but the empty schema it prepared (given up, or reused when run
-//! again); after it, running it again ends the read-only state.
+//! The tenant is read-only (maintenance `moving`) while one transaction copies its data
+//! to the new place, names its new tier in the registry and leaves the old place
+//! refusing it; then it takes writes in the new place, and the old one is dropped once
+//! every replica has heard. Interrupted before that commit, the move changed nothing
+//! but the empty place it prepared (given up, or made anew when run again); after it,
+//! running it again finishes it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Tenancy;
 use super::audit::{Actor, Operation};
+use super::isolation::{ServerAddress, TierTarget};
 use super::lifecycle::LifecycleError;
 use super::moves::{LOCK_WITHIN, Moved};
 use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
 
+/// How long a schema left for a database stays (refusing the tenant) before it is
+/// dropped: replicas hear of a change within a second.
+const REPLICAS_HEAR_WITHIN: Duration = Duration::from_secs(2);
+
 impl Tenancy {
-    /// Moves `identifier`'s data to tier `to` (from `rls` to `schema`), or finishes its
-    /// interrupted move there; `progress` hears of each step.
+    /// Moves `identifier`'s data one tier up, to `to` (`server`: where its database goes,
+    /// for tier `database`), or finishes its interrupted move there; `progress` hears of
+    /// each step.
     pub async fn change_tier(
         &self,
         actor: &Actor,
         identifier: &TenantIdentifier,
         to: Isolation,
+        server: Option<ServerAddress>,
         progress: impl FnMut(String),
     ) -> Result<Moved, LifecycleError> {
-        let params = serde_json::json!({ "isolation": to.as_str() });
-        let run = self.retier(identifier, to, progress);
+        let params = serde_json::json!({
+            "isolation": to.as_str(),
+            "server": server.as_ref().map(ServerAddress::as_str),
+        });
+        let run = self.retier(identifier, to, server.as_ref(), progress);
         self.audited(actor, Operation::Move, identifier, params, run)
             .await
     }
@@ -36,35 +48,34 @@ impl Tenancy {
         &self,
         identifier: &TenantIdentifier,
         to: Isolation,
+        server: Option<&ServerAddress>,
         mut progress: impl FnMut(String),
     ) -> Result<Moved, LifecycleError> {
         let (ctx, hybrid) = (self.context(), self.strategy());
         // Held until the move returns.
         let (tenant, _one_move) = self.movable(identifier).await?;
-        if tenant.isolation == to && tenant.maintenance == Maintenance::Moving {
-            progress(format!(
-                "resuming: in tier {to} already; ends its read-only state"
-            ));
-            self.end_moving(&tenant).await?;
-            return Ok(Moved::new(&tenant, None, None, Vec::new(), 0));
+        if tenant.isolation == to && self.unfinished(&tenant).await? {
+            progress(format!("resuming: in tier {to} already"));
+            return self.finish_tier(&tenant, Vec::new(), 0, progress).await;
         }
-        hybrid.check_tier_change(&tenant, to)?;
-        progress(format!("preparing its tier {to}"));
-        if let Err(error) = hybrid.prepare_tier(ctx, &tenant).await {
-            return Err(self.give_up_tier(&tenant, false, error.into()).await);
-        }
+        hybrid.check_tier_change(&tenant, to, server)?;
+        progress(format!("preparing its place in tier {to}"));
+        let target = match hybrid.prepare_tier(ctx, &tenant, to, server).await {
+            Ok(target) => target,
+            Err(error) => return Err(self.give_up_tier(&tenant, to, false, error.into()).await),
+        };
         let started = Instant::now();
         let ours = match self.mark_moving(&tenant).await {
             Ok(ours) => ours,
-            Err(error) => return Err(self.give_up_tier(&tenant, false, error).await),
+            Err(error) => return Err(self.give_up_tier(&tenant, to, false, error).await),
         };
         progress(format!(
-            "read-only: moving its rows from tier {} to {to}",
+            "read-only: moving its data from tier {} to {to}",
             tenant.isolation
         ));
-        let tables = match hybrid.switch_tier(ctx, &tenant, LOCK_WITHIN).await {
+        let tables = match hybrid.switch_tier(ctx, &tenant, &target, LOCK_WITHIN).await {
             Ok(tables) => tables,
-            Err(error) => return Err(self.give_up_tier(&tenant, ours, error.into()).await),
+            Err(error) => return Err(self.give_up_tier(&tenant, to, ours, error.into()).await),
         };
         for copied in &tables {
             progress(format!("copied {}: {} rows", copied.table, copied.rows));
@@ -80,24 +91,66 @@ impl Tenancy {
         ));
         let read_only_ms = u64::try_from(read_only.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, from = %tenant.isolation, to = %to, read_only_ms, "tenant changed tier");
+        if matches!(target, TierTarget::Database { .. }) {
+            tokio::time::sleep(REPLICAS_HEAR_WITHIN).await;
+        }
         let now = Tenant {
             isolation: to,
             ..tenant
         };
-        Ok(Moved::new(&now, None, None, tables, read_only_ms))
+        self.finish_tier(&now, tables, read_only_ms, progress).await
     }
 
-    /// Gives up a change of tier that failed before its switch (`error`): the tenant
-    /// takes writes where it is again (if the move made it read-only: `ours`).
+    /// Whether `tenant`'s switch happened and its move is not finished: still read-only,
+    /// or (in tier `database`) its old schema still there.
+    async fn unfinished(&self, tenant: &Tenant) -> Result<bool, LifecycleError> {
+        Ok(tenant.maintenance == Maintenance::Moving
+            || (tenant.isolation == Isolation::Database
+                && self
+                    .strategy()
+                    .has_old_schema(self.context(), tenant)
+                    .await?))
+    }
+
+    /// Ends a switched move: the tenant takes writes (if the move left it read-only) and
+    /// a schema it left for its database is dropped.
+    async fn finish_tier(
+        &self,
+        tenant: &Tenant,
+        tables: Vec<super::isolation::TableCopy>,
+        read_only_ms: u64,
+        mut progress: impl FnMut(String),
+    ) -> Result<Moved, LifecycleError> {
+        let now = self.get_tenant(&tenant.identifier).await?;
+        if now.maintenance == Maintenance::Moving {
+            self.end_moving(&now).await?;
+        }
+        if now.isolation == Isolation::Database {
+            if let Err(error) = self.strategy().drop_old_schema(self.context(), &now).await {
+                return Err(LifecycleError::Conflict(format!(
+                    "tenant '{}' is served from its database, but its old schema is not \
+                     dropped yet ({error}): run the same move again to finish it",
+                    tenant.identifier
+                )));
+            }
+            progress("dropped its old schema".into());
+        }
+        let placed = self.databases().placement_of(self.context(), &now).await?;
+        Ok(Moved::new(&now, None, placed, tables, read_only_ms))
+    }
+
+    /// Gives up a change of tier to `to` that failed before its switch (`error`): the
+    /// tenant takes writes where it is again (if the move made it read-only: `ours`).
     async fn give_up_tier(
         &self,
         tenant: &Tenant,
+        to: Isolation,
         ours: bool,
         error: LifecycleError,
     ) -> LifecycleError {
         let given_up = self
             .strategy()
-            .abandon_tier(self.context(), tenant)
+            .abandon_tier(self.context(), tenant, to)
             .await
             .map_err(LifecycleError::from);
         let ended = match (&given_up, ours) {

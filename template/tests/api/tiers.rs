@@ -1,8 +1,8 @@
-//! Changing a hybrid tenant's tier (`tenant move --isolation schema`): under writes from
-//! two replicas no acknowledged write is lost, no answer holds another tenant's row and
-//! the tenant is never answered from nowhere; the other tenants of the shared tables
-//! lose nothing; a request that reaches the shared tables after the switch is refused;
-//! an interrupted move is finished by running it again.
+//! Changing a hybrid tenant's tier (`tenant move --isolation`), rls to schema to
+//! database: under writes from two replicas no acknowledged write is lost, no answer holds
+//! another tenant's row and the tenant is never answered from nowhere; the other tenants
+//! of the shared tables lose nothing; a request that reaches a place the tenant left is
+//! refused; an interrupted move is finished by running it again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use futures_util::future::join;
 use serde_json::json;
 
-use crate::helpers::{TestApp, binary, operator, query_url, spawn_app};
+use crate::helpers::{TestApp, binary, operator, query_url, spawn_app, with_database};
 use svc::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
 
@@ -33,10 +33,18 @@ async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
 /// The titles of `tenant`'s notes in its schema, read as the owner.
 async fn titles_in_schema(app: &TestApp, tenant: &Tenant) -> Vec<String> {
     let sql = format!("SELECT title FROM \"tenant_{}\".notes", tenant.identifier);
-    app.db
-        .query(&sql)
-        .await
-        .into_iter()
+    let rows = app.db.query(&sql).await;
+    rows.into_iter()
+        .filter_map(|mut row| row.remove(0))
+        .collect()
+}
+
+/// The titles of `tenant`'s notes in its own database.
+async fn titles_in_database(app: &TestApp, tenant: &Tenant) -> Vec<String> {
+    let name = format!("{}{}", app.db.tenant_database_prefix, tenant.identifier);
+    let url = with_database(&app.db.server, &name);
+    let rows = query_url(&url, "SELECT title FROM notes").await.unwrap();
+    rows.into_iter()
         .filter_map(|mut row| row.remove(0))
         .collect()
 }
@@ -55,6 +63,21 @@ async fn shared_rows(app: &TestApp, tenant: &Tenant) -> i64 {
         .unwrap()
 }
 
+/// What the application role gets for `sql` run with `tenant`'s scope (`search_path` and
+/// `app.tenant_id`) as a replica that has not heard of its move would: the error's message.
+async fn stale_error(app: &TestApp, tenant: &Tenant, search_path: &str, sql: &str) -> String {
+    let scoped = format!(
+        "SELECT set_config('app.tenant_id', '{}', false), \
+           set_config('search_path', '{search_path}', false); {sql}",
+        tenant.id
+    );
+    let error = query_url(&app.db.app_url, &scoped).await.unwrap_err();
+    error
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default()
+}
+
 /// Writes `$count` notes titled `<tenant>-seed-<n>` through `$service`.
 macro_rules! seed {
     ($service:expr, $tenant:expr, $count:expr) => {
@@ -68,8 +91,7 @@ macro_rules! seed {
 }
 
 #[actix_web::test]
-async fn a_tenant_moved_from_rls_to_schema_under_writes_from_two_replicas_keeps_every_acknowledged_write()
- {
+async fn promoted_rls_to_schema_to_database_under_writes_from_two_replicas() {
     let a = spawn_app().await;
     let b = svc::startup::prepare(&a.settings).await.unwrap();
     let service_a = service!(a);
@@ -137,39 +159,42 @@ async fn a_tenant_moved_from_rls_to_schema_under_writes_from_two_replicas_keeps_
         }
     };
     let moving = async {
-        // Writes under way before, during and after.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let moved = a
-            .tenancy
-            .change_tier(&operator(), &acme.identifier, Isolation::Schema, |step| {
-                eprintln!("move: {step}")
-            })
-            .await
-            .unwrap();
+        // Writes under way before, during and after each move.
+        let mut moves = Vec::new();
+        for tier in [Isolation::Schema, Isolation::Database] {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let moved = a
+                .tenancy
+                .change_tier(&operator(), &acme.identifier, tier, None, |step| {
+                    eprintln!("move: {step}")
+                })
+                .await
+                .unwrap();
+            let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
+            eprintln!(
+                "to {tier}: {rows} rows copied, read-only for {} ms",
+                moved.read_only_ms
+            );
+            assert_eq!(moved.isolation, tier);
+            assert!(rows >= 200, "{moved:?}");
+            moves.push(rows);
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         done.set(true);
-        moved
+        moves
     };
-    let (moved, ()) = join(moving, load).await;
+    let (moves, ()) = join(moving, load).await;
     eprintln!(
-        "moved {:?} (read-only for {} ms); {} writes acknowledged, {} refused, {} answers read",
-        moved.tables,
-        moved.read_only_ms,
+        "{} writes acknowledged, {} refused, {} answers read",
         acknowledged.borrow().len(),
         refused.get(),
         answers.get()
     );
-    assert_eq!(moved.isolation, Isolation::Schema);
-    assert!(
-        moved
-            .tables
-            .iter()
-            .any(|t| t.table == "notes" && t.rows >= 200)
-    );
+    assert!(moves[1] >= moves[0], "{moves:?}");
 
-    // Every acknowledged write is in the tenant's schema, with the seed, and nothing else;
-    // nothing of it is left in the shared tables.
-    let copied = titles_in_schema(&a, &acme).await;
+    // Every acknowledged write is in the tenant's database, with the seed, and nothing
+    // else; nothing of it is left in the shared tables, and its schema is gone.
+    let copied = titles_in_database(&a, &acme).await;
     let copied_set: HashSet<&String> = copied.iter().collect();
     assert_eq!(copied.len(), copied_set.len(), "a row copied twice");
     let acknowledged = acknowledged.take();
@@ -181,47 +206,37 @@ async fn a_tenant_moved_from_rls_to_schema_under_writes_from_two_replicas_keeps_
     assert_eq!(copied.len(), 200 + acknowledged.len());
     assert!(copied.iter().all(|t| t.starts_with("acme-")));
     assert_eq!(shared_rows(&a, &acme).await, 0);
+    assert!(!a.db.schemas().await.contains(&"tenant_acme".to_string()));
     // The others lost nothing.
     assert_eq!(shared_rows(&a, &globex).await, 20 + globex_written.get());
     assert_eq!(a.db.notes_of(&initech).await, Some(20));
 
-    // Both replicas serve acme from its schema.
+    // Both replicas serve acme from its database.
     for (replica, service) in [("a", &service_a), ("b", &service_b)] {
         let title = format!("acme-after-{replica}");
         let (status, body) =
             call!(service, post "/api/notes", tenant = "acme", json = json!({"title": title}));
         assert_eq!(status, StatusCode::CREATED, "replica {replica}: {body}");
-        assert!(titles_in_schema(&a, &acme).await.contains(&title));
+        assert!(titles_in_database(&a, &acme).await.contains(&title));
     }
     let now = a.tenancy.get_tenant(&acme.identifier).await.unwrap();
     assert_eq!(
         (now.isolation, now.maintenance),
-        (Isolation::Schema, Maintenance::Off)
+        (Isolation::Database, Maintenance::Off)
     );
-    let history = a.tenancy.history(&acme.identifier, 5, None).await.unwrap();
-    assert!(
-        history
-            .iter()
-            .any(|e| e.operation == "move" && e.result == "ok"),
-        "{history:?}"
-    );
+    let history = a.tenancy.history(&acme.identifier, 10, None).await.unwrap();
+    let moved = history
+        .iter()
+        .filter(|e| e.operation == "move" && e.result == "ok");
+    assert_eq!(moved.count(), 2, "{history:?}");
 
     // A replica that had not heard would read or write through the shared tables: refused.
-    for stale in [
-        "SELECT count(*) FROM tenancy_data.notes",
-        "INSERT INTO tenancy_data.notes (title) VALUES ('acme-stale')",
+    for sql in [
+        "SELECT count(*) FROM notes",
+        "INSERT INTO notes (title) VALUES ('acme-stale')",
     ] {
-        let sql = format!(
-            "SELECT set_config('app.tenant_id', '{}', false); {stale}",
-            acme.id
-        );
-        let error = query_url(&a.db.app_url, &sql).await.unwrap_err();
-        let error = error.as_db_error().map(|e| e.message().to_owned());
-        assert_eq!(
-            error.as_deref(),
-            Some("tenant moved to another tier: retry"),
-            "{stale}"
-        );
+        let error = stale_error(&a, &acme, "tenancy_data", sql).await;
+        assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
     }
     assert_eq!(shared_rows(&a, &acme).await, 0);
 }
@@ -242,8 +257,26 @@ fn move_to_tier(app: &TestApp, identifier: &str, tier: &str) -> (bool, String, S
     )
 }
 
+/// Asks for acme's notes until they are `count` (at most a second: what the service takes
+/// to hear of a change made by another process).
+macro_rules! serves_within_a_second {
+    ($service:expr, $count:expr) => {
+        let started = Instant::now();
+        loop {
+            let (status, body) = call!($service, get "/api/notes?limit=100", tenant = "acme");
+            if status == StatusCode::OK {
+                assert_eq!(body.as_array().unwrap().len(), $count, "{body}");
+                break;
+            }
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(started.elapsed() < Duration::from_secs(1), "{body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+}
+
 #[actix_web::test]
-async fn the_command_moves_a_tenant_to_a_schema_and_finishes_a_move_interrupted_after_its_switch() {
+async fn the_command_moves_a_tenant_up_and_finishes_a_move_stopped_after_its_switch() {
     let app = spawn_app().await;
     let service = service!(app);
     let acme = create(&app, "acme", Isolation::Rls).await;
@@ -251,49 +284,62 @@ async fn the_command_moves_a_tenant_to_a_schema_and_finishes_a_move_interrupted_
 
     let (ok, stdout, stderr) = move_to_tier(&app, "acme", "schema");
     assert!(ok, "{stdout}{stderr}");
-    assert!(
-        stdout.contains(
-            "tenant acme moved to tier schema: 30 rows in 1 tables copied; read-only for"
-        ),
-        "{stdout}"
-    );
+    let expected = "tenant acme moved to tier schema: 30 rows in 1 tables copied; read-only for";
+    assert!(stdout.contains(expected), "{stdout}");
     for step in [
-        "read-only: moving its rows",
+        "read-only: moving its data",
         "switched: served from tier schema",
     ] {
         assert!(stderr.contains(step), "{step}: {stderr}");
     }
     assert_eq!(titles_in_schema(&app, &acme).await.len(), 30);
     assert_eq!(shared_rows(&app, &acme).await, 0);
-    // The service hears of the move (it was blocked while the command ran).
-    let started = Instant::now();
-    loop {
-        let (status, body) = call!(service, get "/api/notes?limit=100", tenant = "acme");
-        if status == StatusCode::OK {
-            assert_eq!(body.as_array().unwrap().len(), 30, "{body}");
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert!(started.elapsed() < Duration::from_secs(1), "{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The service was blocked while the command ran: it hears of the move now.
+    serves_within_a_second!(service, 30);
 
-    // Stopped after its switch, still read-only: running it again ends that.
+    // Stopped right after its switch to a database: the old schema refuses the tenant,
+    // the tenant is read-only; running the move again finishes it.
+    let hybrid = app.tenancy.strategy();
+    let ctx = app.tenancy.context();
+    let acme = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    let target = hybrid
+        .prepare_tier(ctx, &acme, Isolation::Database, None)
+        .await
+        .unwrap();
     app.db
         .query(&format!(
             "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
             acme.id
         ))
         .await;
-    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "schema");
+    let copied = hybrid
+        .switch_tier(ctx, &acme, &target, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(copied[0].rows, 30);
+    for sql in [
+        "SELECT count(*) FROM notes",
+        "INSERT INTO notes (title) VALUES ('acme-stale')",
+        "DELETE FROM notes",
+    ] {
+        let error = stale_error(&app, &acme, "tenant_acme", sql).await;
+        assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
+    }
+    assert_eq!(titles_in_schema(&app, &acme).await.len(), 30);
+    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "database");
     assert!(ok, "{stdout}{stderr}");
-    assert!(stderr.contains("resuming"), "{stderr}");
+    assert!(
+        stderr.contains("resuming") && stderr.contains("dropped its old schema"),
+        "{stderr}"
+    );
     let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
     assert_eq!(
         (now.isolation, now.maintenance),
-        (Isolation::Schema, Maintenance::Off)
+        (Isolation::Database, Maintenance::Off)
     );
-    assert_eq!(titles_in_schema(&app, &acme).await.len(), 30);
+    assert!(!app.db.schemas().await.contains(&"tenant_acme".to_string()));
+    assert_eq!(titles_in_database(&app, &acme).await.len(), 30);
+    serves_within_a_second!(service, 30);
 }
 
 #[actix_web::test]
@@ -303,18 +349,14 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
     let premium = create(&app, "premium", Isolation::Schema).await;
     for (tenant, tier, why) in [
         (&premium, Isolation::Schema, "in tier schema already"),
-        (&premium, Isolation::Rls, "only a move from rls to schema"),
-        (
-            &shared,
-            Isolation::Database,
-            "only a move from rls to schema",
-        ),
+        (&premium, Isolation::Rls, "one tier up at a time"),
+        (&shared, Isolation::Database, "one tier up at a time"),
     ] {
-        match app
+        let changed = app
             .tenancy
-            .change_tier(&operator(), &tenant.identifier, tier, |_| {})
-            .await
-        {
+            .change_tier(&operator(), &tenant.identifier, tier, None, |_| {})
+            .await;
+        match changed {
             Err(LifecycleError::Conflict(message)) => assert!(message.contains(why), "{message}"),
             other => panic!("{} to {tier}: {other:?}", tenant.identifier),
         }
@@ -324,7 +366,7 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
             (tenant.isolation, Maintenance::Off)
         );
     }
-    // No schema was left behind for the tenant that stayed in the shared tables.
+    // Nothing was made for the tenants that stayed where they were.
     assert!(
         !app.db
             .schemas()
@@ -335,3 +377,68 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
     assert!(!ok);
     assert!(stderr.contains("--isolation"), "{stderr}");
 }
+{%- if admin_api %}
+
+#[actix_web::test]
+async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server() {
+    let (app, other) = crate::servers::spawn_with_other_server().await;
+    let service = service!(app);
+    let acme = create(&app, "acme", Isolation::Rls).await;
+    seed!(service, "acme", 5);
+    let post = |body: serde_json::Value| {
+        actix_web::test::TestRequest::post()
+            .uri("/admin/tenants/acme/move")
+            .insert_header((
+                "Authorization",
+                format!("Bearer {}", crate::helpers::ADMIN_TOKEN),
+            ))
+            .set_json(body)
+            .to_request()
+    };
+    let service = &service;
+    let call = |body| async move { actix_web::test::call_service(service, post(body)).await };
+    // A server for a tier that has none is refused; so is a tier skipped.
+    let refused = call(json!({"isolation": "schema", "to": other.address})).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused = call(json!({"isolation": "database"})).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+
+    let moved = call(json!({"isolation": "schema"})).await;
+    assert_eq!(moved.status(), StatusCode::OK);
+    let body: serde_json::Value = actix_web::test::read_body_json(moved).await;
+    assert_eq!(body["isolation"], "schema", "{body}");
+    assert_eq!(body["tables"], json!([{"table": "notes", "rows": 5}]));
+    assert!(body["read_only_ms"].as_u64().is_some(), "{body}");
+
+    let moved = call(json!({"isolation": "database", "to": other.address})).await;
+    assert_eq!(moved.status(), StatusCode::OK);
+    let body: serde_json::Value = actix_web::test::read_body_json(moved).await;
+    assert_eq!(body["isolation"], "database", "{body}");
+    assert_eq!(body["to"], json!(other.address), "{body}");
+    assert_eq!(body["tables"], json!([{"table": "notes", "rows": 5}]));
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+    assert!(other.has_database(&name).await);
+    let again = call(json!({"isolation": "database"})).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(
+        (status, body.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(5))
+    );
+    let history = app
+        .tenancy
+        .history(&acme.identifier, 10, None)
+        .await
+        .unwrap();
+    let results: Vec<&str> = history
+        .iter()
+        .filter(|e| e.operation == "move")
+        .map(|e| e.result.as_str())
+        .collect();
+    assert_eq!(
+        results,
+        ["refused", "ok", "ok", "refused", "refused"],
+        "{history:?}"
+    );
+}
+{%- endif %}

@@ -12,6 +12,9 @@
 
 pub(crate) mod copy;
 mod moving;
+{%- if isolation == "hybrid" %}
+mod tiers;
+{%- endif %}
 
 use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
 use diesel::{OptionalExtension, QueryResult};

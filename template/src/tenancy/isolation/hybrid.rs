@@ -8,6 +8,9 @@
 //! the same for all three.
 
 mod tiers;
+mod to_database;
+
+pub use tiers::TierTarget;
 
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;

@@ -12,11 +12,12 @@ pub struct TableCopy {
     pub rows: u64,
 }
 
-/// A table of a schema: its name, its qualified and quoted name, its columns (quoted;
+/// A table of a schema: its name, quoted alone and qualified, its columns (quoted;
 /// generated ones left out, PostgreSQL computes them), and the tables it references.
 pub(crate) struct Table {
     oid: i64,
     pub(crate) name: String,
+    ident: String,
     pub(crate) quoted: String,
     pub(crate) columns: Vec<String>,
     references: Vec<i64>,
@@ -27,7 +28,8 @@ pub(crate) struct Table {
 pub(crate) async fn tables_in_order(source: &Client, schema: &str) -> Result<Vec<Table>, String> {
     let rows = source
         .query(
-            "SELECT c.oid::int8, c.relname::text, format('%I.%I', n.nspname, c.relname), \
+            "SELECT c.oid::int8, c.relname::text, quote_ident(c.relname), \
+               format('%I.%I', n.nspname, c.relname), \
                coalesce((SELECT array_agg(quote_ident(a.attname::text) ORDER BY a.attnum) \
                   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
                    AND NOT a.attisdropped AND a.attgenerated = ''), '{}'::text[]), \
@@ -47,9 +49,10 @@ pub(crate) async fn tables_in_order(source: &Client, schema: &str) -> Result<Vec
         .map(|row| Table {
             oid: row.get(0),
             name: row.get(1),
-            quoted: row.get(2),
-            columns: row.get(3),
-            references: row.get(4),
+            ident: row.get(2),
+            quoted: row.get(3),
+            columns: row.get(4),
+            references: row.get(5),
         })
         .collect();
     let known: Vec<i64> = pending.iter().map(|t| t.oid).collect();
@@ -72,12 +75,17 @@ pub(crate) async fn tables_in_order(source: &Client, schema: &str) -> Result<Vec
     Ok(ordered)
 }
 
-/// Copies every table of `source` into `target` (empty tables of the same definition),
-/// then sets `target`'s sequences where `source`'s are. Run `source` in a transaction
-/// that holds its tables still, and `target` in one that commits when this returns.
-pub async fn copy_tables(source: &Client, target: &Client) -> Result<Vec<TableCopy>, String> {
+/// Copies every table of schema `schema` of `source` into the table of the same name
+/// in `public` of `target` (empty tables of the same definition), then sets `target`'s
+/// sequences where `source`'s are. Run `source` in a transaction that holds its tables
+/// still, and `target` in one that commits when this returns.
+pub async fn copy_tables(
+    source: &Client,
+    schema: &str,
+    target: &Client,
+) -> Result<Vec<TableCopy>, String> {
     let mut copied = Vec::new();
-    for table in tables_in_order(source, "public").await? {
+    for table in tables_in_order(source, schema).await? {
         let failed = |e: tokio_postgres::Error| format!("copying table {}: {e}", table.name);
         let columns = table.columns.join(", ");
         let expected: i64 = source
@@ -94,8 +102,8 @@ pub async fn copy_tables(source: &Client, target: &Client) -> Result<Vec<TableCo
             .map_err(failed)?;
         let sink = target
             .copy_in(&format!(
-                "COPY {} ({columns}) FROM STDIN (FORMAT binary)",
-                table.quoted
+                "COPY public.{} ({columns}) FROM STDIN (FORMAT binary)",
+                table.ident
             ))
             .await
             .map_err(failed)?;
@@ -118,9 +126,9 @@ pub async fn copy_tables(source: &Client, target: &Client) -> Result<Vec<TableCo
     }
     let sequences = source
         .query(
-            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
-             WHERE schemaname = 'public' AND last_value IS NOT NULL",
-            &[],
+            "SELECT format('public.%I', sequencename), last_value FROM pg_sequences \
+             WHERE schemaname = $1 AND last_value IS NOT NULL",
+            &[&schema],
         )
         .await
         .map_err(|e| format!("reading the sequences: {e}"))?;

@@ -87,7 +87,7 @@ impl DatabaseStrategy {
     }
 
     /// The owner's bare connection to `tenant`'s database on `server` (for `COPY`).
-    async fn owner_inside(
+    pub(crate) async fn owner_inside(
         &self,
         ctx: &Context,
         name: &SqlIdentifier,
@@ -216,7 +216,7 @@ impl DatabaseStrategy {
         let copy_failed = |e: tokio_postgres::Error| PlaceError::Copy(e.to_string());
         lock_against_writes(&source, lock_within).await?;
         target.batch_execute("BEGIN").await.map_err(copy_failed)?;
-        let copied = copy::copy_tables(&source, &target)
+        let copied = copy::copy_tables(&source, "public", &target)
             .await
             .map_err(PlaceError::Copy)?;
         target.batch_execute("COMMIT").await.map_err(copy_failed)?;
@@ -361,22 +361,48 @@ impl DatabaseStrategy {
         name: &SqlIdentifier,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let mut there = self.owner_on(ctx, moving.to.as_ref()).await?;
-        let ours: Exists = diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = $1 \
-               AND shobj_description(d.oid, 'pg_database') = $2) AS exists",
+        self.drop_marked(ctx, name, moving.to.as_ref(), &moving.marker(), false)
+            .await
+    }
+
+    /// Drops database `name` on `server` if it is marked with `marker`; one not marked so
+    /// is left alone, or refused (`refuse_others`).
+    pub(super) async fn drop_marked(
+        &self,
+        ctx: &Context,
+        name: &SqlIdentifier,
+        server: Option<&ServerAddress>,
+        marker: &str,
+        refuse_others: bool,
+    ) -> Result<(), PlaceError> {
+        let mut there = self.owner_on(ctx, server).await?;
+        let found: Option<Exists> = diesel::sql_query(
+            "SELECT shobj_description(d.oid, 'pg_database') IS NOT DISTINCT FROM $2 AS exists \
+             FROM pg_database d WHERE d.datname = $1",
         )
         .bind::<Text, _>(name.as_str())
-        .bind::<Text, _>(moving.marker())
+        .bind::<Text, _>(marker)
         .get_result(&mut there)
-        .await?;
-        if ours.exists {
-            diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                name.quoted()
-            ))
-            .execute(&mut there)
-            .await?;
+        .await
+        .optional()?;
+        match found {
+            Some(Exists { exists: true }) => {
+                diesel::sql_query(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    name.quoted()
+                ))
+                .execute(&mut there)
+                .await?;
+            }
+            Some(Exists { exists: false }) if refuse_others => {
+                return Err(PlaceError::Conflict(format!(
+                    "{} already has a database {}: it may be another's; drop it or choose \
+                     another server",
+                    server_name(server),
+                    name.quoted()
+                )));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -461,7 +487,7 @@ async fn seal(source: &tokio_postgres::Client, ctx: &Context) -> Result<(), Plac
 }
 
 /// The owner's connection to the control database.
-async fn control(ctx: &Context) -> Result<PgConn, PlaceError> {
+pub(super) async fn control(ctx: &Context) -> Result<PgConn, PlaceError> {
     Ok(ctx
         .connect(ctx.owner.clone())
         .await

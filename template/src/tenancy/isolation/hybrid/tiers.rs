@@ -1,11 +1,13 @@
-//! Changing a tenant's tier (`tenant move --isolation`): from `rls` to `schema`, i.e. a
-//! tenant's rows leave the shared tables for a schema of its own, in the same database.
+//! Changing a tenant's tier (`tenant move --isolation`), one step up at a time: `rls` to
+//! `schema` (its rows leave the shared tables for a schema of its own, in the same
+//! database), `schema` to `database` (its schema's tables go to a database of its own,
+//! on any server of `TENANCY_DATABASE_SERVERS`).
 //!
-//! Copy, delete and switch are one transaction: it locks the shared tables against writes
-//! (reads go on), copies the tenant's rows into its schema, deletes them from the shared
-//! tables and names the new tier in the registry. Interrupted, it changed nothing. From
-//! its commit on, the shared tables' policies refuse the tenant (a replica that has not
-//! heard yet gets an error to retry, not an empty answer).
+//! Each switch is one transaction in the shared database: it locks the tenant's tables
+//! against writes, copies them to the new place, names the new tier in the registry and
+//! leaves the old place refusing the tenant: a replica that has not heard of the switch
+//! yet gets an error to retry (503), never an answer from the old place or from nowhere.
+//! Interrupted before its commit, a switch changed nothing.
 
 use std::time::Duration;
 
@@ -13,11 +15,22 @@ use tokio_postgres::Client;
 
 use super::HybridStrategy;
 use crate::db::pool::TENANT_SETTING;
-use crate::domain::{Isolation, Tenant};
+use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::database::copy::{TableCopy, tables_in_order};
 use crate::tenancy::isolation::rls::DATA_SCHEMA;
 use crate::tenancy::isolation::schema::SchemaName;
-use crate::tenancy::isolation::{Context, PlaceError, Strategy};
+use crate::tenancy::isolation::{Context, PlaceError, ServerAddress, Strategy};
+
+/// Where a change of tier copies a tenant to, made ready by [`HybridStrategy::prepare_tier`].
+pub enum TierTarget {
+    /// Its schema, in the shared database.
+    Schema,
+    /// Its database, on `server` (`None`: the default server).
+    Database {
+        name: SqlIdentifier,
+        server: Option<ServerAddress>,
+    },
+}
 
 /// `tenant` as it is in tier `tier` (the strategies check the tier they are given).
 fn in_tier(tenant: &Tenant, tier: Isolation) -> Tenant {
@@ -27,8 +40,33 @@ fn in_tier(tenant: &Tenant, tier: Isolation) -> Tenant {
     }
 }
 
-fn failed(error: tokio_postgres::Error) -> PlaceError {
+pub(super) fn failed(error: tokio_postgres::Error) -> PlaceError {
     PlaceError::Copy(error.to_string())
+}
+
+/// Names tier `to` in the registry for `tenant`, if it is still in tier `from`, and
+/// commits `owner`'s transaction (the switch); refused if another changed its tier.
+pub(super) async fn commit_tier(
+    owner: &Client,
+    tenant: &Tenant,
+    from: Isolation,
+    to: Isolation,
+) -> Result<(), PlaceError> {
+    let switched = owner
+        .execute(
+            "UPDATE tenancy.tenants SET isolation = $2 \
+             WHERE id = $1::text::uuid AND isolation = $3",
+            &[&tenant.id.to_string(), &to.as_str(), &from.as_str()],
+        )
+        .await
+        .map_err(failed)?;
+    if switched != 1 {
+        return Err(PlaceError::Conflict(format!(
+            "tenant '{}' changed tier meanwhile",
+            tenant.identifier
+        )));
+    }
+    owner.batch_execute("COMMIT").await.map_err(failed)
 }
 
 /// Sets the sequences of `table`'s serial and identity columns past the rows copied in.
@@ -59,32 +97,103 @@ async fn set_sequences(owner: &Client, table: &str) -> Result<(), PlaceError> {
 }
 
 impl HybridStrategy {
-    /// Refuses a change of tier this service does not make: only `rls` to `schema`.
-    pub fn check_tier_change(&self, tenant: &Tenant, to: Isolation) -> Result<(), PlaceError> {
-        match (tenant.isolation, to) {
-            (Isolation::Rls, Isolation::Schema) => Ok(()),
-            (from, to) if from == to => Err(PlaceError::Conflict(format!(
+    /// Refuses a change of tier this service does not make: `rls` to `schema` and
+    /// `schema` to `database` are made; `server` only with the `database` tier.
+    pub fn check_tier_change(
+        &self,
+        tenant: &Tenant,
+        to: Isolation,
+        server: Option<&ServerAddress>,
+    ) -> Result<(), PlaceError> {
+        match (tenant.isolation, to, server) {
+            (Isolation::Rls, Isolation::Schema, None) => Ok(()),
+            (Isolation::Schema, Isolation::Database, server) => {
+                server.map_or(Ok(()), |s| self.database.check_server(s))
+            }
+            (_, Isolation::Schema | Isolation::Rls, Some(_)) => Err(PlaceError::Invalid(
+                "a server is chosen for tier database only".into(),
+            )),
+            (from, to, _) if from == to => Err(PlaceError::Conflict(format!(
                 "tenant '{}' is in tier {to} already",
                 tenant.identifier
             ))),
-            (from, _) => Err(PlaceError::Conflict(format!(
-                "tenant '{}' is in tier {from}: only a move from rls to schema changes a \
-                 tier (a tenant with a database of its own moves between servers)",
+            (from, _, _) => Err(PlaceError::Conflict(format!(
+                "tenant '{}' is in tier {from}: a tenant moves one tier up at a time, rls to \
+                 schema to database",
                 tenant.identifier
             ))),
         }
     }
 
+    /// Makes `tenant`'s place in tier `to` ready (before the tenant is read-only:
+    /// migrations take a while): its schema, or its database on `server`, with the
+    /// tenant tables, empty.
+    pub async fn prepare_tier(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        to: Isolation,
+        server: Option<&ServerAddress>,
+    ) -> Result<TierTarget, PlaceError> {
+        if to == Isolation::Database {
+            let as_database = in_tier(tenant, Isolation::Database);
+            let (name, server) = self
+                .database
+                .prepare_database_of(ctx, &as_database, server, &marker(tenant))
+                .await?;
+            return Ok(TierTarget::Database { name, server });
+        }
+        self.prepare_schema(ctx, tenant).await?;
+        Ok(TierTarget::Schema)
+    }
+
+    /// Copies `tenant` to `target` and switches it there (see the module's
+    /// documentation); `lock_within`: how long to wait for the writes under way.
+    pub async fn switch_tier(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        target: &TierTarget,
+        lock_within: Duration,
+    ) -> Result<Vec<TableCopy>, PlaceError> {
+        match target {
+            TierTarget::Schema => self.switch_to_schema(ctx, tenant, lock_within).await,
+            TierTarget::Database { name, server } => {
+                self.switch_to_database(ctx, tenant, name, server.as_ref(), lock_within)
+                    .await
+            }
+        }
+    }
+
+    /// Gives up a change of tier to `to` that did not switch: drops what
+    /// [`Self::prepare_tier`] made, unless the tenant is in tier `to` after all (a commit
+    /// whose answer was lost).
+    pub async fn abandon_tier(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        to: Isolation,
+    ) -> Result<(), PlaceError> {
+        match to {
+            Isolation::Database => {
+                self.database
+                    .abandon_database_of(ctx, tenant, &marker(tenant))
+                    .await
+            }
+            _ => self.abandon_schema(ctx, tenant).await,
+        }
+    }
+
     /// The owner's connection to the shared database.
-    async fn owner(&self, ctx: &Context) -> Result<Client, PlaceError> {
+    pub(super) async fn owner(&self, ctx: &Context) -> Result<Client, PlaceError> {
         crate::db::connect::bare(ctx.owner.clone(), &ctx.runtime)
             .await
             .map_err(|e| PlaceError::Copy(e.to_string()))
     }
 
-    /// Creates `tenant`'s schema with its tables, empty (before the tenant is read-only:
-    /// migrations take a while). Refused: a schema of that name that holds rows.
-    pub async fn prepare_tier(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+    /// Creates `tenant`'s schema with its tables, empty. Refused: a schema of that name
+    /// that holds rows.
+    async fn prepare_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
         for table in tables_in_order(&owner, schema.as_str())
@@ -114,7 +223,7 @@ impl HybridStrategy {
     /// and names tier `schema` in the registry, in one transaction that holds the shared
     /// tables against writes (every `rls` tenant's writes wait for it). `lock_within`:
     /// how long to wait for the writes under way.
-    pub async fn switch_tier(
+    async fn switch_to_schema(
         &self,
         ctx: &Context,
         tenant: &Tenant,
@@ -187,27 +296,13 @@ impl HybridStrategy {
                     PlaceError::Copy(format!("deleting from table {}: {e}", table.name))
                 })?;
         }
-        let switched = owner
-            .execute(
-                "UPDATE tenancy.tenants SET isolation = 'schema' \
-                 WHERE id = $1::text::uuid AND isolation = 'rls'",
-                &[&id],
-            )
-            .await
-            .map_err(failed)?;
-        if switched != 1 {
-            return Err(PlaceError::Conflict(format!(
-                "tenant '{}' changed tier meanwhile",
-                tenant.identifier
-            )));
-        }
-        owner.batch_execute("COMMIT").await.map_err(failed)?;
+        commit_tier(&owner, tenant, Isolation::Rls, Isolation::Schema).await?;
         Ok(copied)
     }
 
-    /// Gives up a change of tier that did not switch: drops the schema it prepared, unless
-    /// the tenant is in tier `schema` after all (a commit whose answer was lost).
-    pub async fn abandon_tier(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+    /// Drops the schema [`Self::prepare_schema`] made, unless the tenant is in tier
+    /// `schema` after all.
+    async fn abandon_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
         let dropped = owner
@@ -228,4 +323,9 @@ impl HybridStrategy {
         }
         Ok(())
     }
+}
+
+/// What marks the database a change of tier made (a resumed change drops only its own).
+fn marker(tenant: &Tenant) -> String {
+    format!("tenant {} changing tier to database", tenant.id)
 }

@@ -1,3 +1,4 @@
+DROP FUNCTION tenancy.moved_away();
 ALTER POLICY tenant_isolation ON notes
     USING (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid)
     WITH CHECK (tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::uuid);
