@@ -6,14 +6,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use futures_util::future::join;
 use serde_json::json;
 
-use crate::helpers::{TestApp, binary, operator, query_url, spawn_app, with_database};
+use crate::helpers::{TestApp, binary, operator, query_url, server_url, spawn_app, with_database};
 use svc::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
 
@@ -340,6 +340,82 @@ async fn the_command_moves_a_tenant_up_and_finishes_a_move_stopped_after_its_swi
     assert!(!app.db.schemas().await.contains(&"tenant_acme".to_string()));
     assert_eq!(titles_in_database(&app, &acme).await.len(), 30);
     serves_within_a_second!(service, 30);
+}
+
+#[actix_web::test]
+async fn a_move_killed_before_its_switch_changes_nothing_until_run_again() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    create(&app, "acme", Isolation::Rls).await;
+    seed!(service, "acme", 30);
+    for tier in ["schema", "database"] {
+        // The move waits for this lock of acme's notes (as for a write under way): killed
+        // there, after its new place was made and the tenant made read-only.
+        let acme = app
+            .tenancy
+            .get_tenant(&TenantIdentifier::parse("acme").unwrap())
+            .await
+            .unwrap();
+        let lock = app.db.lock_notes(&acme).await;
+        let holder: i32 = lock
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let mut killed = Command::new(binary())
+            .args(["tenant", "move", "acme", "--isolation", tier])
+            .env_clear()
+            .envs(app.db.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let blocked =
+            format!("SELECT 1 FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))");
+        let started = Instant::now();
+        while query_url(&server_url(), &blocked).await.unwrap().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the move never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        killed.kill().unwrap(); // SIGKILL: no clean-up of any kind
+        killed.wait().unwrap();
+        drop(lock);
+        // Where it was, read-only: every row served, writes refused.
+        let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+        assert_eq!(
+            (now.isolation, now.maintenance),
+            (acme.isolation, Maintenance::Moving)
+        );
+        serves_within_a_second!(service, 30);
+        let (status, _) = call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "acme-refused"}));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+        // The same command moves it, every row.
+        let (ok, stdout, stderr) = move_to_tier(&app, "acme", tier);
+        assert!(ok, "{stdout}{stderr}");
+        assert!(stderr.contains("copied notes: 30 rows"), "{stderr}");
+        let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+        assert_eq!(
+            (now.isolation.as_str(), now.maintenance),
+            (tier, Maintenance::Off)
+        );
+        serves_within_a_second!(service, 30);
+    }
+    let acme = app
+        .tenancy
+        .get_tenant(&TenantIdentifier::parse("acme").unwrap())
+        .await
+        .unwrap();
+    let mut titles = titles_in_database(&app, &acme).await;
+    titles.sort();
+    let mut seeded: Vec<String> = (0..30).map(|n| format!("acme-seed-{n}")).collect();
+    seeded.sort();
+    assert_eq!(titles, seeded);
+    assert_eq!(shared_rows(&app, &acme).await, 0);
+    assert!(!app.db.schemas().await.contains(&"tenant_acme".to_string()));
 }
 
 #[actix_web::test]
