@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use acme_api::db::pool::{Home, Pool, PoolSettings};
+use acme_api::db::pool::{Home, Limits, Pool, PoolSettings};
 use acme_api::db::settings::Pooler;
 use acme_api::db::tls::PgConfig;
 use acme_api::db::runtime;
@@ -35,7 +35,7 @@ struct Bare {
 async fn bare_list(bare: web::Data<Bare>) -> Result<HttpResponse, AppError> {
     let mut conn = bare
         .pool
-        .get(uuid::Uuid::nil(), Home::Shared, None, || async {
+        .get(uuid::Uuid::nil(), Home::Shared, None, Limits::default(), || async {
             Ok(bare.config.clone())
         })
         .await?;

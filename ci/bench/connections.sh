@@ -5,6 +5,7 @@
 #
 #   bash ci/bench/connections.sh                            # schema rls database x 10 100 1000
 #   STRATEGIES=schema COUNTS="10 1000" DURATION=20s bash ci/bench/connections.sh
+#   STRATEGIES="rls hybrid" ...                             # hybrid: tenants of tier rls
 #
 # For each strategy and count it creates the tenants (1,000 notes each for 10 tenants,
 # 100 for more), then runs, one after the other under `wrk -t2 -c32`:
@@ -120,7 +121,8 @@ for strategy in $STRATEGIES; do
                  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant_t%' LOOP
                    EXECUTE format('INSERT INTO %I.notes (title) SELECT ''note '' || g FROM generate_series(1, $rows) g', s);
                  END LOOP; END \$\$" ;;
-      rls) sql "INSERT INTO tenancy_data.notes (tenant_id, title)
+      # hybrid: its tenants are created in its default tier, rls.
+      rls | hybrid) sql "INSERT INTO tenancy_data.notes (tenant_id, title)
                 SELECT t.id, 'note ' || g FROM tenancy.tenants t, generate_series(1, $rows) g" ;;
       database) for i in $(seq 0 $((count - 1))); do sql "$insert" "${prefix}t$i"; done ;;
     esac
