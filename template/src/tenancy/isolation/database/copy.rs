@@ -17,7 +17,8 @@ pub struct TableCopy {
 pub(crate) struct Table {
     oid: i64,
     pub(crate) name: String,
-    ident: String,
+    /// The name alone, quoted (`quote_ident`).
+    pub(crate) ident: String,
     pub(crate) quoted: String,
     pub(crate) columns: Vec<String>,
     references: Vec<i64>,
@@ -73,6 +74,34 @@ pub(crate) async fn tables_in_order(source: &Client, schema: &str) -> Result<Vec
         ordered.push(pending.remove(next));
     }
     Ok(ordered)
+}
+
+/// Opens a transaction on `client` that holds `tables` (qualified, quoted) in lock `mode`:
+/// `EXCLUSIVE` against writes (reads go on), `ACCESS EXCLUSIVE` against reads too.
+/// Waits `within` at most for the transactions under way; the snapshot is taken after.
+pub(crate) async fn begin_locked(
+    client: &Client,
+    tables: &[String],
+    mode: &str,
+    within: std::time::Duration,
+) -> Result<(), String> {
+    if tables.is_empty() {
+        return Err("there is no table to copy".into());
+    }
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {}; \
+             LOCK TABLE {} IN {mode} MODE",
+            within.as_millis(),
+            tables.join(", ")
+        ))
+        .await
+        .map_err(|e| {
+            format!(
+                "locking the tenant's tables ({mode}) within {within:?} (a long \
+                 transaction holds them?): {e}"
+            )
+        })
 }
 
 /// Copies every table of schema `schema` of `source` into the table of the same name

@@ -436,25 +436,9 @@ async fn lock_against_writes(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    if tables.is_empty() {
-        return Err(PlaceError::Copy(
-            "the tenant's database has no tables".into(),
-        ));
-    }
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {}; \
-             LOCK TABLE {} IN EXCLUSIVE MODE",
-            lock_within.as_millis(),
-            tables.join(", ")
-        ))
+    copy::begin_locked(source, &tables, "EXCLUSIVE", lock_within)
         .await
-        .map_err(|e| {
-            PlaceError::Copy(format!(
-                "locking the tenant's tables against writes within {lock_within:?} \
-                 (a long transaction holds them?): {e}"
-            ))
-        })
+        .map_err(PlaceError::Copy)
 }
 
 /// Ends the transaction of [`lock_against_writes`] so that nothing of the application

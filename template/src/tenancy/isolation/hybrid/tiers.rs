@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::HybridStrategy;
 use crate::db::pool::TENANT_SETTING;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::isolation::database::copy::{TableCopy, tables_in_order};
+use crate::tenancy::isolation::database::copy::{Table, TableCopy, begin_locked, tables_in_order};
 use crate::tenancy::isolation::rls::DATA_SCHEMA;
 use crate::tenancy::isolation::schema::SchemaName;
 use crate::tenancy::isolation::{Context, PlaceError, ServerAddress, Strategy};
@@ -234,26 +234,11 @@ impl HybridStrategy {
         let tables = tables_in_order(&owner, schema.as_str())
             .await
             .map_err(PlaceError::Copy)?;
-        let shared = |name: &str| format!("\"{DATA_SCHEMA}\".\"{name}\"");
-        let locked: Vec<String> = tables.iter().map(|t| shared(&t.name)).collect();
-        if locked.is_empty() {
-            return Err(PlaceError::Copy(format!(
-                "schema {} has no tables",
-                schema.quoted()
-            )));
-        }
-        owner
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = {}; LOCK TABLE {} IN EXCLUSIVE MODE",
-                lock_within.as_millis(),
-                locked.join(", ")
-            ))
+        let shared = |table: &Table| format!("\"{DATA_SCHEMA}\".{}", table.ident);
+        let locked: Vec<String> = tables.iter().map(shared).collect();
+        begin_locked(&owner, &locked, "EXCLUSIVE", lock_within)
             .await
-            .map_err(|e| {
-                PlaceError::Copy(format!(
-                    "locking the shared tables against writes within {lock_within:?}: {e}"
-                ))
-            })?;
+            .map_err(PlaceError::Copy)?;
         let id = tenant.id.to_string();
         owner
             .execute("SELECT set_config($1, $2, true)", &[&TENANT_SETTING, &id])
@@ -268,7 +253,7 @@ impl HybridStrategy {
                         "INSERT INTO {} ({columns}) SELECT {columns} FROM {} \
                          WHERE tenant_id = $1::text::uuid",
                         table.quoted,
-                        shared(&table.name)
+                        shared(table)
                     ),
                     &[&id],
                 )
@@ -287,7 +272,7 @@ impl HybridStrategy {
                 .execute(
                     &format!(
                         "DELETE FROM {} WHERE tenant_id = $1::text::uuid",
-                        shared(&table.name)
+                        shared(table)
                     ),
                     &[&id],
                 )

@@ -7,7 +7,9 @@ use std::time::Duration;
 use super::HybridStrategy;
 use super::tiers::{commit_tier, failed};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::isolation::database::copy::{TableCopy, copy_tables, tables_in_order};
+use crate::tenancy::isolation::database::copy::{
+    TableCopy, begin_locked, copy_tables, tables_in_order,
+};
 use crate::tenancy::isolation::schema::SchemaName;
 use crate::tenancy::isolation::{Context, PlaceError, ServerAddress};
 
@@ -34,25 +36,9 @@ impl HybridStrategy {
             .into_iter()
             .map(|table| table.quoted)
             .collect();
-        if tables.is_empty() {
-            return Err(PlaceError::Copy(format!(
-                "schema {} has no tables",
-                schema.quoted()
-            )));
-        }
-        source
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {}; \
-                 LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-                lock_within.as_millis(),
-                tables.join(", ")
-            ))
+        begin_locked(&source, &tables, "ACCESS EXCLUSIVE", lock_within)
             .await
-            .map_err(|e| {
-                PlaceError::Copy(format!(
-                    "locking the tenant's tables within {lock_within:?}: {e}"
-                ))
-            })?;
+            .map_err(PlaceError::Copy)?;
         let target = self.database.owner_inside(ctx, name, server).await?;
         target.batch_execute("BEGIN").await.map_err(failed)?;
         let copied = copy_tables(&source, schema.as_str(), &target)
