@@ -124,9 +124,9 @@ pub enum TenantCommand {
         mode: String,
     },
 {%- if isolation == "hybrid" %}
-    /// Move a tenant's database to another server, or a tenant of tier rls to a schema
-    /// of its own (read-only meanwhile), or resume its interrupted move: run the same
-    /// command again.
+    /// Move a tenant's database to another server, or its data one tier up or down
+    /// (read-only meanwhile), or resume its interrupted move: run the same command
+    /// again.
     Move {
         identifier: String,
         /// A server of TENANCY_DATABASE_SERVERS (host or host:port), or `default`: the
@@ -137,9 +137,9 @@ pub enum TenantCommand {
             required_unless_present = "isolation"
         )]
         to: Option<String>,
-        /// The tier to move the tenant's data to, one up: schema (from rls), or database
-        /// (from schema; on the server of --to, else where TENANCY_DATABASE_PLACEMENT
-        /// says).
+        /// The tier to move the tenant's data to, one up or down: schema (from rls or
+        /// database), rls (from schema), or database (from schema; on the server of
+        /// --to, else where TENANCY_DATABASE_PLACEMENT says).
         #[arg(long)]
         isolation: Option<String>,
     },

@@ -15,7 +15,7 @@
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
 {%- if tenant_databases %}
-//! | POST | /admin/tenants/{identifier}/move | move its database `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up (`isolation`){% endif %} (read-only meanwhile; answers when done) |
+//! | POST | /admin/tenants/{identifier}/move | move its database `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up or down (`isolation`){% endif %} (read-only meanwhile; answers when done) |
 {%- endif %}
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
 //! | GET | /admin/tenants/{identifier}/jobs | background jobs, newest first (`?state=`, `?limit=`, `?before=<id>`) |
@@ -323,17 +323,18 @@ pub(crate) struct MoveTo {
     #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$", max_length = 253)]
     to: Option<crate::tenancy::isolation::ServerAddress>,
 {%- if isolation == "hybrid" %}
-    /// The tier to move the tenant's data to, one up: `schema` (from `rls`) or
-    /// `database` (from `schema`; its database on `to`, `null`: where
-    /// `TENANCY_DATABASE_PLACEMENT` says); `null`: its database moves to `to`.
+    /// The tier to move the tenant's data to, one up or down: `schema` (from `rls` or
+    /// `database`), `rls` (from `schema`) or `database` (from `schema`; its database on
+    /// `to`, `null`: where `TENANCY_DATABASE_PLACEMENT` says); `null`: its database moves
+    /// to `to`.
     #[serde(default)]
     #[schema(schema_with = crate::tenancy::isolation::tier_schema)]
     isolation: Option<crate::domain::Isolation>,
 {%- endif %}
 }
 
-/// Moves the tenant's database to another server{% if isolation == "hybrid" %}, or its data one tier up
-/// (`isolation`),{% endif %} or resumes its interrupted move: read-only meanwhile, answered
+/// Moves the tenant's database to another server{% if isolation == "hybrid" %}, or its data one tier up or
+/// down (`isolation`),{% endif %} or resumes its interrupted move: read-only meanwhile, answered
 /// when it is done.
 #[utoipa::path(
     post,

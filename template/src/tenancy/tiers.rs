@@ -1,12 +1,12 @@
 //! Changing a hybrid tenant's tier (`tenant move <identifier> --isolation <tier>`, the
 //! admin API's `{"isolation": ...}`): a tenant that outgrows the shared tables gets a
 //! schema of its own, and one that outgrows that a database of its own, without
-//! downtime; one tier up at a time.
+//! downtime; and back down. One tier at a time.
 //!
-//! The tenant is read-only (maintenance `moving`) while one transaction copies its data
-//! to the new place, names its new tier in the registry and leaves the old place
-//! refusing it; then it takes writes in the new place, and the old one is dropped once
-//! every replica has heard. Interrupted before that commit, the move changed nothing
+//! The tenant is read-only (maintenance `moving`) while its data is copied to the new
+//! place, its new tier named in the registry and the old place left refusing it; then
+//! it takes writes in the new place, and the old one is dropped once every replica has
+//! heard. Interrupted before the registry names the new tier, the move changed nothing
 //! but the empty place it prepared (given up, or made anew when run again); after it,
 //! running it again finishes it.
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::Tenancy;
 use super::audit::{Actor, Operation};
-use super::isolation::{ServerAddress, TierTarget};
+use super::isolation::ServerAddress;
 use super::lifecycle::LifecycleError;
 use super::moves::{LOCK_WITHIN, Moved};
 use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
@@ -24,7 +24,7 @@ use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
 const REPLICAS_HEAR_WITHIN: Duration = Duration::from_secs(2);
 
 impl Tenancy {
-    /// Moves `identifier`'s data one tier up, to `to` (`server`: where its database goes,
+    /// Moves `identifier`'s data one tier up or down, to `to` (`server`: where its database goes,
     /// for tier `database`), or finishes its interrupted move there; `progress` hears of
     /// each step.
     pub async fn change_tier(
@@ -64,7 +64,7 @@ impl Tenancy {
             Ok(target) => target,
             Err(error) => return Err(self.give_up_tier(&tenant, to, false, error.into()).await),
         };
-        let started = Instant::now();
+        let (started, from) = (Instant::now(), tenant.isolation);
         let ours = match self.mark_moving(&tenant).await {
             Ok(ours) => ours,
             Err(error) => return Err(self.give_up_tier(&tenant, to, false, error).await),
@@ -81,8 +81,13 @@ impl Tenancy {
             progress(format!("copied {}: {} rows", copied.table, copied.rows));
         }
         progress(format!("switched: served from tier {to}"));
+        let now = Tenant {
+            isolation: to,
+            ..tenant
+        };
+        self.close_connections_of(&now);
         if ours {
-            self.end_moving(&tenant).await?;
+            self.end_moving(&now).await?;
         }
         let read_only = started.elapsed();
         progress(format!(
@@ -90,30 +95,29 @@ impl Tenancy {
             read_only.as_secs_f64()
         ));
         let read_only_ms = u64::try_from(read_only.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, from = %tenant.isolation, to = %to, read_only_ms, "tenant changed tier");
-        if matches!(target, TierTarget::Database { .. }) {
+        tracing::info!(tenant.id = %now.id, tenant.identifier = %identifier, from = %from, to = %to, read_only_ms, "tenant changed tier");
+        // The old place is dropped, unless it is the shared tables.
+        if from != Isolation::Rls {
             tokio::time::sleep(REPLICAS_HEAR_WITHIN).await;
         }
-        let now = Tenant {
-            isolation: to,
-            ..tenant
-        };
         self.finish_tier(&now, tables, read_only_ms, progress).await
     }
 
     /// Whether `tenant`'s switch happened and its move is not finished: still read-only,
-    /// or (in tier `database`) its old schema still there.
+    /// or the place it left still there (a schema, or in tier `schema` a database).
     async fn unfinished(&self, tenant: &Tenant) -> Result<bool, LifecycleError> {
-        Ok(tenant.maintenance == Maintenance::Moving
-            || (tenant.isolation == Isolation::Database
-                && self
-                    .strategy()
-                    .has_old_schema(self.context(), tenant)
-                    .await?))
+        if tenant.maintenance == Maintenance::Moving {
+            return Ok(true);
+        }
+        let (ctx, hybrid) = (self.context(), self.strategy());
+        Ok(match tenant.isolation {
+            Isolation::Schema => hybrid.databases().has_database_left(ctx, tenant).await?,
+            Isolation::Rls | Isolation::Database => hybrid.has_old_schema(ctx, tenant).await?,
+        })
     }
 
-    /// Ends a switched move: the tenant takes writes (if the move left it read-only) and
-    /// a schema it left for its database is dropped.
+    /// Ends a switched move: a database the tenant left is closed, the tenant takes writes
+    /// (if the move left it read-only), and the place it left is dropped.
     async fn finish_tier(
         &self,
         tenant: &Tenant,
@@ -121,18 +125,32 @@ impl Tenancy {
         read_only_ms: u64,
         mut progress: impl FnMut(String),
     ) -> Result<Moved, LifecycleError> {
+        let (ctx, hybrid) = (self.context(), self.strategy());
         let now = self.get_tenant(&tenant.identifier).await?;
+        let not_yet = |error: super::isolation::PlaceError| {
+            LifecycleError::Conflict(format!(
+                "tenant '{}' is served from tier {}, but the place it left is not dropped \
+                 yet ({error}): run the same move again to finish it",
+                tenant.identifier, now.isolation
+            ))
+        };
         if now.maintenance == Maintenance::Moving {
+            if now.isolation == Isolation::Schema {
+                let databases = hybrid.databases();
+                databases
+                    .close_database_left(ctx, &now)
+                    .await
+                    .map_err(not_yet)?;
+            }
             self.end_moving(&now).await?;
         }
-        if now.isolation == Isolation::Database {
-            if let Err(error) = self.strategy().drop_old_schema(self.context(), &now).await {
-                return Err(LifecycleError::Conflict(format!(
-                    "tenant '{}' is served from its database, but its old schema is not \
-                     dropped yet ({error}): run the same move again to finish it",
-                    tenant.identifier
-                )));
+        if now.isolation == Isolation::Schema {
+            let dropped = hybrid.databases().drop_database_left(ctx, &now).await;
+            if let Some(database) = dropped.map_err(not_yet)? {
+                progress(format!("dropped its old database {database}"));
             }
+        } else if hybrid.has_old_schema(ctx, &now).await? {
+            hybrid.drop_old_schema(ctx, &now).await.map_err(not_yet)?;
             progress("dropped its old schema".into());
         }
         let placed = self.databases().placement_of(self.context(), &now).await?;

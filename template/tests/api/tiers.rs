@@ -1,8 +1,8 @@
 //! Changing a hybrid tenant's tier (`tenant move --isolation`), rls to schema to
-//! database: under writes from two replicas no acknowledged write is lost, no answer holds
-//! another tenant's row and the tenant is never answered from nowhere; the other tenants
-//! of the shared tables lose nothing; a request that reaches a place the tenant left is
-//! refused; an interrupted move is finished by running it again.
+//! database and back: under writes from two replicas no acknowledged write is lost, no
+//! answer holds another tenant's row and the tenant is never answered from nowhere; the
+//! other tenants of the shared tables lose nothing; a request that reaches a place the
+//! tenant left is refused; an interrupted move is finished by running it again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -92,12 +92,31 @@ macro_rules! seed {
 
 #[actix_web::test]
 async fn promoted_rls_to_schema_to_database_under_writes_from_two_replicas() {
+    changes_tier_under_writes_from_two_replicas(
+        Isolation::Rls,
+        [Isolation::Schema, Isolation::Database],
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn demoted_database_to_schema_to_rls_under_writes_from_two_replicas() {
+    changes_tier_under_writes_from_two_replicas(
+        Isolation::Database,
+        [Isolation::Schema, Isolation::Rls],
+    )
+    .await;
+}
+
+/// acme, in tier `from`, changes tier twice (`path`) while both replicas write to it and
+/// read every tenant; globex shares the shared tables, initech has a schema.
+async fn changes_tier_under_writes_from_two_replicas(from: Isolation, path: [Isolation; 2]) {
     let a = spawn_app().await;
     let b = svc::startup::prepare(&a.settings).await.unwrap();
     let service_a = service!(a);
     let service_b =
         actix_web::test::init_service(crate::helpers::app(b.clone(), &a.settings)).await;
-    let acme = create(&a, "acme", Isolation::Rls).await;
+    let acme = create(&a, "acme", from).await;
     let globex = create(&a, "globex", Isolation::Rls).await;
     let initech = create(&a, "initech", Isolation::Schema).await;
     seed!(service_a, "acme", 200);
@@ -161,7 +180,7 @@ async fn promoted_rls_to_schema_to_database_under_writes_from_two_replicas() {
     let moving = async {
         // Writes under way before, during and after each move.
         let mut moves = Vec::new();
-        for tier in [Isolation::Schema, Isolation::Database] {
+        for tier in path {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let moved = a
                 .tenancy
@@ -192,9 +211,10 @@ async fn promoted_rls_to_schema_to_database_under_writes_from_two_replicas() {
     );
     assert!(moves[1] >= moves[0], "{moves:?}");
 
-    // Every acknowledged write is in the tenant's database, with the seed, and nothing
-    // else; nothing of it is left in the shared tables, and its schema is gone.
-    let copied = titles_in_database(&a, &acme).await;
+    // Every acknowledged write is where the tenant is now, with the seed, and nothing
+    // else; nothing of it is left anywhere else.
+    let last = path[1];
+    let copied = titles_in(&a, &acme, last).await;
     let copied_set: HashSet<&String> = copied.iter().collect();
     assert_eq!(copied.len(), copied_set.len(), "a row copied twice");
     let acknowledged = acknowledged.take();
@@ -205,40 +225,84 @@ async fn promoted_rls_to_schema_to_database_under_writes_from_two_replicas() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(copied.len(), 200 + acknowledged.len());
     assert!(copied.iter().all(|t| t.starts_with("acme-")));
-    assert_eq!(shared_rows(&a, &acme).await, 0);
-    assert!(!a.db.schemas().await.contains(&"tenant_acme".to_string()));
+    assert_left_nothing(&a, &acme, last).await;
     // The others lost nothing.
     assert_eq!(shared_rows(&a, &globex).await, 20 + globex_written.get());
     assert_eq!(a.db.notes_of(&initech).await, Some(20));
 
-    // Both replicas serve acme from its database.
+    // Both replicas serve acme from its new place.
     for (replica, service) in [("a", &service_a), ("b", &service_b)] {
         let title = format!("acme-after-{replica}");
         let (status, body) =
             call!(service, post "/api/notes", tenant = "acme", json = json!({"title": title}));
         assert_eq!(status, StatusCode::CREATED, "replica {replica}: {body}");
-        assert!(titles_in_database(&a, &acme).await.contains(&title));
+        assert!(titles_in(&a, &acme, last).await.contains(&title));
     }
     let now = a.tenancy.get_tenant(&acme.identifier).await.unwrap();
-    assert_eq!(
-        (now.isolation, now.maintenance),
-        (Isolation::Database, Maintenance::Off)
-    );
+    assert_eq!((now.isolation, now.maintenance), (last, Maintenance::Off));
     let history = a.tenancy.history(&acme.identifier, 10, None).await.unwrap();
     let moved = history
         .iter()
         .filter(|e| e.operation == "move" && e.result == "ok");
     assert_eq!(moved.count(), 2, "{history:?}");
 
-    // A replica that had not heard would read or write through the shared tables: refused.
-    for sql in [
-        "SELECT count(*) FROM notes",
-        "INSERT INTO notes (title) VALUES ('acme-stale')",
-    ] {
-        let error = stale_error(&a, &acme, "tenancy_data", sql).await;
-        assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
+    if from == Isolation::Rls {
+        // A replica that had not heard would read or write through the shared tables:
+        // refused.
+        for sql in [
+            "SELECT count(*) FROM notes",
+            "INSERT INTO notes (title) VALUES ('acme-stale')",
+        ] {
+            let error = stale_error(&a, &acme, "tenancy_data", sql).await;
+            assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
+        }
+        assert_eq!(shared_rows(&a, &acme).await, 0);
     }
-    assert_eq!(shared_rows(&a, &acme).await, 0);
+}
+
+/// The titles of `tenant`'s notes in tier `tier`.
+async fn titles_in(app: &TestApp, tenant: &Tenant, tier: Isolation) -> Vec<String> {
+    match tier {
+        Isolation::Database => titles_in_database(app, tenant).await,
+        Isolation::Schema => titles_in_schema(app, tenant).await,
+        Isolation::Rls => {
+            let sql = format!(
+                "SELECT title FROM tenancy_data.notes WHERE tenant_id = '{}'",
+                tenant.id
+            );
+            let rows = app.db.query(&sql).await;
+            rows.into_iter()
+                .filter_map(|mut row| row.remove(0))
+                .collect()
+        }
+    }
+}
+
+/// Checks that `tenant`, in tier `tier`, has nothing in the other tiers: no row in the
+/// shared tables, no schema, no database.
+async fn assert_left_nothing(app: &TestApp, tenant: &Tenant, tier: Isolation) {
+    if tier != Isolation::Rls {
+        assert_eq!(shared_rows(app, tenant).await, 0);
+    }
+    let schema = format!("tenant_{}", tenant.identifier);
+    assert_eq!(
+        app.db.schemas().await.contains(&schema),
+        tier == Isolation::Schema
+    );
+    let database = format!("{}{}", app.db.tenant_database_prefix, tenant.identifier);
+    let found = format!("SELECT 1 FROM pg_database WHERE datname = '{database}'");
+    assert_eq!(
+        !query_url(&server_url(), &found).await.unwrap().is_empty(),
+        tier == Isolation::Database
+    );
+    let placed = format!(
+        "SELECT 1 FROM tenancy.tenant_databases WHERE tenant_id = '{}'",
+        tenant.id
+    );
+    assert_eq!(
+        !app.db.query(&placed).await.is_empty(),
+        tier == Isolation::Database
+    );
 }
 
 /// `tenant move <identifier> --isolation <tier>`, run by the real binary: its status,
@@ -343,12 +407,111 @@ async fn the_command_moves_a_tenant_up_and_finishes_a_move_stopped_after_its_swi
 }
 
 #[actix_web::test]
+async fn the_command_moves_a_tenant_down_and_finishes_moves_stopped_after_their_switch() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let acme = create(&app, "acme", Isolation::Database).await;
+    seed!(service, "acme", 30);
+    let (hybrid, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    let moving = format!(
+        "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
+        acme.id
+    );
+
+    // Stopped right after its switch to a schema: the database it left takes no session
+    // any more (a replica that had not heard gets an outage to retry), the tenant is
+    // read-only; running the move again finishes it.
+    let target = hybrid
+        .prepare_tier(ctx, &acme, Isolation::Schema, None)
+        .await
+        .unwrap();
+    app.db.query(&moving).await;
+    let copied = hybrid
+        .switch_tier(ctx, &acme, &target, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(copied[0].rows, 30);
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+    let old = with_database(&app.db.server, &name);
+    let refused = query_url(&old, "SELECT count(*) FROM notes")
+        .await
+        .unwrap_err();
+    let refused = refused.as_db_error().map(|e| e.message().to_owned());
+    assert_eq!(
+        refused.as_deref(),
+        Some(format!("database \"{name}\" is not currently accepting connections").as_str())
+    );
+    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "schema");
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("resuming") && stderr.contains("dropped its old database"),
+        "{stderr}"
+    );
+    let acme = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(
+        (acme.isolation, acme.maintenance),
+        (Isolation::Schema, Maintenance::Off)
+    );
+    assert_left_nothing(&app, &acme, Isolation::Schema).await;
+    assert_eq!(titles_in_schema(&app, &acme).await.len(), 30);
+    serves_within_a_second!(service, 30);
+
+    // Stopped right after its switch to the shared tables: its schema refuses it.
+    let target = hybrid
+        .prepare_tier(ctx, &acme, Isolation::Rls, None)
+        .await
+        .unwrap();
+    app.db.query(&moving).await;
+    let copied = hybrid
+        .switch_tier(ctx, &acme, &target, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(copied[0].rows, 30);
+    for sql in [
+        "SELECT count(*) FROM notes",
+        "INSERT INTO notes (title) VALUES ('acme-stale')",
+        "DELETE FROM notes",
+    ] {
+        let error = stale_error(&app, &acme, "tenant_acme", sql).await;
+        assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
+    }
+    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "rls");
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("resuming") && stderr.contains("dropped its old schema"),
+        "{stderr}"
+    );
+    let acme = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(
+        (acme.isolation, acme.maintenance),
+        (Isolation::Rls, Maintenance::Off)
+    );
+    assert_left_nothing(&app, &acme, Isolation::Rls).await;
+    serves_within_a_second!(service, 30);
+    let (status, body) =
+        call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "acme-after"}));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut titles = titles_in(&app, &acme, Isolation::Rls).await;
+    titles.sort();
+    let mut expected: Vec<String> = (0..30).map(|n| format!("acme-seed-{n}")).collect();
+    expected.push("acme-after".into());
+    expected.sort();
+    assert_eq!(titles, expected);
+
+    // And up again, by the command, every row.
+    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "schema");
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(titles_in_schema(&app, &acme).await.len(), 31);
+    assert_left_nothing(&app, &acme, Isolation::Schema).await;
+}
+
+#[actix_web::test]
 async fn a_move_killed_before_its_switch_changes_nothing_until_run_again() {
     let app = spawn_app().await;
     let service = service!(app);
     create(&app, "acme", Isolation::Rls).await;
     seed!(service, "acme", 30);
-    for tier in ["schema", "database"] {
+    for tier in ["schema", "database", "schema", "rls"] {
         // The move waits for this lock of acme's notes (as for a write under way): killed
         // there, after its new place was made and the tenant made read-only.
         let acme = app
@@ -409,13 +572,12 @@ async fn a_move_killed_before_its_switch_changes_nothing_until_run_again() {
         .get_tenant(&TenantIdentifier::parse("acme").unwrap())
         .await
         .unwrap();
-    let mut titles = titles_in_database(&app, &acme).await;
+    let mut titles = titles_in(&app, &acme, Isolation::Rls).await;
     titles.sort();
     let mut seeded: Vec<String> = (0..30).map(|n| format!("acme-seed-{n}")).collect();
     seeded.sort();
     assert_eq!(titles, seeded);
-    assert_eq!(shared_rows(&app, &acme).await, 0);
-    assert!(!app.db.schemas().await.contains(&"tenant_acme".to_string()));
+    assert_left_nothing(&app, &acme, Isolation::Rls).await;
 }
 
 #[actix_web::test]
@@ -423,10 +585,11 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
     let app = spawn_app().await;
     let shared = create(&app, "shared", Isolation::Rls).await;
     let premium = create(&app, "premium", Isolation::Schema).await;
+    let biggest = create(&app, "biggest", Isolation::Database).await;
     for (tenant, tier, why) in [
         (&premium, Isolation::Schema, "in tier schema already"),
-        (&premium, Isolation::Rls, "one tier up at a time"),
-        (&shared, Isolation::Database, "one tier up at a time"),
+        (&biggest, Isolation::Rls, "one tier at a time"),
+        (&shared, Isolation::Database, "one tier at a time"),
     ] {
         let changed = app
             .tenancy
@@ -443,12 +606,9 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
         );
     }
     // Nothing was made for the tenants that stayed where they were.
-    assert!(
-        !app.db
-            .schemas()
-            .await
-            .contains(&"tenant_shared".to_string())
-    );
+    let schemas = app.db.schemas().await;
+    assert!(!schemas.contains(&"tenant_shared".to_string()));
+    assert!(!schemas.contains(&"tenant_biggest".to_string()));
     let (ok, _, stderr) = move_to_tier(&app, "shared", "tier3");
     assert!(!ok);
     assert!(stderr.contains("--isolation"), "{stderr}");
@@ -456,7 +616,7 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
 {%- if admin_api %}
 
 #[actix_web::test]
-async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server() {
+async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server_and_back() {
     let (app, other) = crate::servers::spawn_with_other_server().await;
     let service = service!(app);
     let acme = create(&app, "acme", Isolation::Rls).await;
@@ -501,6 +661,19 @@ async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server() {
         (status, body.as_array().map(Vec::len)),
         (StatusCode::OK, Some(5))
     );
+
+    // And back down: its database on the other server is dropped.
+    let moved = call(json!({"isolation": "schema"})).await;
+    assert_eq!(moved.status(), StatusCode::OK);
+    let body: serde_json::Value = actix_web::test::read_body_json(moved).await;
+    assert_eq!(body["isolation"], "schema", "{body}");
+    assert_eq!(body["tables"], json!([{"table": "notes", "rows": 5}]));
+    assert!(!other.has_database(&name).await);
+    let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(
+        (status, body.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(5))
+    );
     let history = app
         .tenancy
         .history(&acme.identifier, 10, None)
@@ -513,7 +686,7 @@ async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server() {
         .collect();
     assert_eq!(
         results,
-        ["refused", "ok", "ok", "refused", "refused"],
+        ["ok", "refused", "ok", "ok", "refused", "refused"],
         "{history:?}"
     );
 }

@@ -7,6 +7,7 @@
 //! `database` tenant's connections are its own. Middleware, extractor and handlers are
 //! the same for all three.
 
+mod down;
 mod tiers;
 mod to_database;
 

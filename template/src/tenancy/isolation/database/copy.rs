@@ -105,13 +105,15 @@ pub(crate) async fn begin_locked(
 }
 
 /// Copies every table of schema `schema` of `source` into the table of the same name
-/// in `public` of `target` (empty tables of the same definition), then sets `target`'s
-/// sequences where `source`'s are. Run `source` in a transaction that holds its tables
-/// still, and `target` in one that commits when this returns.
+/// in `target`'s schema `into` (as SQL: `public`, or a quoted `SchemaName`; empty tables
+/// of the same definition), then sets `target`'s sequences where `source`'s are. Run
+/// `source` in a transaction that holds its tables still, and `target` in one that
+/// commits when this returns.
 pub async fn copy_tables(
     source: &Client,
     schema: &str,
     target: &Client,
+    into: &str,
 ) -> Result<Vec<TableCopy>, String> {
     let mut copied = Vec::new();
     for table in tables_in_order(source, schema).await? {
@@ -131,7 +133,7 @@ pub async fn copy_tables(
             .map_err(failed)?;
         let sink = target
             .copy_in(&format!(
-                "COPY public.{} ({columns}) FROM STDIN (FORMAT binary)",
+                "COPY {into}.{} ({columns}) FROM STDIN (FORMAT binary)",
                 table.ident
             ))
             .await
@@ -155,9 +157,9 @@ pub async fn copy_tables(
     }
     let sequences = source
         .query(
-            "SELECT format('public.%I', sequencename), last_value FROM pg_sequences \
+            "SELECT format('%s.%I', $2::text, sequencename), last_value FROM pg_sequences \
              WHERE schemaname = $1 AND last_value IS NOT NULL",
-            &[&schema],
+            &[&schema, &into],
         )
         .await
         .map_err(|e| format!("reading the sequences: {e}"))?;

@@ -47,7 +47,7 @@ struct MoveRow {
     database_name: String,
 }
 
-async fn find_move(
+pub(super) async fn find_move(
     conn: &mut AsyncPgConnection,
     tenant: &Tenant,
 ) -> Result<Option<Move>, PlaceError> {
@@ -73,7 +73,7 @@ async fn find_move(
 }
 impl DatabaseStrategy {
     /// The owner's connection to database `postgres` on `server`.
-    async fn owner_on(
+    pub(super) async fn owner_on(
         &self,
         ctx: &Context,
         server: Option<&ServerAddress>,
@@ -216,7 +216,7 @@ impl DatabaseStrategy {
         let copy_failed = |e: tokio_postgres::Error| PlaceError::Copy(e.to_string());
         lock_against_writes(&source, lock_within).await?;
         target.batch_execute("BEGIN").await.map_err(copy_failed)?;
-        let copied = copy::copy_tables(&source, "public", &target)
+        let copied = copy::copy_tables(&source, "public", &target, "public")
             .await
             .map_err(PlaceError::Copy)?;
         target.batch_execute("COMMIT").await.map_err(copy_failed)?;

@@ -1,12 +1,14 @@
 //! A tenant that comes to the `database` tier from another (hybrid's `tenant move
-//! --isolation database`): its database, made before its data is copied in, or given up.
+//! --isolation database`): its database, made before its data is copied in, or given up;
+//! and one that leaves it (`--isolation schema`): its database, closed to every session
+//! once the tenant is served from elsewhere, then dropped.
 
 use diesel::OptionalExtension;
-use diesel::sql_types::Uuid as SqlUuid;
+use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
-use super::moving::control;
-use super::{DatabaseStrategy, PlaceError, ServerAddress, placement};
+use super::moving::{control, find_move};
+use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, server_name};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::{Context, Exists};
 
@@ -96,5 +98,141 @@ impl DatabaseStrategy {
             .execute(&mut control)
             .await?;
         Ok(())
+    }
+
+    /// The name and server of `tenant`'s database (its tier `database`); refused while a
+    /// move of it between servers is unfinished.
+    pub(crate) async fn database_of(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<(SqlIdentifier, Option<ServerAddress>), PlaceError> {
+        let mut control = control(ctx).await?;
+        if find_move(&mut control, tenant).await?.is_some() {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' is moving between servers: finish that move first (`tenant move \
+                 {}` to where it was going)",
+                tenant.identifier, tenant.identifier
+            )));
+        }
+        let placed = placement(&mut control, tenant)
+            .await?
+            .ok_or(PlaceError::Database(diesel::result::Error::NotFound))?;
+        Ok((
+            placed.database().map_err(PlaceError::Invalid)?,
+            placed.server().map_err(PlaceError::Invalid)?,
+        ))
+    }
+
+    /// Whether `tenant`, in another tier now, left a database behind (its placement is
+    /// still recorded: it is closed and dropped by [`Self::drop_database_left`]).
+    pub(crate) async fn has_database_left(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<bool, PlaceError> {
+        if tenant.isolation == Isolation::Database {
+            return Ok(false);
+        }
+        let mut control = control(ctx).await?;
+        Ok(placement(&mut control, tenant).await?.is_some())
+    }
+
+    /// Closes the database `tenant` left (see [`Self::has_database_left`]) to every
+    /// session: no one may connect any more, the sessions there end. A replica that has
+    /// not heard of the change gets an outage to retry, never an answer from there. Safe
+    /// to repeat; refused while the registry names tier `database`.
+    pub(crate) async fn close_database_left(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<(), PlaceError> {
+        let Some((name, server)) = self.left(ctx, tenant).await? else {
+            return Ok(());
+        };
+        let mut there = self.owner_on(ctx, server.as_ref()).await?;
+        let exists: Option<Exists> =
+            diesel::sql_query("SELECT true AS exists FROM pg_database WHERE datname = $1")
+                .bind::<Text, _>(name.as_str())
+                .get_result(&mut there)
+                .await
+                .optional()?;
+        if exists.is_none() {
+            return Ok(());
+        }
+        diesel::sql_query(format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+            name.quoted()
+        ))
+        .execute(&mut there)
+        .await?;
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND backend_type = 'client backend'",
+        )
+        .bind::<Text, _>(name.as_str())
+        .execute(&mut there)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops the database `tenant` left and forgets where it was (safe to repeat);
+    /// returns where it was, if it was still there. Refused while the registry names
+    /// tier `database`.
+    pub(crate) async fn drop_database_left(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<Option<String>, PlaceError> {
+        let Some((name, server)) = self.left(ctx, tenant).await? else {
+            return Ok(None);
+        };
+        let mut there = self.owner_on(ctx, server.as_ref()).await?;
+        diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            name.quoted()
+        ))
+        .execute(&mut there)
+        .await?;
+        let mut control = control(ctx).await?;
+        diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
+            .bind::<SqlUuid, _>(tenant.id)
+            .execute(&mut control)
+            .await?;
+        Ok(Some(format!(
+            "{} on {}",
+            name.as_str(),
+            server_name(server.as_ref())
+        )))
+    }
+
+    /// The database `tenant` left, checked against the registry: none if there is no
+    /// placement; refused if the registry names tier `database`.
+    async fn left(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<Option<(SqlIdentifier, Option<ServerAddress>)>, PlaceError> {
+        let mut control = control(ctx).await?;
+        let in_database: Option<Exists> = diesel::sql_query(
+            "SELECT isolation = 'database' AS exists FROM tenancy.tenants WHERE id = $1",
+        )
+        .bind::<SqlUuid, _>(tenant.id)
+        .get_result(&mut control)
+        .await
+        .optional()?;
+        if in_database.is_none_or(|d| d.exists) {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' is in tier database, or gone: its database stays",
+                tenant.identifier
+            )));
+        }
+        let Some(placed) = placement(&mut control, tenant).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            placed.database().map_err(PlaceError::Invalid)?,
+            placed.server().map_err(PlaceError::Invalid)?,
+        )))
     }
 }

@@ -1,13 +1,13 @@
-//! Changing a tenant's tier (`tenant move --isolation`), one step up at a time: `rls` to
-//! `schema` (its rows leave the shared tables for a schema of its own, in the same
+//! Changing a tenant's tier (`tenant move --isolation`), one step at a time: up, `rls`
+//! to `schema` (its rows leave the shared tables for a schema of its own, in the same
 //! database), `schema` to `database` (its schema's tables go to a database of its own,
-//! on any server of `TENANCY_DATABASE_SERVERS`).
+//! on any server of `TENANCY_DATABASE_SERVERS`); and down the same way back.
 //!
-//! Each switch is one transaction in the shared database: it locks the tenant's tables
-//! against writes, copies them to the new place, names the new tier in the registry and
-//! leaves the old place refusing the tenant: a replica that has not heard of the switch
-//! yet gets an error to retry (503), never an answer from the old place or from nowhere.
-//! Interrupted before its commit, a switch changed nothing.
+//! Each switch holds the tenant's tables in the old place against writes while it
+//! copies them to the new one, names the new tier in the registry and leaves the old
+//! place refusing the tenant: a replica that has not heard of the switch yet gets an
+//! error to retry (503), never an answer from the old place or from nowhere.
+//! Interrupted before it names the new tier, a switch changed nothing.
 
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ use crate::tenancy::isolation::{Context, PlaceError, ServerAddress, Strategy};
 
 /// Where a change of tier copies a tenant to, made ready by [`HybridStrategy::prepare_tier`].
 pub enum TierTarget {
+    /// The shared tables (nothing to make).
+    Rls,
     /// Its schema, in the shared database.
     Schema,
     /// Its database, on `server` (`None`: the default server).
@@ -52,6 +54,18 @@ pub(super) async fn commit_tier(
     from: Isolation,
     to: Isolation,
 ) -> Result<(), PlaceError> {
+    name_tier(owner, tenant, from, to).await?;
+    owner.batch_execute("COMMIT").await.map_err(failed)
+}
+
+/// Names tier `to` in the registry for `tenant` in `owner`'s transaction, if it is still
+/// in tier `from`; refused if another changed its tier.
+pub(super) async fn name_tier(
+    owner: &Client,
+    tenant: &Tenant,
+    from: Isolation,
+    to: Isolation,
+) -> Result<(), PlaceError> {
     let switched = owner
         .execute(
             "UPDATE tenancy.tenants SET isolation = $2 \
@@ -66,7 +80,28 @@ pub(super) async fn commit_tier(
             tenant.identifier
         )));
     }
-    owner.batch_execute("COMMIT").await.map_err(failed)
+    Ok(())
+}
+
+/// Leaves `tables` (qualified, quoted) refusing everyone, the owner too, with "tenant
+/// moved to another tier" (`tenancy.moved_away()`, see the tier migration): what a
+/// replica that has not heard of a switch sends there gets an error to retry.
+pub(super) async fn refuse(owner: &Client, tables: &[String]) -> Result<(), PlaceError> {
+    let refuse: Vec<String> = tables
+        .iter()
+        .map(|table| {
+            format!(
+                "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; \
+                 ALTER TABLE {table} FORCE ROW LEVEL SECURITY; \
+                 CREATE POLICY tenancy_moved ON {table} \
+                   USING (ctid = tenancy.moved_away()) WITH CHECK (ctid = tenancy.moved_away())"
+            )
+        })
+        .collect();
+    owner
+        .batch_execute(&refuse.join("; "))
+        .await
+        .map_err(failed)
 }
 
 /// Sets the sequences of `table`'s serial and identity columns past the rows copied in.
@@ -97,20 +132,19 @@ async fn set_sequences(owner: &Client, table: &str) -> Result<(), PlaceError> {
 }
 
 impl HybridStrategy {
-    /// Refuses a change of tier this service does not make: `rls` to `schema` and
-    /// `schema` to `database` are made; `server` only with the `database` tier.
+    /// Refuses a change of tier this service does not make: one step up or down, `rls`
+    /// and `schema` and `database`; `server` only with the `database` tier.
     pub fn check_tier_change(
         &self,
         tenant: &Tenant,
         to: Isolation,
         server: Option<&ServerAddress>,
     ) -> Result<(), PlaceError> {
+        use Isolation::{Database, Rls, Schema};
         match (tenant.isolation, to, server) {
-            (Isolation::Rls, Isolation::Schema, None) => Ok(()),
-            (Isolation::Schema, Isolation::Database, server) => {
-                server.map_or(Ok(()), |s| self.database.check_server(s))
-            }
-            (_, Isolation::Schema | Isolation::Rls, Some(_)) => Err(PlaceError::Invalid(
+            (Rls, Schema, None) | (Schema, Rls, None) | (Database, Schema, None) => Ok(()),
+            (Schema, Database, server) => server.map_or(Ok(()), |s| self.database.check_server(s)),
+            (_, Schema | Rls, Some(_)) => Err(PlaceError::Invalid(
                 "a server is chosen for tier database only".into(),
             )),
             (from, to, _) if from == to => Err(PlaceError::Conflict(format!(
@@ -118,8 +152,8 @@ impl HybridStrategy {
                 tenant.identifier
             ))),
             (from, _, _) => Err(PlaceError::Conflict(format!(
-                "tenant '{}' is in tier {from}: a tenant moves one tier up at a time, rls to \
-                 schema to database",
+                "tenant '{}' is in tier {from}: a tenant changes one tier at a time, between \
+                 rls and schema, or schema and database",
                 tenant.identifier
             ))),
         }
@@ -127,7 +161,7 @@ impl HybridStrategy {
 
     /// Makes `tenant`'s place in tier `to` ready (before the tenant is read-only:
     /// migrations take a while): its schema, or its database on `server`, with the
-    /// tenant tables, empty.
+    /// tenant tables, empty; the shared tables are there already.
     pub async fn prepare_tier(
         &self,
         ctx: &Context,
@@ -143,6 +177,9 @@ impl HybridStrategy {
                 .await?;
             return Ok(TierTarget::Database { name, server });
         }
+        if to == Isolation::Rls {
+            return Ok(TierTarget::Rls);
+        }
         self.prepare_schema(ctx, tenant).await?;
         Ok(TierTarget::Schema)
     }
@@ -157,6 +194,10 @@ impl HybridStrategy {
         lock_within: Duration,
     ) -> Result<Vec<TableCopy>, PlaceError> {
         match target {
+            TierTarget::Rls => self.switch_to_rls(ctx, tenant, lock_within).await,
+            TierTarget::Schema if tenant.isolation == Isolation::Database => {
+                self.switch_from_database(ctx, tenant, lock_within).await
+            }
             TierTarget::Schema => self.switch_to_schema(ctx, tenant, lock_within).await,
             TierTarget::Database { name, server } => {
                 self.switch_to_database(ctx, tenant, name, server.as_ref(), lock_within)
@@ -180,7 +221,8 @@ impl HybridStrategy {
                     .abandon_database_of(ctx, tenant, &marker(tenant))
                     .await
             }
-            _ => self.abandon_schema(ctx, tenant).await,
+            Isolation::Schema => self.abandon_schema(ctx, tenant).await,
+            Isolation::Rls => Ok(()),
         }
     }
 
@@ -193,7 +235,11 @@ impl HybridStrategy {
 
     /// Creates `tenant`'s schema with its tables, empty. Refused: a schema of that name
     /// that holds rows.
-    async fn prepare_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+    pub(super) async fn prepare_schema(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+    ) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
         for table in tables_in_order(&owner, schema.as_str())
@@ -285,28 +331,32 @@ impl HybridStrategy {
         Ok(copied)
     }
 
-    /// Drops the schema [`Self::prepare_schema`] made, unless the tenant is in tier
-    /// `schema` after all.
+    /// Drops the schema [`Self::prepare_schema`] made; refused if the tenant is in tier
+    /// `schema` after all (a switch whose commit went unanswered: the move is finished
+    /// by running it again, never undone).
     async fn abandon_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
-        let dropped = owner
+        let elsewhere = owner
             .execute(
-                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation = 'rls'",
+                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation <> 'schema'",
                 &[&tenant.id.to_string()],
             )
             .await
             .map_err(failed)?;
-        if dropped == 1 {
-            owner
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE",
-                    schema.quoted()
-                ))
-                .await
-                .map_err(failed)?;
+        if elsewhere != 1 {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' is in tier schema already, or gone: nothing to give up",
+                tenant.identifier
+            )));
         }
-        Ok(())
+        owner
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                schema.quoted()
+            ))
+            .await
+            .map_err(failed)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::HybridStrategy;
-use super::tiers::{commit_tier, failed};
+use super::tiers::{commit_tier, failed, refuse};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::database::copy::{
     TableCopy, begin_locked, copy_tables, tables_in_order,
@@ -41,30 +41,17 @@ impl HybridStrategy {
             .map_err(PlaceError::Copy)?;
         let target = self.database.owner_inside(ctx, name, server).await?;
         target.batch_execute("BEGIN").await.map_err(failed)?;
-        let copied = copy_tables(&source, schema.as_str(), &target)
+        let copied = copy_tables(&source, schema.as_str(), &target, "public")
             .await
             .map_err(PlaceError::Copy)?;
         target.batch_execute("COMMIT").await.map_err(failed)?;
-        let refuse: Vec<String> = tables
-            .iter()
-            .map(|table| {
-                format!(
-                    "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY; \
-                     ALTER TABLE {table} FORCE ROW LEVEL SECURITY; \
-                     CREATE POLICY tenancy_moved ON {table} \
-                       USING (ctid = tenancy.moved_away()) WITH CHECK (ctid = tenancy.moved_away())"
-                )
-            })
-            .collect();
-        source
-            .batch_execute(&refuse.join("; "))
-            .await
-            .map_err(failed)?;
+        refuse(&source, &tables).await?;
         commit_tier(&source, tenant, Isolation::Schema, Isolation::Database).await?;
         Ok(copied)
     }
 
-    /// Whether the schema `tenant` left for a database of its own is still there.
+    /// Whether the schema `tenant` left (for a database of its own, or for the shared
+    /// tables) is still there.
     pub async fn has_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<bool, PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
@@ -78,21 +65,21 @@ impl HybridStrategy {
         Ok(!found.is_empty())
     }
 
-    /// Drops the schema `tenant` left for a database of its own (safe to repeat); refused
-    /// unless the registry names tier `database`.
+    /// Drops the schema `tenant` left (safe to repeat); refused while the registry names
+    /// tier `schema`.
     pub async fn drop_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
         let moved = owner
             .query(
-                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation = 'database'",
+                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation <> 'schema'",
                 &[&tenant.id.to_string()],
             )
             .await
             .map_err(failed)?;
         if moved.is_empty() {
             return Err(PlaceError::Conflict(format!(
-                "tenant '{}' is not in tier database: its schema stays",
+                "tenant '{}' is in tier schema, or gone: its schema stays",
                 tenant.identifier
             )));
         }
