@@ -11,8 +11,6 @@ mod down;
 mod tiers;
 mod to_database;
 
-pub use tiers::TierTarget;
-
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 

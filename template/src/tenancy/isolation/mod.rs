@@ -313,5 +313,5 @@ mod hybrid;
 pub mod rls;
 pub mod schema;
 pub use hybrid::HybridStrategy as Selected;
-pub use hybrid::{TierTarget, tier_schema};
+pub use hybrid::tier_schema;
 {%- endif %}
