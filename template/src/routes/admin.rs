@@ -109,6 +109,11 @@ impl From<LifecycleError> for AppError {
             LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
             LifecycleError::NoJob(..) => AppError::NotFound("job"),
             LifecycleError::Conflict(m) => AppError::Conflict(m),
+{%- if tenant_databases %}
+            // A transaction held the tenant's tables: the move changed nothing (409, with
+            // what to do; the audit trail counts it as failed).
+            LifecycleError::Busy(m) => AppError::Conflict(m),
+{%- endif %}
             LifecycleError::Invalid(m) => AppError::BadRequest(m),
             LifecycleError::Pool(e) => e.into(),
             LifecycleError::Connect(e) => AppError::Unavailable {
@@ -344,7 +349,7 @@ pub(crate) struct MoveTo {
     request_body = MoveTo,
     responses(
         (status = 200, description = "Moved: what was copied, and how long the tenant was read-only", body = crate::tenancy::moves::Moved),
-        (status = 409, description = "Already there, another move under way, or a database of that name on the target", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already there{% if isolation == "hybrid" %} (or a tier not one step away){% endif %}, another move under way, a database of that name on the target, or the tenant's tables held by a transaction that did not end in time (nothing changed: try again)", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]

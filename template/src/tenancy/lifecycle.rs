@@ -49,6 +49,9 @@ pub enum LifecycleError {
     /// Copying a tenant's database to another server failed (`tenant move`).
     #[error("the move failed: {0}")]
     Move(String),
+    /// A move waited in vain for the tenant's tables: given up, nothing changed.
+    #[error("{0}")]
+    Busy(String),
 {%- endif %}
 }
 
@@ -75,6 +78,7 @@ impl From<super::isolation::PlaceError> for LifecycleError {
             PlaceError::Migrate(e) => Self::Migration(e),
             PlaceError::Database(e) => Self::Database(e),
             PlaceError::Copy(m) => Self::Move(m),
+            PlaceError::Busy(m) => Self::Busy(m),
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, binary, operator, query_url, server_url, spawn_app, with_database};
 use svc::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
+use svc::tenancy::isolation::PlaceError;
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
 
 async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
@@ -578,6 +579,39 @@ async fn a_move_killed_before_its_switch_changes_nothing_until_run_again() {
     seeded.sort();
     assert_eq!(titles, seeded);
     assert_left_nothing(&app, &acme, Isolation::Rls).await;
+}
+
+#[actix_web::test]
+async fn a_switch_that_waits_in_vain_for_the_tenant_s_tables_is_given_up_and_changes_nothing() {
+    let app = spawn_app().await;
+    let service = service!(app);
+    let acme = create(&app, "acme", Isolation::Rls).await;
+    seed!(service, "acme", 3);
+    let (hybrid, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    let target = hybrid
+        .prepare_tier(ctx, &acme, Isolation::Schema, None)
+        .await
+        .unwrap();
+    let lock = app.db.lock_notes(&acme).await;
+    let waited = hybrid
+        .switch_tier(ctx, &acme, &target, Duration::from_millis(300))
+        .await;
+    match waited {
+        Err(PlaceError::Busy(message)) => {
+            assert!(message.contains("did not end within 0.3 s"), "{message}");
+            assert!(message.contains("changed nothing"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(lock);
+    hybrid
+        .abandon_tier(ctx, &acme, Isolation::Schema)
+        .await
+        .unwrap();
+    let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(now.isolation, Isolation::Rls);
+    assert_left_nothing(&app, &acme, Isolation::Rls).await;
+    assert_eq!(titles_in(&app, &acme, Isolation::Rls).await.len(), 3);
 }
 
 #[actix_web::test]

@@ -644,6 +644,10 @@ pub enum PlaceError {
     /// Copying the tenant's database to another server failed (`tenant move`).
     #[error("{0}")]
     Copy(String),
+    /// The tenant's tables were held by a transaction that did not end in time: the move
+    /// was given up, nothing changed; it may be tried again.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What the database strategy reads from the configuration.

@@ -4,6 +4,9 @@
 
 use futures_util::{SinkExt, TryStreamExt};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+use super::PlaceError;
 
 /// A table of the tenant's database, and its rows copied.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -78,30 +81,39 @@ pub(crate) async fn tables_in_order(source: &Client, schema: &str) -> Result<Vec
 
 /// Opens a transaction on `client` that holds `tables` (qualified, quoted) in lock `mode`:
 /// `EXCLUSIVE` against writes (reads go on), `ACCESS EXCLUSIVE` against reads too.
-/// Waits `within` at most for the transactions under way; the snapshot is taken after.
+/// Waits `within` at most for the transactions under way (then [`PlaceError::Busy`]); the
+/// snapshot is taken after.
 pub(crate) async fn begin_locked(
     client: &Client,
     tables: &[String],
     mode: &str,
     within: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), PlaceError> {
     if tables.is_empty() {
-        return Err("there is no table to copy".into());
+        return Err(PlaceError::Copy("there is no table to copy".into()));
     }
-    client
+    let locked = client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = {}; \
              LOCK TABLE {} IN {mode} MODE",
             within.as_millis(),
             tables.join(", ")
         ))
-        .await
-        .map_err(|e| {
-            format!(
-                "locking the tenant's tables ({mode}) within {within:?} (a long \
-                 transaction holds them?): {e}"
-            )
-        })
+        .await;
+    match locked {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(PlaceError::Busy(format!(
+                "the tenant's tables are held by a transaction that did not end within {:.1} s \
+             (a long query or an open transaction): the move was given up and changed \
+             nothing; try again once it ends",
+                within.as_secs_f64()
+            )))
+        }
+        Err(e) => Err(PlaceError::Copy(format!(
+            "locking the tenant's tables ({mode}): {e}"
+        ))),
+    }
 }
 
 /// Copies every table of schema `schema` of `source` into the table of the same name

@@ -436,9 +436,7 @@ async fn lock_against_writes(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    copy::begin_locked(source, &tables, "EXCLUSIVE", lock_within)
-        .await
-        .map_err(PlaceError::Copy)
+    copy::begin_locked(source, &tables, "EXCLUSIVE", lock_within).await
 }
 
 /// Ends the transaction of [`lock_against_writes`] so that nothing of the application

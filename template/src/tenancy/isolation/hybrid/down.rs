@@ -33,9 +33,7 @@ impl HybridStrategy {
             .await
             .map_err(PlaceError::Copy)?;
         let locked: Vec<String> = tables.iter().map(|table| table.quoted.clone()).collect();
-        begin_locked(&owner, &locked, "ACCESS EXCLUSIVE", lock_within)
-            .await
-            .map_err(PlaceError::Copy)?;
+        begin_locked(&owner, &locked, "ACCESS EXCLUSIVE", lock_within).await?;
         // In tier rls from here on in this transaction: the shared tables' policies take
         // the tenant's rows (a role subject to them, as the owner may be, sees its own).
         name_tier(&owner, tenant, Isolation::Schema, Isolation::Rls).await?;
@@ -106,9 +104,7 @@ impl HybridStrategy {
             .into_iter()
             .map(|table| table.quoted)
             .collect();
-        begin_locked(&source, &tables, "EXCLUSIVE", lock_within)
-            .await
-            .map_err(PlaceError::Copy)?;
+        begin_locked(&source, &tables, "EXCLUSIVE", lock_within).await?;
         let target = self.owner(ctx).await?;
         target.batch_execute("BEGIN").await.map_err(failed)?;
         let copied = copy_tables(&source, "public", &target, &schema.quoted())

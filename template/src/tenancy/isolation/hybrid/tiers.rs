@@ -282,9 +282,7 @@ impl HybridStrategy {
             .map_err(PlaceError::Copy)?;
         let shared = |table: &Table| format!("\"{DATA_SCHEMA}\".{}", table.ident);
         let locked: Vec<String> = tables.iter().map(shared).collect();
-        begin_locked(&owner, &locked, "EXCLUSIVE", lock_within)
-            .await
-            .map_err(PlaceError::Copy)?;
+        begin_locked(&owner, &locked, "EXCLUSIVE", lock_within).await?;
         let id = tenant.id.to_string();
         owner
             .execute("SELECT set_config($1, $2, true)", &[&TENANT_SETTING, &id])

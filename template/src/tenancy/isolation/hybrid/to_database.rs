@@ -36,9 +36,7 @@ impl HybridStrategy {
             .into_iter()
             .map(|table| table.quoted)
             .collect();
-        begin_locked(&source, &tables, "ACCESS EXCLUSIVE", lock_within)
-            .await
-            .map_err(PlaceError::Copy)?;
+        begin_locked(&source, &tables, "ACCESS EXCLUSIVE", lock_within).await?;
         let target = self.database.owner_inside(ctx, name, server).await?;
         target.batch_execute("BEGIN").await.map_err(failed)?;
         let copied = copy_tables(&source, schema.as_str(), &target, "public")
