@@ -24,6 +24,9 @@ use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier, TenantStat
 /// How long a move waits for the writes under way on the tenant's tables to finish.
 pub(super) const LOCK_WITHIN: Duration = Duration::from_secs(30);
 
+/// How long a move waits for another move of the same tenant to end before it is refused.
+const OTHER_MOVE_WITHIN: Duration = Duration::from_secs(5);
+
 /// What a move did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Moved {
@@ -197,18 +200,26 @@ impl Tenancy {
             )));
         }
         let mut guard = ctx.connect(ctx.owner.clone()).await?;
-        let Locked { locked } = diesel::sql_query(
-            "SELECT pg_try_advisory_lock(hashtext('tenancy.move'), hashtext($1)) AS locked",
-        )
-        .bind::<Text, _>(tenant.id.to_string())
-        .get_result(&mut guard)
-        .await?;
-        if !locked {
-            return Err(LifecycleError::Conflict(format!(
-                "tenant '{identifier}' is being moved by another process"
-            )));
+        // A process killed during a move holds the lock until its server notices the
+        // session is gone: a moment, so a move run again right away waits for that.
+        let started = Instant::now();
+        loop {
+            let Locked { locked } = diesel::sql_query(
+                "SELECT pg_try_advisory_lock(hashtext('tenancy.move'), hashtext($1)) AS locked",
+            )
+            .bind::<Text, _>(tenant.id.to_string())
+            .get_result(&mut guard)
+            .await?;
+            if locked {
+                return Ok((tenant, guard));
+            }
+            if started.elapsed() >= OTHER_MOVE_WITHIN {
+                return Err(LifecycleError::Conflict(format!(
+                    "tenant '{identifier}' is being moved by another process"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok((tenant, guard))
     }
 
     /// Gives up a move that failed before its switch (`error`): the tenant takes writes

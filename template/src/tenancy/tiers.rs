@@ -24,9 +24,9 @@ use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
 const REPLICAS_HEAR_WITHIN: Duration = Duration::from_secs(2);
 
 impl Tenancy {
-    /// Moves `identifier`'s data one tier up or down, to `to` (`server`: where its database goes,
-    /// for tier `database`), or finishes its interrupted move there; `progress` hears of
-    /// each step.
+    /// Moves `identifier`'s data one tier up or down, to `to` (`server`: where its
+    /// database goes, for tier `database`), or finishes its interrupted move there;
+    /// `progress` hears of each step.
     pub async fn change_tier(
         &self,
         actor: &Actor,
@@ -136,11 +136,8 @@ impl Tenancy {
         };
         if now.maintenance == Maintenance::Moving {
             if now.isolation == Isolation::Schema {
-                let databases = hybrid.databases();
-                databases
-                    .close_database_left(ctx, &now)
-                    .await
-                    .map_err(not_yet)?;
+                let closed = hybrid.databases().close_database_left(ctx, &now).await;
+                closed.map_err(not_yet)?;
             }
             self.end_moving(&now).await?;
         }

@@ -646,6 +646,39 @@ async fn a_change_of_tier_is_refused_where_it_cannot_be_done_and_changes_nothing
     let (ok, _, stderr) = move_to_tier(&app, "shared", "tier3");
     assert!(!ok);
     assert!(stderr.contains("--isolation"), "{stderr}");
+
+    // A schema of the tenant's name that holds rows no move left there is never dropped:
+    // not by a move that would go there, nor by one asked for the tier it is in.
+    let squatted = create(&app, "squatted", Isolation::Rls).await;
+    app.db
+        .query(
+            "CREATE SCHEMA tenant_squatted; CREATE TABLE tenant_squatted.notes (title text); \
+             INSERT INTO tenant_squatted.notes VALUES ('kept')",
+        )
+        .await;
+    for tier in [Isolation::Schema, Isolation::Rls] {
+        let changed = app
+            .tenancy
+            .change_tier(&operator(), &squatted.identifier, tier, None, |_| {})
+            .await;
+        match changed {
+            Err(LifecycleError::Conflict(message)) => {
+                assert!(message.contains("holds rows"), "to {tier}: {message}")
+            }
+            other => panic!("to {tier}: {other:?}"),
+        }
+        let kept = app
+            .db
+            .query("SELECT title FROM tenant_squatted.notes")
+            .await;
+        assert_eq!(kept, [[Some("kept".to_string())]]);
+        let now = app.tenancy.get_tenant(&squatted.identifier).await.unwrap();
+        assert_eq!(
+            (now.isolation, now.maintenance),
+            (Isolation::Rls, Maintenance::Off)
+        );
+    }
+    app.db.query("DROP SCHEMA tenant_squatted CASCADE").await;
 }
 {%- if admin_api %}
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::HybridStrategy;
+use super::to_database::drop_schema_left;
 use crate::db::pool::TENANT_SETTING;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::database::copy::{Table, TableCopy, begin_locked, tables_in_order};
@@ -235,11 +236,7 @@ impl HybridStrategy {
 
     /// Creates `tenant`'s schema with its tables, empty. Refused: a schema of that name
     /// that holds rows.
-    pub(super) async fn prepare_schema(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-    ) -> Result<(), PlaceError> {
+    async fn prepare_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
         for table in tables_in_order(&owner, schema.as_str())
@@ -329,9 +326,10 @@ impl HybridStrategy {
         Ok(copied)
     }
 
-    /// Drops the schema [`Self::prepare_schema`] made; refused if the tenant is in tier
-    /// `schema` after all (a switch whose commit went unanswered: the move is finished
-    /// by running it again, never undone).
+    /// Drops the schema [`Self::prepare_schema`] made (empty: the switch did not commit);
+    /// refused if the tenant is in tier `schema` after all (a switch whose commit went
+    /// unanswered: the move is finished by running it again, never undone). A schema of
+    /// that name that holds rows was not made by the move: it stays.
     async fn abandon_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
@@ -348,13 +346,10 @@ impl HybridStrategy {
                 tenant.identifier
             )));
         }
-        owner
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                schema.quoted()
-            ))
-            .await
-            .map_err(failed)
+        match drop_schema_left(&owner, &schema).await {
+            Err(PlaceError::Conflict(_)) => Ok(()),
+            other => other,
+        }
     }
 }
 
