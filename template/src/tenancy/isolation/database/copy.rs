@@ -152,8 +152,10 @@ pub async fn copy_tables(
             .map_err(failed)?;
         let mut out = std::pin::pin!(out);
         let mut sink = std::pin::pin!(sink);
+        // `feed`, not `send`: the sink gathers rows into messages of a few kilobytes,
+        // where a flush after every row would write each to the socket alone.
         while let Some(chunk) = out.try_next().await.map_err(failed)? {
-            sink.send(chunk).await.map_err(failed)?;
+            sink.feed(chunk).await.map_err(failed)?;
         }
         let rows = sink.as_mut().finish().await.map_err(failed)?;
         if i64::try_from(rows).ok() != Some(expected) {
