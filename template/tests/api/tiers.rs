@@ -64,19 +64,28 @@ async fn shared_rows(app: &TestApp, tenant: &Tenant) -> i64 {
         .unwrap()
 }
 
-/// What the application role gets for `sql` run with `tenant`'s scope (`search_path` and
-/// `app.tenant_id`) as a replica that has not heard of its move would: the error's message.
-async fn stale_error(app: &TestApp, tenant: &Tenant, search_path: &str, sql: &str) -> String {
-    let scoped = format!(
-        "SELECT set_config('app.tenant_id', '{}', false), \
-           set_config('search_path', '{search_path}', false); {sql}",
-        tenant.id
-    );
-    let error = query_url(&app.db.app_url, &scoped).await.unwrap_err();
-    error
-        .as_db_error()
-        .map(|e| e.message().to_owned())
-        .unwrap_or_default()
+/// Checks that what a replica that has not heard of `tenant`'s move would send to the
+/// place it left (`search_path`, with its `app.tenant_id`) is refused, as the application
+/// role: a read, an insert, a delete.
+async fn assert_refused_at(app: &TestApp, tenant: &Tenant, search_path: &str) {
+    for sql in [
+        "SELECT count(*) FROM notes",
+        "INSERT INTO notes (title) VALUES ('stale')",
+        "DELETE FROM notes",
+    ] {
+        let scoped = format!(
+            "SELECT set_config('app.tenant_id', '{}', false), \
+               set_config('search_path', '{search_path}', false); {sql}",
+            tenant.id
+        );
+        let error = query_url(&app.db.app_url, &scoped).await.unwrap_err();
+        let message = error.as_db_error().map(|e| e.message().to_owned());
+        assert_eq!(
+            message.as_deref(),
+            Some("tenant moved to another tier: retry"),
+            "{sql}"
+        );
+    }
 }
 
 /// Writes `$count` notes titled `<tenant>-seed-<n>` through `$service`.
@@ -250,13 +259,7 @@ async fn changes_tier_under_writes_from_two_replicas(from: Isolation, path: [Iso
     if from == Isolation::Rls {
         // A replica that had not heard would read or write through the shared tables:
         // refused.
-        for sql in [
-            "SELECT count(*) FROM notes",
-            "INSERT INTO notes (title) VALUES ('acme-stale')",
-        ] {
-            let error = stale_error(&a, &acme, "tenancy_data", sql).await;
-            assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
-        }
+        assert_refused_at(&a, &acme, "tenancy_data").await;
         assert_eq!(shared_rows(&a, &acme).await, 0);
     }
 }
@@ -322,6 +325,45 @@ fn move_to_tier(app: &TestApp, identifier: &str, tier: &str) -> (bool, String, S
     )
 }
 
+/// Runs `tenant`'s change to `tier` up to its switch and no further, as a move stopped
+/// right there leaves it: read-only, served from `tier`, the old place still there. The
+/// rows copied.
+async fn switch_only(app: &TestApp, tenant: &Tenant, tier: Isolation) -> u64 {
+    let (hybrid, ctx) = (app.tenancy.strategy(), app.tenancy.context());
+    let target = hybrid.prepare_tier(ctx, tenant, tier, None).await.unwrap();
+    let moving = format!(
+        "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
+        tenant.id
+    );
+    app.db.query(&moving).await;
+    let copied = hybrid
+        .switch_tier(ctx, tenant, &target, Duration::from_secs(5))
+        .await
+        .unwrap();
+    copied.iter().map(|table| table.rows).sum()
+}
+
+/// Runs the command that moves `tenant` to `tier` once its switch is done (see
+/// [`switch_only`]): it resumes, says `dropped`, and leaves the tenant taking writes in
+/// `tier`, with nothing anywhere else. The tenant as it is then.
+async fn finish_by_command(
+    app: &TestApp,
+    tenant: &Tenant,
+    tier: Isolation,
+    dropped: &str,
+) -> Tenant {
+    let (ok, stdout, stderr) = move_to_tier(app, tenant.identifier.as_str(), tier.as_str());
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("resuming") && stderr.contains(dropped),
+        "{stderr}"
+    );
+    let now = app.tenancy.get_tenant(&tenant.identifier).await.unwrap();
+    assert_eq!((now.isolation, now.maintenance), (tier, Maintenance::Off));
+    assert_left_nothing(app, &now, tier).await;
+    now
+}
+
 /// Asks for acme's notes until they are `count` (at most a second: what the service takes
 /// to hear of a change made by another process).
 macro_rules! serves_within_a_second {
@@ -364,45 +406,11 @@ async fn the_command_moves_a_tenant_up_and_finishes_a_move_stopped_after_its_swi
 
     // Stopped right after its switch to a database: the old schema refuses the tenant,
     // the tenant is read-only; running the move again finishes it.
-    let hybrid = app.tenancy.strategy();
-    let ctx = app.tenancy.context();
     let acme = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
-    let target = hybrid
-        .prepare_tier(ctx, &acme, Isolation::Database, None)
-        .await
-        .unwrap();
-    app.db
-        .query(&format!(
-            "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
-            acme.id
-        ))
-        .await;
-    let copied = hybrid
-        .switch_tier(ctx, &acme, &target, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(copied[0].rows, 30);
-    for sql in [
-        "SELECT count(*) FROM notes",
-        "INSERT INTO notes (title) VALUES ('acme-stale')",
-        "DELETE FROM notes",
-    ] {
-        let error = stale_error(&app, &acme, "tenant_acme", sql).await;
-        assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
-    }
+    assert_eq!(switch_only(&app, &acme, Isolation::Database).await, 30);
+    assert_refused_at(&app, &acme, "tenant_acme").await;
     assert_eq!(titles_in_schema(&app, &acme).await.len(), 30);
-    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "database");
-    assert!(ok, "{stdout}{stderr}");
-    assert!(
-        stderr.contains("resuming") && stderr.contains("dropped its old schema"),
-        "{stderr}"
-    );
-    let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
-    assert_eq!(
-        (now.isolation, now.maintenance),
-        (Isolation::Database, Maintenance::Off)
-    );
-    assert!(!app.db.schemas().await.contains(&"tenant_acme".to_string()));
+    let acme = finish_by_command(&app, &acme, Isolation::Database, "dropped its old schema").await;
     assert_eq!(titles_in_database(&app, &acme).await.len(), 30);
     serves_within_a_second!(service, 30);
 }
@@ -413,25 +421,11 @@ async fn the_command_moves_a_tenant_down_and_finishes_moves_stopped_after_their_
     let service = service!(app);
     let acme = create(&app, "acme", Isolation::Database).await;
     seed!(service, "acme", 30);
-    let (hybrid, ctx) = (app.tenancy.strategy(), app.tenancy.context());
-    let moving = format!(
-        "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
-        acme.id
-    );
 
     // Stopped right after its switch to a schema: the database it left takes no session
     // any more (a replica that had not heard gets an outage to retry), the tenant is
     // read-only; running the move again finishes it.
-    let target = hybrid
-        .prepare_tier(ctx, &acme, Isolation::Schema, None)
-        .await
-        .unwrap();
-    app.db.query(&moving).await;
-    let copied = hybrid
-        .switch_tier(ctx, &acme, &target, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(copied[0].rows, 30);
+    assert_eq!(switch_only(&app, &acme, Isolation::Schema).await, 30);
     let name = format!("{}acme", app.db.tenant_database_prefix);
     let old = with_database(&app.db.server, &name);
     let refused = query_url(&old, "SELECT count(*) FROM notes")
@@ -442,52 +436,14 @@ async fn the_command_moves_a_tenant_down_and_finishes_moves_stopped_after_their_
         refused.as_deref(),
         Some(format!("database \"{name}\" is not currently accepting connections").as_str())
     );
-    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "schema");
-    assert!(ok, "{stdout}{stderr}");
-    assert!(
-        stderr.contains("resuming") && stderr.contains("dropped its old database"),
-        "{stderr}"
-    );
-    let acme = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
-    assert_eq!(
-        (acme.isolation, acme.maintenance),
-        (Isolation::Schema, Maintenance::Off)
-    );
-    assert_left_nothing(&app, &acme, Isolation::Schema).await;
+    let acme = finish_by_command(&app, &acme, Isolation::Schema, "dropped its old database").await;
     assert_eq!(titles_in_schema(&app, &acme).await.len(), 30);
     serves_within_a_second!(service, 30);
 
     // Stopped right after its switch to the shared tables: its schema refuses it.
-    let target = hybrid
-        .prepare_tier(ctx, &acme, Isolation::Rls, None)
-        .await
-        .unwrap();
-    app.db.query(&moving).await;
-    let copied = hybrid
-        .switch_tier(ctx, &acme, &target, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(copied[0].rows, 30);
-    for sql in [
-        "SELECT count(*) FROM notes",
-        "INSERT INTO notes (title) VALUES ('acme-stale')",
-        "DELETE FROM notes",
-    ] {
-        let error = stale_error(&app, &acme, "tenant_acme", sql).await;
-        assert_eq!(error, "tenant moved to another tier: retry", "{sql}");
-    }
-    let (ok, stdout, stderr) = move_to_tier(&app, "acme", "rls");
-    assert!(ok, "{stdout}{stderr}");
-    assert!(
-        stderr.contains("resuming") && stderr.contains("dropped its old schema"),
-        "{stderr}"
-    );
-    let acme = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
-    assert_eq!(
-        (acme.isolation, acme.maintenance),
-        (Isolation::Rls, Maintenance::Off)
-    );
-    assert_left_nothing(&app, &acme, Isolation::Rls).await;
+    assert_eq!(switch_only(&app, &acme, Isolation::Rls).await, 30);
+    assert_refused_at(&app, &acme, "tenant_acme").await;
+    let acme = finish_by_command(&app, &acme, Isolation::Rls, "dropped its old schema").await;
     serves_within_a_second!(service, 30);
     let (status, body) =
         call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "acme-after"}));

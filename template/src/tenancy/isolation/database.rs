@@ -175,6 +175,16 @@ impl Placement {
     fn server(&self) -> Result<Option<ServerAddress>, String> {
         self.server.as_deref().map(ServerAddress::parse).transpose()
     }
+{%- if isolation == "hybrid" %}
+
+    /// The database's name and server (for hybrid's changes of tier).
+    fn location(&self) -> Result<(SqlIdentifier, Option<ServerAddress>), PlaceError> {
+        Ok((
+            self.database().map_err(PlaceError::Invalid)?,
+            self.server().map_err(PlaceError::Invalid)?,
+        ))
+    }
+{%- endif %}
 }
 
 async fn placement(

@@ -33,10 +33,7 @@ impl DatabaseStrategy {
         let placed = placement(&mut control, tenant)
             .await?
             .ok_or(PlaceError::Database(diesel::result::Error::NotFound))?;
-        let (name, server) = (
-            placed.database().map_err(PlaceError::Invalid)?,
-            placed.server().map_err(PlaceError::Invalid)?,
-        );
+        let (name, server) = placed.location()?;
         self.drop_marked(ctx, &name, server.as_ref(), marker, true)
             .await?;
         self.create_database(ctx, &name, server.as_ref(), Some(marker))
@@ -62,42 +59,20 @@ impl DatabaseStrategy {
     }
 
     /// Gives up [`Self::prepare_database_of`]: drops the database it made and forgets the
-    /// placement, unless `tenant` is in tier `database` after all (a switch whose commit
-    /// went unanswered).
+    /// placement; refused if `tenant` is in tier `database` after all (a switch whose
+    /// commit went unanswered).
     pub(crate) async fn abandon_database_of(
         &self,
         ctx: &Context,
         tenant: &Tenant,
         marker: &str,
     ) -> Result<(), PlaceError> {
-        let mut control = control(ctx).await?;
-        let switched: Option<Exists> = diesel::sql_query(
-            "SELECT isolation = 'database' AS exists FROM tenancy.tenants WHERE id = $1",
-        )
-        .bind::<SqlUuid, _>(tenant.id)
-        .get_result(&mut control)
-        .await
-        .optional()?;
-        if switched.is_none_or(|s| s.exists) {
-            return Err(PlaceError::Conflict(format!(
-                "tenant '{}' is in tier database already, or gone: nothing to give up",
-                tenant.identifier
-            )));
-        }
-        let Some(placed) = placement(&mut control, tenant).await? else {
+        let Some((name, server)) = self.left(ctx, tenant).await? else {
             return Ok(());
         };
-        let (name, server) = (
-            placed.database().map_err(PlaceError::Invalid)?,
-            placed.server().map_err(PlaceError::Invalid)?,
-        );
         self.drop_marked(ctx, &name, server.as_ref(), marker, false)
             .await?;
-        diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
-            .bind::<SqlUuid, _>(tenant.id)
-            .execute(&mut control)
-            .await?;
-        Ok(())
+        self.forget_placement(ctx, tenant).await
     }
 
     /// The name and server of `tenant`'s database (its tier `database`); refused while a
@@ -115,13 +90,10 @@ impl DatabaseStrategy {
                 tenant.identifier, tenant.identifier
             )));
         }
-        let placed = placement(&mut control, tenant)
+        placement(&mut control, tenant)
             .await?
-            .ok_or(PlaceError::Database(diesel::result::Error::NotFound))?;
-        Ok((
-            placed.database().map_err(PlaceError::Invalid)?,
-            placed.server().map_err(PlaceError::Invalid)?,
-        ))
+            .ok_or(PlaceError::Database(diesel::result::Error::NotFound))?
+            .location()
     }
 
     /// Whether `tenant`, in another tier now, left a database behind (its placement is
@@ -194,11 +166,7 @@ impl DatabaseStrategy {
         ))
         .execute(&mut there)
         .await?;
-        let mut control = control(ctx).await?;
-        diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
-            .bind::<SqlUuid, _>(tenant.id)
-            .execute(&mut control)
-            .await?;
+        self.forget_placement(ctx, tenant).await?;
         Ok(Some(format!(
             "{} on {}",
             name.as_str(),
@@ -206,8 +174,9 @@ impl DatabaseStrategy {
         )))
     }
 
-    /// The database `tenant` left, checked against the registry: none if there is no
-    /// placement; refused if the registry names tier `database`.
+    /// `tenant`'s database while it is in another tier (one it left, or one made for a
+    /// move there that did not switch): none if there is no placement; refused if the
+    /// registry names tier `database`.
     async fn left(
         &self,
         ctx: &Context,
@@ -227,12 +196,18 @@ impl DatabaseStrategy {
                 tenant.identifier
             )));
         }
-        let Some(placed) = placement(&mut control, tenant).await? else {
-            return Ok(None);
-        };
-        Ok(Some((
-            placed.database().map_err(PlaceError::Invalid)?,
-            placed.server().map_err(PlaceError::Invalid)?,
-        )))
+        placement(&mut control, tenant)
+            .await?
+            .map(|placed| placed.location())
+            .transpose()
+    }
+
+    async fn forget_placement(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+        let mut control = control(ctx).await?;
+        diesel::sql_query("DELETE FROM tenancy.tenant_databases WHERE tenant_id = $1")
+            .bind::<SqlUuid, _>(tenant.id)
+            .execute(&mut control)
+            .await?;
+        Ok(())
     }
 }

@@ -27,13 +27,7 @@ impl HybridStrategy {
         tenant: &Tenant,
         lock_within: Duration,
     ) -> Result<Vec<TableCopy>, PlaceError> {
-        let schema = SchemaName::for_tenant(&tenant.identifier);
-        let owner = self.owner(ctx).await?;
-        let tables = tables_in_order(&owner, schema.as_str())
-            .await
-            .map_err(PlaceError::Copy)?;
-        let locked: Vec<String> = tables.iter().map(|table| table.quoted.clone()).collect();
-        begin_locked(&owner, &locked, "ACCESS EXCLUSIVE", lock_within).await?;
+        let (owner, tables) = self.lock_schema(ctx, tenant, lock_within).await?;
         // In tier rls from here on in this transaction: the shared tables' policies take
         // the tenant's rows (a role subject to them, as the owner may be, sees its own).
         name_tier(&owner, tenant, Isolation::Schema, Isolation::Rls).await?;
@@ -77,6 +71,7 @@ impl HybridStrategy {
                 rows,
             });
         }
+        let locked: Vec<String> = tables.iter().map(|table| table.quoted.clone()).collect();
         refuse(&owner, &locked).await?;
         owner.batch_execute("COMMIT").await.map_err(failed)?;
         Ok(copied)

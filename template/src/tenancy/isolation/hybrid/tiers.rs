@@ -227,6 +227,26 @@ impl HybridStrategy {
         }
     }
 
+    /// The owner's connection to the shared database in a transaction that holds
+    /// `tenant`'s schema's tables (`ACCESS EXCLUSIVE`: its reads wait too, and no one
+    /// holds them while they change), and those tables. `lock_within`: how long to wait
+    /// for the transactions under way.
+    pub(super) async fn lock_schema(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        lock_within: Duration,
+    ) -> Result<(Client, Vec<Table>), PlaceError> {
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let owner = self.owner(ctx).await?;
+        let tables = tables_in_order(&owner, schema.as_str())
+            .await
+            .map_err(PlaceError::Copy)?;
+        let locked: Vec<String> = tables.iter().map(|table| table.quoted.clone()).collect();
+        begin_locked(&owner, &locked, "ACCESS EXCLUSIVE", lock_within).await?;
+        Ok((owner, tables))
+    }
+
     /// The owner's connection to the shared database.
     pub(super) async fn owner(&self, ctx: &Context) -> Result<Client, PlaceError> {
         crate::db::connect::bare(ctx.owner.clone(), &ctx.runtime)

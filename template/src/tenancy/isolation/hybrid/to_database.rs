@@ -9,9 +9,7 @@ use tokio_postgres::Client;
 use super::HybridStrategy;
 use super::tiers::{commit_tier, failed, refuse};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::isolation::database::copy::{
-    TableCopy, begin_locked, copy_tables, tables_in_order,
-};
+use crate::tenancy::isolation::database::copy::{TableCopy, copy_tables, tables_in_order};
 use crate::tenancy::isolation::schema::SchemaName;
 use crate::tenancy::isolation::{Context, PlaceError, ServerAddress};
 
@@ -31,14 +29,8 @@ impl HybridStrategy {
         lock_within: Duration,
     ) -> Result<Vec<TableCopy>, PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
-        let source = self.owner(ctx).await?;
-        let tables: Vec<String> = tables_in_order(&source, schema.as_str())
-            .await
-            .map_err(PlaceError::Copy)?
-            .into_iter()
-            .map(|table| table.quoted)
-            .collect();
-        begin_locked(&source, &tables, "ACCESS EXCLUSIVE", lock_within).await?;
+        let (source, tables) = self.lock_schema(ctx, tenant, lock_within).await?;
+        let tables: Vec<String> = tables.into_iter().map(|table| table.quoted).collect();
         let target = self.database.owner_inside(ctx, name, server).await?;
         target.batch_execute("BEGIN").await.map_err(failed)?;
         let copied = copy_tables(&source, schema.as_str(), &target, "public")
