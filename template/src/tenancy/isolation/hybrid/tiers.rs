@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::HybridStrategy;
-use super::to_database::drop_schema_left;
 use crate::db::pool::TENANT_SETTING;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::database::copy::{Table, TableCopy, begin_locked, tables_in_order};
@@ -371,9 +370,92 @@ impl HybridStrategy {
             other => other,
         }
     }
+
+    /// Whether the schema `tenant` left (for a database of its own, or for the shared
+    /// tables) is still there.
+    pub async fn has_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<bool, PlaceError> {
+        let owner = self.owner(ctx).await?;
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        Ok(schema_left(&owner, &schema).await?.is_some())
+    }
+
+    /// Drops the schema `tenant` left (safe to repeat); refused while the registry names
+    /// tier `schema`, and for a schema that holds rows no move left there.
+    pub async fn drop_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let owner = self.owner(ctx).await?;
+        let moved = owner
+            .query(
+                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation <> 'schema'",
+                &[&tenant.id.to_string()],
+            )
+            .await
+            .map_err(failed)?;
+        if moved.is_empty() {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' is in tier schema, or gone: its schema stays",
+                tenant.identifier
+            )));
+        }
+        drop_schema_left(&owner, &schema).await
+    }
 }
 
 /// What marks the database a change of tier made (a resumed change drops only its own).
 fn marker(tenant: &Tenant) -> String {
     format!("tenant {} changing tier to database", tenant.id)
+}
+
+/// What is left of `schema`: `None`, no such schema; `Some(true)`, one a move made or left
+/// (its tables refuse everyone, or hold no row); `Some(false)`, one that holds rows no
+/// move left there, which is not this service's to drop.
+async fn schema_left(owner: &Client, schema: &SchemaName) -> Result<Option<bool>, PlaceError> {
+    let found = owner
+        .query(
+            "SELECT EXISTS (SELECT 1 FROM pg_policy p \
+               JOIN pg_class c ON c.oid = p.polrelid \
+               WHERE c.relnamespace = n.oid AND p.polname = 'tenancy_moved') \
+             FROM pg_namespace n WHERE n.nspname = $1",
+            &[&schema.as_str()],
+        )
+        .await
+        .map_err(failed)?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    if row.get::<_, bool>(0) {
+        return Ok(Some(true));
+    }
+    for table in tables_in_order(owner, schema.as_str())
+        .await
+        .map_err(PlaceError::Copy)?
+    {
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", table.quoted);
+        if owner
+            .query_one(&sql, &[])
+            .await
+            .map_err(failed)?
+            .get::<_, bool>(0)
+        {
+            return Ok(Some(false));
+        }
+    }
+    Ok(Some(true))
+}
+
+/// Drops `schema` if a move made or left it (see [`schema_left`]); refuses one that
+/// holds rows no move left there.
+async fn drop_schema_left(owner: &Client, schema: &SchemaName) -> Result<(), PlaceError> {
+    match schema_left(owner, schema).await? {
+        None => Ok(()),
+        Some(true) => owner
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", schema.quoted()))
+            .await
+            .map_err(failed),
+        Some(false) => Err(PlaceError::Conflict(format!(
+            "schema {} holds rows that no move left there: it stays; drop or rename it by \
+             hand",
+            schema.quoted()
+        ))),
+    }
 }
