@@ -223,8 +223,8 @@ fn move_to_the_other_server(
 }
 
 /// Waits until a session is blocked by the lock `holder` holds (the move, on the lock of
-/// the test's), at most 30 s.
-async fn wait_blocked_by(holder: i32) {
+/// the test's), at most 30 s. (Also the tier moves' tests.)
+pub(crate) async fn wait_blocked_by(holder: i32) {
     let sql = format!("SELECT 1 FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))");
     let started = Instant::now();
     while query_url(&server_url(), &sql).await.unwrap().is_empty() {

@@ -490,16 +490,7 @@ async fn a_move_killed_before_its_switch_changes_nothing_until_run_again() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let blocked =
-            format!("SELECT 1 FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))");
-        let started = Instant::now();
-        while query_url(&server_url(), &blocked).await.unwrap().is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the move never waited"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::moves::wait_blocked_by(holder).await;
         killed.kill().unwrap(); // SIGKILL: no clean-up of any kind
         killed.wait().unwrap();
         drop(lock);

@@ -352,14 +352,7 @@ impl HybridStrategy {
     async fn abandon_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
-        let elsewhere = owner
-            .execute(
-                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation <> 'schema'",
-                &[&tenant.id.to_string()],
-            )
-            .await
-            .map_err(failed)?;
-        if elsewhere != 1 {
+        if !outside_schema_tier(&owner, tenant).await? {
             return Err(PlaceError::Conflict(format!(
                 "tenant '{}' is in tier schema already, or gone: nothing to give up",
                 tenant.identifier
@@ -384,14 +377,7 @@ impl HybridStrategy {
     pub async fn drop_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let owner = self.owner(ctx).await?;
-        let moved = owner
-            .query(
-                "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation <> 'schema'",
-                &[&tenant.id.to_string()],
-            )
-            .await
-            .map_err(failed)?;
-        if moved.is_empty() {
+        if !outside_schema_tier(&owner, tenant).await? {
             return Err(PlaceError::Conflict(format!(
                 "tenant '{}' is in tier schema, or gone: its schema stays",
                 tenant.identifier
@@ -404,6 +390,19 @@ impl HybridStrategy {
 /// What marks the database a change of tier made (a resumed change drops only its own).
 fn marker(tenant: &Tenant) -> String {
     format!("tenant {} changing tier to database", tenant.id)
+}
+
+/// Whether the registry names `tenant` in a tier other than `schema` (its schema, if
+/// any, is then none of the tier's: one a move made or left).
+async fn outside_schema_tier(owner: &Client, tenant: &Tenant) -> Result<bool, PlaceError> {
+    let found = owner
+        .execute(
+            "SELECT 1 FROM tenancy.tenants WHERE id = $1::text::uuid AND isolation <> 'schema'",
+            &[&tenant.id.to_string()],
+        )
+        .await
+        .map_err(failed)?;
+    Ok(found == 1)
 }
 
 /// What is left of `schema`: `None`, no such schema; `Some(true)`, one a move made or left
