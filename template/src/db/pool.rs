@@ -11,11 +11,12 @@
 //! `connect`.
 //!
 //! Behind a pooler in transaction mode (`TENANCY_POOLER=transaction`) no scope lives on a
-//! session: every checkout is a transaction whose first statement sets the scope for that
-//! transaction alone (`set_config(name, value, true)`), ended by [`PooledConnection::finish`]
-//! (commit or roll back) or, when the connection is dropped unfinished, rolled back.
-//! `BEGIN` and the scope statement wait for the checkout's first statement and go in one
-//! flight with it ([`PooledConnection::run`]): a checkout that runs nothing sends nothing.
+//! session: every checkout is a transaction whose first statements set the scope for that
+//! transaction alone (`SET LOCAL`, `set_config(name, value, true)`), ended by
+//! [`PooledConnection::finish`] (commit or roll back) or, when the connection is dropped
+//! unfinished, rolled back. `BEGIN` and the scope statements wait for the checkout's first
+//! statement and go in one flight with it ([`PooledConnection::run`]): a checkout that
+//! runs nothing sends nothing.
 //!
 //! The scope-tracking invariant: a connection's `scope` names a tenant only after the
 //! statement that set that scope succeeded on it. It is cleared before a re-scope is
@@ -81,6 +82,16 @@ pub struct SessionScope {
 
 /// The setting that Row-Level Security policies read.
 pub const TENANT_SETTING: &str = "app.tenant_id";
+
+/// The statement that makes `tenant` the tenant of the current transaction alone.
+///
+/// `SET LOCAL`, not `set_config`: it is the one form that Citus (distributed PostgreSQL,
+/// with `citus.propagate_set_commands = 'local'`) passes on to the nodes that hold the
+/// rows, where the policies read it. `SET` takes no bind parameter, so the value is
+/// written into the statement: a `Uuid`, formatted here, is hex digits and hyphens only.
+pub fn set_tenant_locally(tenant: Uuid) -> String {
+    format!("SET LOCAL {TENANT_SETTING} = '{}'", tenant.hyphenated())
+}
 
 /// How much longer than the statement timeout the service waits for PostgreSQL's answer:
 /// a server that cannot answer (frozen, or cut off by the network) cannot time out a
@@ -373,24 +384,25 @@ impl diesel::result::DatabaseErrorInformation for Failed {
 /// that transaction alone (`search_path`, `app.tenant_id`, the statement timeout).
 struct Opening {
     search_path: String,
-    tenant: String,
+    tenant: Uuid,
     timeout: String,
 }
 
 impl Opening {
-    /// `BEGIN` and the scope statement in one flight: inside the transaction a failed
-    /// `BEGIN` or scope fails every statement after it.
+    /// `BEGIN` and the scope statements in one flight: inside the transaction a failed
+    /// `BEGIN` or scope fails every statement after it. The tenant goes with `BEGIN`
+    /// ([`set_tenant_locally`]).
     async fn send(self, conn: &AsyncPgConnection) -> diesel::QueryResult<()> {
         use diesel_async::RunQueryDsl;
 
         let (mut begin, mut scoped) = (conn, conn);
+        let begin_as_tenant = format!("BEGIN; {}", set_tenant_locally(self.tenant));
         let scope = diesel::select((
             set_config("search_path", self.search_path.as_str(), true),
-            set_config(TENANT_SETTING, self.tenant.as_str(), true),
             set_config("statement_timeout", self.timeout.as_str(), true),
         ))
         .execute(&mut scoped);
-        futures_util::future::try_join(begin.batch_execute("BEGIN"), scope)
+        futures_util::future::try_join(begin.batch_execute(&begin_as_tenant), scope)
             .await
             .map(drop)
     }
@@ -1201,7 +1213,7 @@ impl Shared {
             search_path: scope
                 .map_or("public", |s| s.search_path.as_str())
                 .to_owned(),
-            tenant: scope.map_or(guard.tenant, |s| s.tenant).to_string(),
+            tenant: scope.map_or(guard.tenant, |s| s.tenant),
             timeout: timeout.as_millis().to_string(),
         });
         guard.in_transaction = true;

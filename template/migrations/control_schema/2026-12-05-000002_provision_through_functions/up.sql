@@ -34,8 +34,12 @@ $$;
 -- isolated by schema, and applies the tenant migrations it lacks, recorded as diesel
 -- records them (so `migrate` goes on from there); the calling role gets data access.
 -- Returns every version the schema has, oldest first.
+-- On Citus 12 or later (distributed PostgreSQL), `citus.enable_schema_based_sharding`
+-- makes the new schema a distributed schema: placed whole on one node, its tables with
+-- it. On plain PostgreSQL the setting is an unused placeholder and changes nothing.
 CREATE FUNCTION tenancy.provision_schema(p_identifier text) RETURNS text[]
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    SET citus.enable_schema_based_sharding = on AS $$
 DECLARE
     target text;
     migration record;

@@ -16,7 +16,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use super::{Context, DestroyPlan, RoleCheck, Route, Strategy};
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
-use crate::db::pool::{Home, PoolError, SessionScope, TENANT_SETTING};
+use crate::db::pool::{Home, PoolError, SessionScope, set_tenant_locally};
 use crate::db::settings::DatabaseSettings;
 use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
@@ -129,9 +129,7 @@ impl Strategy for RlsStrategy {
     ) -> QueryResult<()> {
         super::ensure(tenant, Isolation::Rls).map_err(super::query_error)?;
         conn.transaction::<_, diesel::result::Error, _>(async |conn| {
-            diesel::sql_query("SELECT set_config($1, $2, true)")
-                .bind::<Text, _>(TENANT_SETTING)
-                .bind::<Text, _>(tenant.id.to_string())
+            diesel::sql_query(set_tenant_locally(tenant.id))
                 .execute(conn)
                 .await?;
             let tables: Vec<TenantTable> = diesel::sql_query(
@@ -171,9 +169,7 @@ impl Strategy for RlsStrategy {
         super::ensure(tenant, Isolation::Rls).map_err(super::query_error)?;
         let tables = conn
             .transaction::<_, diesel::result::Error, _>(async |conn| {
-                diesel::sql_query("SELECT set_config($1, $2, true)")
-                    .bind::<Text, _>(TENANT_SETTING)
-                    .bind::<Text, _>(tenant.id.to_string())
+                diesel::sql_query(set_tenant_locally(tenant.id))
                     .execute(conn)
                     .await?;
                 super::tables_with_rows(conn, DATA_SCHEMA, true).await

@@ -33,6 +33,12 @@ const TENANT_MIGRATION_SQL: &[(&str, &str)] =
 /// application role creates and drops tenant schemas, run as the owner.
 pub const CONTROL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/control_schema");
 
+/// Run before a tenant's schema is created: on Citus 12 or later (distributed
+/// PostgreSQL) the schema becomes a distributed schema, placed whole on one node; on plain
+/// PostgreSQL the setting is an unused placeholder. `tenancy.provision_schema` does the same.
+const DISTRIBUTED_SCHEMA: &str =
+    "SELECT set_config('citus.enable_schema_based_sharding', 'on', true)";
+
 /// Every tenant schema starts with this, so no tenant can ever name `public` or `tenancy`.
 const SCHEMA_PREFIX: &str = "tenant_";
 
@@ -267,7 +273,10 @@ impl Strategy for SchemaStrategy {
         let target = migrate::Target {
             search_path: Some(schema.quoted()),
             lock_name: format!("migrate:{schema}"),
-            before: vec![format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted())],
+            before: vec![
+                DISTRIBUTED_SCHEMA.to_owned(),
+                format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()),
+            ],
             after: grants,
         };
         self.sessions
