@@ -254,17 +254,6 @@ async fn ids_say_nothing_of_other_tenants_writes() {
     assert_eq!(sequences.as_deref(), Some("0"));
 }
 
-/// The rows `sql` returns (run as the owner), each as one line, for assertions that name
-/// what they found.
-async fn lines(app: &TestApp, sql: &str) -> Vec<String> {
-    app.db
-        .query(sql)
-        .await
-        .into_iter()
-        .map(|row| row.into_iter().flatten().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 /// The shared tables as `c` (diesel's record of migrations left out), for a `WHERE` to
 /// go on.
 const SHARED_TABLES: &str = "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -286,13 +275,15 @@ fn tenant_id_of(rel: &str) -> String {
 #[actix_web::test]
 async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
     let app = spawn_app().await;
-    let none = Vec::<String>::new();
-    let tables = lines(
-        &app,
-        &format!("SELECT c.relname {SHARED_TABLES} ORDER BY 1"),
-    )
-    .await;
-    assert!(tables.contains(&"notes".to_owned()), "{tables:?}");
+    let none = Vec::<Vec<Option<String>>>::new();
+    let tables = app
+        .db
+        .query(&format!("SELECT c.relname {SHARED_TABLES} ORDER BY 1"))
+        .await;
+    assert!(
+        tables.contains(&vec![Some("notes".to_owned())]),
+        "{tables:?}"
+    );
     let shared = format!("SELECT c.oid {SHARED_TABLES}");
 
     let without_tenant = format!(
@@ -301,7 +292,7 @@ async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
          AND a.attnotnull AND a.atttypid = 'uuid'::regtype)"
     );
     assert_eq!(
-        lines(&app, &without_tenant).await,
+        app.db.query(&without_tenant).await,
         none,
         "no tenant_id uuid NOT NULL"
     );
@@ -314,7 +305,7 @@ async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
         tenant_id_of("i.indrelid")
     );
     assert_eq!(
-        lines(&app, &unique).await,
+        app.db.query(&unique).await,
         none,
         "unique indexes without tenant_id"
     );
@@ -328,7 +319,7 @@ async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
         tenant_id_of("k.confrelid")
     );
     assert_eq!(
-        lines(&app, &foreign).await,
+        app.db.query(&foreign).await,
         none,
         "foreign keys not paired on tenant_id"
     );
@@ -338,14 +329,17 @@ async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
          AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))"
     );
     assert_eq!(
-        lines(&app, &unguarded).await,
+        app.db.query(&unguarded).await,
         none,
         "no forced Row-Level Security"
     );
 
     // Without Citus it distributes nothing; the application role may not call it at all.
     let distributed = "SELECT tenancy_data.distribute_by_tenant('tenancy_data.notes')::text";
-    assert_eq!(lines(&app, distributed).await, vec!["false".to_owned()]);
+    assert_eq!(
+        app.db.query(distributed).await,
+        vec![vec![Some("false".to_owned())]]
+    );
     let session = app_session(&app).await;
     let called = session
         .simple_query("SELECT distribute_by_tenant('notes')")

@@ -321,17 +321,6 @@ async fn migrations_on_reused_connections_land_in_each_tenants_own_schema() {
     }
 }
 
-/// The rows `sql` returns (run as the owner), each as one line, for assertions that name
-/// what they found.
-async fn lines(app: &TestApp, sql: &str) -> Vec<String> {
-    app.db
-        .query(sql)
-        .await
-        .into_iter()
-        .map(|row| row.into_iter().flatten().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 /// What Citus 12 or later (distributed PostgreSQL) asks of a schema it distributes whole,
 /// checked on a tenant's schema here, on plain PostgreSQL: its tables reference no table
 /// outside it (nor is one referenced from outside), none is a foreign table, none
@@ -341,57 +330,67 @@ async fn lines(app: &TestApp, sql: &str) -> Vec<String> {
 async fn a_tenant_schema_is_ready_to_be_a_distributed_schema() {
     let app = spawn_app().await;
     app.create_tenant("acme").await;
-    let none = Vec::<String>::new();
-    let tables = lines(
-        &app,
-        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'tenant_acme'::regnamespace \
-         AND c.relkind IN ('r', 'p', 'f') ORDER BY 1",
-    )
-    .await;
-    assert!(tables.contains(&"notes".to_owned()), "{tables:?}");
+    let none = Vec::<Vec<Option<String>>>::new();
+    let tables = app
+        .db
+        .query(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'tenant_acme'::regnamespace \
+             AND c.relkind IN ('r', 'p', 'f') ORDER BY 1",
+        )
+        .await;
+    assert!(
+        tables.contains(&vec![Some("notes".to_owned())]),
+        "{tables:?}"
+    );
 
-    let across = lines(
-        &app,
-        "SELECT k.conname || ' ' || k.conrelid::regclass || ' -> ' || k.confrelid::regclass \
-         FROM pg_constraint k JOIN pg_class f ON f.oid = k.conrelid \
-         JOIN pg_class t ON t.oid = k.confrelid WHERE k.contype = 'f' \
-         AND (f.relnamespace = 'tenant_acme'::regnamespace \
-              OR t.relnamespace = 'tenant_acme'::regnamespace) \
-         AND f.relnamespace <> t.relnamespace",
-    )
-    .await;
+    let across = app
+        .db
+        .query(
+            "SELECT k.conname || ' ' || k.conrelid::regclass || ' -> ' || k.confrelid::regclass \
+             FROM pg_constraint k JOIN pg_class f ON f.oid = k.conrelid \
+             JOIN pg_class t ON t.oid = k.confrelid WHERE k.contype = 'f' \
+             AND (f.relnamespace = 'tenant_acme'::regnamespace \
+                  OR t.relnamespace = 'tenant_acme'::regnamespace) \
+             AND f.relnamespace <> t.relnamespace",
+        )
+        .await;
     assert_eq!(across, none, "foreign keys across the schema's border");
 
-    let foreign_tables = lines(
-        &app,
-        "SELECT relname FROM pg_class WHERE relnamespace = 'tenant_acme'::regnamespace \
-         AND relkind = 'f'",
-    )
-    .await;
+    let foreign_tables = app
+        .db
+        .query(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'tenant_acme'::regnamespace \
+             AND relkind = 'f'",
+        )
+        .await;
     assert_eq!(foreign_tables, none, "foreign tables");
 
-    let inheriting = lines(
-        &app,
-        "SELECT i.inhrelid::regclass || ' <- ' || i.inhparent::regclass FROM pg_inherits i \
-         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-         WHERE (c.relnamespace = 'tenant_acme'::regnamespace \
-                OR p.relnamespace = 'tenant_acme'::regnamespace) \
-         AND (c.relnamespace <> p.relnamespace OR NOT p.relkind = 'p')",
-    )
-    .await;
+    let inheriting = app
+        .db
+        .query(
+            "SELECT i.inhrelid::regclass || ' <- ' || i.inhparent::regclass FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+             WHERE (c.relnamespace = 'tenant_acme'::regnamespace \
+                    OR p.relnamespace = 'tenant_acme'::regnamespace) \
+             AND (c.relnamespace <> p.relnamespace OR NOT p.relkind = 'p')",
+        )
+        .await;
     assert_eq!(
         inheriting, none,
         "inheritance (other than partitions in the schema)"
     );
 
-    let setting = lines(
-        &app,
-        "SELECT array_to_string(proconfig, ' ') FROM pg_proc \
-         WHERE oid = 'tenancy.provision_schema(text)'::regprocedure",
-    )
-    .await;
+    let setting = app
+        .db
+        .query(
+            "SELECT array_to_string(proconfig, ' ') FROM pg_proc \
+             WHERE oid = 'tenancy.provision_schema(text)'::regprocedure",
+        )
+        .await;
     assert!(
-        setting[0].contains("citus.enable_schema_based_sharding=on"),
+        setting[0][0]
+            .as_deref()
+            .is_some_and(|s| s.contains("citus.enable_schema_based_sharding=on")),
         "{setting:?}"
     );
 }
