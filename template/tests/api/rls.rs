@@ -286,53 +286,49 @@ async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
     );
     let shared = format!("SELECT c.oid {SHARED_TABLES}");
 
-    let without_tenant = format!(
-        "SELECT c.relname {SHARED_TABLES} AND NOT EXISTS (SELECT 1 FROM pg_attribute a \
-         WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
-         AND a.attnotnull AND a.atttypid = 'uuid'::regtype)"
-    );
-    assert_eq!(
-        app.db.query(&without_tenant).await,
-        none,
-        "no tenant_id uuid NOT NULL"
-    );
-
-    // Citus enforces a unique index (a primary key too) only if it holds the
-    // distribution column.
-    let unique = format!(
-        "SELECT i.indexrelid::regclass::text FROM pg_index i \
-         WHERE i.indrelid IN ({shared}) AND i.indisunique AND NOT {} = ANY (i.indkey)",
-        tenant_id_of("i.indrelid")
-    );
-    assert_eq!(
-        app.db.query(&unique).await,
-        none,
-        "unique indexes without tenant_id"
-    );
-
-    // A foreign key from or to a distributed table must pair the distribution columns.
-    let foreign = format!(
-        "SELECT k.conname FROM pg_constraint k WHERE k.contype = 'f' \
-         AND (k.conrelid IN ({shared}) OR k.confrelid IN ({shared})) \
-         AND (array_position(k.conkey, {}) = array_position(k.confkey, {})) IS NOT TRUE",
-        tenant_id_of("k.conrelid"),
-        tenant_id_of("k.confrelid")
-    );
-    assert_eq!(
-        app.db.query(&foreign).await,
-        none,
-        "foreign keys not paired on tenant_id"
-    );
-
-    let unguarded = format!(
-        "SELECT c.relname {SHARED_TABLES} AND NOT (c.relrowsecurity AND c.relforcerowsecurity \
-         AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))"
-    );
-    assert_eq!(
-        app.db.query(&unguarded).await,
-        none,
-        "no forced Row-Level Security"
-    );
+    let rules = [
+        (
+            "no tenant_id uuid NOT NULL",
+            format!(
+                "SELECT c.relname {SHARED_TABLES} AND NOT EXISTS (SELECT 1 FROM pg_attribute a \
+                 WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+                 AND a.attnotnull AND a.atttypid = 'uuid'::regtype)"
+            ),
+        ),
+        // Citus enforces a unique index (a primary key too) only if it holds the
+        // distribution column.
+        (
+            "unique indexes without tenant_id",
+            format!(
+                "SELECT i.indexrelid::regclass::text FROM pg_index i \
+                 WHERE i.indrelid IN ({shared}) AND i.indisunique AND NOT {} = ANY (i.indkey)",
+                tenant_id_of("i.indrelid")
+            ),
+        ),
+        // A foreign key from or to a distributed table must pair the distribution columns.
+        (
+            "foreign keys not paired on tenant_id",
+            format!(
+                "SELECT k.conname FROM pg_constraint k WHERE k.contype = 'f' \
+                 AND (k.conrelid IN ({shared}) OR k.confrelid IN ({shared})) \
+                 AND (array_position(k.conkey, {}) = array_position(k.confkey, {})) \
+                 IS NOT TRUE",
+                tenant_id_of("k.conrelid"),
+                tenant_id_of("k.confrelid")
+            ),
+        ),
+        (
+            "no forced Row-Level Security with a policy",
+            format!(
+                "SELECT c.relname {SHARED_TABLES} AND NOT (c.relrowsecurity \
+                 AND c.relforcerowsecurity \
+                 AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))"
+            ),
+        ),
+    ];
+    for (broken, sql) in &rules {
+        assert_eq!(app.db.query(sql).await, none, "{broken}");
+    }
 
     // Without Citus it distributes nothing; the application role may not call it at all.
     let distributed = "SELECT tenancy_data.distribute_by_tenant('tenancy_data.notes')::text";
