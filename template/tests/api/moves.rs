@@ -13,7 +13,7 @@ use futures_util::future::join;
 use serde_json::json;
 
 use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
-use crate::servers::{OtherServer, spawn_with_other_server};
+use crate::servers::{OtherServer, spawn_behind_poolers, spawn_with_other_server};
 use svc::domain::{Maintenance, Tenant};
 use svc::tenancy::isolation::ServerAddress;
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
@@ -59,6 +59,34 @@ macro_rules! seed {
 #[actix_web::test]
 async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_write() {
     let (a, other) = spawn_with_other_server().await;
+    move_under_writes(&a, &other).await;
+}
+
+#[actix_web::test]
+async fn a_tenant_moved_behind_a_pooler_on_each_server_keeps_every_acknowledged_write() {
+    let Some((a, other, [_near, far])) = spawn_behind_poolers().await else {
+        return;
+    };
+    move_under_writes(&a, &other).await;
+    // The application role reached the new place through that server's pooler, and only
+    // through it: once the pooler is gone, the tenant is not served, its neighbour is.
+    let database = format!("{}acme", a.db.tenant_database_prefix);
+    let logged_in = far.databases_logged_in();
+    assert!(logged_in.contains(&database), "{logged_in:?}");
+    drop(far);
+    let service = service!(a);
+    for _ in 0..5 {
+        let (status, body) = call!(service, get "/api/notes", tenant = "acme");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+    let (status, body) = call!(service, get "/api/notes", tenant = "globex");
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Moves acme (200 notes) to the other server while two replicas of `a` write it and read
+/// it and globex (20 notes, staying), and checks every row of every answer and every
+/// acknowledged write.
+async fn move_under_writes(a: &TestApp, other: &OtherServer) {
     let server = ServerAddress::parse(&other.address).unwrap();
     let b = svc::startup::prepare(&a.settings).await.unwrap();
     let service_a = service!(a);
@@ -140,7 +168,7 @@ async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_
     assert!(refused.get() > 0, "no write met the move");
 
     // Every acknowledged write is in the new database, with the seed, and nothing else.
-    let far = titles_on(&a, &other, &acme, true).await;
+    let far = titles_on(a, other, &acme, true).await;
     let far_set: HashSet<&String> = far.iter().collect();
     assert_eq!(far.len(), far_set.len(), "a row copied twice");
     let acknowledged = acknowledged.take();
@@ -154,13 +182,13 @@ async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_
     let name = format!("{}acme", a.db.tenant_database_prefix);
     if other.distinct {
         assert!(
-            !has_database(&other, false, &name).await,
+            !has_database(other, false, &name).await,
             "the old copy is left"
         );
     }
-    assert!(has_database(&other, true, &name).await);
+    assert!(has_database(other, true, &name).await);
     // Globex did not move and lost nothing.
-    assert_eq!(titles_on(&a, &other, &globex, false).await.len(), 20);
+    assert_eq!(titles_on(a, other, &globex, false).await.len(), 20);
 
     // Both replicas write to the new place within a second of the move's end.
     for (replica, service) in [("a", &service_a), ("b", &service_b)] {
@@ -178,7 +206,7 @@ async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(titles_on(&a, &other, &acme, true).await.contains(&title));
+        assert!(titles_on(a, other, &acme, true).await.contains(&title));
     }
     let now = a.tenancy.get_tenant(&acme.identifier).await.unwrap();
     assert_eq!(now.maintenance, Maintenance::Off);

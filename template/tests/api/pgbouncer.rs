@@ -151,6 +151,24 @@ impl PgBouncer {
         format!("{scheme}://{credentials}127.0.0.1:{}{tail}", self.port)
     }
 
+{%- if tenant_databases %}
+
+    /// `127.0.0.1:<port>`: where it listens.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The databases clients logged in to through it, from its log.
+    pub fn databases_logged_in(&self) -> std::collections::HashSet<String> {
+        let log = std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| line.split("login attempt: db=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+{%- endif %}
+
     fn signal(&self, signal: &str) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
             let _ = Command::new("kill")

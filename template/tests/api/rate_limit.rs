@@ -2,7 +2,7 @@
 //! a tenant over its limit gets 429 with `Retry-After` and the `RateLimit-Policy` /
 //! `RateLimit` headers, other tenants are served, and unknown tenants never get a bucket.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::test;
@@ -44,6 +44,7 @@ async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_ser
     let policy = Some("\"tenant\";q=5;w=5".to_owned());
 
     // Five at once, then none until a second has passed.
+    let started = Instant::now();
     for left in (0..5).rev() {
         let (status, headers, _) = notes!(service, "rate_busy").await;
         assert_eq!(status, StatusCode::OK, "{headers:?}");
@@ -86,12 +87,18 @@ async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_ser
     let busy = [("tenant", "rate_busy"), ("status", "429")];
     assert_eq!(value(&scrape, "tenant_requests_total", &busy), 3.0);
 
-    // A second later, one more.
+    // A second later, one more: one a second since the bucket ran dry, which was after
+    // `started` (on a busy machine the checks above can take more than a second of it).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(notes!(service, "rate_busy").await.0, StatusCode::OK);
-    assert_eq!(
-        notes!(service, "rate_busy").await.0,
-        StatusCode::TOO_MANY_REQUESTS
+    let mut served = 0;
+    while notes!(service, "rate_busy").await.0 == StatusCode::OK {
+        served += 1;
+        assert!(served <= 5, "the burst came back whole");
+    }
+    let most = started.elapsed().as_secs() + 1;
+    assert!(
+        (1..=most).contains(&served),
+        "{served} served again, {most} at most"
     );
 }
 

@@ -1,6 +1,7 @@
 //! A second PostgreSQL server for placement and moves (`TENANCY_TEST_OTHER_SERVER`).
 
 use crate::helpers::{query_url, server_url};
+use crate::pgbouncer::PgBouncer;
 
 /// `host:port` of `url`.
 fn host_of(url: &str) -> String {
@@ -104,4 +105,32 @@ pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, Other
     )
     .await;
     (app, other)
+}
+
+/// As [`spawn_with_other_server`] (the second server alone listed), in transaction mode
+/// behind a PgBouncer in front of each server: the application role reaches the default
+/// server through the first (`TENANCY_DATABASE_URL`), the second through the other
+/// (`TENANCY_DATABASE_SERVER_POOLERS`). `None` where PgBouncer is not installed.
+pub(crate) async fn spawn_behind_poolers()
+-> Option<(crate::helpers::TestApp, OtherServer, [PgBouncer; 2])> {
+    let connections = crate::pooler::SERVER_CONNECTIONS;
+    let near = PgBouncer::start(&server_url(), "transaction", connections)?;
+    let db = crate::helpers::TestDatabase::create().await;
+    let other = OtherServer::start(&db).await;
+    let far = PgBouncer::start(&other.base_url, "transaction", connections)?;
+    let poolers = format!("{}={}", other.address, far.address());
+    let app = crate::pooler::spawn_behind(
+        &near,
+        db,
+        &[
+            ("TENANCY_DATABASE_SERVERS", &other.address),
+            ("TENANCY_DATABASE_SERVER_POOLERS", &poolers),
+            ("TENANCY_DATABASE_PLACEMENT", "default"),
+{%- if isolation == "hybrid" %}
+            ("TENANCY_DEFAULT_ISOLATION", "database"),
+{%- endif %}
+        ],
+    )
+    .await;
+    Some((app, other, [near, far]))
 }

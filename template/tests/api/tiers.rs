@@ -2,7 +2,8 @@
 //! database and back: under writes from two replicas no acknowledged write is lost, no
 //! answer holds another tenant's row and the tenant is never answered from nowhere; the
 //! other tenants of the shared tables lose nothing; a request that reaches a place the
-//! tenant left is refused; an interrupted move is finished by running it again.
+//! tenant left is refused; an interrupted move is finished by running it again. The same
+//! holds behind a pooler in transaction mode.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -13,7 +14,10 @@ use actix_web::http::StatusCode;
 use futures_util::future::join;
 use serde_json::json;
 
-use crate::helpers::{TestApp, binary, operator, query_url, server_url, spawn_app, with_database};
+use crate::helpers::{
+    TestApp, TestDatabase, binary, operator, query_url, server_url, spawn_app, with_database,
+};
+use crate::pgbouncer::PgBouncer;
 use svc::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
 use svc::tenancy::isolation::PlaceError;
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
@@ -102,26 +106,37 @@ macro_rules! seed {
 
 #[actix_web::test]
 async fn promoted_rls_to_schema_to_database_under_writes_from_two_replicas() {
-    changes_tier_under_writes_from_two_replicas(
-        Isolation::Rls,
-        [Isolation::Schema, Isolation::Database],
-    )
-    .await;
+    let up = [Isolation::Schema, Isolation::Database];
+    changes_tier_under_writes_from_two_replicas(spawn_app().await, Isolation::Rls, up).await;
 }
 
 #[actix_web::test]
 async fn demoted_database_to_schema_to_rls_under_writes_from_two_replicas() {
-    changes_tier_under_writes_from_two_replicas(
-        Isolation::Database,
-        [Isolation::Schema, Isolation::Rls],
-    )
-    .await;
+    let down = [Isolation::Schema, Isolation::Rls];
+    changes_tier_under_writes_from_two_replicas(spawn_app().await, Isolation::Database, down).await;
 }
 
-/// acme, in tier `from`, changes tier twice (`path`) while both replicas write to it and
-/// read every tenant; globex shares the shared tables, initech has a schema.
-async fn changes_tier_under_writes_from_two_replicas(from: Isolation, path: [Isolation; 2]) {
-    let a = spawn_app().await;
+#[actix_web::test]
+async fn promoted_and_demoted_behind_a_transaction_pooler_under_writes_from_two_replicas() {
+    let connections = crate::pooler::SERVER_CONNECTIONS;
+    let Some(pooler) = PgBouncer::start(&server_url(), "transaction", connections) else {
+        return;
+    };
+    let behind =
+        || async { crate::pooler::spawn_behind(&pooler, TestDatabase::create().await, &[]).await };
+    let up = [Isolation::Schema, Isolation::Database];
+    changes_tier_under_writes_from_two_replicas(behind().await, Isolation::Rls, up).await;
+    let down = [Isolation::Schema, Isolation::Rls];
+    changes_tier_under_writes_from_two_replicas(behind().await, Isolation::Database, down).await;
+}
+
+/// acme, in tier `from`, changes tier twice (`path`) while both replicas of `a` write to it
+/// and read every tenant; globex shares the shared tables, initech has a schema.
+async fn changes_tier_under_writes_from_two_replicas(
+    a: TestApp,
+    from: Isolation,
+    path: [Isolation; 2],
+) {
     let b = svc::startup::prepare(&a.settings).await.unwrap();
     let service_a = service!(a);
     let service_b =

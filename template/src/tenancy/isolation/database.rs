@@ -218,6 +218,9 @@ pub struct DatabaseStrategy {
     pooler_prepared_statements: bool,
     /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`).
     servers: Vec<ServerAddress>,
+    /// The pooler through which the application role reaches a listed server
+    /// (`TENANCY_DATABASE_SERVER_POOLERS`).
+    poolers: Vec<(ServerAddress, ServerAddress)>,
     /// Where a tenant that asks for no server goes (`TENANCY_DATABASE_PLACEMENT`).
     placement: PlacementPolicy,
     /// `TENANCY_DATABASE_CA_FILE`, for URLs that check the server's certificate.
@@ -260,7 +263,8 @@ impl DatabaseStrategy {
 
     /// The application role's connection settings on `server` (default: the server of
     /// `TENANCY_DATABASE_URL_TEMPLATE`, else of `TENANCY_DATABASE_URL`), database
-    /// `postgres`.
+    /// `postgres`; through the server's pooler when `TENANCY_DATABASE_SERVER_POOLERS`
+    /// names one.
     fn app_config(
         &self,
         ctx: &Context,
@@ -272,6 +276,12 @@ impl DatabaseStrategy {
             .as_ref()
             .map(|t| t.expose_secret().replace("{database}", "postgres"));
         let ca = self.ca_file.as_deref();
+        let server = server.map(|server| {
+            self.poolers
+                .iter()
+                .find(|(pooled, _)| pooled == server)
+                .map_or(server, |(_, pooler)| pooler)
+        });
         let mut config = match (server, url) {
             (None, Some(url)) => PgConfig::parse(&url, self.ca_file.as_deref())?,
             (None, None) => ctx.app.clone(),
@@ -673,9 +683,42 @@ pub struct TenantDatabaseSettings {
     /// comma-separated list of host[:port]); empty: none, every tenant is on the default
     /// server.
     pub servers: Vec<ServerAddress>,
+    /// The pooler in front of a listed server (`TENANCY_DATABASE_SERVER_POOLERS`,
+    /// comma-separated `server=pooler` pairs of host[:port]): the application role reaches
+    /// that server through it, the owner (migrations, moves) always directly. A listed
+    /// server without one is reached directly.
+    pub poolers: Vec<(ServerAddress, ServerAddress)>,
     /// Where a tenant that asks for no server goes (`TENANCY_DATABASE_PLACEMENT`:
     /// `fewest`, the default, or `default`: the default server).
     pub placement: PlacementPolicy,
+}
+
+/// `TENANCY_DATABASE_SERVER_POOLERS`: `server=pooler` pairs, each server one of `servers`
+/// and given once.
+fn parse_poolers(
+    list: &str,
+    servers: &[ServerAddress],
+) -> Result<Vec<(ServerAddress, ServerAddress)>, String> {
+    let mut poolers: Vec<(ServerAddress, ServerAddress)> = Vec::new();
+    for pair in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (server, pooler) = pair.split_once('=').ok_or_else(|| {
+            format!("'{pair}' is not server=pooler, e.g. db2.internal:5432=db2-pool.internal:6432")
+        })?;
+        let server = ServerAddress::parse(server.trim())?;
+        let pooler = ServerAddress::parse(pooler.trim())?;
+        if !servers.contains(&server) {
+            return Err(format!(
+                "'{}' is not one of TENANCY_DATABASE_SERVERS (the default server's pooler is \
+                 the one TENANCY_DATABASE_URL names)",
+                server.as_str()
+            ));
+        }
+        if poolers.iter().any(|(listed, _)| *listed == server) {
+            return Err(format!("'{}' is given two poolers", server.as_str()));
+        }
+        poolers.push((server, pooler));
+    }
+    Ok(poolers)
 }
 
 /// The keys of [`TenantDatabaseSettings`].
@@ -683,6 +726,7 @@ pub(super) const DATABASE_KEYS: &[Key] = &[
     ("tenant_database_prefix", Some("tenant_")),
     ("database_url_template", None),
     ("database_servers", None),
+    ("database_server_poolers", None),
     ("database_placement", Some("fewest")),
 ];
 
@@ -720,6 +764,12 @@ impl Strategy for DatabaseStrategy {
             .transpose()
             .map_err(|why| ConfigError::invalid("database_servers", why))?
             .unwrap_or_default();
+        let poolers = src
+            .optional("database_server_poolers")
+            .map(|list| parse_poolers(&list, &servers))
+            .transpose()
+            .map_err(|why| ConfigError::invalid("database_server_poolers", why))?
+            .unwrap_or_default();
         let placement = match src.get("database_placement").as_str() {
             "fewest" => PlacementPolicy::Fewest,
             "default" => PlacementPolicy::Default,
@@ -735,11 +785,23 @@ impl Strategy for DatabaseStrategy {
             prefix,
             url_template,
             servers,
+            poolers,
             placement,
         })
     }
 
     fn new(settings: &TenantDatabaseSettings, database: &DatabaseSettings) -> Self {
+        if database.pooler == crate::db::settings::Pooler::Transaction {
+            let direct = (settings.servers.iter())
+                .filter(|server| !settings.poolers.iter().any(|(pooled, _)| pooled == *server));
+            for server in direct {
+                tracing::warn!(
+                    server = server.as_str(),
+                    "TENANCY_POOLER=transaction, but TENANCY_DATABASE_SERVER_POOLERS names no \
+                     pooler for this server: the application role connects to it directly"
+                );
+            }
+        }
         Self {
             prefix: settings.prefix.clone(),
             url_template: settings.url_template.clone(),
@@ -749,6 +811,7 @@ impl Strategy for DatabaseStrategy {
             pooler: database.pooler,
             pooler_prepared_statements: database.pooler_prepared_statements,
             servers: settings.servers.clone(),
+            poolers: settings.poolers.clone(),
             placement: settings.placement,
             ca_file: database.ca_file.clone(),
             checked: tokio::sync::Mutex::default(),
@@ -1001,6 +1064,31 @@ mod tests {
         assert!(SqlIdentifier::parse(name.as_str()).is_ok());
         for bad in ["", "tenants_", "T_", "1_", "a-"] {
             assert!(IdentifierPrefix::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_listed_server_may_have_one_pooler() {
+        let servers = ["db2.internal:5432", "db3"].map(|s| ServerAddress::parse(s).unwrap());
+        let poolers = parse_poolers(" db2.internal:5432 = pool2:6432,,DB3=[::1]:6432 ", &servers);
+        let pairs: Vec<(&str, &str)> = (poolers.as_ref().unwrap().iter())
+            .map(|(server, pooler)| (server.as_str(), pooler.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("db2.internal:5432", "pool2:6432"), ("db3", "[::1]:6432")]
+        );
+        for (bad, why) in [
+            ("db2.internal:5432", "is not server=pooler"),
+            (
+                "db4:5432=pool4",
+                "'db4:5432' is not one of TENANCY_DATABASE_SERVERS",
+            ),
+            ("db3=pool3,db3=pool4", "'db3' is given two poolers"),
+            ("db3=pool 3", "'pool 3' is not a server address"),
+        ] {
+            let error = parse_poolers(bad, &servers).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
         }
     }
 }
