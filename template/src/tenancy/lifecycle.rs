@@ -510,15 +510,18 @@ impl Tenancy {
         actor: &Actor,
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
-        let run = self.transition(
-            identifier,
-            &[
+        let run = async {
+{%- if tenant_databases %}
+            super::moves::refuse_mid_move(&self.get_tenant(identifier).await?, "delete")?;
+{%- endif %}
+            let from = [
                 TenantStatus::Active,
                 TenantStatus::Suspended,
                 TenantStatus::Provisioning,
-            ],
-            TenantStatus::Deleted,
-        );
+            ];
+            self.transition(identifier, &from, TenantStatus::Deleted)
+                .await
+        };
         self.audited(actor, Operation::Delete, identifier, empty_object(), run)
             .await
     }
@@ -573,6 +576,7 @@ impl Tenancy {
             )));
         }
 {%- if tenant_databases %}
+        super::moves::refuse_mid_move(&tenant, "destroy")?;
         if tenant.isolation == Isolation::Database {
             if !self.context().has_owner {
                 return Err(LifecycleError::Conflict(

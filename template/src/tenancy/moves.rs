@@ -194,7 +194,9 @@ impl Tenancy {
         }
         self.check_owner_session().await?;
         let tenant = self.get_tenant(identifier).await?;
-        if tenant.status == TenantStatus::Deleted {
+        // A move under way is finished even for a tenant deleted meanwhile: it can be
+        // destroyed only then.
+        if tenant.status == TenantStatus::Deleted && tenant.maintenance != Maintenance::Moving {
             return Err(LifecycleError::Conflict(format!(
                 "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
             )));
@@ -295,4 +297,17 @@ impl Tenancy {
             .await
             .map(drop)
     }
+}
+
+/// Refuses to `what` (delete, destroy) a tenant that a move left read-only: its data is
+/// in two places until the move finishes, and destroying it would leave one of them.
+pub(super) fn refuse_mid_move(tenant: &Tenant, what: &str) -> Result<(), LifecycleError> {
+    if tenant.maintenance == Maintenance::Moving {
+        return Err(LifecycleError::Conflict(format!(
+            "tenant '{}' is moving: finish the move (run the same `tenant move` again), then \
+             {what} it",
+            tenant.identifier
+        )));
+    }
+    Ok(())
 }

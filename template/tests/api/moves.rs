@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
 use crate::servers::{OtherServer, spawn_behind_poolers, spawn_with_other_server};
-use svc::domain::{Maintenance, Tenant};
+use svc::domain::{Maintenance, Tenant, TenantStatus};
 use svc::tenancy::isolation::ServerAddress;
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
 
@@ -437,6 +437,88 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     assert_eq!(now.maintenance, Maintenance::Off);
     within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
     assert_eq!(titles_on(&app, &other, &acme, true).await.len(), 31);
+}
+
+/// Asks the registry (through the service's cache) until `done` holds for `identifier`,
+/// at most 2 s: the cache hears of a change made by another process within a second.
+async fn until(app: &TestApp, identifier: &str, done: impl Fn(&Tenant) -> bool) {
+    let identifier = svc::domain::TenantIdentifier::parse(identifier).unwrap();
+    let started = Instant::now();
+    loop {
+        let tenant = app.tenancy.get_tenant(&identifier).await.unwrap();
+        if done(&tenant) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{tenant:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `error` refuses to `then` (delete, destroy) a tenant until its move is finished.
+fn refused_mid_move(error: &LifecycleError, then: &str) -> bool {
+    let LifecycleError::Conflict(why) = error else {
+        return false;
+    };
+    why.contains("finish the move") && why.contains(then)
+}
+
+#[actix_web::test]
+async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_places() {
+    let (app, other) = spawn_with_other_server().await;
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    seed!(service, "acme", 10);
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+
+    // A move that died once its copy was made: read-only, its data in two places.
+    app.db
+        .query(&format!(
+            "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
+            acme.id
+        ))
+        .await;
+    until(&app, "acme", |t| t.maintenance == Maintenance::Moving).await;
+    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
+    let moving = strategy
+        .start_move(ctx, &acme, Some(&server))
+        .await
+        .unwrap();
+    strategy.prepare_copy(ctx, &moving).await.unwrap();
+    let refused = app
+        .tenancy
+        .delete_tenant(&operator(), &acme.identifier)
+        .await
+        .unwrap_err();
+    assert!(refused_mid_move(&refused, "then delete it"), "{refused}");
+    let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
+    assert_eq!(now.status, TenantStatus::Active);
+
+    // Deleted all the same (a delete that raced the move's start): it is not destroyed
+    // until the move is finished, which it still may be.
+    app.db
+        .query(&format!(
+            "UPDATE tenancy.tenants SET status = 'deleted' WHERE id = '{}'",
+            acme.id
+        ))
+        .await;
+    until(&app, "acme", |t| t.status == TenantStatus::Deleted).await;
+    let refused = app
+        .tenancy
+        .destroy_tenant(&operator(), &acme.identifier, "acme")
+        .await
+        .unwrap_err();
+    assert!(refused_mid_move(&refused, "then destroy it"), "{refused}");
+    assert!(has_database(&other, true, &name).await);
+    move_to_the_other_server(&app, &other, "acme");
+    until(&app, "acme", |t| t.maintenance == Maintenance::Off).await;
+    app.tenancy
+        .destroy_tenant(&operator(), &acme.identifier, "acme")
+        .await
+        .unwrap();
+    // Nothing of it is left on either server.
+    assert!(!has_database(&other, true, &name).await);
+    assert!(!has_database(&other, false, &name).await);
 }
 
 #[actix_web::test]
