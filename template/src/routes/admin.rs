@@ -381,7 +381,7 @@ pub(crate) async fn move_tenant(
     params(("identifier" = String, Path, description = "The tenant's identifier")),
     responses(
         (status = 200, description = "The tenant, `deleted` (soft: its data stays until destroyed)", body = Tenant),
-        (status = 409, description = "Already deleted", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already deleted{% if tenant_databases %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]
@@ -408,7 +408,7 @@ pub(crate) struct Confirmation {
     request_body(content = Confirmation, description = "`confirm` repeats the identifier"),
     responses(
         (status = 204, description = "Its storage and registry row are gone; the identifier is quarantined"),
-        (status = 409, description = "Not deleted first", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not deleted first{% if tenant_databases %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]
