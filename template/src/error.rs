@@ -403,7 +403,8 @@ impl Constraint {
 
 /// PostgreSQL's messages for SQLSTATE 57014 (statement timeout) and class 57 (operator
 /// intervention: shutdown, crash, start-up). diesel does not expose the SQLSTATE of an
-/// error, so these (English) messages stand for it.
+/// error, so these (English) messages stand for it. Then PgBouncer's own, when it cannot
+/// give a client a server connection in time (the server down, or refusing log-ins).
 fn is_outage(message: &str) -> bool {
     const OUTAGES: &[&str] = &[
         "canceling statement due to statement timeout",
@@ -411,6 +412,9 @@ fn is_outage(message: &str) -> bool {
         "terminating connection because of crash of another server process",
         "terminating connection due to unexpected postmaster exit",
         "the database system is",
+        "query_wait_timeout",
+        "server login has been failing",
+        "pgbouncer cannot connect to server",
 {%- if isolation == "hybrid" %}
         // The shared tables' own (migrations/tenant_rls): a request for a tenant that moved
         // to another tier, sent before this replica heard of it.
@@ -502,6 +506,30 @@ mod tests {
         assert!(plain.contains("\"status\":500"));
         let debug = body_of(error.to_problem(true, None)).await;
         assert!(debug.contains("secret_table"), "{debug}");
+    }
+
+    #[test]
+    fn outages_of_the_server_or_the_pooler_are_unavailable_and_other_errors_internal() {
+        use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error};
+        let from = |message: &str| {
+            let info: Box<dyn DatabaseErrorInformation + Send + Sync> =
+                Box::new(message.to_owned());
+            AppError::from(Error::DatabaseError(DatabaseErrorKind::Unknown, info))
+        };
+        for outage in [
+            "canceling statement due to statement timeout",
+            "the database system is shutting down",
+            "query_wait_timeout",
+            "server login has been failing, try again later (server_login_retry)",
+            "pgbouncer cannot connect to server",
+        ] {
+            assert!(
+                matches!(from(outage), AppError::Unavailable { .. }),
+                "{outage}"
+            );
+        }
+        let bug = from("relation \"notes\" does not exist");
+        assert!(matches!(bug, AppError::Internal { .. }), "{bug:?}");
     }
 
     #[actix_web::test]

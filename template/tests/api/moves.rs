@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
 use crate::servers::{OtherServer, spawn_behind_poolers, spawn_with_other_server};
 use svc::domain::{Maintenance, Tenant, TenantStatus};
-use svc::tenancy::isolation::ServerAddress;
+use svc::tenancy::isolation::{Move, ServerAddress};
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
 
 /// The titles of `tenant`'s notes, read in its database on the other server (`far`) or
@@ -379,28 +379,41 @@ async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_re
     );
 }
 
-#[actix_web::test]
-async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finished_on_resume() {
-    let (app, other) = spawn_with_other_server().await;
-    let server = ServerAddress::parse(&other.address).unwrap();
+/// Tenant acme with `notes` notes, and its move to the other server made up to its copy,
+/// as a process that died there leaves it: read-only, an empty copy on the target.
+async fn acme_moved_up_to_its_copy(
+    app: &TestApp,
+    other: &OtherServer,
+    notes: usize,
+) -> (Tenant, Move) {
     let service = service!(app);
     let acme = app.create_tenant("acme").await;
-    seed!(service, "acme", 30);
-    let name = format!("{}acme", app.db.tenant_database_prefix);
-
-    // The move's own steps up to its switch, then nothing: the process died there.
+    seed!(service, "acme", notes);
     app.db
         .query(&format!(
             "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
             acme.id
         ))
         .await;
+    until(app, "acme", |t| t.maintenance == Maintenance::Moving).await;
+    let server = ServerAddress::parse(&other.address).unwrap();
     let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
     let moving = strategy
         .start_move(ctx, &acme, Some(&server))
         .await
         .unwrap();
     strategy.prepare_copy(ctx, &moving).await.unwrap();
+    (acme, moving)
+}
+
+#[actix_web::test]
+async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finished_on_resume() {
+    let (app, other) = spawn_with_other_server().await;
+    let service = service!(app);
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+    // The move's own steps up to its switch, then nothing: the process died there.
+    let (acme, moving) = acme_moved_up_to_its_copy(&app, &other, 30).await;
+    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
     let copied = strategy
         .copy_and_switch(ctx, &acme, &moving, Duration::from_secs(5))
         .await
@@ -465,26 +478,9 @@ fn refused_mid_move(error: &LifecycleError, then: &str) -> bool {
 #[actix_web::test]
 async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_places() {
     let (app, other) = spawn_with_other_server().await;
-    let server = ServerAddress::parse(&other.address).unwrap();
-    let service = service!(app);
-    let acme = app.create_tenant("acme").await;
-    seed!(service, "acme", 10);
     let name = format!("{}acme", app.db.tenant_database_prefix);
-
     // A move that died once its copy was made: read-only, its data in two places.
-    app.db
-        .query(&format!(
-            "UPDATE tenancy.tenants SET maintenance = 'moving' WHERE id = '{}'",
-            acme.id
-        ))
-        .await;
-    until(&app, "acme", |t| t.maintenance == Maintenance::Moving).await;
-    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
-    let moving = strategy
-        .start_move(ctx, &acme, Some(&server))
-        .await
-        .unwrap();
-    strategy.prepare_copy(ctx, &moving).await.unwrap();
+    let (acme, _) = acme_moved_up_to_its_copy(&app, &other, 10).await;
     let refused = app
         .tenancy
         .delete_tenant(&operator(), &acme.identifier)

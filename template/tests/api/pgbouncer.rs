@@ -158,6 +158,15 @@ impl PgBouncer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Adds `setting` (a line of pgbouncer.ini) and reloads it.
+    pub fn reload_with(&self, setting: &str) {
+        let file = self.dir.join("pgbouncer.ini");
+        let settings = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{settings}{setting}\n")).unwrap();
+        self.signal("HUP");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
     /// The databases clients logged in to through it, from its log.
     pub fn databases_logged_in(&self) -> std::collections::HashSet<String> {
         let log = std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();

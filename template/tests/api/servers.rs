@@ -110,7 +110,8 @@ pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, Other
 /// As [`spawn_with_other_server`] (the second server alone listed), in transaction mode
 /// behind a PgBouncer in front of each server: the application role reaches the default
 /// server through the first (`TENANCY_DATABASE_URL`), the second through the other
-/// (`TENANCY_DATABASE_SERVER_POOLERS`). `None` where PgBouncer is not installed.
+/// (`TENANCY_DATABASE_SERVER_POOLERS`); each answers a client it cannot give a server
+/// connection within 3 s with an error. `None` where PgBouncer is not installed.
 pub(crate) async fn spawn_behind_poolers()
 -> Option<(crate::helpers::TestApp, OtherServer, [PgBouncer; 2])> {
     let connections = crate::pooler::SERVER_CONNECTIONS;
@@ -118,6 +119,11 @@ pub(crate) async fn spawn_behind_poolers()
     let db = crate::helpers::TestDatabase::create().await;
     let other = OtherServer::start(&db).await;
     let far = PgBouncer::start(&other.base_url, "transaction", connections)?;
+    // A client waiting for a server connection that cannot be had (to a database a move
+    // closed) gets an error after 3 s instead of 120.
+    for pooler in [&near, &far] {
+        pooler.reload_with("query_wait_timeout = 3");
+    }
     let poolers = format!("{}={}", other.address, far.address());
     let app = crate::pooler::spawn_behind(
         &near,
