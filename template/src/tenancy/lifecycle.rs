@@ -512,7 +512,7 @@ impl Tenancy {
     ) -> Result<Tenant, LifecycleError> {
         let run = async {
 {%- if tenant_databases %}
-            super::moves::refuse_mid_move(&self.get_tenant(identifier).await?, "delete")?;
+            refuse_mid_move(&self.get_tenant(identifier).await?, "delete")?;
 {%- endif %}
             let from = [
                 TenantStatus::Active,
@@ -576,7 +576,7 @@ impl Tenancy {
             )));
         }
 {%- if tenant_databases %}
-        super::moves::refuse_mid_move(&tenant, "destroy")?;
+        refuse_mid_move(&tenant, "destroy")?;
         if tenant.isolation == Isolation::Database {
             if !self.context().has_owner {
                 return Err(LifecycleError::Conflict(
@@ -1024,3 +1024,19 @@ impl Tenancy {
 fn pool_failed(error: PoolError) -> MigrateError {
     MigrateError::Migration(format!("maintenance mode: {error}"))
 }
+
+{%- if tenant_databases %}
+
+/// Refuses to `what` (delete, destroy) a tenant that a move left read-only: its data is
+/// in two places until the move finishes, and destroying it would leave one of them.
+fn refuse_mid_move(tenant: &Tenant, what: &str) -> Result<(), LifecycleError> {
+    if tenant.maintenance == Maintenance::Moving {
+        return Err(LifecycleError::Conflict(format!(
+            "tenant '{}' is moving: finish the move (run the same `tenant move` again), then \
+             {what} it",
+            tenant.identifier
+        )));
+    }
+    Ok(())
+}
+{%- endif %}

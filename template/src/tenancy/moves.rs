@@ -298,16 +298,3 @@ impl Tenancy {
             .map(drop)
     }
 }
-
-/// Refuses to `what` (delete, destroy) a tenant that a move left read-only: its data is
-/// in two places until the move finishes, and destroying it would leave one of them.
-pub(super) fn refuse_mid_move(tenant: &Tenant, what: &str) -> Result<(), LifecycleError> {
-    if tenant.maintenance == Maintenance::Moving {
-        return Err(LifecycleError::Conflict(format!(
-            "tenant '{}' is moving: finish the move (run the same `tenant move` again), then \
-             {what} it",
-            tenant.identifier
-        )));
-    }
-    Ok(())
-}
