@@ -132,13 +132,18 @@ impl PgBouncer {
     /// server session, and a switch shows only when requests happen to overlap there.
     pub fn set_mode(&self, mode: &str) {
         self.write_mode(mode);
+        self.reload_with("server_round_robin = 1");
+    }
+{%- endif %}
+
+    /// Adds `setting` (a line of pgbouncer.ini) and reloads it.
+    pub fn reload_with(&self, setting: &str) {
         let file = self.dir.join("pgbouncer.ini");
         let settings = std::fs::read_to_string(&file).unwrap();
-        std::fs::write(&file, format!("{settings}server_round_robin = 1\n")).unwrap();
+        std::fs::write(&file, format!("{settings}{setting}\n")).unwrap();
         self.signal("HUP");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-{%- endif %}
 
     /// `url` (one of the test server's) with PgBouncer's address instead of the server's.
     pub fn url(&self, url: &str) -> String {
@@ -156,15 +161,6 @@ impl PgBouncer {
     /// `127.0.0.1:<port>`: where it listens.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Adds `setting` (a line of pgbouncer.ini) and reloads it.
-    pub fn reload_with(&self, setting: &str) {
-        let file = self.dir.join("pgbouncer.ini");
-        let settings = std::fs::read_to_string(&file).unwrap();
-        std::fs::write(&file, format!("{settings}{setting}\n")).unwrap();
-        self.signal("HUP");
-        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
     /// The databases clients logged in to through it, from its log.
