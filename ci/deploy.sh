@@ -146,10 +146,8 @@ PY
 }
 
 manifests_configure_the_service() {
-  local crate bin database role env_job env_server env_worker port log pid status
-  crate=$(sed -nE 's/^name = "([^"]+)"/\1/p' Cargo.toml | head -1)
-  bin=${CARGO_TARGET_DIR:-target}/debug/$crate
-  cargo build --locked --quiet || return 1
+  local bin database role env_job env_server env_worker port log pid status
+  bin=$(service_binary "$PWD") || return 1
   database=k8s_check_$RANDOM$RANDOM role=k8s_app_$RANDOM$RANDOM
   psql "$TENANCY_TEST_DATABASE_URL" -qc "CREATE DATABASE $database" || return 1
   # shellcheck disable=SC2064 # expand now: the names are this call's

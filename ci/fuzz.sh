@@ -42,9 +42,7 @@ use_shared_target_dir
 time_per_run=${FUZZ_TIME:-30}
 seed=${FUZZ_SEED:-$((RANDOM * 32768 + RANDOM))}
 
-name=$(sed -nE 's/^name = "([^"]+)"$/\1/p' "$project/Cargo.toml" | head -n 1)
-(cd "$project" && cargo build --locked --quiet) || die "the project does not build"
-bin="$CARGO_TARGET_DIR/debug/$name"
+bin=$(service_binary "$project") || die "the project does not build"
 # Outside the project: its files hold this run's tokens (and the project's own checks scan
 # every file in it for secrets).
 work=$(mktemp -d --suffix=-fuzz)

@@ -139,6 +139,21 @@ use_shared_target_dir() {
   done
   echo $$ >"$lock"
   export CI_TARGET_LOCK_OWNER=$$
+  # Each generated project is compiled once, so incremental caches only cost time; and
+  # line tables are all the debug information a backtrace needs. Both together halve a
+  # project's test build.
+  export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
+}
+
+# Builds a generated project's service the way `cargo test` builds it, and prints the
+# binary's path. The tests' dev-dependencies add features to some shared dependencies, so
+# a plain `cargo build` compiles the crate a second time; this one, after the tests, builds
+# nothing.
+service_binary() { # project
+  local name
+  name=$(sed -nE 's/^name = "([^"]+)"$/\1/p' "$1/Cargo.toml" | head -n 1)
+  (cd "$1" && cargo test --locked --quiet --no-run) >&2 || return 1
+  printf '%s/debug/%s\n' "${CARGO_TARGET_DIR:-$1/target}" "$name"
 }
 
 # `cargo test` in the project, within TEST_TIMEOUT seconds. Its output goes to a file, not

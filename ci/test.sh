@@ -58,6 +58,16 @@ record() { # name, status, seconds
   printf '%s %s (%ss)\n' "$2" "$1" "$3"
 }
 
+# Runs a step of a check and prints its seconds, so that the log shows where time goes.
+timed() { # step name, command...
+  local name=$1 start status; shift
+  start=$(date +%s)
+  "$@"
+  status=$?
+  printf '  %s: %ss\n' "$name" $(($(date +%s) - start)) >&2
+  return $status
+}
+
 run_check() { # name, command...
   local name=$1 start; shift
   start=$(date +%s)
@@ -128,23 +138,26 @@ check_combination() {
   (
     cd "$project" &&
       cargo fmt --check &&
-      cargo clippy --locked --quiet --all-targets -- -D warnings &&
-      bash "$root/ci/unused.sh" "$project" &&
+      timed clippy cargo clippy --locked --quiet --all-targets -- -D warnings &&
+      timed unused bash "$root/ci/unused.sh" "$project" &&
       # cargo deny reads the metadata of every target's dependencies: fetch them first
       # (a build downloads only this platform's), then check without the network.
       cargo fetch --locked --quiet &&
       cargo deny --log-level error --locked --offline check licenses bans sources &&
-      run_tests "$project" &&
+      timed "test build" cargo test --locked --quiet --no-run &&
+      timed tests run_tests "$project" &&
       valid_openapi &&
-      "$fuzz" "$project" "$1" &&
-      bash "$root/ci/deploy.sh" "$project" >&2
+      timed fuzz "$fuzz" "$project" "$1" &&
+      timed deploy bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"
 }
 
 # The project's OpenAPI document (what `GET /openapi.json` serves) is valid OpenAPI 3.1.
 valid_openapi() {
-  cargo run --locked --quiet -- openapi >target-openapi.json &&
+  local bin
+  bin=$(service_binary "$PWD") &&
+    "$bin" openapi >target-openapi.json &&
     "$API_TOOLS/openapi-spec-validator" target-openapi.json >&2 &&
     rm -f target-openapi.json
 }
@@ -167,7 +180,7 @@ check_name() { # name, key=value...
     cd "$project" &&
       cargo fmt --check &&
       cargo clippy --locked --quiet --all-targets -- -D warnings &&
-      cargo build --locked --quiet &&
+      service_binary "$project" >/dev/null &&
       bash "$root/ci/deploy.sh" "$project" >&2
   ) || return 1
   rm -rf "$(dirname "$project")"

@@ -88,9 +88,7 @@ async fn two_hundred_tenants_are_served_in_turn_under_a_cap_of_forty_connections
     ])
     .await;
     let names: Vec<String> = (0..TENANTS).map(|i| format!("many_{i:03}")).collect();
-    for name in &names {
-        app.create_tenant(name).await;
-    }
+    app.create_tenants(&names).await;
     let service = service!(app);
 
     // Watch PostgreSQL's own count of the service's connections while the tenants are used.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use actix_web::web;
+use futures_util::StreamExt;
 
 use svc::config::Settings;
 use svc::domain::{Tenant, TenantIdentifier};
@@ -318,11 +319,16 @@ pub fn clean_up(url: String, prefix: String, database: Option<String>, role: Str
                 .filter_map(|row| row.into_iter().next().flatten())
                 .collect();
             names.extend(database);
-            for name in names {
-                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                let _ = query_url(&url, &drop).await;
-            }
-            let _ = query_url(&url, &format!("DROP ROLE IF EXISTS \"{role}\"")).await;
+            // A few at a time: each DROP DATABASE waits for a checkpoint, and drops that
+            // wait together share one.
+            let url = &url;
+            futures_util::stream::iter(names)
+                .for_each_concurrent(4, |name| async move {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = query_url(url, &drop).await;
+                })
+                .await;
+            let _ = query_url(url, &format!("DROP ROLE IF EXISTS \"{role}\"")).await;
         });
     })
     .join();
@@ -449,6 +455,15 @@ impl TestApp {
             )
             .await
             .unwrap()
+    }
+
+    /// Creates these tenants, four at a time; returns them in the order given.
+    pub async fn create_tenants(&self, identifiers: &[String]) -> Vec<Tenant> {
+        futures_util::stream::iter(identifiers)
+            .map(|identifier| self.create_tenant(identifier))
+            .buffered(4)
+            .collect()
+            .await
     }
 }
 

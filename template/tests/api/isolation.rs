@@ -26,9 +26,7 @@ pub(crate) async fn concurrent_tenants_never_see_each_other(
     writes: usize,
 ) {
     let names: Vec<String> = (0..tenants).map(|i| format!("iso_{i:02}")).collect();
-    for name in &names {
-        app.create_tenant(name).await;
-    }
+    app.create_tenants(&names).await;
     let service = service!(app);
 
     let mut requests = Vec::new();
@@ -135,10 +133,8 @@ async fn many_tenants_share_four_connections_and_every_row_stays_with_its_tenant
 /// `count` tenants write two notes each, then read them, all at once: every answer holds
 /// exactly the tenant's own two notes, and the owner finds them where they belong.
 pub(crate) async fn many_tenants_take_turns(app: &TestApp, count: usize) {
-    let mut tenants = Vec::new();
-    for i in 0..count {
-        tenants.push(app.create_tenant(&format!("share_{i:03}")).await);
-    }
+    let names: Vec<String> = (0..count).map(|i| format!("share_{i:03}")).collect();
+    let tenants = app.create_tenants(&names).await;
     let service = service!(app);
     let writes = tenants.iter().flat_map(|tenant| {
         let service = &service;

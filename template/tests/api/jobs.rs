@@ -182,10 +182,8 @@ async fn behind_a_transaction_pooler_jobs_stay_with_their_tenants_too() {
 /// at once: every job ran once, and every row each tenant has is one of its own jobs'.
 async fn jobs_stay_with_their_tenants(app: &TestApp, tenants: usize, each: usize, workers: usize) {
     let queue = Queue::new(app.tenancy.clone());
-    let mut created: Vec<Tenant> = Vec::new();
-    for n in 0..tenants {
-        created.push(app.create_tenant(&format!("t{n:02}")).await);
-    }
+    let names: Vec<String> = (0..tenants).map(|n| format!("t{n:02}")).collect();
+    let created = app.create_tenants(&names).await;
     for round in 0..each {
         for tenant in &created {
             let title = format!("{}-{round}", tenant.identifier);

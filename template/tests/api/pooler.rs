@@ -111,9 +111,7 @@ async fn a_session_pooler_switched_to_transaction_mode_is_caught_and_nothing_is_
     )
     .await;
     let names: Vec<String> = (0..12).map(|i| format!("switch_{i:02}")).collect();
-    for name in &names {
-        app.create_tenant(name).await;
-    }
+    app.create_tenants(&names).await;
     let service = service!(app);
     for name in &names {
         let (status, _) = call!(service, post "/api/notes", tenant = name.as_str(),
