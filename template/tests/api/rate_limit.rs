@@ -55,25 +55,40 @@ async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_ser
     let service = service!(app);
     let policy = Some("\"tenant\";q=5;w=5".to_owned());
 
-    // Five at once, then none until a second has passed.
-    let started = Instant::now();
-    for left in (0..5).rev() {
-        let (status, headers, _) = notes!(service, "rate_busy").await;
-        assert_eq!(status, StatusCode::OK, "{headers:?}");
-        assert_eq!(headers[0], policy);
-        let state = headers[1].clone().unwrap_or_default();
-        assert!(
-            state.starts_with(&format!("\"tenant\";r={left};t=")),
-            "{state}"
-        );
-    }
-    for _ in 0..3 {
-        let (status, headers, problem) = notes!(service, "rate_busy").await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(problem);
-        assert_eq!(headers[0], policy);
-        assert_eq!(headers[1].as_deref(), Some("\"tenant\";r=0;t=1"));
-        assert_eq!(headers[2].as_deref(), Some("1"));
+    // Five at once, then none until a second has passed. The eight requests must come within
+    // that second, or a refill cannot be told from a leak: on a machine too busy for that,
+    // the bucket is left to fill again and they are sent again.
+    let mut limited = 0;
+    let mut started = Instant::now();
+    for round in 1..=3 {
+        started = Instant::now();
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            answers.push(notes!(service, "rate_busy").await);
+        }
+        let too_many = |answer: &&(StatusCode, _, _)| answer.0 == StatusCode::TOO_MANY_REQUESTS;
+        limited += answers.iter().filter(too_many).count();
+        if started.elapsed() >= Duration::from_secs(1) && round < 3 {
+            tokio::time::sleep(Duration::from_millis(5500)).await;
+            continue;
+        }
+        for (left, (status, headers, _)) in (0..5).rev().zip(&answers) {
+            assert_eq!(*status, StatusCode::OK, "{headers:?}");
+            assert_eq!(headers[0], policy);
+            let state = headers[1].clone().unwrap_or_default();
+            assert!(
+                state.starts_with(&format!("\"tenant\";r={left};t=")),
+                "{state}"
+            );
+        }
+        for (status, headers, problem) in &answers[5..] {
+            assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{answers:?}");
+            assert!(problem);
+            assert_eq!(headers[0], policy);
+            assert_eq!(headers[1].as_deref(), Some("\"tenant\";r=0;t=1"));
+            assert_eq!(headers[2].as_deref(), Some("1"));
+        }
+        break;
     }
     // Its neighbour has a bucket of its own.
     let (status, headers, _) = notes!(service, "rate_quiet").await;
@@ -89,15 +104,21 @@ async fn a_tenant_over_its_rate_gets_429_with_the_headers_and_the_others_are_ser
 {%- unless redis_cache %}
     assert_eq!(app.tenancy.rate.tracked(), 2);
 {%- endunless %}
-    assert_eq!(app.tenancy.rate.limited(), 3);
+    assert_eq!(app.tenancy.rate.limited(), limited as u64);
     let scrape = scrape(
         &service,
         test::TestRequest::get().uri("/metrics").to_request(),
     )
     .await;
-    assert_eq!(value(&scrape, "tenancy_rate_limited_total", &[]), 3.0);
+    assert_eq!(
+        value(&scrape, "tenancy_rate_limited_total", &[]),
+        limited as f64
+    );
     let busy = [("tenant", "rate_busy"), ("status", "429")];
-    assert_eq!(value(&scrape, "tenant_requests_total", &busy), 3.0);
+    assert_eq!(
+        value(&scrape, "tenant_requests_total", &busy),
+        limited as f64
+    );
 
     // A second later, one more: one a second since the bucket ran dry, which was after
     // `started` (on a busy machine the checks above can take more than a second of it).
@@ -133,16 +154,26 @@ async fn a_tenants_own_rate_overrides_the_setting_and_without_either_nothing_is_
         .set_limits(&crate::helpers::operator(), &own, limits)
         .await
         .unwrap();
-    let statuses: Vec<StatusCode> = futures_util::future::join_all(
-        (0..5).map(|_| async { notes!(service, "rate_own").await.0 }),
-    )
-    .await;
-    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let limited = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
-        .count();
-    assert_eq!((served, limited), (3, 2), "{statuses:?}");
+    // Five at once: three served, two limited, if they all come within the half second a
+    // token takes to come back (else, as above, once the bucket is full again).
+    for round in 1..=3 {
+        let started = Instant::now();
+        let statuses: Vec<StatusCode> = futures_util::future::join_all(
+            (0..5).map(|_| async { notes!(service, "rate_own").await.0 }),
+        )
+        .await;
+        if started.elapsed() >= Duration::from_millis(500) && round < 3 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        let limited = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count();
+        assert_eq!((served, limited), (3, 2), "{statuses:?}");
+        break;
+    }
     let (_, headers, _) = notes!(service, "rate_own").await;
     assert_eq!(headers[0].as_deref(), Some("\"tenant\";q=3;w=2"));
     // The others are still free.
