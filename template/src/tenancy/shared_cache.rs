@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::{Pool, Runtime, Timeouts};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::runtime::Handle;
 use uuid::Uuid;
@@ -178,7 +178,8 @@ impl Stored {
 pub struct SharedStats {
     pub hits: u64,
     pub misses: u64,
-    /// Operations that failed, by kind: `timeout` (longer than `TENANCY_REDIS_TIMEOUT`),
+    /// Operations that failed, by kind: `timeout` (longer than `TENANCY_REDIS_TIMEOUT`,
+    /// waiting for a free connection included),
     /// `connection` (none could be had, or it broke), `command` (Redis answered with an
     /// error).
     pub errors: BTreeMap<&'static str, u64>,
@@ -223,7 +224,7 @@ impl RedisError {
     /// stopped, reset, refused) is a connection error, not a command one.
     fn kind(&self) -> usize {
         match self {
-            Self::Timeout(_) => 0,
+            Self::Timeout(_) | Self::Pool(deadpool_redis::PoolError::Timeout(_)) => 0,
             Self::Command(e) if e.is_timeout() => 0,
             Self::Command(e) if e.is_io_error() => 1,
             Self::Pool(_) | Self::RuntimeGone => 1,
@@ -301,18 +302,30 @@ impl SharedCache {
     }
 
     /// Runs `command` on a pooled connection, on the database runtime, within the timeout.
+    ///
+    /// A connection is taken in a task of its own: one still being made when the timeout
+    /// runs out is made all the same (within the Redis client's own second) and pooled.
+    /// Where making one takes longer than the timeout (a TLS handshake to another zone, a
+    /// loaded host), the operations after it have one, instead of each giving up its own.
     async fn run<T, F, Fut>(self: &Arc<Self>, command: F) -> Result<T, RedisError>
     where
         T: Send + 'static,
         F: FnOnce(deadpool_redis::Connection) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, RedisError>> + Send,
     {
-        let this = self.clone();
+        let pool = self.pool.clone();
         let limit = self.timeout;
+        // Waiting for a pooled connection ends with the operation; making one does not.
+        let waits = Timeouts {
+            wait: Some(limit),
+            create: None,
+            recycle: Some(limit),
+        };
         self.runtime
             .spawn(async move {
+                let taken = tokio::spawn(async move { pool.timeout_get(&waits).await });
                 tokio::time::timeout(limit, async {
-                    let conn = this.pool.get().await?;
+                    let conn = taken.await.map_err(|_| RedisError::RuntimeGone)??;
                     command(conn).await
                 })
                 .await
@@ -558,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_that_breaks_under_a_command_is_a_connection_error() {
+    fn a_connection_that_breaks_under_a_command_is_a_connection_error_and_a_wait_a_timeout() {
         use deadpool_redis::redis::{ErrorKind, RedisError as Redis};
         use std::io;
         let kind = |e: RedisError| ERROR_KINDS[e.kind()];
@@ -571,6 +584,11 @@ mod tests {
             kind(RedisError::Timeout(Duration::from_millis(100))),
             "timeout"
         );
+        // Every connection in use for the whole timeout: a timeout, not a broken connection.
+        let waited = deadpool_redis::PoolError::Timeout(deadpool_redis::TimeoutType::Wait);
+        assert_eq!(kind(RedisError::Pool(waited)), "timeout");
+        let closed = deadpool_redis::PoolError::Closed;
+        assert_eq!(kind(RedisError::Pool(closed)), "connection");
         let answered = Redis::from((ErrorKind::UnexpectedReturnType, "not an integer"));
         assert_eq!(kind(RedisError::Command(answered)), "command");
     }

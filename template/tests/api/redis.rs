@@ -290,6 +290,78 @@ async fn with_redis_stopped_requests_succeed_and_it_is_used_again_once_back() {
     assert!(redis.cli(&["HGET", &key, "d"]).contains("\"suspended\""));
 }
 
+/// A Redis that takes longer to connect to than `TENANCY_REDIS_TIMEOUT` (a TLS handshake to
+/// another zone, a loaded host): the first operations give up waiting, but the connection is
+/// made all the same, and Redis is used from then on.
+#[actix_web::test]
+async fn a_redis_slower_to_connect_to_than_the_timeout_is_used_once_connected() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = slow_to_connect(redis.port, Duration::from_millis(400));
+    let url = format!("redis://127.0.0.1:{proxy}/0");
+    let app = spawn_app_with(&[
+        LONG_TTL,
+        ("TENANCY_REDIS_URL", &url),
+        ("TENANCY_REDIS_TIMEOUT", "100"),
+    ])
+    .await;
+    app.create_tenant("acme").await;
+    app.create_tenant("later").await;
+    let service = service!(app);
+
+    // The first request's lookup gives up on Redis after 100 ms: served from the registry.
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let stats = app.tenancy.shared_cache_stats();
+    assert!(stats.degraded.is_some(), "{stats:?}");
+    assert!(stats.errors["timeout"] >= 1, "{stats:?}");
+
+    // The connection it started is made meanwhile, and the probe finds it.
+    let started = Instant::now();
+    while app.tenancy.shared_cache_stats().degraded.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Redis is never used: {:?}",
+            app.tenancy.shared_cache_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let errors = app.tenancy.shared_cache_stats().errors;
+    let (status, _) = call!(service, get "/api/notes", tenant = "later");
+    assert_eq!(status, StatusCode::OK);
+    let key = format!("tenancy:{}:tenant:later", app.db.name);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
+    assert_eq!(app.tenancy.shared_cache_stats().errors, errors);
+}
+
+/// A TCP proxy to `port` on a free port of its own, that lets each connection through only
+/// after `delay`: a server slow to connect to, and then as fast as ever.
+fn slow_to_connect(port: u16, delay: Duration) -> u16 {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    };
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
+                    return;
+                };
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    std::thread::spawn(move || pipe(c, s));
+                    pipe(server, client);
+                }
+            });
+        }
+    });
+    proxy
+}
+
 #[actix_web::test]
 async fn rediss_is_used_with_the_ca_that_signs_redis_and_refused_with_another() {
     let ca = TestCa::new("redis-test-ca");
