@@ -24,7 +24,7 @@ rewrite() { # file: the crate's own paths, seen from inside it (the tests name i
     -e "/^extern crate ${crate_ident} as svc;/d" \
     -e 's/\bsvc::/crate::/g' \
     -e 's/\$crate::helpers::/$crate::api_tests::helpers::/g' \
-    -e 's/\bcrate::(helpers|cluster|tls|isolation|pgbouncer|pooler|database|servers)::/crate::api_tests::\1::/g' \
+    -e 's/\bcrate::(helpers|cluster|tls|isolation|pgbouncer|pooler|database|servers|moves)::/crate::api_tests::\1::/g' \
     -e 's/env!\("CARGO_BIN_EXE_[^"]*"\)/"unused-check: never run"/g' \
     "$1"
 }

@@ -512,7 +512,8 @@ impl Tenancy {
     ) -> Result<Tenant, LifecycleError> {
         let run = async {
 {%- if tenant_databases %}
-            refuse_mid_move(&self.get_tenant(identifier).await?, "delete")?;
+            self.refuse_mid_move(&self.get_tenant(identifier).await?, "delete")
+                .await?;
 {%- endif %}
             let from = [
                 TenantStatus::Active,
@@ -576,7 +577,7 @@ impl Tenancy {
             )));
         }
 {%- if tenant_databases %}
-        refuse_mid_move(&tenant, "destroy")?;
+        self.refuse_mid_move(&tenant, "destroy").await?;
         if tenant.isolation == Isolation::Database {
             if !self.context().has_owner {
                 return Err(LifecycleError::Conflict(
@@ -1027,16 +1028,34 @@ fn pool_failed(error: PoolError) -> MigrateError {
 
 {%- if tenant_databases %}
 
-/// Refuses to `what` (delete, destroy) a tenant that a move left read-only: its data is
-/// in two places until the move finishes, and destroying it would leave one of them.
-fn refuse_mid_move(tenant: &Tenant, what: &str) -> Result<(), LifecycleError> {
-    if tenant.maintenance == Maintenance::Moving {
-        return Err(LifecycleError::Conflict(format!(
-            "tenant '{}' is moving: finish the move (run the same `tenant move` again), then \
-             {what} it",
-            tenant.identifier
-        )));
+impl Tenancy {
+    /// What a move of `tenant` left unfinished, if one is under way or stopped partway:
+    /// the tenant read-only for it, or its data (or a copy made for it) in a second place.
+    pub(super) async fn unfinished_move(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Option<String>, LifecycleError> {
+        if tenant.maintenance == Maintenance::Moving {
+            return Ok(Some("it is read-only for its move".to_owned()));
+        }
+        let mut conn = self.control.get().await?;
+        let left = self.strategy().unfinished_move(&mut conn, tenant).await?;
+        conn.finish(true).await?;
+        Ok(left)
     }
-    Ok(())
+
+    /// Refuses to `what` (delete, destroy) a tenant whose move is under way or stopped
+    /// partway: its data is in two places (or a copy waits for it) until the move
+    /// finishes, and destroying it would leave one of them behind, for no one to drop.
+    async fn refuse_mid_move(&self, tenant: &Tenant, what: &str) -> Result<(), LifecycleError> {
+        match self.unfinished_move(tenant).await? {
+            None => Ok(()),
+            Some(left) => Err(LifecycleError::Conflict(format!(
+                "tenant '{}' is moving ({left}): finish the move (run the same `tenant move` \
+                 again), then {what} it",
+                tenant.identifier
+            ))),
+        }
+    }
 }
 {%- endif %}

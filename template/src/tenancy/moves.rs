@@ -194,9 +194,10 @@ impl Tenancy {
         }
         self.check_owner_session().await?;
         let tenant = self.get_tenant(identifier).await?;
-        // A move under way is finished even for a tenant deleted meanwhile: it can be
-        // destroyed only then.
-        if tenant.status == TenantStatus::Deleted && tenant.maintenance != Maintenance::Moving {
+        // A move under way or stopped partway is finished even for a tenant deleted
+        // meanwhile: it can be destroyed only then.
+        if tenant.status == TenantStatus::Deleted && self.unfinished_move(&tenant).await?.is_none()
+        {
             return Err(LifecycleError::Conflict(format!(
                 "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
             )));

@@ -17,7 +17,7 @@ use super::audit::{Actor, Operation};
 use super::isolation::ServerAddress;
 use super::lifecycle::LifecycleError;
 use super::moves::{LOCK_WITHIN, Moved};
-use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier};
+use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier, TenantStatus};
 
 /// How long a schema left for a database stays (refusing the tenant) before it is
 /// dropped: replicas hear of a change within a second.
@@ -57,6 +57,12 @@ impl Tenancy {
         if tenant.isolation == to && self.unfinished(&tenant).await? {
             progress(format!("resuming: in tier {to} already"));
             return self.finish_tier(&tenant, Vec::new(), 0, progress).await;
+        }
+        if tenant.status == TenantStatus::Deleted {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant '{identifier}' is deleted: only a move of it stopped partway is \
+                 finished (destroy it, or it stays where it is)"
+            )));
         }
         hybrid.check_tier_change(&tenant, to, server)?;
         progress(format!("preparing its place in tier {to}"));
@@ -109,11 +115,21 @@ impl Tenancy {
         if tenant.maintenance == Maintenance::Moving {
             return Ok(true);
         }
-        let (ctx, hybrid) = (self.context(), self.strategy());
-        Ok(match tenant.isolation {
-            Isolation::Schema => hybrid.databases().has_database_left(ctx, tenant).await?,
-            Isolation::Rls | Isolation::Database => hybrid.has_old_schema(ctx, tenant).await?,
-        })
+        let mut conn = self.control.get().await?;
+        let left = self
+            .strategy()
+            .left_by_tier_change(&mut conn, tenant)
+            .await?;
+        conn.finish(true).await?;
+        Ok(left.is_some())
+    }
+
+    /// Whether the schema `tenant` left is still there.
+    async fn has_old_schema(&self, tenant: &Tenant) -> Result<bool, LifecycleError> {
+        let mut conn = self.control.get().await?;
+        let schema = self.strategy().old_schema(&mut conn, tenant).await?;
+        conn.finish(true).await?;
+        Ok(schema.is_some())
     }
 
     /// Ends a switched move: a database the tenant left is closed, the tenant takes writes
@@ -146,7 +162,7 @@ impl Tenancy {
             if let Some(database) = dropped.map_err(not_yet)? {
                 progress(format!("dropped its old database {database}"));
             }
-        } else if hybrid.has_old_schema(ctx, &now).await? {
+        } else if self.has_old_schema(&now).await? {
             hybrid.drop_old_schema(ctx, &now).await.map_err(not_yet)?;
             progress("dropped its old schema".into());
         }

@@ -58,7 +58,9 @@ macro_rules! seed {
 
 #[actix_web::test]
 async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_write() {
-    let (a, other) = spawn_with_other_server().await;
+    let Some((a, other)) = spawn_with_other_server().await else {
+        return;
+    };
     move_under_writes(&a, &other).await;
 }
 
@@ -180,12 +182,10 @@ async fn move_under_writes(a: &TestApp, other: &OtherServer) {
     assert_eq!(far.len(), 200 + acknowledged.len());
     assert!(far.iter().all(|t| t.starts_with("acme-")));
     let name = format!("{}acme", a.db.tenant_database_prefix);
-    if other.distinct {
-        assert!(
-            !has_database(other, false, &name).await,
-            "the old copy is left"
-        );
-    }
+    assert!(
+        !has_database(other, false, &name).await,
+        "the old copy is left"
+    );
     assert!(has_database(other, true, &name).await);
     // Globex did not move and lost nothing.
     assert_eq!(titles_on(a, other, &globex, false).await.len(), 20);
@@ -307,7 +307,9 @@ macro_rules! within_a_second {
 
 #[actix_web::test]
 async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_resumed() {
-    let (app, other) = spawn_with_other_server().await;
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
     let service = service!(app);
     let acme = app.create_tenant("acme").await;
     seed!(service, "acme", 30);
@@ -368,9 +370,7 @@ async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_re
     let mut seeded: Vec<String> = (0..30).map(|n| format!("acme-seed-{n}")).collect();
     seeded.sort();
     assert_eq!(far, seeded);
-    if other.distinct {
-        assert!(!has_database(&other, false, &name).await);
-    }
+    assert!(!has_database(&other, false, &name).await);
     within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
     assert!(
         titles_on(&app, &other, &acme, true)
@@ -408,7 +408,9 @@ async fn acme_moved_up_to_its_copy(
 
 #[actix_web::test]
 async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finished_on_resume() {
-    let (app, other) = spawn_with_other_server().await;
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
     let service = service!(app);
     let name = format!("{}acme", app.db.tenant_database_prefix);
     // The move's own steps up to its switch, then nothing: the process died there.
@@ -440,12 +442,10 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     let (_, stderr) = move_to_the_other_server(&app, &other, "acme");
     assert!(stderr.contains("resuming: served from"), "{stderr}");
     assert_eq!(move_step(&app, &acme).await, None);
-    if other.distinct {
-        assert!(
-            !has_database(&other, false, &name).await,
-            "the old copy is left"
-        );
-    }
+    assert!(
+        !has_database(&other, false, &name).await,
+        "the old copy is left"
+    );
     let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
     assert_eq!(now.maintenance, Maintenance::Off);
     within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
@@ -454,7 +454,7 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
 
 /// Asks the registry (through the service's cache) until `done` holds for `identifier`,
 /// at most 2 s: the cache hears of a change made by another process within a second.
-async fn until(app: &TestApp, identifier: &str, done: impl Fn(&Tenant) -> bool) {
+pub(crate) async fn until(app: &TestApp, identifier: &str, done: impl Fn(&Tenant) -> bool) {
     let identifier = svc::domain::TenantIdentifier::parse(identifier).unwrap();
     let started = Instant::now();
     loop {
@@ -477,7 +477,9 @@ fn refused_mid_move(error: &LifecycleError, then: &str) -> bool {
 
 #[actix_web::test]
 async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_places() {
-    let (app, other) = spawn_with_other_server().await;
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
     let name = format!("{}acme", app.db.tenant_database_prefix);
     // A move that died once its copy was made: read-only, its data in two places.
     let (acme, _) = acme_moved_up_to_its_copy(&app, &other, 10).await;
@@ -518,8 +520,89 @@ async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_
 }
 
 #[actix_web::test]
+async fn a_tenant_whose_move_stopped_while_it_took_writes_is_deleted_only_once_the_move_is_finished()
+ {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let service = service!(app);
+    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
+    // Two moves stopped where the tenant takes writes: after the empty copy was made, before
+    // read-only; after the switch and the end of read-only, before the old copy was
+    // dropped. Either way the tenant's database is in two places.
+    for (tenant, switched) in [("copied", false), ("switched", true)] {
+        let t = app.create_tenant(tenant).await;
+        seed!(service, tenant, 10);
+        let moving = strategy.start_move(ctx, &t, Some(&server)).await.unwrap();
+        strategy.prepare_copy(ctx, &moving).await.unwrap();
+        if switched {
+            strategy
+                .copy_and_switch(ctx, &t, &moving, Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        let now = app.tenancy.get_tenant(&t.identifier).await.unwrap();
+        assert_eq!(now.maintenance, Maintenance::Off, "{tenant}");
+        let refused = app
+            .tenancy
+            .delete_tenant(&operator(), &t.identifier)
+            .await
+            .unwrap_err();
+        assert!(refused_mid_move(&refused, "then delete it"), "{refused}");
+        let unfinished = format!("its move to {} is not finished", other.address);
+        assert!(refused.to_string().contains(&unfinished), "{refused}");
+        let now = app.tenancy.get_tenant(&t.identifier).await.unwrap();
+        assert_eq!(now.status, TenantStatus::Active, "{tenant}");
+
+        // Deleted all the same (a delete that raced the move): not destroyed, but the move
+        // is still finished, and then it is.
+        app.db
+            .query(&format!(
+                "UPDATE tenancy.tenants SET status = 'deleted' WHERE id = '{}'",
+                t.id
+            ))
+            .await;
+        until(&app, tenant, |t| t.status == TenantStatus::Deleted).await;
+        let refused = app
+            .tenancy
+            .destroy_tenant(&operator(), &t.identifier, tenant)
+            .await
+            .unwrap_err();
+        assert!(refused_mid_move(&refused, "then destroy it"), "{refused}");
+        app.tenancy
+            .move_tenant(&operator(), &t.identifier, Some(server.clone()), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e}"));
+        assert_eq!(move_step(&app, &t).await, None, "{tenant}");
+        app.tenancy
+            .destroy_tenant(&operator(), &t.identifier, tenant)
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}: {e}"));
+        // Nothing of it is left on either server.
+        let name = format!("{}{tenant}", app.db.tenant_database_prefix);
+        assert!(!has_database(&other, true, &name).await, "{tenant}");
+        assert!(!has_database(&other, false, &name).await, "{tenant}");
+    }
+    // A deleted tenant with no move to finish stays where it is.
+    let t = app.create_tenant("still").await;
+    app.tenancy
+        .delete_tenant(&operator(), &t.identifier)
+        .await
+        .unwrap();
+    let refused = app
+        .tenancy
+        .move_tenant(&operator(), &t.identifier, Some(server.clone()), |_| {})
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("is deleted"), "{refused}");
+}
+
+#[actix_web::test]
 async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again() {
-    let (app, other) = spawn_with_other_server().await;
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
     let server = ServerAddress::parse(&other.address).unwrap();
     let service = service!(app);
     let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
@@ -539,14 +622,12 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
                 .unwrap();
             // `finish_move` dropped the old copy, and died before forgetting the move.
             let name = format!("{}{tenant}", app.db.tenant_database_prefix);
-            if other.distinct {
-                query_url(
-                    &server_url(),
-                    &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
-                )
-                .await
-                .unwrap();
-            }
+            query_url(
+                &server_url(),
+                &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+            )
+            .await
+            .unwrap();
         }
         let moved = app
             .tenancy
@@ -568,7 +649,9 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
 
 #[actix_web::test]
 async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
-    let (app, other) = spawn_with_other_server().await;
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
     let server = ServerAddress::parse(&other.address).unwrap();
     let acme = app.create_tenant("acme").await;
     let move_to = |to: Option<&str>| {
@@ -616,9 +699,7 @@ async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
     // Nothing moved, nothing left behind, and every refusal is in the audit trail.
     assert_eq!(recorded_server(&app, &acme).await, None);
     let name = format!("{}acme", app.db.tenant_database_prefix);
-    if other.distinct {
-        assert!(!has_database(&other, true, &name).await);
-    }
+    assert!(!has_database(&other, true, &name).await);
     let history = app
         .tenancy
         .history(&acme.identifier, 10, None)
@@ -642,7 +723,9 @@ async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
 
 #[actix_web::test]
 async fn the_admin_api_moves_a_tenant_and_says_how_long_it_was_read_only() {
-    let (app, other) = spawn_with_other_server().await;
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
     let service = service!(app);
     let acme = app.create_tenant("acme").await;
     seed!(service, "acme", 5);

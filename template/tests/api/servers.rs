@@ -1,20 +1,13 @@
-//! A second PostgreSQL server for placement and moves (`TENANCY_TEST_OTHER_SERVER`).
+//! A second PostgreSQL server for placement and moves (`TENANCY_TEST_OTHER_SERVER`, else a
+//! throwaway one of the test's own).
 
+use crate::cluster::Cluster;
 use crate::helpers::{query_url, server_url};
 use crate::pgbouncer::PgBouncer;
 
-/// `host:port` of `url`.
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host)
-        .to_string()
-}
-
-/// The second PostgreSQL server of the placement test (`TENANCY_TEST_OTHER_SERVER`,
-/// host:port; ci/ starts one), reached as the test server's user; the test's app role is
+/// The second PostgreSQL server of the placement and move tests: `TENANCY_TEST_OTHER_SERVER`
+/// (host:port; ci/ starts one for the whole run), else a throwaway server of the test's
+/// own (see [`Cluster`]), reached as the test server's user. The test's app role is
 /// created there (roles belong to a server), and everything is dropped at the end.
 pub(crate) struct OtherServer {
     pub(crate) address: String,
@@ -22,48 +15,56 @@ pub(crate) struct OtherServer {
     pub(crate) base_url: String,
     /// Its maintenance database, as the test server's user.
     pub(crate) admin_url: String,
-    /// Whether it really is another server (without `TENANCY_TEST_OTHER_SERVER` the test
-    /// runs against the main server under its own address, and proves less).
-    pub(crate) distinct: bool,
     role: String,
     prefix: String,
+    /// The server started for this test alone, removed with it.
+    own: Option<Cluster>,
 }
 
 impl OtherServer {
-    pub(crate) async fn start(db: &crate::helpers::TestDatabase) -> Self {
-        let main = host_of(&server_url());
-        let address = std::env::var("TENANCY_TEST_OTHER_SERVER").unwrap_or_else(|_| {
-            eprintln!("TENANCY_TEST_OTHER_SERVER is not set: placing on {main}, the main server");
-            main.clone()
-        });
+    /// `None` (with a message) where no second server is set and PostgreSQL's server
+    /// programs are not installed to start one, which fails the test under CI.
+    pub(crate) async fn start(db: &crate::helpers::TestDatabase) -> Option<Self> {
+        let (address, own) = match std::env::var("TENANCY_TEST_OTHER_SERVER") {
+            Ok(address) => (address, None),
+            Err(_) => {
+                let cluster = Cluster::start(&[])?;
+                (format!("127.0.0.1:{}", cluster.port()), Some(cluster))
+            }
+        };
         let url = server_url();
+        let user = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(user, _)| user);
         let base_url = format!(
             "postgres://{}{address}",
-            url.split_once("://")
-                .and_then(|(_, rest)| rest.split_once('@'))
-                .map_or(String::new(), |(user, _)| format!("{user}@"))
+            user.map_or(String::new(), |user| format!("{user}@"))
         );
         let admin_url = format!("{base_url}/postgres");
-        let distinct = address != main;
-        if distinct {
-            query_url(
-                &admin_url,
-                &format!(
-                    "CREATE ROLE \"{}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{}'",
-                    db.app_role, db.app_password
-                ),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("cannot prepare the second server {address}: {e}"));
+        // A server of the test's own has `postgres` alone: the test server's user too.
+        let name = user.map(|user| user.split(':').next().unwrap_or(user));
+        if let (Some(cluster), Some(name)) = (&own, name.filter(|n| *n != "postgres")) {
+            let create = format!("CREATE ROLE \"{name}\" LOGIN SUPERUSER");
+            query_url(&cluster.url(), &create).await.unwrap();
         }
-        Self {
+        query_url(
+            &admin_url,
+            &format!(
+                "CREATE ROLE \"{}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{}'",
+                db.app_role, db.app_password
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot prepare the second server {address}: {e}"));
+        Some(Self {
             address,
             base_url,
             admin_url,
-            distinct,
             role: db.app_role.clone(),
             prefix: db.tenant_database_prefix.clone(),
-        }
+            own,
+        })
     }
 
     pub(crate) async fn has_database(&self, name: &str) -> bool {
@@ -73,8 +74,9 @@ impl OtherServer {
 }
 
 impl Drop for OtherServer {
+    /// A server of the test's own goes whole; on a shared one, what the test made there.
     fn drop(&mut self) {
-        if self.distinct {
+        if self.own.is_none() {
             crate::helpers::clean_up(
                 self.admin_url.clone(),
                 self.prefix.clone(),
@@ -86,10 +88,11 @@ impl Drop for OtherServer {
 }
 
 /// An app whose `TENANCY_DATABASE_SERVERS` lists the second server and two unreachable
-/// ones (to ask for a server other than the recorded one).
-pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, OtherServer) {
+/// ones (to ask for a server other than the recorded one); `None` where there is no second
+/// server (see [`OtherServer::start`]).
+pub(crate) async fn spawn_with_other_server() -> Option<(crate::helpers::TestApp, OtherServer)> {
     let db = crate::helpers::TestDatabase::create().await;
-    let other = OtherServer::start(&db).await;
+    let other = OtherServer::start(&db).await?;
     let servers = format!("{},elsewhere.invalid:5432,elsewhere.invalid", other.address);
     // Unreachable servers listed: every tenant that names none stays on the default one.
     let app = crate::helpers::spawn_app_on(
@@ -104,7 +107,7 @@ pub(crate) async fn spawn_with_other_server() -> (crate::helpers::TestApp, Other
         ],
     )
     .await;
-    (app, other)
+    Some((app, other))
 }
 
 /// As [`spawn_with_other_server`] (the second server alone listed), in transaction mode
@@ -117,7 +120,7 @@ pub(crate) async fn spawn_behind_poolers()
     let connections = crate::pooler::SERVER_CONNECTIONS;
     let near = PgBouncer::start(&server_url(), "transaction", connections)?;
     let db = crate::helpers::TestDatabase::create().await;
-    let other = OtherServer::start(&db).await;
+    let other = OtherServer::start(&db).await?;
     let far = PgBouncer::start(&other.base_url, "transaction", connections)?;
     // A client waiting for a server connection that cannot be had (to a database a move
     // closed) gets an error after 3 s instead of 120.

@@ -849,15 +849,17 @@ impl Strategy for DatabaseStrategy {
         Ok(with_session_option(&config, "search_path", "public"))
     }
 
-    /// Creates `tenancy.tenant_databases`; the application role may only read it (to open
-    /// a tenant's connections on the right server).
+    /// Creates `tenancy.tenant_databases` and `tenancy.tenant_moves`; the application role
+    /// may only read them (to open a tenant's connections on the right server, and to
+    /// refuse to delete a tenant whose move is not finished).
     async fn migrate_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
         let grants = ctx
             .app_role
             .as_ref()
             .map(|role| {
                 vec![format!(
-                    "GRANT SELECT ON \"{CONTROL_SCHEMA}\".tenant_databases TO {}",
+                    "GRANT SELECT ON \"{CONTROL_SCHEMA}\".tenant_databases, \
+                     \"{CONTROL_SCHEMA}\".tenant_moves TO {}",
                     role.quoted()
                 )]
             })

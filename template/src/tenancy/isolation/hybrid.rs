@@ -11,13 +11,14 @@ mod down;
 mod tiers;
 mod to_database;
 
-use diesel::QueryResult;
-use diesel_async::AsyncPgConnection;
+use diesel::sql_types::Text;
+use diesel::{OptionalExtension, QueryResult};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::database::{DATABASE_KEYS, DatabaseStrategy, TenantDatabaseSettings};
 use super::rls::RlsStrategy;
-use super::schema::SchemaStrategy;
-use super::{Context, DestroyPlan, Route, Strategy};
+use super::schema::{SchemaName, SchemaStrategy};
+use super::{Context, DestroyPlan, Exists, PlaceError, Route, Strategy};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
 use crate::db::settings::DatabaseSettings;
@@ -65,6 +66,56 @@ impl HybridStrategy {
     /// The `database` tier: placement on servers, and moves between them.
     pub fn databases(&self) -> &DatabaseStrategy {
         &self.database
+    }
+
+    /// The schema `tenant`, in another tier now, left (for a database of its own, or for
+    /// the shared tables), if it is still there. `conn`: any connection to the control
+    /// database (the catalog is read).
+    pub async fn old_schema(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<Option<SchemaName>, PlaceError> {
+        if tenant.isolation == Isolation::Schema {
+            return Ok(None);
+        }
+        let schema = SchemaName::for_tenant(&tenant.identifier);
+        let found: Option<Exists> =
+            diesel::sql_query("SELECT true AS exists FROM pg_namespace WHERE nspname = $1")
+                .bind::<Text, _>(schema.as_str())
+                .get_result(conn)
+                .await
+                .optional()?;
+        Ok(found.map(|_| schema))
+    }
+
+    /// What a change of `tenant`'s tier stopped partway left outside its tier: a schema,
+    /// a database (running the same change again finishes it, and drops that).
+    pub async fn left_by_tier_change(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<Option<String>, PlaceError> {
+        if let Some(schema) = self.old_schema(conn, tenant).await? {
+            return Ok(Some(format!(
+                "its old schema {} is still there",
+                schema.quoted()
+            )));
+        }
+        let database = self.database.database_left(conn, tenant).await?;
+        Ok(database.map(|server| format!("its old database on {server} is still there")))
+    }
+
+    /// What a move of `tenant` left unfinished, between servers or between tiers.
+    pub async fn unfinished_move(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<Option<String>, PlaceError> {
+        match self.database.unfinished_move(conn, tenant).await? {
+            Some(left) => Ok(Some(left)),
+            None => self.left_by_tier_change(conn, tenant).await,
+        }
     }
 }
 

@@ -71,7 +71,24 @@ pub(super) async fn find_move(
         database: SqlIdentifier::parse(&row.database_name).map_err(PlaceError::Invalid)?,
     }))
 }
+
 impl DatabaseStrategy {
+    /// What a move of `tenant` between servers left unfinished, if one is under way or
+    /// stopped partway (running the same `tenant move` again finishes it). `conn`: any
+    /// connection to the control database (the application role may read the moves).
+    pub async fn unfinished_move(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<Option<String>, PlaceError> {
+        Ok(find_move(conn, tenant).await?.map(|moving| {
+            format!(
+                "its move to {} is not finished",
+                server_name(moving.to.as_ref())
+            )
+        }))
+    }
+
     /// The owner's connection to database `postgres` on `server`.
     pub(super) async fn owner_on(
         &self,

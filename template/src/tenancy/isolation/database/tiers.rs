@@ -5,7 +5,7 @@
 
 use diesel::OptionalExtension;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::moving::{control, find_move};
 use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, server_name};
@@ -96,21 +96,25 @@ impl DatabaseStrategy {
             .location()
     }
 
-    /// Whether `tenant`, in another tier now, left a database behind (its placement is
-    /// still recorded: it is closed and dropped by [`Self::drop_database_left`]).
-    pub(crate) async fn has_database_left(
+    /// Where the database `tenant`, in another tier now, left behind is, if there is one
+    /// (its placement is still recorded: it is closed and dropped by
+    /// [`Self::drop_database_left`]). `conn`: any connection to the control database.
+    pub(crate) async fn database_left(
         &self,
-        ctx: &Context,
+        conn: &mut AsyncPgConnection,
         tenant: &Tenant,
-    ) -> Result<bool, PlaceError> {
+    ) -> Result<Option<String>, PlaceError> {
         if tenant.isolation == Isolation::Database {
-            return Ok(false);
+            return Ok(None);
         }
-        let mut control = control(ctx).await?;
-        Ok(placement(&mut control, tenant).await?.is_some())
+        let Some(placed) = placement(conn, tenant).await? else {
+            return Ok(None);
+        };
+        let server = placed.server().map_err(PlaceError::Invalid)?;
+        Ok(Some(server_name(server.as_ref()).to_owned()))
     }
 
-    /// Closes the database `tenant` left (see [`Self::has_database_left`]) to every
+    /// Closes the database `tenant` left (see [`Self::database_left`]) to every
     /// session: no one may connect any more, the sessions there end. A replica that has
     /// not heard of the change gets an outage to retry, never an answer from there. Safe
     /// to repeat; refused while the registry names tier `database`.

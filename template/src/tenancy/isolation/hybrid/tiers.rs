@@ -364,14 +364,6 @@ impl HybridStrategy {
         }
     }
 
-    /// Whether the schema `tenant` left (for a database of its own, or for the shared
-    /// tables) is still there.
-    pub async fn has_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<bool, PlaceError> {
-        let owner = self.owner(ctx).await?;
-        let schema = SchemaName::for_tenant(&tenant.identifier);
-        Ok(schema_left(&owner, &schema).await?.is_some())
-    }
-
     /// Drops the schema `tenant` left (safe to repeat); refused while the registry names
     /// tier `schema`, and for a schema that holds rows no move left there.
     pub async fn drop_old_schema(&self, ctx: &Context, tenant: &Tenant) -> Result<(), PlaceError> {
