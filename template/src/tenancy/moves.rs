@@ -106,6 +106,15 @@ impl Tenancy {
         // Held until the move returns.
         let (tenant, _one_move) = self.movable(identifier).await?;
         let strategy = self.databases();
+        if tenant.status == TenantStatus::Deleted {
+            // Deleted with a move of another kind to finish: no move of this kind starts.
+            let mut conn = self.control.get().await?;
+            let recorded = strategy.unfinished_move(&mut conn, &tenant).await?;
+            conn.finish(true).await?;
+            if recorded.is_none() {
+                return Err(deleted(identifier));
+            }
+        }
         let moving = strategy.start_move(ctx, &tenant, to).await?;
         let (from_name, to_name) = (
             server_name(moving.from.as_ref()),
@@ -198,9 +207,7 @@ impl Tenancy {
         // meanwhile: it can be destroyed only then.
         if tenant.status == TenantStatus::Deleted && self.unfinished_move(&tenant).await?.is_none()
         {
-            return Err(LifecycleError::Conflict(format!(
-                "tenant '{identifier}' is deleted: destroy it, or it stays where it is"
-            )));
+            return Err(deleted(identifier));
         }
         let mut guard = ctx.connect(ctx.owner.clone()).await?;
         // A process killed during a move holds the lock until its server notices the
@@ -298,4 +305,13 @@ impl Tenancy {
             .await
             .map(drop)
     }
+}
+
+/// Refuses to move deleted tenant `identifier`: only a move of it stopped partway is
+/// finished, so that it can be destroyed.
+pub(super) fn deleted(identifier: &TenantIdentifier) -> LifecycleError {
+    LifecycleError::Conflict(format!(
+        "tenant '{identifier}' is deleted: only a move of it stopped partway is finished \
+         (destroy it, or it stays where it is)"
+    ))
 }

@@ -16,7 +16,7 @@ use super::Tenancy;
 use super::audit::{Actor, Operation};
 use super::isolation::ServerAddress;
 use super::lifecycle::LifecycleError;
-use super::moves::{LOCK_WITHIN, Moved};
+use super::moves::{LOCK_WITHIN, Moved, deleted};
 use crate::domain::{Isolation, Maintenance, Tenant, TenantIdentifier, TenantStatus};
 
 /// How long a schema left for a database stays (refusing the tenant) before it is
@@ -59,10 +59,7 @@ impl Tenancy {
             return self.finish_tier(&tenant, Vec::new(), 0, progress).await;
         }
         if tenant.status == TenantStatus::Deleted {
-            return Err(LifecycleError::Conflict(format!(
-                "tenant '{identifier}' is deleted: only a move of it stopped partway is \
-                 finished (destroy it, or it stays where it is)"
-            )));
+            return Err(deleted(identifier));
         }
         hybrid.check_tier_change(&tenant, to, server)?;
         progress(format!("preparing its place in tier {to}"));

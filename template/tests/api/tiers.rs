@@ -20,7 +20,7 @@ use crate::helpers::{
 use crate::moves::until;
 use crate::pgbouncer::PgBouncer;
 use svc::domain::{Isolation, Maintenance, Tenant, TenantIdentifier, TenantStatus};
-use svc::tenancy::isolation::PlaceError;
+use svc::tenancy::isolation::{PlaceError, ServerAddress};
 use svc::tenancy::lifecycle::{LifecycleError, NewTenant};
 
 async fn create(app: &TestApp, name: &str, isolation: Isolation) -> Tenant {
@@ -540,6 +540,14 @@ async fn a_tenant_whose_change_of_tier_stopped_partway_is_deleted_only_once_it_i
             .await
             .unwrap_err();
         refused_until_finished(&refused, "then destroy it");
+        // Only that move is finished: no move to another server starts.
+        let elsewhere = ServerAddress::parse("elsewhere.invalid:5432").unwrap();
+        let refused = app
+            .tenancy
+            .move_tenant(&operator(), &tenant.identifier, Some(elsewhere), |_| {})
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("is deleted"), "{refused}");
         let (ok, stdout, stderr) = move_to_tier(&app, name, to.as_str());
         assert!(ok && stderr.contains("resuming"), "{stdout}{stderr}");
         app.tenancy
