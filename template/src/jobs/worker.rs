@@ -211,6 +211,8 @@ impl Worker {
         let mut renew = tokio::time::interval(self.settings.lease / 3);
         renew.tick().await;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let too_long = tokio::time::sleep(self.settings.timeout);
+        tokio::pin!(too_long);
         let result = loop {
             let until_deadline = async {
                 match deadline {
@@ -228,6 +230,15 @@ impl Worker {
                     drop(run);
                     drop(conn);
                     return Ended::GivenBack("the worker stopped before the job ended");
+                }
+                // Its connection goes with it, and its transaction with that.
+                () = &mut too_long => {
+                    drop(run);
+                    drop(conn);
+                    return Ended::Ran(Err(JobError::Failed(format!(
+                        "the attempt did not end within TENANCY_JOBS_TIMEOUT ({} s)",
+                        self.settings.timeout.as_secs()
+                    ))));
                 }
             }
         };

@@ -545,6 +545,39 @@ async fn worker_stuck_in_a_job(
 }
 
 #[actix_web::test]
+async fn an_attempt_longer_than_the_timeout_is_stopped_rolled_back_and_retried() {
+    let app = spawn_app_with(&[FAST, &[("TENANCY_JOBS_TIMEOUT", "1")]].concat()).await;
+    let acme = app.create_tenant("acme").await;
+    let queue = Queue::new(app.tenancy.clone());
+    // Its insert waits on a lock of acme's notes for as long as the lock is held.
+    let lock = app.db.lock_notes(&acme).await;
+    let (job, _) = queue
+        .enqueue(&acme, &import(&["once".into()]), Enqueue::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let workers = start_workers(&app, 1);
+    let stopped = format!(
+        "SELECT count(*) FROM tenancy.jobs WHERE id = {} AND attempts >= 1 \
+           AND last_error LIKE '%did not end within TENANCY_JOBS_TIMEOUT (1 s)%'",
+        job.id
+    );
+    wait_for(&app, &stopped, 1, Duration::from_secs(20)).await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let waiting = queue.get(&acme, job.id).await.unwrap().unwrap();
+    assert_ne!(waiting.state, JobState::Done);
+    drop(lock);
+
+    // Once the lock is gone an attempt ends in time: one note, the stopped attempts'
+    // inserts rolled back with their connections.
+    wait_for_state(&app, job.id, "done", Duration::from_secs(20)).await;
+    workers.stop().await;
+    let done = queue.get(&acme, job.id).await.unwrap().unwrap();
+    assert!(done.attempts >= 2, "{done:?}");
+    assert_eq!(app.db.notes_of(&acme).await, Some(1));
+}
+
+#[actix_web::test]
 async fn a_worker_killed_mid_job_leaves_the_job_to_run_again() {
     let lease = ("TENANCY_JOBS_LEASE", "3");
     let app = spawn_app_with(&[FAST[0], FAST[1], lease]).await;
