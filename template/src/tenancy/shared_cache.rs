@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use deadpool_redis::redis::AsyncConnectionConfig;
 use deadpool_redis::{Pool, Runtime, Timeouts};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::runtime::Handle;
@@ -39,6 +40,10 @@ const ERROR_KINDS: [&str; 3] = ["timeout", "connection", "command"];
 
 /// How often Redis is checked while it fails.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The least time a new connection to Redis is given (made in a task of its own, see
+/// `SharedCache::run`).
+const CONNECT_WITHIN: Duration = Duration::from_secs(1);
 
 /// Writes a tenant unless Redis holds a later version (KEYS[1]; ARGV: version, data, ttl ms).
 const WRITE: &str = r"
@@ -242,10 +247,13 @@ impl SharedCache {
         runtime: Handle,
     ) -> Result<Arc<Self>, String> {
         let url = settings.url.expose_secret();
-        let pool = match &settings.ca_file {
-            None => deadpool_redis::Config::from_url(url)
-                .create_pool(Some(Runtime::Tokio1))
-                .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?,
+        // A command may take the whole timeout (the client's own default, 500 ms, would cut
+        // a longer one short), and making a connection at least a second.
+        let connection = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(settings.timeout))
+            .set_connection_timeout(Some(settings.timeout.max(CONNECT_WITHIN)));
+        let manager = match &settings.ca_file {
+            None => deadpool_redis::Manager::new_with_config(url, connection),
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     format!("TENANCY_REDIS_CA_FILE: cannot read {}: {e}", path.display())
@@ -256,14 +264,15 @@ impl SharedCache {
                 };
                 let client = deadpool_redis::redis::Client::build_with_tls(url, certificates)
                     .map_err(|e| format!("TENANCY_REDIS_CA_FILE: {e}"))?;
-                let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
-                    .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?;
-                Pool::builder(manager)
-                    .runtime(Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?
+                let info = client.get_connection_info().clone();
+                deadpool_redis::Manager::new_with_config(info, connection)
             }
-        };
+        }
+        .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?;
+        let pool = Pool::builder(manager)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("TENANCY_REDIS_URL: {e}"))?;
         let cache = Arc::new(Self {
             pool,
             prefix: format!("tenancy:{database}:tenant:"),
@@ -304,7 +313,8 @@ impl SharedCache {
     /// Runs `command` on a pooled connection, on the database runtime, within the timeout.
     ///
     /// A connection is taken in a task of its own: one still being made when the timeout
-    /// runs out is made all the same (within the Redis client's own second) and pooled.
+    /// runs out is made all the same (within `CONNECT_WITHIN`, or the timeout if longer)
+    /// and pooled.
     /// Where making one takes longer than the timeout (a TLS handshake to another zone, a
     /// loaded host), the operations after it have one, instead of each giving up its own.
     async fn run<T, F, Fut>(self: &Arc<Self>, command: F) -> Result<T, RedisError>

@@ -298,7 +298,7 @@ async fn a_redis_slower_to_connect_to_than_the_timeout_is_used_once_connected() 
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let proxy = slow_to_connect(redis.port, Duration::from_millis(400));
+    let proxy = slow_proxy(redis.port, Duration::from_millis(400), Duration::ZERO);
     let url = format!("redis://127.0.0.1:{proxy}/0");
     let app = spawn_app_with(&[
         LONG_TTL,
@@ -336,30 +336,63 @@ async fn a_redis_slower_to_connect_to_than_the_timeout_is_used_once_connected() 
 }
 
 /// A TCP proxy to `port` on a free port of its own, that lets each connection through only
-/// after `delay`: a server slow to connect to, and then as fast as ever.
-fn slow_to_connect(port: u16, delay: Duration) -> u16 {
+/// after `connect`, and holds each answer `answer` before passing it on.
+fn slow_proxy(port: u16, connect: Duration, answer: Duration) -> u16 {
+    use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy = listener.local_addr().unwrap().port();
-    let pipe = |mut from: TcpStream, mut to: TcpStream| {
-        let _ = std::io::copy(&mut from, &mut to);
+    let pipe = move |mut from: TcpStream, mut to: TcpStream, hold: Duration| {
+        let mut buffer = [0; 16 * 1024];
+        while let Ok(read @ 1..) = from.read(&mut buffer) {
+            std::thread::sleep(hold);
+            if to.write_all(&buffer[..read]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
     };
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                std::thread::sleep(delay);
+                std::thread::sleep(connect);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else {
                     return;
                 };
                 if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
-                    std::thread::spawn(move || pipe(c, s));
-                    pipe(server, client);
+                    std::thread::spawn(move || pipe(c, s, Duration::ZERO));
+                    pipe(server, client, answer);
                 }
             });
         }
     });
     proxy
+}
+
+/// A Redis whose answers take longer than the Redis client's own default (500 ms) but
+/// less than `TENANCY_REDIS_TIMEOUT`: every operation waits for them and Redis is used.
+#[actix_web::test]
+async fn a_redis_slower_to_answer_than_half_a_second_is_used_within_a_longer_timeout() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = slow_proxy(redis.port, Duration::ZERO, Duration::from_millis(700));
+    let url = format!("redis://127.0.0.1:{proxy}/0");
+    let app = spawn_app_with(&[
+        LONG_TTL,
+        ("TENANCY_REDIS_URL", &url),
+        ("TENANCY_REDIS_TIMEOUT", "5000"),
+    ])
+    .await;
+    app.create_tenant("acme").await;
+    let service = service!(app);
+    let (status, _) = call!(service, get "/api/notes", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let stats = app.tenancy.shared_cache_stats();
+    assert!(stats.degraded.is_none(), "{stats:?}");
+    assert_eq!(stats.errors.values().sum::<u64>(), 0, "{stats:?}");
+    let key = format!("tenancy:{}:tenant:acme", app.db.name);
+    assert!(redis.cli(&["HGET", &key, "d"]).contains("\"active\""));
 }
 
 #[actix_web::test]
