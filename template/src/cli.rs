@@ -350,22 +350,39 @@ async fn run_command(
                 TenantCommand::List => {
                     // Read first: a failure prints no half table.
                     let tenants = tenancy.list_tenants().await?;
+{%- if tenant_databases %}
+                    writeln!(
+                        out,
+                        "{:<36}  {:<24}  {:<12}  {:<9}  {:<24}  name",
+                        "id", "identifier", "status", "isolation", "server"
+                    )?;
+{%- else %}
                     writeln!(
                         out,
                         "{:<36}  {:<24}  {:<12}  {:<9}  name",
                         "id", "identifier", "status", "isolation"
                     )?;
+{%- endif %}
                     for t in tenants {
                         let mark = if t.metadata_undecodable() {
                             "  (metadata cannot be decoded: fix it in SQL)"
                         } else {
                             ""
                         };
+{%- if tenant_databases %}
+                        let server = t.server.as_ref().map_or("default", ServerAddress::as_str);
+                        writeln!(
+                            out,
+                            "{:<36}  {:<24}  {:<12}  {:<9}  {server:<24}  {}{mark}",
+                            t.id, t.identifier, t.status, t.isolation, t.name
+                        )?;
+{%- else %}
                         writeln!(
                             out,
                             "{:<36}  {:<24}  {:<12}  {:<9}  {}{mark}",
                             t.id, t.identifier, t.status, t.isolation, t.name
                         )?;
+{%- endif %}
                     }
                 }
                 TenantCommand::Suspend { identifier } => {

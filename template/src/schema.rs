@@ -18,6 +18,7 @@ diesel::table! {
         rate_limit -> Nullable<Int4>,
         rate_limit_burst -> Nullable<Int4>,
         maintenance -> Text,
+        server -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

@@ -3,10 +3,12 @@
 //! Nothing in this crate builds SQL from a tenant value except through the newtypes here.
 
 mod identifier;
+mod server;
 mod tenant;
 mod text;
 
 pub use identifier::{SqlIdentifier, TenantIdentifier};
+pub use server::ServerAddress;
 pub use tenant::{Bound, Isolation, Limit, Maintenance, Tenant, TenantLimits, TenantStatus};
 pub use text::{
     StorableJson, TEXT_PATTERN, VISIBLE_PATTERN, check_json, check_text, check_visible,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::TenantIdentifier;
+use super::{ServerAddress, TenantIdentifier};
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Tenant {
@@ -22,6 +22,10 @@ pub struct Tenant {
     pub metadata: serde_json::Value,
     pub limits: TenantLimits,
     pub maintenance: Maintenance,
+    /// The PostgreSQL server its data is on (`host[:port]`, one of
+    /// `TENANCY_DATABASE_SERVERS`); `null`: the default server.
+    #[schema(value_type = Option<String>)]
+    pub server: Option<ServerAddress>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -11,7 +11,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::domain::{
-    Bound, Isolation, Limit, Maintenance, Tenant, TenantIdentifier, TenantLimits, TenantStatus,
+    Bound, Isolation, Limit, Maintenance, ServerAddress, Tenant, TenantIdentifier, TenantLimits,
+    TenantStatus,
 };
 use crate::schema::{quarantine, tenants};
 
@@ -29,6 +30,7 @@ struct TenantRow {
     rate_limit: Option<i32>,
     rate_limit_burst: Option<i32>,
     maintenance: String,
+    server: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -60,6 +62,12 @@ impl TryFrom<TenantRow> for Tenant {
                 rate_limit_burst: limit(row.rate_limit_burst).map_err(corrupt)?,
             },
             maintenance: row.maintenance.parse().map_err(corrupt)?,
+            server: row
+                .server
+                .as_deref()
+                .map(ServerAddress::parse)
+                .transpose()
+                .map_err(corrupt)?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use super::cache::Change;
 use super::rate::{Rate, Verdict};
-use crate::domain::{Maintenance, Tenant, TenantIdentifier, TenantLimits};
+use crate::domain::{Maintenance, ServerAddress, Tenant, TenantIdentifier, TenantLimits};
 use crate::settings::{ConfigError, Key, Source};
 
 /// The kinds of failed operations, in the order of `SharedCache::errors`.
@@ -140,6 +140,8 @@ struct Stored {
     limits: TenantLimits,
     #[serde(default)]
     maintenance: Maintenance,
+    #[serde(default)]
+    server: Option<ServerAddress>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -155,6 +157,7 @@ impl Stored {
             metadata: tenant.metadata.clone(),
             limits: tenant.limits,
             maintenance: tenant.maintenance,
+            server: tenant.server.clone(),
             created_at: tenant.created_at,
             updated_at: tenant.updated_at,
         }
@@ -172,6 +175,7 @@ impl Stored {
             metadata: self.metadata,
             limits: self.limits,
             maintenance: self.maintenance,
+            server: self.server,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -614,6 +618,7 @@ mod tests {
             metadata: serde_json::json!({}),
             limits: TenantLimits::default(),
             maintenance: Maintenance::Off,
+            server: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
@@ -624,5 +629,21 @@ mod tests {
         let mut bad = stored();
         bad.status = "superuser".into();
         assert!(bad.tenant(&acme).is_none());
+    }
+
+    #[test]
+    fn what_an_older_release_stored_is_a_tenant_on_the_default_server() {
+        let older = serde_json::json!({
+            "id": Uuid::nil(), "identifier": "acme", "name": "Acme", "status": "active",
+            "isolation": "rls", "metadata": {}, "created_at": Utc::now(),
+            "updated_at": Utc::now(),
+        });
+        let acme = TenantIdentifier::parse("acme").unwrap();
+        let stored: Stored = serde_json::from_value(older.clone()).unwrap();
+        assert_eq!(stored.tenant(&acme).unwrap().server, None);
+        // A server that is no address is not a tenant: it is read from the registry.
+        let mut odd = older;
+        odd["server"] = "db2.internal:5432; DROP".into();
+        assert!(serde_json::from_value::<Stored>(odd).is_err());
     }
 }

@@ -204,6 +204,28 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
         .await
         .unwrap();
     let near = app.create_tenant("near").await;
+    // The tenant says where it is: its database's server, or null for the default one;
+    // so does `tenant list`.
+    assert_eq!(far.server.as_ref(), Some(&server));
+    assert_eq!(near.server, None);
+    let listed = std::process::Command::new(crate::helpers::binary())
+        .args(["tenant", "list"])
+        .env_clear()
+        .envs(app.db.env())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let line_of = |name: &str| {
+        let line = listed
+            .lines()
+            .find(|line| line.contains(&format!(" {name} ")));
+        line.unwrap_or_else(|| panic!("{name} is not listed: {listed}"))
+            .split_whitespace()
+            .nth(4)
+            .map(str::to_owned)
+    };
+    assert_eq!(line_of("far"), Some(other.address.clone()), "{listed}");
+    assert_eq!(line_of("near").as_deref(), Some("default"), "{listed}");
     let far_db = format!("{}far", app.db.tenant_database_prefix);
     let near_db = format!("{}near", app.db.tenant_database_prefix);
 

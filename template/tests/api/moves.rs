@@ -277,13 +277,20 @@ async fn move_step(app: &TestApp, tenant: &Tenant) -> Option<String> {
         .and_then(|row| row[0].clone())
 }
 
-/// The server the registry names for `tenant` (`None`: the default one).
+/// The server the registry names for `tenant` (`None`: the default one): its database's
+/// record, which the tenant's own row (what the API shows) always follows.
 async fn recorded_server(app: &TestApp, tenant: &Tenant) -> Option<String> {
     let sql = format!(
-        "SELECT server FROM tenancy.tenant_databases WHERE tenant_id = '{}'",
+        "SELECT d.server, t.server FROM tenancy.tenant_databases d \
+         JOIN tenancy.tenants t ON t.id = d.tenant_id WHERE d.tenant_id = '{}'",
         tenant.id
     );
-    app.db.query(&sql).await[0][0].clone()
+    let row = app.db.query(&sql).await.remove(0);
+    assert_eq!(
+        row[0], row[1],
+        "the tenant's row and its database's record disagree"
+    );
+    row[0].clone()
 }
 
 /// Asks until `want` answers, at most a second (what replicas take to hear a change).

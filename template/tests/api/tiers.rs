@@ -783,6 +783,18 @@ async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server_and_bac
     assert_eq!(body["tables"], json!([{"table": "notes", "rows": 5}]));
     let name = format!("{}acme", app.db.tenant_database_prefix);
     assert!(other.has_database(&name).await);
+    // The tenant says where it is now: the server of its database.
+    let server = async || {
+        app.tenancy
+            .get_tenant(&acme.identifier)
+            .await
+            .unwrap()
+            .server
+    };
+    assert_eq!(
+        server().await.map(String::from),
+        Some(other.address.clone())
+    );
     let again = call(json!({"isolation": "database"})).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     let (status, body) = call!(service, get "/api/notes", tenant = "acme");
@@ -798,6 +810,7 @@ async fn the_admin_api_moves_a_tenant_up_to_a_database_on_another_server_and_bac
     assert_eq!(body["isolation"], "schema", "{body}");
     assert_eq!(body["tables"], json!([{"table": "notes", "rows": 5}]));
     assert!(!other.has_database(&name).await);
+    assert_eq!(server().await, None);
     let (status, body) = call!(service, get "/api/notes", tenant = "acme");
     assert_eq!(
         (status, body.as_array().map(Vec::len)),

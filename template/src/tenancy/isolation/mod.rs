@@ -297,15 +297,14 @@ pub use rls::RlsStrategy as Selected;
 {%- endif %}
 {%- if tenant_databases %}
 
+pub use crate::domain::ServerAddress;
 mod database;
 {%- endif %}
 {%- if isolation == "database" %}
 pub use database::DatabaseStrategy as Selected;
 {%- endif %}
 {%- if tenant_databases %}
-pub use database::{
-    DatabaseStrategy, Move, PlaceError, ServerAddress, ServerCheck, TableCopy, server_name,
-};
+pub use database::{DatabaseStrategy, Move, PlaceError, ServerCheck, TableCopy, server_name};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 

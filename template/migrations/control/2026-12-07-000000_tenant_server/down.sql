@@ -1,0 +1,1 @@
+ALTER TABLE tenancy.tenants DROP COLUMN server;
