@@ -17,8 +17,11 @@ use crate::jobs::{JobRecord, JobState, Queue};
 use crate::startup::{Application, job_kinds, prepare, shutdown_signal};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
+{%- if placement %}
+use crate::tenancy::isolation::ServerAddress;
+{%- endif %}
 {%- if tenant_databases %}
-use crate::tenancy::isolation::{ServerAddress, server_name};
+use crate::tenancy::isolation::server_name;
 {%- endif %}
 use crate::tenancy::lifecycle::{NewTenant, Touch};
 
@@ -100,10 +103,10 @@ pub enum TenantCommand {
         #[arg(long)]
         isolation: Option<String>,
 {%- endif %}
-{%- if tenant_databases %}
-        /// PostgreSQL server (host or host:port) for the tenant's database, one of
+{%- if placement %}
+        /// PostgreSQL server (host or host:port) to place the tenant on, one of
         /// TENANCY_DATABASE_SERVERS; credentials come from the configured URLs (default:
-        /// the server of TENANCY_DATABASE_URL_TEMPLATE).
+        /// as TENANCY_DATABASE_PLACEMENT says).
         #[arg(long)]
         server: Option<String>,
 {%- endif %}
@@ -318,7 +321,7 @@ async fn run_command(
 {%- if isolation == "hybrid" %}
                     isolation,
 {%- endif %}
-{%- if tenant_databases %}
+{%- if placement %}
                     server,
 {%- endif %}
                 } => {
@@ -331,7 +334,7 @@ async fn run_command(
 {%- endif %}
                         metadata: serde_json::from_str(&metadata)
                             .map_err(|e| format!("--metadata is not JSON: {e}"))?,
-{%- if tenant_databases %}
+{%- if placement %}
                         server: server
                             .as_deref()
                             .map(ServerAddress::parse)
@@ -350,7 +353,7 @@ async fn run_command(
                 TenantCommand::List => {
                     // Read first: a failure prints no half table.
                     let tenants = tenancy.list_tenants().await?;
-{%- if tenant_databases %}
+{%- if placement %}
                     writeln!(
                         out,
                         "{:<36}  {:<24}  {:<12}  {:<9}  {:<24}  name",
@@ -369,7 +372,7 @@ async fn run_command(
                         } else {
                             ""
                         };
-{%- if tenant_databases %}
+{%- if placement %}
                         let server = t.server.as_ref().map_or("default", ServerAddress::as_str);
                         writeln!(
                             out,

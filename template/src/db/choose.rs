@@ -17,11 +17,16 @@ use std::collections::{HashMap, VecDeque};
 
 use uuid::Uuid;
 
-/// Where a connection is connected: the database all tenants share, or one tenant's own
-/// database. Only connections of the same home can serve a checkout.
+/// Where a connection is connected: the database tenants share (on the default server, or
+/// on another), or one tenant's own database. Only connections of the same home can serve
+/// a checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Home {
     Shared,
+{%- if isolation == "schema" or isolation == "hybrid" %}
+    /// The shared connections to another server (its place in `TENANCY_DATABASE_SERVERS`).
+    Server(u16),
+{%- endif %}
     Tenant(Uuid),
 }
 

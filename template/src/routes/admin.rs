@@ -5,7 +5,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if tenant_databases %}, server?{% endif %}}` (201; other members: 400{% if tenant_databases %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% endif %}) |
+//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if placement %}, server?{% endif %}}` (201; other members: 400{% if tenant_databases %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% elsif placement %}; 202 and `provisioning` for another server without the owner's URL: `migrate` creates its schema there{% endif %}) |
 //! | GET | /admin/tenants | list |
 //! | GET | /admin/tenants/{identifier} | show |
 //! | POST | /admin/tenants/{identifier}/suspend | suspend |

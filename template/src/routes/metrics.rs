@@ -71,11 +71,11 @@ pub(crate) async fn metrics(
     if let Some(jobs) = jobs {
         record_jobs(&tenancy, &jobs);
     }
-{%- if tenant_databases %}
-    // Each server tenants' databases may be on: up, how fast, how many tenants.
+{%- if placement %}
+    // Each server tenants may be on: up, how fast, how many tenants.
     let servers = tenancy
-        .databases()
-        .check_servers(tenancy.context(), COUNT_TIMEOUT)
+        .servers()
+        .check_all(tenancy.context(), COUNT_TIMEOUT)
         .await;
     record_servers(&tenancy, &servers);
 {%- endif %}
@@ -191,7 +191,7 @@ fn record_jobs(tenancy: &Tenancy, counts: &[jobs::store::QueueCount]) {
 }
 
 /// Records the state of pools, cache and registry, read now (before `/metrics` renders).
-{% if tenant_databases -%}
+{% if placement -%}
 /// `tenancy_database_server_up`, `_latency_seconds` and `_tenants`, by server.
 fn record_servers(tenancy: &Tenancy, servers: &[crate::tenancy::isolation::ServerCheck]) {
     tenancy.metrics.record(|| {

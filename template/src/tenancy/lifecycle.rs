@@ -108,9 +108,9 @@ pub struct NewTenant {
     #[serde(default = "empty_object")]
     #[schema(schema_with = crate::domain::StorableJson::object)]
     pub metadata: serde_json::Value,
-{%- if tenant_databases %}
-    /// The PostgreSQL server (`host[:port]`) of the tenant's database; default: the
-    /// server of `TENANCY_DATABASE_URL_TEMPLATE`.
+{%- if placement %}
+    /// The PostgreSQL server (`host[:port]`, one of `TENANCY_DATABASE_SERVERS`) of the
+    /// tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %}; default: as `TENANCY_DATABASE_PLACEMENT` says.
     #[serde(default)]
     #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$", max_length = 253)]
     pub server: Option<super::isolation::ServerAddress>,
@@ -127,7 +127,7 @@ impl NewTenant {
             isolation: None,
 {%- endif %}
             metadata: empty_object(),
-{%- if tenant_databases %}
+{%- if placement %}
             server: None,
 {%- endif %}
         }
@@ -361,7 +361,7 @@ impl Tenancy {
             .strategy()
             .choose(requested)
             .map_err(LifecycleError::Invalid)?;
-{%- if tenant_databases %}
+{%- if placement %}
         if let Some(server) = &new.server {
 {%- if isolation == "hybrid" %}
             if isolation != Isolation::Database {
@@ -371,7 +371,9 @@ impl Tenancy {
                 )));
             }
 {%- endif %}
-            self.databases().check_server(server)?;
+            self.servers()
+                .check(server)
+                .map_err(LifecycleError::Invalid)?;
             if !self.context().has_owner {
                 return Err(LifecycleError::Conflict(
                     "placing a tenant on another server takes the owner's rights, which this \
@@ -411,7 +413,19 @@ impl Tenancy {
                             }
                         }
                     }
-                    registry::insert_or_get(conn, identifier, name, isolation, metadata)
+{%- if isolation == "schema" %}
+                    // Its server, chosen once: a repeated creation keeps the recorded one.
+                    let server = match &new.server {
+                        Some(server) => Some(server.clone()),
+                        None => self.servers().choose(conn, None).await?,
+                    };
+                    let placed = server.as_ref();
+{%- else %}
+                    // The default server; a database of its own records its server when it
+                    // is placed (below).
+                    let placed = None;
+{%- endif %}
+                    registry::insert_or_get(conn, identifier, name, isolation, metadata, placed)
                         .await
                         .map(Ok)
                 })
@@ -425,6 +439,17 @@ impl Tenancy {
                 tenant.identifier, tenant.status
             )));
         }
+{%- if isolation == "schema" %}
+        if let Some(asked) = &new.server
+            && tenant.server.as_ref() != Some(asked)
+        {
+            return Err(LifecycleError::Conflict(format!(
+                "tenant '{}' is being created on {} already",
+                tenant.identifier,
+                super::isolation::server_name(tenant.server.as_ref())
+            )));
+        }
+{%- endif %}
 {%- if tenant_databases %}
         if self.context().has_owner && tenant.isolation == Isolation::Database {
             self.check_owner_session().await?;
@@ -576,6 +601,19 @@ impl Tenancy {
                 tenant.status
             )));
         }
+{%- if isolation == "schema" %}
+        if tenant.server.is_some() {
+            if !self.context().has_owner {
+                return Err(LifecycleError::Conflict(
+                    "dropping a schema on another server takes the owner's rights, which \
+                     this process does not hold (TENANCY_MIGRATION_DATABASE_URL): use \
+                     `tenant destroy`"
+                        .into(),
+                ));
+            }
+            self.check_owner_session().await?;
+        }
+{%- endif %}
 {%- if tenant_databases %}
         self.refuse_mid_move(&tenant, "destroy").await?;
         if tenant.isolation == Isolation::Database {

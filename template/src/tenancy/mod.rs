@@ -157,7 +157,7 @@ impl Tenancy {
             None => PgConfig::parse(database.url.expose_secret(), ca_file)
                 .map_err(StartupError::DatabaseUrl)?,
         };
-{%- if tenant_databases %}
+{%- if placement %}
         let has_owner = database.migration_url.is_some();
 {%- endif %}
         let app_role = match (app.get_user(), owner.get_user()) {
@@ -216,7 +216,7 @@ impl Tenancy {
                 owner,
                 app_role,
                 runtime,
-{%- if tenant_databases %}
+{%- if placement %}
                 control: control.clone(),
                 has_owner,
 {%- endif %}
@@ -273,6 +273,17 @@ impl Tenancy {
     pub fn strategy(&self) -> &isolation::Selected {
         &self.strategy
     }
+{%- if placement %}
+
+    /// The servers tenants may be placed on.
+    pub fn servers(&self) -> &isolation::Servers {
+{%- if isolation == "hybrid" %}
+        &self.strategy.databases().servers
+{%- else %}
+        &self.strategy.servers
+{%- endif %}
+    }
+{%- endif %}
 {%- if tenant_databases %}
 
     /// What places tenants' own databases on servers and moves them.

@@ -152,6 +152,7 @@ pub async fn insert_or_get(
     name: &str,
     isolation: Isolation,
     metadata: &serde_json::Value,
+    server: Option<&ServerAddress>,
 ) -> QueryResult<Tenant> {
     diesel::insert_into(tenants::table)
         .values((
@@ -161,6 +162,7 @@ pub async fn insert_or_get(
             tenants::status.eq(TenantStatus::Provisioning.as_str()),
             tenants::isolation.eq(isolation.as_str()),
             tenants::metadata.eq(metadata),
+            tenants::server.eq(server.map(ServerAddress::as_str)),
         ))
         .on_conflict(tenants::identifier)
         .do_nothing()

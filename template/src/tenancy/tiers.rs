@@ -84,10 +84,7 @@ impl Tenancy {
             progress(format!("copied {}: {} rows", copied.table, copied.rows));
         }
         progress(format!("switched: served from tier {to}"));
-        let now = Tenant {
-            isolation: to,
-            ..tenant
-        };
+        let now = super::isolation::in_tier(&tenant, to);
         self.close_connections_of(&now);
         if ours {
             self.end_moving(&now).await?;

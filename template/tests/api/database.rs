@@ -379,9 +379,16 @@ async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
     // A crash after the registry row and the placement were written, before the database
     // was created.
     let mut conn = app.tenancy.control.get().await.unwrap();
-    let half = registry::insert_or_get(&mut conn, &far, "Far", Isolation::Database, &json!({}))
-        .await
-        .unwrap();
+    let half = registry::insert_or_get(
+        &mut conn,
+        &far,
+        "Far",
+        Isolation::Database,
+        &json!({}),
+        None,
+    )
+    .await
+    .unwrap();
     drop(conn);
     app.tenancy
         .strategy()

@@ -464,9 +464,16 @@ async fn a_tenant_stored_with_an_isolation_this_service_does_not_offer_is_never_
         .unwrap();
     let mut conn = app.tenancy.control.get().await.unwrap();
     let identifier = TenantIdentifier::parse("elsewhere").unwrap();
-    registry::insert_or_get(&mut conn, &identifier, "Elsewhere", foreign, &json!({}))
-        .await
-        .unwrap();
+    registry::insert_or_get(
+        &mut conn,
+        &identifier,
+        "Elsewhere",
+        foreign,
+        &json!({}),
+        None,
+    )
+    .await
+    .unwrap();
     drop(conn);
     app.db
         .query("UPDATE tenancy.tenants SET status = 'active' WHERE identifier = 'elsewhere'")

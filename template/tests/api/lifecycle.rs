@@ -124,6 +124,7 @@ async fn an_interrupted_provisioning_is_completed_by_a_retry() {
         "Acme",
         app.tenancy.strategy().choose(None).unwrap(),
         &serde_json::json!({}),
+        None,
     )
     .await
     .unwrap();

@@ -66,7 +66,7 @@ mod rls;
 {% if isolation == "schema" -%}
 mod schema;
 {% endif -%}
-{% if tenant_databases -%}
+{% if placement -%}
 mod servers;
 {% endif -%}
 {% if subdomain_resolver -%}

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{TestApp, spawn_app};
-use svc::domain::{Maintenance, TenantIdentifier};
-use svc::tenancy::lifecycle::Touch;
+use crate::helpers::{TestApp, operator, query_url, spawn_app};
+use crate::servers::{OtherServer, spawn_with_other_server};
+use svc::domain::{Isolation, Maintenance, ServerAddress, TenantIdentifier, TenantStatus};
+use svc::tenancy::lifecycle::{LifecycleError, NewTenant, Touch};
+use svc::tenancy::registry;
 
 #[actix_web::test]
 async fn each_tenant_gets_its_own_schema_owned_by_the_migration_role() {
@@ -393,4 +395,224 @@ async fn a_tenant_schema_is_ready_to_be_a_distributed_schema() {
             .is_some_and(|s| s.contains("citus.enable_schema_based_sharding=on")),
         "{setting:?}"
     );
+}
+
+/// The tenant schemas on the other server, in the test's database there.
+async fn schemas_on(other: &OtherServer) -> Vec<String> {
+    let url = format!("{}/{}", other.base_url, other.database);
+    let sql = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1";
+    let rows = query_url(&url, sql).await.unwrap();
+    rows.into_iter().filter_map(|row| row[0].clone()).collect()
+}
+
+/// The titles in `schema`'s notes, on the other server.
+async fn titles_on(other: &OtherServer, schema: &str) -> Vec<String> {
+    let url = format!("{}/{}", other.base_url, other.database);
+    let rows = query_url(
+        &url,
+        &format!("SELECT title FROM {schema}.notes ORDER BY 1"),
+    )
+    .await
+    .unwrap();
+    rows.into_iter().filter_map(|row| row[0].clone()).collect()
+}
+
+#[actix_web::test]
+async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_there() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let far = app
+        .tenancy
+        .create_tenant(
+            &operator(),
+            NewTenant {
+                server: Some(server.clone()),
+                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
+            },
+        )
+        .await
+        .unwrap();
+    let near = app.create_tenant("near").await;
+    assert_eq!(
+        (far.status, far.server.as_ref()),
+        (TenantStatus::Active, Some(&server))
+    );
+    assert_eq!(near.server, None);
+
+    // Its schema is on its server, and only there.
+    assert_eq!(schemas_on(&other).await, ["tenant_far"]);
+    let here = app.db.schemas().await;
+    assert!(here.contains(&"tenant_near".to_string()), "{here:?}");
+    assert!(!here.contains(&"tenant_far".to_string()), "{here:?}");
+
+    // Both are served by the one service, each from its own schema: every row of every
+    // answer is the tenant's own.
+    let service = service!(app);
+    for name in ["far", "near"] {
+        for n in 0..3 {
+            let title = format!("{name}-{n}");
+            let (status, body) =
+                call!(service, post "/api/notes", tenant = name, json = json!({"title": title}));
+            assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        }
+    }
+    for name in ["far", "near"] {
+        let (status, body) = call!(service, get "/api/notes", tenant = name);
+        assert_eq!(status, StatusCode::OK);
+        let mut titles: Vec<&str> = (body.as_array().unwrap().iter())
+            .map(|note| note["title"].as_str().unwrap())
+            .collect();
+        titles.sort_unstable();
+        assert_eq!(
+            titles,
+            [0, 1, 2].map(|n| format!("{name}-{n}")),
+            "{name}: {body}"
+        );
+    }
+    assert_eq!(
+        titles_on(&other, "tenant_far").await,
+        ["far-0", "far-1", "far-2"]
+    );
+    let near_titles = app
+        .db
+        .query("SELECT title FROM tenant_near.notes ORDER BY 1")
+        .await;
+    assert_eq!(near_titles.len(), 3);
+    // The service reaches the other server as the application role.
+    let sql = format!(
+        "SELECT 1 FROM pg_stat_activity WHERE usename = '{}' AND datname = '{}'",
+        app.db.app_role, other.database
+    );
+    assert!(!query_url(&other.admin_url, &sql).await.unwrap().is_empty());
+
+    // `migrate` reads each server: nothing is pending, on either; a schema on the other
+    // server that lacks its migrations is seen there.
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    assert_eq!((plan.tenants, plan.pending.len()), (2, 0), "{plan:?}");
+    let url = format!("{}/{}", other.base_url, other.database);
+    let forget = "DELETE FROM tenant_far.__diesel_schema_migrations";
+    query_url(&url, forget).await.unwrap();
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    let pending: Vec<&str> = plan.pending.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(pending, ["far"], "{plan:?}");
+    // A server that is not listed is refused before anything is recorded.
+    let refused = app
+        .tenancy
+        .create_tenant(
+            &operator(),
+            NewTenant {
+                server: Some(ServerAddress::parse("nowhere.invalid").unwrap()),
+                ..NewTenant::new(TenantIdentifier::parse("lost").unwrap(), "Lost")
+            },
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(LifecycleError::Invalid(why)) if why.contains("TENANCY_DATABASE_SERVERS")),
+        "{refused:?}"
+    );
+    assert!(
+        app.tenancy
+            .get_tenant(&TenantIdentifier::parse("lost").unwrap())
+            .await
+            .is_err()
+    );
+
+    // Destroy drops it on its server; the other tenant keeps its own.
+    app.tenancy
+        .delete_tenant(&operator(), &far.identifier)
+        .await
+        .unwrap();
+    let (_, plan) = app.tenancy.destroy_plan(&far.identifier).await.unwrap();
+    assert!(plan.exists, "{plan:?}");
+    assert!(plan.storage.contains("tenant_far"), "{plan:?}");
+    let rows: Vec<(&str, i64)> = (plan.tables.iter())
+        .map(|t| (t.table.as_str(), t.rows))
+        .collect();
+    assert!(rows.contains(&("notes", 3)), "{plan:?}");
+    app.tenancy
+        .destroy_tenant(&operator(), &far.identifier, "far")
+        .await
+        .unwrap();
+    assert!(schemas_on(&other).await.is_empty());
+    assert!(app.db.schemas().await.contains(&"tenant_near".to_string()));
+}
+
+#[actix_web::test]
+async fn new_tenants_go_to_the_server_with_the_fewest_and_migrate_completes_one_left_registered() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let Some(other) = OtherServer::start(&db).await else {
+        return;
+    };
+    let app =
+        crate::helpers::spawn_app_on(db, &[("TENANCY_DATABASE_SERVERS", &other.address)]).await;
+    // A tie goes to the default server; then each goes where fewer are.
+    let mut placed = Vec::new();
+    for name in ["t1", "t2", "t3", "t4"] {
+        placed.push(app.create_tenant(name).await.server.map(String::from));
+    }
+    let there = Some(other.address.clone());
+    assert_eq!(placed, [None, there.clone(), None, there.clone()]);
+    assert_eq!(schemas_on(&other).await, ["tenant_t2", "tenant_t4"]);
+
+    // A tenant registered for the other server and never provisioned there (a process
+    // without the owner's URL, or a crash) is completed by `migrate`.
+    let half = TenantIdentifier::parse("half").unwrap();
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let mut conn = app.tenancy.control.get().await.unwrap();
+    let registered = registry::insert_or_get(
+        &mut conn,
+        &half,
+        "Half",
+        Isolation::Schema,
+        &json!({}),
+        Some(&server),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(registered.status, TenantStatus::Provisioning);
+    let report = app
+        .tenancy
+        .migrate_all(&operator(), 2, Touch::Pending, |_| {})
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let now = app.tenancy.get_tenant(&half).await.unwrap();
+    assert_eq!(now.status, TenantStatus::Active);
+    assert!(
+        schemas_on(&other)
+            .await
+            .contains(&"tenant_half".to_string())
+    );
+
+    // `/health` and `/metrics` say how each server answers and how many tenants it holds.
+    let service = service!(app);
+    let request = actix_web::test::TestRequest::get()
+        .uri("/health")
+        .to_request();
+    let health: serde_json::Value =
+        actix_web::test::call_and_read_body_json(&service, request).await;
+    let servers = &health["checks"]["servers"];
+    assert_eq!(servers[0]["server"], "default", "{health}");
+    assert_eq!(servers[0]["tenants"], 2, "{health}");
+    assert_eq!(servers[1]["server"], json!(other.address), "{health}");
+    assert_eq!(servers[1]["tenants"], 3, "{health}");
+    assert_eq!(
+        (&servers[0]["status"], &servers[1]["status"]),
+        (&json!("up"), &json!("up"))
+    );
+    let request = actix_web::test::TestRequest::get()
+        .uri("/metrics")
+        .to_request();
+    let metrics = actix_web::test::call_and_read_body(&service, request).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let line = [
+        "tenancy_database_server_tenants{server=\"",
+        &other.address,
+        "\"} 3",
+    ]
+    .concat();
+    assert!(metrics.contains(&line), "{metrics}");
 }

@@ -3,12 +3,15 @@
 
 use crate::cluster::Cluster;
 use crate::helpers::{query_url, server_url};
+{%- if tenant_databases %}
 use crate::pgbouncer::PgBouncer;
+{%- endif %}
 
 /// The second PostgreSQL server of the placement and move tests: `TENANCY_TEST_OTHER_SERVER`
 /// (host:port; ci/ starts one for the whole run), else a throwaway server of the test's
 /// own (see [`Cluster`]), reached as the test server's user. The test's app role is
-/// created there (roles belong to a server), and everything is dropped at the end.
+/// created there (roles belong to a server){% if isolation == "schema" %}, and the test's database (tenant schemas go in the
+/// database of the same name){% endif %}; everything is dropped at the end.
 pub(crate) struct OtherServer {
     pub(crate) address: String,
     /// `postgres://user@host:port`, the test server's user on this server.
@@ -17,6 +20,10 @@ pub(crate) struct OtherServer {
     pub(crate) admin_url: String,
     role: String,
     prefix: String,
+{%- if isolation == "schema" %}
+    /// The test's database there.
+    pub(crate) database: String,
+{%- endif %}
     /// The server started for this test alone, removed with it.
     own: Option<Cluster>,
 }
@@ -57,20 +64,29 @@ impl OtherServer {
         )
         .await
         .unwrap_or_else(|e| panic!("cannot prepare the second server {address}: {e}"));
+{%- if isolation == "schema" %}
+        let create = format!("CREATE DATABASE \"{}\"", db.name);
+        query_url(&admin_url, &create).await.unwrap();
+{%- endif %}
         Some(Self {
             address,
             base_url,
             admin_url,
             role: db.app_role.clone(),
             prefix: db.tenant_database_prefix.clone(),
+{%- if isolation == "schema" %}
+            database: db.name.clone(),
+{%- endif %}
             own,
         })
     }
+{%- if tenant_databases %}
 
     pub(crate) async fn has_database(&self, name: &str) -> bool {
         let sql = format!("SELECT 1 FROM pg_database WHERE datname = '{name}'");
         !query_url(&self.admin_url, &sql).await.unwrap().is_empty()
     }
+{%- endif %}
 }
 
 impl Drop for OtherServer {
@@ -80,7 +96,11 @@ impl Drop for OtherServer {
             crate::helpers::clean_up(
                 self.admin_url.clone(),
                 self.prefix.clone(),
+{%- if isolation == "schema" %}
+                Some(self.database.clone()),
+{%- else %}
                 None,
+{%- endif %}
                 self.role.clone(),
             );
         }
@@ -109,6 +129,7 @@ pub(crate) async fn spawn_with_other_server() -> Option<(crate::helpers::TestApp
     .await;
     Some((app, other))
 }
+{%- if tenant_databases %}
 
 /// As [`spawn_with_other_server`] (the second server alone listed), in transaction mode
 /// behind a PgBouncer in front of each server: the application role reaches the default
@@ -143,3 +164,4 @@ pub(crate) async fn spawn_behind_poolers()
     .await;
     Some((app, other, [near, far]))
 }
+{%- endif %}

@@ -22,6 +22,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::servers::{AppUrl, SERVER_KEYS, ServerSettings, Servers, server_name};
 use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{with_session_option, with_statement_timeout};
@@ -64,32 +65,6 @@ impl IdentifierPrefix {
     /// `<prefix><identifier>`, a safe identifier by construction.
     pub fn name(&self, identifier: &TenantIdentifier) -> SqlIdentifier {
         SqlIdentifier::prefixed(&self.0, identifier)
-    }
-}
-
-impl ServerAddress {
-    /// `url` (a `postgres://` URL) pointing at this server instead of its own host and port
-    /// (its `sslmode` kept: the certificate must then name this server).
-    fn apply_to(
-        &self,
-        url: &str,
-        variable: &str,
-        ca_file: Option<&std::path::Path>,
-    ) -> Result<PgConfig, String> {
-        let no_url =
-            || format!("{variable} must be a postgres:// URL to place tenants on other servers");
-        let (scheme, rest) = url.split_once("://").ok_or_else(no_url)?;
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let credentials = authority
-            .rsplit_once('@')
-            .map(|(user, _)| format!("{user}@"));
-        let moved = format!(
-            "{scheme}://{}{}{tail}",
-            credentials.unwrap_or_default(),
-            self.as_str()
-        );
-        PgConfig::parse(&moved, ca_file).map_err(|e| format!("{variable}: {e}"))
     }
 }
 
@@ -138,57 +113,14 @@ async fn placement(
 pub struct DatabaseStrategy {
     /// Tenant `acme`'s database is `<prefix>acme`.
     prefix: IdentifierPrefix,
-    /// `TENANCY_DATABASE_URL_TEMPLATE`, `{database}` standing for the database's name.
-    url_template: Option<SecretString>,
-    /// `TENANCY_DATABASE_URL`: its credentials serve on other servers when there is no
-    /// template.
-    database_url: SecretString,
-    /// `TENANCY_MIGRATION_DATABASE_URL`: the owner's credentials on other servers.
-    migration_url: Option<SecretString>,
-    /// Set on every application connection (`TENANCY_STATEMENT_TIMEOUT`).
-    statement_timeout: std::time::Duration,
-    /// Whether application connections go through a pooler in transaction mode.
-    pooler: crate::db::settings::Pooler,
-    /// Whether that pooler keeps prepared statements apart per client.
-    pooler_prepared_statements: bool,
-    /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`).
-    servers: Vec<ServerAddress>,
-    /// The pooler through which the application role reaches a listed server
-    /// (`TENANCY_DATABASE_SERVER_POOLERS`).
-    poolers: Vec<(ServerAddress, ServerAddress)>,
-    /// Where a tenant that asks for no server goes (`TENANCY_DATABASE_PLACEMENT`).
-    placement: PlacementPolicy,
-    /// `TENANCY_DATABASE_CA_FILE`, for URLs that check the server's certificate.
-    ca_file: Option<std::path::PathBuf>,
-    /// The last check of the servers and when it ran: one at a time, reused for
-    /// [`SERVERS_CHECKED_FOR`].
-    checked: tokio::sync::Mutex<Option<(std::time::Instant, Vec<ServerCheck>)>>,
+    /// The servers tenants' databases may be on, and how each role reaches them.
+    pub servers: Servers,
 }
 
-/// How long a check of the servers answers `/health` and `/metrics`: each check opens one
-/// connection per server, outside the pools.
-const SERVERS_CHECKED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl DatabaseStrategy {
-    /// Refuses a server that `TENANCY_DATABASE_SERVERS` does not list: the owner logs in
-    /// to the server a tenant is placed on, with its password, so only servers the
-    /// configuration names, never one a request names.
+    /// Refuses a server that `TENANCY_DATABASE_SERVERS` does not list.
     pub fn check_server(&self, server: &ServerAddress) -> Result<(), PlaceError> {
-        if self.servers.contains(server) {
-            return Ok(());
-        }
-        let listed = match self.servers.as_slice() {
-            [] => "none: every tenant is on the default server".to_owned(),
-            listed => listed
-                .iter()
-                .map(ServerAddress::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        Err(PlaceError::Invalid(format!(
-            "server '{}' is not one of TENANCY_DATABASE_SERVERS ({listed})",
-            server.as_str()
-        )))
+        self.servers.check(server).map_err(PlaceError::Invalid)
     }
 
     /// The name of `tenant`'s database.
@@ -196,46 +128,13 @@ impl DatabaseStrategy {
         self.prefix.name(&tenant.identifier)
     }
 
-    /// The application role's connection settings on `server` (default: the server of
-    /// `TENANCY_DATABASE_URL_TEMPLATE`, else of `TENANCY_DATABASE_URL`), database
-    /// `postgres`; through the server's pooler when `TENANCY_DATABASE_SERVER_POOLERS`
-    /// names one.
+    /// The application role's connection settings on `server`, database `postgres`.
     fn app_config(
         &self,
         ctx: &Context,
         server: Option<&ServerAddress>,
     ) -> Result<PgConfig, String> {
-        // The template was checked at start-up; `{database}` stands in the database position.
-        let url = self
-            .url_template
-            .as_ref()
-            .map(|t| t.expose_secret().replace("{database}", "postgres"));
-        let ca = self.ca_file.as_deref();
-        let server = server.map(|server| {
-            self.poolers
-                .iter()
-                .find(|(pooled, _)| pooled == server)
-                .map_or(server, |(_, pooler)| pooler)
-        });
-        let mut config = match (server, url) {
-            (None, Some(url)) => PgConfig::parse(&url, self.ca_file.as_deref())?,
-            (None, None) => ctx.app.clone(),
-            (Some(server), Some(url)) => {
-                server.apply_to(&url, "TENANCY_DATABASE_URL_TEMPLATE", ca)?
-            }
-            (Some(server), None) => server.apply_to(
-                self.database_url.expose_secret(),
-                "TENANCY_DATABASE_URL",
-                ca,
-            )?,
-        };
-        if config.get_application_name().is_none() {
-            config.application_name(env!("CARGO_PKG_NAME"));
-        }
-        if self.pooler == crate::db::settings::Pooler::Transaction {
-            config = config.through_transaction_pooler(self.pooler_prepared_statements)?;
-        }
-        Ok(with_statement_timeout(&config, self.statement_timeout))
+        self.servers.app_config(ctx, server)
     }
 
     /// The owner's connection settings on `server`: the migration URL itself for the
@@ -245,21 +144,7 @@ impl DatabaseStrategy {
         ctx: &Context,
         server: Option<&ServerAddress>,
     ) -> Result<PgConfig, String> {
-        let Some(server) = server else {
-            return Ok(ctx.owner.clone());
-        };
-        let url = self
-            .migration_url
-            .as_ref()
-            .unwrap_or(&self.database_url)
-            .expose_secret();
-        let mut config = server.apply_to(
-            url,
-            "TENANCY_MIGRATION_DATABASE_URL",
-            self.ca_file.as_deref(),
-        )?;
-        config.dbname("postgres");
-        Ok(config)
+        self.servers.owner_config(ctx, server)
     }
 
     /// Where `tenant`'s database is (its record's name and server; without a record, the
@@ -322,7 +207,7 @@ impl DatabaseStrategy {
         }
         let chosen = match server {
             Some(server) => Some(server.clone()),
-            None => self.choose_server(conn).await?,
+            None => self.servers.choose(conn, Some(tenant.id)).await?,
         };
         let server = chosen.as_ref();
         diesel::sql_query(
@@ -337,34 +222,6 @@ impl DatabaseStrategy {
         placement(conn, tenant)
             .await?
             .ok_or(diesel::result::Error::NotFound)
-    }
-
-    /// The server of a new tenant that asked for none: with `fewest`, the server (the
-    /// default one or a listed one) that holds the fewest tenants, the first in
-    /// `TENANCY_DATABASE_SERVERS` order on a tie, the default server first of all.
-    async fn choose_server(
-        &self,
-        conn: &mut AsyncPgConnection,
-    ) -> QueryResult<Option<ServerAddress>> {
-        if self.placement == PlacementPolicy::Default || self.servers.is_empty() {
-            return Ok(None);
-        }
-        let counts: Vec<ServerTenants> = diesel::sql_query(
-            "SELECT server, count(*) AS tenants FROM tenancy.tenant_databases GROUP BY server",
-        )
-        .load(conn)
-        .await?;
-        let tenants_on = |server: Option<&ServerAddress>| {
-            counts
-                .iter()
-                .find(|c| c.server.as_deref() == server.map(ServerAddress::as_str))
-                .map_or(0, |c| c.tenants)
-        };
-        let candidates = std::iter::once(None).chain(self.servers.iter().map(Some));
-        Ok(candidates
-            .min_by_key(|server| tenants_on(*server))
-            .flatten()
-            .cloned())
     }
 
     /// Creates database `name` on `server` if it is not there (as the owner), lets the
@@ -458,125 +315,6 @@ impl DatabaseStrategy {
     }
 }
 
-/// How a server answered a health check (`/health`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ServerCheck {
-    /// `host[:port]`, or `default`: the server of `TENANCY_DATABASE_URL_TEMPLATE`.
-    pub server: String,
-    /// `up` or `down`.
-    pub status: &'static str,
-    pub latency_ms: f64,
-    /// The tenants whose database is recorded there (`null`: the registry did not say).
-    pub tenants: Option<i64>,
-    /// Why it is down (shown only with `TENANCY_ERROR_DETAILS`).
-    #[serde(skip)]
-    pub error: Option<String>,
-}
-
-impl DatabaseStrategy {
-    /// Connects to every server tenants may be on (the default one, then
-    /// `TENANCY_DATABASE_SERVERS`, in its database `postgres`) as the application role, all
-    /// at once, each within `within`, and counts the tenants recorded on each; one check
-    /// at a time, its answer reused for [`SERVERS_CHECKED_FOR`].
-    pub async fn check_servers(
-        &self,
-        ctx: &Context,
-        within: std::time::Duration,
-    ) -> Vec<ServerCheck> {
-        let mut checked = self.checked.lock().await;
-        if let Some((at, checks)) = checked.as_ref()
-            && at.elapsed() < SERVERS_CHECKED_FOR
-        {
-            return checks.clone();
-        }
-        let checks = self.check_servers_now(ctx, within).await;
-        *checked = Some((std::time::Instant::now(), checks.clone()));
-        checks
-    }
-
-    async fn check_servers_now(
-        &self,
-        ctx: &Context,
-        within: std::time::Duration,
-    ) -> Vec<ServerCheck> {
-        let servers: Vec<Option<&ServerAddress>> = std::iter::once(None)
-            .chain(self.servers.iter().map(Some))
-            .collect();
-        let counts = tokio::time::timeout(within, async {
-            let mut conn = ctx.control.get().await.ok()?;
-            diesel::sql_query(
-                "SELECT server, count(*) AS tenants FROM tenancy.tenant_databases \
-                 GROUP BY server",
-            )
-            .load::<ServerTenants>(&mut conn)
-            .await
-            .ok()
-        });
-        let checks = futures_util::future::join_all(servers.iter().map(|server| async move {
-            let started = std::time::Instant::now();
-            let answered = match self.app_config(ctx, *server) {
-                Ok(mut config) => tokio::time::timeout(within, async {
-                    if server.is_some() {
-                        // Its database `postgres`: the URL's own one is on the default server.
-                        config.dbname("postgres");
-                    }
-                    let mut conn = ctx.connect(config).await.map_err(|e| e.to_string())?;
-                    diesel::sql_query("SELECT 1")
-                        .execute(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|_| Err("timed out".into())),
-                Err(why) => Err(why),
-            };
-            (started.elapsed(), answered)
-        }));
-        let (counts, checks) = tokio::join!(counts, checks);
-        let counts = counts.ok().flatten();
-        servers
-            .into_iter()
-            .zip(checks)
-            .map(|(server, (took, answered))| ServerCheck {
-                server: server.map_or("default", ServerAddress::as_str).to_owned(),
-                status: if answered.is_ok() { "up" } else { "down" },
-                latency_ms: (took.as_secs_f64() * 100_000.0).round() / 100.0,
-                tenants: counts.as_ref().map(|counts| {
-                    counts
-                        .iter()
-                        .find(|c| c.server.as_deref() == server.map(ServerAddress::as_str))
-                        .map_or(0, |c| c.tenants)
-                }),
-                error: answered.err(),
-            })
-            .collect()
-    }
-}
-
-/// How many tenants' databases a server holds (`None`: the default server).
-#[derive(diesel::QueryableByName)]
-struct ServerTenants {
-    #[diesel(sql_type = Nullable<Text>)]
-    server: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    tenants: i64,
-}
-
-/// Where a new tenant's database goes when it asks for no server
-/// (`TENANCY_DATABASE_PLACEMENT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlacementPolicy {
-    /// The server, default or listed, with the fewest tenants.
-    Fewest,
-    /// Always the default server.
-    Default,
-}
-
-/// `server` in words: its address, or "the default server".
-pub fn server_name(server: Option<&ServerAddress>) -> &str {
-    server.map_or("the default server", ServerAddress::as_str)
-}
-
 /// `value` as an SQL string literal.
 fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -614,61 +352,20 @@ pub struct TenantDatabaseSettings {
     /// name (`TENANCY_DATABASE_URL_TEMPLATE`); default: `TENANCY_DATABASE_URL` with its
     /// database name replaced.
     pub url_template: Option<SecretString>,
-    /// The other servers a tenant may be placed on (`TENANCY_DATABASE_SERVERS`, a
-    /// comma-separated list of host[:port]); empty: none, every tenant is on the default
-    /// server.
-    pub servers: Vec<ServerAddress>,
-    /// The pooler in front of a listed server (`TENANCY_DATABASE_SERVER_POOLERS`,
-    /// comma-separated `server=pooler` pairs of host[:port]): the application role reaches
-    /// that server through it, the owner (migrations, moves) always directly. A listed
-    /// server without one is reached directly.
-    pub poolers: Vec<(ServerAddress, ServerAddress)>,
-    /// Where a tenant that asks for no server goes (`TENANCY_DATABASE_PLACEMENT`:
-    /// `fewest`, the default, or `default`: the default server).
-    pub placement: PlacementPolicy,
-}
-
-/// `TENANCY_DATABASE_SERVER_POOLERS`: `server=pooler` pairs, each server one of `servers`
-/// and given once.
-fn parse_poolers(
-    list: &str,
-    servers: &[ServerAddress],
-) -> Result<Vec<(ServerAddress, ServerAddress)>, String> {
-    let mut poolers: Vec<(ServerAddress, ServerAddress)> = Vec::new();
-    for pair in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (server, pooler) = pair.split_once('=').ok_or_else(|| {
-            format!("'{pair}' is not server=pooler, e.g. db2.internal:5432=db2-pool.internal:6432")
-        })?;
-        let server = ServerAddress::parse(server.trim())?;
-        let pooler = ServerAddress::parse(pooler.trim())?;
-        if !servers.contains(&server) {
-            return Err(format!(
-                "'{}' is not one of TENANCY_DATABASE_SERVERS (the default server's pooler is \
-                 the one TENANCY_DATABASE_URL names)",
-                server.as_str()
-            ));
-        }
-        if poolers.iter().any(|(listed, _)| *listed == server) {
-            return Err(format!("'{}' is given two poolers", server.as_str()));
-        }
-        poolers.push((server, pooler));
-    }
-    Ok(poolers)
+    /// The servers tenants' databases may be on.
+    pub servers: ServerSettings,
 }
 
 /// The keys of [`TenantDatabaseSettings`].
 pub(super) const DATABASE_KEYS: &[Key] = &[
     ("tenant_database_prefix", Some("tenant_")),
     ("database_url_template", None),
-    ("database_servers", None),
-    ("database_server_poolers", None),
-    ("database_placement", Some("fewest")),
 ];
 
 impl Strategy for DatabaseStrategy {
     type Settings = TenantDatabaseSettings;
 
-    const KEYS: &'static [&'static [Key]] = &[DATABASE_KEYS];
+    const KEYS: &'static [&'static [Key]] = &[DATABASE_KEYS, SERVER_KEYS];
 
     fn read_settings(src: &Source) -> Result<TenantDatabaseSettings, ConfigError> {
         let prefix = IdentifierPrefix::parse(&src.get("tenant_database_prefix"))
@@ -687,69 +384,26 @@ impl Strategy for DatabaseStrategy {
             }
             None => None,
         };
-        let servers = src
-            .optional("database_servers")
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(ServerAddress::parse)
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()
-            .map_err(|why| ConfigError::invalid("database_servers", why))?
-            .unwrap_or_default();
-        let poolers = src
-            .optional("database_server_poolers")
-            .map(|list| parse_poolers(&list, &servers))
-            .transpose()
-            .map_err(|why| ConfigError::invalid("database_server_poolers", why))?
-            .unwrap_or_default();
-        let placement = match src.get("database_placement").as_str() {
-            "fewest" => PlacementPolicy::Fewest,
-            "default" => PlacementPolicy::Default,
-            _ => {
-                return Err(ConfigError::invalid(
-                    "database_placement",
-                    "must be fewest (the server with the fewest tenants) or default (the \
-                     default server)",
-                ));
-            }
-        };
+        let servers = ServerSettings::read(src)?;
         Ok(TenantDatabaseSettings {
             prefix,
             url_template,
             servers,
-            poolers,
-            placement,
         })
     }
 
     fn new(settings: &TenantDatabaseSettings, database: &DatabaseSettings) -> Self {
-        if database.pooler == crate::db::settings::Pooler::Transaction {
-            let direct = (settings.servers.iter())
-                .filter(|server| !settings.poolers.iter().any(|(pooled, _)| pooled == *server));
-            for server in direct {
-                tracing::warn!(
-                    server = server.as_str(),
-                    "TENANCY_POOLER=transaction, but TENANCY_DATABASE_SERVER_POOLERS names no \
-                     pooler for this server: the application role connects to it directly"
-                );
-            }
-        }
+        // The template was checked at start-up; `{database}` stands in the database position.
+        let app_url = settings.url_template.as_ref().map(|template| AppUrl {
+            url: template
+                .expose_secret()
+                .replace("{database}", "postgres")
+                .into(),
+            variable: "TENANCY_DATABASE_URL_TEMPLATE",
+        });
         Self {
             prefix: settings.prefix.clone(),
-            url_template: settings.url_template.clone(),
-            database_url: database.url.clone(),
-            migration_url: database.migration_url.clone(),
-            statement_timeout: database.statement_timeout,
-            pooler: database.pooler,
-            pooler_prepared_statements: database.pooler_prepared_statements,
-            servers: settings.servers.clone(),
-            poolers: settings.poolers.clone(),
-            placement: settings.placement,
-            ca_file: database.ca_file.clone(),
-            checked: tokio::sync::Mutex::default(),
+            servers: Servers::new(&settings.servers, database, app_url, Some("postgres")),
         }
     }
 
@@ -1001,31 +655,6 @@ mod tests {
         assert!(SqlIdentifier::parse(name.as_str()).is_ok());
         for bad in ["", "tenants_", "T_", "1_", "a-"] {
             assert!(IdentifierPrefix::parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_listed_server_may_have_one_pooler() {
-        let servers = ["db2.internal:5432", "db3"].map(|s| ServerAddress::parse(s).unwrap());
-        let poolers = parse_poolers(" db2.internal:5432 = pool2:6432,,DB3=[::1]:6432 ", &servers);
-        let pairs: Vec<(&str, &str)> = (poolers.as_ref().unwrap().iter())
-            .map(|(server, pooler)| (server.as_str(), pooler.as_str()))
-            .collect();
-        assert_eq!(
-            pairs,
-            [("db2.internal:5432", "pool2:6432"), ("db3", "[::1]:6432")]
-        );
-        for (bad, why) in [
-            ("db2.internal:5432", "is not server=pooler"),
-            (
-                "db4:5432=pool4",
-                "'db4:5432' is not one of TENANCY_DATABASE_SERVERS",
-            ),
-            ("db3=pool3,db3=pool4", "'db3' is given two poolers"),
-            ("db3=pool 3", "'pool 3' is not a server address"),
-        ] {
-            let error = parse_poolers(bad, &servers).unwrap_err();
-            assert!(error.contains(why), "{bad}: {error}");
         }
     }
 }

@@ -11,6 +11,8 @@ mod down;
 mod tiers;
 mod to_database;
 
+pub use tiers::in_tier;
+
 use diesel::sql_types::Text;
 use diesel::{OptionalExtension, QueryResult};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -122,7 +124,11 @@ impl HybridStrategy {
 impl Strategy for HybridStrategy {
     type Settings = HybridSettings;
 
-    const KEYS: &'static [&'static [Key]] = &[&[("default_isolation", Some("rls"))], DATABASE_KEYS];
+    const KEYS: &'static [&'static [Key]] = &[
+        &[("default_isolation", Some("rls"))],
+        DATABASE_KEYS,
+        super::servers::SERVER_KEYS,
+    ];
 
     fn read_settings(src: &Source) -> Result<HybridSettings, ConfigError> {
         let default_isolation = src
@@ -140,7 +146,8 @@ impl Strategy for HybridStrategy {
 
     fn new(settings: &HybridSettings, database: &DatabaseSettings) -> Self {
         Self {
-            schema: SchemaStrategy::new(&(), database),
+            // Its `schema` tier is on the default server.
+            schema: SchemaStrategy::new(&Default::default(), database),
             rls: RlsStrategy::new(&(), database),
             database: DatabaseStrategy::new(&settings.database, database),
             default_isolation: settings.default_isolation,

@@ -29,11 +29,12 @@ pub struct Context {
     pub app_role: Option<SqlIdentifier>,
     /// The runtime every connection is opened on.
     pub runtime: Handle,
-{%- if tenant_databases %}
+{%- if placement %}
     /// The control plane's pool (the tenant registry).
     pub control: crate::db::ControlPool,
     /// Whether the owner's URL was given (`TENANCY_MIGRATION_DATABASE_URL`); without it,
-    /// `owner` is the application role, which cannot create or drop databases.
+    /// `owner` is the application role, which cannot create schemas or databases on other
+    /// servers.
     pub has_owner: bool,
 {%- endif %}
 }
@@ -295,16 +296,21 @@ pub use schema::SchemaStrategy as Selected;
 mod rls;
 pub use rls::RlsStrategy as Selected;
 {%- endif %}
-{%- if tenant_databases %}
+{%- if placement %}
 
 pub use crate::domain::ServerAddress;
+mod servers;
+pub use servers::{ServerCheck, Servers, server_name};
+{%- endif %}
+{%- if tenant_databases %}
+
 mod database;
 {%- endif %}
 {%- if isolation == "database" %}
 pub use database::DatabaseStrategy as Selected;
 {%- endif %}
 {%- if tenant_databases %}
-pub use database::{DatabaseStrategy, Move, PlaceError, ServerCheck, TableCopy, server_name};
+pub use database::{DatabaseStrategy, Move, PlaceError, TableCopy};
 {%- endif %}
 {%- if isolation == "hybrid" %}
 
@@ -312,5 +318,5 @@ mod hybrid;
 pub mod rls;
 pub mod schema;
 pub use hybrid::HybridStrategy as Selected;
-pub use hybrid::tier_schema;
+pub use hybrid::{in_tier, tier_schema};
 {%- endif %}

@@ -4,12 +4,18 @@
 //! `search_path` is `"tenant_acme"` (set by the pool, see `db::pool`), so every
 //! unqualified table name resolves in that tenant's schema and nowhere else. The schema
 //! name only ever comes from `SchemaName::for_tenant`.
+//!
+//! A tenant's schema may be on another server of `TENANCY_DATABASE_SERVERS`, in the
+//! database of the same name there (`tenancy.tenants.server` says which): the tenants of
+//! each server share that server's connections. The owner creates, migrates and drops
+//! schemas there; the provisioning functions serve the default server.
 
 use diesel::QueryResult;
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
+use super::servers::{SERVER_KEYS, ServerSettings, Servers};
 use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{PgConn, connect, with_session_option};
@@ -17,8 +23,8 @@ use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope};
 use crate::db::settings::DatabaseSettings;
 use crate::db::tls::PgConfig;
-use crate::domain::{Isolation, Tenant, TenantIdentifier};
-use crate::settings::{ConfigError, Source};
+use crate::domain::{Isolation, ServerAddress, Tenant, TenantIdentifier};
+use crate::settings::{ConfigError, Key, Source};
 use tokio::runtime::Handle;
 
 /// Run once in every tenant's schema, with unqualified table names.
@@ -71,32 +77,36 @@ impl std::fmt::Display for SchemaName {
 pub struct SchemaStrategy {
     /// The owner's connections `migrate` reuses from one tenant to the next.
     sessions: Sessions,
+    /// The servers tenants' schemas may be on.
+    pub servers: Servers,
 }
 
 /// Owner connections kept between the tenants `migrate` changes in one database (schema
 /// per tenant), each tenant's `search_path` set for its transaction only: a fleet costs
-/// one log-in per worker, not one per tenant.
+/// one log-in per worker and server, not one per tenant. Each is kept with its server.
 #[derive(Default)]
-pub struct Sessions(std::sync::Mutex<Vec<PgConn>>);
+pub struct Sessions(std::sync::Mutex<Vec<(Option<ServerAddress>, PgConn)>>);
 
 /// Idle connections [`Sessions`] keeps at most.
 const KEPT_SESSIONS: usize = 16;
 
 impl Sessions {
-    /// [`migrate::run_pending`] on a kept connection of `config` (or a new one), `target`'s
-    /// `search_path` set for the transaction; the connection is kept again if all went
-    /// well.
+    /// [`migrate::run_pending`] on a kept connection to `server` (or a new one, of
+    /// `config`), `target`'s `search_path` set for the transaction; the connection is
+    /// kept again if all went well.
     pub async fn run_pending(
         &self,
         runtime: &Handle,
-        config: &PgConfig,
+        (server, config): (Option<&ServerAddress>, &PgConfig),
         migrations: EmbeddedMigrations,
         target: migrate::Target,
     ) -> Result<Vec<String>, MigrateError> {
-        let kept = self
-            .kept()
-            .pop()
-            .and_then(|mut conn| (!conn.is_broken()).then_some(conn));
+        let kept = {
+            let mut kept = self.kept();
+            let at = kept.iter().position(|(on, _)| on.as_ref() == server);
+            at.map(|at| kept.swap_remove(at).1)
+                .and_then(|mut conn| (!conn.is_broken()).then_some(conn))
+        };
         let conn = match kept {
             Some(conn) => conn,
             None => connect(config.clone(), runtime, None, None).await?,
@@ -104,12 +114,12 @@ impl Sessions {
         let (result, mut conn) = migrate::run_on(runtime, conn, migrations, target).await?;
         let mut kept = self.kept();
         if result.is_ok() && !conn.is_broken() && kept.len() < KEPT_SESSIONS {
-            kept.push(conn);
+            kept.push((server.cloned(), conn));
         }
         result
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<PgConn>> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<(Option<ServerAddress>, PgConn)>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -123,23 +133,47 @@ struct Provisioned {
     versions: Vec<String>,
 }
 
-impl Strategy for SchemaStrategy {
-    type Settings = ();
-
-    fn read_settings(_: &Source) -> Result<(), ConfigError> {
-        Ok(())
+impl SchemaStrategy {
+    /// The owner's connection settings on `tenant`'s server.
+    fn owner_of(&self, ctx: &Context, tenant: &Tenant) -> Result<PgConfig, String> {
+        self.servers.owner_config(ctx, tenant.server.as_ref())
     }
 
-    fn new(_: &(), _: &DatabaseSettings) -> Self {
+    /// A connection of the owner to `server`, outside every pool.
+    async fn owner_on(&self, ctx: &Context, server: &ServerAddress) -> QueryResult<PgConn> {
+        let config = (self.servers.owner_config(ctx, Some(server))).map_err(super::query_error)?;
+        ctx.connect(config)
+            .await
+            .map_err(|e| super::query_error(format!("{}: {e}", server.as_str())))
+    }
+}
+
+impl Strategy for SchemaStrategy {
+    type Settings = ServerSettings;
+
+    const KEYS: &'static [&'static [Key]] = &[SERVER_KEYS];
+
+    fn read_settings(src: &Source) -> Result<ServerSettings, ConfigError> {
+        ServerSettings::read(src)
+    }
+
+    /// The application role and the owner use the database their URLs name on every
+    /// server.
+    fn new(settings: &ServerSettings, database: &DatabaseSettings) -> Self {
         Self {
             sessions: Sessions::default(),
+            servers: Servers::new(settings, database, None, None),
         }
     }
 
     fn route(&self, tenant: &Tenant) -> Result<Route, String> {
         super::ensure(tenant, Isolation::Schema)?;
+        let home = match &tenant.server {
+            None => Home::Shared,
+            Some(server) => Home::Server(self.servers.index(server)?),
+        };
         Ok(Route {
-            home: Home::Shared,
+            home,
             scope: Some(SessionScope {
                 tenant: tenant.id,
                 search_path: SchemaName::for_tenant(&tenant.identifier).quoted(),
@@ -147,8 +181,13 @@ impl Strategy for SchemaStrategy {
         })
     }
 
-    async fn connect_config(&self, ctx: &Context, _tenant: &Tenant) -> Result<PgConfig, PoolError> {
-        Ok(ctx.app.clone())
+    async fn connect_config(&self, ctx: &Context, tenant: &Tenant) -> Result<PgConfig, PoolError> {
+        match &tenant.server {
+            None => Ok(ctx.app.clone()),
+            Some(server) => {
+                (self.servers.app_config(ctx, Some(server))).map_err(PoolError::Isolation)
+            }
+        }
     }
 
     /// Tenants share no table here; the control plane gets the provisioning functions
@@ -204,35 +243,54 @@ impl Strategy for SchemaStrategy {
         .await
     }
 
-    /// Reads the tenant schemas' records, 500 to a statement.
+    /// Reads the tenant schemas' records on each server, 500 to a statement.
     async fn pending(
         &self,
         ctx: &Context,
         tenants: &[Tenant],
     ) -> Result<Vec<Vec<String>>, MigrateError> {
-        let schemas: Vec<String> = tenants
-            .iter()
-            .map(|t| SchemaName::for_tenant(&t.identifier).as_str().to_owned())
-            .collect();
-        migrate::pending_in(
-            &ctx.runtime,
-            ctx.owner.clone(),
-            &TENANT_MIGRATIONS,
-            &schemas,
-        )
-        .await
+        let mut pending = vec![Vec::new(); tenants.len()];
+        let mut servers: Vec<Option<&ServerAddress>> = Vec::new();
+        for server in tenants.iter().map(|t| t.server.as_ref()) {
+            if !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        for server in servers {
+            let (at, schemas): (Vec<usize>, Vec<String>) = (tenants.iter().enumerate())
+                .filter(|(_, t)| t.server.as_ref() == server)
+                .map(|(at, t)| (at, SchemaName::for_tenant(&t.identifier).to_string()))
+                .unzip();
+            let owner =
+                (self.servers.owner_config(ctx, server)).map_err(MigrateError::Migration)?;
+            let found =
+                migrate::pending_in(&ctx.runtime, owner, &TENANT_MIGRATIONS, &schemas).await?;
+            for (at, lacking) in at.into_iter().zip(found) {
+                pending[at] = lacking;
+            }
+        }
+        Ok(pending)
     }
 
     /// `tenancy.provision_schema`, as the application role: the schema, created by the
     /// function as its owner, must then have every migration of this build (else the
     /// database holds an older build's, and `migrate` must run first: nothing is kept).
+    ///
+    /// On another server, where there are no such functions, the owner creates it; a
+    /// process without the owner's URL leaves it to `migrate`.
     async fn provision(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         conn: &mut AsyncPgConnection,
         tenant: &Tenant,
     ) -> Result<bool, MigrateError> {
         super::ensure(tenant, Isolation::Schema).map_err(MigrateError::Migration)?;
+        if tenant.server.is_some() {
+            if !ctx.has_owner {
+                return Ok(false);
+            }
+            return self.migrate(ctx, tenant).await.map(|_| true);
+        }
         let expected = migrate::versions(&TENANT_MIGRATIONS)?;
         conn.transaction::<_, MigrateError, _>(async |conn| {
             let provisioned: Provisioned =
@@ -261,7 +319,8 @@ impl Strategy for SchemaStrategy {
     }
 
     /// Creates the tenant's schema if needed, applies its pending migrations as the owner
-    /// and grants the application role data access, on a connection kept between tenants.
+    /// and grants the application role data access, on a connection to its server kept
+    /// between tenants.
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         super::ensure(tenant, Isolation::Schema).map_err(MigrateError::Migration)?;
         let schema = SchemaName::for_tenant(&tenant.identifier);
@@ -279,20 +338,33 @@ impl Strategy for SchemaStrategy {
             ],
             after: grants,
         };
-        self.sessions
-            .run_pending(&ctx.runtime, &ctx.owner, TENANT_MIGRATIONS, target)
+        let owner = self
+            .owner_of(ctx, tenant)
+            .map_err(MigrateError::Migration)?;
+        let on = (tenant.server.as_ref(), &owner);
+        (self.sessions)
+            .run_pending(&ctx.runtime, on, TENANT_MIGRATIONS, target)
             .await
     }
 
     /// Drops the tenant's schema and everything in it, through
-    /// `tenancy.drop_tenant_schema` (as its owner; the tenant must be deleted).
+    /// `tenancy.drop_tenant_schema` (as its owner; the tenant must be deleted); on another
+    /// server, as the owner.
     async fn destroy(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         conn: &mut AsyncPgConnection,
         tenant: &Tenant,
     ) -> QueryResult<()> {
         super::ensure(tenant, Isolation::Schema).map_err(super::query_error)?;
+        if let Some(server) = &tenant.server {
+            let schema = SchemaName::for_tenant(&tenant.identifier);
+            let mut owner = self.owner_on(ctx, server).await?;
+            diesel::sql_query(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
+                .execute(&mut *owner)
+                .await?;
+            return Ok(());
+        }
         diesel::sql_query("SELECT tenancy.drop_tenant_schema($1)")
             .bind::<Text, _>(tenant.identifier.as_str())
             .execute(conn)
@@ -302,11 +374,19 @@ impl Strategy for SchemaStrategy {
 
     async fn destroy_plan(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         conn: &mut AsyncPgConnection,
         tenant: &Tenant,
     ) -> QueryResult<DestroyPlan> {
         super::ensure(tenant, Isolation::Schema).map_err(super::query_error)?;
+        let mut there;
+        let conn = match &tenant.server {
+            None => conn,
+            Some(server) => {
+                there = self.owner_on(ctx, server).await?;
+                &mut *there
+            }
+        };
         let schema = SchemaName::for_tenant(&tenant.identifier);
         let exists: Exists = diesel::sql_query(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS exists",

@@ -106,10 +106,7 @@ impl HybridStrategy {
             .await
             .map_err(PlaceError::Copy)?;
         commit_tier(&target, tenant, Isolation::Database, Isolation::Schema).await?;
-        let now = Tenant {
-            isolation: Isolation::Schema,
-            ..tenant.clone()
-        };
+        let now = super::in_tier(tenant, Isolation::Schema);
         // Ends `source`'s session too, and with it the lock.
         if let Err(error) = self.database.close_database_left(ctx, &now).await {
             return Err(PlaceError::Conflict(format!(

@@ -34,10 +34,15 @@ pub enum TierTarget {
     },
 }
 
-/// `tenant` as it is in tier `tier` (the strategies check the tier they are given).
-fn in_tier(tenant: &Tenant, tier: Isolation) -> Tenant {
+/// `tenant` as it is in tier `tier` (the strategies check the tier they are given): the
+/// `schema` and `rls` tiers are on the default server; in tier `database`, the tenant's
+/// database record says where it is.
+pub fn in_tier(tenant: &Tenant, tier: Isolation) -> Tenant {
     Tenant {
         isolation: tier,
+        server: (tier == Isolation::Database)
+            .then(|| tenant.server.clone())
+            .flatten(),
         ..tenant.clone()
     }
 }
