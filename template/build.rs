@@ -22,17 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let mut migrations = Vec::new();
-    for entry in std::fs::read_dir(folder)? {
-        let path = entry?.path();
-        let up = path.join("up.sql");
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with('.') || !up.is_file() {
-            continue;
-        }
-        migrations.push((version(name), std::fs::canonicalize(up)?));
+    for (name, path) in migrations_in(folder)? {
+        migrations.push((version(&name), std::fs::canonicalize(path.join("up.sql"))?));
     }
     migrations.sort();
     let mut code = String::from("&[\n");
@@ -43,6 +34,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = Path::new(&std::env::var("OUT_DIR")?).join("tenant_schema_sql.rs");
     std::fs::write(out, code)?;
     Ok(())
+}
+
+/// The migrations in `folder`: each one's folder name and path (one with an `up.sql`).
+fn migrations_in(folder: &Path) -> std::io::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !name.starts_with('.') && path.join("up.sql").is_file() {
+            found.push((name.to_owned(), path));
+        }
+    }
+    Ok(found)
 }
 
 /// diesel's version of migration folder `name`: up to the first '_', without dashes.
@@ -58,17 +65,9 @@ fn check_control_versions() -> Result<(), Box<dyn std::error::Error>> {
         if !set.is_dir() || !set_name.starts_with("control") {
             continue;
         }
-        for entry in std::fs::read_dir(&set)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.starts_with('.') || !path.is_dir() {
-                continue;
-            }
+        for (name, _) in migrations_in(&set)? {
             let here = format!("{set_name}/{name}");
-            if let Some(first) = seen.insert(version(name), here.clone()) {
+            if let Some(first) = seen.insert(version(&name), here.clone()) {
                 return Err(format!(
                     "migrations/{here} has the version of migrations/{first}: control-plane \
                      migrations share one record table, so one would never run; rename it"

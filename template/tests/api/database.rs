@@ -9,7 +9,7 @@ use crate::cluster::Cluster;
 use crate::helpers::{
     TestDatabase, query_url, server_exec_on, server_url, spawn_app, spawn_app_on, spawn_app_with,
 };
-use crate::servers::{OtherServer, spawn_with_other_server};
+use crate::servers::{OtherServer, create_on, spawn_with_other_server};
 use crate::tls::TestCa;
 use actix_web::http::StatusCode;
 use futures_util::FutureExt;
@@ -150,16 +150,7 @@ async fn two_hundred_tenants_are_served_in_turn_under_a_cap_of_forty_connections
 async fn only_listed_servers_are_accepted_for_a_new_tenant() {
     let app = spawn_app().await;
     // No list: every tenant is on the default server, whatever a request says.
-    let refused = app
-        .tenancy
-        .create_tenant(
-            &crate::helpers::operator(),
-            NewTenant {
-                server: Some(ServerAddress::parse("attacker.example:5432").unwrap()),
-                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-            },
-        )
-        .await;
+    let refused = create_on(&app, "far", "attacker.example:5432").await;
     match refused {
         Err(LifecycleError::Invalid(why)) => {
             assert!(why.contains("TENANCY_DATABASE_SERVERS"), "{why}")
@@ -170,16 +161,7 @@ async fn only_listed_servers_are_accepted_for_a_new_tenant() {
     assert!(app.tenancy.list_tenants().await.unwrap().is_empty());
 
     let listed = spawn_app_with(&[("TENANCY_DATABASE_SERVERS", "db2.internal:5432")]).await;
-    let refused = listed
-        .tenancy
-        .create_tenant(
-            &crate::helpers::operator(),
-            NewTenant {
-                server: Some(ServerAddress::parse("db3.internal:5432").unwrap()),
-                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-            },
-        )
-        .await;
+    let refused = create_on(&listed, "far", "db3.internal:5432").await;
     assert!(
         matches!(refused, Err(LifecycleError::Invalid(_))),
         "{refused:?}"
@@ -192,17 +174,7 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
         return;
     };
     let server = ServerAddress::parse(&other.address).unwrap();
-    let far = app
-        .tenancy
-        .create_tenant(
-            &crate::helpers::operator(),
-            NewTenant {
-                server: Some(server.clone()),
-                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-            },
-        )
-        .await
-        .unwrap();
+    let far = create_on(&app, "far", &other.address).await.unwrap();
     let near = app.create_tenant("near").await;
     // The tenant says where it is: its database's server, or null for the default one;
     // so does `tenant list`.
@@ -273,16 +245,7 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
     assert_eq!(app.db.notes_of(&near).await, Some(1));
 
     // Asking for another server for a tenant placed already is a conflict.
-    let again = app
-        .tenancy
-        .create_tenant(
-            &crate::helpers::operator(),
-            NewTenant {
-                server: Some(ServerAddress::parse("elsewhere.invalid:5432").unwrap()),
-                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-            },
-        )
-        .await;
+    let again = create_on(&app, "far", "elsewhere.invalid:5432").await;
     assert!(
         matches!(again, Err(LifecycleError::Conflict(_))),
         "{again:?}"
@@ -329,17 +292,7 @@ async fn a_new_tenant_goes_to_the_server_with_the_fewest_tenants() {
     }
     assert_eq!(placed, [None, here.clone(), None, here.clone()]);
     // A tenant that names a server goes there, whatever the counts say.
-    let named = app
-        .tenancy
-        .create_tenant(
-            &crate::helpers::operator(),
-            NewTenant {
-                server: Some(ServerAddress::parse(&other.address).unwrap()),
-                ..NewTenant::new(TenantIdentifier::parse("t5").unwrap(), "T5")
-            },
-        )
-        .await
-        .unwrap();
+    let named = create_on(&app, "t5", &other.address).await.unwrap();
     assert_eq!(server_of(named).await, here);
     assert_eq!(server_of(app.create_tenant("t6").await).await, None);
     // Each is served from its own database, wherever it is.

@@ -48,21 +48,11 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
 
 #[actix_web::test]
 async fn health_checks_each_server_tenants_may_be_on_and_one_down_degrades_it() {
-    use svc::tenancy::isolation::ServerAddress;
-    use svc::tenancy::lifecycle::NewTenant;
-
     // Listed: the second server, and two that do not resolve.
     let Some((app, other)) = crate::servers::spawn_with_other_server().await else {
         return;
     };
-    let far = NewTenant {
-        server: Some(ServerAddress::parse(&other.address).unwrap()),
-        ..NewTenant::new("far".parse_identifier(), "Far")
-    };
-    app.tenancy
-        .create_tenant(&crate::helpers::operator(), far)
-        .await
-        .unwrap();
+    (crate::servers::create_on(&app, "far", &other.address).await).unwrap();
     let service = service!(app);
     let (status, body) = health!(service);
     // The other servers' tenants are served: degraded, not unhealthy.

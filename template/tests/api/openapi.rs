@@ -10,6 +10,15 @@ use actix_web::test;
 use serde_json::Value;
 
 use crate::helpers::*;
+{%- if placement and admin_api %}
+
+/// The request members that name a server.
+{%- if tenant_databases %}
+const SERVER_FIELDS: &[(&str, &str)] = &[("NewTenant", "server"), ("MoveTo", "to")];
+{%- else %}
+const SERVER_FIELDS: &[(&str, &str)] = &[("NewTenant", "server")];
+{%- endif %}
+{%- endif %}
 
 /// The document as the code builds it.
 fn built() -> Value {
@@ -29,12 +38,7 @@ async fn the_served_document_is_the_built_one_and_the_committed_one() {
     let {% if placement and admin_api %}mut {% endif %}served: Value = test::read_body_json(response).await;
 {%- if placement and admin_api %}
     // The servers a request may name are this deployment's: none listed here, null alone.
-{%- if tenant_databases %}
-    let fields = [("NewTenant", "server"), ("MoveTo", "to")];
-{%- else %}
-    let fields = [("NewTenant", "server")];
-{%- endif %}
-    for (component, field) in fields {
+    for &(component, field) in SERVER_FIELDS {
         let property = &mut served["components"]["schemas"][component]["properties"][field];
         assert_eq!(
             property["enum"],
@@ -72,12 +76,7 @@ async fn the_served_document_names_the_listed_servers_and_no_other() {
         test::TestRequest::get().uri("/openapi.json").to_request(),
     )
     .await;
-{%- if tenant_databases %}
-    let fields = [("NewTenant", "server"), ("MoveTo", "to")];
-{%- else %}
-    let fields = [("NewTenant", "server")];
-{%- endif %}
-    for (component, field) in fields {
+    for &(component, field) in SERVER_FIELDS {
         let property = &served["components"]["schemas"][component]["properties"][field];
         assert_eq!(
             property["enum"],

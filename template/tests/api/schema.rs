@@ -6,9 +6,9 @@ use actix_web::http::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, operator, query_url, spawn_app};
-use crate::servers::{OtherServer, spawn_with_other_server};
+use crate::servers::{OtherServer, create_on, spawn_with_other_server};
 use svc::domain::{Isolation, Maintenance, ServerAddress, TenantIdentifier, TenantStatus};
-use svc::tenancy::lifecycle::{LifecycleError, NewTenant, Touch};
+use svc::tenancy::lifecycle::{LifecycleError, Touch};
 use svc::tenancy::registry;
 
 #[actix_web::test]
@@ -423,17 +423,7 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
         return;
     };
     let server = ServerAddress::parse(&other.address).unwrap();
-    let far = app
-        .tenancy
-        .create_tenant(
-            &operator(),
-            NewTenant {
-                server: Some(server.clone()),
-                ..NewTenant::new(TenantIdentifier::parse("far").unwrap(), "Far")
-            },
-        )
-        .await
-        .unwrap();
+    let far = create_on(&app, "far", &other.address).await.unwrap();
     let near = app.create_tenant("near").await;
     assert_eq!(
         (far.status, far.server.as_ref()),
@@ -498,16 +488,7 @@ async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_t
     let pending: Vec<&str> = plan.pending.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(pending, ["far"], "{plan:?}");
     // A server that is not listed is refused before anything is recorded.
-    let refused = app
-        .tenancy
-        .create_tenant(
-            &operator(),
-            NewTenant {
-                server: Some(ServerAddress::parse("nowhere.invalid").unwrap()),
-                ..NewTenant::new(TenantIdentifier::parse("lost").unwrap(), "Lost")
-            },
-        )
-        .await;
+    let refused = create_on(&app, "lost", "nowhere.invalid").await;
     assert!(
         matches!(&refused, Err(LifecycleError::Invalid(why)) if why.contains("TENANCY_DATABASE_SERVERS")),
         "{refused:?}"

@@ -107,6 +107,24 @@ impl Drop for OtherServer {
     }
 }
 
+/// Creates tenant `identifier` (its name too) on `server` (`tenant create --server`).
+pub(crate) async fn create_on(
+    app: &crate::helpers::TestApp,
+    identifier: &str,
+    server: &str,
+) -> Result<svc::domain::Tenant, svc::tenancy::lifecycle::LifecycleError> {
+    let new = svc::tenancy::lifecycle::NewTenant {
+        server: Some(svc::domain::ServerAddress::parse(server).unwrap()),
+        ..svc::tenancy::lifecycle::NewTenant::new(
+            svc::domain::TenantIdentifier::parse(identifier).unwrap(),
+            identifier,
+        )
+    };
+    app.tenancy
+        .create_tenant(&crate::helpers::operator(), new)
+        .await
+}
+
 /// An app whose `TENANCY_DATABASE_SERVERS` lists the second server and two unreachable
 /// ones (to ask for a server other than the recorded one); `None` where there is no second
 /// server (see [`OtherServer::start`]).
