@@ -66,7 +66,7 @@ async fn a_tenant_moved_under_writes_from_two_replicas_keeps_every_acknowledged_
 
 #[actix_web::test]
 async fn a_tenant_moved_behind_a_pooler_on_each_server_keeps_every_acknowledged_write() {
-    let Some((a, other, [_near, far])) = spawn_behind_poolers().await else {
+    let Some((a, other, [_near, far])) = spawn_behind_poolers("default").await else {
         return;
     };
     move_under_writes(&a, &other).await;

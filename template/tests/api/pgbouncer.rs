@@ -156,7 +156,7 @@ impl PgBouncer {
         format!("{scheme}://{credentials}127.0.0.1:{}{tail}", self.port)
     }
 
-{%- if tenant_databases %}
+{%- if placement %}
 
     /// `127.0.0.1:<port>`: where it listens.
     pub fn address(&self) -> String {

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, operator, query_url, spawn_app};
-use crate::servers::{OtherServer, create_on, spawn_with_other_server};
+use crate::servers::{OtherServer, create_on, spawn_behind_poolers, spawn_with_other_server};
 use svc::domain::{Isolation, Maintenance, ServerAddress, TenantIdentifier, TenantStatus};
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
 use svc::tenancy::registry;
@@ -596,4 +596,35 @@ async fn new_tenants_go_to_the_server_with_the_fewest_and_migrate_completes_one_
     ]
     .concat();
     assert!(metrics.contains(&line), "{metrics}");
+}
+
+#[actix_web::test]
+async fn tenants_on_two_servers_each_behind_a_transaction_pooler_stay_isolated() {
+    let Some((app, other, [near, far])) = spawn_behind_poolers("fewest").await else {
+        return;
+    };
+    // Placed in turn on each server, each reached through its own pooler: every row of
+    // every answer is checked.
+    crate::isolation::concurrent_tenants_never_see_each_other(&app, 10, 10).await;
+    let tenants = app.tenancy.list_tenants().await.unwrap();
+    let there = (tenants.iter())
+        .filter(|t| t.server.as_ref().map(|s| s.as_str()) == Some(other.address.as_str()))
+        .count();
+    assert_eq!((tenants.len(), there), (10, 5));
+    let mut on_other = schemas_on(&other).await;
+    on_other.sort();
+    let mut placed: Vec<String> = (tenants.iter())
+        .filter(|t| t.server.is_some())
+        .map(|t| format!("tenant_{}", t.identifier))
+        .collect();
+    placed.sort();
+    assert_eq!(on_other, placed);
+    // The application role went through each server's pooler.
+    for (pooler, database) in [(&near, &app.db.name), (&far, &other.database)] {
+        assert!(
+            pooler.databases_logged_in().contains(database),
+            "{database}: {:?}",
+            pooler.databases_logged_in()
+        );
+    }
 }

@@ -3,9 +3,7 @@
 
 use crate::cluster::Cluster;
 use crate::helpers::{query_url, server_url};
-{%- if tenant_databases %}
 use crate::pgbouncer::PgBouncer;
-{%- endif %}
 
 /// The second PostgreSQL server of the placement and move tests: `TENANCY_TEST_OTHER_SERVER`
 /// (host:port; ci/ starts one for the whole run), else a throwaway server of the test's
@@ -147,15 +145,16 @@ pub(crate) async fn spawn_with_other_server() -> Option<(crate::helpers::TestApp
     .await;
     Some((app, other))
 }
-{%- if tenant_databases %}
 
 /// As [`spawn_with_other_server`] (the second server alone listed), in transaction mode
 /// behind a PgBouncer in front of each server: the application role reaches the default
 /// server through the first (`TENANCY_DATABASE_URL`), the second through the other
 /// (`TENANCY_DATABASE_SERVER_POOLERS`); each answers a client it cannot give a server
-/// connection within 3 s with an error. `None` where PgBouncer is not installed.
-pub(crate) async fn spawn_behind_poolers()
--> Option<(crate::helpers::TestApp, OtherServer, [PgBouncer; 2])> {
+/// connection within 3 s with an error. New tenants go where `placement`
+/// (`TENANCY_DATABASE_PLACEMENT`) says. `None` where PgBouncer is not installed.
+pub(crate) async fn spawn_behind_poolers(
+    placement: &str,
+) -> Option<(crate::helpers::TestApp, OtherServer, [PgBouncer; 2])> {
     let connections = crate::pooler::SERVER_CONNECTIONS;
     let near = PgBouncer::start(&server_url(), "transaction", connections)?;
     let db = crate::helpers::TestDatabase::create().await;
@@ -173,7 +172,7 @@ pub(crate) async fn spawn_behind_poolers()
         &[
             ("TENANCY_DATABASE_SERVERS", &other.address),
             ("TENANCY_DATABASE_SERVER_POOLERS", &poolers),
-            ("TENANCY_DATABASE_PLACEMENT", "default"),
+            ("TENANCY_DATABASE_PLACEMENT", placement),
 {%- if isolation == "hybrid" %}
             ("TENANCY_DEFAULT_ISOLATION", "database"),
 {%- endif %}
@@ -182,4 +181,3 @@ pub(crate) async fn spawn_behind_poolers()
     .await;
     Some((app, other, [near, far]))
 }
-{%- endif %}
