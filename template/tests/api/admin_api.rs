@@ -412,6 +412,83 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
         .assert_the_owner_is_refused_as_app_role("is a superuser")
         .await;
 }
+{%- if isolation == "schema" %}
+
+/// The same service with another server listed: a tenant the placement policy puts there
+/// is registered (202) and created by the next `migrate`; naming a server, or destroying
+/// a tenant there, is refused with what does it.
+#[actix_web::test]
+async fn a_service_without_the_owners_url_leaves_tenants_of_other_servers_to_migrate() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let Some(other) = crate::servers::OtherServer::start(&db).await else {
+        return;
+    };
+    let servers = [("TENANCY_DATABASE_SERVERS", other.address.as_str())];
+    let owner = crate::helpers::spawn_app_on(db, &servers).await;
+    let mut settings = owner.settings.clone();
+    settings.tenancy.database.migration_url = None;
+    let tenancy = svc::startup::prepare(&settings).await.unwrap();
+    let service = test::init_service(svc::startup::app(tenancy, &settings)).await;
+
+    // The default server first (a tie), through the provisioning functions: served now.
+    let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "acme", "name": "Acme"}));
+    assert_eq!(
+        (status, &created["server"]),
+        (StatusCode::CREATED, &Value::Null),
+        "{created}"
+    );
+    // Then the other server, where the owner creates schemas.
+    let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "globex", "name": "Globex"}));
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    assert_eq!(
+        (&created["status"], &created["server"]),
+        (&json!("provisioning"), &json!(other.address))
+    );
+    let (status, refused) = admin!(service, post "/admin/tenants", json = json!({"identifier": "far", "name": "Far", "server": other.address}));
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("TENANCY_MIGRATION_DATABASE_URL"),
+        "{refused}"
+    );
+
+    let report = owner
+        .tenancy
+        .migrate_all(
+            &crate::helpers::operator(),
+            2,
+            svc::tenancy::lifecycle::Touch::Pending,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let (_, shown) = admin!(service, get "/admin/tenants/globex");
+    assert_eq!(shown["status"], "active", "{shown}");
+    for name in ["acme", "globex"] {
+        let (status, note) =
+            call!(service, post "/api/notes", tenant = name, json = json!({"title": name}));
+        assert_eq!(status, StatusCode::CREATED, "{name}: {note}");
+        let (status, notes) = call!(service, get "/api/notes", tenant = name);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(notes, json!([note]), "{name}");
+    }
+
+    assert_eq!(
+        admin!(service, delete "/admin/tenants/globex").0,
+        StatusCode::OK
+    );
+    let (status, body) =
+        admin!(service, post "/admin/tenants/globex/destroy", json = json!({"confirm": "globex"}));
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("tenant destroy"),
+        "{body}"
+    );
+}
+{%- endif %}
 
 #[actix_web::test]
 async fn a_tenants_jobs_are_listed_cancelled_and_retried_over_the_admin_api() {
