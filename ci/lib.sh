@@ -88,8 +88,8 @@ ensure_pgbouncer() {
   export TENANCY_TEST_PGBOUNCER="${TENANCY_TEST_PGBOUNCER:-$binary}"
 }
 
-# A second PostgreSQL server, for the tests that place a tenant's database on another
-# server (database per tenant): a throwaway cluster on a free local port, stopped when
+# A second PostgreSQL server, for the tests that place a tenant on another server (its
+# schema, or its database): a throwaway cluster on a free local port, stopped when
 # the calling script exits. Exports TENANCY_TEST_OTHER_SERVER=host:port; set it yourself
 # to use a server of your own (the TENANCY_TEST_DATABASE_URL user must be able to create
 # databases and roles there).
