@@ -415,9 +415,13 @@ impl Tenancy {
                     }
 {%- if isolation == "schema" %}
                     // Its server, chosen once: a repeated creation keeps the recorded one.
+                    // Creations choose one at a time, each counting the ones before.
                     let server = match &new.server {
                         Some(server) => Some(server.clone()),
-                        None => self.servers().choose(conn, None).await?,
+                        None => {
+                            registry::lock_creations(conn).await?;
+                            self.servers().choose(conn, None).await?
+                        }
                     };
                     let placed = server.as_ref();
 {%- else %}

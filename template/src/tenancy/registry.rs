@@ -173,13 +173,20 @@ pub async fn insert_or_get(
         .ok_or(diesel::result::Error::NotFound)
 }
 
-/// How many tenants the registry holds, in any status, once every other creation that
-/// counts has ended: the count and the insert that follows are one at a time (a lock held
-/// until the connection's transaction ends).
-pub async fn count_for_creation(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+/// Waits until every other creation that counts or places tenants has ended: what this
+/// transaction reads of the registry then holds until its insert (a lock held until the
+/// connection's transaction ends).
+pub async fn lock_creations(conn: &mut AsyncPgConnection) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('tenancy.tenants.create'))")
-        .execute(&mut *conn)
-        .await?;
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// How many tenants the registry holds, in any status, once every other creation that
+/// counts has ended: the count and the insert that follows are one at a time.
+pub async fn count_for_creation(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    lock_creations(conn).await?;
     tenants::table.count().get_result(conn).await
 }
 
