@@ -36,12 +36,17 @@ impl Holding {
         Self(tenant.to_owned())
     }
 
-    fn most(tenant: &str) -> u32 {
+    /// The connections `tenant`'s handlers hold now, and the most they held at once.
+    fn counts(tenant: &str) -> (u32, u32) {
         HELD.lock()
             .unwrap()
             .as_ref()
             .and_then(|h| h.get(tenant))
-            .map_or(0, |c| c.1)
+            .map_or((0, 0), |c| *c)
+    }
+
+    fn most(tenant: &str) -> u32 {
+        Self::counts(tenant).1
     }
 }
 
@@ -88,11 +93,13 @@ macro_rules! holding_service {
 
 #[actix_web::test]
 async fn a_quiet_tenant_waits_for_one_statement_at_most_behind_a_flooding_one() {
-    const STATEMENT: u64 = 400;
-    // Four connections, all of which the flooding tenant may hold.
+    const STATEMENT: u64 = 800;
+    // Four connections, all of which the flooding tenant may hold; the last in its line
+    // waits six statements.
     let app = spawn_app_with(&[
         ("TENANCY_MAX_TOTAL_CONNECTIONS", "4"),
         ("TENANCY_TENANT_MAX_CONNECTIONS", "4"),
+        ("TENANCY_DATABASE_POOL_TIMEOUT", "30"),
     ])
     .await;
     app.create_tenant("fair_flood").await;
@@ -101,8 +108,16 @@ async fn a_quiet_tenant_waits_for_one_statement_at_most_behind_a_flooding_one() 
 
     let flooding = join_all((0..24).map(|_| request("fair_flood", STATEMENT)));
     let quiet = async {
-        // Once the flood holds every connection and 20 of its requests wait in line.
-        tokio::time::sleep(Duration::from_millis(STATEMENT / 4)).await;
+        // Once the flood holds every connection and 20 of its requests wait in line (the
+        // clock starts then: opening the flood's connections takes longer on a busy
+        // machine).
+        let holds_all = async {
+            while Holding::counts("fair_flood").0 < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        // Should it never (the assertions below say so), the flood ends all the same.
+        let _ = tokio::time::timeout(Duration::from_secs(10), holds_all).await;
         let started = Instant::now();
         let status = request("fair_quiet", 1).await;
         (status, started.elapsed())

@@ -35,9 +35,9 @@ pub(crate) async fn concurrent_tenants_never_see_each_other(
             let service = &service;
             requests.push(
                 async move {
-                    let (status, _) = call!(service, post "/api/notes", tenant = name.as_str(),
+                    let (status, body) = call!(service, post "/api/notes", tenant = name.as_str(),
                         json = json!({"title": format!("{name}-{j}")}));
-                    assert_eq!(status, StatusCode::CREATED, "create for {name}");
+                    assert_eq!(status, StatusCode::CREATED, "create for {name}: {body}");
                 }
                 .boxed_local(),
             );
@@ -45,7 +45,7 @@ pub(crate) async fn concurrent_tenants_never_see_each_other(
                 async move {
                     let (status, body) =
                         call!(service, get "/api/notes?limit=100", tenant = name.as_str());
-                    assert_eq!(status, StatusCode::OK, "list for {name}");
+                    assert_eq!(status, StatusCode::OK, "list for {name}: {body}");
                     for note in body.as_array().unwrap() {
                         let title = note["title"].as_str().unwrap();
                         assert!(title.starts_with(&format!("{name}-")), "{name} saw {title}");
