@@ -792,14 +792,23 @@ async fn migration_plan(tenancy: &Tenancy) -> Result<ExitCode, Box<dyn std::erro
     for (tenant, versions) in &plan.pending {
         writeln!(out, "tenant {tenant}: would apply {}", versions.join(", "))?;
     }
+    for (tenant, why) in &plan.unread {
+        writeln!(out, "tenant {tenant}: could not be read: {why}")?;
+    }
+    let unread = match plan.unread.len() {
+        0 => String::new(),
+        n => format!(", {n} not read"),
+    };
     writeln!(
         out,
-        "tenants: {} total, {} pending, {} up to date",
+        "tenants: {} total, {} pending, {} up to date{unread}",
         plan.tenants,
         plan.pending.len(),
-        plan.tenants - plan.pending.len()
+        plan.tenants - plan.pending.len() - plan.unread.len()
     )?;
-    Ok(if plan.is_empty() {
+    Ok(if !plan.unread.is_empty() {
+        ExitCode::FAILURE
+    } else if plan.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)

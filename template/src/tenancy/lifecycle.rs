@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::audit::{self, Actor, Operation, Outcome, Record};
-use super::isolation::{DestroyPlan, Strategy};
+use super::isolation::{DestroyPlan, Pending, Strategy};
 use super::{Tenancy, registry};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::ConnectError;
@@ -189,11 +189,15 @@ pub struct MigrationPlan {
     pub tenants: usize,
     /// Each tenant with migrations pending, and those versions (oldest first).
     pub pending: Vec<(TenantIdentifier, Vec<String>)>,
+    /// Each tenant whose migrations could not be read, and why (its server did not
+    /// answer).
+    pub unread: Vec<(TenantIdentifier, String)>,
 }
 
 impl MigrationPlan {
+    /// Nothing to apply, as far as every tenant could be read.
     pub fn is_empty(&self) -> bool {
-        self.control.is_empty() && self.pending.is_empty()
+        self.control.is_empty() && self.pending.is_empty() && self.unread.is_empty()
     }
 }
 
@@ -413,20 +417,18 @@ impl Tenancy {
                             }
                         }
                     }
-{%- if isolation == "schema" %}
+{%- if placement %}
                     // Its server, chosen once: a repeated creation keeps the recorded one.
-                    // Creations choose one at a time, each counting the ones before.
                     let server = match &new.server {
                         Some(server) => Some(server.clone()),
-                        None => {
-                            registry::lock_creations(conn).await?;
-                            self.servers().choose(conn, None).await?
-                        }
+{%- if isolation == "hybrid" %}
+                        // The schema and rls tiers are on the default server.
+                        None if isolation != Isolation::Database => None,
+{%- endif %}
+                        None => self.servers().choose(conn, None).await?,
                     };
                     let placed = server.as_ref();
 {%- else %}
-                    // The default server; a database of its own records its server when it
-                    // is placed (below).
                     let placed = None;
 {%- endif %}
                     registry::insert_or_get(conn, identifier, name, isolation, metadata, placed)
@@ -443,7 +445,7 @@ impl Tenancy {
                 tenant.identifier, tenant.status
             )));
         }
-{%- if isolation == "schema" %}
+{%- if placement %}
         if let Some(asked) = &new.server
             && tenant.server.as_ref() != Some(asked)
         {
@@ -453,13 +455,9 @@ impl Tenancy {
                 super::isolation::server_name(tenant.server.as_ref())
             )));
         }
-{%- endif %}
-{%- if tenant_databases %}
-        if self.context().has_owner && tenant.isolation == Isolation::Database {
+        if self.context().has_owner {
+            // What follows may be the owner's work: a database, a schema on another server.
             self.check_owner_session().await?;
-            self.databases()
-                .place(self.context(), &tenant, new.server.as_ref())
-                .await?;
         }
 {%- endif %}
         let provisioned = {
@@ -878,20 +876,23 @@ impl Tenancy {
             });
         }
         let (tenants, pending) = self.pending_tenants().await?;
-        Ok(MigrationPlan {
+        let mut plan = MigrationPlan {
             control,
             tenants: tenants.len(),
-            pending: tenants
-                .into_iter()
-                .zip(pending)
-                .filter(|(_, versions)| !versions.is_empty())
-                .map(|(tenant, versions)| (tenant.identifier, versions))
-                .collect(),
-        })
+            ..MigrationPlan::default()
+        };
+        for (tenant, pending) in tenants.into_iter().zip(pending) {
+            match pending {
+                Ok(versions) if versions.is_empty() => {}
+                Ok(versions) => plan.pending.push((tenant.identifier, versions)),
+                Err(why) => plan.unread.push((tenant.identifier, why)),
+            }
+        }
+        Ok(plan)
     }
 
-    /// The tenants that are not deleted, and the migrations each lacks.
-    async fn pending_tenants(&self) -> Result<(Vec<Tenant>, Vec<Vec<String>>), LifecycleError> {
+    /// The tenants that are not deleted, and what each lacks.
+    async fn pending_tenants(&self) -> Result<(Vec<Tenant>, Vec<Pending>), LifecycleError> {
         let tenants: Vec<Tenant> = self
             .list_tenants()
             .await?
@@ -921,8 +922,10 @@ impl Tenancy {
             ..MigrationReport::default()
         };
         let mut work = Vec::new();
-        for (tenant, versions) in tenants.iter().zip(&pending) {
-            if touch == Touch::Every || !versions.is_empty() {
+        for (tenant, pending) in tenants.iter().zip(&pending) {
+            // One whose migrations could not be read is tried: its server may be back.
+            let up_to_date = pending.as_ref().is_ok_and(Vec::is_empty);
+            if touch == Touch::Every || !up_to_date {
                 work.push(tenant);
             } else if tenant.maintenance == Maintenance::Migrating {
                 // Left by a `migrate` that stopped half-way; nothing is left to do.

@@ -305,6 +305,30 @@ impl Tenancy {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+{%- if placement %}
+
+    /// Refuses a list of servers (`TENANCY_DATABASE_SERVERS`) that leaves out one the
+    /// registry places tenants on: the service reaches only the servers its configuration
+    /// names, and a server taken off the list by mistake would leave tenants unserved.
+    pub async fn check_servers_listed(&self) -> Result<(), String> {
+        let mut conn = self.control.get().await.map_err(|e| e.to_string())?;
+        let unlisted = (self.servers().unlisted(&mut conn).await).map_err(|e| e.to_string())?;
+        if unlisted.is_empty() {
+            return Ok(());
+        }
+        let unlisted: Vec<String> = (unlisted.iter())
+            .map(|(server, count)| match count {
+                1 => format!("{server} (1 tenant)"),
+                _ => format!("{server} ({count} tenants)"),
+            })
+            .collect();
+        Err(format!(
+            "the tenant registry places tenants on servers that TENANCY_DATABASE_SERVERS does \
+             not list: {}; list them again, or move or destroy those tenants first",
+            unlisted.join(", ")
+        ))
+    }
+{%- endif %}
 
     /// Refuses an application role that would defeat the isolation strategy (for
     /// Row-Level Security: a superuser, `BYPASSRLS`, or the owner of tenant tables).

@@ -302,6 +302,17 @@ async fn a_new_tenant_goes_to_the_server_with_the_fewest_tenants() {
             call!(service, post "/api/notes", tenant = name, json = json!({"title": name}));
         assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
     }
+    // Creations at the same time (four at once) each count the ones before: three and
+    // three, as one at a time; each tenant names the server its database is on.
+    let names: Vec<String> = (7..=12).map(|i| format!("t{i}")).collect();
+    let mut there = 0;
+    for tenant in app.create_tenants(&names).await {
+        let named = tenant.server.clone().map(String::from);
+        let recorded = server_of(tenant).await;
+        assert_eq!(named, recorded);
+        there += usize::from(recorded == here);
+    }
+    assert_eq!(there, 3);
 
     // `default`: every tenant that names none on the default server.
     let pinned = spawn_app_with(&[
@@ -329,8 +340,8 @@ async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
     };
     let server = ServerAddress::parse(&other.address).unwrap();
     let far = TenantIdentifier::parse("far").unwrap();
-    // A crash after the registry row and the placement were written, before the database
-    // was created.
+    // A crash after the registry row (with the server chosen for it) was written, before
+    // the database was created.
     let mut conn = app.tenancy.control.get().await.unwrap();
     let half = registry::insert_or_get(
         &mut conn,
@@ -338,16 +349,11 @@ async fn an_interrupted_provisioning_completes_on_the_server_recorded_first() {
         "Far",
         Isolation::Database,
         &json!({}),
-        None,
+        Some(&server),
     )
     .await
     .unwrap();
     drop(conn);
-    app.tenancy
-        .strategy()
-        .place(app.tenancy.context(), &half, Some(&server))
-        .await
-        .unwrap();
     let far_db = format!("{}far", app.db.tenant_database_prefix);
     assert!(!other.has_database(&far_db).await);
 

@@ -1,5 +1,5 @@
 //! A second PostgreSQL server for placement and moves (`TENANCY_TEST_OTHER_SERVER`, else a
-//! throwaway one of the test's own).
+//! throwaway one of the test's own), and what start-up says of the servers listed.
 
 use crate::cluster::Cluster;
 use crate::helpers::{query_url, server_url};
@@ -149,8 +149,7 @@ pub(crate) async fn spawn_with_other_server() -> Option<(crate::helpers::TestApp
 /// As [`spawn_with_other_server`] (the second server alone listed), in transaction mode
 /// behind a PgBouncer in front of each server: the application role reaches the default
 /// server through the first (`TENANCY_DATABASE_URL`), the second through the other
-/// (`TENANCY_DATABASE_SERVER_POOLERS`); each answers a client it cannot give a server
-/// connection within 3 s with an error. New tenants go where `placement`
+/// (`TENANCY_DATABASE_SERVER_POOLERS`). New tenants go where `placement`
 /// (`TENANCY_DATABASE_PLACEMENT`) says. `None` where PgBouncer is not installed.
 pub(crate) async fn spawn_behind_poolers(
     placement: &str,
@@ -160,11 +159,6 @@ pub(crate) async fn spawn_behind_poolers(
     let db = crate::helpers::TestDatabase::create().await;
     let other = OtherServer::start(&db).await?;
     let far = PgBouncer::start(&other.base_url, "transaction", connections)?;
-    // A client waiting for a server connection that cannot be had (to a database a move
-    // closed) gets an error after 3 s instead of 120.
-    for pooler in [&near, &far] {
-        pooler.reload_with("query_wait_timeout = 3");
-    }
     let poolers = format!("{}={}", other.address, far.address());
     let app = crate::pooler::spawn_behind(
         &near,
@@ -180,4 +174,124 @@ pub(crate) async fn spawn_behind_poolers(
     )
     .await;
     Some((app, other, [near, far]))
+}
+
+#[actix_web::test]
+async fn a_service_refuses_to_start_without_a_server_its_tenants_are_on() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    create_on(&app, "far", &other.address).await.unwrap();
+    let start_with = |servers: &str| {
+        let mut env: std::collections::HashMap<String, String> = (app.db.env().into_iter())
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+        env.insert("TENANCY_DATABASE_SERVERS".into(), servers.into());
+        let (settings, _) = svc::config::Settings::from_env_map(env).unwrap();
+        async move { svc::startup::prepare(&settings).await.map(drop) }
+    };
+    // The second server taken off the list: its tenant would not be served.
+    let refused = start_with("elsewhere.invalid")
+        .await
+        .unwrap_err()
+        .to_string();
+    let named = format!("{} (1 tenant)", other.address);
+    assert!(
+        refused.contains(&named) && refused.contains("TENANCY_DATABASE_SERVERS"),
+        "{refused}"
+    );
+    // Listed again, in another order, it starts.
+    start_with(&format!("elsewhere.invalid,{}", other.address))
+        .await
+        .unwrap();
+}
+
+#[actix_web::test]
+async fn a_tenant_on_a_server_that_does_not_answer_is_reported_and_the_others_migrate() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    app.create_tenant("near").await;
+    create_on(&app, "far", &other.address).await.unwrap();
+    // A tenant recorded on a listed server that does not answer.
+    let unanswered = svc::domain::ServerAddress::parse("elsewhere.invalid").unwrap();
+    let mut conn = app.tenancy.control.get().await.unwrap();
+    let lost = svc::tenancy::registry::insert_or_get(
+        &mut conn,
+        &svc::domain::TenantIdentifier::parse("lost").unwrap(),
+        "Lost",
+{%- if isolation == "schema" %}
+        svc::domain::Isolation::Schema,
+{%- else %}
+        svc::domain::Isolation::Database,
+{%- endif %}
+        &serde_json::json!({}),
+        Some(&unanswered),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+{%- if tenant_databases %}
+    app.db
+        .query(&format!(
+            "INSERT INTO tenancy.tenant_databases (tenant_id, database_name, server) \
+             VALUES ('{}', 'lost', 'elsewhere.invalid')",
+            lost.id
+        ))
+        .await;
+{%- endif %}
+
+    // The plan reads the others and names the one it could not read.
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    assert_eq!(plan.tenants, 3);
+    assert!(plan.pending.is_empty(), "{plan:?}");
+    let unread: Vec<String> = (plan.unread.iter())
+        .map(|(tenant, why)| format!("{tenant}: {why}"))
+        .collect();
+    assert!(
+        matches!(unread.as_slice(), [one] if one.starts_with("lost: elsewhere.invalid")),
+        "{unread:?}"
+    );
+    assert!(!plan.is_empty());
+
+    // `migrate` tries it, reports it and migrates the others.
+    let mut seen = Vec::new();
+    let report = app
+        .tenancy
+        .migrate_all(
+            &crate::helpers::operator(),
+            2,
+            svc::tenancy::lifecycle::Touch::Pending,
+            |p| seen.push((p.tenant.to_string(), p.result.is_ok())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen, [("lost".to_owned(), false)]);
+    let failed: Vec<&str> = report.failures.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(failed, ["lost"], "{report:?}");
+    let report = app
+        .tenancy
+        .migrate_all(
+            &crate::helpers::operator(),
+            2,
+            svc::tenancy::lifecycle::Touch::Every,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let failed: Vec<&str> = report.failures.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        (report.tenants_pending, failed),
+        (3, vec!["lost"]),
+        "{report:?}"
+    );
+    // It is left as it was: not read-only.
+    let maintenance = app
+        .db
+        .query(&format!(
+            "SELECT maintenance FROM tenancy.tenants WHERE id = '{}'",
+            lost.id
+        ))
+        .await;
+    assert_eq!(maintenance[0][0].as_deref(), Some("off"));
 }

@@ -23,7 +23,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::servers::{AppUrl, SERVER_KEYS, ServerSettings, Servers, server_name};
-use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
+use super::{Context, DestroyPlan, Exists, Pending, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
@@ -118,33 +118,9 @@ pub struct DatabaseStrategy {
 }
 
 impl DatabaseStrategy {
-    /// Refuses a server that `TENANCY_DATABASE_SERVERS` does not list.
-    pub fn check_server(&self, server: &ServerAddress) -> Result<(), PlaceError> {
-        self.servers.check(server).map_err(PlaceError::Invalid)
-    }
-
     /// The name of `tenant`'s database.
     pub fn database_name(&self, tenant: &Tenant) -> SqlIdentifier {
         self.prefix.name(&tenant.identifier)
-    }
-
-    /// The application role's connection settings on `server`, database `postgres`.
-    fn app_config(
-        &self,
-        ctx: &Context,
-        server: Option<&ServerAddress>,
-    ) -> Result<PgConfig, String> {
-        self.servers.app_config(ctx, server)
-    }
-
-    /// The owner's connection settings on `server`: the migration URL itself for the
-    /// default server; on another server, its database `postgres`.
-    fn owner_config(
-        &self,
-        ctx: &Context,
-        server: Option<&ServerAddress>,
-    ) -> Result<PgConfig, String> {
-        self.servers.owner_config(ctx, server)
     }
 
     /// Where `tenant`'s database is (its record's name and server; without a record, the
@@ -165,37 +141,9 @@ impl DatabaseStrategy {
         })
     }
 
-    /// Records that `tenant`'s database is to live on `server` (default: the default
-    /// server), before anything is created there. Repeating it with the same server (or
-    /// none, which keeps the recorded one) is fine; asking for another server is a
-    /// conflict. `server` must have passed [`Self::check_server`] (`create_tenant` checks
-    /// it before it records the tenant).
-    pub async fn place(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-        server: Option<&ServerAddress>,
-    ) -> Result<(), PlaceError> {
-        let mut conn = ctx
-            .connect(ctx.owner.clone())
-            .await
-            .map_err(MigrateError::from)?;
-        let recorded = self.record(&mut conn, tenant, server).await?;
-        match (server, recorded.server()) {
-            (Some(wanted), Ok(Some(actual))) if *wanted == actual => Ok(()),
-            (Some(wanted), Ok(actual)) => Err(PlaceError::Conflict(format!(
-                "tenant '{}' is already placed on {}, not {}",
-                tenant.identifier,
-                server_name(actual.as_ref()),
-                wanted.as_str()
-            ))),
-            (_, Err(why)) => Err(PlaceError::Invalid(why)),
-            (None, Ok(_)) => Ok(()),
-        }
-    }
-
-    /// Writes the tenant's record unless there is one (on `server`, else where the
-    /// placement policy says), and returns the record.
+    /// Records that `tenant`'s database is to live on `server` (`None`: the default
+    /// server), before anything is created there, unless a record says where it is; returns
+    /// the record.
     async fn record(
         &self,
         conn: &mut AsyncPgConnection,
@@ -205,11 +153,6 @@ impl DatabaseStrategy {
         if let Some(recorded) = placement(conn, tenant).await? {
             return Ok(recorded);
         }
-        let chosen = match server {
-            Some(server) => Some(server.clone()),
-            None => self.servers.choose(conn, Some(tenant.id)).await?,
-        };
-        let server = chosen.as_ref();
         diesel::sql_query(
             "INSERT INTO tenancy.tenant_databases (tenant_id, database_name, server) \
              VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING",
@@ -235,9 +178,7 @@ impl DatabaseStrategy {
         server: Option<&ServerAddress>,
         comment: Option<&str>,
     ) -> Result<Vec<String>, MigrateError> {
-        let owner = self
-            .owner_config(ctx, server)
-            .map_err(MigrateError::Migration)?;
+        let owner = (self.servers.owner_config(ctx, server)).map_err(MigrateError::Migration)?;
         let mut conn = ctx.connect(owner.clone()).await?;
         let found: Exists = diesel::sql_query(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists",
@@ -428,7 +369,10 @@ impl Strategy for DatabaseStrategy {
             Some(p) => (p.database().map_err(refused)?, p.server().map_err(refused)?),
             None => (self.database_name(tenant), None),
         };
-        let mut config = self.app_config(ctx, server.as_ref()).map_err(refused)?;
+        let mut config = self
+            .servers
+            .app_config(ctx, server.as_ref())
+            .map_err(refused)?;
         config.dbname(name.as_str());
         // The tenant's own statement timeout comes after the setting's: the later wins.
         if let Some(timeout) = tenant.limits.statement_timeout {
@@ -475,13 +419,14 @@ impl Strategy for DatabaseStrategy {
     }
 
     /// A database's record can only be read inside it: one connection per tenant database,
-    /// a few at a time. A tenant without a database (or a record of one) lacks everything.
+    /// a few at a time. A tenant without a database (or a record of one) lacks everything;
+    /// one whose server does not answer is told so.
     async fn pending(
         &self,
         ctx: &Context,
         tenants: &[Tenant],
-    ) -> Result<Vec<Vec<String>>, MigrateError> {
-        use futures_util::{StreamExt, TryStreamExt};
+    ) -> Result<Vec<Pending>, MigrateError> {
+        use futures_util::StreamExt;
 
         let mut placements = Vec::with_capacity(tenants.len());
         {
@@ -491,18 +436,16 @@ impl Strategy for DatabaseStrategy {
             }
         }
         let every = migrate::versions(&TENANT_MIGRATIONS)?;
-        futures_util::stream::iter(placements)
+        Ok(futures_util::stream::iter(placements)
             .map(|placed| {
                 let every = &every;
                 async move {
                     let Some(placed) = placed else {
                         return Ok(every.clone());
                     };
-                    let name = placed.database().map_err(MigrateError::Migration)?;
-                    let server = placed.server().map_err(MigrateError::Migration)?;
-                    let mut inside = self
-                        .owner_config(ctx, server.as_ref())
-                        .map_err(MigrateError::Migration)?;
+                    let name = placed.database()?;
+                    let server = placed.server()?;
+                    let mut inside = self.servers.owner_config(ctx, server.as_ref())?;
                     inside.dbname(name.as_str());
                     match migrate::pending_in_schema(
                         &ctx.runtime,
@@ -518,13 +461,13 @@ impl Strategy for DatabaseStrategy {
                         {
                             Ok(every.clone())
                         }
-                        Err(error) => Err(error),
+                        Err(error) => Err(format!("{}: {error}", server_name(server.as_ref()))),
                     }
                 }
             })
             .buffered(4)
-            .try_collect()
-            .await
+            .collect()
+            .await)
     }
 
     /// Creating a database takes the owner's rights: with the owner's URL, as `migrate`
@@ -544,14 +487,16 @@ impl Strategy for DatabaseStrategy {
     }
 
     /// Creates the tenant's database if needed (as the owner, on the server its record
-    /// names; a tenant without a record gets one for the default server), lets the
+    /// names; a tenant without a record gets one for the server it was given when it was
+    /// registered), lets the
     /// application role connect to it (and nobody else), then applies the tenant
     /// migrations inside it.
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         super::ensure(tenant, Isolation::Database).map_err(MigrateError::Migration)?;
         let recorded = {
             let mut control = ctx.connect(ctx.owner.clone()).await?;
-            self.record(&mut control, tenant, None).await?
+            self.record(&mut control, tenant, tenant.server.as_ref())
+                .await?
         };
         let name = recorded.database().map_err(MigrateError::Migration)?;
         let server = recorded.server().map_err(MigrateError::Migration)?;
@@ -571,7 +516,10 @@ impl Strategy for DatabaseStrategy {
         let invalid = super::query_error;
         let (name, server) = self.located(conn, tenant).await?;
         let drop_database = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", name.quoted());
-        let owner = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
+        let owner = self
+            .servers
+            .owner_config(ctx, server.as_ref())
+            .map_err(invalid)?;
         let where_ = server_name(server.as_ref());
         let mut there = ctx
             .connect(owner)
@@ -603,7 +551,10 @@ impl Strategy for DatabaseStrategy {
             name.quoted(),
             server_name(server.as_ref())
         );
-        let mut inside = self.owner_config(ctx, server.as_ref()).map_err(invalid)?;
+        let mut inside = self
+            .servers
+            .owner_config(ctx, server.as_ref())
+            .map_err(invalid)?;
         inside.dbname(name.as_str());
         let (exists, tables) = match ctx.connect(inside).await {
             Ok(mut there) => (

@@ -20,7 +20,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::database::{DATABASE_KEYS, DatabaseStrategy, TenantDatabaseSettings};
 use super::rls::RlsStrategy;
 use super::schema::{SchemaName, SchemaStrategy};
-use super::{Context, DestroyPlan, Exists, PlaceError, Route, Strategy};
+use super::{Context, DestroyPlan, Exists, Pending, PlaceError, Route, Strategy};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
 use crate::db::settings::DatabaseSettings;
@@ -192,7 +192,7 @@ impl Strategy for HybridStrategy {
         &self,
         ctx: &Context,
         tenants: &[Tenant],
-    ) -> Result<Vec<Vec<String>>, MigrateError> {
+    ) -> Result<Vec<Pending>, MigrateError> {
         let of_tier = |tier: Isolation| -> Vec<Tenant> {
             tenants
                 .iter()
@@ -207,9 +207,9 @@ impl Strategy for HybridStrategy {
         Ok(tenants
             .iter()
             .map(|t| match t.isolation {
-                Isolation::Schema => schemas.next().unwrap_or_default(),
-                Isolation::Database => databases.next().unwrap_or_default(),
-                _ => Vec::new(),
+                Isolation::Schema => schemas.next().unwrap_or(Ok(Vec::new())),
+                Isolation::Database => databases.next().unwrap_or(Ok(Vec::new())),
+                _ => Ok(Vec::new()),
             })
             .collect())
     }

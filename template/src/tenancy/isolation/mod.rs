@@ -46,6 +46,10 @@ impl Context {
     }
 }
 
+/// The migrations one tenant lacks (empty: up to date), or why they could not be read
+/// (its server did not answer).
+pub type Pending = Result<Vec<String>, String>;
+
 /// Where a tenant's connections go, and what makes a shared connection serve it.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -90,14 +94,15 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         ctx: &Context,
     ) -> impl Future<Output = Result<Vec<String>, MigrateError>>;
 
-    /// The migrations each of `tenants` lacks (one list per tenant, in order; empty: up to
-    /// date), changing nothing. Fleet-sized: a few statements, not a connection per tenant,
-    /// wherever the strategy allows.
+    /// What each of `tenants` lacks (one per tenant, in order), changing nothing: a
+    /// tenant on a server that does not answer is one the others go on without.
+    /// Fleet-sized: a few statements, not a connection per tenant, wherever the strategy
+    /// allows.
     fn pending(
         &self,
         ctx: &Context,
         tenants: &[Tenant],
-    ) -> impl Future<Output = Result<Vec<Vec<String>>, MigrateError>>;
+    ) -> impl Future<Output = Result<Vec<Pending>, MigrateError>>;
 
     /// Creates a new tenant's storage through `conn`, a connection of the application role
     /// to the control database, so that a process holding no owner's password (`serve`)

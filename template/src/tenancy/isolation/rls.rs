@@ -13,7 +13,7 @@ use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Context, DestroyPlan, RoleCheck, Route, Strategy};
+use super::{Context, DestroyPlan, Pending, RoleCheck, Route, Strategy};
 use crate::db::connect::with_session_option;
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
 use crate::db::pool::{Home, PoolError, SessionScope, set_tenant_locally};
@@ -96,8 +96,8 @@ impl Strategy for RlsStrategy {
         &self,
         _ctx: &Context,
         tenants: &[Tenant],
-    ) -> Result<Vec<Vec<String>>, MigrateError> {
-        Ok(vec![Vec::new(); tenants.len()])
+    ) -> Result<Vec<Pending>, MigrateError> {
+        Ok(vec![Ok(Vec::new()); tenants.len()])
     }
 
     /// A new tenant needs no storage of its own: its rows go in the shared tables.

@@ -15,8 +15,8 @@ use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::servers::{SERVER_KEYS, ServerSettings, Servers};
-use super::{Context, DestroyPlan, Exists, RoleCheck, Route, Strategy};
+use super::servers::{SERVER_KEYS, ServerSettings, Servers, server_name};
+use super::{Context, DestroyPlan, Exists, Pending, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
 use crate::db::connect::{PgConn, connect, with_session_option};
 use crate::db::migrate::{self, MigrateError, grants_on_schema};
@@ -243,13 +243,14 @@ impl Strategy for SchemaStrategy {
         .await
     }
 
-    /// Reads the tenant schemas' records on each server, 500 to a statement.
+    /// Reads the tenant schemas' records on each server, 500 to a statement; the tenants
+    /// of a server that does not answer are told so.
     async fn pending(
         &self,
         ctx: &Context,
         tenants: &[Tenant],
-    ) -> Result<Vec<Vec<String>>, MigrateError> {
-        let mut pending = vec![Vec::new(); tenants.len()];
+    ) -> Result<Vec<Pending>, MigrateError> {
+        let mut pending = vec![Ok(Vec::new()); tenants.len()];
         let mut servers: Vec<Option<&ServerAddress>> = Vec::new();
         for server in tenants.iter().map(|t| t.server.as_ref()) {
             if !servers.contains(&server) {
@@ -263,10 +264,18 @@ impl Strategy for SchemaStrategy {
                 .unzip();
             let owner =
                 (self.servers.owner_config(ctx, server)).map_err(MigrateError::Migration)?;
-            let found =
-                migrate::pending_in(&ctx.runtime, owner, &TENANT_MIGRATIONS, &schemas).await?;
-            for (at, lacking) in at.into_iter().zip(found) {
-                pending[at] = lacking;
+            match migrate::pending_in(&ctx.runtime, owner, &TENANT_MIGRATIONS, &schemas).await {
+                Ok(found) => {
+                    for (at, lacking) in at.into_iter().zip(found) {
+                        pending[at] = Ok(lacking);
+                    }
+                }
+                Err(error) => {
+                    let why = format!("{}: {error}", server_name(server));
+                    for at in at {
+                        pending[at] = Err(why.clone());
+                    }
+                }
             }
         }
         Ok(pending)

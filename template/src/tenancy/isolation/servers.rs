@@ -18,6 +18,7 @@ use crate::db::settings::{DatabaseSettings, Pooler};
 use crate::db::tls::PgConfig;
 use crate::domain::ServerAddress;
 use crate::settings::{ConfigError, Key, Source};
+use crate::tenancy::registry;
 
 /// The keys of [`ServerSettings`].
 pub(super) const SERVER_KEYS: &[Key] = &[
@@ -304,10 +305,22 @@ impl Servers {
         Ok(config)
     }
 
-    /// The server of a new tenant that asked for none (`placing`, when it is registered
-    /// already): with `fewest`, the server (the default one or a listed one) that holds the
-    /// fewest other tenants, the first in `TENANCY_DATABASE_SERVERS` order on a tie, the
-    /// default server first of all.
+    /// The servers the registry places tenants on that `TENANCY_DATABASE_SERVERS` does not
+    /// list (taken off it while tenants were there), each with its count of tenants.
+    pub async fn unlisted(&self, conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, i64)>> {
+        let counts = tenants_per_server(conn, None).await?;
+        Ok((counts.into_iter())
+            .filter_map(|c| Some((c.server?, c.tenants)))
+            .filter(|(server, _)| !self.listed.iter().any(|l| l.as_str() == server))
+            .collect())
+    }
+
+    /// The server of a tenant placed anew that asked for none (`placing`, when it is
+    /// registered already): with `fewest`, the server (the default one or a listed one)
+    /// that holds the fewest other tenants, the first in `TENANCY_DATABASE_SERVERS` order
+    /// on a tie, the default server first of all. Call it in the transaction that records
+    /// the answer: it waits for every other creation or placement to end first (the
+    /// registry's creation lock), so that each counts the ones before it.
     pub async fn choose(
         &self,
         conn: &mut AsyncPgConnection,
@@ -316,6 +329,7 @@ impl Servers {
         if self.placement == PlacementPolicy::Default || self.listed.is_empty() {
             return Ok(None);
         }
+        registry::lock_creations(conn).await?;
         let counts = tenants_per_server(conn, placing).await?;
         let tenants_on = |server: Option<&ServerAddress>| {
             counts

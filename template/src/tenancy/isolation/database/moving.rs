@@ -96,6 +96,7 @@ impl DatabaseStrategy {
         server: Option<&ServerAddress>,
     ) -> Result<PgConn, PlaceError> {
         let config = self
+            .servers
             .owner_config(ctx, server)
             .map_err(PlaceError::Invalid)?;
         ctx.connect(config)
@@ -111,6 +112,7 @@ impl DatabaseStrategy {
         server: Option<&ServerAddress>,
     ) -> Result<tokio_postgres::Client, PlaceError> {
         let mut inside = self
+            .servers
             .owner_config(ctx, server)
             .map_err(PlaceError::Invalid)?;
         inside.dbname(name.as_str());
@@ -138,7 +140,7 @@ impl DatabaseStrategy {
             )));
         }
         if let Some(to) = to {
-            self.check_server(to)?;
+            self.servers.check(to).map_err(PlaceError::Invalid)?;
         }
         let mut control = control(ctx).await?;
         if let Some(under_way) = find_move(&mut control, tenant).await? {
@@ -279,6 +281,7 @@ impl DatabaseStrategy {
     pub async fn close_old(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
         let name = &moving.database;
         let old = self
+            .servers
             .owner_config(ctx, moving.from.as_ref())
             .map_err(PlaceError::Invalid)?;
         let there = crate::db::connect::bare(old, &ctx.runtime)

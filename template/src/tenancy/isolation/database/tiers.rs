@@ -5,7 +5,7 @@
 
 use diesel::OptionalExtension;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::moving::{control, find_move};
 use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, server_name};
@@ -26,14 +26,34 @@ impl DatabaseStrategy {
         marker: &str,
     ) -> Result<(SqlIdentifier, Option<ServerAddress>), PlaceError> {
         if let Some(server) = server {
-            self.check_server(server)?;
+            self.servers.check(server).map_err(PlaceError::Invalid)?;
         }
-        self.place(ctx, tenant, server).await?;
         let mut control = control(ctx).await?;
-        let placed = placement(&mut control, tenant)
-            .await?
-            .ok_or(PlaceError::Database(diesel::result::Error::NotFound))?;
-        let (name, server) = placed.location()?;
+        let placed = control
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                // An interrupted attempt's record stands.
+                if let Some(placed) = placement(conn, tenant).await? {
+                    return Ok(placed);
+                }
+                let chosen = match server {
+                    Some(server) => Some(server.clone()),
+                    None => self.servers.choose(conn, Some(tenant.id)).await?,
+                };
+                self.record(conn, tenant, chosen.as_ref()).await
+            })
+            .await?;
+        let (name, placed_on) = placed.location()?;
+        if let Some(wanted) = server
+            && placed_on.as_ref() != Some(wanted)
+        {
+            return Err(PlaceError::Conflict(format!(
+                "tenant '{}' is already placed on {}, not {}",
+                tenant.identifier,
+                server_name(placed_on.as_ref()),
+                wanted.as_str()
+            )));
+        }
+        let server = placed_on;
         self.drop_marked(ctx, &name, server.as_ref(), marker, true)
             .await?;
         self.create_database(ctx, &name, server.as_ref(), Some(marker))

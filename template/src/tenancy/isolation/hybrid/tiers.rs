@@ -148,7 +148,9 @@ impl HybridStrategy {
         use Isolation::{Database, Rls, Schema};
         match (tenant.isolation, to, server) {
             (Rls, Schema, None) | (Schema, Rls, None) | (Database, Schema, None) => Ok(()),
-            (Schema, Database, server) => server.map_or(Ok(()), |s| self.database.check_server(s)),
+            (Schema, Database, server) => server.map_or(Ok(()), |s| {
+                self.database.servers.check(s).map_err(PlaceError::Invalid)
+            }),
             (_, Schema | Rls, Some(_)) => Err(PlaceError::Invalid(
                 "a server is chosen for tier database only".into(),
             )),
