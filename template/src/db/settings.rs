@@ -10,6 +10,11 @@ use crate::db::connect::server_of;
 use crate::db::tls::{PgConfig, check_ca_file};
 use crate::settings::{ConfigError, Key, Source};
 
+/// How long the owner's connections (migrations, provisioning, moves) wait for a server
+/// to take them, unless `TENANCY_MIGRATION_DATABASE_URL` says (`connect_timeout`): a
+/// server that does not answer is given up instead of waited for minutes.
+pub const OWNER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     /// The application role (`TENANCY_DATABASE_URL`).

@@ -906,7 +906,8 @@ impl Tenancy {
     /// Migrates the control plane, then the tenants (not deleted) that `touch` names,
     /// `concurrency` at a time; the others are not connected to. A tenant is read-only
     /// (`migrating`) while it is migrated, unless an operator's maintenance is on, so no
-    /// write races its migration. A tenant that fails is reported and the others go on.
+    /// write races its migration. A tenant that fails is reported and the others go on; so
+    /// is one whose migrations could not be read (its server did not answer), untried.
     pub async fn migrate_all(
         &self,
         actor: &Actor,
@@ -923,10 +924,9 @@ impl Tenancy {
         };
         let mut work = Vec::new();
         for (tenant, pending) in tenants.iter().zip(&pending) {
-            // One whose migrations could not be read is tried: its server may be back.
             let up_to_date = pending.as_ref().is_ok_and(Vec::is_empty);
             if touch == Touch::Every || !up_to_date {
-                work.push(tenant);
+                work.push((tenant, pending.as_ref().err()));
             } else if tenant.maintenance == Maintenance::Migrating {
                 // Left by a `migrate` that stopped half-way; nothing is left to do.
                 self.end_migrating(tenant).await?;
@@ -935,9 +935,15 @@ impl Tenancy {
         report.tenants_pending = work.len();
         let started = Instant::now();
         let mut results = futures_util::stream::iter(work)
-            .map(|tenant| async move {
+            .map(|(tenant, unread)| async move {
                 let began = Instant::now();
-                let result = self.migrate_tenant(tenant).await;
+                let result = match unread {
+                    // Reported, not tried: its server did not answer a moment ago.
+                    Some(why) => Err(MigrateError::Migration(format!(
+                        "its migrations could not be read: {why}"
+                    ))),
+                    None => self.migrate_tenant(tenant).await,
+                };
                 let duration = began.elapsed();
                 self.audit(Record {
                     actor,

@@ -35,7 +35,7 @@ use crate::db::connect::ConnectError;
 use crate::db::connect::{with_session_option, with_statement_timeout};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::{Home, Limits, Pool, PoolError, PoolSettings, PoolStats};
-use crate::db::settings::{DatabaseSettings, Pooler};
+use crate::db::settings::{DatabaseSettings, OWNER_CONNECT_TIMEOUT, Pooler};
 use crate::db::tls::PgConfig;
 use crate::db::{
     CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, pooler, runtime,
@@ -151,12 +151,15 @@ impl Tenancy {
                 .map_err(StartupError::DatabaseUrl)?;
         }
         let app = with_statement_timeout(&app, database.statement_timeout);
-        let owner = match &database.migration_url {
+        let mut owner = match &database.migration_url {
             Some(url) => PgConfig::parse(url.expose_secret(), ca_file)
                 .map_err(StartupError::MigrationDatabaseUrl)?,
             None => PgConfig::parse(database.url.expose_secret(), ca_file)
                 .map_err(StartupError::DatabaseUrl)?,
         };
+        if owner.get_connect_timeout().is_none() {
+            owner.connect_timeout(OWNER_CONNECT_TIMEOUT);
+        }
 {%- if placement %}
         let has_owner = database.migration_url.is_some();
 {%- endif %}

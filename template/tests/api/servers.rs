@@ -254,7 +254,7 @@ async fn a_tenant_on_a_server_that_does_not_answer_is_reported_and_the_others_mi
     );
     assert!(!plan.is_empty());
 
-    // `migrate` tries it, reports it and migrates the others.
+    // `migrate` reports it, untried, and migrates the others.
     let mut seen = Vec::new();
     let report = app
         .tenancy
@@ -285,7 +285,7 @@ async fn a_tenant_on_a_server_that_does_not_answer_is_reported_and_the_others_mi
         (3, vec!["lost"]),
         "{report:?}"
     );
-    // It is left as it was: not read-only.
+    // It was left as it was: never read-only.
     let maintenance = app
         .db
         .query(&format!(
@@ -294,4 +294,49 @@ async fn a_tenant_on_a_server_that_does_not_answer_is_reported_and_the_others_mi
         ))
         .await;
     assert_eq!(maintenance[0][0].as_deref(), Some("off"));
+}
+
+#[actix_web::test]
+async fn connections_to_another_server_give_up_as_those_to_the_default_one_do() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    let (servers, ctx) = (app.tenancy.servers(), app.tenancy.context());
+    let server = svc::domain::ServerAddress::parse(&other.address).unwrap();
+    // The application role's, as long as it waits for a connection at most
+    // (TENANCY_DATABASE_POOL_TIMEOUT); the owner's, 10 s.
+    let app_config = servers.app_config(ctx, Some(&server)).unwrap();
+    assert_eq!(
+        app_config.get_connect_timeout(),
+        Some(&app.settings.tenancy.database.pool_timeout)
+    );
+    for owner in [
+        servers.owner_config(ctx, Some(&server)).unwrap(),
+        servers.owner_config(ctx, None).unwrap(),
+    ] {
+        assert_eq!(
+            owner.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(10))
+        );
+    }
+    // A URL that says otherwise is followed.
+    let mut env: std::collections::HashMap<String, String> = (app.db.env().into_iter())
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+    env.insert("TENANCY_DATABASE_SERVERS".into(), other.address.clone());
+    let joint = if app.db.url.contains('?') { '&' } else { '?' };
+    env.insert(
+        "TENANCY_MIGRATION_DATABASE_URL".into(),
+        format!("{}{joint}connect_timeout=3", app.db.url),
+    );
+    let (settings, _) = svc::config::Settings::from_env_map(env).unwrap();
+    let tenancy = svc::tenancy::Tenancy::new(settings.tenancy).unwrap();
+    let owner = (tenancy
+        .servers()
+        .owner_config(tenancy.context(), Some(&server)))
+    .unwrap();
+    assert_eq!(
+        owner.get_connect_timeout(),
+        Some(&std::time::Duration::from_secs(3))
+    );
 }

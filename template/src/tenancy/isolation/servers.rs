@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::Context;
 use crate::db::connect::with_statement_timeout;
-use crate::db::settings::{DatabaseSettings, Pooler};
+use crate::db::settings::{DatabaseSettings, OWNER_CONNECT_TIMEOUT, Pooler};
 use crate::db::tls::PgConfig;
 use crate::domain::ServerAddress;
 use crate::settings::{ConfigError, Key, Source};
@@ -270,6 +270,12 @@ impl Servers {
         if let (Some(_), Some(database)) = (server, self.database) {
             config.dbname(database);
         }
+        // As long as the default server's (TENANCY_DATABASE_POOL_TIMEOUT), unless the URL
+        // says.
+        let within = ctx.app.get_connect_timeout().copied();
+        if let (None, Some(within)) = (config.get_connect_timeout(), within) {
+            config.connect_timeout(within);
+        }
         if config.get_application_name().is_none() {
             config.application_name(env!("CARGO_PKG_NAME"));
         }
@@ -301,6 +307,9 @@ impl Servers {
         )?;
         if let Some(database) = self.database {
             config.dbname(database);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(OWNER_CONNECT_TIMEOUT);
         }
         Ok(config)
     }
