@@ -340,8 +340,36 @@ impl Tenancy {
         self.strategy
             .check_app_role(&mut conn)
             .await
-            .map_err(AppRoleError::Unsafe)
+            .map_err(AppRoleError::Unsafe)?;
+{%- if placement %}
+        self.check_app_role_elsewhere().await?;
+{%- endif %}
+        Ok(())
     }
+{%- if placement %}
+
+    /// The same on each listed server, as the application role logs in there (a role of
+    /// that server's own). A server that does not answer is not checked, and a warning
+    /// says so: it serves none of its tenants until it answers.
+    async fn check_app_role_elsewhere(&self) -> Result<(), AppRoleError> {
+        let servers = self.servers();
+        let checks = servers.listed().iter().map(|server| async move {
+            let config = (servers.app_config(&self.ctx, Some(server))).map_err(AppRoleError::Unsafe)?;
+            match self.ctx.connect(config).await {
+                Ok(mut conn) => (self.strategy.check_app_role(&mut conn).await)
+                    .map_err(|why| AppRoleError::Unsafe(format!("on {}: {why}", server.as_str()))),
+                Err(error) => {
+                    tracing::warn!(server = server.as_str(), %error, "the application role could not be checked on this server: it does not answer");
+                    Ok(())
+                }
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .collect()
+    }
+{%- endif %}
 
     /// A connection scoped to `tenant`: one already scoped to it, else a shared one
     /// re-scoped (schema, rls), else a new one. Behind a transaction pooler, a transaction

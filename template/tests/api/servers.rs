@@ -340,3 +340,32 @@ async fn connections_to_another_server_give_up_as_those_to_the_default_one_do() 
         Some(&std::time::Duration::from_secs(3))
     );
 }
+
+#[actix_web::test]
+async fn a_service_refuses_an_application_role_that_is_a_superuser_on_another_server() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    // The application role is a role of each server: a superuser there only.
+    let role = &app.db.app_role;
+    crate::helpers::server_exec_on(
+        &other.admin_url,
+        &format!("ALTER ROLE \"{role}\" SUPERUSER"),
+    )
+    .await;
+    let refused = svc::startup::prepare(&app.settings).await.map(drop);
+    crate::helpers::server_exec_on(
+        &other.admin_url,
+        &format!("ALTER ROLE \"{role}\" NOSUPERUSER"),
+    )
+    .await;
+    let refused = refused.unwrap_err().to_string();
+    let there = format!("on {}:", other.address);
+    assert!(
+        refused.contains(&there) && refused.contains("superuser"),
+        "{refused}"
+    );
+    // Back to what it was, it starts; the unreachable servers listed beside it are left
+    // unchecked.
+    svc::startup::prepare(&app.settings).await.unwrap();
+}

@@ -207,6 +207,11 @@ impl Servers {
         }
     }
 
+    /// The servers of `TENANCY_DATABASE_SERVERS`, in its order.
+    pub fn listed(&self) -> &[ServerAddress] {
+        &self.listed
+    }
+
     /// Refuses a server that `TENANCY_DATABASE_SERVERS` does not list: the owner logs in
     /// to the server a tenant is placed on, with its password, so only servers the
     /// configuration names, never one a request names.
