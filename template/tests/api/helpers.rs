@@ -370,9 +370,9 @@ fn init_test_logs() {
     });
 }
 
-/// Like `spawn_app_with`, on `db`.
-pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
-    init_test_logs();
+/// The settings of a service on `db`, with extra `TENANCY_*` settings, and the warnings
+/// they give.
+pub fn settings_on(db: &TestDatabase, extra: &[(&str, &str)]) -> (Settings, Vec<String>) {
     let mut env: HashMap<String, String> = db
         .env()
         .into_iter()
@@ -389,7 +389,13 @@ pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
             env.insert(key.to_string(), value.to_string());
         }
     }
-    let (settings, warnings) = Settings::from_env_map(env).unwrap();
+    Settings::from_env_map(env).unwrap()
+}
+
+/// Like `spawn_app_with`, on `db`.
+pub async fn spawn_app_on(db: TestDatabase, extra: &[(&str, &str)]) -> TestApp {
+    init_test_logs();
+    let (settings, warnings) = settings_on(&db, extra);
     assert!(warnings.is_empty(), "{warnings:?}");
     let tenancy = svc::startup::prepare(&settings).await.unwrap();
     let baseline_schemas = db.schemas().await;

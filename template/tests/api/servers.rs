@@ -183,11 +183,8 @@ async fn a_service_refuses_to_start_without_a_server_its_tenants_are_on() {
     };
     create_on(&app, "far", &other.address).await.unwrap();
     let start_with = |servers: &str| {
-        let mut env: std::collections::HashMap<String, String> = (app.db.env().into_iter())
-            .map(|(key, value)| (key.to_owned(), value))
-            .collect();
-        env.insert("TENANCY_DATABASE_SERVERS".into(), servers.into());
-        let (settings, _) = svc::config::Settings::from_env_map(env).unwrap();
+        let (settings, _) =
+            crate::helpers::settings_on(&app.db, &[("TENANCY_DATABASE_SERVERS", servers)]);
         async move { svc::startup::prepare(&settings).await.map(drop) }
     };
     // The second server taken off the list: its tenant would not be served.
@@ -320,16 +317,15 @@ async fn connections_to_another_server_give_up_as_those_to_the_default_one_do() 
         );
     }
     // A URL that says otherwise is followed.
-    let mut env: std::collections::HashMap<String, String> = (app.db.env().into_iter())
-        .map(|(key, value)| (key.to_owned(), value))
-        .collect();
-    env.insert("TENANCY_DATABASE_SERVERS".into(), other.address.clone());
     let joint = if app.db.url.contains('?') { '&' } else { '?' };
-    env.insert(
-        "TENANCY_MIGRATION_DATABASE_URL".into(),
-        format!("{}{joint}connect_timeout=3", app.db.url),
+    let url = format!("{}{joint}connect_timeout=3", app.db.url);
+    let (settings, _) = crate::helpers::settings_on(
+        &app.db,
+        &[
+            ("TENANCY_DATABASE_SERVERS", &other.address),
+            ("TENANCY_MIGRATION_DATABASE_URL", &url),
+        ],
     );
-    let (settings, _) = svc::config::Settings::from_env_map(env).unwrap();
     let tenancy = svc::tenancy::Tenancy::new(settings.tenancy).unwrap();
     let owner = (tenancy
         .servers()
