@@ -487,9 +487,8 @@ impl Strategy for DatabaseStrategy {
     }
 
     /// Creates the tenant's database if needed (as the owner, on the server its record
-    /// names; a tenant without a record gets one for the server it was given when it was
-    /// registered), lets the
-    /// application role connect to it (and nobody else), then applies the tenant
+    /// names; a tenant without a record gets one for the server it was registered with),
+    /// lets the application role connect to it (and nobody else), then applies the tenant
     /// migrations inside it.
     async fn migrate(&self, ctx: &Context, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
         super::ensure(tenant, Isolation::Database).map_err(MigrateError::Migration)?;
