@@ -20,7 +20,7 @@ use crate::tenancy::audit::Actor;
 {%- if placement %}
 use crate::tenancy::isolation::ServerAddress;
 {%- endif %}
-{%- if tenant_databases %}
+{%- if placement %}
 use crate::tenancy::isolation::server_name;
 {%- endif %}
 use crate::tenancy::lifecycle::{NewTenant, Touch};
@@ -146,13 +146,13 @@ pub enum TenantCommand {
         #[arg(long)]
         isolation: Option<String>,
     },
-{%- elsif tenant_databases %}
-    /// Move a tenant's database to another server (read-only meanwhile), or resume its
+{%- elsif placement %}
+    /// Move a tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %} to another server (read-only meanwhile), or resume its
     /// interrupted move: run the same command again.
     Move {
         identifier: String,
         /// A server of TENANCY_DATABASE_SERVERS (host or host:port), or `default`: the
-        /// server of TENANCY_DATABASE_URL_TEMPLATE.
+        /// server of {% if isolation == "schema" %}TENANCY_DATABASE_URL{% else %}TENANCY_DATABASE_URL_TEMPLATE{% endif %}.
         #[arg(long, value_name = "SERVER|default")]
         to: String,
     },
@@ -443,7 +443,7 @@ async fn run_command(
                     )?;
                 }
 {%- endif %}
-{%- if tenant_databases %}
+{%- if placement %}
 {%- if isolation == "hybrid" %}
                 TenantCommand::Move {
                     identifier,

@@ -415,6 +415,11 @@ fn is_outage(message: &str) -> bool {
         "query_wait_timeout",
         "server login has been failing",
         "pgbouncer cannot connect to server",
+{%- if isolation == "schema" %}
+        // A tenant's old schema once it moved to another server (its move seals it): a
+        // request sent before this replica heard of the move.
+        "tenant moved to another server",
+{%- endif %}
 {%- if isolation == "hybrid" %}
         // The shared tables' own (migrations/tenant_rls): a request for a tenant that moved
         // to another tier, sent before this replica heard of it.

@@ -51,7 +51,7 @@ pub const PROBLEM: &str = "application/problem+json";
         routes::admin::destroy,
         routes::admin::set_limits,
         routes::admin::set_maintenance,
-{%- if tenant_databases %}
+{%- if placement %}
         routes::admin::move_tenant,
 {%- endif %}
         routes::admin::history,

@@ -205,8 +205,8 @@ pub enum Maintenance {
     ReadOnly,
     /// Set and ended by `migrate` alone, and only on a tenant whose maintenance was `off`.
     Migrating,
-{%- if tenant_databases %}
-    /// Set and ended by `tenant move` alone, while the tenant's database is copied.
+{%- if placement %}
+    /// Set and ended by `tenant move` alone, while the tenant's data is copied.
     Moving,
 {%- endif %}
 }
@@ -216,7 +216,7 @@ impl Maintenance {
         Maintenance::Off,
         Maintenance::ReadOnly,
         Maintenance::Migrating,
-{%- if tenant_databases %}
+{%- if placement %}
         Maintenance::Moving,
 {%- endif %}
     ];
@@ -226,7 +226,7 @@ impl Maintenance {
             Maintenance::Off => "off",
             Maintenance::ReadOnly => "read_only",
             Maintenance::Migrating => "migrating",
-{%- if tenant_databases %}
+{%- if placement %}
             Maintenance::Moving => "moving",
 {%- endif %}
         }

@@ -14,8 +14,8 @@
 //! | POST | /admin/tenants/{identifier}/destroy | drop storage `{confirm: identifier}` (204) |
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
-{%- if tenant_databases %}
-//! | POST | /admin/tenants/{identifier}/move | move its database `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up or down (`isolation`){% endif %} (read-only meanwhile; answers when done) |
+{%- if placement %}
+//! | POST | /admin/tenants/{identifier}/move | move its {% if isolation == "schema" %}schema{% else %}database{% endif %} `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up or down (`isolation`){% endif %} (read-only meanwhile; answers when done) |
 {%- endif %}
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
 //! | GET | /admin/tenants/{identifier}/jobs | background jobs, newest first (`?state=`, `?limit=`, `?before=<id>`) |
@@ -92,7 +92,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .service(web::resource("/{identifier}/destroy").post(destroy))
             .service(web::resource("/{identifier}/limits").put(set_limits))
             .service(web::resource("/{identifier}/maintenance").put(set_maintenance))
-{%- if tenant_databases %}
+{%- if placement %}
             .service(web::resource("/{identifier}/move").post(move_tenant))
 {%- endif %}
             .service(web::resource("/{identifier}/history").get(history))
@@ -109,7 +109,7 @@ impl From<LifecycleError> for AppError {
             LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
             LifecycleError::NoJob(..) => AppError::NotFound("job"),
             LifecycleError::Conflict(m) => AppError::Conflict(m),
-{%- if tenant_databases %}
+{%- if placement %}
             // A transaction held the tenant's tables: the move changed nothing (409, with
             // what to do; the audit trail counts it as failed).
             LifecycleError::Busy(m) => AppError::Conflict(m),
@@ -318,9 +318,9 @@ pub(crate) async fn set_maintenance(
     Ok(HttpResponse::Ok().json(tenant))
 }
 
-{%- if tenant_databases %}
+{%- if placement %}
 
-/// Where to move a tenant's database.
+/// Where to move a tenant's data.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MoveTo {
@@ -338,7 +338,7 @@ pub(crate) struct MoveTo {
 {%- endif %}
 }
 
-/// Moves the tenant's database to another server{% if isolation == "hybrid" %}, or its data one tier up or
+/// Moves the tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %} to another server{% if isolation == "hybrid" %}, or its data one tier up or
 /// down (`isolation`),{% endif %} or resumes its interrupted move: read-only meanwhile, answered
 /// when it is done.
 #[utoipa::path(
@@ -349,7 +349,7 @@ pub(crate) struct MoveTo {
     request_body = MoveTo,
     responses(
         (status = 200, description = "Moved: what was copied, and how long the tenant was read-only", body = crate::tenancy::moves::Moved),
-        (status = 409, description = "Already there{% if isolation == "hybrid" %} (or a tier not one step away){% endif %}, another move under way, a database of that name on the target, or the tenant's tables held by a transaction that did not end in time (nothing changed: try again)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already there{% if isolation == "hybrid" %} (or a tier not one step away){% endif %}, another move under way, a {% if isolation == "schema" %}schema{% else %}database{% endif %} of that name on the target, or the tenant's tables held by a transaction that did not end in time (nothing changed: try again)", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]
@@ -381,7 +381,7 @@ pub(crate) async fn move_tenant(
     params(("identifier" = String, Path, description = "The tenant's identifier")),
     responses(
         (status = 200, description = "The tenant, `deleted` (soft: its data stays until destroyed)", body = Tenant),
-        (status = 409, description = "Already deleted{% if tenant_databases %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already deleted{% if placement %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]
@@ -408,7 +408,7 @@ pub(crate) struct Confirmation {
     request_body(content = Confirmation, description = "`confirm` repeats the identifier"),
     responses(
         (status = 204, description = "Its storage and registry row are gone; the identifier is quarantined"),
-        (status = 409, description = "Not deleted first{% if tenant_databases %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not deleted first{% if placement %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]

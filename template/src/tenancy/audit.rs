@@ -68,7 +68,7 @@ pub enum Operation {
     Release,
     JobRetry,
     JobCancel,
-{%- if tenant_databases %}
+{%- if placement %}
     Move,
 {%- endif %}
 }
@@ -87,7 +87,7 @@ impl Operation {
             Self::JobCancel => "job_cancel",
             Self::Migrate => "migrate",
             Self::Release => "release",
-{%- if tenant_databases %}
+{%- if placement %}
             Self::Move => "move",
 {%- endif %}
         }

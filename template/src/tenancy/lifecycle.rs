@@ -13,6 +13,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::audit::{self, Actor, Operation, Outcome, Record};
+{%- if placement and isolation != "hybrid" %}
+use super::isolation::Relocate;
+{%- endif %}
 use super::isolation::{DestroyPlan, Pending, Strategy};
 use super::{Tenancy, registry};
 use crate::db::CONTROL_SCHEMA;
@@ -45,8 +48,8 @@ pub enum LifecycleError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Pool(#[from] PoolError),
-{%- if tenant_databases %}
-    /// Copying a tenant's database to another server failed (`tenant move`).
+{%- if placement %}
+    /// Copying a tenant's data to another server failed (`tenant move`).
     #[error("the move failed: {0}")]
     Move(String),
     /// A move waited in vain for the tenant's tables: given up, nothing changed.
@@ -67,7 +70,7 @@ impl LifecycleError {
     }
 }
 
-{%- if tenant_databases %}
+{%- if placement %}
 
 impl From<super::isolation::PlaceError> for LifecycleError {
     fn from(error: super::isolation::PlaceError) -> Self {
@@ -252,6 +255,10 @@ impl Tenancy {
                         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.job_turns \
                          TO {role}"
                     ),
+{%- if placement %}
+                    // Read to refuse deleting a tenant whose move is not finished.
+                    format!("GRANT SELECT ON {schema}.tenant_moves TO {role}"),
+{%- endif %}
                 ]
             }
             None => Vec::new(),
@@ -538,7 +545,7 @@ impl Tenancy {
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
         let run = async {
-{%- if tenant_databases %}
+{%- if placement %}
             self.refuse_mid_move(&self.get_tenant(identifier).await?, "delete")
                 .await?;
 {%- endif %}
@@ -616,8 +623,10 @@ impl Tenancy {
             self.check_owner_session().await?;
         }
 {%- endif %}
-{%- if tenant_databases %}
+{%- if placement %}
         self.refuse_mid_move(&tenant, "destroy").await?;
+{%- endif %}
+{%- if tenant_databases %}
         if tenant.isolation == Isolation::Database {
             if !self.context().has_owner {
                 return Err(LifecycleError::Conflict(
@@ -759,7 +768,7 @@ impl Tenancy {
                 "maintenance 'migrating' is set by `migrate` alone: read_only or off".into(),
             ));
         }
-{%- if tenant_databases %}
+{%- if placement %}
         if mode == Maintenance::Moving {
             return Err(LifecycleError::Invalid(
                 "maintenance 'moving' is set by `tenant move` alone: read_only or off".into(),
@@ -987,7 +996,7 @@ impl Tenancy {
     /// already on. A write already under way finishes first: the migration's DDL waits for
     /// its locks.
     async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
-{%- if tenant_databases %}
+{%- if placement %}
         if tenant.maintenance == Maintenance::Moving {
             // Its copy on the target was migrated when the move made it.
             return Err(MigrateError::Migration(format!(
@@ -1077,7 +1086,7 @@ fn pool_failed(error: PoolError) -> MigrateError {
     MigrateError::Migration(format!("maintenance mode: {error}"))
 }
 
-{%- if tenant_databases %}
+{%- if placement %}
 
 impl Tenancy {
     /// What a move of `tenant` left unfinished, if one is under way or stopped partway:

@@ -93,8 +93,8 @@ pub async fn resolve_tenant(
     if !tenant.maintenance.takes_writes() && !req.method().is_safe() {
         let why = match tenant.maintenance {
             Maintenance::Migrating => "while its storage is migrated",
-{%- if tenant_databases %}
-            Maintenance::Moving => "while its database moves to another server",
+{%- if placement %}
+            Maintenance::Moving => "while its data moves to another server",
 {%- endif %}
             _ => "for maintenance",
         };

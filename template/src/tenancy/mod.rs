@@ -11,7 +11,7 @@ pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
 pub mod middleware;
-{%- if tenant_databases %}
+{%- if placement %}
 pub mod moves;
 {%- endif %}
 pub mod rate;
@@ -287,15 +287,22 @@ impl Tenancy {
 {%- endif %}
     }
 {%- endif %}
-{%- if tenant_databases %}
+{%- if placement %}
 
-    /// What places tenants' own databases on servers and moves them.
-    pub fn databases(&self) -> &isolation::DatabaseStrategy {
+    /// What moves tenants between servers, step by step (`tenant move` runs the steps).
+    pub fn relocator(&self) -> &impl isolation::Relocate {
 {%- if isolation == "hybrid" %}
         self.strategy.databases()
 {%- else %}
         &self.strategy
 {%- endif %}
+    }
+{%- endif %}
+{%- if isolation == "hybrid" %}
+
+    /// What places tenants' own databases on servers (hybrid's `database` tier).
+    pub fn databases(&self) -> &isolation::DatabaseStrategy {
+        self.strategy.databases()
     }
 {%- endif %}
 

@@ -1,9 +1,10 @@
-//! Moving a tenant's database to another PostgreSQL server (`tenant move`, the admin
-//! API's `POST /admin/tenants/{identifier}/move`).
+//! Moving a tenant's data (its schema, or its database) to another PostgreSQL server
+//! (`tenant move`, the admin API's `POST /admin/tenants/{identifier}/move`).
 //!
 //! The tenant is read-only (maintenance `moving`) from the start of the move to its end;
-//! its database is copied to the target while its tables are locked against writes, the
-//! registry then names the target in one transaction, and the old database is dropped.
+//! its data is copied to the target while its tables are locked against writes, the
+//! registry then names the target in one transaction, and the old copy is dropped. The
+//! strategy does each step ([`Relocate`]).
 //! A move interrupted at any step is resumed by running it again (`tenancy.tenant_moves`
 //! says where it stopped); one that fails before the switch is given up, and the tenant
 //! takes writes where it was.
@@ -15,7 +16,7 @@ use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
 use super::audit::{Actor, Operation};
-use super::isolation::{Move, PlaceError, ServerAddress, TableCopy, server_name};
+use super::isolation::{Move, PlaceError, Relocate, ServerAddress, TableCopy, server_name};
 use super::lifecycle::{LifecycleError, OfTenant};
 use super::{Tenancy, registry};
 use crate::db::connect::PgConn;
@@ -81,7 +82,7 @@ struct Locked {
 }
 
 impl Tenancy {
-    /// Moves `identifier`'s database to `to` (`None`: the default server), or resumes its
+    /// Moves `identifier`'s data to `to` (`None`: the default server), or resumes its
     /// interrupted move there; `progress` hears of each step.
     pub async fn move_tenant(
         &self,
@@ -105,7 +106,7 @@ impl Tenancy {
         let ctx = self.context();
         // Held until the move returns.
         let (tenant, _one_move) = self.movable(identifier).await?;
-        let strategy = self.databases();
+        let strategy = self.relocator();
         if tenant.status == TenantStatus::Deleted {
             // Deleted with a move of another kind to finish: no move of this kind starts.
             let mut conn = self.control.get().await?;
@@ -116,13 +117,14 @@ impl Tenancy {
             }
         }
         let moving = strategy.start_move(ctx, &tenant, to).await?;
+        let storage = strategy.storage();
         let (from_name, to_name) = (
             server_name(moving.from.as_ref()),
             server_name(moving.to.as_ref()),
         );
         if !moving.switched {
             progress(format!("preparing its copy on {to_name}"));
-            if let Err(error) = strategy.prepare_copy(ctx, &moving).await {
+            if let Err(error) = strategy.prepare_copy(ctx, &tenant, &moving).await {
                 return Err(self.give_up(&tenant, &moving, false, error.into()).await);
             }
         }
@@ -140,12 +142,12 @@ impl Tenancy {
         let mut tables = Vec::new();
         if moving.switched {
             progress(format!(
-                "resuming: served from {to_name} already; the old database on {from_name} \
-                 is left to drop"
+                "resuming: served from {to_name} already; the old {storage} on {from_name} is \
+                 left to drop"
             ));
         } else {
             progress(format!(
-                "read-only: copying its database from {from_name} to {to_name}"
+                "read-only: copying its {storage} from {from_name} to {to_name}"
             ));
             match strategy
                 .copy_and_switch(ctx, &tenant, &moving, LOCK_WITHIN)
@@ -176,7 +178,7 @@ impl Tenancy {
         if let Err(error) = strategy.finish_move(ctx, &tenant, &moving).await {
             return Err(self.not_finished(&tenant, &moving, error));
         }
-        progress(format!("dropped the old database on {from_name}"));
+        progress(format!("dropped the old {storage} on {from_name}"));
         tracing::info!(tenant.id = %tenant.id, tenant.identifier = %identifier, from = from_name, to = to_name, read_only_ms = read_only.as_millis() as u64, "tenant moved");
         Ok(Moved::new(
             &tenant,
@@ -196,8 +198,8 @@ impl Tenancy {
         let ctx = self.context();
         if !ctx.has_owner {
             return Err(LifecycleError::Conflict(
-                "moving a tenant's database takes the owner's rights, which this process \
-                 does not hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant move`"
+                "moving a tenant takes the owner's rights, which this process does not \
+                 hold (TENANCY_MIGRATION_DATABASE_URL): use `tenant move`"
                     .into(),
             ));
         }
@@ -243,7 +245,7 @@ impl Tenancy {
         error: LifecycleError,
     ) -> LifecycleError {
         let given_up = self
-            .databases()
+            .relocator()
             .abandon_move(self.context(), tenant, moving)
             .await;
         let ended = match (&given_up, ours) {
@@ -267,10 +269,11 @@ impl Tenancy {
     /// A switched move whose old copy could not be closed or dropped (`error`).
     fn not_finished(&self, tenant: &Tenant, moving: &Move, error: PlaceError) -> LifecycleError {
         LifecycleError::Conflict(format!(
-            "tenant '{}' is served from {}, but its old database on {} is not dropped yet \
+            "tenant '{}' is served from {}, but its old {} on {} is not dropped yet \
              ({error}): run the same move again to finish it",
             tenant.identifier,
             server_name(moving.to.as_ref()),
+            self.relocator().storage(),
             server_name(moving.from.as_ref())
         ))
     }

@@ -42,7 +42,7 @@ mod jwt;
 {% endif -%}
 mod lifecycle;
 mod metrics;
-{% if tenant_databases -%}
+{% if placement -%}
 mod moves;
 {% endif -%}
 mod openapi;

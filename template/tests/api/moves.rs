@@ -1,4 +1,4 @@
-//! Moving a tenant's database to another server (`tenant move`): under writes from two
+//! Moving a tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %} to another server (`tenant move`): under writes from two
 //! replicas, no acknowledged write is lost and no answer holds another tenant's row;
 //! both replicas serve the new place within a second of the move's end; a move killed
 //! at each of its steps is resumed by running it again.
@@ -12,22 +12,38 @@ use actix_web::http::StatusCode;
 use futures_util::future::join;
 use serde_json::json;
 
-use crate::helpers::{TestApp, binary, operator, query_url, server_url, with_database};
+use crate::helpers::{TestApp, binary, operator, query_url, server_url};
 use crate::servers::{OtherServer, spawn_behind_poolers, spawn_with_other_server};
 use svc::domain::{Maintenance, Tenant, TenantStatus};
-use svc::tenancy::isolation::{Move, ServerAddress};
+use svc::tenancy::isolation::{Move, Relocate, ServerAddress};
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
 
-/// The titles of `tenant`'s notes, read in its database on the other server (`far`) or
-/// on the main one.
-async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: bool) -> Vec<String> {
-    let database = format!("{}{}", app.db.tenant_database_prefix, tenant.identifier);
+/// Where `identifier`'s notes are on the other server (`far`) or on the main one: the URL
+/// of their database (as the owner) and their table.
+fn notes_at(app: &TestApp, other: &OtherServer, identifier: &str, far: bool) -> (String, String) {
+{%- if isolation == "schema" %}
+    let url = if far {
+        format!("{}/{}", other.base_url, other.database)
+    } else {
+        app.db.url.clone()
+    };
+    (url, format!("\"tenant_{identifier}\".notes"))
+{%- else %}
+    let database = format!("{}{identifier}", app.db.tenant_database_prefix);
     let url = if far {
         format!("{}/{database}", other.base_url)
     } else {
-        with_database(&server_url(), &database)
+        crate::helpers::with_database(&server_url(), &database)
     };
-    query_url(&url, "SELECT title FROM notes")
+    (url, "notes".to_owned())
+{%- endif %}
+}
+
+/// The titles of `tenant`'s notes, read where they are on the other server (`far`) or on
+/// the main one.
+async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: bool) -> Vec<String> {
+    let (url, table) = notes_at(app, other, tenant.identifier.as_str(), far);
+    query_url(&url, &format!("SELECT title FROM {table}"))
         .await
         .unwrap()
         .into_iter()
@@ -35,13 +51,39 @@ async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: boo
         .collect()
 }
 
-/// Whether database `name` is on the other server (`far`) or on the main one.
-async fn has_database(other: &OtherServer, far: bool, name: &str) -> bool {
+/// Whether a copy of `identifier`'s data (its {% if isolation == "schema" %}schema{% else %}database{% endif %}) is on the other server (`far`)
+/// or on the main one.
+async fn has_copy(app: &TestApp, other: &OtherServer, far: bool, identifier: &str) -> bool {
+{%- if isolation == "schema" %}
+    let (url, _) = notes_at(app, other, identifier, far);
+    let sql = format!("SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_{identifier}'");
+    !query_url(&url, &sql).await.unwrap().is_empty()
+{%- else %}
+    let name = format!("{}{identifier}", app.db.tenant_database_prefix);
     if far {
-        return other.has_database(name).await;
+        return other.has_database(&name).await;
     }
     let sql = format!("SELECT 1 FROM pg_database WHERE datname = '{name}'");
     !query_url(&server_url(), &sql).await.unwrap().is_empty()
+{%- endif %}
+}
+
+/// Drops `identifier`'s copy on the main server by hand (as a move that died right after
+/// dropping it leaves things).
+async fn drop_old_copy(app: &TestApp, identifier: &str) {
+{%- if isolation == "schema" %}
+    app.db
+        .query(&format!("DROP SCHEMA \"tenant_{identifier}\" CASCADE"))
+        .await;
+{%- else %}
+    let name = format!("{}{identifier}", app.db.tenant_database_prefix);
+    query_url(
+        &server_url(),
+        &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+{%- endif %}
 }
 
 /// Writes `$count` notes titled `<tenant>-seed-<n>` through `$service`.
@@ -77,7 +119,11 @@ async fn a_tenant_moved_behind_a_pooler_on_each_server_keeps_every_acknowledged_
     move_under_writes(&a, &other).await;
     // The application role reached the new place through that server's pooler, and only
     // through it: once the pooler is gone, the tenant is not served, its neighbour is.
+{%- if isolation == "schema" %}
+    let database = other.database.clone();
+{%- else %}
     let database = format!("{}acme", a.db.tenant_database_prefix);
+{%- endif %}
     let logged_in = far.databases_logged_in();
     assert!(logged_in.contains(&database), "{logged_in:?}");
     drop(far);
@@ -186,12 +232,11 @@ async fn move_under_writes(a: &TestApp, other: &OtherServer) {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert_eq!(far.len(), 200 + acknowledged.len());
     assert!(far.iter().all(|t| t.starts_with("acme-")));
-    let name = format!("{}acme", a.db.tenant_database_prefix);
     assert!(
-        !has_database(other, false, &name).await,
+        !has_copy(a, other, false, "acme").await,
         "the old copy is left"
     );
-    assert!(has_database(other, true, &name).await);
+    assert!(has_copy(a, other, true, "acme").await);
     // Globex did not move and lost nothing.
     assert_eq!(titles_on(a, other, &globex, false).await.len(), 20);
 
@@ -282,9 +327,16 @@ async fn move_step(app: &TestApp, tenant: &Tenant) -> Option<String> {
         .and_then(|row| row[0].clone())
 }
 
-/// The server the registry names for `tenant` (`None`: the default one): its database's
-/// record, which the tenant's own row (what the API shows) always follows.
+/// The server the registry names for `tenant` (`None`: the default one){% if tenant_databases %}: its database's
+/// record, which the tenant's own row (what the API shows) always follows{% endif %}.
 async fn recorded_server(app: &TestApp, tenant: &Tenant) -> Option<String> {
+{%- if isolation == "schema" %}
+    let sql = format!(
+        "SELECT server FROM tenancy.tenants WHERE id = '{}'",
+        tenant.id
+    );
+    app.db.query(&sql).await.remove(0).remove(0)
+{%- else %}
     let sql = format!(
         "SELECT d.server, t.server FROM tenancy.tenant_databases d \
          JOIN tenancy.tenants t ON t.id = d.tenant_id WHERE d.tenant_id = '{}'",
@@ -296,6 +348,7 @@ async fn recorded_server(app: &TestApp, tenant: &Tenant) -> Option<String> {
         "the tenant's row and its database's record disagree"
     );
     row[0].clone()
+{%- endif %}
 }
 
 /// Asks until `want` answers, at most a second (what replicas take to hear a change).
@@ -325,7 +378,6 @@ async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_re
     let service = service!(app);
     let acme = app.create_tenant("acme").await;
     seed!(service, "acme", 30);
-    let name = format!("{}acme", app.db.tenant_database_prefix);
 
     // The move waits for this lock of acme's notes (as for a write under way): killed
     // there, its copy made and its record written, nothing switched.
@@ -382,7 +434,7 @@ async fn a_move_killed_before_its_switch_leaves_the_tenant_where_it_was_until_re
     let mut seeded: Vec<String> = (0..30).map(|n| format!("acme-seed-{n}")).collect();
     seeded.sort();
     assert_eq!(far, seeded);
-    assert!(!has_database(&other, false, &name).await);
+    assert!(!has_copy(&app, &other, false, "acme").await);
     within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
     assert!(
         titles_on(&app, &other, &acme, true)
@@ -409,12 +461,12 @@ async fn acme_moved_up_to_its_copy(
         .await;
     until(app, "acme", |t| t.maintenance == Maintenance::Moving).await;
     let server = ServerAddress::parse(&other.address).unwrap();
-    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
+    let (strategy, ctx) = (app.tenancy.relocator(), app.tenancy.context());
     let moving = strategy
         .start_move(ctx, &acme, Some(&server))
         .await
         .unwrap();
-    strategy.prepare_copy(ctx, &moving).await.unwrap();
+    strategy.prepare_copy(ctx, &acme, &moving).await.unwrap();
     (acme, moving)
 }
 
@@ -424,10 +476,9 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
         return;
     };
     let service = service!(app);
-    let name = format!("{}acme", app.db.tenant_database_prefix);
     // The move's own steps up to its switch, then nothing: the process died there.
     let (acme, moving) = acme_moved_up_to_its_copy(&app, &other, 30).await;
-    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
+    let (strategy, ctx) = (app.tenancy.relocator(), app.tenancy.context());
     let copied = strategy
         .copy_and_switch(ctx, &acme, &moving, Duration::from_secs(5))
         .await
@@ -439,15 +490,19 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
         Some(other.address.clone())
     );
     // The old copy is still there, and nothing of the service's can write it.
-    assert!(has_database(&other, false, &name).await);
-    let may_write = format!(
-        "SELECT has_table_privilege('{}', 'notes', 'INSERT')::text",
-        app.db.app_role
-    );
-    let old = query_url(&with_database(&server_url(), &name), &may_write)
-        .await
-        .unwrap();
-    assert_eq!(old, vec![vec![Some("false".to_string())]]);
+    assert!(has_copy(&app, &other, false, "acme").await);
+{%- if isolation == "schema" %}
+    let old = app.db.app_url.clone();
+    let refused = "tenant moved to another server";
+{%- else %}
+    let name = format!("{}acme", app.db.tenant_database_prefix);
+    let old = crate::helpers::with_database(&app.db.app_url, &name);
+    let refused = "permission denied";
+{%- endif %}
+    let (_, table) = notes_at(&app, &other, "acme", false);
+    let write = format!("INSERT INTO {table} (title) VALUES ('acme-late')");
+    let error = format!("{:?}", query_url(&old, &write).await.unwrap_err());
+    assert!(error.contains(refused), "{error}");
     let body = within_a_second!(service, get "/api/notes?limit=100", StatusCode::OK);
     assert_eq!(body.as_array().unwrap().len(), 30);
 
@@ -455,7 +510,7 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     assert!(stderr.contains("resuming: served from"), "{stderr}");
     assert_eq!(move_step(&app, &acme).await, None);
     assert!(
-        !has_database(&other, false, &name).await,
+        !has_copy(&app, &other, false, "acme").await,
         "the old copy is left"
     );
     let now = app.tenancy.get_tenant(&acme.identifier).await.unwrap();
@@ -492,7 +547,6 @@ async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_
     let Some((app, other)) = spawn_with_other_server().await else {
         return;
     };
-    let name = format!("{}acme", app.db.tenant_database_prefix);
     // A move that died once its copy was made: read-only, its data in two places.
     let (acme, _) = acme_moved_up_to_its_copy(&app, &other, 10).await;
     let refused = app
@@ -519,7 +573,7 @@ async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_
         .await
         .unwrap_err();
     assert!(refused_mid_move(&refused, "then destroy it"), "{refused}");
-    assert!(has_database(&other, true, &name).await);
+    assert!(has_copy(&app, &other, true, "acme").await);
     move_to_the_other_server(&app, &other, "acme");
     until(&app, "acme", |t| t.maintenance == Maintenance::Off).await;
     app.tenancy
@@ -527,8 +581,8 @@ async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_
         .await
         .unwrap();
     // Nothing of it is left on either server.
-    assert!(!has_database(&other, true, &name).await);
-    assert!(!has_database(&other, false, &name).await);
+    assert!(!has_copy(&app, &other, true, "acme").await);
+    assert!(!has_copy(&app, &other, false, "acme").await);
 }
 
 #[actix_web::test]
@@ -539,7 +593,7 @@ async fn a_tenant_whose_move_stopped_while_it_took_writes_is_deleted_only_once_t
     };
     let server = ServerAddress::parse(&other.address).unwrap();
     let service = service!(app);
-    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
+    let (strategy, ctx) = (app.tenancy.relocator(), app.tenancy.context());
     // Two moves stopped where the tenant takes writes: after the empty copy was made, before
     // read-only; after the switch and the end of read-only, before the old copy was
     // dropped. Either way the tenant's database is in two places.
@@ -547,7 +601,7 @@ async fn a_tenant_whose_move_stopped_while_it_took_writes_is_deleted_only_once_t
         let t = app.create_tenant(tenant).await;
         seed!(service, tenant, 10);
         let moving = strategy.start_move(ctx, &t, Some(&server)).await.unwrap();
-        strategy.prepare_copy(ctx, &moving).await.unwrap();
+        strategy.prepare_copy(ctx, &t, &moving).await.unwrap();
         if switched {
             strategy
                 .copy_and_switch(ctx, &t, &moving, Duration::from_secs(5))
@@ -592,9 +646,8 @@ async fn a_tenant_whose_move_stopped_while_it_took_writes_is_deleted_only_once_t
             .await
             .unwrap_or_else(|e| panic!("{tenant}: {e}"));
         // Nothing of it is left on either server.
-        let name = format!("{}{tenant}", app.db.tenant_database_prefix);
-        assert!(!has_database(&other, true, &name).await, "{tenant}");
-        assert!(!has_database(&other, false, &name).await, "{tenant}");
+        assert!(!has_copy(&app, &other, true, tenant).await, "{tenant}");
+        assert!(!has_copy(&app, &other, false, tenant).await, "{tenant}");
     }
     // A deleted tenant with no move to finish stays where it is.
     let t = app.create_tenant("still").await;
@@ -617,7 +670,7 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
     };
     let server = ServerAddress::parse(&other.address).unwrap();
     let service = service!(app);
-    let (strategy, ctx) = (app.tenancy.databases(), app.tenancy.context());
+    let (strategy, ctx) = (app.tenancy.relocator(), app.tenancy.context());
     // How far each tenant's move got before its process died (the kill tests cover the
     // wait for the lock, and the switch).
     for (tenant, steps) in [("started", 1), ("prepared", 2), ("dropped", 4)] {
@@ -625,7 +678,7 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
         seed!(service, tenant, 10);
         let moving = strategy.start_move(ctx, &t, Some(&server)).await.unwrap();
         if steps >= 2 {
-            strategy.prepare_copy(ctx, &moving).await.unwrap();
+            strategy.prepare_copy(ctx, &t, &moving).await.unwrap();
         }
         if steps >= 4 {
             strategy
@@ -633,13 +686,7 @@ async fn a_move_stopped_after_any_of_its_steps_is_finished_by_running_it_again()
                 .await
                 .unwrap();
             // `finish_move` dropped the old copy, and died before forgetting the move.
-            let name = format!("{}{tenant}", app.db.tenant_database_prefix);
-            query_url(
-                &server_url(),
-                &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
-            )
-            .await
-            .unwrap();
+            drop_old_copy(&app, tenant).await;
         }
         let moved = app
             .tenancy
@@ -710,8 +757,7 @@ async fn a_move_is_refused_where_it_cannot_be_done_and_changes_nothing() {
     ));
     // Nothing moved, nothing left behind, and every refusal is in the audit trail.
     assert_eq!(recorded_server(&app, &acme).await, None);
-    let name = format!("{}acme", app.db.tenant_database_prefix);
-    assert!(!has_database(&other, true, &name).await);
+    assert!(!has_copy(&app, &other, true, "acme").await);
     let history = app
         .tenancy
         .history(&acme.identifier, 10, None)

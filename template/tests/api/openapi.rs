@@ -13,11 +13,7 @@ use crate::helpers::*;
 {%- if placement and admin_api %}
 
 /// The request members that name a server.
-{%- if tenant_databases %}
 const SERVER_FIELDS: &[(&str, &str)] = &[("NewTenant", "server"), ("MoveTo", "to")];
-{%- else %}
-const SERVER_FIELDS: &[(&str, &str)] = &[("NewTenant", "server")];
-{%- endif %}
 {%- endif %}
 
 /// The document as the code builds it.

@@ -10,7 +10,6 @@
 //! placed on another PostgreSQL server (`tenant create --server`, the admin API's
 //! `server` field).
 
-pub(crate) mod copy;
 mod moving;
 {%- if isolation == "hybrid" %}
 mod tiers;
@@ -22,6 +21,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::moving::quote_literal;
 use super::servers::{AppUrl, SERVER_KEYS, ServerSettings, Servers, server_name};
 use super::{Context, DestroyPlan, Exists, Pending, RoleCheck, Route, Strategy};
 use crate::db::CONTROL_SCHEMA;
@@ -32,9 +32,6 @@ use crate::db::settings::{DatabaseSettings, check_postgres_url};
 use crate::db::tls::PgConfig;
 use crate::domain::{Isolation, ServerAddress, SqlIdentifier, Tenant, TenantIdentifier};
 use crate::settings::{ConfigError, Key, Source};
-
-pub use copy::TableCopy;
-pub use moving::Move;
 
 /// Run in every tenant's database (schema `public`), with unqualified table names.
 pub const TENANT_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tenant_database");
@@ -88,10 +85,10 @@ impl Placement {
 {%- if isolation == "hybrid" %}
 
     /// The database's name and server (for hybrid's changes of tier).
-    fn location(&self) -> Result<(SqlIdentifier, Option<ServerAddress>), PlaceError> {
+    fn location(&self) -> Result<(SqlIdentifier, Option<ServerAddress>), super::PlaceError> {
         Ok((
-            self.database().map_err(PlaceError::Invalid)?,
-            self.server().map_err(PlaceError::Invalid)?,
+            self.database().map_err(super::PlaceError::Invalid)?,
+            self.server().map_err(super::PlaceError::Invalid)?,
         ))
     }
 {%- endif %}
@@ -256,34 +253,6 @@ impl DatabaseStrategy {
     }
 }
 
-/// `value` as an SQL string literal.
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Why a tenant's database could not be placed on a server.
-#[derive(Debug, thiserror::Error)]
-pub enum PlaceError {
-    /// The tenant is already placed on another server.
-    #[error("{0}")]
-    Conflict(String),
-    /// The server asked for is not in `TENANCY_DATABASE_SERVERS`, or the recorded one is
-    /// not a server address (a registry edited by hand).
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Migrate(#[from] MigrateError),
-    #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
-    /// Copying the tenant's database to another server failed (`tenant move`).
-    #[error("{0}")]
-    Copy(String),
-    /// The tenant's tables were held by a transaction that did not end in time: the move
-    /// was given up, nothing changed; it may be tried again.
-    #[error("{0}")]
-    Busy(String),
-}
-
 /// What the database strategy reads from the configuration.
 #[derive(Debug, Clone)]
 pub struct TenantDatabaseSettings {
@@ -382,17 +351,15 @@ impl Strategy for DatabaseStrategy {
         Ok(with_session_option(&config, "search_path", "public"))
     }
 
-    /// Creates `tenancy.tenant_databases` and `tenancy.tenant_moves`; the application role
-    /// may only read them (to open a tenant's connections on the right server, and to
-    /// refuse to delete a tenant whose move is not finished).
+    /// Creates `tenancy.tenant_databases`; the application role may only read it (to open
+    /// a tenant's connections on the right server).
     async fn migrate_shared(&self, ctx: &Context) -> Result<Vec<String>, MigrateError> {
         let grants = ctx
             .app_role
             .as_ref()
             .map(|role| {
                 vec![format!(
-                    "GRANT SELECT ON \"{CONTROL_SCHEMA}\".tenant_databases, \
-                     \"{CONTROL_SCHEMA}\".tenant_moves TO {}",
+                    "GRANT SELECT ON \"{CONTROL_SCHEMA}\".tenant_databases TO {}",
                     role.quoted()
                 )]
             })

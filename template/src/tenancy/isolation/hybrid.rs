@@ -20,7 +20,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::database::{DATABASE_KEYS, DatabaseStrategy, TenantDatabaseSettings};
 use super::rls::RlsStrategy;
 use super::schema::{SchemaName, SchemaStrategy};
-use super::{Context, DestroyPlan, Exists, Pending, PlaceError, Route, Strategy};
+use super::{Context, DestroyPlan, Exists, Pending, PlaceError, Relocate, Route, Strategy};
 use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
 use crate::db::settings::DatabaseSettings;

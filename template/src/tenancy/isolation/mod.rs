@@ -304,7 +304,11 @@ pub use rls::RlsStrategy as Selected;
 {%- if placement %}
 
 pub use crate::domain::ServerAddress;
+pub(crate) mod copy;
+pub mod moving;
 mod servers;
+pub use copy::TableCopy;
+pub use moving::{Move, PlaceError, Relocate};
 pub use servers::{ServerCheck, Servers, server_name};
 {%- endif %}
 {%- if tenant_databases %}
@@ -315,7 +319,7 @@ mod database;
 pub use database::DatabaseStrategy as Selected;
 {%- endif %}
 {%- if tenant_databases %}
-pub use database::{DatabaseStrategy, Move, PlaceError, TableCopy};
+pub use database::DatabaseStrategy;
 {%- endif %}
 {%- if isolation == "hybrid" %}
 

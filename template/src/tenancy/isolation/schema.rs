@@ -10,6 +10,10 @@
 //! each server share that server's connections. The owner creates, migrates and drops
 //! schemas there; the provisioning functions serve the default server.
 
+{%- if isolation == "schema" %}
+mod moving;
+
+{%- endif %}
 use diesel::QueryResult;
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};

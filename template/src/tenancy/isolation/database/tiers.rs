@@ -7,10 +7,11 @@ use diesel::OptionalExtension;
 use diesel::sql_types::{Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::moving::{control, find_move};
-use super::{DatabaseStrategy, PlaceError, ServerAddress, placement, server_name};
+use super::moving::find_move;
+use super::{DatabaseStrategy, ServerAddress, placement, server_name};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::isolation::{Context, Exists};
+use crate::tenancy::isolation::moving::control;
+use crate::tenancy::isolation::{Context, Exists, PlaceError};
 
 impl DatabaseStrategy {
     /// Places `tenant` (given as it will be, in tier `database`) on `server` (else where

@@ -9,9 +9,7 @@ use super::HybridStrategy;
 use super::tiers::{commit_tier, failed, name_tier, refuse};
 use crate::db::pool::TENANT_SETTING;
 use crate::domain::{Isolation, Tenant};
-use crate::tenancy::isolation::database::copy::{
-    TableCopy, begin_locked, copy_tables, tables_in_order,
-};
+use crate::tenancy::isolation::copy::{TableCopy, begin_locked, copy_tables, tables_in_order};
 use crate::tenancy::isolation::rls::DATA_SCHEMA;
 use crate::tenancy::isolation::schema::SchemaName;
 use crate::tenancy::isolation::{Context, PlaceError};

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::HybridStrategy;
 use crate::db::pool::TENANT_SETTING;
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::isolation::database::copy::{Table, TableCopy, begin_locked, tables_in_order};
+use crate::tenancy::isolation::copy::{Table, TableCopy, begin_locked, tables_in_order};
 use crate::tenancy::isolation::rls::DATA_SCHEMA;
 use crate::tenancy::isolation::schema::SchemaName;
 use crate::tenancy::isolation::{Context, PlaceError, ServerAddress, Strategy};

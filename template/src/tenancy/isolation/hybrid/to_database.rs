@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::HybridStrategy;
 use super::tiers::{commit_tier, failed, refuse};
 use crate::domain::{Isolation, SqlIdentifier, Tenant};
-use crate::tenancy::isolation::database::copy::{TableCopy, copy_tables};
+use crate::tenancy::isolation::copy::{TableCopy, copy_tables};
 use crate::tenancy::isolation::schema::SchemaName;
 use crate::tenancy::isolation::{Context, PlaceError, ServerAddress};
 

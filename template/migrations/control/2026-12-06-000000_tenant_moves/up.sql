@@ -1,8 +1,8 @@
--- A tenant's database moving to another server (`tenant move`): one row while the move
--- is under way, so that a move interrupted at any step is resumed where it stopped.
--- 'copying': the tenant is served from its recorded place, read-only, while a copy is
--- made on the target (redone from the start on resume); 'switched': the registry names
--- the target, and the old database is still to be dropped.
+-- A tenant's data (its schema, or its database) moving to another server (`tenant move`):
+-- one row while the move is under way, so that a move interrupted at any step is resumed
+-- where it stopped. 'copying': the tenant is served from its recorded place, read-only,
+-- while a copy is made on the target (redone from the start on resume); 'switched': the
+-- registry names the target, and the old copy is still to be dropped.
 CREATE TABLE tenancy.tenant_moves (
     tenant_id    uuid PRIMARY KEY REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
     -- host or host:port; NULL: the default server.
@@ -12,7 +12,7 @@ CREATE TABLE tenancy.tenant_moves (
     started_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- 'moving': read-only while `tenant move` copies the tenant's database.
+-- 'moving': read-only while `tenant move` copies the tenant's data.
 ALTER TABLE tenancy.tenants DROP CONSTRAINT tenants_maintenance_check;
 ALTER TABLE tenancy.tenants ADD CONSTRAINT tenants_maintenance_check
     CHECK (maintenance IN ('off', 'read_only', 'migrating', 'moving'));

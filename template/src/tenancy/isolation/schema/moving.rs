@@ -1,0 +1,344 @@
+//! Moving a tenant's schema to another server (`tenant move`), step by step; each step is
+//! safe to repeat, and `tenancy.tenant_moves` records how far a move got.
+//!
+//! The tenants of a server share its connections, so a move cannot end the application
+//! role's sessions there as a database's move does: the old schema is sealed instead.
+//! Each of its tables gets a row-level security policy that fails every read and write
+//! with "tenant moved to another server", which the service answers 503 (retry): a
+//! replica that has not heard of the move yet is refused, never served the old copy,
+//! and a write that waited on the move's lock fails once the lock is let go.
+
+use std::time::Duration;
+
+use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio_postgres::Client;
+
+use super::{DISTRIBUTED_SCHEMA, SchemaName, SchemaStrategy, TENANT_MIGRATIONS};
+use crate::db::migrate::{self, grants_on_schema};
+use crate::domain::{Isolation, ServerAddress, SqlIdentifier, Tenant};
+use crate::tenancy::isolation::copy::{TableCopy, copy_tables, tables_in_order};
+use crate::tenancy::isolation::moving::{
+    self, Move, PlaceError, Relocate, check_elsewhere, check_not_switched, control, copy_failed,
+    forget_move, lock_against_writes, quote_literal, record_move, record_switch, resumed,
+};
+use crate::tenancy::isolation::{Context, server_name};
+
+/// The policy that seals an old copy's tables, and the function it calls.
+const SEAL_POLICY: &str = "tenancy_moved";
+const SEAL_FUNCTION: &str = "tenancy_moved";
+
+/// `tenant`'s schema, as the identifier moves record.
+fn storage_of(tenant: &Tenant) -> Result<SqlIdentifier, PlaceError> {
+    let schema = SchemaName::for_tenant(&tenant.identifier);
+    SqlIdentifier::parse(schema.as_str()).map_err(PlaceError::Invalid)
+}
+
+impl SchemaStrategy {
+    /// The owner's bare connection to the database of the schemas on `server`.
+    async fn owner_client(
+        &self,
+        ctx: &Context,
+        server: Option<&ServerAddress>,
+    ) -> Result<Client, PlaceError> {
+        let config = (self.servers)
+            .owner_config(ctx, server)
+            .map_err(PlaceError::Invalid)?;
+        crate::db::connect::bare(config, &ctx.runtime)
+            .await
+            .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
+    }
+
+    /// Points the registry at the move's target and records the step, in one transaction.
+    async fn switch(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        moving: &Move,
+    ) -> Result<(), PlaceError> {
+        let mut control = control(ctx).await?;
+        let to = moving.to.as_ref().map(ServerAddress::as_str);
+        control
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                diesel::sql_query("UPDATE tenancy.tenants SET server = $2 WHERE id = $1")
+                    .bind::<SqlUuid, _>(tenant.id)
+                    .bind::<Nullable<Text>, _>(to)
+                    .execute(conn)
+                    .await?;
+                record_switch(conn, tenant).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the move's copy on its target if there is one: only a schema marked with
+    /// this move's marker, never one that was there before.
+    async fn drop_copy(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
+        let there = self.owner_client(ctx, moving.to.as_ref()).await?;
+        let marked = there
+            .query(
+                "SELECT 1 FROM pg_namespace n \
+                 WHERE n.nspname = $1 AND obj_description(n.oid, 'pg_namespace') = $2",
+                &[&moving.storage.as_str(), &moving.marker()],
+            )
+            .await
+            .map_err(copy_failed)?;
+        if !marked.is_empty() {
+            there
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    moving.storage.quoted()
+                ))
+                .await
+                .map_err(copy_failed)?;
+        }
+        Ok(())
+    }
+}
+
+impl Relocate for SchemaStrategy {
+    fn storage(&self) -> &'static str {
+        "schema"
+    }
+
+    async fn unfinished_move(
+        &self,
+        conn: &mut AsyncPgConnection,
+        tenant: &Tenant,
+    ) -> Result<Option<String>, PlaceError> {
+        let under_way = moving::find_move(conn, tenant, storage_of(tenant)?).await?;
+        Ok(under_way.map(|moving| {
+            format!(
+                "its move to {} is not finished",
+                server_name(moving.to.as_ref())
+            )
+        }))
+    }
+
+    /// A schema of that name already on `to` is refused.
+    async fn start_move(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        to: Option<&ServerAddress>,
+    ) -> Result<Move, PlaceError> {
+        crate::tenancy::isolation::ensure(tenant, Isolation::Schema)
+            .map_err(PlaceError::Invalid)?;
+        if let Some(to) = to {
+            self.servers.check(to).map_err(PlaceError::Invalid)?;
+        }
+        let storage = storage_of(tenant)?;
+        let mut control = control(ctx).await?;
+        if let Some(under_way) = moving::find_move(&mut control, tenant, storage.clone()).await? {
+            return resumed(under_way, tenant, to);
+        }
+        let from = tenant.server.as_ref();
+        check_elsewhere(tenant, from, to)?;
+        // A schema of that name there may be this very one under another address, or a
+        // stranger's: never written into, never dropped.
+        let there = self.owner_client(ctx, to).await?;
+        let found = there
+            .query(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                &[&storage.as_str()],
+            )
+            .await
+            .map_err(copy_failed)?;
+        if !found.is_empty() {
+            return Err(PlaceError::Conflict(format!(
+                "{} already has a schema {}: it may be this tenant's under another address, \
+                 or another's; drop it or choose another server",
+                server_name(to),
+                storage.quoted()
+            )));
+        }
+        record_move(&mut control, tenant, storage, from, to).await
+    }
+
+    /// The schema is created, marked and migrated in one transaction: one of that name
+    /// found there (not this move's) fails it.
+    async fn prepare_copy(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        moving: &Move,
+    ) -> Result<(), PlaceError> {
+        self.drop_copy(ctx, moving).await?;
+        let schema = moving.storage.quoted();
+        let grants = ctx
+            .app_role
+            .as_ref()
+            .map(|role| grants_on_schema(&schema, role))
+            .unwrap_or_default();
+        let target = migrate::Target {
+            search_path: Some(schema.clone()),
+            lock_name: format!("migrate:{}", moving.storage.as_str()),
+            before: vec![
+                DISTRIBUTED_SCHEMA.to_owned(),
+                format!("CREATE SCHEMA {schema}"),
+                format!(
+                    "COMMENT ON SCHEMA {schema} IS {}",
+                    quote_literal(&moving.marker())
+                ),
+            ],
+            after: grants,
+        };
+        let owner = (self.servers)
+            .owner_config(ctx, moving.to.as_ref())
+            .map_err(PlaceError::Invalid)?;
+        let on = (moving.to.as_ref(), &owner);
+        let made = (self.sessions)
+            .run_pending(&ctx.runtime, on, TENANT_MIGRATIONS, target)
+            .await;
+        made.map(drop).map_err(|e| {
+            PlaceError::Copy(format!(
+                "creating schema {schema} for tenant '{}' on {}: {e}",
+                tenant.identifier,
+                server_name(moving.to.as_ref())
+            ))
+        })
+    }
+
+    /// The source's tables are locked against writes (`EXCLUSIVE`: reads go on) for the
+    /// whole copy, and sealed before they are let go.
+    async fn copy_and_switch(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        moving: &Move,
+        lock_within: Duration,
+    ) -> Result<Vec<TableCopy>, PlaceError> {
+        let schema = &moving.storage;
+        let source = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let target = self.owner_client(ctx, moving.to.as_ref()).await?;
+        lock_against_writes(&source, schema.as_str(), lock_within).await?;
+        target.batch_execute("BEGIN").await.map_err(copy_failed)?;
+        let copied = copy_tables(&source, schema.as_str(), &target, &schema.quoted())
+            .await
+            .map_err(PlaceError::Copy)?;
+        target.batch_execute("COMMIT").await.map_err(copy_failed)?;
+        seal(&source, schema).await?;
+        source.batch_execute("COMMIT").await.map_err(copy_failed)?;
+        drop(source);
+        self.switch(ctx, tenant, moving).await?;
+        Ok(copied)
+    }
+
+    /// The old schema was sealed before the switch: sealed again (a resumed move may find
+    /// a copy that an operator opened).
+    async fn close_old(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
+        let there = self.owner_client(ctx, moving.from.as_ref()).await?;
+        there.batch_execute("BEGIN").await.map_err(copy_failed)?;
+        seal(&there, &moving.storage).await?;
+        there.batch_execute("COMMIT").await.map_err(copy_failed)
+    }
+
+    async fn finish_move(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        moving: &Move,
+    ) -> Result<(), PlaceError> {
+        let there = self.owner_client(ctx, moving.from.as_ref()).await?;
+        there
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                moving.storage.quoted()
+            ))
+            .await
+            .map_err(copy_failed)?;
+        forget_move(ctx, tenant).await
+    }
+
+    async fn abandon_move(
+        &self,
+        ctx: &Context,
+        tenant: &Tenant,
+        moving: &Move,
+    ) -> Result<(), PlaceError> {
+        let mut control = control(ctx).await?;
+        check_not_switched(&mut control, tenant, moving.storage.clone()).await?;
+        drop(control);
+        let source = self.owner_client(ctx, moving.from.as_ref()).await?;
+        unseal(&source, &moving.storage).await?;
+        self.drop_copy(ctx, moving).await?;
+        forget_move(ctx, tenant).await
+    }
+}
+
+/// Seals `schema` (on `owner`, in its transaction): every table gets the policy that fails
+/// each read and write of it, for every role. Safe to repeat; nothing when the schema is
+/// gone.
+async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
+    let quoted = schema.quoted();
+    let exists = owner
+        .query(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&schema.as_str()],
+        )
+        .await
+        .map_err(copy_failed)?;
+    if exists.is_empty() {
+        return Ok(());
+    }
+    let mut sql = vec![format!(
+        "CREATE OR REPLACE FUNCTION {quoted}.{SEAL_FUNCTION}() RETURNS boolean \
+         LANGUAGE plpgsql VOLATILE AS $seal$ BEGIN \
+         RAISE EXCEPTION 'tenant moved to another server' \
+         USING HINT = 'the registry names its new server: retry'; END $seal$"
+    )];
+    for table in tables_in_order(owner, schema.as_str())
+        .await
+        .map_err(PlaceError::Copy)?
+    {
+        let table = &table.quoted;
+        sql.push(format!("DROP POLICY IF EXISTS {SEAL_POLICY} ON {table}"));
+        sql.push(format!(
+            "CREATE POLICY {SEAL_POLICY} ON {table} \
+             USING ({quoted}.{SEAL_FUNCTION}()) WITH CHECK ({quoted}.{SEAL_FUNCTION}())"
+        ));
+        sql.push(format!(
+            "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"
+        ));
+    }
+    owner
+        .batch_execute(&sql.join("; "))
+        .await
+        .map_err(copy_failed)
+}
+
+/// Undoes [`seal`] on `schema` (a move given up after it): its policy and function go,
+/// and row-level security is turned off again on each table that has no policy of its own.
+async fn unseal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
+    let quoted = schema.quoted();
+    let sealed = owner
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname), \
+               NOT EXISTS (SELECT 1 FROM pg_policy o WHERE o.polrelid = c.oid \
+                           AND o.polname <> p.polname) \
+             FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND p.polname = $2",
+            &[&schema.as_str(), &SEAL_POLICY],
+        )
+        .await
+        .map_err(copy_failed)?;
+    let mut sql = vec!["BEGIN".to_owned()];
+    for row in sealed {
+        let (table, alone): (String, bool) = (row.get(0), row.get(1));
+        sql.push(format!("DROP POLICY IF EXISTS {SEAL_POLICY} ON {table}"));
+        if alone {
+            sql.push(format!(
+                "ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"
+            ));
+        }
+    }
+    sql.push(format!(
+        "DROP FUNCTION IF EXISTS {quoted}.{SEAL_FUNCTION}()"
+    ));
+    sql.push("COMMIT".to_owned());
+    owner
+        .batch_execute(&sql.join("; "))
+        .await
+        .map_err(copy_failed)
+}
