@@ -519,6 +519,75 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     assert_eq!(titles_on(&app, &other, &acme, true).await.len(), 31);
 }
 
+#[actix_web::test]
+async fn a_move_given_up_after_sealing_its_old_copy_leaves_the_tenant_served_where_it_was() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    let service = service!(app);
+    let acme = app.create_tenant("acme").await;
+    seed!(service, "acme", 10);
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let (strategy, ctx) = (app.tenancy.relocator(), app.tenancy.context());
+    let moving = strategy
+        .start_move(ctx, &acme, Some(&server))
+        .await
+        .unwrap();
+    strategy.prepare_copy(ctx, &acme, &moving).await.unwrap();
+    strategy
+        .copy_and_switch(ctx, &acme, &moving, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // As a switch whose transaction never committed leaves it: the old copy sealed, the
+    // registry naming it still.
+    app.db
+        .query(&format!(
+            "UPDATE tenancy.tenant_moves SET step = 'copying' WHERE tenant_id = '{id}'; \
+{%- if isolation == "schema" %}
+             UPDATE tenancy.tenants SET server = NULL WHERE id = '{id}'",
+{%- else %}
+             UPDATE tenancy.tenant_databases SET server = NULL WHERE tenant_id = '{id}'",
+{%- endif %}
+            id = acme.id
+        ))
+        .await;
+    until(&app, "acme", |t| t.server.is_none()).await;
+    let (status, body) =
+        call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "acme-sealed"}));
+    assert_ne!(
+        status,
+        StatusCode::CREATED,
+        "a sealed copy took a write: {body}"
+    );
+
+    strategy.abandon_move(ctx, &acme, &moving).await.unwrap();
+    assert_eq!(move_step(&app, &acme).await, None);
+    assert!(!has_copy(&app, &other, true, "acme").await);
+    within_a_second!(service, post "/api/notes", StatusCode::CREATED, json = json!({"title": "acme-after"}));
+    let mut titles = titles_on(&app, &other, &acme, false).await;
+    titles.sort();
+    let mut expected: Vec<String> = (0..10).map(|n| format!("acme-seed-{n}")).collect();
+    expected.push("acme-after".into());
+    expected.sort();
+    assert_eq!(titles, expected);
+{%- if isolation == "schema" %}
+    // Nothing of the seal is left: no policy, row-level security off, no function.
+    let left = app
+        .db
+        .query(
+            "SELECT c.relname || ' ' || c.relrowsecurity || ' ' || \
+               (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'tenant_acme' AND c.relkind = 'r' \
+               AND c.relname <> '__diesel_schema_migrations' \
+             UNION ALL SELECT p.proname::text FROM pg_proc p \
+             JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenant_acme'",
+        )
+        .await;
+    assert_eq!(left, vec![vec![Some("notes false 0".to_string())]]);
+{%- endif %}
+}
+
 /// Asks the registry (through the service's cache) until `done` holds for `identifier`,
 /// at most 2 s: the cache hears of a change made by another process within a second.
 pub(crate) async fn until(app: &TestApp, identifier: &str, done: impl Fn(&Tenant) -> bool) {

@@ -24,8 +24,13 @@ use crate::tenancy::isolation::moving::{
 };
 use crate::tenancy::isolation::{Context, server_name};
 
-/// The policy that seals an old copy's tables, and the function it calls.
-const SEAL_POLICY: &str = "tenancy_moved";
+/// The policies that seal an old copy's tables, and the function they call: a permissive
+/// one (no row passes without it) and a restrictive one (none passes without it either,
+/// whatever permissive policy of the table's own lets it through).
+const SEAL_POLICIES: [(&str, &str); 2] = [
+    ("tenancy_moved", "PERMISSIVE"),
+    ("tenancy_moved_restrictive", "RESTRICTIVE"),
+];
 const SEAL_FUNCTION: &str = "tenancy_moved";
 
 /// `tenant`'s schema, as the identifier moves record.
@@ -266,9 +271,9 @@ impl Relocate for SchemaStrategy {
     }
 }
 
-/// Seals `schema` (on `owner`, in its transaction): every table gets the policy that fails
-/// each read and write of it, for every role. Safe to repeat; nothing when the schema is
-/// gone.
+/// Seals `schema` (on `owner`, in its transaction): every table gets the policies that
+/// fail each read and write of it, for every role but a superuser. Safe to repeat;
+/// nothing when the schema is gone.
 async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
     let quoted = schema.quoted();
     let exists = owner
@@ -292,11 +297,13 @@ async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> 
         .map_err(PlaceError::Copy)?
     {
         let table = &table.quoted;
-        sql.push(format!("DROP POLICY IF EXISTS {SEAL_POLICY} ON {table}"));
-        sql.push(format!(
-            "CREATE POLICY {SEAL_POLICY} ON {table} \
-             USING ({quoted}.{SEAL_FUNCTION}()) WITH CHECK ({quoted}.{SEAL_FUNCTION}())"
-        ));
+        for (policy, kind) in SEAL_POLICIES {
+            sql.push(format!("DROP POLICY IF EXISTS {policy} ON {table}"));
+            sql.push(format!(
+                "CREATE POLICY {policy} ON {table} AS {kind} \
+                 USING ({quoted}.{SEAL_FUNCTION}()) WITH CHECK ({quoted}.{SEAL_FUNCTION}())"
+            ));
+        }
         sql.push(format!(
             "ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"
         ));
@@ -307,26 +314,29 @@ async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> 
         .map_err(copy_failed)
 }
 
-/// Undoes [`seal`] on `schema` (a move given up after it): its policy and function go,
+/// Undoes [`seal`] on `schema` (a move given up after it): its policies and function go,
 /// and row-level security is turned off again on each table that has no policy of its own.
 async fn unseal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
     let quoted = schema.quoted();
+    let ours: Vec<&str> = SEAL_POLICIES.iter().map(|(policy, _)| *policy).collect();
     let sealed = owner
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname), \
+            "SELECT DISTINCT format('%I.%I', n.nspname, c.relname), \
                NOT EXISTS (SELECT 1 FROM pg_policy o WHERE o.polrelid = c.oid \
-                           AND o.polname <> p.polname) \
+                           AND o.polname <> ALL ($2)) \
              FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND p.polname = $2",
-            &[&schema.as_str(), &SEAL_POLICY],
+             WHERE n.nspname = $1 AND p.polname = ANY ($2)",
+            &[&schema.as_str(), &ours],
         )
         .await
         .map_err(copy_failed)?;
     let mut sql = vec!["BEGIN".to_owned()];
     for row in sealed {
         let (table, alone): (String, bool) = (row.get(0), row.get(1));
-        sql.push(format!("DROP POLICY IF EXISTS {SEAL_POLICY} ON {table}"));
+        for policy in &ours {
+            sql.push(format!("DROP POLICY IF EXISTS {policy} ON {table}"));
+        }
         if alone {
             sql.push(format!(
                 "ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"
