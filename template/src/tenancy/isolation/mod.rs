@@ -318,7 +318,7 @@ mod database;
 {%- if isolation == "database" %}
 pub use database::DatabaseStrategy as Selected;
 {%- endif %}
-{%- if tenant_databases %}
+{%- if isolation == "hybrid" %}
 pub use database::DatabaseStrategy;
 {%- endif %}
 {%- if isolation == "hybrid" %}
