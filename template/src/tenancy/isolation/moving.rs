@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use diesel::OptionalExtension;
 use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::copy::{TableCopy, begin_locked};
 use super::{Context, ServerAddress, server_name};
@@ -129,6 +129,14 @@ impl Move {
     pub(crate) fn marker(&self) -> String {
         format!("tenant move started {}", self.started)
     }
+
+    /// What the move left unfinished, in words.
+    pub(crate) fn unfinished(&self) -> String {
+        format!(
+            "its move to {} is not finished",
+            server_name(self.to.as_ref())
+        )
+    }
 }
 
 #[derive(diesel::QueryableByName)]
@@ -228,27 +236,44 @@ pub(crate) async fn record_move(
         .ok_or(PlaceError::Database(diesel::result::Error::NotFound))
 }
 
-/// Records that `tenant`'s move switched (in the transaction that points the registry at
-/// its target).
-pub(crate) async fn record_switch(
-    conn: &mut AsyncPgConnection,
+/// Points the registry at the move's target with `update` (SQL: `$1` the tenant's id, `$2`
+/// the server) and records that the move switched, in one transaction.
+pub(crate) async fn switch(
+    ctx: &Context,
     tenant: &Tenant,
-) -> diesel::QueryResult<()> {
-    diesel::sql_query("UPDATE tenancy.tenant_moves SET step = 'switched' WHERE tenant_id = $1")
-        .bind::<SqlUuid, _>(tenant.id)
-        .execute(conn)
-        .await
-        .map(drop)
+    moving: &Move,
+    update: &'static str,
+) -> Result<(), PlaceError> {
+    let mut control = control(ctx).await?;
+    let to = moving.to.as_ref().map(ServerAddress::as_str);
+    control
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            diesel::sql_query(update)
+                .bind::<SqlUuid, _>(tenant.id)
+                .bind::<Nullable<Text>, _>(to)
+                .execute(conn)
+                .await?;
+            diesel::sql_query(
+                "UPDATE tenancy.tenant_moves SET step = 'switched' WHERE tenant_id = $1",
+            )
+            .bind::<SqlUuid, _>(tenant.id)
+            .execute(conn)
+            .await
+            .map(drop)
+        })
+        .await?;
+    Ok(())
 }
 
 /// Whether a switch may be undone: the move is recorded, and did not switch (a switch
 /// whose commit went unanswered may have happened: never undo that).
 pub(crate) async fn check_not_switched(
-    control: &mut AsyncPgConnection,
+    ctx: &Context,
     tenant: &Tenant,
-    storage: SqlIdentifier,
+    moving: &Move,
 ) -> Result<(), PlaceError> {
-    if find_move(control, tenant, storage)
+    let mut control = control(ctx).await?;
+    if find_move(&mut control, tenant, moving.storage.clone())
         .await?
         .is_none_or(|m| m.switched)
     {

@@ -2,8 +2,8 @@
 //! is safe to repeat, and `tenancy.tenant_moves` records how far a move got.
 
 use diesel::OptionalExtension;
-use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::Text;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::{DatabaseStrategy, ServerAddress, placement, server_name};
 use crate::db::connect::{PgConn, with_session_option};
@@ -12,7 +12,7 @@ use crate::domain::{Isolation, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::copy::{self, TableCopy};
 use crate::tenancy::isolation::moving::{
     self, Move, Relocate, check_elsewhere, check_not_switched, control, copy_failed, forget_move,
-    lock_against_writes, record_move, record_switch, resumed,
+    lock_against_writes, record_move, resumed, switch,
 };
 use crate::tenancy::isolation::{Context, Exists, PlaceError};
 
@@ -60,30 +60,6 @@ impl DatabaseStrategy {
         crate::db::connect::bare(inside, &ctx.runtime)
             .await
             .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
-    }
-
-    /// Points the registry at the move's target and records the step, in one transaction.
-    async fn switch(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-        moving: &Move,
-    ) -> Result<(), PlaceError> {
-        let mut control = control(ctx).await?;
-        let to = moving.to.as_ref().map(ServerAddress::as_str);
-        control
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
-                diesel::sql_query(
-                    "UPDATE tenancy.tenant_databases SET server = $2 WHERE tenant_id = $1",
-                )
-                .bind::<SqlUuid, _>(tenant.id)
-                .bind::<Nullable<Text>, _>(to)
-                .execute(conn)
-                .await?;
-                record_switch(conn, tenant).await
-            })
-            .await?;
-        Ok(())
     }
 
     /// Drops the move's copy on its target if there is one: only a database marked with
@@ -147,12 +123,10 @@ impl Relocate for DatabaseStrategy {
         conn: &mut AsyncPgConnection,
         tenant: &Tenant,
     ) -> Result<Option<String>, PlaceError> {
-        Ok(find_move(conn, tenant).await?.map(|moving| {
-            format!(
-                "its move to {} is not finished",
-                server_name(moving.to.as_ref())
-            )
-        }))
+        Ok(find_move(conn, tenant)
+            .await?
+            .as_ref()
+            .map(Move::unfinished))
     }
 
     /// Only a tenant with a database of its own moves; a database of that name already
@@ -240,7 +214,8 @@ impl Relocate for DatabaseStrategy {
         target.batch_execute("COMMIT").await.map_err(copy_failed)?;
         seal(&source, ctx).await?;
         drop(source);
-        self.switch(ctx, tenant, moving).await?;
+        let update = "UPDATE tenancy.tenant_databases SET server = $2 WHERE tenant_id = $1";
+        switch(ctx, tenant, moving, update).await?;
         Ok(copied)
     }
 
@@ -312,9 +287,7 @@ impl Relocate for DatabaseStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let mut control = control(ctx).await?;
-        check_not_switched(&mut control, tenant, moving.storage.clone()).await?;
-        drop(control);
+        check_not_switched(ctx, tenant, moving).await?;
         if let Some(role) = &ctx.app_role {
             let source = (self.owner_inside(ctx, &moving.storage, moving.from.as_ref())).await?;
             source

@@ -10,8 +10,7 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use tokio_postgres::Client;
 
 use super::{DISTRIBUTED_SCHEMA, SchemaName, SchemaStrategy, TENANT_MIGRATIONS};
@@ -20,7 +19,7 @@ use crate::domain::{Isolation, ServerAddress, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::copy::{TableCopy, copy_tables, tables_in_order};
 use crate::tenancy::isolation::moving::{
     self, Move, PlaceError, Relocate, check_elsewhere, check_not_switched, control, copy_failed,
-    forget_move, lock_against_writes, quote_literal, record_move, record_switch, resumed,
+    forget_move, lock_against_writes, quote_literal, record_move, resumed, switch,
 };
 use crate::tenancy::isolation::{Context, server_name};
 
@@ -54,28 +53,6 @@ impl SchemaStrategy {
             .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
     }
 
-    /// Points the registry at the move's target and records the step, in one transaction.
-    async fn switch(
-        &self,
-        ctx: &Context,
-        tenant: &Tenant,
-        moving: &Move,
-    ) -> Result<(), PlaceError> {
-        let mut control = control(ctx).await?;
-        let to = moving.to.as_ref().map(ServerAddress::as_str);
-        control
-            .transaction::<_, diesel::result::Error, _>(async |conn| {
-                diesel::sql_query("UPDATE tenancy.tenants SET server = $2 WHERE id = $1")
-                    .bind::<SqlUuid, _>(tenant.id)
-                    .bind::<Nullable<Text>, _>(to)
-                    .execute(conn)
-                    .await?;
-                record_switch(conn, tenant).await
-            })
-            .await?;
-        Ok(())
-    }
-
     /// Drops the move's copy on its target if there is one: only a schema marked with
     /// this move's marker, never one that was there before.
     async fn drop_copy(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
@@ -89,13 +66,7 @@ impl SchemaStrategy {
             .await
             .map_err(copy_failed)?;
         if !marked.is_empty() {
-            there
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE",
-                    moving.storage.quoted()
-                ))
-                .await
-                .map_err(copy_failed)?;
+            drop_schema(&there, &moving.storage).await?;
         }
         Ok(())
     }
@@ -112,12 +83,7 @@ impl Relocate for SchemaStrategy {
         tenant: &Tenant,
     ) -> Result<Option<String>, PlaceError> {
         let under_way = moving::find_move(conn, tenant, storage_of(tenant)?).await?;
-        Ok(under_way.map(|moving| {
-            format!(
-                "its move to {} is not finished",
-                server_name(moving.to.as_ref())
-            )
-        }))
+        Ok(under_way.as_ref().map(Move::unfinished))
     }
 
     /// A schema of that name already on `to` is refused.
@@ -225,7 +191,8 @@ impl Relocate for SchemaStrategy {
         seal(&source, schema).await?;
         source.batch_execute("COMMIT").await.map_err(copy_failed)?;
         drop(source);
-        self.switch(ctx, tenant, moving).await?;
+        let update = "UPDATE tenancy.tenants SET server = $2 WHERE id = $1";
+        switch(ctx, tenant, moving, update).await?;
         Ok(copied)
     }
 
@@ -245,13 +212,7 @@ impl Relocate for SchemaStrategy {
         moving: &Move,
     ) -> Result<(), PlaceError> {
         let there = self.owner_client(ctx, moving.from.as_ref()).await?;
-        there
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE",
-                moving.storage.quoted()
-            ))
-            .await
-            .map_err(copy_failed)?;
+        drop_schema(&there, &moving.storage).await?;
         forget_move(ctx, tenant).await
     }
 
@@ -261,9 +222,7 @@ impl Relocate for SchemaStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let mut control = control(ctx).await?;
-        check_not_switched(&mut control, tenant, moving.storage.clone()).await?;
-        drop(control);
+        check_not_switched(ctx, tenant, moving).await?;
         let source = self.owner_client(ctx, moving.from.as_ref()).await?;
         unseal(&source, &moving.storage).await?;
         self.drop_copy(ctx, moving).await?;
@@ -351,4 +310,10 @@ async fn unseal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError
         .batch_execute(&sql.join("; "))
         .await
         .map_err(copy_failed)
+}
+
+/// Drops `schema` and everything in it, if it is there.
+async fn drop_schema(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
+    let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted());
+    owner.batch_execute(&drop).await.map_err(copy_failed)
 }
