@@ -3,7 +3,7 @@
 /// `host` or `host:port` of another PostgreSQL server, one of `TENANCY_DATABASE_SERVERS`.
 /// Never credentials: the application role and the owner log in there with the user and
 /// password of their own URLs, so the registry holds no secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ServerAddress(String);
 

@@ -75,6 +75,11 @@ pub struct Tenancy {
     undecodable: std::sync::Mutex<HashSet<TenantIdentifier>>,
     /// Set once the owner's URL was found to give migrations a session of their own.
     owner_session: tokio::sync::OnceCell<()>,
+{%- if placement %}
+    /// The listed servers whose application role start-up could not check (they did not
+    /// answer): each is checked before this process opens its first tenant connection there.
+    unchecked: std::sync::Mutex<HashSet<isolation::ServerAddress>>,
+{%- endif %}
     /// Stops listening for tenant changes when the service is dropped.
     _watching: Option<tokio_util::sync::DropGuard>,
 }
@@ -236,6 +241,9 @@ impl Tenancy {
             jobs_enqueued: Arc::default(),
             undecodable: std::sync::Mutex::default(),
             owner_session: tokio::sync::OnceCell::new(),
+{%- if placement %}
+            unchecked: std::sync::Mutex::default(),
+{%- endif %}
             _watching: None,
         })
     }
@@ -356,8 +364,8 @@ impl Tenancy {
 {%- if placement %}
 
     /// The same on each listed server, as the application role logs in there (a role of
-    /// that server's own). A server that does not answer is not checked, and a warning
-    /// says so: it serves none of its tenants until it answers.
+    /// that server's own). A server that does not answer is checked later, before the
+    /// first tenant connection there ([`Self::check_server_of`]), and a warning says so.
     async fn check_app_role_elsewhere(&self) -> Result<(), AppRoleError> {
         let servers = self.servers();
         let checks = servers.listed().iter().map(|server| async move {
@@ -366,7 +374,8 @@ impl Tenancy {
                 Ok(mut conn) => (self.strategy.check_app_role(&mut conn).await)
                     .map_err(|why| AppRoleError::Unsafe(format!("on {}: {why}", server.as_str()))),
                 Err(error) => {
-                    tracing::warn!(server = server.as_str(), %error, "the application role could not be checked on this server: it does not answer");
+                    tracing::warn!(server = server.as_str(), %error, "the application role could not be checked on this server: it does not answer; it is checked before the first tenant connection there");
+                    self.unchecked_servers().insert(server.clone());
                     Ok(())
                 }
             }
@@ -375,6 +384,39 @@ impl Tenancy {
             .await
             .into_iter()
             .collect()
+    }
+
+    fn unchecked_servers(&self) -> std::sync::MutexGuard<'_, HashSet<isolation::ServerAddress>> {
+        self.unchecked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Checks the application role on `tenant`'s server as start-up does, if start-up
+    /// could not (the server did not answer then): a role that would defeat the strategy
+    /// there is refused (500, the reason in the log), and checked again on the next
+    /// connection.
+    async fn check_server_of(&self, tenant: &Tenant) -> Result<(), PoolError> {
+        let Some(server) = &tenant.server else {
+            return Ok(());
+        };
+        if !self.unchecked_servers().contains(server) {
+            return Ok(());
+        }
+        let config =
+            (self.servers().app_config(&self.ctx, Some(server))).map_err(PoolError::Isolation)?;
+        let mut conn = self.ctx.connect(config).await?;
+        if let Err(why) = self.strategy.check_app_role(&mut conn).await {
+            let why = format!("TENANCY_DATABASE_URL on {}: {why}", server.as_str());
+            tracing::error!(server = server.as_str(), error = %why, "tenants of this server are not served");
+            return Err(PoolError::Isolation(why));
+        }
+        self.unchecked_servers().remove(server);
+        tracing::info!(
+            server = server.as_str(),
+            "the application role is checked on this server"
+        );
+        Ok(())
     }
 {%- endif %}
 
@@ -400,10 +442,19 @@ impl Tenancy {
         let conn = self
             .pool
             .get(tenant.id, route.home, route.scope.as_ref(), limits, || {
-                self.strategy.connect_config(&self.ctx, tenant)
+                self.connect_config(tenant)
             })
             .await?;
         Ok(TenantConnection::new(conn, request))
+    }
+
+    /// The settings of a new connection for `tenant`{% if placement %}, once the application role is
+    /// checked on its server{% endif %}.
+    async fn connect_config(&self, tenant: &Tenant) -> Result<PgConfig, PoolError> {
+{%- if placement %}
+        self.check_server_of(tenant).await?;
+{%- endif %}
+        self.strategy.connect_config(&self.ctx, tenant).await
     }
 
     /// Whether tenant changes are polled rather than heard (a transaction pooler and no

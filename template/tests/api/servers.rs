@@ -365,3 +365,38 @@ async fn a_service_refuses_an_application_role_that_is_a_superuser_on_another_se
     // unchecked.
     svc::startup::prepare(&app.settings).await.unwrap();
 }
+
+#[actix_web::test]
+async fn an_application_role_start_up_could_not_check_is_checked_before_its_first_connection_there()
+{
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    let acme = create_on(&app, "acme", &other.address).await.unwrap();
+    let role = &app.db.app_role;
+    let alter = |change: &'static str| {
+        let sql = format!("ALTER ROLE \"{role}\" {change}");
+        let url = other.admin_url.clone();
+        async move { crate::helpers::server_exec_on(&url, &sql).await }
+    };
+    // The server does not let the role in while the service starts: it starts, the role
+    // unchecked there. Then the role is let in, a superuser there.
+    alter("NOLOGIN").await;
+    let started = svc::startup::prepare(&app.settings).await;
+    alter("LOGIN SUPERUSER").await;
+    let tenancy = started.unwrap();
+    let refused = tenancy.tenant_connection(&acme).await.map(drop);
+    let again = tenancy.tenant_connection(&acme).await.map(drop);
+    alter("NOSUPERUSER").await;
+    for refused in [refused, again] {
+        match refused {
+            Err(svc::db::pool::PoolError::Isolation(why)) => {
+                let there = format!("on {}:", other.address);
+                assert!(why.contains(&there) && why.contains("superuser"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Back to what it should be, its tenants there are served.
+    tenancy.tenant_connection(&acme).await.unwrap();
+}
