@@ -22,6 +22,7 @@ use crate::tenancy::isolation::moving::{
     forget_move, lock_against_writes, quote_literal, record_move, resumed, switch,
 };
 use crate::tenancy::isolation::{Context, server_name};
+use crate::tenancy::registry;
 
 /// The policies that seal an old copy's tables, and the function they call: a permissive
 /// one (no row passes without it) and a restrictive one (none passes without it either,
@@ -103,7 +104,12 @@ impl Relocate for SchemaStrategy {
         if let Some(under_way) = moving::find_move(&mut control, tenant, storage.clone()).await? {
             return resumed(under_way, tenant, to);
         }
-        let from = tenant.server.as_ref();
+        // Where the registry says it is now (`tenant` may be a cache's older copy).
+        let now = registry::find_by_identifier(&mut control, &tenant.identifier).await?;
+        let now = now.filter(|now| now.id == tenant.id).ok_or_else(|| {
+            PlaceError::Conflict(format!("tenant '{}' is gone", tenant.identifier))
+        })?;
+        let from = now.server.as_ref();
         check_elsewhere(tenant, from, to)?;
         // A schema of that name there may be this very one under another address, or a
         // stranger's: never written into, never dropped.
