@@ -3,7 +3,7 @@
 //!
 //! The tenants of a server share its connections, so a move cannot end the application
 //! role's sessions there as a database's move does: the old schema is sealed instead.
-//! Each of its tables gets a row-level security policy that fails every read and write
+//! Each of its tables gets row-level security policies that fail every read and write
 //! with "tenant moved to another server", which the service answers 503 (retry): a
 //! replica that has not heard of the move yet is refused, never served the old copy,
 //! and a write that waited on the move's lock fails once the lock is let go.
@@ -237,8 +237,9 @@ impl Relocate for SchemaStrategy {
 }
 
 /// Seals `schema` (on `owner`, in its transaction): every table gets the policies that
-/// fail each read and write of it, for every role but a superuser. Safe to repeat;
-/// nothing when the schema is gone.
+/// fail each read and write of it, for every role but a superuser. Compared with `ctid`,
+/// the (stable) function is called when a scan starts, so a read of an empty table fails
+/// too. Safe to repeat; nothing when the schema is gone.
 async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
     let quoted = schema.quoted();
     let exists = owner
@@ -252,8 +253,8 @@ async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> 
         return Ok(());
     }
     let mut sql = vec![format!(
-        "CREATE OR REPLACE FUNCTION {quoted}.{SEAL_FUNCTION}() RETURNS boolean \
-         LANGUAGE plpgsql VOLATILE AS $seal$ BEGIN \
+        "CREATE OR REPLACE FUNCTION {quoted}.{SEAL_FUNCTION}() RETURNS tid \
+         LANGUAGE plpgsql STABLE AS $seal$ BEGIN \
          RAISE EXCEPTION 'tenant moved to another server' \
          USING HINT = 'the registry names its new server: retry'; END $seal$"
     )];
@@ -266,7 +267,8 @@ async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> 
             sql.push(format!("DROP POLICY IF EXISTS {policy} ON {table}"));
             sql.push(format!(
                 "CREATE POLICY {policy} ON {table} AS {kind} \
-                 USING ({quoted}.{SEAL_FUNCTION}()) WITH CHECK ({quoted}.{SEAL_FUNCTION}())"
+                 USING (ctid = {quoted}.{SEAL_FUNCTION}()) \
+                 WITH CHECK (ctid = {quoted}.{SEAL_FUNCTION}())"
             ));
         }
         sql.push(format!(
