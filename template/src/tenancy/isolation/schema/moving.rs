@@ -114,14 +114,7 @@ impl Relocate for SchemaStrategy {
         // A schema of that name there may be this very one under another address, or a
         // stranger's: never written into, never dropped.
         let there = self.owner_client(ctx, to).await?;
-        let found = there
-            .query(
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-                &[&storage.as_str()],
-            )
-            .await
-            .map_err(copy_failed)?;
-        if !found.is_empty() {
+        if schema_exists(&there, &storage).await? {
             return Err(PlaceError::Conflict(format!(
                 "{} already has a schema {}: it may be this tenant's under another address, \
                  or another's; drop it or choose another server",
@@ -242,14 +235,7 @@ impl Relocate for SchemaStrategy {
 /// too. Safe to repeat; nothing when the schema is gone.
 async fn seal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
     let quoted = schema.quoted();
-    let exists = owner
-        .query(
-            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            &[&schema.as_str()],
-        )
-        .await
-        .map_err(copy_failed)?;
-    if exists.is_empty() {
+    if !schema_exists(owner, schema).await? {
         return Ok(());
     }
     let mut sql = vec![format!(
@@ -324,4 +310,16 @@ async fn unseal(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError
 async fn drop_schema(owner: &Client, schema: &SqlIdentifier) -> Result<(), PlaceError> {
     let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted());
     owner.batch_execute(&drop).await.map_err(copy_failed)
+}
+
+/// Whether `schema` is in the database `owner` is connected to.
+async fn schema_exists(owner: &Client, schema: &SqlIdentifier) -> Result<bool, PlaceError> {
+    let found = owner
+        .query(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            &[&schema.as_str()],
+        )
+        .await
+        .map_err(copy_failed)?;
+    Ok(!found.is_empty())
 }
