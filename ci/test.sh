@@ -113,16 +113,16 @@ lock_fits() { # project
 }
 
 # What the fuzzer has covered so far: ci/fuzz.sh runs once per resolution, on the first
-# matrix line that has it, and on the first line whose admin API places tenants on
-# servers and moves them (database, hybrid: its `server` and `to` fields) unless a run
-# covered one already.
+# matrix line that has it, and on the first line with an admin API (which places tenants
+# on servers and moves them: its `server` and `to` fields) unless a run covered one
+# already.
 fuzzed=" "
 
 check_combination() {
   local project fuzz=: resolution placement=
   resolution=$(grep -oE 'resolution=[a-z]+' <<<"$1")
   resolution=${resolution#resolution=}
-  if [[ "$1" == *admin_api=true* && "$1" =~ isolation=(database|hybrid) ]]; then
+  if [[ "$1" == *admin_api=true* ]]; then
     placement=placement
   fi
   if [[ "$fuzzed" != *" $resolution "* ]] ||

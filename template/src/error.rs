@@ -415,8 +415,8 @@ fn is_outage(message: &str) -> bool {
         "query_wait_timeout",
         "server login has been failing",
         "pgbouncer cannot connect to server",
-{%- if isolation == "schema" %}
-        // A tenant's old schema once it moved to another server (its move seals it): a
+{%- if isolation == "schema" or isolation == "rls" %}
+        // A tenant's old place once it moved to another server (its move seals it): a
         // request sent before this replica heard of the move.
         "tenant moved to another server",
 {%- endif %}

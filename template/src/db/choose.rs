@@ -23,7 +23,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Home {
     Shared,
-{%- if isolation == "schema" or isolation == "hybrid" %}
+{%- if isolation != "database" %}
     /// The shared connections to another server (its place in `TENANCY_DATABASE_SERVERS`).
     Server(u16),
 {%- endif %}

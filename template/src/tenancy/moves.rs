@@ -163,7 +163,7 @@ impl Tenancy {
             }
             progress(format!("switched: served from {to_name}"));
         }
-        if let Err(error) = strategy.close_old(ctx, &moving).await {
+        if let Err(error) = strategy.close_old(ctx, &tenant, &moving).await {
             return Err(self.not_finished(&tenant, &moving, error));
         }
         self.close_connections_of(&tenant);

@@ -1,4 +1,4 @@
-//! Moving a tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %} to another server (`tenant move`): under writes from two
+//! Moving a tenant's {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %} to another server (`tenant move`): under writes from two
 //! replicas, no acknowledged write is lost and no answer holds another tenant's row;
 //! both replicas serve the new place within a second of the move's end; a move killed
 //! at each of its steps is resumed by running it again.
@@ -21,13 +21,18 @@ use svc::tenancy::lifecycle::{LifecycleError, Touch};
 /// Where `identifier`'s notes are on the other server (`far`) or on the main one: the URL
 /// of their database (as the owner) and their table.
 fn notes_at(app: &TestApp, other: &OtherServer, identifier: &str, far: bool) -> (String, String) {
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
     let url = if far {
         format!("{}/{}", other.base_url, other.database)
     } else {
         app.db.url.clone()
     };
+{%- endif %}
+{%- if isolation == "schema" %}
     (url, format!("\"tenant_{identifier}\".notes"))
+{%- elsif isolation == "rls" %}
+    let _ = identifier;
+    (url, "tenancy_data.notes".to_owned())
 {%- else %}
     let database = format!("{}{identifier}", app.db.tenant_database_prefix);
     let url = if far {
@@ -43,7 +48,12 @@ fn notes_at(app: &TestApp, other: &OtherServer, identifier: &str, far: bool) -> 
 /// the main one.
 async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: bool) -> Vec<String> {
     let (url, table) = notes_at(app, other, tenant.identifier.as_str(), far);
-    query_url(&url, &format!("SELECT title FROM {table}"))
+{%- if isolation == "rls" %}
+    let sql = format!("SELECT title FROM {table} WHERE tenant_id = '{}'", tenant.id);
+{%- else %}
+    let sql = format!("SELECT title FROM {table}");
+{%- endif %}
+    query_url(&url, &sql)
         .await
         .unwrap()
         .into_iter()
@@ -51,12 +61,16 @@ async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: boo
         .collect()
 }
 
-/// Whether a copy of `identifier`'s data (its {% if isolation == "schema" %}schema{% else %}database{% endif %}) is on the other server (`far`)
+/// Whether a copy of `identifier`'s data (its {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows: notes titled `<identifier>-...`, as every note of these tests is{% else %}database{% endif %}) is on the other server (`far`)
 /// or on the main one.
 async fn has_copy(app: &TestApp, other: &OtherServer, far: bool, identifier: &str) -> bool {
 {%- if isolation == "schema" %}
     let (url, _) = notes_at(app, other, identifier, far);
     let sql = format!("SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_{identifier}'");
+    !query_url(&url, &sql).await.unwrap().is_empty()
+{%- elsif isolation == "rls" %}
+    let (url, table) = notes_at(app, other, identifier, far);
+    let sql = format!("SELECT 1 FROM {table} WHERE starts_with(title, '{identifier}-')");
     !query_url(&url, &sql).await.unwrap().is_empty()
 {%- else %}
     let name = format!("{}{identifier}", app.db.tenant_database_prefix);
@@ -74,6 +88,12 @@ async fn drop_old_copy(app: &TestApp, identifier: &str) {
 {%- if isolation == "schema" %}
     app.db
         .query(&format!("DROP SCHEMA \"tenant_{identifier}\" CASCADE"))
+        .await;
+{%- elsif isolation == "rls" %}
+    app.db
+        .query(&format!(
+            "DELETE FROM tenancy_data.notes WHERE starts_with(title, '{identifier}-')"
+        ))
         .await;
 {%- else %}
     let name = format!("{}{identifier}", app.db.tenant_database_prefix);
@@ -119,7 +139,7 @@ async fn a_tenant_moved_behind_a_pooler_on_each_server_keeps_every_acknowledged_
     move_under_writes(&a, &other).await;
     // The application role reached the new place through that server's pooler, and only
     // through it: once the pooler is gone, the tenant is not served, its neighbour is.
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
     let database = other.database.clone();
 {%- else %}
     let database = format!("{}acme", a.db.tenant_database_prefix);
@@ -330,7 +350,7 @@ async fn move_step(app: &TestApp, tenant: &Tenant) -> Option<String> {
 /// The server the registry names for `tenant` (`None`: the default one){% if tenant_databases %}: its database's
 /// record, which the tenant's own row (what the API shows) always follows{% endif %}.
 async fn recorded_server(app: &TestApp, tenant: &Tenant) -> Option<String> {
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
     let sql = format!(
         "SELECT server FROM tenancy.tenants WHERE id = '{}'",
         tenant.id
@@ -491,7 +511,7 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     );
     // The old copy is still there, and nothing of the service's can write it.
     assert!(has_copy(&app, &other, false, "acme").await);
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
     let old = app.db.app_url.clone();
     let refused = "tenant moved to another server";
 {%- else %}
@@ -500,7 +520,13 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     let refused = "permission denied";
 {%- endif %}
     let (_, table) = notes_at(&app, &other, "acme", false);
+{%- if isolation == "rls" %}
+    // As acme's requests are scoped there.
+    let scope = format!("SELECT set_config('app.tenant_id', '{}', false); ", acme.id);
+    let write = format!("{scope}INSERT INTO {table} (title) VALUES ('acme-late')");
+{%- else %}
     let write = format!("INSERT INTO {table} (title) VALUES ('acme-late')");
+{%- endif %}
     let error = format!("{:?}", query_url(&old, &write).await.unwrap_err());
     assert!(error.contains(refused), "{error}");
 {%- if isolation == "schema" %}
@@ -509,6 +535,16 @@ async fn a_move_killed_after_its_switch_is_served_from_the_new_place_and_finishe
     let read = format!("SELECT count(*) FROM {table}");
     let error = format!("{:?}", query_url(&old, &read).await.unwrap_err());
     assert!(error.contains(refused), "{error}");
+{%- elsif isolation == "rls" %}
+    // Nor read them, by the primary key or by the whole table.
+    for read in ["SELECT count(*) FROM", "SELECT title FROM"] {
+        let sql = format!("{scope}{read} {table} WHERE tenant_id = '{}'", acme.id);
+        let error = format!("{:?}", query_url(&old, &sql).await.unwrap_err());
+        assert!(error.contains(refused), "{error}");
+        let sql = format!("{scope}{read} {table}");
+        let error = format!("{:?}", query_url(&old, &sql).await.unwrap_err());
+        assert!(error.contains(refused), "{error}");
+    }
 {%- endif %}
     let body = within_a_second!(service, get "/api/notes?limit=100", StatusCode::OK);
     assert_eq!(body.as_array().unwrap().len(), 30);
@@ -550,7 +586,7 @@ async fn a_move_given_up_after_sealing_its_old_copy_leaves_the_tenant_served_whe
     app.db
         .query(&format!(
             "UPDATE tenancy.tenant_moves SET step = 'copying' WHERE tenant_id = '{id}'; \
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
              UPDATE tenancy.tenants SET server = NULL WHERE id = '{id}'",
 {%- else %}
              UPDATE tenancy.tenant_databases SET server = NULL WHERE tenant_id = '{id}'",
@@ -592,6 +628,15 @@ async fn a_move_given_up_after_sealing_its_old_copy_leaves_the_tenant_served_whe
         )
         .await;
     assert_eq!(left, vec![vec![Some("notes false 0".to_string())]]);
+{%- elsif isolation == "rls" %}
+    // The seal is lifted where it stays, and kept where it did not go.
+    let sealed = format!(
+        "SELECT 1 FROM tenancy.moved_away WHERE moved_tenant = '{}'",
+        acme.id
+    );
+    assert!(app.db.query(&sealed).await.is_empty());
+    let far = format!("{}/{}", other.base_url, other.database);
+    assert_eq!(query_url(&far, &sealed).await.unwrap().len(), 1);
 {%- endif %}
 }
 
@@ -649,7 +694,12 @@ async fn a_tenant_is_neither_deleted_nor_destroyed_while_a_move_holds_it_in_two_
         .await
         .unwrap_err();
     assert!(refused_mid_move(&refused, "then destroy it"), "{refused}");
+{%- if isolation == "rls" %}
+    // Its rows go over at the switch, in one transaction: none there yet.
+    assert!(!has_copy(&app, &other, true, "acme").await);
+{%- else %}
     assert!(has_copy(&app, &other, true, "acme").await);
+{%- endif %}
     move_to_the_other_server(&app, &other, "acme");
     until(&app, "acme", |t| t.maintenance == Maintenance::Off).await;
     app.tenancy

@@ -1,13 +1,17 @@
 //! Row-Level Security as PostgreSQL enforces it, checked on raw connections of the
 //! application role: an unset tenant sees and writes nothing, a tenant cannot reach
-//! another tenant's rows by naming its id, and the role cannot switch RLS off.
+//! another tenant's rows by naming its id, and the role cannot switch RLS off. Tenants
+//! placed on another server are served from its shared tables.
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, operator, query_url, spawn_app};
+use crate::servers::{OtherServer, create_on, spawn_behind_poolers, spawn_with_other_server};
 use actix_web::http::StatusCode;
 use serde_json::json;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use svc::domain::Tenant;
+use svc::domain::{Isolation, ServerAddress, Tenant, TenantIdentifier, TenantStatus};
+use svc::tenancy::lifecycle::{LifecycleError, Touch};
+use svc::tenancy::registry;
 
 /// A raw session of the application role on the shared tables, with no tenant set.
 async fn app_session(app: &TestApp) -> Client {
@@ -347,4 +351,192 @@ async fn every_shared_table_is_ready_to_be_distributed_by_tenant() {
             tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
         ))
     );
+}
+
+/// The titles of `tenant`'s notes in the shared tables of the other server.
+async fn titles_on(other: &OtherServer, tenant: &Tenant) -> Vec<String> {
+    let url = format!("{}/{}", other.base_url, other.database);
+    let sql = format!(
+        "SELECT title FROM tenancy_data.notes WHERE tenant_id = '{}' ORDER BY 1",
+        tenant.id
+    );
+    let rows = query_url(&url, &sql).await.unwrap();
+    rows.into_iter().filter_map(|row| row[0].clone()).collect()
+}
+
+#[actix_web::test]
+async fn a_tenant_placed_on_another_server_is_provisioned_served_and_destroyed_there() {
+    let Some((app, other)) = spawn_with_other_server().await else {
+        return;
+    };
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let far = create_on(&app, "far", &other.address).await.unwrap();
+    let near = app.create_tenant("near").await;
+    assert_eq!(
+        (far.status, far.server.as_ref()),
+        (TenantStatus::Active, Some(&server))
+    );
+    assert_eq!(near.server, None);
+
+    // Both are served by the one service, each from the shared tables of its own server:
+    // every row of every answer is the tenant's own.
+    let service = service!(app);
+    for name in ["far", "near"] {
+        for n in 0..3 {
+            let title = format!("{name}-{n}");
+            let (status, body) =
+                call!(service, post "/api/notes", tenant = name, json = json!({"title": title}));
+            assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+        }
+    }
+    for name in ["far", "near"] {
+        let (status, body) = call!(service, get "/api/notes", tenant = name);
+        assert_eq!(status, StatusCode::OK);
+        let mut titles: Vec<&str> = (body.as_array().unwrap().iter())
+            .map(|note| note["title"].as_str().unwrap())
+            .collect();
+        titles.sort_unstable();
+        assert_eq!(
+            titles,
+            [0, 1, 2].map(|n| format!("{name}-{n}")),
+            "{name}: {body}"
+        );
+    }
+    // Each tenant's rows are on its server, and only there.
+    assert_eq!(titles_on(&other, &far).await, ["far-0", "far-1", "far-2"]);
+    assert!(titles_on(&other, &near).await.is_empty());
+    let here = |tenant: &Tenant| {
+        format!(
+            "SELECT title FROM tenancy_data.notes WHERE tenant_id = '{}'",
+            tenant.id
+        )
+    };
+    assert_eq!(app.db.query(&here(&near)).await.len(), 3);
+    assert!(app.db.query(&here(&far)).await.is_empty());
+    // The service reaches the other server as the application role.
+    let sql = format!(
+        "SELECT 1 FROM pg_stat_activity WHERE usename = '{}' AND datname = '{}'",
+        app.db.app_role, other.database
+    );
+    assert!(!query_url(&other.admin_url, &sql).await.unwrap().is_empty());
+
+    // `migrate` reads each server: nothing is pending, on either; shared tables on the
+    // other server that lack a migration are seen there, for its tenant.
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    assert_eq!((plan.tenants, plan.pending.len()), (2, 0), "{plan:?}");
+    let url = format!("{}/{}", other.base_url, other.database);
+    let forget = "DELETE FROM tenancy_data.__diesel_schema_migrations \
+                  WHERE version = (SELECT max(version) FROM tenancy_data.__diesel_schema_migrations)";
+    query_url(&url, forget).await.unwrap();
+    let plan = app.tenancy.plan_migrations().await.unwrap();
+    let pending: Vec<&str> = plan.pending.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(pending, ["far"], "{plan:?}");
+    // A server that is not listed is refused before anything is recorded.
+    let refused = create_on(&app, "lost", "nowhere.invalid").await;
+    assert!(
+        matches!(&refused, Err(LifecycleError::Invalid(why)) if why.contains("TENANCY_DATABASE_SERVERS")),
+        "{refused:?}"
+    );
+
+    // Destroy deletes its rows on its server; the other tenant keeps its own.
+    app.tenancy
+        .delete_tenant(&operator(), &far.identifier)
+        .await
+        .unwrap();
+    let (_, plan) = app.tenancy.destroy_plan(&far.identifier).await.unwrap();
+    let rows: Vec<(&str, i64)> = (plan.tables.iter())
+        .map(|t| (t.table.as_str(), t.rows))
+        .collect();
+    assert_eq!(rows, [("notes", 3)], "{plan:?}");
+    app.tenancy
+        .destroy_tenant(&operator(), &far.identifier, "far")
+        .await
+        .unwrap();
+    assert!(titles_on(&other, &far).await.is_empty());
+    assert_eq!(app.db.query(&here(&near)).await.len(), 3);
+}
+
+#[actix_web::test]
+async fn new_tenants_go_to_the_server_with_the_fewest_and_migrate_completes_one_left_registered() {
+    let db = crate::helpers::TestDatabase::create().await;
+    let Some(other) = OtherServer::start(&db).await else {
+        return;
+    };
+    let app =
+        crate::helpers::spawn_app_on(db, &[("TENANCY_DATABASE_SERVERS", &other.address)]).await;
+    // A tie goes to the default server; then each goes where fewer are.
+    let mut placed = Vec::new();
+    for name in ["t1", "t2", "t3", "t4"] {
+        placed.push(app.create_tenant(name).await.server.map(String::from));
+    }
+    let there = Some(other.address.clone());
+    assert_eq!(placed, [None, there.clone(), None, there.clone()]);
+
+    // A tenant registered for the other server and never provisioned there (a process
+    // without the owner's URL, or a crash) is completed by `migrate`.
+    let half = TenantIdentifier::parse("half").unwrap();
+    let server = ServerAddress::parse(&other.address).unwrap();
+    let mut conn = app.tenancy.control.get().await.unwrap();
+    let registered = registry::insert_or_get(
+        &mut conn,
+        &half,
+        "Half",
+        Isolation::Rls,
+        &json!({}),
+        Some(&server),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(registered.status, TenantStatus::Provisioning);
+    let report = app
+        .tenancy
+        .migrate_all(&operator(), 2, Touch::Pending, |_| {})
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    let now = app.tenancy.get_tenant(&half).await.unwrap();
+    assert_eq!(now.status, TenantStatus::Active);
+    let service = service!(app);
+    let (status, body) =
+        call!(service, post "/api/notes", tenant = "half", json = json!({"title": "half-0"}));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(titles_on(&other, &now).await, ["half-0"]);
+
+    // `/health` says how many tenants each server holds.
+    let request = actix_web::test::TestRequest::get()
+        .uri("/health")
+        .to_request();
+    let health: serde_json::Value =
+        actix_web::test::call_and_read_body_json(&service, request).await;
+    let servers = &health["checks"]["servers"];
+    assert_eq!(servers[0]["tenants"], 2, "{health}");
+    assert_eq!(servers[1]["server"], json!(other.address), "{health}");
+    assert_eq!(servers[1]["tenants"], 3, "{health}");
+}
+
+#[actix_web::test]
+async fn tenants_on_two_servers_each_behind_a_transaction_pooler_stay_isolated() {
+    let Some((app, other, [near, far])) = spawn_behind_poolers("fewest").await else {
+        return;
+    };
+    // Placed in turn on each server, each reached through its own pooler: every row of
+    // every answer is checked.
+    crate::isolation::concurrent_tenants_never_see_each_other(&app, 10, 10).await;
+    let tenants = app.tenancy.list_tenants().await.unwrap();
+    let there: Vec<&Tenant> = (tenants.iter())
+        .filter(|t| t.server.as_ref().map(|s| s.as_str()) == Some(other.address.as_str()))
+        .collect();
+    assert_eq!((tenants.len(), there.len()), (10, 5));
+    for tenant in there {
+        assert!(!titles_on(&other, tenant).await.is_empty(), "{tenant:?}");
+    }
+    // The application role went through each server's pooler.
+    for (pooler, database) in [(&near, &app.db.name), (&far, &other.database)] {
+        assert!(
+            pooler.databases_logged_in().contains(database),
+            "{database}: {:?}",
+            pooler.databases_logged_in()
+        );
+    }
 }

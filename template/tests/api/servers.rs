@@ -8,7 +8,7 @@ use crate::pgbouncer::PgBouncer;
 /// The second PostgreSQL server of the placement and move tests: `TENANCY_TEST_OTHER_SERVER`
 /// (host:port; ci/ starts one for the whole run), else a throwaway server of the test's
 /// own (see [`Cluster`]), reached as the test server's user. The test's app role is
-/// created there (roles belong to a server){% if isolation == "schema" %}, and the test's database (tenant schemas go in the
+/// created there (roles belong to a server){% if isolation == "schema" or isolation == "rls" %}, and the test's database (tenant {% if isolation == "schema" %}schemas{% else %}rows{% endif %} go in the
 /// database of the same name){% endif %}; everything is dropped at the end.
 pub(crate) struct OtherServer {
     pub(crate) address: String,
@@ -18,7 +18,7 @@ pub(crate) struct OtherServer {
     pub(crate) admin_url: String,
     role: String,
     prefix: String,
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
     /// The test's database there.
     pub(crate) database: String,
 {%- endif %}
@@ -62,7 +62,7 @@ impl OtherServer {
         )
         .await
         .unwrap_or_else(|e| panic!("cannot prepare the second server {address}: {e}"));
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
         let create = format!("CREATE DATABASE \"{}\"", db.name);
         query_url(&admin_url, &create).await.unwrap();
 {%- endif %}
@@ -72,7 +72,7 @@ impl OtherServer {
             admin_url,
             role: db.app_role.clone(),
             prefix: db.tenant_database_prefix.clone(),
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
             database: db.name.clone(),
 {%- endif %}
             own,
@@ -94,7 +94,7 @@ impl Drop for OtherServer {
             crate::helpers::clean_up(
                 self.admin_url.clone(),
                 self.prefix.clone(),
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
                 Some(self.database.clone()),
 {%- else %}
                 None,
@@ -219,6 +219,8 @@ async fn a_tenant_on_a_server_that_does_not_answer_is_reported_and_the_others_mi
         "Lost",
 {%- if isolation == "schema" %}
         svc::domain::Isolation::Schema,
+{%- elsif isolation == "rls" %}
+        svc::domain::Isolation::Rls,
 {%- else %}
         svc::domain::Isolation::Database,
 {%- endif %}

@@ -116,6 +116,30 @@ pub(crate) async fn begin_locked(
     }
 }
 
+/// Streams the rows `query` answers on `source` into `into` (a table and its columns) on
+/// `target`, with `COPY ... (FORMAT binary)`; the rows copied.
+pub(crate) async fn stream_rows(
+    (source, query): (&Client, &str),
+    target: &Client,
+    into: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let out = source
+        .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+        .await?;
+    let sink = target
+        .copy_in(&format!("COPY {into} FROM STDIN (FORMAT binary)"))
+        .await?;
+    let mut out = std::pin::pin!(out);
+    let mut sink = std::pin::pin!(sink);
+    // `feed`, not `send`: the sink gathers rows into messages of a few kilobytes, where a
+    // flush after every row would write each to the socket alone.
+    while let Some(chunk) = out.try_next().await? {
+        sink.feed(chunk).await?;
+    }
+    sink.as_mut().finish().await
+}
+{%- if isolation != "rls" %}
+
 /// Copies every table of schema `schema` of `source` into the table of the same name
 /// in `target`'s schema `into` (as SQL: `public`, or a quoted `SchemaName`; empty tables
 /// of the same definition), then sets `target`'s sequences where `source`'s are. Run
@@ -136,28 +160,13 @@ pub async fn copy_tables(
             .await
             .map_err(failed)?
             .get(0);
-        let out = source
-            .copy_out(&format!(
-                "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
-                table.quoted
-            ))
-            .await
-            .map_err(failed)?;
-        let sink = target
-            .copy_in(&format!(
-                "COPY {into}.{} ({columns}) FROM STDIN (FORMAT binary)",
-                table.ident
-            ))
-            .await
-            .map_err(failed)?;
-        let mut out = std::pin::pin!(out);
-        let mut sink = std::pin::pin!(sink);
-        // `feed`, not `send`: the sink gathers rows into messages of a few kilobytes,
-        // where a flush after every row would write each to the socket alone.
-        while let Some(chunk) = out.try_next().await.map_err(failed)? {
-            sink.feed(chunk).await.map_err(failed)?;
-        }
-        let rows = sink.as_mut().finish().await.map_err(failed)?;
+        let rows = stream_rows(
+            (source, &format!("SELECT {columns} FROM {}", table.quoted)),
+            target,
+            &format!("{into}.{} ({columns})", table.ident),
+        )
+        .await
+        .map_err(failed)?;
         if i64::try_from(rows).ok() != Some(expected) {
             return Err(format!(
                 "table {}: {expected} rows in the source, {rows} copied",
@@ -186,3 +195,4 @@ pub async fn copy_tables(
     }
     Ok(copied)
 }
+{%- endif %}

@@ -148,7 +148,7 @@ impl Strategy for HybridStrategy {
         Self {
             // Its `schema` tier is on the default server.
             schema: SchemaStrategy::new(&Default::default(), database),
-            rls: RlsStrategy::new(&(), database),
+            rls: RlsStrategy::new(&Default::default(), database),
             database: DatabaseStrategy::new(&settings.database, database),
             default_isolation: settings.default_isolation,
         }

@@ -89,6 +89,7 @@ pub trait Relocate {
     fn close_old(
         &self,
         ctx: &Context,
+        tenant: &Tenant,
         moving: &Move,
     ) -> impl Future<Output = Result<(), PlaceError>>;
 
@@ -118,18 +119,14 @@ pub struct Move {
     pub to: Option<ServerAddress>,
     /// Whether the registry names `to` already (what is left: dropping the old copy).
     pub switched: bool,
-    /// The tenant's schema or database, of the same name on both servers.
+    /// The tenant's schema or database, of the same name on both servers (the shared
+    /// tables' schema for its rows).
     pub(crate) storage: SqlIdentifier,
     /// When the move started, as PostgreSQL wrote it (it names the move's copy).
     started: String,
 }
 
 impl Move {
-    /// The comment on the move's copy: a resumed move drops only a copy it made.
-    pub(crate) fn marker(&self) -> String {
-        format!("tenant move started {}", self.started)
-    }
-
     /// What the move left unfinished, in words.
     pub(crate) fn unfinished(&self) -> String {
         format!(
@@ -137,6 +134,13 @@ impl Move {
             server_name(self.to.as_ref())
         )
     }
+{%- if isolation != "rls" %}
+
+    /// The comment on the move's copy: a resumed move drops only a copy it made.
+    pub(crate) fn marker(&self) -> String {
+        format!("tenant move started {}", self.started)
+    }
+{%- endif %}
 }
 
 #[derive(diesel::QueryableByName)]
@@ -329,7 +333,10 @@ pub(crate) fn copy_failed(error: tokio_postgres::Error) -> PlaceError {
     PlaceError::Copy(error.to_string())
 }
 
+{%- if isolation != "rls" %}
+
 /// `value` as an SQL string literal (for what takes no bind parameter: `COMMENT`).
 pub(crate) fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
+{%- endif %}

@@ -232,7 +232,7 @@ impl Servers {
             server.as_str()
         ))
     }
-{%- if isolation == "schema" or isolation == "hybrid" %}
+{%- if isolation != "database" %}
 
     /// `server`'s place in `TENANCY_DATABASE_SERVERS` (what tells the pool's connections
     /// to each server apart).

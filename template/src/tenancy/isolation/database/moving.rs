@@ -221,7 +221,12 @@ impl Relocate for DatabaseStrategy {
 
     /// The application role may no longer connect to the old copy, and its sessions there
     /// (opened before the switch) end.
-    async fn close_old(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
+    async fn close_old(
+        &self,
+        ctx: &Context,
+        _tenant: &Tenant,
+        moving: &Move,
+    ) -> Result<(), PlaceError> {
         let name = &moving.storage;
         let old = self
             .servers

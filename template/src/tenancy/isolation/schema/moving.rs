@@ -197,7 +197,12 @@ impl Relocate for SchemaStrategy {
 
     /// The old schema was sealed before the switch: sealed again (a resumed move may find
     /// a copy that an operator opened).
-    async fn close_old(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
+    async fn close_old(
+        &self,
+        ctx: &Context,
+        _tenant: &Tenant,
+        moving: &Move,
+    ) -> Result<(), PlaceError> {
         let there = self.owner_client(ctx, moving.from.as_ref()).await?;
         there.batch_execute("BEGIN").await.map_err(copy_failed)?;
         seal(&there, &moving.storage).await?;
