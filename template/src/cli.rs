@@ -147,7 +147,7 @@ pub enum TenantCommand {
         isolation: Option<String>,
     },
 {%- elsif placement %}
-    /// Move a tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %} to another server (read-only meanwhile), or resume its
+    /// Move a tenant's {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %} to another server (read-only meanwhile), or resume its
     /// interrupted move: run the same command again.
     Move {
         identifier: String,

@@ -15,7 +15,7 @@
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
 {%- if placement %}
-//! | POST | /admin/tenants/{identifier}/move | move its {% if isolation == "schema" %}schema{% else %}database{% endif %} `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up or down (`isolation`){% endif %} (read-only meanwhile; answers when done) |
+//! | POST | /admin/tenants/{identifier}/move | move its {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %} `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up or down (`isolation`){% endif %} (read-only meanwhile; answers when done) |
 {%- endif %}
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
 //! | GET | /admin/tenants/{identifier}/jobs | background jobs, newest first (`?state=`, `?limit=`, `?before=<id>`) |
@@ -338,7 +338,7 @@ pub(crate) struct MoveTo {
 {%- endif %}
 }
 
-/// Moves the tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %} to another server{% if isolation == "hybrid" %}, or its data one tier up or
+/// Moves the tenant's {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %} to another server{% if isolation == "hybrid" %}, or its data one tier up or
 /// down (`isolation`),{% endif %} or resumes its interrupted move: read-only meanwhile, answered
 /// when it is done.
 #[utoipa::path(
@@ -349,7 +349,7 @@ pub(crate) struct MoveTo {
     request_body = MoveTo,
     responses(
         (status = 200, description = "Moved: what was copied, and how long the tenant was read-only", body = crate::tenancy::moves::Moved),
-        (status = 409, description = "Already there{% if isolation == "hybrid" %} (or a tier not one step away){% endif %}, another move under way, a {% if isolation == "schema" %}schema{% else %}database{% endif %} of that name on the target, or the tenant's tables held by a transaction that did not end in time (nothing changed: try again)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already there{% if isolation == "hybrid" %} (or a tier not one step away){% endif %}, another move under way, {% if isolation == "schema" %}a schema of that name{% elsif isolation == "rls" %}rows of the tenant, or shared tables that cannot seal it,{% else %}a database of that name{% endif %} on the target, or the tenant's tables held by a transaction that did not end in time (nothing changed: try again)", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]

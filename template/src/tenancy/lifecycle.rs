@@ -113,7 +113,7 @@ pub struct NewTenant {
     pub metadata: serde_json::Value,
 {%- if placement %}
     /// The PostgreSQL server (`host[:port]`, one of `TENANCY_DATABASE_SERVERS`) of the
-    /// tenant's {% if isolation == "schema" %}schema{% else %}database{% endif %}; default: as `TENANCY_DATABASE_PLACEMENT` says.
+    /// tenant's {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %}; default: as `TENANCY_DATABASE_PLACEMENT` says.
     #[serde(default)]
     #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$", max_length = 253)]
     pub server: Option<super::isolation::ServerAddress>,

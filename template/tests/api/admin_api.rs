@@ -412,11 +412,11 @@ async fn a_service_without_the_owners_url_creates_and_destroys_tenants() {
         .assert_the_owner_is_refused_as_app_role("is a superuser")
         .await;
 }
-{%- if isolation == "schema" %}
+{%- if isolation == "schema" or isolation == "rls" %}
 
 /// The same service with another server listed: a tenant the placement policy puts there
-/// is registered (202) and created by the next `migrate`; naming a server, or destroying
-/// a tenant there, is refused with what does it.
+/// is registered (202) and created by the next `migrate`; naming a server{% if isolation == "schema" %}, or destroying
+/// a tenant there,{% endif %} is refused with what does it.
 #[actix_web::test]
 async fn a_service_without_the_owners_url_leaves_tenants_of_other_servers_to_migrate() {
     let db = crate::helpers::TestDatabase::create().await;
@@ -437,7 +437,7 @@ async fn a_service_without_the_owners_url_leaves_tenants_of_other_servers_to_mig
         (StatusCode::CREATED, &Value::Null),
         "{created}"
     );
-    // Then the other server, where the owner creates schemas.
+    // Then the other server, where the owner {% if isolation == "schema" %}creates schemas{% else %}makes sure of the shared tables{% endif %}.
     let (status, created) = admin!(service, post "/admin/tenants", json = json!({"identifier": "globex", "name": "Globex"}));
     assert_eq!(status, StatusCode::ACCEPTED, "{created}");
     assert_eq!(
@@ -482,11 +482,21 @@ async fn a_service_without_the_owners_url_leaves_tenants_of_other_servers_to_mig
     );
     let (status, body) =
         admin!(service, post "/admin/tenants/globex/destroy", json = json!({"confirm": "globex"}));
+{%- if isolation == "schema" %}
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["detail"].as_str().unwrap().contains("tenant destroy"),
         "{body}"
     );
+{%- else %}
+    // Its rows are deleted there as the application role: no owner needed.
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let url = format!("{}/{}", other.base_url, other.database);
+    let left = crate::helpers::query_url(&url, "SELECT count(*) FROM tenancy_data.notes")
+        .await
+        .unwrap();
+    assert_eq!(left[0][0].as_deref(), Some("0"));
+{%- endif %}
 }
 {%- endif %}
 

@@ -49,7 +49,10 @@ fn notes_at(app: &TestApp, other: &OtherServer, identifier: &str, far: bool) -> 
 async fn titles_on(app: &TestApp, other: &OtherServer, tenant: &Tenant, far: bool) -> Vec<String> {
     let (url, table) = notes_at(app, other, tenant.identifier.as_str(), far);
 {%- if isolation == "rls" %}
-    let sql = format!("SELECT title FROM {table} WHERE tenant_id = '{}'", tenant.id);
+    let sql = format!(
+        "SELECT title FROM {table} WHERE tenant_id = '{}'",
+        tenant.id
+    );
 {%- else %}
     let sql = format!("SELECT title FROM {table}");
 {%- endif %}
