@@ -218,6 +218,37 @@ pub(crate) fn check_elsewhere(
     Ok(())
 }
 
+{%- if isolation == "schema" or isolation == "rls" %}
+
+/// Where the registry places `tenant` now (`tenant` may be a cache's older copy); a move to
+/// that very server is refused.
+pub(crate) async fn current_server(
+    control: &mut AsyncPgConnection,
+    tenant: &Tenant,
+    to: Option<&ServerAddress>,
+) -> Result<Option<ServerAddress>, PlaceError> {
+    let now = crate::tenancy::registry::find_by_identifier(control, &tenant.identifier).await?;
+    let now = now
+        .filter(|now| now.id == tenant.id)
+        .ok_or_else(|| PlaceError::Conflict(format!("tenant '{}' is gone", tenant.identifier)))?;
+    check_elsewhere(tenant, now.server.as_ref(), to)?;
+    Ok(now.server)
+}
+
+/// The owner's bare connection to `server` (default: the default server), in the database
+/// the tenants' schemas or shared tables are in there.
+pub(crate) async fn owner_client(
+    ctx: &Context,
+    servers: &super::Servers,
+    server: Option<&ServerAddress>,
+) -> Result<tokio_postgres::Client, PlaceError> {
+    let config = (servers.owner_config(ctx, server)).map_err(PlaceError::Invalid)?;
+    crate::db::connect::bare(config, &ctx.runtime)
+        .await
+        .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
+}
+{%- endif %}
+
 /// Records the move of `tenant`'s `storage` from `from` to `to`, and reads it back.
 pub(crate) async fn record_move(
     control: &mut AsyncPgConnection,

@@ -20,11 +20,10 @@ use super::{DATA_SCHEMA, RlsStrategy};
 use crate::domain::{Isolation, ServerAddress, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::copy::{Table, TableCopy, stream_rows, tables_in_order};
 use crate::tenancy::isolation::moving::{
-    self, Move, PlaceError, Relocate, check_elsewhere, check_not_switched, control, copy_failed,
-    forget_move, lock_against_writes, record_move, resumed, switch,
+    self, Move, PlaceError, Relocate, check_not_switched, control, copy_failed, current_server,
+    forget_move, lock_against_writes, owner_client, record_move, resumed, switch,
 };
 use crate::tenancy::isolation::{Context, server_name};
-use crate::tenancy::registry;
 
 /// The tenants that left a server (migrations/tenant_rls, `moves_between_servers`).
 const MOVED_AWAY: &str = "tenancy.moved_away";
@@ -34,22 +33,6 @@ const SEALING_FUNCTION: &str = "rls_tenant()";
 /// The shared tables' schema, as the identifier moves record.
 fn storage() -> Result<SqlIdentifier, PlaceError> {
     SqlIdentifier::parse(DATA_SCHEMA).map_err(PlaceError::Invalid)
-}
-
-impl RlsStrategy {
-    /// The owner's bare connection to the database of the shared tables on `server`.
-    async fn owner_client(
-        &self,
-        ctx: &Context,
-        server: Option<&ServerAddress>,
-    ) -> Result<Client, PlaceError> {
-        let config = (self.servers)
-            .owner_config(ctx, server)
-            .map_err(PlaceError::Invalid)?;
-        crate::db::connect::bare(config, &ctx.runtime)
-            .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
-    }
 }
 
 impl Relocate for RlsStrategy {
@@ -83,18 +66,13 @@ impl Relocate for RlsStrategy {
         if let Some(under_way) = moving::find_move(&mut control, tenant, storage()?).await? {
             return resumed(under_way, tenant, to);
         }
-        // Where the registry says it is now (`tenant` may be a cache's older copy).
-        let now = registry::find_by_identifier(&mut control, &tenant.identifier).await?;
-        let now = now.filter(|now| now.id == tenant.id).ok_or_else(|| {
-            PlaceError::Conflict(format!("tenant '{}' is gone", tenant.identifier))
-        })?;
-        let from = now.server.as_ref();
-        check_elsewhere(tenant, from, to)?;
+        let now = current_server(&mut control, tenant, to).await?;
+        let from = now.as_ref();
         for server in [from, to] {
-            let owner = self.owner_client(ctx, server).await?;
+            let owner = owner_client(ctx, &self.servers, server).await?;
             check_sealable(&owner, server).await?;
         }
-        let there = self.owner_client(ctx, to).await?;
+        let there = owner_client(ctx, &self.servers, to).await?;
         let found = tenant_rows(&there, tenant).await?;
         if found > 0 {
             return Err(PlaceError::Conflict(format!(
@@ -115,7 +93,7 @@ impl Relocate for RlsStrategy {
         _tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let there = self.owner_client(ctx, moving.to.as_ref()).await?;
+        let there = owner_client(ctx, &self.servers, moving.to.as_ref()).await?;
         check_sealable(&there, moving.to.as_ref()).await
     }
 
@@ -129,8 +107,8 @@ impl Relocate for RlsStrategy {
         moving: &Move,
         lock_within: Duration,
     ) -> Result<Vec<TableCopy>, PlaceError> {
-        let source = self.owner_client(ctx, moving.from.as_ref()).await?;
-        let target = self.owner_client(ctx, moving.to.as_ref()).await?;
+        let source = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
+        let target = owner_client(ctx, &self.servers, moving.to.as_ref()).await?;
         lock_against_writes(&source, DATA_SCHEMA, lock_within).await?;
         // A resumed move may have sealed the tenant here already: unsealed in this
         // transaction only, so that the owner reads its rows.
@@ -160,7 +138,7 @@ impl Relocate for RlsStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let there = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let there = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
         there.batch_execute("BEGIN").await.map_err(copy_failed)?;
         seal_locally(&there, tenant.id, true).await?;
         there.batch_execute("COMMIT").await.map_err(copy_failed)
@@ -173,7 +151,7 @@ impl Relocate for RlsStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let there = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let there = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
         remove_rows(&there, tenant).await?;
         forget_move(ctx, tenant).await
     }
@@ -187,7 +165,7 @@ impl Relocate for RlsStrategy {
         moving: &Move,
     ) -> Result<(), PlaceError> {
         check_not_switched(ctx, tenant, moving).await?;
-        let source = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let source = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
         source
             .execute(
                 &format!("DELETE FROM {MOVED_AWAY} WHERE moved_tenant = $1::text::uuid"),
@@ -195,7 +173,7 @@ impl Relocate for RlsStrategy {
             )
             .await
             .map_err(copy_failed)?;
-        let target = self.owner_client(ctx, moving.to.as_ref()).await?;
+        let target = owner_client(ctx, &self.servers, moving.to.as_ref()).await?;
         remove_rows(&target, tenant).await?;
         forget_move(ctx, tenant).await
     }

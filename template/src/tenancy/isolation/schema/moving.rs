@@ -18,11 +18,10 @@ use crate::db::migrate::{self, grants_on_schema};
 use crate::domain::{Isolation, ServerAddress, SqlIdentifier, Tenant};
 use crate::tenancy::isolation::copy::{TableCopy, copy_tables, tables_in_order};
 use crate::tenancy::isolation::moving::{
-    self, Move, PlaceError, Relocate, check_elsewhere, check_not_switched, control, copy_failed,
-    forget_move, lock_against_writes, quote_literal, record_move, resumed, switch,
+    self, Move, PlaceError, Relocate, check_not_switched, control, copy_failed, current_server,
+    forget_move, lock_against_writes, owner_client, quote_literal, record_move, resumed, switch,
 };
 use crate::tenancy::isolation::{Context, server_name};
-use crate::tenancy::registry;
 
 /// The policies that seal an old copy's tables, and the function they call: a permissive
 /// one (no row passes without it) and a restrictive one (none passes without it either,
@@ -40,24 +39,10 @@ fn storage_of(tenant: &Tenant) -> Result<SqlIdentifier, PlaceError> {
 }
 
 impl SchemaStrategy {
-    /// The owner's bare connection to the database of the schemas on `server`.
-    async fn owner_client(
-        &self,
-        ctx: &Context,
-        server: Option<&ServerAddress>,
-    ) -> Result<Client, PlaceError> {
-        let config = (self.servers)
-            .owner_config(ctx, server)
-            .map_err(PlaceError::Invalid)?;
-        crate::db::connect::bare(config, &ctx.runtime)
-            .await
-            .map_err(|e| PlaceError::Copy(format!("{}: {e}", server_name(server))))
-    }
-
     /// Drops the move's copy on its target if there is one: only a schema marked with
     /// this move's marker, never one that was there before.
     async fn drop_copy(&self, ctx: &Context, moving: &Move) -> Result<(), PlaceError> {
-        let there = self.owner_client(ctx, moving.to.as_ref()).await?;
+        let there = owner_client(ctx, &self.servers, moving.to.as_ref()).await?;
         let marked = there
             .query(
                 "SELECT 1 FROM pg_namespace n \
@@ -104,16 +89,11 @@ impl Relocate for SchemaStrategy {
         if let Some(under_way) = moving::find_move(&mut control, tenant, storage.clone()).await? {
             return resumed(under_way, tenant, to);
         }
-        // Where the registry says it is now (`tenant` may be a cache's older copy).
-        let now = registry::find_by_identifier(&mut control, &tenant.identifier).await?;
-        let now = now.filter(|now| now.id == tenant.id).ok_or_else(|| {
-            PlaceError::Conflict(format!("tenant '{}' is gone", tenant.identifier))
-        })?;
-        let from = now.server.as_ref();
-        check_elsewhere(tenant, from, to)?;
+        let now = current_server(&mut control, tenant, to).await?;
+        let from = now.as_ref();
         // A schema of that name there may be this very one under another address, or a
         // stranger's: never written into, never dropped.
-        let there = self.owner_client(ctx, to).await?;
+        let there = owner_client(ctx, &self.servers, to).await?;
         if schema_exists(&there, &storage).await? {
             return Err(PlaceError::Conflict(format!(
                 "{} already has a schema {}: it may be this tenant's under another address, \
@@ -179,8 +159,8 @@ impl Relocate for SchemaStrategy {
         lock_within: Duration,
     ) -> Result<Vec<TableCopy>, PlaceError> {
         let schema = &moving.storage;
-        let source = self.owner_client(ctx, moving.from.as_ref()).await?;
-        let target = self.owner_client(ctx, moving.to.as_ref()).await?;
+        let source = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
+        let target = owner_client(ctx, &self.servers, moving.to.as_ref()).await?;
         lock_against_writes(&source, schema.as_str(), lock_within).await?;
         target.batch_execute("BEGIN").await.map_err(copy_failed)?;
         let copied = copy_tables(&source, schema.as_str(), &target, &schema.quoted())
@@ -203,7 +183,7 @@ impl Relocate for SchemaStrategy {
         _tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let there = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let there = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
         there.batch_execute("BEGIN").await.map_err(copy_failed)?;
         seal(&there, &moving.storage).await?;
         there.batch_execute("COMMIT").await.map_err(copy_failed)
@@ -215,7 +195,7 @@ impl Relocate for SchemaStrategy {
         tenant: &Tenant,
         moving: &Move,
     ) -> Result<(), PlaceError> {
-        let there = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let there = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
         drop_schema(&there, &moving.storage).await?;
         forget_move(ctx, tenant).await
     }
@@ -227,7 +207,7 @@ impl Relocate for SchemaStrategy {
         moving: &Move,
     ) -> Result<(), PlaceError> {
         check_not_switched(ctx, tenant, moving).await?;
-        let source = self.owner_client(ctx, moving.from.as_ref()).await?;
+        let source = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
         unseal(&source, &moving.storage).await?;
         self.drop_copy(ctx, moving).await?;
         forget_move(ctx, tenant).await
