@@ -79,6 +79,9 @@ diesel::table! {
 
 diesel::table! {
     notes (id) {
+{%- if isolation == "rls" %}
+        tenant_id -> Uuid,
+{%- endif %}
         id -> Uuid,
         title -> Text,
         body -> Text,

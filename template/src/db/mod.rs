@@ -59,6 +59,15 @@ impl TenantConnection {
     pub fn waited(&self) -> bool {
         self.conn.as_ref().is_some_and(PooledConnection::waited)
     }
+{%- if isolation == "rls" %}
+
+    /// The id of the tenant it serves (the same as the scope's `app.tenant_id`).
+    pub fn tenant(&self) -> uuid::Uuid {
+        self.conn
+            .as_ref()
+            .map_or_else(uuid::Uuid::nil, PooledConnection::tenant)
+    }
+{%- endif %}
 
     /// Commits its transaction (`commit`) or rolls it back; outside a request, in
     /// transaction mode. In session mode statements took effect as they ran.

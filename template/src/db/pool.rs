@@ -445,6 +445,13 @@ impl PooledConnection {
     pub fn waited(&self) -> bool {
         self.waited
     }
+{%- if isolation == "rls" %}
+
+    /// The id of the tenant it serves.
+    pub fn tenant(&self) -> Uuid {
+        self.tenant
+    }
+{%- endif %}
 
     /// Where a statement sent now records its database error, if that error would abort
     /// the checkout's transaction: transaction mode, outside a handler's own transaction

@@ -10,6 +10,9 @@ use serde_json::json;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use svc::domain::{Isolation, ServerAddress, Tenant, TenantIdentifier, TenantStatus};
+use svc::jobs::Job;
+use svc::routes::Object;
+use svc::routes::notes::{ImportNotes, NoteInput};
 use svc::tenancy::lifecycle::{LifecycleError, Touch};
 use svc::tenancy::registry;
 
@@ -539,4 +542,65 @@ async fn tenants_on_two_servers_each_behind_a_transaction_pooler_stay_isolated()
             pooler.databases_logged_in()
         );
     }
+}
+
+/// With the shared table's policy made to let every row through, and `tenant_id` without
+/// its default, the example still serves each tenant its own notes alone and writes its
+/// id: every statement names its tenant (`tenant_notes`), which is what lets distributed
+/// PostgreSQL (Citus) send it to that tenant's shard alone.
+#[actix_web::test]
+async fn every_statement_of_the_example_names_its_tenant() {
+    let app = spawn_app().await;
+    let acme = tenant_with_notes(&app, "acme", 3).await;
+    let globex = tenant_with_notes(&app, "globex", 2).await;
+    app.db
+        .query(
+            "ALTER POLICY tenant_isolation ON tenancy_data.notes USING (true) WITH CHECK (true); \
+             ALTER TABLE tenancy_data.notes ALTER COLUMN tenant_id DROP DEFAULT",
+        )
+        .await;
+    let of = |tenant: &Tenant| {
+        format!(
+            "SELECT id FROM tenancy_data.notes WHERE tenant_id = '{}' ORDER BY id",
+            tenant.id
+        )
+    };
+    let theirs = app.db.query(&of(&globex)).await[0][0].clone().unwrap();
+    let service = service!(app);
+
+    let (status, body) = call!(service, get "/api/notes?limit=100", tenant = "acme");
+    assert_eq!(status, StatusCode::OK);
+    let titles: Vec<&str> = (body.as_array().unwrap().iter())
+        .map(|note| note["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["acme 2", "acme 1", "acme 0"], "{body}");
+    let (status, _) =
+        call!(service, post "/api/notes", tenant = "acme", json = json!({"title": "acme 3"}));
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.db.query(&of(&acme)).await.len(), 4);
+    let path = format!("/api/notes/{theirs}");
+    let (status, _) = call!(service, get & path, tenant = "acme");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call!(
+        service,
+        put & path,
+        tenant = "acme",
+        json = json!({"title": "taken"})
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call!(service, delete & path, tenant = "acme");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(app.db.query(&of(&globex)).await.len(), 2);
+
+    // The import job's count too.
+    let import = ImportNotes {
+        notes: vec![Object(NoteInput {
+            title: "acme 4".into(),
+            body: String::new(),
+        })],
+    };
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    let result = import.run(&mut conn).await.unwrap();
+    conn.finish(true).await.unwrap();
+    assert_eq!(result, json!({"imported": 1, "notes": 5}));
 }
