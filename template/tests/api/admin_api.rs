@@ -208,8 +208,8 @@ async fn identifier_injection_attempts_are_refused_and_change_nothing() {
 async fn members_a_tenant_does_not_have_are_refused_not_ignored() {
     let app = spawn_app().await;
     let service = service!(app);
-    // `isolation` is a choice only with hybrid, `server` only with a database per tenant.
-    let unknown = ["colour"{% if isolation != "hybrid" %}, "isolation"{% endif %}{% if isolation != "database" %}, "server"{% endif %}];
+    // `isolation` is a choice only with hybrid (`server` is one with every strategy).
+    let unknown = ["colour"{% if isolation != "hybrid" %}, "isolation"{% endif %}];
     for member in unknown {
         let mut body = json!({"identifier": "acme", "name": "Acme"});
         body[member] = json!("rls");
