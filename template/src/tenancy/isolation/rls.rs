@@ -7,12 +7,12 @@
 //! the pool in one statement, see `db::pool`). A connection without the setting sees no
 //! row and can write none. The application role must not bypass RLS: `check_app_role`
 //! refuses superusers, `BYPASSRLS` and table owners.
+{%- if isolation == "rls" %}
 //!
 //! A tenant's rows may be in the shared tables of another server of
 //! `TENANCY_DATABASE_SERVERS`, in the database of the same name there
 //! (`tenancy.tenants.server` says which): every server has the shared tables, migrated by
 //! `migrate`, and the tenants of each server share that server's connections.
-{%- if isolation == "rls" %}
 
 mod moving;
 {%- endif %}
