@@ -139,9 +139,7 @@ impl Relocate for RlsStrategy {
         moving: &Move,
     ) -> Result<(), PlaceError> {
         let there = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
-        there.batch_execute("BEGIN").await.map_err(copy_failed)?;
-        seal_locally(&there, tenant.id, true).await?;
-        there.batch_execute("COMMIT").await.map_err(copy_failed)
+        seal_locally(&there, tenant.id, true).await
     }
 
     /// Deletes the tenant's rows on the old server, which keeps it sealed.
@@ -166,13 +164,7 @@ impl Relocate for RlsStrategy {
     ) -> Result<(), PlaceError> {
         check_not_switched(ctx, tenant, moving).await?;
         let source = owner_client(ctx, &self.servers, moving.from.as_ref()).await?;
-        source
-            .execute(
-                &format!("DELETE FROM {MOVED_AWAY} WHERE moved_tenant = $1::text::uuid"),
-                &[&tenant.id.to_string()],
-            )
-            .await
-            .map_err(copy_failed)?;
+        seal_locally(&source, tenant.id, false).await?;
         let target = owner_client(ctx, &self.servers, moving.to.as_ref()).await?;
         remove_rows(&target, tenant).await?;
         forget_move(ctx, tenant).await
@@ -241,23 +233,19 @@ async fn tenant_tables(owner: &Client) -> Result<Vec<Table>, PlaceError> {
 /// Scopes `owner`'s transaction to `tenant` (the forced policies bind the owner too), the
 /// tenant unsealed for this transaction alone.
 async fn scope_to(owner: &Client, tenant: &Tenant) -> Result<(), PlaceError> {
-    let id = tenant.id.to_string();
+    seal_locally(owner, tenant.id, false).await?;
     owner
         .execute(
-            &format!("DELETE FROM {MOVED_AWAY} WHERE moved_tenant = $1::text::uuid"),
-            &[&id],
+            "SELECT set_config('app.tenant_id', $1, true)",
+            &[&tenant.id.to_string()],
         )
-        .await
-        .map_err(copy_failed)?;
-    owner
-        .execute("SELECT set_config('app.tenant_id', $1, true)", &[&id])
         .await
         .map_err(copy_failed)
         .map(drop)
 }
 
-/// Lists `tenant` among those that left the server (`sealed`) in `owner`'s transaction,
-/// or keeps it off the list (the target of its move).
+/// Lists `tenant` among those that left the server (`sealed`), or takes it off the list,
+/// in `owner`'s transaction if one is open.
 async fn seal_locally(owner: &Client, tenant: Uuid, sealed: bool) -> Result<(), PlaceError> {
     let sql = if sealed {
         format!(
