@@ -17,12 +17,8 @@ use crate::jobs::{JobRecord, JobState, Queue};
 use crate::startup::{Application, job_kinds, prepare, shutdown_signal};
 use crate::tenancy::Tenancy;
 use crate::tenancy::audit::Actor;
-{%- if placement %}
 use crate::tenancy::isolation::ServerAddress;
-{%- endif %}
-{%- if placement %}
 use crate::tenancy::isolation::server_name;
-{%- endif %}
 use crate::tenancy::lifecycle::{NewTenant, Touch};
 
 #[derive(Debug, Parser)]
@@ -90,27 +86,7 @@ pub enum JobsCommand {
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Create and provision a tenant (completes an interrupted provisioning).
-    Create {
-        identifier: String,
-        /// Display name.
-        #[arg(long)]
-        name: String,
-        /// JSON object stored with the tenant.
-        #[arg(long, default_value = "{}")]
-        metadata: String,
-{%- if isolation == "hybrid" %}
-        /// schema, rls or database (default: TENANCY_DEFAULT_ISOLATION).
-        #[arg(long)]
-        isolation: Option<String>,
-{%- endif %}
-{%- if placement %}
-        /// PostgreSQL server (host or host:port) to place the tenant on, one of
-        /// TENANCY_DATABASE_SERVERS; credentials come from the configured URLs (default:
-        /// as TENANCY_DATABASE_PLACEMENT says).
-        #[arg(long)]
-        server: Option<String>,
-{%- endif %}
-    },
+    Create(CreateArgs),
     /// List tenants.
     List,
     /// Stop serving a tenant (its requests get 403).
@@ -146,7 +122,7 @@ pub enum TenantCommand {
         #[arg(long)]
         isolation: Option<String>,
     },
-{%- elsif placement %}
+{%- else %}
     /// Move a tenant's {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %} to another server (read-only meanwhile), or resume its
     /// interrupted move: run the same command again.
     Move {
@@ -158,22 +134,7 @@ pub enum TenantCommand {
     },
 {%- endif %}
     /// Show a tenant's own limits, or set them (`default`: the service's setting).
-    Limits {
-        identifier: String,
-        /// The most database connections it holds at once (TENANCY_TENANT_MAX_CONNECTIONS).
-        #[arg(long, value_name = "N|default")]
-        max_connections: Option<String>,
-        /// Seconds after which PostgreSQL cancels one of its statements
-        /// (TENANCY_STATEMENT_TIMEOUT).
-        #[arg(long, value_name = "SECONDS|default")]
-        statement_timeout: Option<String>,
-        /// Requests a second it may send (TENANCY_RATE_LIMIT).
-        #[arg(long, value_name = "N|default")]
-        rate_limit: Option<String>,
-        /// Requests it may send at once (TENANCY_RATE_LIMIT_BURST).
-        #[arg(long, value_name = "N|default")]
-        rate_limit_burst: Option<String>,
-    },
+    Limits(LimitsArgs),
     /// Drop a deleted tenant's data for good; its identifier is then quarantined
     /// (TENANCY_IDENTIFIER_QUARANTINE_DAYS).
     Destroy {
@@ -194,6 +155,89 @@ pub enum TenantCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
     },
+}
+
+/// `tenant create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    identifier: String,
+    /// Display name.
+    #[arg(long)]
+    name: String,
+    /// JSON object stored with the tenant.
+    #[arg(long, default_value = "{}")]
+    metadata: String,
+{%- if isolation == "hybrid" %}
+    /// schema, rls or database (default: TENANCY_DEFAULT_ISOLATION).
+    #[arg(long)]
+    isolation: Option<String>,
+{%- endif %}
+    /// PostgreSQL server (host or host:port) to place the tenant on, one of
+    /// TENANCY_DATABASE_SERVERS; credentials come from the configured URLs (default:
+    /// as TENANCY_DATABASE_PLACEMENT says).
+    #[arg(long)]
+    server: Option<String>,
+}
+
+impl CreateArgs {
+    /// The tenant to create, or what is wrong with an argument.
+    fn new_tenant(self) -> Result<NewTenant, String> {
+        Ok(NewTenant {
+{%- if isolation == "hybrid" %}
+            isolation: self
+                .isolation
+                .map(|i| i.parse::<Isolation>())
+                .transpose()
+                .map_err(|e| format!("--isolation: {e}"))?,
+{%- endif %}
+            metadata: serde_json::from_str(&self.metadata)
+                .map_err(|e| format!("--metadata is not JSON: {e}"))?,
+            server: self
+                .server
+                .as_deref()
+                .map(ServerAddress::parse)
+                .transpose()
+                .map_err(|e| format!("--server: {e}"))?,
+            ..NewTenant::new(parse(&self.identifier)?, self.name)
+        })
+    }
+}
+
+/// `tenant limits`: each limit `None` when not given, `default` for the service's.
+#[derive(Debug, clap::Args)]
+pub struct LimitsArgs {
+    identifier: String,
+    /// The most database connections it holds at once (TENANCY_TENANT_MAX_CONNECTIONS).
+    #[arg(long, value_name = "N|default")]
+    max_connections: Option<String>,
+    /// Seconds after which PostgreSQL cancels one of its statements
+    /// (TENANCY_STATEMENT_TIMEOUT).
+    #[arg(long, value_name = "SECONDS|default")]
+    statement_timeout: Option<String>,
+    /// Requests a second it may send (TENANCY_RATE_LIMIT).
+    #[arg(long, value_name = "N|default")]
+    rate_limit: Option<String>,
+    /// Requests it may send at once (TENANCY_RATE_LIMIT_BURST).
+    #[arg(long, value_name = "N|default")]
+    rate_limit_burst: Option<String>,
+}
+
+impl LimitsArgs {
+    /// The tenant's limits with those given replacing `kept`; `None` when none was given.
+    fn over(&self, kept: TenantLimits) -> Result<Option<TenantLimits>, String> {
+        let given = (
+            limit("--max-connections", self.max_connections.as_deref())?,
+            limit("--statement-timeout", self.statement_timeout.as_deref())?,
+            limit("--rate-limit", self.rate_limit.as_deref())?,
+            limit("--rate-limit-burst", self.rate_limit_burst.as_deref())?,
+        );
+        Ok((given != (None, None, None, None)).then(|| TenantLimits {
+            max_connections: given.0.unwrap_or(kept.max_connections),
+            statement_timeout: given.1.unwrap_or(kept.statement_timeout),
+            rate_limit: given.2.unwrap_or(kept.rate_limit),
+            rate_limit_burst: given.3.unwrap_or(kept.rate_limit_burst),
+        }))
+    }
 }
 
 /// `serve` logs its own events at info and its dependencies' at warn; one-off commands
@@ -244,38 +288,7 @@ async fn run_command(
     match command {
         Command::Serve | Command::Worker => return Err("not a one-off command".into()),
         Command::Openapi => writeln!(out, "{}", crate::openapi::json())?,
-        Command::Jobs(command) => {
-            if !matches!(command, JobsCommand::List { .. }) {
-                tenancy.migrate_control().await?;
-            }
-            let queue = Queue::new(actix_web::web::Data::new(tenancy));
-            let actor = Actor::cli();
-            match command {
-                JobsCommand::List {
-                    identifier,
-                    state,
-                    limit,
-                } => {
-                    let state = state
-                        .as_deref()
-                        .map(str::parse::<JobState>)
-                        .transpose()
-                        .map_err(|e| format!("--state: {e}"))?;
-                    let jobs = queue
-                        .jobs_of(&parse(&identifier)?, state, limit, None)
-                        .await?;
-                    list_jobs(&jobs, &mut out)?;
-                }
-                JobsCommand::Retry { identifier, id } => {
-                    let job = queue.retry(&actor, &parse(&identifier)?, id).await?;
-                    writeln!(out, "job {} is {}, due now", job.id, job.state)?;
-                }
-                JobsCommand::Cancel { identifier, id } => {
-                    let job = queue.cancel(&actor, &parse(&identifier)?, id).await?;
-                    writeln!(out, "job {} is {}", job.id, job.state)?;
-                }
-            }
-        }
+        Command::Jobs(command) => jobs_command(tenancy, command, &mut out).await?,
         Command::Migrate {
             concurrency,
             create_app_role,
@@ -291,325 +304,377 @@ async fn run_command(
             } else {
                 Touch::Pending
             };
-            if create_app_role {
-                let role = tenancy
-                    .context()
-                    .app_role
-                    .as_ref()
-                    .map(|r| r.as_str().to_owned())
-                    .unwrap_or_default();
-                if tenancy.create_app_role().await? {
-                    writeln!(out, "created role {role}")?;
-                    touch = Touch::Every;
-                } else {
-                    writeln!(out, "role {role} exists")?;
-                }
+            if create_app_role && create_app_role_once(&tenancy, &mut out).await? {
+                touch = Touch::Every;
             }
             drop(out);
             return migrate(&tenancy, &Actor::migrate(), concurrency, touch).await;
         }
-        Command::Tenant(command) => {
-            if !matches!(command, TenantCommand::List) {
-                tenancy.migrate_control().await?;
-            }
-            let actor = Actor::cli();
-            match command {
-                TenantCommand::Create {
-                    identifier,
-                    name,
-                    metadata,
-{%- if isolation == "hybrid" %}
-                    isolation,
-{%- endif %}
-{%- if placement %}
-                    server,
-{%- endif %}
-                } => {
-                    let new = NewTenant {
-{%- if isolation == "hybrid" %}
-                        isolation: isolation
-                            .map(|i| i.parse::<Isolation>())
-                            .transpose()
-                            .map_err(|e| format!("--isolation: {e}"))?,
-{%- endif %}
-                        metadata: serde_json::from_str(&metadata)
-                            .map_err(|e| format!("--metadata is not JSON: {e}"))?,
-{%- if placement %}
-                        server: server
-                            .as_deref()
-                            .map(ServerAddress::parse)
-                            .transpose()
-                            .map_err(|e| format!("--server: {e}"))?,
-{%- endif %}
-                        ..NewTenant::new(parse(&identifier)?, name)
-                    };
-                    let tenant = tenancy.create_tenant(&actor, new).await?;
-                    writeln!(
-                        out,
-                        "created tenant {} ({}), status {}",
-                        tenant.identifier, tenant.id, tenant.status
-                    )?;
-                }
-                TenantCommand::List => {
-                    // Read first: a failure prints no half table.
-                    let tenants = tenancy.list_tenants().await?;
-{%- if placement %}
-                    writeln!(
-                        out,
-                        "{:<36}  {:<24}  {:<12}  {:<9}  {:<24}  name",
-                        "id", "identifier", "status", "isolation", "server"
-                    )?;
-{%- else %}
-                    writeln!(
-                        out,
-                        "{:<36}  {:<24}  {:<12}  {:<9}  name",
-                        "id", "identifier", "status", "isolation"
-                    )?;
-{%- endif %}
-                    for t in tenants {
-                        let mark = if t.metadata_undecodable() {
-                            "  (metadata cannot be decoded: fix it in SQL)"
-                        } else {
-                            ""
-                        };
-{%- if placement %}
-                        let server = t.server.as_ref().map_or("default", ServerAddress::as_str);
-                        writeln!(
-                            out,
-                            "{:<36}  {:<24}  {:<12}  {:<9}  {server:<24}  {}{mark}",
-                            t.id, t.identifier, t.status, t.isolation, t.name
-                        )?;
-{%- else %}
-                        writeln!(
-                            out,
-                            "{:<36}  {:<24}  {:<12}  {:<9}  {}{mark}",
-                            t.id, t.identifier, t.status, t.isolation, t.name
-                        )?;
-{%- endif %}
-                    }
-                }
-                TenantCommand::Suspend { identifier } => {
-                    let t = tenancy.suspend_tenant(&actor, &parse(&identifier)?).await?;
-                    writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
-                }
-                TenantCommand::Activate { identifier } => {
-                    let t = tenancy
-                        .activate_tenant(&actor, &parse(&identifier)?)
-                        .await?;
-                    writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
-                }
-                TenantCommand::Delete { identifier } => {
-                    let t = tenancy.delete_tenant(&actor, &parse(&identifier)?).await?;
-                    writeln!(
-                        out,
-                        "tenant {} is {} (data kept; `tenant destroy` drops it)",
-                        t.identifier, t.status
-                    )?;
-                }
-                TenantCommand::Maintenance { identifier, mode } => {
-                    let mode: Maintenance = mode.parse()?;
-                    let t = tenancy
-                        .set_maintenance(&actor, &parse(&identifier)?, mode)
-                        .await?;
-                    writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
-                }
-{%- if isolation == "hybrid" %}
-                TenantCommand::Move {
-                    identifier,
-                    isolation: Some(tier),
-                    to,
-                } => {
-                    let tier: Isolation = tier.parse().map_err(|e| format!("--isolation: {e}"))?;
-                    let server = match to.as_deref() {
-                        None | Some("default") => None,
-                        Some(server) => {
-                            Some(ServerAddress::parse(server).map_err(|e| format!("--to: {e}"))?)
-                        }
-                    };
-                    let id = parse(&identifier)?;
-                    let moved = tenancy
-                        .change_tier(&actor, &id, tier, server, |step| {
-                            eprintln!("tenant {id}: {step}")
-                        })
-                        .await?;
-                    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
-                    writeln!(
-                        out,
-                        "tenant {} moved to tier {}: {rows} rows in {} tables copied; read-only for {:.2} s",
-                        moved.identifier,
-                        moved.isolation,
-                        moved.tables.len(),
-                        moved.read_only_ms as f64 / 1000.0
-                    )?;
-                }
-{%- endif %}
-{%- if placement %}
-{%- if isolation == "hybrid" %}
-                TenantCommand::Move {
-                    identifier,
-                    to: Some(to),
-                    ..
-                } => {
-{%- else %}
-                TenantCommand::Move { identifier, to } => {
-{%- endif %}
-                    let to = match to.as_str() {
-                        "default" => None,
-                        server => {
-                            Some(ServerAddress::parse(server).map_err(|e| format!("--to: {e}"))?)
-                        }
-                    };
-                    let id = parse(&identifier)?;
-                    let moved = tenancy
-                        .move_tenant(&actor, &id, to, |step| eprintln!("tenant {id}: {step}"))
-                        .await?;
-                    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
-                    writeln!(
-                        out,
-                        "tenant {} moved to {}: {rows} rows in {} tables copied; read-only for {:.2} s",
-                        moved.identifier,
-                        server_name(moved.to.as_ref()),
-                        moved.tables.len(),
-                        moved.read_only_ms as f64 / 1000.0
-                    )?;
-                }
-{%- endif %}
-{%- if isolation == "hybrid" %}
-                TenantCommand::Move { .. } => {
-                    return Err("tenant move: give --to or --isolation".into());
-                }
-{%- endif %}
-                TenantCommand::Limits {
-                    identifier,
-                    max_connections,
-                    statement_timeout,
-                    rate_limit,
-                    rate_limit_burst,
-                } => {
-                    let id = parse(&identifier)?;
-                    let given = (
-                        limit("--max-connections", max_connections)?,
-                        limit("--statement-timeout", statement_timeout)?,
-                        limit("--rate-limit", rate_limit)?,
-                        limit("--rate-limit-burst", rate_limit_burst)?,
-                    );
-                    let mut t = tenancy.get_tenant(&id).await?;
-                    if given != (None, None, None, None) {
-                        let kept = t.limits;
-                        let limits = TenantLimits {
-                            max_connections: given.0.unwrap_or(kept.max_connections),
-                            statement_timeout: given.1.unwrap_or(kept.statement_timeout),
-                            rate_limit: given.2.unwrap_or(kept.rate_limit),
-                            rate_limit_burst: given.3.unwrap_or(kept.rate_limit_burst),
-                        };
-                        t = tenancy.set_limits(&actor, &id, limits).await?;
-                    }
-                    let settings = &tenancy.settings;
-                    let own = t.limits;
-                    let rows = [
-                        (
-                            "max_connections",
-                            own.max_connections.map(|n| n.get()),
-                            format!(
-                                "{}, TENANCY_TENANT_MAX_CONNECTIONS",
-                                settings.database.per_tenant_max()
-                            ),
-                        ),
-                        (
-                            "statement_timeout",
-                            own.statement_timeout.map(|n| n.get()),
-                            format!(
-                                "{} s, TENANCY_STATEMENT_TIMEOUT",
-                                settings.database.statement_timeout.as_secs()
-                            ),
-                        ),
-                        (
-                            "rate_limit",
-                            own.rate_limit.map(|n| n.get()),
-                            match settings.rate.rate {
-                                Some(n) => format!("{n}/s, TENANCY_RATE_LIMIT"),
-                                None => "none, TENANCY_RATE_LIMIT".to_owned(),
-                            },
-                        ),
-                        (
-                            "rate_limit_burst",
-                            own.rate_limit_burst.map(|n| n.get()),
-                            match settings.rate.burst {
-                                Some(n) => format!("{n}, TENANCY_RATE_LIMIT_BURST"),
-                                None => "one second's worth, TENANCY_RATE_LIMIT_BURST".to_owned(),
-                            },
-                        ),
-                    ];
-                    writeln!(out, "tenant {}", t.identifier)?;
-                    for (name, value, default) in rows {
-                        match value {
-                            Some(n) => writeln!(out, "  {name:<18} {n}")?,
-                            None => writeln!(out, "  {name:<18} default ({default})")?,
-                        }
-                    }
-                }
-                TenantCommand::Destroy {
-                    identifier,
-                    confirm,
-                    dry_run,
-                } => {
-                    let id = parse(&identifier)?;
-                    if dry_run {
-                        destroy_plan(&tenancy, &id, &mut out).await?;
-                    } else {
-                        let confirm = confirm.unwrap_or_default();
-                        tenancy.destroy_tenant(&actor, &id, &confirm).await?;
-                        writeln!(out, "tenant {id} destroyed")?;
-                        match tenancy.settings.identifier_quarantine_days {
-                            0 => {}
-                            days => writeln!(
-                                out,
-                                "identifier {id} is quarantined for {days} days \
-                                 (`tenant release {id}` frees it earlier)"
-                            )?,
-                        }
-                    }
-                }
-                TenantCommand::Release { identifier } => {
-                    let id = parse(&identifier)?;
-                    tenancy.release_identifier(&actor, &id).await?;
-                    writeln!(out, "identifier {id} released: a new tenant may take it")?;
-                }
-                TenantCommand::History { identifier, limit } => {
-                    let id = parse(&identifier)?;
-                    let entries = tenancy.history(&id, limit, None).await?;
-                    if entries.is_empty() {
-                        writeln!(out, "no recorded operation on {id}")?;
-                    } else {
-                        writeln!(
-                            out,
-                            "{:<20}  {:<20}  {:<11}  {:<7}  {:>7}  details",
-                            "at (UTC)", "actor", "operation", "result", "ms"
-                        )?;
-                    }
-                    for e in entries {
-                        let mut details = match e.params.as_object() {
-                            Some(p) if p.is_empty() => String::new(),
-                            _ => e.params.to_string(),
-                        };
-                        if let Some(error) = &e.error {
-                            details = format!("{details} error: {error}").trim().to_owned();
-                        }
-                        writeln!(
-                            out,
-                            "{:<20}  {:<20}  {:<11}  {:<7}  {:>7}  {details}",
-                            e.at.format("%Y-%m-%d %H:%M:%S"),
-                            e.actor,
-                            e.operation,
-                            e.result,
-                            e.duration_ms
-                        )?;
-                    }
-                }
-            }
-        }
+        Command::Tenant(command) => tenant_command(&tenancy, command, &mut out).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `migrate --create-app-role`: whether the role was created (then every tenant is
+/// migrated, to grant it what exists).
+async fn create_app_role_once(
+    tenancy: &Tenancy,
+    out: &mut impl Write,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let role = tenancy
+        .context()
+        .app_role
+        .as_ref()
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default();
+    let created = tenancy.create_app_role().await?;
+    if created {
+        writeln!(out, "created role {role}")?;
+    } else {
+        writeln!(out, "role {role} exists")?;
+    }
+    Ok(created)
+}
+
+async fn jobs_command(
+    tenancy: Tenancy,
+    command: JobsCommand,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if !matches!(command, JobsCommand::List { .. }) {
+        tenancy.migrate_control().await?;
+    }
+    let queue = Queue::new(actix_web::web::Data::new(tenancy));
+    let actor = Actor::cli();
+    match command {
+        JobsCommand::List {
+            identifier,
+            state,
+            limit,
+        } => {
+            let state = state
+                .as_deref()
+                .map(str::parse::<JobState>)
+                .transpose()
+                .map_err(|e| format!("--state: {e}"))?;
+            let jobs = queue
+                .jobs_of(&parse(&identifier)?, state, limit, None)
+                .await?;
+            list_jobs(&jobs, out)?;
+        }
+        JobsCommand::Retry { identifier, id } => {
+            let job = queue.retry(&actor, &parse(&identifier)?, id).await?;
+            writeln!(out, "job {} is {}, due now", job.id, job.state)?;
+        }
+        JobsCommand::Cancel { identifier, id } => {
+            let job = queue.cancel(&actor, &parse(&identifier)?, id).await?;
+            writeln!(out, "job {} is {}", job.id, job.state)?;
+        }
+    }
+    Ok(())
+}
+
+async fn tenant_command(
+    tenancy: &Tenancy,
+    command: TenantCommand,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if !matches!(command, TenantCommand::List) {
+        tenancy.migrate_control().await?;
+    }
+    let actor = Actor::cli();
+    match command {
+        TenantCommand::Create(args) => {
+            let t = tenancy.create_tenant(&actor, args.new_tenant()?).await?;
+            writeln!(
+                out,
+                "created tenant {} ({}), status {}",
+                t.identifier, t.id, t.status
+            )?;
+        }
+        TenantCommand::List => list_tenants(tenancy, out).await?,
+        TenantCommand::Suspend { identifier } => {
+            let t = tenancy.suspend_tenant(&actor, &parse(&identifier)?).await?;
+            writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
+        }
+        TenantCommand::Activate { identifier } => {
+            let t = tenancy
+                .activate_tenant(&actor, &parse(&identifier)?)
+                .await?;
+            writeln!(out, "tenant {} is {}", t.identifier, t.status)?;
+        }
+        TenantCommand::Delete { identifier } => {
+            let t = tenancy.delete_tenant(&actor, &parse(&identifier)?).await?;
+            writeln!(
+                out,
+                "tenant {} is {} (data kept; `tenant destroy` drops it)",
+                t.identifier, t.status
+            )?;
+        }
+        TenantCommand::Maintenance { identifier, mode } => {
+            let mode: Maintenance = mode.parse()?;
+            let t = tenancy
+                .set_maintenance(&actor, &parse(&identifier)?, mode)
+                .await?;
+            writeln!(out, "tenant {} maintenance {}", t.identifier, t.maintenance)?;
+        }
+{%- if isolation == "hybrid" %}
+        TenantCommand::Move {
+            identifier,
+            isolation: Some(tier),
+            to,
+        } => {
+            let tier: Isolation = tier.parse().map_err(|e| format!("--isolation: {e}"))?;
+            change_tier(tenancy, &actor, &parse(&identifier)?, tier, to, out).await?;
+        }
+        TenantCommand::Move {
+            identifier,
+            to: Some(to),
+            ..
+        } => move_tenant(tenancy, &actor, &parse(&identifier)?, &to, out).await?,
+        TenantCommand::Move { .. } => {
+            return Err("tenant move: give --to or --isolation".into());
+        }
+{%- else %}
+        TenantCommand::Move { identifier, to } => {
+            move_tenant(tenancy, &actor, &parse(&identifier)?, &to, out).await?;
+        }
+{%- endif %}
+        TenantCommand::Limits(args) => limits(tenancy, &actor, &args, out).await?,
+        TenantCommand::Destroy {
+            identifier,
+            confirm,
+            dry_run,
+        } => {
+            let id = parse(&identifier)?;
+            if dry_run {
+                destroy_plan(tenancy, &id, out).await?;
+            } else {
+                destroy(tenancy, &actor, &id, &confirm.unwrap_or_default(), out).await?;
+            }
+        }
+        TenantCommand::Release { identifier } => {
+            let id = parse(&identifier)?;
+            tenancy.release_identifier(&actor, &id).await?;
+            writeln!(out, "identifier {id} released: a new tenant may take it")?;
+        }
+        TenantCommand::History { identifier, limit } => {
+            history(tenancy, &parse(&identifier)?, limit, out).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `tenant list`: every tenant, one line each.
+async fn list_tenants(
+    tenancy: &Tenancy,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Read first: a failure prints no half table.
+    let tenants = tenancy.list_tenants().await?;
+    writeln!(
+        out,
+        "{:<36}  {:<24}  {:<12}  {:<9}  {:<24}  name",
+        "id", "identifier", "status", "isolation", "server"
+    )?;
+    for t in tenants {
+        let mark = if t.metadata_undecodable() {
+            "  (metadata cannot be decoded: fix it in SQL)"
+        } else {
+            ""
+        };
+        let server = t.server.as_ref().map_or("default", ServerAddress::as_str);
+        writeln!(
+            out,
+            "{:<36}  {:<24}  {:<12}  {:<9}  {server:<24}  {}{mark}",
+            t.id, t.identifier, t.status, t.isolation, t.name
+        )?;
+    }
+    Ok(())
+}
+
+/// `--to`: a server of TENANCY_DATABASE_SERVERS, or `default` (`None`).
+fn server_arg(to: &str) -> Result<Option<ServerAddress>, String> {
+    match to {
+        "default" => Ok(None),
+        server => ServerAddress::parse(server)
+            .map(Some)
+            .map_err(|e| format!("--to: {e}")),
+    }
+}
+
+/// `tenant move --to`: to another server, step by step on stderr.
+async fn move_tenant(
+    tenancy: &Tenancy,
+    actor: &Actor,
+    id: &TenantIdentifier,
+    to: &str,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let moved = tenancy
+        .move_tenant(actor, id, server_arg(to)?, |step| {
+            eprintln!("tenant {id}: {step}")
+        })
+        .await?;
+    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
+    writeln!(
+        out,
+        "tenant {} moved to {}: {rows} rows in {} tables copied; read-only for {:.2} s",
+        moved.identifier,
+        server_name(moved.to.as_ref()),
+        moved.tables.len(),
+        moved.read_only_ms as f64 / 1000.0
+    )?;
+    Ok(())
+}
+{%- if isolation == "hybrid" %}
+
+/// `tenant move --isolation`: to another tier (on the server of `--to`, for `database`).
+async fn change_tier(
+    tenancy: &Tenancy,
+    actor: &Actor,
+    id: &TenantIdentifier,
+    tier: Isolation,
+    to: Option<String>,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let server = match to {
+        None => None,
+        Some(to) => server_arg(&to)?,
+    };
+    let moved = tenancy
+        .change_tier(actor, id, tier, server, |step| {
+            eprintln!("tenant {id}: {step}")
+        })
+        .await?;
+    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
+    writeln!(
+        out,
+        "tenant {} moved to tier {}: {rows} rows in {} tables copied; read-only for {:.2} s",
+        moved.identifier,
+        moved.isolation,
+        moved.tables.len(),
+        moved.read_only_ms as f64 / 1000.0
+    )?;
+    Ok(())
+}
+{%- endif %}
+
+/// `tenant limits`: sets those given, then prints each with its default.
+async fn limits(
+    tenancy: &Tenancy,
+    actor: &Actor,
+    args: &LimitsArgs,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let id = parse(&args.identifier)?;
+    let mut t = tenancy.get_tenant(&id).await?;
+    if let Some(limits) = args.over(t.limits)? {
+        t = tenancy.set_limits(actor, &id, limits).await?;
+    }
+    let settings = &tenancy.settings;
+    let own = t.limits;
+    let rows = [
+        (
+            "max_connections",
+            own.max_connections.map(|n| n.get()),
+            format!(
+                "{}, TENANCY_TENANT_MAX_CONNECTIONS",
+                settings.database.per_tenant_max()
+            ),
+        ),
+        (
+            "statement_timeout",
+            own.statement_timeout.map(|n| n.get()),
+            format!(
+                "{} s, TENANCY_STATEMENT_TIMEOUT",
+                settings.database.statement_timeout.as_secs()
+            ),
+        ),
+        (
+            "rate_limit",
+            own.rate_limit.map(|n| n.get()),
+            match settings.rate.rate {
+                Some(n) => format!("{n}/s, TENANCY_RATE_LIMIT"),
+                None => "none, TENANCY_RATE_LIMIT".to_owned(),
+            },
+        ),
+        (
+            "rate_limit_burst",
+            own.rate_limit_burst.map(|n| n.get()),
+            match settings.rate.burst {
+                Some(n) => format!("{n}, TENANCY_RATE_LIMIT_BURST"),
+                None => "one second's worth, TENANCY_RATE_LIMIT_BURST".to_owned(),
+            },
+        ),
+    ];
+    writeln!(out, "tenant {}", t.identifier)?;
+    for (name, value, default) in rows {
+        match value {
+            Some(n) => writeln!(out, "  {name:<18} {n}")?,
+            None => writeln!(out, "  {name:<18} default ({default})")?,
+        }
+    }
+    Ok(())
+}
+
+/// `tenant destroy`.
+async fn destroy(
+    tenancy: &Tenancy,
+    actor: &Actor,
+    id: &TenantIdentifier,
+    confirm: &str,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    tenancy.destroy_tenant(actor, id, confirm).await?;
+    writeln!(out, "tenant {id} destroyed")?;
+    match tenancy.settings.identifier_quarantine_days {
+        0 => {}
+        days => writeln!(
+            out,
+            "identifier {id} is quarantined for {days} days \
+             (`tenant release {id}` frees it earlier)"
+        )?,
+    }
+    Ok(())
+}
+
+/// `tenant history`: the audit trail of one tenant, newest first.
+async fn history(
+    tenancy: &Tenancy,
+    id: &TenantIdentifier,
+    limit: i64,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let entries = tenancy.history(id, limit, None).await?;
+    if entries.is_empty() {
+        writeln!(out, "no recorded operation on {id}")?;
+    } else {
+        writeln!(
+            out,
+            "{:<20}  {:<20}  {:<11}  {:<7}  {:>7}  details",
+            "at (UTC)", "actor", "operation", "result", "ms"
+        )?;
+    }
+    for e in entries {
+        let mut details = match e.params.as_object() {
+            Some(p) if p.is_empty() => String::new(),
+            _ => e.params.to_string(),
+        };
+        if let Some(error) = &e.error {
+            details = format!("{details} error: {error}").trim().to_owned();
+        }
+        writeln!(
+            out,
+            "{:<20}  {:<20}  {:<11}  {:<7}  {:>7}  {details}",
+            e.at.format("%Y-%m-%d %H:%M:%S"),
+            e.actor,
+            e.operation,
+            e.result,
+            e.duration_ms
+        )?;
+    }
+    Ok(())
 }
 
 /// `worker`: job workers until SIGTERM or Ctrl-C, then a graceful stop (jobs in hand
@@ -666,9 +731,9 @@ fn list_jobs(jobs: &[JobRecord], out: &mut impl Write) -> std::io::Result<()> {
 /// A limit given on the command line: `None` when not given, `Some(None)` for `default`.
 fn limit<T: std::str::FromStr<Err = String>>(
     flag: &str,
-    value: Option<String>,
+    value: Option<&str>,
 ) -> Result<Option<Option<T>>, String> {
-    match value.as_deref() {
+    match value {
         None => Ok(None),
         Some("default") => Ok(Some(None)),
         Some(value) => value

@@ -105,107 +105,81 @@ impl AppError {
     /// Seconds a client should wait before retrying a 503.
     const RETRY_AFTER_SECONDS: &'static str = "1";
 
-    /// How this error is answered: one arm per variant.
+    /// How this error is answered.
     fn answer(&self) -> Answer<'_> {
-        let (status, title, public, internal) = match self {
-            AppError::MissingTenant { hint } => (
-                StatusCode::BAD_REQUEST,
-                "Tenant required",
-                Some(hint.clone()),
-                None,
-            ),
-            AppError::TenantNotFound { detail } => (
-                StatusCode::NOT_FOUND,
-                "Tenant not found",
-                None,
-                Some(detail),
-            ),
-            AppError::Forbidden { detail } => {
-                (StatusCode::FORBIDDEN, "Forbidden", None, Some(detail))
+        let (status, title) = self.status_and_title();
+        let (public, internal) = self.details();
+        Answer {
+            status,
+            title,
+            public,
+            internal,
+        }
+    }
+
+    /// The status and the problem's title: one arm per variant.
+    fn status_and_title(&self) -> (StatusCode, &'static str) {
+        match self {
+            AppError::MissingTenant { .. } => (StatusCode::BAD_REQUEST, "Tenant required"),
+            AppError::TenantNotFound { .. } => (StatusCode::NOT_FOUND, "Tenant not found"),
+            AppError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            AppError::Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            AppError::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad request"),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+            AppError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
             }
-            AppError::Unauthorized { detail } => {
-                (StatusCode::UNAUTHORIZED, "Unauthorized", None, Some(detail))
+            AppError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+            AppError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "Request body too slow"),
+            AppError::ReadOnly { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Tenant read-only"),
+            AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
+{%- if admin_api %}
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+{%- endif %}
+            AppError::Constraint { kind, .. } => (kind.status(), kind.title()),
+            AppError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable")
             }
-            AppError::BadRequest(message) => (
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                Some(message.clone()),
-                None,
-            ),
-            AppError::NotFound(what) => (
-                StatusCode::NOT_FOUND,
-                "Not found",
-                Some(format!("{what} not found")),
-                None,
-            ),
-            AppError::MethodNotAllowed { allow } => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Method not allowed",
-                Some(format!("this resource answers {allow}")),
-                None,
-            ),
+            AppError::Internal { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+            }
+        }
+    }
+
+    /// What the client is told (the problem's `detail`), and what only the logs (and
+    /// `TENANCY_ERROR_DETAILS`) show: one arm per variant.
+    fn details(&self) -> (Option<String>, Option<&str>) {
+        match self {
+            AppError::MissingTenant { hint } => (Some(hint.clone()), None),
+            AppError::TenantNotFound { detail }
+            | AppError::Forbidden { detail }
+            | AppError::Unauthorized { detail }
+            | AppError::Internal { detail } => (None, Some(detail)),
+            AppError::BadRequest(message) => (Some(message.clone()), None),
+            AppError::NotFound(what) => (Some(format!("{what} not found")), None),
+            AppError::MethodNotAllowed { allow } => {
+                (Some(format!("this resource answers {allow}")), None)
+            }
             AppError::BodyTooLarge(limit) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large",
                 Some(format!("the request body may be at most {limit} bytes")),
                 None,
             ),
             AppError::BodyTimeout(seconds) => (
-                StatusCode::REQUEST_TIMEOUT,
-                "Request body too slow",
                 Some(format!(
                     "the request body did not arrive within {seconds} s"
                 )),
                 None,
             ),
-            AppError::ReadOnly { detail } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Tenant read-only",
-                Some(detail.clone()),
-                None,
-            ),
-            AppError::RateLimited { detail, .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests",
-                Some(detail.clone()),
-                None,
-            ),
+            AppError::ReadOnly { detail } | AppError::RateLimited { detail, .. } => {
+                (Some(detail.clone()), None)
+            }
 {%- if admin_api %}
-            AppError::Conflict(message) => (
-                StatusCode::CONFLICT,
-                "Conflict",
-                Some(message.clone()),
-                None,
-            ),
+            AppError::Conflict(message) => (Some(message.clone()), None),
 {%- endif %}
             AppError::Constraint {
-                kind,
-                message,
-                detail,
-            } => (
-                kind.status(),
-                kind.title(),
-                Some(message.clone()),
-                Some(detail),
-            ),
-            AppError::Unavailable { detail } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service unavailable",
-                Some("try again shortly".into()),
-                Some(detail),
-            ),
-            AppError::Internal { detail } => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal server error",
-                None,
-                Some(detail),
-            ),
-        };
-        Answer {
-            status,
-            title,
-            public,
-            internal: internal.map(String::as_str),
+                message, detail, ..
+            } => (Some(message.clone()), Some(detail)),
+            AppError::Unavailable { detail } => (Some("try again shortly".into()), Some(detail)),
         }
     }
 

@@ -51,9 +51,7 @@ pub const PROBLEM: &str = "application/problem+json";
         routes::admin::destroy,
         routes::admin::set_limits,
         routes::admin::set_maintenance,
-{%- if placement %}
         routes::admin::move_tenant,
-{%- endif %}
         routes::admin::history,
         routes::admin::jobs,
         routes::admin::retry_job,
@@ -88,7 +86,7 @@ pub struct Served(actix_web::web::Bytes);
 
 impl Served {
     pub fn new(settings: &crate::config::Settings) -> Self {
-        let {% if header_resolver or resolution == "path" or placement and admin_api %}mut {% endif %}doc = document();
+        let {% if header_resolver or resolution == "path" or admin_api %}mut {% endif %}doc = document();
 {%- if header_resolver %}
         let header = &settings.tenancy.resolve.header.name;
         if !header.eq_ignore_ascii_case("X-Tenant-ID") {
@@ -118,14 +116,14 @@ impl Served {
 {%- if header_resolver == false and resolution != "path" %}
         let _ = settings; // resolved by host or token: no name to configure
 {%- endif %}
-{%- if placement and admin_api %}
+{%- if admin_api %}
         let servers = &settings.tenancy.isolation{% if isolation == "hybrid" %}.database{% endif %}{% if tenant_databases %}.servers{% endif %}.servers;
         name_listed_servers(&mut doc, servers);
 {%- endif %}
         Self(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()).into())
     }
 }
-{%- if placement and admin_api %}
+{%- if admin_api %}
 
 /// A request may name only a server of `TENANCY_DATABASE_SERVERS` (any other is refused):
 /// the served document lists this deployment's, or null (the placement policy, or the

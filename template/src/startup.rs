@@ -98,9 +98,7 @@ pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeErr
         .check_app_role()
         .await
         .map_err(|e| ServeError::UnsafeRole(e.to_string()))?;
-{%- if placement %}
     (tenancy.check_servers_listed().await).map_err(ServeError::Servers)?;
-{%- endif %}
     tenancy.watch_changes().await;
     Ok(web::Data::new(tenancy))
 }
@@ -207,11 +205,9 @@ pub enum ServeError {
     /// must give a session does not).
     #[error("{0}")]
     Pooler(String),
-{%- if placement %}
     /// Tenants on a server the configuration no longer lists.
     #[error("{0}")]
     Servers(String),
-{%- endif %}
     #[error(transparent)]
     Io(std::io::Error),
 }

@@ -756,41 +756,11 @@ impl Pool {
                 .unwrap_or(shared.settings.per_tenant)
                 .max(1),
         };
-        // Where a checkout starts: no connection yet, the tenant's share counted.
-        let empty = || {
-            let mut guard = shared.guard(tenant, home, None, None, new_key(), Instant::now());
-            guard.timeout_ms = want.timeout_ms;
-            guard.answer_within = timeout + ANSWER_MARGIN;
-            guard
-        };
         loop {
             if let Some(why) = shared.shared_sessions.get() {
                 return Err(PoolError::SharedSessions(why.clone()));
             }
-            let served = match shared.next_step(want) {
-                Step::Served(handoff) => handoff,
-                Step::Evict(idle) => match shared.evict(*idle, deadline).await {
-                    Some(permit) => {
-                        *shared.lock().in_use.entry(tenant).or_default() += 1;
-                        Handoff::Open(permit)
-                    }
-                    None => return Err(PoolError::TimedOut(shared.settings.wait)),
-                },
-                Step::Wait(ticket, handoff) => {
-                    shared.counters.waited.fetch_add(1, Ordering::Relaxed);
-                    *waited = true;
-                    let in_line = InLine {
-                        pool: shared,
-                        tenant,
-                        ticket,
-                        handoff,
-                    };
-                    match in_line.served(deadline).await {
-                        Some(handoff) => handoff,
-                        None => return Err(PoolError::TimedOut(shared.settings.wait)),
-                    }
-                }
-            };
+            let served = self.handoff(want, deadline, waited).await?;
             // From here on the connection counts in the tenant's share: the guard gives it
             // back if this fails.
             let (mut guard, permit) = match served {
@@ -830,39 +800,57 @@ impl Pool {
                     },
                     // Handed a connection of another database: it makes room for one.
                     _ => {
-                        let guard = empty();
+                        let guard = shared.empty_guard(&want, timeout);
                         match shared.evict(*idle, deadline).await {
                             Some(permit) => (guard, permit),
                             None => return Err(PoolError::TimedOut(shared.settings.wait)),
                         }
                     }
                 },
-                Handoff::Open(permit) => (empty(), permit),
+                Handoff::Open(permit) => (shared.empty_guard(&want, timeout), permit),
             };
             let config = open().await?;
-            match shared.open(config, permit).await {
-                Ok(conn) => {
-                    guard.conn = Some(conn);
-                    if per_transaction {
-                        shared.begin(&mut guard, scope, timeout)?;
-                    } else if let Some(scope) = scope {
-                        shared.set_scope(&mut guard, scope, timeout).await?;
-                    }
-                    return Ok(guard);
+            if shared.open_into(&mut guard, config, permit).await? {
+                if per_transaction {
+                    shared.begin(&mut guard, scope, timeout)?;
+                } else if let Some(scope) = scope {
+                    shared.set_scope(&mut guard, scope, timeout).await?;
                 }
-                Err(error) if error.is_too_many_connections() => {
-                    shared.errors.count("too_many_connections");
-                    shared.limit(&error);
-                    // Served by the connections already open, or 503 in time.
-                    continue;
-                }
-                Err(error) => {
-                    tracing::warn!(pool = shared.name, error = %error,
-                        sqlstate = error.sqlstate().map(|s| s.code()), "database connection failed");
-                    return Err(error.into());
-                }
+                return Ok(guard);
             }
+            // Over the server's max_connections: served by the connections already open,
+            // or 503 in time.
         }
+    }
+
+    /// What a checkout is handed next: a connection of the pool, or room to open one,
+    /// after waiting in line if need be (`waited`); `TimedOut` at `deadline`.
+    async fn handoff(
+        &self,
+        want: Want,
+        deadline: tokio::time::Instant,
+        waited: &mut bool,
+    ) -> Result<Handoff, PoolError> {
+        let shared = &self.shared;
+        let handoff = match shared.next_step(want) {
+            Step::Served(handoff) => Some(handoff),
+            Step::Evict(idle) => shared.evict(*idle, deadline).await.map(|permit| {
+                *shared.lock().in_use.entry(want.tenant).or_default() += 1;
+                Handoff::Open(permit)
+            }),
+            Step::Wait(ticket, handoff) => {
+                shared.counters.waited.fetch_add(1, Ordering::Relaxed);
+                *waited = true;
+                let in_line = InLine {
+                    pool: shared,
+                    tenant: want.tenant,
+                    ticket,
+                    handoff,
+                };
+                in_line.served(deadline).await
+            }
+        };
+        handoff.ok_or(PoolError::TimedOut(shared.settings.wait))
     }
 
     /// Closes the idle connections of `home` (a tenant's database that is being dropped).
@@ -1122,6 +1110,41 @@ impl Shared {
         ));
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
+    }
+
+    /// Where a checkout starts: no connection yet, the tenant's share counted.
+    fn empty_guard(self: &Arc<Self>, want: &Want, timeout: Duration) -> PooledConnection {
+        let (tenant, home) = (want.tenant, want.home);
+        let mut guard = self.guard(tenant, home, None, None, new_key(), Instant::now());
+        guard.timeout_ms = want.timeout_ms;
+        guard.answer_within = timeout + ANSWER_MARGIN;
+        guard
+    }
+
+    /// Opens a connection into `guard`: `false` when the server has none to spare (its
+    /// `max_connections`), which lowers this pool's limit to the connections it holds.
+    async fn open_into(
+        self: &Arc<Self>,
+        guard: &mut PooledConnection,
+        config: PgConfig,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<bool, PoolError> {
+        match self.open(config, permit).await {
+            Ok(conn) => {
+                guard.conn = Some(conn);
+                Ok(true)
+            }
+            Err(error) if error.is_too_many_connections() => {
+                self.errors.count("too_many_connections");
+                self.limit(&error);
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::warn!(pool = self.name, error = %error,
+                    sqlstate = error.sqlstate().map(|s| s.code()), "database connection failed");
+                Err(error.into())
+            }
+        }
     }
 
     /// Sets `scope` on the guard's connection; the guard records it only on success.

@@ -205,10 +205,8 @@ pub enum Maintenance {
     ReadOnly,
     /// Set and ended by `migrate` alone, and only on a tenant whose maintenance was `off`.
     Migrating,
-{%- if placement %}
     /// Set and ended by `tenant move` alone, while the tenant's data is copied.
     Moving,
-{%- endif %}
 }
 
 impl Maintenance {
@@ -216,9 +214,7 @@ impl Maintenance {
         Maintenance::Off,
         Maintenance::ReadOnly,
         Maintenance::Migrating,
-{%- if placement %}
         Maintenance::Moving,
-{%- endif %}
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -226,9 +222,7 @@ impl Maintenance {
             Maintenance::Off => "off",
             Maintenance::ReadOnly => "read_only",
             Maintenance::Migrating => "migrating",
-{%- if placement %}
             Maintenance::Moving => "moving",
-{%- endif %}
         }
     }
 

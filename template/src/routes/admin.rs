@@ -5,7 +5,7 @@
 //!
 //! | method | path | does |
 //! |---|---|---|
-//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}{% if placement %}, server?{% endif %}}` (201; other members: 400{% if tenant_databases %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% elsif placement %}; 202 and `provisioning` for another server without the owner's URL: `migrate` creates its schema there{% endif %}) |
+//! | POST | /admin/tenants | create `{identifier, name, metadata?{% if isolation == "hybrid" %}, isolation?{% endif %}, server?}` (201; other members: 400{% if tenant_databases %}; 202 and `provisioning` without the owner's URL: `migrate` creates its database{% else %}; 202 and `provisioning` for another server without the owner's URL: `migrate` creates its schema there{% endif %}) |
 //! | GET | /admin/tenants | list |
 //! | GET | /admin/tenants/{identifier} | show |
 //! | POST | /admin/tenants/{identifier}/suspend | suspend |
@@ -14,9 +14,7 @@
 //! | POST | /admin/tenants/{identifier}/destroy | drop storage `{confirm: identifier}` (204) |
 //! | PUT | /admin/tenants/{identifier}/limits | set its own limits |
 //! | PUT | /admin/tenants/{identifier}/maintenance | `{mode: read_only or off}` |
-{%- if placement %}
 //! | POST | /admin/tenants/{identifier}/move | move its {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %} `{to: host:port or null{% if isolation == "hybrid" %}, isolation?{% endif %}}`{% if isolation == "hybrid" %}, or its data one tier up or down (`isolation`){% endif %} (read-only meanwhile; answers when done) |
-{%- endif %}
 //! | GET | /admin/tenants/{identifier}/history | audit trail, newest first (`?limit=`, `?before=<id>`) |
 //! | GET | /admin/tenants/{identifier}/jobs | background jobs, newest first (`?state=`, `?limit=`, `?before=<id>`) |
 //! | POST | /admin/tenants/{identifier}/jobs/{id}/retry | queue a dead or cancelled job again |
@@ -92,9 +90,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, settings: AdminSettings) {
             .service(web::resource("/{identifier}/destroy").post(destroy))
             .service(web::resource("/{identifier}/limits").put(set_limits))
             .service(web::resource("/{identifier}/maintenance").put(set_maintenance))
-{%- if placement %}
             .service(web::resource("/{identifier}/move").post(move_tenant))
-{%- endif %}
             .service(web::resource("/{identifier}/history").get(history))
             .service(web::resource("/{identifier}/jobs").get(jobs))
             .service(web::resource("/{identifier}/jobs/{id}/retry").post(retry_job))
@@ -109,11 +105,9 @@ impl From<LifecycleError> for AppError {
             LifecycleError::NotFound(_) => AppError::NotFound("tenant"),
             LifecycleError::NoJob(..) => AppError::NotFound("job"),
             LifecycleError::Conflict(m) => AppError::Conflict(m),
-{%- if placement %}
             // A transaction held the tenant's tables: the move changed nothing (409, with
             // what to do; the audit trail counts it as failed).
             LifecycleError::Busy(m) => AppError::Conflict(m),
-{%- endif %}
             LifecycleError::Invalid(m) => AppError::BadRequest(m),
             LifecycleError::Pool(e) => e.into(),
             LifecycleError::Connect(e) => AppError::Unavailable {
@@ -318,8 +312,6 @@ pub(crate) async fn set_maintenance(
     Ok(HttpResponse::Ok().json(tenant))
 }
 
-{%- if placement %}
-
 /// Where to move a tenant's data.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -372,7 +364,6 @@ pub(crate) async fn move_tenant(
         .await?;
     Ok(HttpResponse::Ok().json(moved))
 }
-{%- endif %}
 
 #[utoipa::path(
     delete,
@@ -381,7 +372,7 @@ pub(crate) async fn move_tenant(
     params(("identifier" = String, Path, description = "The tenant's identifier")),
     responses(
         (status = 200, description = "The tenant, `deleted` (soft: its data stays until destroyed)", body = Tenant),
-        (status = 409, description = "Already deleted{% if placement %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already deleted, or a move holds it in two places until it is finished", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]
@@ -408,7 +399,7 @@ pub(crate) struct Confirmation {
     request_body(content = Confirmation, description = "`confirm` repeats the identifier"),
     responses(
         (status = 204, description = "Its storage and registry row are gone; the identifier is quarantined"),
-        (status = 409, description = "Not deleted first{% if placement %}, or a move holds it in two places until it is finished{% endif %}", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not deleted first, or a move holds it in two places until it is finished", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("admin_token" = [])),
 )]

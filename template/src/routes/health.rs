@@ -1,12 +1,12 @@
 //! Health endpoints for load balancers and orchestrators; never tenant-scoped (they are
 //! outside the `/api` scope that the tenant middleware wraps).
 //!
-//! - `/health`: overall status, database check with latency{% if placement %}, each server tenants
-//!   may be on (`checks.servers`: up or down, latency, tenants recorded there){% endif %}, tenant counts, connection
+//! - `/health`: overall status, database check with latency, each server tenants
+//!   may be on (`checks.servers`: up or down, latency, tenants recorded there), tenant counts, connection
 //!   usage, tenant cache; 200 when `healthy` or `degraded` (serving, but with fewer
 //!   connections than configured because PostgreSQL refused more, without hearing of
-//!   tenant changes made elsewhere, {% if placement %}with a server of tenants down (its tenants get
-//!   503, the others are served), {% endif %}or with `tenants.undecodable` registry rows, whose
+//!   tenant changes made elsewhere, with a server of tenants down (its tenants get
+//!   503, the others are served), or with `tenants.undecodable` registry rows, whose
 //!   metadata was written by hand in SQL and cannot be read back; the reason is given),
 //!   503 otherwise.
 //! - `/health/live`: the process answers (liveness).
@@ -67,14 +67,10 @@ pub(crate) async fn health(
     tenancy: web::Data<Tenancy>,
     details: web::Data<ErrorDetails>,
 ) -> HttpResponse {
-{%- if placement %}
     let servers = tenancy
         .servers()
         .check_all(tenancy.context(), CHECK_TIMEOUT);
     let (check, servers) = tokio::join!(check_database(&tenancy), servers);
-{%- else %}
-    let check = check_database(&tenancy).await;
-{%- endif %}
     let connections = tenancy.connection_stats();
     let (healthy, database, tenants) = match &check.tenants {
         Ok(counts) => {
@@ -110,7 +106,6 @@ pub(crate) async fn health(
     // A registry row that cannot be decoded wants an operator; its tenant still serves.
     let degraded =
         connections.degraded.is_some() || cache_degraded || tenancy.undecodable_tenants() > 0;
-{%- if placement %}
     // A server that is down fails its tenants alone: the others are served.
     let degraded = degraded || servers.iter().any(|s| s.status == "down");
     let servers: Vec<serde_json::Value> = servers
@@ -123,7 +118,6 @@ pub(crate) async fn health(
             shown
         })
         .collect();
-{%- endif %}
     let healthy = healthy && connections.refused.is_none();
     let status = match (healthy, degraded) {
         (false, _) => "unhealthy",
@@ -133,7 +127,7 @@ pub(crate) async fn health(
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
-        "checks": {"database": database{% if placement %}, "servers": servers{% endif %}},
+        "checks": {"database": database, "servers": servers},
         "tenants": tenants,
         "connections": connections,
         "cache": cache,

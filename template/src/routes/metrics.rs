@@ -71,14 +71,12 @@ pub(crate) async fn metrics(
     if let Some(jobs) = jobs {
         record_jobs(&tenancy, &jobs);
     }
-{%- if placement %}
     // Each server tenants may be on: up, how fast, how many tenants.
     let servers = tenancy
         .servers()
         .check_all(tenancy.context(), COUNT_TIMEOUT)
         .await;
     record_servers(&tenancy, &servers);
-{%- endif %}
     Ok(HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"
@@ -191,7 +189,6 @@ fn record_jobs(tenancy: &Tenancy, counts: &[jobs::store::QueueCount]) {
 }
 
 /// Records the state of pools, cache and registry, read now (before `/metrics` renders).
-{% if placement -%}
 /// `tenancy_database_server_up`, `_latency_seconds` and `_tenants`, by server.
 fn record_servers(tenancy: &Tenancy, servers: &[crate::tenancy::isolation::ServerCheck]) {
     tenancy.metrics.record(|| {
@@ -209,7 +206,6 @@ fn record_servers(tenancy: &Tenancy, servers: &[crate::tenancy::isolation::Serve
     });
 }
 
-{% endif -%}
 fn record_state(tenancy: &Tenancy, tenants_by_status: Option<&[(String, i64)]>) {
     let connections = tenancy.connection_stats();
     let cache = tenancy.cache_stats();

@@ -68,9 +68,7 @@ pub enum Operation {
     Release,
     JobRetry,
     JobCancel,
-{%- if placement %}
     Move,
-{%- endif %}
 }
 
 impl Operation {
@@ -87,9 +85,7 @@ impl Operation {
             Self::JobCancel => "job_cancel",
             Self::Migrate => "migrate",
             Self::Release => "release",
-{%- if placement %}
             Self::Move => "move",
-{%- endif %}
         }
     }
 }

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::audit::{self, Actor, Operation, Outcome, Record};
-{%- if placement and isolation != "hybrid" %}
+{%- if isolation != "hybrid" %}
 use super::isolation::Relocate;
 {%- endif %}
 use super::isolation::{DestroyPlan, Pending, Strategy};
@@ -48,14 +48,12 @@ pub enum LifecycleError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Pool(#[from] PoolError),
-{%- if placement %}
     /// Copying a tenant's data to another server failed (`tenant move`).
     #[error("the move failed: {0}")]
     Move(String),
     /// A move waited in vain for the tenant's tables: given up, nothing changed.
     #[error("{0}")]
     Busy(String),
-{%- endif %}
 }
 
 impl LifecycleError {
@@ -70,8 +68,6 @@ impl LifecycleError {
     }
 }
 
-{%- if placement %}
-
 impl From<super::isolation::PlaceError> for LifecycleError {
     fn from(error: super::isolation::PlaceError) -> Self {
         use super::isolation::PlaceError;
@@ -85,7 +81,6 @@ impl From<super::isolation::PlaceError> for LifecycleError {
         }
     }
 }
-{%- endif %}
 
 /// A tenant to create. Members it does not know are refused, so that a request meant for
 /// another kind of service is not half-understood.
@@ -111,13 +106,11 @@ pub struct NewTenant {
     #[serde(default = "empty_object")]
     #[schema(schema_with = crate::domain::StorableJson::object)]
     pub metadata: serde_json::Value,
-{%- if placement %}
     /// The PostgreSQL server (`host[:port]`, one of `TENANCY_DATABASE_SERVERS`) of the
     /// tenant's {% if isolation == "schema" %}schema{% elsif isolation == "rls" %}rows{% else %}database{% endif %}; default: as `TENANCY_DATABASE_PLACEMENT` says.
     #[serde(default)]
     #[schema(value_type = Option<String>, pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$", max_length = 253)]
     pub server: Option<super::isolation::ServerAddress>,
-{%- endif %}
 }
 
 impl NewTenant {
@@ -130,9 +123,7 @@ impl NewTenant {
             isolation: None,
 {%- endif %}
             metadata: empty_object(),
-{%- if placement %}
             server: None,
-{%- endif %}
         }
     }
 
@@ -255,10 +246,8 @@ impl Tenancy {
                         "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.jobs, {schema}.job_turns \
                          TO {role}"
                     ),
-{%- if placement %}
                     // Read to refuse deleting a tenant whose move is not finished.
                     format!("GRANT SELECT ON {schema}.tenant_moves TO {role}"),
-{%- endif %}
                 ]
             }
             None => Vec::new(),
@@ -363,16 +352,11 @@ impl Tenancy {
             .map_err(LifecycleError::Invalid)?;
         let name = new.name.trim();
 {%- if isolation == "hybrid" %}
-        let requested = new.isolation;
+        let isolation = self.strategy().choose(new.isolation);
 {%- else %}
         // Every tenant of this service is isolated the same way.
-        let requested = None;
+        let isolation = super::isolation::ISOLATION;
 {%- endif %}
-        let isolation = self
-            .strategy()
-            .choose(requested)
-            .map_err(LifecycleError::Invalid)?;
-{%- if placement %}
         if let Some(server) = &new.server {
 {%- if isolation == "hybrid" %}
             if isolation != Isolation::Database {
@@ -394,65 +378,13 @@ impl Tenancy {
                 ));
             }
         }
-{%- endif %}
-        let tenant = {
-            let mut conn = self.control.get().await?;
-            let max = self.settings.max_tenants;
-            let (identifier, metadata) = (&new.identifier, &new.metadata);
-            let tenant = conn
-                .transaction(async |conn| {
-                    // A new row, not the completion of an interrupted provisioning.
-                    if registry::find_by_identifier(conn, identifier)
-                        .await?
-                        .is_none()
-                    {
-                        if let Some(until) = registry::quarantined_until(conn, identifier).await? {
-                            return Ok(Err(LifecycleError::Conflict(format!(
-                                "identifier '{identifier}' belonged to a destroyed tenant and \
-                                 is quarantined until {} (TENANCY_IDENTIFIER_QUARANTINE_DAYS); \
-                                 `tenant release {identifier}` frees it earlier",
-                                until.format("%Y-%m-%d %H:%M UTC")
-                            ))));
-                        }
-                        if let Some(max) = max {
-                            let held = registry::count_for_creation(conn).await?;
-                            if held >= max as i64 {
-                                return Ok(Err(LifecycleError::Conflict(format!(
-                                    "this service holds {held} tenants, its limit \
-                                     (TENANCY_MAX_TENANTS); destroy one or raise the limit"
-                                ))));
-                            }
-                        }
-                    }
-{%- if placement %}
-                    // Its server, chosen once: a repeated creation keeps the recorded one.
-                    let server = match &new.server {
-                        Some(server) => Some(server.clone()),
-{%- if isolation == "hybrid" %}
-                        // The schema and rls tiers are on the default server.
-                        None if isolation != Isolation::Database => None,
-{%- endif %}
-                        None => self.servers().choose(conn, None).await?,
-                    };
-                    let placed = server.as_ref();
-{%- else %}
-                    let placed = None;
-{%- endif %}
-                    registry::insert_or_get(conn, identifier, name, isolation, metadata, placed)
-                        .await
-                        .map(Ok)
-                })
-                .await?;
-            conn.finish(true).await?;
-            tenant?
-        };
+        let tenant = self.register(&new, name, isolation).await?;
         if tenant.status != TenantStatus::Provisioning {
             return Err(LifecycleError::Conflict(format!(
                 "tenant '{}' already exists ({})",
                 tenant.identifier, tenant.status
             )));
         }
-{%- if placement %}
         if let Some(asked) = &new.server
             && tenant.server.as_ref() != Some(asked)
         {
@@ -466,7 +398,6 @@ impl Tenancy {
             // What follows may be the owner's work: a database, a schema on another server.
             self.check_owner_session().await?;
         }
-{%- endif %}
         let provisioned = {
             let mut conn = self.control.get().await?;
             let provisioned = self
@@ -495,6 +426,61 @@ impl Tenancy {
             // Another process completed it at the same time.
             None => self.get_tenant(&new.identifier).await,
         }
+    }
+
+    /// Registers `new` as `provisioning` (or finds it, registered by an interrupted
+    /// creation), unless its identifier is quarantined or the service is full.
+    async fn register(
+        &self,
+        new: &NewTenant,
+        name: &str,
+        isolation: crate::domain::Isolation,
+    ) -> Result<Tenant, LifecycleError> {
+        let mut conn = self.control.get().await?;
+        let max = self.settings.max_tenants;
+        let (identifier, metadata) = (&new.identifier, &new.metadata);
+        let tenant = conn
+            .transaction(async |conn| {
+                // A new row, not the completion of an interrupted provisioning.
+                if registry::find_by_identifier(conn, identifier)
+                    .await?
+                    .is_none()
+                {
+                    if let Some(until) = registry::quarantined_until(conn, identifier).await? {
+                        return Ok(Err(LifecycleError::Conflict(format!(
+                            "identifier '{identifier}' belonged to a destroyed tenant and \
+                             is quarantined until {} (TENANCY_IDENTIFIER_QUARANTINE_DAYS); \
+                             `tenant release {identifier}` frees it earlier",
+                            until.format("%Y-%m-%d %H:%M UTC")
+                        ))));
+                    }
+                    if let Some(max) = max {
+                        let held = registry::count_for_creation(conn).await?;
+                        if held >= max as i64 {
+                            return Ok(Err(LifecycleError::Conflict(format!(
+                                "this service holds {held} tenants, its limit \
+                                 (TENANCY_MAX_TENANTS); destroy one or raise the limit"
+                            ))));
+                        }
+                    }
+                }
+                // Its server, chosen once: a repeated creation keeps the recorded one.
+                let server = match &new.server {
+                    Some(server) => Some(server.clone()),
+{%- if isolation == "hybrid" %}
+                    // The schema and rls tiers are on the default server.
+                    None if isolation != Isolation::Database => None,
+{%- endif %}
+                    None => self.servers().choose(conn, None).await?,
+                };
+                let placed = server.as_ref();
+                registry::insert_or_get(conn, identifier, name, isolation, metadata, placed)
+                    .await
+                    .map(Ok)
+            })
+            .await?;
+        conn.finish(true).await?;
+        tenant
     }
 
     pub async fn get_tenant(
@@ -545,10 +531,8 @@ impl Tenancy {
         identifier: &TenantIdentifier,
     ) -> Result<Tenant, LifecycleError> {
         let run = async {
-{%- if placement %}
             self.refuse_mid_move(&self.get_tenant(identifier).await?, "delete")
                 .await?;
-{%- endif %}
             let from = [
                 TenantStatus::Active,
                 TenantStatus::Suspended,
@@ -623,9 +607,7 @@ impl Tenancy {
             self.check_owner_session().await?;
         }
 {%- endif %}
-{%- if placement %}
         self.refuse_mid_move(&tenant, "destroy").await?;
-{%- endif %}
 {%- if tenant_databases %}
         if tenant.isolation == Isolation::Database {
             if !self.context().has_owner {
@@ -768,13 +750,11 @@ impl Tenancy {
                 "maintenance 'migrating' is set by `migrate` alone: read_only or off".into(),
             ));
         }
-{%- if placement %}
         if mode == Maintenance::Moving {
             return Err(LifecycleError::Invalid(
                 "maintenance 'moving' is set by `tenant move` alone: read_only or off".into(),
             ));
         }
-{%- endif %}
         let tenant = self.get_tenant(identifier).await?;
         let mut conn = self.control.get().await?;
         let changed = registry::set_maintenance(&mut conn, tenant.id, mode).await?;
@@ -996,7 +976,6 @@ impl Tenancy {
     /// already on. A write already under way finishes first: the migration's DDL waits for
     /// its locks.
     async fn migrate_tenant(&self, tenant: &Tenant) -> Result<Vec<String>, MigrateError> {
-{%- if placement %}
         if tenant.maintenance == Maintenance::Moving {
             // Its copy on the target was migrated when the move made it.
             return Err(MigrateError::Migration(format!(
@@ -1005,7 +984,6 @@ impl Tenancy {
                 tenant.identifier
             )));
         }
-{%- endif %}
         let marked = {
             let mut conn = self.control.get().await.map_err(pool_failed)?;
             let marked = registry::switch_maintenance(
@@ -1086,8 +1064,6 @@ fn pool_failed(error: PoolError) -> MigrateError {
     MigrateError::Migration(format!("maintenance mode: {error}"))
 }
 
-{%- if placement %}
-
 impl Tenancy {
     /// What a move of `tenant` left unfinished, if one is under way or stopped partway:
     /// the tenant read-only for it, or its data (or a copy made for it) in a second place.
@@ -1118,4 +1094,3 @@ impl Tenancy {
         }
     }
 }
-{%- endif %}

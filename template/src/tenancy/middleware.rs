@@ -93,9 +93,7 @@ pub async fn resolve_tenant(
     if !tenant.maintenance.takes_writes() && !req.method().is_safe() {
         let why = match tenant.maintenance {
             Maintenance::Migrating => "while its storage is migrated",
-{%- if placement %}
             Maintenance::Moving => "while its data moves to another server",
-{%- endif %}
             _ => "for maintenance",
         };
         let error = AppError::ReadOnly {

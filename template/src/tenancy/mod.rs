@@ -11,9 +11,7 @@ pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
 pub mod middleware;
-{%- if placement %}
 pub mod moves;
-{%- endif %}
 pub mod rate;
 pub mod registry;
 pub mod resolve;
@@ -75,11 +73,9 @@ pub struct Tenancy {
     undecodable: std::sync::Mutex<HashSet<TenantIdentifier>>,
     /// Set once the owner's URL was found to give migrations a session of their own.
     owner_session: tokio::sync::OnceCell<()>,
-{%- if placement %}
     /// The listed servers whose application role start-up could not check (they did not
     /// answer): each is checked before this process opens its first tenant connection there.
     unchecked: std::sync::Mutex<HashSet<isolation::ServerAddress>>,
-{%- endif %}
     /// Stops listening for tenant changes when the service is dropped.
     _watching: Option<tokio_util::sync::DropGuard>,
 }
@@ -137,47 +133,54 @@ pub enum AppRoleError {
     Unchecked(#[from] PoolError),
 }
 
+/// The application role's and the owner's connection settings, and the application role
+/// when it is not the owner (it is then granted access to what the owner creates).
+fn roles(
+    database: &DatabaseSettings,
+) -> Result<(PgConfig, PgConfig, Option<SqlIdentifier>), StartupError> {
+    let ca_file = database.ca_file.as_deref();
+    let mut app = PgConfig::parse(database.url.expose_secret(), ca_file)
+        .map_err(StartupError::DatabaseUrl)?;
+    if app.get_application_name().is_none() {
+        app.application_name(env!("CARGO_PKG_NAME"));
+    }
+    if app.get_connect_timeout().is_none() {
+        app.connect_timeout(database.pool_timeout);
+    }
+    if database.pooler == Pooler::Transaction {
+        app = app
+            .through_transaction_pooler(database.pooler_prepared_statements)
+            .map_err(StartupError::DatabaseUrl)?;
+    }
+    let app = with_statement_timeout(&app, database.statement_timeout);
+    let mut owner = match &database.migration_url {
+        Some(url) => PgConfig::parse(url.expose_secret(), ca_file)
+            .map_err(StartupError::MigrationDatabaseUrl)?,
+        None => PgConfig::parse(database.url.expose_secret(), ca_file)
+            .map_err(StartupError::DatabaseUrl)?,
+    };
+    if owner.get_connect_timeout().is_none() {
+        owner.connect_timeout(OWNER_CONNECT_TIMEOUT);
+    }
+    let app_role = match (app.get_user(), owner.get_user()) {
+        (Some(app), Some(owner)) if app != owner => {
+            Some(SqlIdentifier::parse(app).map_err(|why| {
+                StartupError::DatabaseUrl(format!(
+                    "the user name '{app}' cannot be granted access: {why}"
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    Ok((app, owner, app_role))
+}
+
 impl Tenancy {
     pub fn new(settings: TenancySettings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
         let database = &settings.database;
-        let ca_file = database.ca_file.as_deref();
-        let mut app = PgConfig::parse(database.url.expose_secret(), ca_file)
-            .map_err(StartupError::DatabaseUrl)?;
-        if app.get_application_name().is_none() {
-            app.application_name(env!("CARGO_PKG_NAME"));
-        }
-        if app.get_connect_timeout().is_none() {
-            app.connect_timeout(database.pool_timeout);
-        }
-        if database.pooler == Pooler::Transaction {
-            app = app
-                .through_transaction_pooler(database.pooler_prepared_statements)
-                .map_err(StartupError::DatabaseUrl)?;
-        }
-        let app = with_statement_timeout(&app, database.statement_timeout);
-        let mut owner = match &database.migration_url {
-            Some(url) => PgConfig::parse(url.expose_secret(), ca_file)
-                .map_err(StartupError::MigrationDatabaseUrl)?,
-            None => PgConfig::parse(database.url.expose_secret(), ca_file)
-                .map_err(StartupError::DatabaseUrl)?,
-        };
-        if owner.get_connect_timeout().is_none() {
-            owner.connect_timeout(OWNER_CONNECT_TIMEOUT);
-        }
-{%- if placement %}
+        let (app, owner, app_role) = roles(database)?;
         let has_owner = database.migration_url.is_some();
-{%- endif %}
-        let app_role = match (app.get_user(), owner.get_user()) {
-            (Some(app), Some(owner)) if app != owner => {
-                Some(SqlIdentifier::parse(app).map_err(|why| {
-                    StartupError::DatabaseUrl(format!(
-                        "the user name '{app}' cannot be granted access: {why}"
-                    ))
-                })?)
-            }
-            _ => None,
-        };
         let control = ControlPool::new(
             Pool::new(
                 "control",
@@ -224,10 +227,8 @@ impl Tenancy {
                 owner,
                 app_role,
                 runtime,
-{%- if placement %}
                 control: control.clone(),
                 has_owner,
-{%- endif %}
             },
             strategy,
             pool,
@@ -241,9 +242,7 @@ impl Tenancy {
             jobs_enqueued: Arc::default(),
             undecodable: std::sync::Mutex::default(),
             owner_session: tokio::sync::OnceCell::new(),
-{%- if placement %}
             unchecked: std::sync::Mutex::default(),
-{%- endif %}
             _watching: None,
         })
     }
@@ -284,7 +283,6 @@ impl Tenancy {
     pub fn strategy(&self) -> &isolation::Selected {
         &self.strategy
     }
-{%- if placement %}
 
     /// The servers tenants may be placed on.
     pub fn servers(&self) -> &isolation::Servers {
@@ -294,8 +292,6 @@ impl Tenancy {
         &self.strategy.servers
 {%- endif %}
     }
-{%- endif %}
-{%- if placement %}
 
     /// What moves tenants between servers, step by step (`tenant move` runs the steps).
     pub fn relocator(&self) -> &impl isolation::Relocate {
@@ -305,7 +301,6 @@ impl Tenancy {
         &self.strategy
 {%- endif %}
     }
-{%- endif %}
 {%- if isolation == "hybrid" %}
 
     /// What places tenants' own databases on servers (hybrid's `database` tier).
@@ -323,7 +318,6 @@ impl Tenancy {
             .map(drop)
             .map_err(|e| e.to_string())
     }
-{%- if placement %}
 
     /// Refuses a list of servers (`TENANCY_DATABASE_SERVERS`) that leaves out one the
     /// registry places tenants on: the service reaches only the servers its configuration
@@ -346,7 +340,6 @@ impl Tenancy {
             unlisted.join(", ")
         ))
     }
-{%- endif %}
 
     /// Refuses an application role that would defeat the isolation strategy (for
     /// Row-Level Security: a superuser, `BYPASSRLS`, or the owner of tenant tables).
@@ -356,12 +349,9 @@ impl Tenancy {
             .check_app_role(&mut conn)
             .await
             .map_err(AppRoleError::Unsafe)?;
-{%- if placement %}
         self.check_app_role_elsewhere().await?;
-{%- endif %}
         Ok(())
     }
-{%- if placement %}
 
     /// The same on each listed server, as the application role logs in there (a role of
     /// that server's own). A server that does not answer is checked later, before the
@@ -418,7 +408,6 @@ impl Tenancy {
         );
         Ok(())
     }
-{%- endif %}
 
     /// A connection scoped to `tenant`: one already scoped to it, else a shared one
     /// re-scoped (schema, rls), else a new one. Behind a transaction pooler, a transaction
@@ -448,12 +437,10 @@ impl Tenancy {
         Ok(TenantConnection::new(conn, request))
     }
 
-    /// The settings of a new connection for `tenant`{% if placement %}, once the application role is
-    /// checked on its server{% endif %}.
+    /// The settings of a new connection for `tenant`, once the application role is
+    /// checked on its server.
     async fn connect_config(&self, tenant: &Tenant) -> Result<PgConfig, PoolError> {
-{%- if placement %}
         self.check_server_of(tenant).await?;
-{%- endif %}
         self.strategy.connect_config(&self.ctx, tenant).await
     }
 

@@ -108,13 +108,7 @@ impl Tenancy {
         let (tenant, _one_move) = self.movable(identifier).await?;
         let strategy = self.relocator();
         if tenant.status == TenantStatus::Deleted {
-            // Deleted with a move of another kind to finish: no move of this kind starts.
-            let mut conn = self.control.get().await?;
-            let recorded = strategy.unfinished_move(&mut conn, &tenant).await?;
-            conn.finish(true).await?;
-            if recorded.is_none() {
-                return Err(deleted(identifier));
-            }
+            self.finishing_only(&tenant).await?;
         }
         let moving = strategy.start_move(ctx, &tenant, to).await?;
         let storage = strategy.storage();
@@ -187,6 +181,18 @@ impl Tenancy {
             tables,
             u64::try_from(read_only.as_millis()).unwrap_or(u64::MAX),
         ))
+    }
+
+    /// A deleted tenant moves only to finish a move of it stopped partway: refused when
+    /// none is recorded.
+    async fn finishing_only(&self, tenant: &Tenant) -> Result<(), LifecycleError> {
+        let mut conn = self.control.get().await?;
+        let recorded = self.relocator().unfinished_move(&mut conn, tenant).await?;
+        conn.finish(true).await?;
+        match recorded {
+            Some(_) => Ok(()),
+            None => Err(deleted(&tenant.identifier)),
+        }
     }
 
     /// The tenant `identifier` names, if it may move, and the session that holds its

@@ -6,7 +6,7 @@
 //! The limit is checked once the tenant is known and active (unknown tenants never create
 //! any state here), before the request's body is read.{% if redis_cache %} It holds across every replica:
 //! Redis keeps each tenant's state and one script, using Redis's own clock, decides
-//! atomically (`shared_cache::SharedCache::take_rate`). When Redis cannot say, the
+//! atomically (`TAKE`). When Redis cannot say, the
 //! request passes (`TENANCY_RATE_LIMIT_REDIS_DOWN=open`, the default) or gets 503
 //! (`closed`), and `/health` says so.{% else %} It holds per process (`governor`): with
 //! N replicas a tenant may send up to N times the limit.{% endif %}
@@ -24,13 +24,36 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultDirectRateLimiter, Quota};
+{%- endunless %}
 use uuid::Uuid;
-{% endunless %}
+
 {% if redis_cache -%}
 use super::shared_cache::SharedCache;
 {% endif -%}
 use crate::domain::Tenant;
 use crate::settings::{ConfigError, Key, Source};
+{%- if redis_cache %}
+
+/// GCRA on one tenant's key, by Redis's clock: the key holds the theoretical arrival time
+/// (µs) of the next request; a request is let through unless that lies more than the
+/// burst ahead. ARGV: the interval between requests (µs), the burst. Returns (1, requests
+/// left at once, µs until the bucket is full) or (0, 0, µs to wait).
+const TAKE: &str = r"
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+local allowed_at = next_tat - burst * interval
+if allowed_at > now then
+    return {0, 0, allowed_at - now}
+end
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return {1, math.floor((now - allowed_at) / interval), next_tat - now}
+";
+{%- endif %}
 
 #[derive(Debug, Clone)]
 pub struct RateSettings {
@@ -181,7 +204,7 @@ impl RateLimiter {
     pub async fn check(&self, tenant: &Tenant) -> Option<(Rate, Verdict)> {
         let rate = Rate::of(&self.settings, tenant)?;
 {%- if redis_cache %}
-        let verdict = match self.shared.take_rate(tenant.id, rate).await {
+        let verdict = match self.take(tenant.id, rate).await {
             Some(verdict) => verdict,
             None if self.settings.fail_open => return None,
             None => Verdict::Unknown,
@@ -194,7 +217,30 @@ impl RateLimiter {
         }
         Some((rate, verdict))
     }
-{%- unless redis_cache %}
+{%- if redis_cache %}
+
+    /// Takes one request of `tenant` from its bucket in Redis, for every replica at once;
+    /// `None` when Redis cannot say.
+    async fn take(&self, tenant: Uuid, rate: Rate) -> Option<Verdict> {
+        let interval = rate.interval().as_micros().max(1);
+        let args = vec![interval.to_string(), rate.burst.to_string()];
+        let (allowed, remaining, wait) = self
+            .shared
+            .rate_script::<(i64, i64, i64)>(TAKE, tenant, args)
+            .await?;
+        let micros = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
+        Some(if allowed == 1 {
+            Verdict::Allowed {
+                remaining: u32::try_from(remaining).unwrap_or(0),
+                reset: micros,
+            }
+        } else {
+            Verdict::Limited {
+                retry_after: micros,
+            }
+        })
+    }
+{%- else %}
 
     fn take(&self, tenant: Uuid, rate: Rate) -> Verdict {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -232,7 +278,7 @@ impl RateLimiter {
     pub fn tracked(&self) -> usize {
         self.local.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
-{%- endunless %}
+{%- endif %}
 
     /// Requests answered 429 since start.
     pub fn limited(&self) -> u64 {

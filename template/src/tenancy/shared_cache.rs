@@ -31,7 +31,6 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use super::cache::Change;
-use super::rate::{Rate, Verdict};
 use crate::domain::{Maintenance, ServerAddress, Tenant, TenantIdentifier, TenantLimits};
 use crate::settings::{ConfigError, Key, Source};
 
@@ -55,26 +54,6 @@ return 1";
 
 /// Replaces a tenant by a tombstone of `version` unless Redis holds that version or a
 /// later one (KEYS[1]; ARGV: version, ttl ms).
-/// GCRA on one tenant's key, by Redis's clock: the key holds the theoretical arrival time
-/// (µs) of the next request; a request is let through unless that lies more than the
-/// burst ahead. ARGV: the interval between requests (µs), the burst. Returns (1, requests
-/// left at once, µs until the bucket is full) or (0, 0, µs to wait).
-const TAKE: &str = r"
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local next_tat = tat + interval
-local allowed_at = next_tat - burst * interval
-if allowed_at > now then
-    return {0, 0, allowed_at - now}
-end
-redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil((next_tat - now) / 1000) + 1)
-return {1, math.floor((now - allowed_at) / interval), next_tat - now}
-";
-
 const FORGET: &str = r"
 local stored = redis.call('HGET', KEYS[1], 'v')
 if stored and tonumber(stored) >= tonumber(ARGV[1]) then return 0 end
@@ -200,7 +179,7 @@ pub struct SharedStats {
 pub struct SharedCache {
     pool: Pool,
     prefix: String,
-    /// Where each tenant's rate-limit state lives (see `take_rate`).
+    /// Where each tenant's rate-limit state lives (see `rate_script`).
     rate_prefix: String,
     ttl: Duration,
     timeout: Duration,
@@ -515,33 +494,30 @@ impl SharedCache {
 }
 
 impl SharedCache {
-    /// Takes one request of `tenant` from its bucket in Redis, for every replica at once;
-    /// `None` when Redis cannot say (the failure is recorded as the cache's are).
-    pub async fn take_rate(self: &Arc<Self>, tenant: Uuid, rate: Rate) -> Option<Verdict> {
+    /// Runs a Lua `script` on `tenant`'s rate-limit key (the rate limiter's own state),
+    /// for every replica at once; `None` when Redis cannot say (the failure is recorded
+    /// as the cache's are).
+    pub async fn rate_script<T>(
+        self: &Arc<Self>,
+        script: &'static str,
+        tenant: Uuid,
+        args: Vec<String>,
+    ) -> Option<T>
+    where
+        T: deadpool_redis::redis::FromRedisValue + Send + 'static,
+    {
         if !self.usable() {
             return None;
         }
         let key = format!("{}{tenant}", self.rate_prefix);
-        let interval = rate.interval().as_micros().max(1);
-        let args = vec![interval.to_string(), rate.burst.to_string()];
-        match self.eval::<(i64, i64, i64)>(TAKE, key, args).await {
-            Ok((1, remaining, reset)) => Some(Verdict::Allowed {
-                remaining: u32::try_from(remaining).unwrap_or(0),
-                reset: micros(reset),
-            }),
-            Ok((_, _, wait)) => Some(Verdict::Limited {
-                retry_after: micros(wait),
-            }),
+        match self.eval::<T>(script, key, args).await {
+            Ok(answer) => Some(answer),
             Err(error) => {
                 self.failed(&error);
                 None
             }
         }
     }
-}
-
-fn micros(value: i64) -> Duration {
-    Duration::from_micros(u64::try_from(value).unwrap_or(0))
 }
 
 /// Deletes every key that starts with `prefix`.

@@ -31,7 +31,6 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
     assert_eq!(body["connections"]["control"]["max_connections"], 4);
     assert!(body["connections"]["control"]["opened"].as_u64().unwrap() >= 1);
     assert!(body["connections"].get("degraded").is_none(), "{body}");
-{%- if placement %}
     // No other server listed: the default one, holding both tenants.
     assert_eq!(
         body["checks"]["servers"],
@@ -42,9 +41,7 @@ async fn health_reports_database_latency_tenant_counts_and_connections() {
             "tenants": 2,
         }])
     );
-{%- endif %}
 }
-{%- if placement %}
 
 #[actix_web::test]
 async fn health_checks_each_server_tenants_may_be_on_and_one_down_degrades_it() {
@@ -103,7 +100,6 @@ async fn health_checks_each_server_tenants_may_be_on_and_one_down_degrades_it() 
         assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");
     }
 }
-{%- endif %}
 
 #[actix_web::test]
 async fn health_is_503_when_the_database_is_unreachable() {

@@ -531,20 +531,19 @@ pub fn sign_hs256(claims: serde_json::Value) -> String {
 
 /// The settings the service needs in the tests besides its database: its resolvers'{% if redis_cache %} and
 /// its Redis{% endif %}.
-#[allow(clippy::vec_init_then_push)]
 pub fn base_env() -> Vec<(&'static str, String)> {
-    #[allow(unused_mut)]
-    let mut env = Vec::new();
+    vec![
+        // The database's settings come from `TestDatabase::env`.
 {%- if redis_cache %}
-    env.push(("TENANCY_REDIS_URL", redis_url()));
+        ("TENANCY_REDIS_URL", redis_url()),
 {%- endif %}
 {%- if subdomain_resolver %}
-    env.push(("TENANCY_DOMAIN_SUFFIX", DOMAIN_SUFFIX.to_string()));
+        ("TENANCY_DOMAIN_SUFFIX", DOMAIN_SUFFIX.to_string()),
 {%- endif %}
 {%- if jwt_resolver %}
-    env.push(("TENANCY_JWT_SECRET", JWT_SECRET.to_string()));
+        ("TENANCY_JWT_SECRET", JWT_SECRET.to_string()),
 {%- endif %}
-    env
+    ]
 }
 
 /// A request for `path` on behalf of `tenant`, addressed the way this service resolves

@@ -10,7 +10,7 @@ use actix_web::test;
 use serde_json::Value;
 
 use crate::helpers::*;
-{%- if placement and admin_api %}
+{%- if admin_api %}
 
 /// The request members that name a server.
 const SERVER_FIELDS: &[(&str, &str)] = &[("NewTenant", "server"), ("MoveTo", "to")];
@@ -31,8 +31,8 @@ async fn the_served_document_is_the_built_one_and_the_committed_one() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let {% if placement and admin_api %}mut {% endif %}served: Value = test::read_body_json(response).await;
-{%- if placement and admin_api %}
+    let {% if admin_api %}mut {% endif %}served: Value = test::read_body_json(response).await;
+{%- if admin_api %}
     // The servers a request may name are this deployment's: none listed here, null alone.
     for &(component, field) in SERVER_FIELDS {
         let property = &mut served["components"]["schemas"][component]["properties"][field];
@@ -61,7 +61,7 @@ async fn the_served_document_is_the_built_one_and_the_committed_one() {
         }
     }
 }
-{%- if placement and admin_api %}
+{%- if admin_api %}
 
 #[actix_web::test]
 async fn the_served_document_names_the_listed_servers_and_no_other() {

@@ -156,8 +156,6 @@ impl PgBouncer {
         format!("{scheme}://{credentials}127.0.0.1:{}{tail}", self.port)
     }
 
-{%- if placement %}
-
     /// `127.0.0.1:<port>`: where it listens.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -172,7 +170,6 @@ impl PgBouncer {
             .map(str::to_owned)
             .collect()
     }
-{%- endif %}
 
     fn signal(&self, signal: &str) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {

@@ -553,10 +553,6 @@ impl Strategy for DatabaseStrategy {
             "tenant databases and could alter or drop them",
         )
     }
-
-    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
-        super::only(requested, Isolation::Database)
-    }
 }
 
 #[cfg(test)]

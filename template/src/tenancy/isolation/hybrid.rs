@@ -65,6 +65,11 @@ pub struct HybridSettings {
 }
 
 impl HybridStrategy {
+    /// The tier of a new tenant: the one asked for, or `TENANCY_DEFAULT_ISOLATION`.
+    pub fn choose(&self, requested: Option<Isolation>) -> Isolation {
+        requested.unwrap_or(self.default_isolation)
+    }
+
     /// The `database` tier: placement on servers, and moves between them.
     pub fn databases(&self) -> &DatabaseStrategy {
         &self.database
@@ -267,10 +272,5 @@ impl Strategy for HybridStrategy {
         self.schema.check_app_role(conn).await?;
         self.rls.check_app_role(conn).await?;
         self.database.check_app_role(conn).await
-    }
-
-    /// The tier asked for, or `TENANCY_DEFAULT_ISOLATION`.
-    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
-        Ok(requested.unwrap_or(self.default_isolation))
     }
 }

@@ -29,14 +29,12 @@ pub struct Context {
     pub app_role: Option<SqlIdentifier>,
     /// The runtime every connection is opened on.
     pub runtime: Handle,
-{%- if placement %}
     /// The control plane's pool (the tenant registry).
     pub control: crate::db::ControlPool,
     /// Whether the owner's URL was given (`TENANCY_MIGRATION_DATABASE_URL`); without it,
     /// `owner` is the application role, which cannot create schemas or databases on other
     /// servers.
     pub has_owner: bool,
-{%- endif %}
 }
 
 impl Context {
@@ -146,9 +144,6 @@ pub trait Strategy: Sized + Send + Sync + 'static {
         &self,
         conn: &mut AsyncPgConnection,
     ) -> impl Future<Output = Result<(), String>>;
-
-    /// The isolation of a new tenant, given what was asked for.
-    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String>;
 }
 
 /// What destroying a tenant drops, found without dropping it.
@@ -263,17 +258,6 @@ impl RoleCheck {
     }
 }
 
-/// The isolation of a new tenant for a strategy that offers only `offered`.
-pub(crate) fn only(requested: Option<Isolation>, offered: Isolation) -> Result<Isolation, String> {
-    match requested {
-        None => Ok(offered),
-        Some(isolation) if isolation == offered => Ok(offered),
-        Some(other) => Err(format!(
-            "this service isolates every tenant with '{offered}', not '{other}'"
-        )),
-    }
-}
-
 /// Refuses a tenant whose registry row says it is stored another way than `expected`
 /// (a registry shared with a service generated for another strategy).
 pub(crate) fn ensure(tenant: &Tenant, expected: Isolation) -> Result<(), String> {
@@ -295,13 +279,16 @@ pub(crate) fn query_error(why: String) -> diesel::result::Error {
 
 mod schema;
 pub use schema::SchemaStrategy as Selected;
+/// How every tenant of this service is isolated.
+pub const ISOLATION: Isolation = Isolation::Schema;
 {%- endif %}
 {%- if isolation == "rls" %}
 
 mod rls;
 pub use rls::RlsStrategy as Selected;
+/// How every tenant of this service is isolated.
+pub const ISOLATION: Isolation = Isolation::Rls;
 {%- endif %}
-{%- if placement %}
 
 pub use crate::domain::ServerAddress;
 pub(crate) mod copy;
@@ -310,13 +297,14 @@ mod servers;
 pub use copy::TableCopy;
 pub use moving::{Move, PlaceError, Relocate};
 pub use servers::{ServerCheck, Servers, server_name};
-{%- endif %}
 {%- if tenant_databases %}
 
 mod database;
 {%- endif %}
 {%- if isolation == "database" %}
 pub use database::DatabaseStrategy as Selected;
+/// How every tenant of this service is isolated.
+pub const ISOLATION: Isolation = Isolation::Database;
 {%- endif %}
 {%- if isolation == "hybrid" %}
 pub use database::DatabaseStrategy;

@@ -323,8 +323,4 @@ impl Strategy for RlsStrategy {
             "tenant tables and could disable their Row-Level Security",
         )
     }
-
-    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
-        super::only(requested, Isolation::Rls)
-    }
 }

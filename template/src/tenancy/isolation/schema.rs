@@ -431,10 +431,6 @@ impl Strategy for SchemaStrategy {
             "tenant schemas and could alter or drop them",
         )
     }
-
-    fn choose(&self, requested: Option<Isolation>) -> Result<Isolation, String> {
-        super::only(requested, Isolation::Schema)
-    }
 }
 
 #[cfg(test)]

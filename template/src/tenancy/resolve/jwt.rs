@@ -125,76 +125,12 @@ impl Verifier {
                 ));
             }
         };
-        let hmac = algorithms
-            .iter()
-            .any(|a| a.family() == AlgorithmFamily::Hmac);
         let (keys, source) = match (config.secret, config.public_key_file, config.jwks_file) {
-            (Some(secret), None, None) => {
-                if secret.len() < MIN_SECRET_LEN {
-                    return Err((
-                        "jwt_secret",
-                        format!(
-                            "must be at least {MIN_SECRET_LEN} bytes (try: openssl rand -base64 48)"
-                        ),
-                    ));
-                }
-                if algorithms
-                    .iter()
-                    .any(|a| a.family() != AlgorithmFamily::Hmac)
-                {
-                    return Err((
-                        "jwt_algorithms",
-                        "a secret verifies HS256, HS384 or HS512 only".into(),
-                    ));
-                }
-                let key = DecodingKey::from_secret(secret.as_bytes());
-                (Keys::One(key), "secret".to_owned())
-            }
-            (None, Some(path), None) => {
-                refuse_hmac(hmac)?;
-                let family = algorithms[0].family();
-                if algorithms.iter().any(|a| a.family() != family) {
-                    return Err((
-                        "jwt_algorithms",
-                        "one public key verifies one family of algorithms (RS*/PS*, ES* or EdDSA)"
-                            .into(),
-                    ));
-                }
-                let pem = std::fs::read(path)
-                    .map_err(|e| ("jwt_public_key_file", format!("cannot read {path}: {e}")))?;
-                let key = match family {
-                    AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
-                    AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
-                    _ => DecodingKey::from_ed_pem(&pem),
-                }
-                .map_err(|e| {
-                    (
-                        "jwt_public_key_file",
-                        format!(
-                            "{path} is not a PEM public key for {:?}: {e}",
-                            algorithms[0]
-                        ),
-                    )
-                })?;
-                (Keys::One(key), path.to_owned())
-            }
+            (Some(secret), None, None) => (secret_key(secret, &algorithms)?, "secret".to_owned()),
+            (None, Some(path), None) => (public_key(path, &algorithms)?, path.to_owned()),
             (None, None, Some(path)) => {
-                refuse_hmac(hmac)?;
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ("jwt_jwks_file", format!("cannot read {path}: {e}")))?;
-                let set: JwkSet = serde_json::from_str(&text)
-                    .map_err(|e| ("jwt_jwks_file", format!("{path} is not a JWKS: {e}")))?;
-                let mut keys = HashMap::new();
-                for (i, jwk) in set.keys.iter().enumerate() {
-                    let key = DecodingKey::from_jwk(jwk)
-                        .map_err(|e| ("jwt_jwks_file", format!("key {i} of {path}: {e}")))?;
-                    let kid = jwk.common.key_id.clone().unwrap_or_default();
-                    keys.insert(kid, key);
-                }
-                if keys.is_empty() {
-                    return Err(("jwt_jwks_file", format!("{path} has no keys")));
-                }
-                (Keys::Set(keys), path.to_owned())
+                refuse_hmac(&algorithms)?;
+                (key_set(path)?, path.to_owned())
             }
             _ => {
                 return Err((
@@ -205,28 +141,7 @@ impl Verifier {
                 ));
             }
         };
-
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = config.leeway;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp"];
-        match config.issuer {
-            Some(issuer) => {
-                validation.set_issuer(&[issuer]);
-                required.push("iss");
-            }
-            None => validation.iss = None,
-        }
-        match config.audience {
-            Some(audience) => {
-                validation.set_audience(&[audience]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
+        let validation = validation(algorithms, &config);
         if config.tenant_claim.is_empty() {
             return Err(("jwt_tenant_claim", "must not be empty".into()));
         }
@@ -302,8 +217,105 @@ fn parse_algorithms(list: &str) -> Result<Vec<Algorithm>, Refusal> {
     Ok(algorithms)
 }
 
-fn refuse_hmac(hmac: bool) -> Result<(), Refusal> {
-    if hmac {
+/// What the claims must hold: `exp`, and `iss` and `aud` when configured.
+fn validation(algorithms: Vec<Algorithm>, config: &JwtConfig<'_>) -> Validation {
+    let mut validation = Validation::new(algorithms[0]);
+    validation.algorithms = algorithms;
+    validation.leeway = config.leeway;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    match config.issuer {
+        Some(issuer) => {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        None => validation.iss = None,
+    }
+    match config.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// TENANCY_JWT_SECRET: long enough, for HS* only.
+fn secret_key(secret: &str, algorithms: &[Algorithm]) -> Result<Keys, Refusal> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err((
+            "jwt_secret",
+            format!("must be at least {MIN_SECRET_LEN} bytes (try: openssl rand -base64 48)"),
+        ));
+    }
+    if algorithms
+        .iter()
+        .any(|a| a.family() != AlgorithmFamily::Hmac)
+    {
+        return Err((
+            "jwt_algorithms",
+            "a secret verifies HS256, HS384 or HS512 only".into(),
+        ));
+    }
+    Ok(Keys::One(DecodingKey::from_secret(secret.as_bytes())))
+}
+
+/// TENANCY_JWT_PUBLIC_KEY_FILE: one PEM key, for one family of algorithms.
+fn public_key(path: &str, algorithms: &[Algorithm]) -> Result<Keys, Refusal> {
+    refuse_hmac(algorithms)?;
+    let family = algorithms[0].family();
+    if algorithms.iter().any(|a| a.family() != family) {
+        return Err((
+            "jwt_algorithms",
+            "one public key verifies one family of algorithms (RS*/PS*, ES* or EdDSA)".into(),
+        ));
+    }
+    let pem = std::fs::read(path)
+        .map_err(|e| ("jwt_public_key_file", format!("cannot read {path}: {e}")))?;
+    let key = match family {
+        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+        _ => DecodingKey::from_ed_pem(&pem),
+    }
+    .map_err(|e| {
+        (
+            "jwt_public_key_file",
+            format!(
+                "{path} is not a PEM public key for {:?}: {e}",
+                algorithms[0]
+            ),
+        )
+    })?;
+    Ok(Keys::One(key))
+}
+
+/// TENANCY_JWT_JWKS_FILE: a JWKS of at least one key, by `kid`.
+fn key_set(path: &str) -> Result<Keys, Refusal> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ("jwt_jwks_file", format!("cannot read {path}: {e}")))?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| ("jwt_jwks_file", format!("{path} is not a JWKS: {e}")))?;
+    let mut keys = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| ("jwt_jwks_file", format!("key {i} of {path}: {e}")))?;
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(("jwt_jwks_file", format!("{path} has no keys")));
+    }
+    Ok(Keys::Set(keys))
+}
+
+fn refuse_hmac(algorithms: &[Algorithm]) -> Result<(), Refusal> {
+    if algorithms
+        .iter()
+        .any(|a| a.family() == AlgorithmFamily::Hmac)
+    {
         return Err((
             "jwt_algorithms",
             "HS* algorithms need TENANCY_JWT_SECRET and are never accepted with a public key \
