@@ -9,13 +9,14 @@ use actix_web::{App, Error, HttpRequest, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
+use crate::db::pool::PoolError;
 use crate::error::{AppError, ErrorDetails, problem_details};
 use crate::jobs::worker::Workers;
 use crate::jobs::{Kinds, Queue};
 use crate::routes;
 use crate::telemetry::TenantRootSpan;
 use crate::tenancy::middleware::BodyRead;
-use crate::tenancy::{StartupError, Tenancy};
+use crate::tenancy::{RegistryCheck, StartupError, Tenancy};
 
 /// The whole application around a shared `Tenancy` (it keeps no borrow of `settings`).
 pub fn app(
@@ -89,10 +90,11 @@ pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeErr
             tracing::info!(applied = ?applied, "control-plane migrations applied");
         }
     } else {
-        tenancy
-            .check_registry()
-            .await
-            .map_err(ServeError::NotMigrated)?;
+        // Advice by cause: `migrate` does not help a server that does not answer.
+        tenancy.check_registry().await.map_err(|e| match e {
+            RegistryCheck::Unreachable(e) => ServeError::Unreachable(e),
+            RegistryCheck::Unreadable(e) => ServeError::NotMigrated(e.to_string()),
+        })?;
     }
     tenancy
         .check_app_role()
@@ -199,6 +201,9 @@ pub enum ServeError {
          (TENANCY_MIGRATION_DATABASE_URL), or give `serve` that URL too"
     )]
     NotMigrated(String),
+    /// The registry's database does not answer: `migrate` would not help.
+    #[error("TENANCY_DATABASE_URL: {0}")]
+    Unreachable(PoolError),
     #[error("{0}")]
     UnsafeRole(String),
     /// A pooler in transaction mode where the settings do not expect one (or a URL that

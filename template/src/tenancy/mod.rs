@@ -175,6 +175,17 @@ fn roles(
     Ok((app, owner, app_role))
 }
 
+/// Why the tenant registry could not be read (`Tenancy::check_registry`).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryCheck {
+    /// No connection to the database: down, another address, refused credentials.
+    #[error(transparent)]
+    Unreachable(#[from] PoolError),
+    /// Connected, but the registry is not there (not migrated) or not readable.
+    #[error(transparent)]
+    Unreadable(#[from] diesel::result::Error),
+}
+
 impl Tenancy {
     pub fn new(settings: TenancySettings) -> Result<Self, StartupError> {
         let runtime = runtime::handle()?;
@@ -311,12 +322,10 @@ impl Tenancy {
 
     /// Checks that the tenant registry is there and readable by the application role
     /// (what `serve` checks instead of migrating when it has no owner's URL).
-    pub async fn check_registry(&self) -> Result<(), String> {
-        let mut conn = self.control.get().await.map_err(|e| e.to_string())?;
-        registry::count_by_status(&mut conn)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+    pub async fn check_registry(&self) -> Result<(), RegistryCheck> {
+        let mut conn = self.control.get().await?;
+        registry::count_by_status(&mut conn).await?;
+        Ok(())
     }
 
     /// Refuses a list of servers (`TENANCY_DATABASE_SERVERS`) that leaves out one the

@@ -468,6 +468,42 @@ async fn serve_answers_and_stops_gracefully_on_sigterm() {
     );
 }
 
+/// `serve` against a server that does not answer (a wrong port, as a new user may give)
+/// says so, and does not send them to run `migrate`.
+#[actix_web::test]
+async fn serve_against_a_server_that_does_not_answer_names_that_not_migrate() {
+    let db = TestDatabase::create().await;
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{port}/{}",
+        db.app_role, db.app_password, db.name
+    );
+    let env = db
+        .env()
+        .into_iter()
+        .filter(|(key, _)| *key != "TENANCY_MIGRATION_DATABASE_URL")
+        .map(|(k, v)| match k {
+            "TENANCY_DATABASE_URL" => (k.to_string(), url.clone()),
+            _ => (k.to_string(), v),
+        })
+        .collect();
+    let settings = svc::config::Settings::from_env_map(env).unwrap().0;
+    let refused = svc::startup::prepare(&settings)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    let cause = format!("TENANCY_DATABASE_URL: could not reach PostgreSQL at 127.0.0.1:{port}: ");
+    assert!(refused.starts_with(&cause), "{refused}");
+    assert!(!refused.contains("migrate"), "{refused}");
+    assert!(!refused.contains(&db.app_password), "{refused}");
+}
+
 /// `serve` as a Kubernetes Deployment runs it: the application role's URL only (the
 /// owner's stays with the migrate Job).
 #[actix_web::test]
