@@ -64,6 +64,54 @@ const KEYS: &[Key] = &[
     ("config_file", None),
 ];
 
+/// `TENANCY_*` names that other multi-tenancy libraries read and this service names or
+/// handles otherwise: a deployment configured for one of them starts, and is told what
+/// changed.
+const OTHER_NAMES: &[(&str, Handling)] = &[
+    (
+        "debug_headers",
+        Handling::Renamed(
+            "error_details",
+            "it adds internals to error bodies, not headers",
+        ),
+    ),
+    (
+        "cache_enabled",
+        Handling::Ignored(
+            "a Redis level of the tenant cache is chosen when the project is generated \
+             (redis_cache), and TENANCY_TENANT_CACHE_TTL=0 turns the cache off",
+        ),
+    ),
+    (
+        "skip_paths",
+        Handling::Ignored(
+            "only routes under /api need a tenant; health, metrics and the admin API never \
+             do, and a public route belongs outside /api",
+        ),
+    ),
+];
+
+/// What this service does with one of the guide's settings.
+enum Handling {
+    /// Read as the setting named first, which says better what it does (the reason).
+    Renamed(&'static str, &'static str),
+    /// Not read, for the reason given.
+    Ignored(&'static str),
+}
+
+impl Handling {
+    fn warning(&self, key: &str) -> String {
+        match self {
+            Handling::Renamed(to, why) => format!(
+                "{} is read as {} ({why}): rename it",
+                var_name(key),
+                var_name(to)
+            ),
+            Handling::Ignored(why) => format!("{} is ignored: {why}", var_name(key)),
+        }
+    }
+}
+
 /// Every key this service reads.
 fn keys() -> Vec<&'static [Key]> {
     let mut keys = vec![KEYS];
@@ -113,31 +161,15 @@ impl Settings {
                     .into_string()
                     .map_err(|e| ConfigError::invalid(&key, e.to_string()))?;
                 values.insert(key, text);
-            } else if key == "debug_headers" {
-                // Its former name, still read; the new name wins if both are set.
-                let text = value
-                    .into_string()
-                    .map_err(|e| ConfigError::invalid(&key, e.to_string()))?;
-                values.entry("error_details".to_owned()).or_insert(text);
-                warnings.push(format!(
-                    "{} is the former name of {} (it adds internals to error bodies, not \
-                     headers): read as such; rename it",
-                    var_name(&key),
-                    var_name("error_details")
-                ));
-            } else if key == "cache_enabled" {
-                warnings.push(format!(
-                    "{} is ignored: a Redis level of the tenant cache is chosen when the \
-                     project is generated (redis_cache), and {}=0 turns the cache off",
-                    var_name(&key),
-                    var_name("tenant_cache_ttl")
-                ));
-            } else if key == "skip_paths" {
-                warnings.push(format!(
-                    "{} is ignored: only routes under /api need a tenant; health, metrics \
-                     and the admin API never do, and a public route belongs outside /api",
-                    var_name(&key)
-                ));
+            } else if let Some((_, handling)) = OTHER_NAMES.iter().find(|(k, _)| *k == key) {
+                if let Handling::Renamed(to, _) = handling {
+                    // Read under its name here; that name wins if both are set.
+                    let text = value
+                        .into_string()
+                        .map_err(|e| ConfigError::invalid(&key, e.to_string()))?;
+                    values.entry((*to).to_owned()).or_insert(text);
+                }
+                warnings.push(handling.warning(&key));
             } else {
                 warnings.push(format!(
                     "{} is not a setting of this service and is ignored",
@@ -276,7 +308,7 @@ mod tests {
             settings.tenancy.database.pool_timeout,
             Duration::from_secs(30)
         );
-        // TENANCY_DEBUG_HEADERS, read under its new name.
+        // TENANCY_DEBUG_HEADERS, read under this service's name.
         assert!(settings.http.error_details);
     }
 
@@ -302,14 +334,13 @@ mod tests {
     }
 
     #[test]
-    fn the_former_name_of_error_details_is_read_and_the_new_one_wins() {
+    fn another_name_of_error_details_is_read_and_this_services_wins() {
         let (settings, warnings) =
             Settings::from_env_map(env(&[("TENANCY_DEBUG_HEADERS", "true")])).unwrap();
         assert!(settings.http.error_details);
         assert_eq!(warnings.len(), 1);
         assert!(
-            warnings[0]
-                .starts_with("TENANCY_DEBUG_HEADERS is the former name of TENANCY_ERROR_DETAILS"),
+            warnings[0].starts_with("TENANCY_DEBUG_HEADERS is read as TENANCY_ERROR_DETAILS"),
             "{warnings:?}"
         );
         let (settings, _) = Settings::from_env_map(env(&[

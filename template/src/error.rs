@@ -69,13 +69,22 @@ pub enum AppError {
     #[error("service unavailable")]
     Unavailable { detail: String },
     #[error("internal error")]
-    Internal { detail: String },
+    Internal {
+        /// What went wrong, for the logs (and `TENANCY_ERROR_DETAILS`).
+        detail: String,
+        /// The error itself, as the cause (`Error::source`).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl AppError {
-    pub fn internal(detail: impl std::fmt::Display) -> Self {
+    /// A bug, or a failure the client cannot act on (500), caused by `error`.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let source = error.into();
         AppError::Internal {
-            detail: detail.to_string(),
+            detail: source.to_string(),
+            source,
         }
     }
 
@@ -154,7 +163,7 @@ impl AppError {
             AppError::TenantNotFound { detail }
             | AppError::Forbidden { detail }
             | AppError::Unauthorized { detail }
-            | AppError::Internal { detail } => (None, Some(detail)),
+            | AppError::Internal { detail, .. } => (None, Some(detail)),
             AppError::BadRequest(message) => (Some(message.clone()), None),
             AppError::NotFound(what) => (Some(format!("{what} not found")), None),
             AppError::MethodNotAllowed { allow } => {
@@ -278,7 +287,7 @@ impl ResponseError for AppError {
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        if let AppError::Internal { detail } = self {
+        if let AppError::Internal { detail, .. } = self {
             tracing::error!(error.detail = %detail, "internal error");
         }
         self.to_problem(false, None)
@@ -406,7 +415,7 @@ fn is_outage(message: &str) -> bool {
 impl From<PoolError> for AppError {
     fn from(error: PoolError) -> Self {
         match error {
-            PoolError::Isolation(detail) => AppError::Internal { detail },
+            PoolError::Isolation(detail) => AppError::internal(detail),
             // An outage (503) or a bug (500), as for any query.
             PoolError::Query(error) => AppError::from(error),
             other => AppError::Unavailable {

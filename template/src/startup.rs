@@ -9,6 +9,7 @@ use actix_web::{App, Error, HttpRequest, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
+use crate::db::migrate::MigrateError;
 use crate::db::pool::PoolError;
 use crate::error::{AppError, ErrorDetails, problem_details};
 use crate::jobs::worker::Workers;
@@ -85,7 +86,7 @@ pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeErr
         let applied = tenancy
             .migrate_control()
             .await
-            .map_err(|e| ServeError::Migrate(e.to_string()))?;
+            .map_err(ServeError::Migrate)?;
         if !applied.is_empty() {
             tracing::info!(applied = ?applied, "control-plane migrations applied");
         }
@@ -195,7 +196,7 @@ pub enum ServeError {
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
     #[error("control-plane migrations failed: {0}")]
-    Migrate(String),
+    Migrate(#[source] MigrateError),
     #[error(
         "the tenant registry cannot be read ({0}): run `migrate` first, as the owner \
          (TENANCY_MIGRATION_DATABASE_URL), or give `serve` that URL too"

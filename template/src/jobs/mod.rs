@@ -73,7 +73,7 @@ impl From<JobError> for AppError {
         match error {
             JobError::Database(error) => AppError::from(error),
             JobError::Pool(error) => AppError::from(error),
-            JobError::Failed(detail) => AppError::Internal { detail },
+            JobError::Failed(detail) => AppError::internal(detail),
         }
     }
 }

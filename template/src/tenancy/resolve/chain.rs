@@ -15,19 +15,16 @@ use super::found::{Found, Rejection};
 use super::settings::ResolveSettings;
 use crate::domain::TenantIdentifier;
 
-/// The resolvers, in the order they are tried.
-const RESOLVERS: [&str; {{ resolvers | size }}] = [{% for r in resolvers %}"{{r}}"{% unless forloop.last %}, {% endunless %}{% endfor %}];
-
 pub fn resolve(req: &mut ServiceRequest, settings: &ResolveSettings) -> Found {
-    // In the order of RESOLVERS.
+    // Each resolver's name with what it found, in the order they are tried.
     let found = [
 {%- for r in resolvers %}
-        super::{{r}}::resolve(req, &settings.{{r}}),
+        ("{{r}}", super::{{r}}::resolve(req, &settings.{{r}})),
 {%- endfor %}
     ];
     let mut named: Option<(&str, TenantIdentifier)> = None;
     let mut hints = Vec::new();
-    for (resolver, found) in RESOLVERS.into_iter().zip(found) {
+    for (resolver, found) in found {
         match found {
             Found::Nothing { hint } => hints.push(hint),
             rejected @ Found::Rejected(_) => return rejected,
