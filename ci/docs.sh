@@ -46,8 +46,9 @@ known() { # VAR
   # Here-strings, not pipes: with pipefail, grep -q leaving early would fail the printf.
   grep -qx "$1" <<<"$(printf '%s\n' "${planned[@]}")" && return 0
   grep -qx "$key" <<<"$(printf '%s\n' "${keys[@]}")" && return 0
-  # Former names the service recognises and reports (config.rs).
-  grep -q "key == \"$key\"" template/src/config.rs
+  # Other libraries' names the service recognises and reports (config.rs, OTHER_NAMES:
+  # a line `"key",` in that table).
+  awk '/^const OTHER_NAMES/,/^\];/' template/src/config.rs | grep -qE "^ *\(?\"$key\","
 }
 while IFS= read -r var; do
   known "$var" || mistake "$var: named in the docs, read nowhere"

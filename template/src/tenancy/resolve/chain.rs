@@ -13,13 +13,15 @@ use actix_web::dev::ServiceRequest;
 
 use super::found::{Found, Rejection};
 use super::settings::ResolveSettings;
+{% assign sorted = resolvers | sort -%}
+use super::{{ "{" }}{{ sorted | join: ", " }}};
 use crate::domain::TenantIdentifier;
 
 pub fn resolve(req: &mut ServiceRequest, settings: &ResolveSettings) -> Found {
     // Each resolver's name with what it found, in the order they are tried.
     let found = [
 {%- for r in resolvers %}
-        ("{{r}}", super::{{r}}::resolve(req, &settings.{{r}})),
+        ("{{r}}", {{r}}::resolve(req, &settings.{{r}})),
 {%- endfor %}
     ];
     let mut named: Option<(&str, TenantIdentifier)> = None;
