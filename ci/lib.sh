@@ -88,6 +88,22 @@ ensure_pgbouncer() {
   export TENANCY_TEST_PGBOUNCER="${TENANCY_TEST_PGBOUNCER:-$binary}"
 }
 
+# The locale de_DE.UTF-8, for the test of a server whose messages are not in English
+# (errors::outages_of_a_server_speaking_another_language_are_unavailable): made with
+# localedef when missing, where it can be. A server started before it existed cannot use
+# it: the test starts its own.
+ensure_german_locale() {
+  locale -a 2>/dev/null | grep -qixE 'de_DE\.utf-?8' && return
+  if [ "$(id -u)" = 0 ] && command -v localedef >/dev/null 2>&1; then
+    say "making the locale de_DE.UTF-8 (a test runs PostgreSQL in German)"
+    localedef -i de_DE -f UTF-8 de_DE.UTF-8 >/dev/null 2>&1 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get install -y -q locales >/dev/null 2>&1 &&
+        localedef -i de_DE -f UTF-8 de_DE.UTF-8 >/dev/null 2>&1; }
+  fi
+  locale -a 2>/dev/null | grep -qixE 'de_DE\.utf-?8' ||
+    die "the locale de_DE.UTF-8 is missing: make it (localedef -i de_DE -f UTF-8 de_DE.UTF-8, or locale-gen de_DE.UTF-8)"
+}
+
 # A second PostgreSQL server, for the tests that place a tenant on another server (its
 # schema, or its database): a throwaway cluster on a free local port, stopped when
 # the calling script exits. Exports TENANCY_TEST_OTHER_SERVER=host:port; set it yourself

@@ -38,6 +38,7 @@ started=$(date +%s)
 ensure_cargo_generate
 ensure_cargo_deny
 ensure_postgres
+ensure_german_locale
 ensure_other_postgres
 ensure_pgbouncer
 ensure_redis

@@ -386,8 +386,10 @@ impl Constraint {
 
 /// PostgreSQL's messages for SQLSTATE 57014 (statement timeout) and class 57 (operator
 /// intervention: shutdown, crash, start-up). diesel does not expose the SQLSTATE of an
-/// error, so these (English) messages stand for it. Then PgBouncer's own, when it cannot
-/// give a client a server connection in time (the server down, or refusing log-ins).
+/// error, so these messages stand for it: in English, and in the server's own language as
+/// learned at start-up (`db::outages`). Then PgBouncer's own (always English), when it
+/// cannot give a client a server connection in time (the server down, or refusing
+/// log-ins).
 fn is_outage(message: &str) -> bool {
     const OUTAGES: &[&str] = &[
         "canceling statement due to statement timeout",
@@ -409,7 +411,7 @@ fn is_outage(message: &str) -> bool {
         "tenant moved to another tier",
 {%- endif %}
     ];
-    OUTAGES.iter().any(|outage| message.starts_with(outage))
+    OUTAGES.iter().any(|outage| message.starts_with(outage)) || crate::db::outages::learned(message)
 }
 
 impl From<PoolError> for AppError {

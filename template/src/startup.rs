@@ -102,6 +102,7 @@ pub async fn prepare(settings: &Settings) -> Result<web::Data<Tenancy>, ServeErr
         .await
         .map_err(|e| ServeError::UnsafeRole(e.to_string()))?;
     (tenancy.check_servers_listed().await).map_err(ServeError::Servers)?;
+    tenancy.learn_outage_words().await;
     tenancy.watch_changes().await;
     Ok(web::Data::new(tenancy))
 }

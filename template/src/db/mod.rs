@@ -8,6 +8,7 @@ pub mod choose;
 pub mod connect;
 pub mod migrate;
 pub mod observe;
+pub mod outages;
 pub mod pool;
 pub mod pooler;
 pub mod runtime;

@@ -36,7 +36,7 @@ use crate::db::pool::{Home, Limits, Pool, PoolError, PoolSettings, PoolStats};
 use crate::db::settings::{DatabaseSettings, OWNER_CONNECT_TIMEOUT, Pooler};
 use crate::db::tls::PgConfig;
 use crate::db::{
-    CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, pooler, runtime,
+    CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, outages, pooler, runtime,
 };
 use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
 use crate::metrics::Metrics;
@@ -460,6 +460,17 @@ impl Tenancy {
     }
 
     /// Whether each checkout is one transaction (`TENANCY_POOLER=transaction`).
+    /// Learns how the server words its outages (see `db::outages`), on a connection of the
+    /// application role's own; a server that does not answer teaches nothing.
+    pub async fn learn_outage_words(&self) {
+        match self.ctx.connect(self.ctx.app.clone()).await {
+            Ok(conn) => outages::learn(conn, !self.per_transaction()).await,
+            Err(error) => {
+                tracing::warn!(error = %error, "the server's words for outages were not learned")
+            }
+        }
+    }
+
     pub fn per_transaction(&self) -> bool {
         self.settings.database.pooler == Pooler::Transaction
     }

@@ -145,3 +145,62 @@ async fn every_answer_carries_the_request_id_and_error_bodies_too() {
     assert_eq!(first.status(), StatusCode::OK);
     assert_ne!(id_of(&first), id_of(&second));
 }
+
+/// PostgreSQL speaking another language (the application role's `lc_messages` German, on a
+/// server of the test's own): a statement timeout and a session the server ended are
+/// outages all the same (503, to retry), recognised in the words the service learned from
+/// the server at start-up, not bugs (500).
+#[actix_web::test]
+async fn outages_of_a_server_speaking_another_language_are_unavailable() {
+    let Some(cluster) = crate::cluster::Cluster::start(&[]) else {
+        return;
+    };
+    let db = crate::helpers::TestDatabase::create_on(cluster.url()).await;
+    let german = format!(
+        "ALTER ROLE \"{}\" SET lc_messages = 'de_DE.UTF-8'",
+        db.app_role
+    );
+    crate::helpers::query_url(&cluster.url(), &german)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: the locale de_DE.UTF-8 must exist before the server starts \
+                 (localedef -i de_DE -f UTF-8 de_DE.UTF-8; ci/lib.sh makes it)"
+            )
+        });
+    let app = crate::helpers::spawn_app_on(db, &[("TENANCY_STATEMENT_TIMEOUT", "1")]).await;
+    let acme = app.create_tenant("acme").await;
+
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    let timeout = diesel::sql_query("SELECT pg_sleep(5)")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    // The server's words, not PostgreSQL's English ones.
+    assert!(
+        timeout.to_string().contains("Zeitüberschreitung"),
+        "{timeout}"
+    );
+    let error = AppError::from(timeout);
+    assert!(matches!(error, AppError::Unavailable { .. }), "{error:?}");
+    drop(conn);
+
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    let ended = diesel::sql_query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(ended.to_string().contains("Administrators"), "{ended}");
+    let error = AppError::from(ended);
+    assert!(matches!(error, AppError::Unavailable { .. }), "{error:?}");
+    drop(conn);
+
+    // A bug is still a bug, in any language.
+    let mut conn = app.tenancy.tenant_connection(&acme).await.unwrap();
+    let bug = diesel::sql_query("SELECT * FROM no_such_table")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    let error = AppError::from(bug);
+    assert!(matches!(error, AppError::Internal { .. }), "{error:?}");
+}
