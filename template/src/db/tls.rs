@@ -352,24 +352,24 @@ fn take_tls_options(url: &str) -> Result<(String, Option<SslMode>, Option<String
     Ok((kept.trim_end().to_owned(), mode, root))
 }
 
+/// A URL option's value, %-decoded. A bad escape is refused, as libpq refuses it
+/// (`percent-encoding` would keep it as it is).
 fn percent_decode(value: &str) -> Result<String, String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a URL option holds a bad %-escape")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    if !value
+        .split('%')
+        .skip(1)
+        .all(|after| after.get(..2).is_some_and(is_hex))
+    {
+        return Err("a URL option holds a bad %-escape".to_owned());
     }
-    String::from_utf8(out).map_err(|_| "a URL option is not UTF-8".to_owned())
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| "a URL option is not UTF-8".to_owned())
+}
+
+fn is_hex(digits: &str) -> bool {
+    digits.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// What a connection checks of the server's certificate: nothing (`prefer`, `require`
@@ -648,6 +648,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("sslmode=allow is not supported"), "{err}");
+        // A bad %-escape is refused, as libpq refuses it; so is one that is not UTF-8.
+        for bad in ["%zz", "%2", "ca%", "%ff"] {
+            let url = format!("postgres://app:s3cret@db/app?sslrootcert={bad}");
+            let err = PgConfig::parse(&url, None).err().unwrap();
+            assert!(err.contains("a URL option"), "{bad}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
         let err = PgConfig::parse(
             "postgres://app:s3cret@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
             None,

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::domain::TenantStatus;
 use crate::error::ErrorDetails;
-use crate::tenancy::{Tenancy, registry};
+use crate::tenancy::Tenancy;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -39,14 +39,10 @@ struct DatabaseCheck {
 
 async fn check_database(tenancy: &Tenancy) -> DatabaseCheck {
     let started = Instant::now();
-    let tenants = tokio::time::timeout(CHECK_TIMEOUT, async {
-        let mut conn = tenancy.control.get().await.map_err(|e| e.to_string())?;
-        registry::count_by_status(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|_| Err("timed out".into()));
+    let tenants = match tokio::time::timeout(CHECK_TIMEOUT, tenancy.tenant_counts()).await {
+        Ok(counts) => counts.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    };
     DatabaseCheck {
         latency_ms: (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         tenants,

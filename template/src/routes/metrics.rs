@@ -15,8 +15,8 @@ use crate::domain::Tenant;
 use crate::error::AppError;
 use crate::jobs;
 use crate::metrics::MetricsSettings;
+use crate::tenancy::Tenancy;
 use crate::tenancy::extract::WaitedForConnection;
-use crate::tenancy::{Tenancy, registry};
 
 const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,13 +50,10 @@ pub(crate) async fn metrics(
     }
     // Tenant counts by status; a registry that does not answer leaves them out
     // (`tenancy_registry_up` 0) rather than failing the scrape.
-    let counts = tokio::time::timeout(COUNT_TIMEOUT, async {
-        let mut conn = tenancy.control.get().await.ok()?;
-        registry::count_by_status(&mut conn).await.ok()
-    })
-    .await
-    .ok()
-    .flatten();
+    let counts = tokio::time::timeout(COUNT_TIMEOUT, tenancy.tenant_counts())
+        .await
+        .ok()
+        .and_then(Result::ok);
     record_state(&tenancy, counts.as_deref());
     // The job queue's state likewise (left out when the registry does not answer).
     let jobs = tokio::time::timeout(COUNT_TIMEOUT, async {

@@ -323,9 +323,13 @@ impl Tenancy {
     /// Checks that the tenant registry is there and readable by the application role
     /// (what `serve` checks instead of migrating when it has no owner's URL).
     pub async fn check_registry(&self) -> Result<(), RegistryCheck> {
+        self.tenant_counts().await.map(drop)
+    }
+
+    /// How many tenants the registry holds in each status (`/health`, `/metrics`).
+    pub async fn tenant_counts(&self) -> Result<Vec<(String, i64)>, RegistryCheck> {
         let mut conn = self.control.get().await?;
-        registry::count_by_status(&mut conn).await?;
-        Ok(())
+        Ok(registry::count_by_status(&mut conn).await?)
     }
 
     /// Refuses a list of servers (`TENANCY_DATABASE_SERVERS`) that leaves out one the
