@@ -470,57 +470,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsSt
 }
 
 /// RFC 5929's `tls-server-end-point` of a server certificate (DER): its hash, by the hash
-/// function of its signature algorithm, SHA-256 for MD5, SHA-1 and any other (as
-/// PostgreSQL computes it).
+/// function of its signature algorithm, SHA-256 for MD5, SHA-1 and any other, and for a
+/// certificate that cannot be read (as PostgreSQL computes it).
 fn server_end_point(certificate: &[u8]) -> Vec<u8> {
-    // The DER contents of the algorithm's object identifier.
-    const SHA384_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
-    const SHA512_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
-    const SHA384_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
-    const SHA512_ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
-    let hash = match signature_algorithm(certificate) {
-        Some(SHA384_RSA | SHA384_ECDSA) => &ring::digest::SHA384,
-        Some(SHA512_RSA | SHA512_ECDSA) => &ring::digest::SHA512,
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::db::rfc5912::{
+        ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, SHA_384_WITH_RSA_ENCRYPTION,
+        SHA_512_WITH_RSA_ENCRYPTION,
+    };
+    let algorithm = x509_cert::Certificate::from_der(certificate)
+        .map(|certificate| certificate.signature_algorithm.oid);
+    let hash = match algorithm {
+        Ok(SHA_384_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_384) => &ring::digest::SHA384,
+        Ok(SHA_512_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_512) => &ring::digest::SHA512,
         _ => &ring::digest::SHA256,
     };
     ring::digest::digest(hash, certificate).as_ref().to_vec()
-}
-
-/// The object identifier of a DER certificate's `signatureAlgorithm`: the second field
-/// of `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signature }`.
-fn signature_algorithm(certificate: &[u8]) -> Option<&[u8]> {
-    const SEQUENCE: u8 = 0x30;
-    const OBJECT_IDENTIFIER: u8 = 0x06;
-    let (fields, _) = der_element(certificate, SEQUENCE)?;
-    let (_tbs_certificate, rest) = der_element(fields, SEQUENCE)?;
-    let (algorithm, _) = der_element(rest, SEQUENCE)?;
-    let (oid, _) = der_element(algorithm, OBJECT_IDENTIFIER)?;
-    Some(oid)
-}
-
-/// Splits the DER element tagged `tag` off the front of `input`: (its contents, what
-/// follows). `None` if `input` does not start with one.
-fn der_element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&found, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    if found != tag {
-        return None;
-    }
-    let (length, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        // Long form: the low bits count the length's bytes (at most 4 here).
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, rest) = rest.split_at_checked(count)?;
-        let length = bytes
-            .iter()
-            .fold(0usize, |length, byte| (length << 8) | usize::from(*byte));
-        (length, rest)
-    };
-    rest.split_at_checked(length)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
@@ -555,50 +520,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 mod tests {
     use super::*;
 
-    /// A DER element: `tag`, its length (short or long form), `contents`.
-    fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        match u8::try_from(contents.len()) {
-            Ok(short) if short < 0x80 => out.push(short),
-            _ => {
-                let length = u16::try_from(contents.len()).unwrap().to_be_bytes();
-                out.push(0x82);
-                out.extend_from_slice(&length);
-            }
-        }
-        out.extend_from_slice(contents);
-        out
-    }
-
-    /// A certificate's outline: a long `tbsCertificate`, then the algorithm `oid`.
-    fn certificate(oid: &[u8]) -> Vec<u8> {
-        let tbs = der(0x30, &[0u8; 300]);
-        let algorithm = der(0x30, &[der(0x06, oid), der(0x05, &[])].concat());
-        let signature = der(0x03, &[0, 1, 2]);
-        der(0x30, &[tbs, algorithm, signature].concat())
+    /// A self-signed certificate made by `openssl req` with `key` (an `openssl genpkey`
+    /// algorithm and its options) and `digest` (none: the key's own), as DER.
+    fn certificate(key: &[&str], digest: &str) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("tls-unit-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key_file, cert_file) = (dir.join("key.pem"), dir.join("cert.der"));
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl is needed to make test certificates");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let key_path = key_file.to_str().unwrap();
+        run(&[&["genpkey", "-out", key_path, "-algorithm"][..], key].concat());
+        let mut req = vec!["req", "-x509", "-new", "-key", key_path, "-subj", "/CN=db"];
+        // Ed25519 signs without a separate digest.
+        req.extend(Some(digest).filter(|d| !d.is_empty()));
+        req.extend(["-days", "1", "-outform", "DER", "-out"]);
+        req.push(cert_file.to_str().unwrap());
+        run(&req);
+        let der = std::fs::read(&cert_file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        der
     }
 
     #[test]
     fn the_channel_binding_hash_follows_the_certificates_signature_algorithm() {
-        let sha256_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
-        let sha1_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
-        let sha384_ecdsa = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
-        let sha512_rsa = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
-        for (oid, hash, length) in [
-            (&sha256_rsa[..], &ring::digest::SHA256, 32),
-            (&sha1_rsa, &ring::digest::SHA256, 32),
-            (&sha384_ecdsa, &ring::digest::SHA384, 48),
-            (&sha512_rsa, &ring::digest::SHA512, 64),
+        let rsa = ["RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+        let ec = ["EC", "-pkeyopt", "ec_paramgen_curve:P-384"];
+        for (key, digest, hash, length) in [
+            (&rsa[..], "-sha256", &ring::digest::SHA256, 32),
+            (&rsa, "-sha1", &ring::digest::SHA256, 32),
+            (&ec, "-sha384", &ring::digest::SHA384, 48),
+            (&rsa, "-sha512", &ring::digest::SHA512, 64),
+            (&["ED25519"], "", &ring::digest::SHA256, 32),
         ] {
-            let certificate = certificate(oid);
-            assert_eq!(signature_algorithm(&certificate), Some(oid));
+            let certificate = certificate(key, digest);
             let end_point = server_end_point(&certificate);
-            assert_eq!(end_point.len(), length);
+            assert_eq!(end_point.len(), length, "{key:?} {digest}");
             assert_eq!(end_point, ring::digest::digest(hash, &certificate).as_ref());
         }
         // What cannot be read is hashed with SHA-256.
-        assert_eq!(signature_algorithm(&[0x30, 0x82, 0xff]), None);
-        assert_eq!(signature_algorithm(&[]), None);
         assert_eq!(server_end_point(b"not DER").len(), 32);
     }
 
