@@ -420,7 +420,9 @@ impl Tenancy {
         )
         .await?;
         conn.finish(true).await?;
-        self.forget(active.as_ref().unwrap_or(&tenant)).await;
+        self.directory
+            .forget(active.as_ref().unwrap_or(&tenant))
+            .await;
         match active {
             Some(active) => Ok(active),
             // Another process completed it at the same time.
@@ -491,7 +493,7 @@ impl Tenancy {
         let tenant = registry::find_by_identifier(&mut conn, identifier)
             .await?
             .ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))?;
-        self.note_decoded([&tenant], false);
+        self.directory.note_decoded([&tenant], false);
         Ok(tenant)
     }
 
@@ -500,7 +502,7 @@ impl Tenancy {
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, LifecycleError> {
         let mut conn = self.control.get().await?;
         let tenants = registry::list(&mut conn).await?;
-        self.note_decoded(&tenants, true);
+        self.directory.note_decoded(&tenants, true);
         Ok(tenants)
     }
 
@@ -621,7 +623,7 @@ impl Tenancy {
             self.check_owner_session().await?;
         }
 {%- endif %}
-        self.forget(&tenant).await;
+        self.directory.forget(&tenant).await;
         self.close_connections_of(&tenant);
         // The storage, the quarantine and the row in one transaction of the application
         // role (the strategy drops what takes the owner's rights through a function of
@@ -722,7 +724,9 @@ impl Tenancy {
         let mut conn = self.control.get().await?;
         let changed = registry::set_limits(&mut conn, tenant.id, &limits).await?;
         conn.finish(true).await?;
-        self.forget(changed.as_ref().unwrap_or(&tenant)).await;
+        self.directory
+            .forget(changed.as_ref().unwrap_or(&tenant))
+            .await;
         changed.ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))
     }
 
@@ -759,7 +763,9 @@ impl Tenancy {
         let mut conn = self.control.get().await?;
         let changed = registry::set_maintenance(&mut conn, tenant.id, mode).await?;
         conn.finish(true).await?;
-        self.forget(changed.as_ref().unwrap_or(&tenant)).await;
+        self.directory
+            .forget(changed.as_ref().unwrap_or(&tenant))
+            .await;
         let changed = changed.ok_or_else(|| LifecycleError::NotFound(identifier.to_string()))?;
         tracing::info!(tenant.id = %changed.id, tenant.identifier = %identifier, maintenance = %mode, "tenant maintenance set");
         Ok(changed)
@@ -834,7 +840,9 @@ impl Tenancy {
         let mut conn = self.control.get().await?;
         let changed = registry::transition(&mut conn, tenant.id, from, to).await?;
         conn.finish(true).await?;
-        self.forget(changed.as_ref().unwrap_or(&tenant)).await;
+        self.directory
+            .forget(changed.as_ref().unwrap_or(&tenant))
+            .await;
         changed.ok_or_else(|| {
             LifecycleError::Conflict(format!(
                 "tenant '{identifier}' is {}: it cannot become {to}",
@@ -997,7 +1005,7 @@ impl Tenancy {
             marked
         };
         if let Some(marked) = &marked {
-            self.forget(marked).await;
+            self.directory.forget(marked).await;
         }
         let mut result = self.strategy().migrate(self.context(), tenant).await;
         if result.is_ok()
@@ -1030,7 +1038,7 @@ impl Tenancy {
         .await?;
         conn.finish(true).await?;
         if let Some(active) = &active {
-            self.forget(active).await;
+            self.directory.forget(active).await;
         }
         Ok(())
     }
@@ -1054,7 +1062,7 @@ impl Tenancy {
         let switched = registry::switch_maintenance(&mut conn, tenant.id, from, to).await?;
         conn.finish(true).await?;
         if let Some(switched) = &switched {
-            self.forget(switched).await;
+            self.directory.forget(switched).await;
         }
         Ok(switched)
     }

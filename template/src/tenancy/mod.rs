@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod cache;
 pub mod changes;
+pub mod directory;
 pub mod extract;
 pub mod isolation;
 pub mod lifecycle;
@@ -38,9 +39,10 @@ use crate::db::tls::PgConfig;
 use crate::db::{
     CONTROL_SCHEMA, ControlPool, RequestTransactions, TenantConnection, outages, pooler, runtime,
 };
-use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier, TenantStatus};
+use crate::domain::{SqlIdentifier, Tenant, TenantIdentifier};
 use crate::metrics::Metrics;
 use cache::{CacheStats, TenantCache};
+pub use directory::{RegistryCheck, TenantDirectory, TenantError};
 use isolation::{Context, Strategy};
 use settings::TenancySettings;
 
@@ -57,20 +59,14 @@ pub struct Tenancy {
     /// The connections tenants share.
     pool: Pool,
     pub control: ControlPool,
-    cache: Arc<TenantCache>,
-{%- if redis_cache %}
-    /// The cache's shared level (Redis).
-    shared: Arc<shared_cache::SharedCache>,
-{%- endif %}
+    /// Who each tenant is: the caches and the registry.
+    pub(crate) directory: TenantDirectory,
     /// Request rate limits per tenant.
     pub rate: rate::RateLimiter,
     /// What `/metrics` shows.
     pub metrics: Metrics,
     /// Wakes this process's job workers when a job is enqueued here (see `jobs`).
     pub jobs_enqueued: Arc<tokio::sync::Notify>,
-    /// The tenants whose registry metadata this process last read as undecodable
-    /// (`/health` counts them).
-    undecodable: std::sync::Mutex<HashSet<TenantIdentifier>>,
     /// Set once the owner's URL was found to give migrations a session of their own.
     owner_session: tokio::sync::OnceCell<()>,
     /// The listed servers whose application role start-up could not check (they did not
@@ -106,21 +102,6 @@ pub struct ConnectionStats {
     /// behind connections that keep scopes on their sessions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-}
-
-/// Why a request's tenant is not served.
-#[derive(Debug, thiserror::Error)]
-pub enum TenantError {
-    /// No such tenant, or a deleted one.
-    #[error("{0}")]
-    Unknown(String),
-    /// Suspended, or still being provisioned.
-    #[error("{0}")]
-    Inactive(String),
-    #[error(transparent)]
-    Pool(#[from] PoolError),
-    #[error("could not read the tenant registry: {0}")]
-    Registry(#[from] diesel::result::Error),
 }
 
 /// Why the service will not serve tenants with its application role (a start-up check).
@@ -173,17 +154,6 @@ fn roles(
         _ => None,
     };
     Ok((app, owner, app_role))
-}
-
-/// Why the tenant registry could not be read (`Tenancy::check_registry`).
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryCheck {
-    /// No connection to the database: down, another address, refused credentials.
-    #[error(transparent)]
-    Unreachable(#[from] PoolError),
-    /// Connected, but the registry is not there (not migrated) or not readable.
-    #[error(transparent)]
-    Unreadable(#[from] diesel::result::Error),
 }
 
 impl Tenancy {
@@ -243,15 +213,11 @@ impl Tenancy {
             },
             strategy,
             pool,
+            directory: TenantDirectory::new(cache, {% if redis_cache %}shared, {% endif %}control.clone()),
             control,
-            cache,
-{%- if redis_cache %}
-            shared,
-{%- endif %}
             rate,
             metrics: Metrics::default(),
             jobs_enqueued: Arc::default(),
-            undecodable: std::sync::Mutex::default(),
             owner_session: tokio::sync::OnceCell::new(),
             unchecked: std::sync::Mutex::default(),
             _watching: None,
@@ -273,14 +239,15 @@ impl Tenancy {
 {%- if redis_cache %}
         changes::watch(
             config,
-            self.cache.clone(),
-            self.shared.clone(),
+            self.directory.cache.clone(),
+            self.directory.shared.clone(),
             &self.ctx.runtime,
             stop.clone(),
         )
         .await;
 {%- else %}
-        changes::watch(config, self.cache.clone(), &self.ctx.runtime, stop.clone()).await;
+        let cache = self.directory.cache.clone();
+        changes::watch(config, cache, &self.ctx.runtime, stop.clone()).await;
 {%- endif %}
         self._watching = Some(stop.drop_guard());
     }
@@ -323,13 +290,12 @@ impl Tenancy {
     /// Checks that the tenant registry is there and readable by the application role
     /// (what `serve` checks instead of migrating when it has no owner's URL).
     pub async fn check_registry(&self) -> Result<(), RegistryCheck> {
-        self.tenant_counts().await.map(drop)
+        self.directory.counts().await.map(drop)
     }
 
     /// How many tenants the registry holds in each status (`/health`, `/metrics`).
     pub async fn tenant_counts(&self) -> Result<Vec<(String, i64)>, RegistryCheck> {
-        let mut conn = self.control.get().await?;
-        Ok(registry::count_by_status(&mut conn).await?)
+        self.directory.counts().await
     }
 
     /// Refuses a list of servers (`TENANCY_DATABASE_SERVERS`) that leaves out one the
@@ -587,149 +553,30 @@ impl Tenancy {
         }
     }
 
-    /// The active tenant named `identifier`, from the cache or the registry.
+    /// The active tenant named `identifier` (see `directory`).
     pub async fn active_tenant(
         &self,
         identifier: &TenantIdentifier,
     ) -> Result<Arc<Tenant>, TenantError> {
-        let tenant = match self.cache.get(identifier) {
-            Some(hit) => hit,
-            None if !self.is_registered(identifier).await? => None,
-            None => {
-                let _one_lookup = self.cache.lookup_lock(identifier).await;
-                // A concurrent request may have read it while this one waited.
-                match self.cache.get(identifier) {
-                    Some(hit) => hit,
-                    None => {
-                        let since = self.cache.generation(identifier);
-{%- if redis_cache %}
-                        // Only while changes are heard: Redis may hold what a change
-                        // unheard of replaced.
-                        if self.cache.is_watching()
-                            && let Some(tenant) = self.shared.get(identifier).await
-                        {
-                            self.cache
-                                .insert(identifier.clone(), Some(tenant.clone()), since);
-                            return answer(identifier, Some(tenant));
-                        }
-{%- endif %}
-                        self.cache.count_lookup();
-                        let mut conn = self.control.get().await?;
-                        let found = registry::find_by_identifier(&mut conn, identifier)
-                            .await?
-                            .map(Arc::new);
-                        self.note_decoded(found.as_deref(), false);
-{%- if redis_cache %}
-                        if let Some(tenant) = &found {
-                            self.shared.put(tenant).await;
-                        }
-{%- endif %}
-                        self.cache.insert(identifier.clone(), found.clone(), since);
-                        found
-                    }
-                }
-            }
-        };
-        answer(identifier, tenant)
-    }
-
-    /// Records which of `tenants`, as just read from the registry, have metadata that could
-    /// not be decoded; `all`: they are the whole registry.
-    pub(crate) fn note_decoded<'a>(
-        &self,
-        tenants: impl IntoIterator<Item = &'a Tenant>,
-        all: bool,
-    ) {
-        let mut undecodable = self
-            .undecodable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if all {
-            undecodable.clear();
-        }
-        for tenant in tenants {
-            if tenant.metadata_undecodable() {
-                undecodable.insert(tenant.identifier.clone());
-            } else if !all {
-                undecodable.remove(&tenant.identifier);
-            }
-        }
+        self.directory.active(identifier).await
     }
 
     /// How many tenants' registry metadata this process last read as undecodable.
     pub fn undecodable_tenants(&self) -> usize {
-        self.undecodable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether the registry holds `identifier`, from the set of registered identifiers
-    /// (read again when it may be out of date; see `cache`).
-    async fn is_registered(&self, identifier: &TenantIdentifier) -> Result<bool, TenantError> {
-        if let Some(known) = self.cache.is_known(identifier) {
-            return Ok(known);
-        }
-        let _one_read = self.cache.reload_lock().await;
-        // Another request may have read it while this one waited.
-        if let Some(known) = self.cache.is_known(identifier) {
-            return Ok(known);
-        }
-        let mut conn = self.control.get().await?;
-        self.cache.reading_known();
-        let identifiers: HashSet<_> = registry::identifiers(&mut conn)
-            .await?
-            .into_iter()
-            .collect();
-        self.cache.set_known(identifiers);
-        let known = self.cache.is_known(identifier).unwrap_or(true);
-        Ok(known)
+        self.directory.undecodable()
     }
 
     /// What the tenant cache and the registry did since start-up.
     pub fn cache_stats(&self) -> CacheStats {
-        self.cache.stats()
+        self.directory.cache_stats()
     }
 {%- if redis_cache %}
 
     /// What the cache's shared level (Redis) did since start-up, and whether it is used.
     pub fn shared_cache_stats(&self) -> shared_cache::SharedStats {
-        self.shared.stats()
+        self.directory.shared_stats()
     }
 {%- endif %}
-
-    /// Drops what this process remembers of `tenant` after changing it (`tenant` as it is
-    /// now), at once; other processes hear of it through `changes`.
-    async fn forget(&self, tenant: &Tenant) {
-{%- if redis_cache %}
-        // Redis first (see `changes`).
-        self.shared
-            .forget(&cache::Change::Written {
-                identifier: tenant.identifier.clone(),
-                version: tenant.updated_at.timestamp_micros(),
-            })
-            .await;
-{%- endif %}
-        self.cache.changed(&tenant.identifier);
-    }
-}
-
-/// Whether the tenant named `identifier` (`None`: unknown) is served.
-fn answer(
-    identifier: &TenantIdentifier,
-    tenant: Option<Arc<Tenant>>,
-) -> Result<Arc<Tenant>, TenantError> {
-    match tenant {
-        Some(tenant) if tenant.status == TenantStatus::Active => Ok(tenant),
-        Some(tenant) if tenant.status == TenantStatus::Deleted => Err(TenantError::Unknown(
-            format!("tenant '{identifier}' is deleted"),
-        )),
-        Some(tenant) => Err(TenantError::Inactive(format!(
-            "tenant '{identifier}' is {}",
-            tenant.status
-        ))),
-        None => Err(TenantError::Unknown(format!("no tenant '{identifier}'"))),
-    }
 }
 
 fn pool_settings(database: &DatabaseSettings, max: u32, per_tenant: u32) -> PoolSettings {
