@@ -20,6 +20,7 @@ use crate::tenancy::audit::Actor;
 use crate::tenancy::isolation::ServerAddress;
 use crate::tenancy::isolation::server_name;
 use crate::tenancy::lifecycle::{NewTenant, Touch};
+use crate::tenancy::moves::Moved;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -516,16 +517,8 @@ async fn move_tenant(
             eprintln!("tenant {id}: {step}")
         })
         .await?;
-    let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
-    writeln!(
-        out,
-        "tenant {} moved to {}: {rows} rows in {} tables copied; read-only for {:.2} s",
-        moved.identifier,
-        server_name(moved.to.as_ref()),
-        moved.tables.len(),
-        moved.read_only_ms as f64 / 1000.0
-    )?;
-    Ok(())
+    let to = server_name(moved.to.as_ref());
+    print_moved(out, &moved, to)
 }
 {%- if isolation == "hybrid" %}
 
@@ -547,18 +540,27 @@ async fn change_tier(
             eprintln!("tenant {id}: {step}")
         })
         .await?;
+    print_moved(out, &moved, &format!("tier {}", moved.isolation))
+}
+{%- endif %}
+
+/// What a finished move prints: where `to`, what was copied, how long the tenant was
+/// read-only.
+fn print_moved(
+    out: &mut impl Write,
+    moved: &Moved,
+    to: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let rows: u64 = moved.tables.iter().map(|t| t.rows).sum();
     writeln!(
         out,
-        "tenant {} moved to tier {}: {rows} rows in {} tables copied; read-only for {:.2} s",
+        "tenant {} moved to {to}: {rows} rows in {} tables copied; read-only for {:.2} s",
         moved.identifier,
-        moved.isolation,
         moved.tables.len(),
         moved.read_only_ms as f64 / 1000.0
     )?;
     Ok(())
 }
-{%- endif %}
 
 /// `tenant limits`: sets those given, then prints each with its default.
 async fn limits(
