@@ -160,14 +160,19 @@ async fn outages_of_a_server_speaking_another_language_are_unavailable() {
         "ALTER ROLE \"{}\" SET lc_messages = 'de_DE.UTF-8'",
         db.app_role
     );
-    crate::helpers::query_url(&cluster.url(), &german)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}: the locale de_DE.UTF-8 must exist before the server starts \
-                 (localedef -i de_DE -f UTF-8 de_DE.UTF-8; ci/lib.sh makes it)"
-            )
-        });
+    if let Err(e) = crate::helpers::query_url(&cluster.url(), &german).await {
+        let said = e
+            .as_db_error()
+            .map_or(e.to_string(), |e| e.message().to_owned());
+        let why = format!(
+            "{said}: the locale de_DE.UTF-8 must exist before the server starts \
+             (sudo locale-gen de_DE.UTF-8, or localedef -i de_DE -f UTF-8 de_DE.UTF-8)"
+        );
+        // As the tests that need initdb: said and skipped, except under CI.
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
     let app = crate::helpers::spawn_app_on(db, &[("TENANCY_STATEMENT_TIMEOUT", "1")]).await;
     let acme = app.create_tenant("acme").await;
 
